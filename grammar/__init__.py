@@ -1,0 +1,1 @@
+"""The .idx grammar, shipped as package data."""

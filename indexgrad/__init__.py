@@ -1,0 +1,21 @@
+"""indexgrad: layer equations in explicit index notation, their derived gradients, and a runner."""
+
+from .derive import derive, derive_jvp
+from .errors import IndexgradError, IndexgradWarning
+from .model import GradcheckReport, Model, compile, gradcheck, load, parse
+from .nodes import Program
+
+__all__ = [
+    "GradcheckReport",
+    "IndexgradError",
+    "IndexgradWarning",
+    "Model",
+    "Program",
+    "compile",
+    "derive",
+    "derive_jvp",
+    "gradcheck",
+    "load",
+    "parse",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,346 @@
+"""Program checks: the scoping rule made explicit in the tree, definition order, ranks, names and arities."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import replace
+
+from .errors import IndexgradError
+from .functions import FUNCTIONS, REDUCTIONS, RESERVED
+from .nodes import (
+    Affine,
+    Call,
+    Expr,
+    Gather,
+    Neg,
+    Num,
+    Power,
+    Product,
+    Program,
+    Reduce,
+    Ref,
+    SizeOf,
+    Span,
+    Statement,
+    Sum,
+    Warning_,
+    children,
+    ref_index_names,
+    refs_in,
+)
+
+
+
+_DERIVED = re.compile(r"^(.+)\.(grad|tan)\d*$")
+
+
+def sized_like(name: str) -> str | None:
+    """For a derived name (`x.grad`, `x.tan`, `x.grad2`), the tensor whose shape it has."""
+    m = _DERIVED.match(name)
+    return m.group(1) if m else None
+
+
+def free_indices(e: Expr) -> set[str]:
+    """Index names e depends on, after the sums attached inside it."""
+    if isinstance(e, Ref):
+        return set(ref_index_names(e))
+    if isinstance(e, (Num, SizeOf)):
+        return set()
+    if isinstance(e, Product):
+        out = set().union(*(free_indices(f) for f in e.factors))
+        return out - set(e.summed)
+    if isinstance(e, Reduce):
+        return free_indices(e.body) - set(e.indices)
+    return set().union(*(free_indices(c) for c in children(e))) if children(e) else set()
+
+
+def _occurrences(e: Expr, bound: frozenset[str] = frozenset()) -> Counter[str]:
+    """How many references mention each free index name (a diagonal `A[i,i]` counts once)."""
+    if isinstance(e, Ref):
+        return Counter(n for n in ref_index_names(e) if n not in bound)
+    if isinstance(e, Reduce):
+        return _occurrences(e.body, bound | frozenset(e.indices))
+    out: Counter[str] = Counter()
+    for c in children(e):
+        out.update(_occurrences(c, bound))
+    return out
+
+
+def attach_sums(e: Expr, total: Counter[str], keep: frozenset[str]) -> Expr:
+    """Attach each summed index to the innermost product whose factors hold all its occurrences."""
+    if isinstance(e, Reduce):
+        body = attach_sums(e.body, _occurrences(e.body), keep | frozenset(e.indices))
+        return replace(e, body=body)
+    if isinstance(e, Product):
+        factors = tuple(attach_sums(f, total, keep) for f in e.factors)
+        here: Counter[str] = Counter()
+        holders: Counter[str] = Counter()
+        for f in factors:
+            occ = _occurrences(f)
+            here.update(occ)
+            holders.update(set(occ))
+        summed = tuple(
+            sorted(
+                n
+                for n in here
+                if n not in keep and here[n] == total[n] and holders[n] >= 2
+            )
+        )
+        return replace(e, factors=factors, summed=summed)
+    if isinstance(e, Neg):
+        return replace(e, arg=attach_sums(e.arg, total, keep))
+    if isinstance(e, Sum):
+        return replace(e, terms=tuple(attach_sums(t, total, keep) for t in e.terms))
+    if isinstance(e, Power):
+        return replace(e, base=attach_sums(e.base, total, keep))
+    if isinstance(e, Call):
+        return replace(e, args=tuple(attach_sums(a, total, keep) for a in e.args))
+    return e
+
+
+def _err(msg: str, span: Span) -> IndexgradError:
+    return IndexgradError(msg, span)
+
+
+def _lacking_terms(e: Expr, k: str) -> list[Expr]:
+    """Terms added once per value of k although they do not use k (SPEC 1.4's warning)."""
+    if isinstance(e, Sum):
+        out: list[Expr] = []
+        for t in e.terms:
+            if k in free_indices(t):
+                out.extend(_lacking_terms(t, k))
+            else:
+                out.append(t)
+        return out
+    if isinstance(e, Neg):
+        return _lacking_terms(e.arg, k)
+    if isinstance(e, Product):
+        with_k = [f for f in e.factors if k in free_indices(f)]
+        return _lacking_terms(with_k[0], k) if len(with_k) == 1 else []
+    return []
+
+
+class _Checker:
+    def __init__(self, program: Program) -> None:
+        self.p = program
+        self.rank: dict[str, tuple[int, Span]] = {}
+        self.defined_at: dict[str, Span] = {}
+        self.read_at: dict[str, Span] = {}
+        self.role: dict[str, tuple[str, Span]] = {}
+        self.warnings: list[Warning_] = []
+        later = {}
+        for s in program.statements:
+            later.setdefault(s.target.name, s.span)
+        self.first_def = later
+
+    def name(self, r: Ref) -> None:
+        base = r.name.split(".")[0]
+        if r.name in RESERVED or base in RESERVED:
+            kind = "reduction" if r.name in REDUCTIONS else "function"
+            raise _err(
+                f"'{r.name}' is a {kind} name and cannot name a tensor; "
+                f"call it as {r.name}(...) or choose another name",
+                r.span,
+            )
+        seen = self.rank.get(r.name)
+        if seen is None:
+            self.rank[r.name] = (len(r.indices), r.span)
+        elif seen[0] != len(r.indices):
+            raise _err(
+                f"'{r.name}' has {len(r.indices)} indices here but {seen[0]} at "
+                f"{seen[1].line}:{seen[1].column}",
+                r.span,
+            )
+        for i in r.indices:
+            if isinstance(i, Gather):
+                g = i.ref
+                self.name(g)
+                for j in g.indices:
+                    if not (isinstance(j, Affine) and j.plain):
+                        raise _err(
+                            f"the label tensor '{g.name}' must be indexed by plain index names",
+                            j.span or g.span,
+                        )
+                if g.name in self.defined_at or g.name in self.first_def:
+                    raise _err(
+                        f"'{g.name}' is used as integer labels, so it must be an input, "
+                        "not defined by the program",
+                        g.span,
+                    )
+                if self.role.get(g.name, ("",))[0] == "param":
+                    raise _err(f"'{g.name}' holds integer labels and cannot be a param", g.span)
+
+    def decls(self) -> None:
+        for d in self.p.decls:
+            self.name(d.ref)
+            for i in d.ref.indices:
+                if not (isinstance(i, Affine) and i.plain):
+                    raise _err("a declaration lists plain index names", i.span or d.span)
+            old = self.role.get(d.ref.name)
+            if old and old[0] != d.role:
+                raise _err(
+                    f"'{d.ref.name}' is declared {d.role} here but {old[0]} at "
+                    f"{old[1].line}:{old[1].column}",
+                    d.span,
+                )
+            self.role[d.ref.name] = (d.role, d.span)
+
+    def expr(self, e: Expr, lhs: set[str], bound: frozenset[str]) -> None:
+        if isinstance(e, Ref):
+            self.name(e)
+            self.read(e)
+            return
+        if isinstance(e, Call):
+            f = FUNCTIONS.get(e.func)
+            if f is None:
+                known = ", ".join(sorted(FUNCTIONS))
+                raise _err(f"unknown function '{e.func}'; known functions: {known}", e.span)
+            if len(e.args) != f.arity:
+                raise _err(
+                    f"{e.func} takes {f.arity} argument{'s' if f.arity > 1 else ''}, "
+                    f"got {len(e.args)}",
+                    e.span,
+                )
+        if isinstance(e, Reduce):
+            if e.op not in REDUCTIONS:
+                raise _err(f"unknown reduction '{e.op}'", e.span)
+            if len(set(e.indices)) != len(e.indices):
+                raise _err(f"{e.op}[...] lists an index twice", e.span)
+            body_free = free_indices(attach_sums(e.body, _occurrences(e.body), frozenset()))
+            body_free |= set(_occurrences(e.body))
+            for k in e.indices:
+                if k in lhs:
+                    raise _err(
+                        f"{e.op}[{k}] reduces over '{k}', which is on the left side; "
+                        "rename the inner index",
+                        e.span,
+                    )
+                if k in bound:
+                    raise _err(f"'{k}' is already reduced by an enclosing reduction", e.span)
+                if k not in body_free:
+                    raise _err(
+                        f"{e.op}[{k}] reduces over '{k}', which its body does not use", e.span
+                    )
+            bound = bound | frozenset(e.indices)
+        for c in children(e):
+            self.expr(c, lhs, bound)
+
+    def read(self, r: Ref) -> None:
+        n = r.name
+        if n in self.first_def and n not in self.defined_at:
+            sp = self.first_def[n]
+            raise _err(
+                f"'{n}' is read here before its definition at {sp.line}:{sp.column}", r.span
+            )
+        self.read_at.setdefault(n, r.span)
+
+    def statement(self, s: Statement) -> Statement:
+        t = s.target
+        self.name(t)
+        name = t.name
+        if self.role.get(name, ("",))[0] in ("param", "input"):
+            role, sp = self.role[name]
+            raise _err(
+                f"'{name}' is declared {role} at {sp.line}:{sp.column} and cannot be assigned",
+                t.span,
+            )
+        if s.op == "=":
+            if name in self.defined_at:
+                sp = self.defined_at[name]
+                raise _err(
+                    f"'{name}' is already defined at {sp.line}:{sp.column}; "
+                    f"use '+=' to add to it or choose a new name",
+                    t.span,
+                )
+        if name in self.read_at:
+            sp = self.read_at[name]
+            raise _err(
+                f"'{name}' is assigned after it was read at {sp.line}:{sp.column}; "
+                "all '=' and '+=' into a tensor come before its first read",
+                t.span,
+            )
+        lhs: list[str] = []
+        for i in t.indices:
+            plain = i.plain if isinstance(i, Affine) else None
+            if plain is None and s.op == "=":
+                raise _err(
+                    "the left side of '=' takes plain index names; "
+                    "write index arithmetic on the right side",
+                    i.span or t.span,
+                )
+            if plain is not None and plain in lhs and s.op == "=":
+                raise _err(f"index '{plain}' appears twice on the left side", i.span or t.span)
+            lhs.extend(i.names() if isinstance(i, Affine) else i.names())
+        lhs_set = set(lhs)
+        self.expr(s.expr, lhs_set, frozenset())
+        for i in t.indices:
+            if isinstance(i, Gather):
+                self.read(i.ref)
+        self.defined_at.setdefault(name, s.span)
+        self.read_at.pop(name, None)
+        # the scoping rule
+        keep = frozenset(lhs_set)
+        expr = attach_sums(s.expr, _occurrences(s.expr), keep)
+        free = free_indices(expr)
+        summed = tuple(sorted(free - lhs_set))
+        for k in summed:
+            for term in _lacking_terms(expr, k):
+                self.warnings.append(
+                    Warning_(
+                        f"'{k}' is summed over the whole right side, so a term that does not "
+                        f"use '{k}' is added once per value of '{k}'; if that is not meant, "
+                        f"write sum[{k}](...) around the part to sum",
+                        getattr(term, "span", s.span) if getattr(term, "span", None) else s.span,
+                    )
+                )
+                break
+        rhs_names = free | set(summed)
+        for sz in _sizeofs(expr):
+            if sz.index not in lhs_set and sz.index not in set(_occurrences(expr)):
+                raise _err(f"size[{sz.index}] names an index this statement does not use", sz.span)
+        if s.op == "=" or name not in self.defined_before_this:
+            for i in t.indices:
+                for n in i.names():
+                    if (
+                        n not in rhs_names
+                        and sized_like(name) is None
+                        and not isinstance(i, Gather)
+                    ):
+                        raise _err(
+                            f"index '{n}' of '{name}' gets no size: it does not appear on the "
+                            "right side",
+                            i.span or t.span,
+                        )
+        return replace(s, expr=expr, summed=summed)
+
+    def run(self) -> Program:
+        self.decls()
+        out = []
+        self.defined_before_this: set[str] = set()
+        for s in self.p.statements:
+            out.append(self.statement(s))
+            self.defined_before_this.add(s.target.name)
+        return replace(self.p, statements=tuple(out), warnings=tuple(self.warnings))
+
+
+def _sizeofs(e: Expr) -> list[SizeOf]:
+    if isinstance(e, SizeOf):
+        return [e]
+    return [s for c in children(e) for s in _sizeofs(c)]
+
+
+def check(program: Program) -> Program:
+    """Check a parsed program and return it with every sum attached (SPEC 1.2-1.5)."""
+    try:
+        return _Checker(program).run()
+    except IndexgradError as e:
+        raise e.located(program.filename, program.source) from None
+
+
+def all_refs(program: Program) -> list[Ref]:
+    out: list[Ref] = []
+    for s in program.statements:
+        out.append(s.target)
+        out.extend(refs_in(s.expr))
+    return out

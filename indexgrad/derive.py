@@ -1,0 +1,298 @@
+"""Derivation: the swap rule (reverse mode) and the tangent rule (forward mode), program to program."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .check import check
+from .errors import IndexgradError
+from .functions import FUNCTIONS
+from .lower import (
+    Contract,
+    Elementwise,
+    Prim,
+    Reduction,
+    Terms,
+    lower,
+    num,
+    powered,
+    prim_refs,
+    product,
+)
+from .nodes import (
+    Affine,
+    Call,
+    Expr,
+    Neg,
+    Num,
+    Power,
+    Program,
+    Reduce,
+    Ref,
+    SizeOf,
+    Statement,
+    Sum,
+    ref_index_names,
+)
+
+def derived_names(program: Program, suffix: str) -> dict[str, str]:
+    """`x` -> `x.grad` (or `x.grad2`, ... when the program already uses that name)."""
+    taken = set(program.inputs()) | set(program.defined())
+    out: dict[str, str] = {}
+    for n in [*program.inputs(), *program.defined()]:
+        cand, k = n + suffix, 2
+        while cand in taken:
+            cand, k = f"{n}{suffix}{k}", k + 1
+        taken.add(cand)
+        out[n] = cand
+    return out
+
+
+def grad_name(program: Program, name: str) -> str:
+    return derived_names(program, ".grad").get(name, name + ".grad")
+
+
+def tan_name(program: Program, name: str) -> str:
+    return derived_names(program, ".tan").get(name, name + ".tan")
+
+
+def _renamed(r: Ref, names: dict[str, str]) -> Ref:
+    return Ref(names[r.name], r.indices, r.span)
+
+
+def _tan(names: dict[str, str], r: Ref) -> Ref:
+    return Ref(names[r.name], r.indices, r.span)
+
+
+def _fresh_index(k: str, used: set[str]) -> str:
+    n = 2
+    while f"{k}{n}" in used:
+        n += 1
+    used.add(f"{k}{n}")
+    return f"{k}{n}"
+
+
+def _rename(r: Ref, old: str, new: str) -> Ref:
+    def fix(i):  # type: ignore[no-untyped-def]
+        if isinstance(i, Affine):
+            return Affine(tuple((c, new if n == old else n) for c, n in i.terms), i.const, i.span)
+        return replace(i, ref=_rename(i.ref, old, new))
+
+    return replace(r, indices=tuple(fix(i) for i in r.indices))
+
+
+def swap(p: Prim, wants: set[str], names: dict[str, str]) -> list[Statement]:
+    """The swap rule for one primitive: one `+=` statement per operand occurrence that needs a gradient."""
+    g = _renamed(p.out, names)
+    out: list[Statement] = []
+
+    def emit(a: Ref, expr: Expr) -> None:
+        out.append(Statement(_renamed(a, names), "+=", expr, (), p.span))
+
+    if isinstance(p, Contract):
+        for m, (a, k) in enumerate(p.factors):
+            if not isinstance(a, Ref) or a.name not in wants:
+                continue
+            rest = [powered(f, e) for n, (f, e) in enumerate(p.factors) if n != m]
+            mine = [powered(a, k - 1)] if k != 1 else []
+            emit(a, product([g, *mine, *rest], p.coef * k))
+    elif isinstance(p, Terms):
+        for c, a in p.terms:
+            if isinstance(a, Ref) and a.name in wants:
+                emit(a, product([g], c))
+    elif isinstance(p, Elementwise):
+        f = FUNCTIONS[p.func]
+        derivs = f.derivative(*p.args, p.out)
+        for a, d in zip(p.args, derivs):
+            if isinstance(a, Ref) and a.name in wants and d is not None:
+                emit(a, product([g, d]))
+    elif isinstance(p, Reduction):
+        a = p.arg
+        if a.name in wants:
+            if p.reducer == "mean":
+                emit(a, product([g, *(Power(SizeOf(k), -1) for k in p.indices)]))
+            elif p.reducer == "logsumexp":
+                emit(a, product([g, Call("exp", (Sum((a, p.out), (1, -1)),))]))
+            else:  # max and min route to the arg-max, ties share equally
+                used = set(ref_index_names(a)) | set(ref_index_names(p.out))
+                inner = a
+                new_names = []
+                for k in p.indices:
+                    k2 = _fresh_index(k, used)
+                    inner = _rename(inner, k, k2)
+                    new_names.append(k2)
+                count = Reduce("sum", tuple(new_names), Call("eq", (inner, p.out)))
+                emit(a, product([g, Call("eq", (a, p.out)), Power(count, -1)]))
+    return out
+
+
+def relevant_names(prims: list[Prim], loss: str, sources: set[str]) -> set[str]:
+    """Names on a path from one of `sources` to `loss`: those that need a gradient."""
+    reaches_loss = {loss}
+    for p in reversed(prims):
+        if p.out.name in reaches_loss:
+            reaches_loss.update(r.name for r in prim_refs(p))
+    from_sources = set(sources)
+    for p in prims:
+        if any(r.name in from_sources for r in prim_refs(p)):
+            from_sources.add(p.out.name)
+    return reaches_loss & from_sources
+
+
+def default_loss(program: Program) -> str:
+    names = program.defined()
+    if not names:
+        raise IndexgradError("the program defines nothing, so there is no loss to differentiate")
+    return program.statements[-1].target.name
+
+
+def derive(program: Program, loss: str | None = None, wrt: list[str] | None = None) -> Program:
+    """The reverse-mode program: gradient statements by the swap rule, in reverse order (SPEC 2.2)."""
+    return derive_for(program, [loss] if loss else [], wrt)
+
+
+def derive_for(program: Program, losses: list[str], wrt: list[str] | None) -> Program:
+    """The vector-Jacobian program for seeds on `losses` (the last defined tensor when empty)."""
+    prims = lower(program)
+    losses, sources = _loss_and_sources(program, losses, wrt)
+    names = derived_names(program, ".grad")
+    for p in prims:
+        if p.out.name not in names:
+            names[p.out.name] = _fresh_name(p.out.name + ".grad", names, program)
+    wants: set[str] = set()
+    for loss in losses:
+        wants |= relevant_names(prims, loss, sources)
+    stmts: list[Statement] = []
+    for p in reversed(prims):
+        if p.out.name in wants:
+            stmts.extend(swap(p, wants, names))
+    derived = Program((), tuple(stmts), filename=program.filename, source=program.source)
+    return _recheck(derived, program)
+
+
+def _fresh_name(cand: str, names: dict[str, str], program: Program) -> str:
+    taken = set(names.values()) | set(program.inputs()) | set(program.defined())
+    base, k = cand, 2
+    while cand in taken:
+        cand, k = f"{base}{k}", k + 1
+    return cand
+
+
+def _loss_and_sources(
+    program: Program, losses: list[str], wrt: list[str] | None
+) -> tuple[list[str], set[str]]:
+    losses = losses or [default_loss(program)]
+    defined = set(program.defined())
+    for loss in losses:
+        if loss not in defined:
+            raise IndexgradError(
+                f"loss '{loss}' is not defined by the program; defined tensors: "
+                + ", ".join(program.defined())
+            )
+    labels = set(program.integer_inputs())
+    inputs = [n for n in program.inputs() if n not in labels]
+    if wrt is None:
+        return losses, set(inputs)
+    for w in wrt:
+        if w not in inputs:
+            raise IndexgradError(
+                f"--wrt names '{w}', which is not an input of the program; inputs: "
+                + ", ".join(inputs)
+            )
+    return losses, set(wrt)
+
+
+def _recheck(derived: Program, source: Program) -> Program:
+    try:
+        return check(derived)
+    except IndexgradError as e:  # a derivation bug, but say where it came from
+        raise IndexgradError(f"internal error in a derived statement: {e.message}", e.span) from e
+
+
+def tangent(p: Prim, has_tan: set[str], names: dict[str, str]) -> Statement | None:
+    """The tangent rule: the output's tangent is each input's tangent swapped into its place."""
+    terms: list[Expr] = []
+    if isinstance(p, Contract):
+        for m, (a, k) in enumerate(p.factors):
+            if isinstance(a, Ref) and a.name in has_tan:
+                rest = [powered(f, e) for n, (f, e) in enumerate(p.factors) if n != m]
+                mine = [powered(a, k - 1)] if k != 1 else []
+                terms.append(product([_tan(names, a), *mine, *rest], p.coef * k))
+    elif isinstance(p, Terms):
+        for c, a in p.terms:
+            if isinstance(a, Ref) and a.name in has_tan:
+                terms.append(product([_tan(names, a)], c))
+    elif isinstance(p, Elementwise):
+        derivs = FUNCTIONS[p.func].derivative(*p.args, p.out)
+        for a, d in zip(p.args, derivs):
+            if isinstance(a, Ref) and a.name in has_tan and d is not None:
+                terms.append(product([_tan(names, a), d]))
+    elif isinstance(p, Reduction) and p.arg.name in has_tan:
+        a, t = p.arg, _tan(names, p.arg)
+        if p.reducer == "mean":
+            body: Expr = t
+        elif p.reducer == "logsumexp":
+            body = product([t, Call("exp", (Sum((a, p.out), (1, -1)),))])
+        else:
+            used = set(ref_index_names(a)) | set(ref_index_names(p.out))
+            inner = a
+            names = []
+            for k in p.indices:
+                k2 = _fresh_index(k, used)
+                inner = _rename(inner, k, k2)
+                names.append(k2)
+            count = Reduce("sum", tuple(names), Call("eq", (inner, p.out)))
+            body = product([t, Call("eq", (a, p.out)), Power(count, -1)])
+        red = "mean" if p.reducer == "mean" else "sum"
+        terms.append(Reduce(red, p.indices, body))
+    if not terms:
+        return None
+    expr: Expr = terms[0]
+    if len(terms) > 1:
+        signs = []
+        clean = []
+        for t in terms:
+            if isinstance(t, Neg) and clean:
+                clean.append(t.arg)
+                signs.append(-1)
+            else:
+                clean.append(t)
+                signs.append(1)
+        expr = Sum(tuple(clean), tuple(signs))
+    return Statement(_tan(names, p.out), p.op, expr, (), p.span)
+
+
+def derive_jvp(program: Program, wrt: list[str] | None = None) -> Program:
+    """The forward-mode program: one tangent statement per primitive that depends on `wrt` (SPEC 2.3)."""
+    prims = lower(program)
+    inputs = [n for n in program.inputs() if n not in set(program.integer_inputs())]
+    for w in wrt or []:
+        if w not in inputs:
+            raise IndexgradError(
+                f"--wrt names '{w}', which is not an input of the program; inputs: "
+                + ", ".join(inputs)
+            )
+    has_tan = set(wrt if wrt is not None else inputs)
+    names = derived_names(program, ".tan")
+    for p in prims:
+        if p.out.name not in names:
+            names[p.out.name] = _fresh_name(p.out.name + ".tan", names, program)
+    stmts: list[Statement] = []
+    for p in prims:
+        s = tangent(p, has_tan, names)
+        if s is not None:
+            stmts.append(s)
+            has_tan.add(p.out.name)
+    derived = Program((), tuple(stmts), filename=program.filename, source=program.source)
+    return _recheck(derived, program)
+
+
+def forward_statements(program: Program) -> list[Statement]:
+    """The lowered forward statements that define temporaries (printed before a derived program)."""
+    from .lower import prim_statement
+
+    user = set(program.defined())
+    return [prim_statement(p) for p in lower(program) if p.out.name not in user]
+
+
+__all__ = ["derive", "derive_jvp", "forward_statements", "num", "Num"]

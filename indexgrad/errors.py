@@ -1,0 +1,70 @@
+"""The one user-error type, and the renderer that draws `FILE:LINE:COL: error:` with a caret."""
+
+from __future__ import annotations
+
+from .nodes import Span
+
+
+class IndexgradError(Exception):
+    """A mistake in a user's program, arrays, flags or files, with the place it happened."""
+
+    def __init__(
+        self,
+        message: str,
+        span: Span | None = None,
+        filename: str | None = None,
+        source: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.span = span if span is not None and span.line > 0 else None
+        self.filename = filename
+        self.source = source
+
+    @property
+    def line(self) -> int | None:
+        return self.span.line if self.span else None
+
+    @property
+    def column(self) -> int | None:
+        return self.span.column if self.span else None
+
+    def located(self, filename: str | None, source: str | None) -> IndexgradError:
+        """Fill in the file and source text where they are not known yet; returns self."""
+        if self.filename is None:
+            self.filename = filename
+        if self.source is None:
+            self.source = source
+        return self
+
+    def __str__(self) -> str:
+        return render(self.message, self.span, self.filename, self.source)
+
+
+def render(
+    message: str,
+    span: Span | None,
+    filename: str | None,
+    source: str | None,
+    severity: str = "error",
+) -> str:
+    """`FILE:LINE:COL: severity: message`, then the source line and a caret under the place."""
+    where = filename or "<input>"
+    if span is None or span.line <= 0:
+        return f"{where}: {severity}: {message}"
+    head = f"{where}:{span.line}:{span.column}: {severity}: {message}"
+    if not source:
+        return head
+    lines = source.splitlines()
+    if not 1 <= span.line <= len(lines):
+        return head
+    text = lines[span.line - 1].replace("\t", " ")
+    width = 1
+    if span.end_line == span.line and span.end_column > span.column:
+        width = span.end_column - span.column
+    width = max(1, min(width, len(text) - span.column + 1))
+    return f"{head}\n  {text}\n  {' ' * (span.column - 1)}^{'~' * (width - 1)}"
+
+
+class IndexgradWarning(UserWarning):
+    """A program that runs but probably does not mean what it says (SPEC 1.4)."""

@@ -1,0 +1,360 @@
+"""Lowering: statements become primitive statements (contraction, elementwise, sum of terms, reduction)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from .check import free_indices, sized_like
+from .nodes import (
+    Affine,
+    Call,
+    Expr,
+    Gather,
+    Neg,
+    Num,
+    Power,
+    Product,
+    Program,
+    Reduce,
+    Ref,
+    SizeOf,
+    Span,
+    Statement,
+    Sum,
+    children,
+    idx,
+    ref_index_names,
+    refs_in,
+)
+
+Operand = Union[Ref, Num, SizeOf]
+
+
+@dataclass(frozen=True)
+class Contract:
+    """`out[I] op= coef * Π factor^power`, summing every index not in I."""
+
+    out: Ref
+    op: str
+    coef: float
+    factors: tuple[tuple[Operand, float], ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Elementwise:
+    """`out[I] op= f(args)`, the arguments broadcast by index name."""
+
+    out: Ref
+    op: str
+    func: str
+    args: tuple[Operand, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Terms:
+    """`out[I] op= s1 u1 + s2 u2 + ...`, each term broadcast to I."""
+
+    out: Ref
+    op: str
+    terms: tuple[tuple[float, Operand], ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """`out[I] op= reducer[k...](arg)` for mean, max, min and logsumexp."""
+
+    out: Ref
+    op: str
+    reducer: str
+    indices: tuple[str, ...]
+    arg: Ref
+    span: Span
+
+
+Prim = Union[Contract, Elementwise, Terms, Reduction]
+
+
+def ordered_free(e: Expr) -> tuple[str, ...]:
+    """Free index names of e in order of first appearance."""
+    free = free_indices(e)
+    seen: dict[str, None] = {}
+    for r in refs_in(e):
+        for n in ref_index_names(r):
+            if n in free:
+                seen.setdefault(n, None)
+    return tuple(seen)
+
+
+# ---- building printable expressions ----------------------------------------------------------
+
+
+def num(v: float) -> Expr:
+    return Neg(Num(-v)) if v < 0 else Num(v)
+
+
+def product(factors: list[Expr], coef: float = 1.0) -> Expr:
+    """A product in canonical form: a leading coefficient, nested products flattened, -1 as Neg."""
+    flat: list[Expr] = []
+    divide: list[bool] = []
+    for f in factors:
+        if isinstance(f, Neg):
+            coef, f = -coef, f.arg
+        if isinstance(f, Num):
+            coef *= f.value
+            continue
+        if isinstance(f, Product) and not f.summed:
+            for g, d in zip(f.factors, f.divide):
+                if isinstance(g, Num) and not d:
+                    coef *= g.value
+                elif isinstance(g, Neg) and not d:
+                    coef = -coef
+                    flat.append(g.arg)
+                    divide.append(False)
+                else:
+                    flat.append(g)
+                    divide.append(d)
+            continue
+        if isinstance(f, Power) and f.exponent < 0:
+            flat.append(f.base if f.exponent == -1 else Power(f.base, -f.exponent))
+            divide.append(True)
+            continue
+        flat.append(f)
+        divide.append(False)
+    if divide and not all(divide):  # divisors last: `g W / Z`
+        order = sorted(range(len(flat)), key=lambda n: divide[n])
+        flat, divide = [flat[n] for n in order], [divide[n] for n in order]
+    if coef == 0:
+        return Num(0)
+    sign, mag = (-1 if coef < 0 else 1), abs(coef)
+    if mag != 1 or not flat:
+        flat.insert(0, Num(mag))
+        divide.insert(0, False)
+    if divide and divide[0]:
+        flat.insert(0, Num(1))
+        divide.insert(0, False)
+    if sign < 0:
+        flat[0] = Neg(flat[0])
+    return flat[0] if len(flat) == 1 else Product(tuple(flat), tuple(divide))
+
+
+def powered(e: Operand, p: float) -> Expr:
+    if p == 1:
+        return e
+    return Power(e, p)
+
+
+def prim_expr(p: Prim) -> Expr:
+    """The right side of a primitive, as an expression of the language."""
+    if isinstance(p, Contract):
+        return product([powered(f, k) for f, k in p.factors], p.coef)
+    if isinstance(p, Elementwise):
+        return Call(p.func, p.args)
+    if isinstance(p, Reduction):
+        return Reduce(p.reducer, p.indices, p.arg)
+    terms: list[Expr] = []
+    signs: list[int] = []
+    for c, u in p.terms:
+        t = product([u], c)
+        if isinstance(t, Neg) and terms:
+            terms.append(t.arg)
+            signs.append(-1)
+        else:
+            terms.append(t)
+            signs.append(1)
+    return terms[0] if len(terms) == 1 else Sum(tuple(terms), tuple(signs))
+
+
+def prim_statement(p: Prim) -> Statement:
+    return Statement(p.out, p.op, prim_expr(p), (), p.span)
+
+
+# ---- lowering --------------------------------------------------------------------------------
+
+
+class _Lowerer:
+    def __init__(self, program: Program) -> None:
+        self.taken: set[str] = set(program.inputs()) | set(program.defined())
+        self.accumulated = {s.target.name for s in program.statements if s.op == "+="}
+        self.out: list[Prim] = []
+        self.span = Span()
+
+    def fresh(self, base: str, kind: str) -> str:
+        name = f"{base}.{kind}"
+        n = 2
+        while name in self.taken:
+            name = f"{base}.{kind}{n}"
+            n += 1
+        self.taken.add(name)
+        return name
+
+    def operand(self, e: Expr, base: str) -> Operand:
+        """e as an operand: itself when it is a reference or constant, else a new temporary."""
+        if isinstance(e, (Ref, Num, SizeOf)):
+            return e
+        if isinstance(e, Neg) and isinstance(e.arg, Num):
+            return Num(-e.arg.value)
+        target = Ref(self.fresh(base, _kind(e)), tuple(idx(n) for n in ordered_free(e)), e_span(e))
+        self.emit(target, "=", e, (), base)
+        return target
+
+    def emit(self, target: Ref, op: str, e: Expr, summed: tuple[str, ...], base: str) -> None:
+        span = self.span
+        needs_temp = op == "+=" or target.name in self.accumulated
+        if summed and not _is_productish(e):
+            e = self.operand(e, base)
+        if _is_productish(e) or isinstance(e, (Ref, SizeOf)):
+            coef, factors = self.factors(e, base)
+            self.out.append(Contract(target, op, coef, tuple(factors), span))
+            return
+        if isinstance(e, Num):
+            self.out.append(Terms(target, op, ((e.value, Num(1)),), span))
+            return
+        if isinstance(e, Sum):
+            terms = []
+            for t, sign in zip(e.terms, e.signs):
+                c, u = self.scaled(t, base)
+                terms.append((sign * c, u))
+            self.out.append(Terms(target, op, tuple(terms), span))
+            return
+        if isinstance(e, Reduce) and e.op == "sum":
+            self.emit(target, op, e.body, summed + e.indices, base)
+            return
+        if needs_temp:  # derivatives of these read their output, which '+=' would change
+            tmp = self.operand(e, base)
+            self.out.append(Contract(target, op, 1.0, ((tmp, 1.0),), span))
+            return
+        if isinstance(e, Call):
+            args = tuple(self.operand(a, base) for a in e.args)
+            self.out.append(Elementwise(target, op, e.func, args, span))
+            return
+        if isinstance(e, Reduce):
+            arg = self.operand(e.body, base)
+            if e.op == "sum":
+                self.out.append(Contract(target, op, 1.0, ((arg, 1.0),), span))
+            else:
+                assert isinstance(arg, Ref)
+                self.out.append(Reduction(target, op, e.op, e.indices, arg, span))
+            return
+        raise TypeError(f"cannot lower {e!r}")
+
+    def scaled(self, e: Expr, base: str) -> tuple[float, Operand]:
+        """A term as coefficient × operand."""
+        if isinstance(e, Neg):
+            c, u = self.scaled(e.arg, base)
+            return -c, u
+        if isinstance(e, Num):
+            return e.value, Num(1)
+        if isinstance(e, Product) and not e.summed and not any(e.divide):
+            consts = [f for f in e.factors if isinstance(f, Num)]
+            rest = [f for f in e.factors if not isinstance(f, Num)]
+            if len(rest) == 1:
+                c = 1.0
+                for f in consts:
+                    c *= f.value
+                c2, u = self.scaled(rest[0], base)
+                return c * c2, u
+        return 1.0, self.operand(e, base)
+
+    def factors(self, e: Expr, base: str) -> tuple[float, list[tuple[Operand, float]]]:
+        """A product-like expression as coefficient × Π operand^power."""
+        coef = 1.0
+        out: list[tuple[Operand, float]] = []
+
+        def visit(f: Expr, power: float) -> None:
+            nonlocal coef
+            if isinstance(f, Num):
+                coef *= f.value**power
+            elif isinstance(f, Neg) and power == int(power):
+                coef *= (-1.0) ** power
+                visit(f.arg, power)
+            elif isinstance(f, Product) and (power == 1 or not f.summed):
+                if power != 1:
+                    for g, d in zip(f.factors, f.divide):
+                        visit(g, -power if d else power)
+                    return
+                for g, d in zip(f.factors, f.divide):
+                    visit(g, -1.0 if d else 1.0)
+            elif isinstance(f, Power):
+                visit(f.base, power * f.exponent)
+            elif isinstance(f, (Ref, SizeOf)):
+                out.append((f, power))
+            else:
+                out.append((self.operand(f, base), power))
+
+        visit(e, 1.0)
+        return coef, out
+
+    def statement(self, s: Statement) -> None:
+        self.span = s.span
+        self.emit(s.target, s.op, s.expr, s.summed, s.target.name)
+
+
+def _is_productish(e: Expr) -> bool:
+    if isinstance(e, (Product, Power)):
+        return True
+    return isinstance(e, Neg) and not isinstance(e.arg, Sum)
+
+
+def _kind(e: Expr) -> str:
+    if isinstance(e, Call):
+        return e.func
+    if isinstance(e, Reduce):
+        return e.op
+    if isinstance(e, Sum):
+        return "sum"
+    if isinstance(e, Power):
+        return "pow"
+    return "prod"
+
+
+def e_span(e: Expr) -> Span:
+    return getattr(e, "span", Span())
+
+
+def lower(program: Program) -> list[Prim]:
+    """The primitive statements of a checked program, in order."""
+    lw = _Lowerer(program)
+    for s in program.statements:
+        lw.statement(s)
+    return lw.out
+
+
+def prim_refs(p: Prim) -> list[Ref]:
+    """Tensor operands a primitive reads (not integer labels)."""
+    if isinstance(p, Contract):
+        return [f for f, _ in p.factors if isinstance(f, Ref)]
+    if isinstance(p, Elementwise):
+        return [a for a in p.args if isinstance(a, Ref)]
+    if isinstance(p, Terms):
+        return [u for _, u in p.terms if isinstance(u, Ref)]
+    return [p.arg]
+
+
+def label_refs(p: Prim) -> list[Ref]:
+    """Integer label tensors a primitive reads through gathers (its target's included)."""
+    out: list[Ref] = []
+    for r in [p.out, *prim_refs(p)]:
+        for i in r.indices:
+            if isinstance(i, Gather):
+                out.append(i.ref)
+    return out
+
+
+__all__ = [
+    "Affine",
+    "Contract",
+    "Elementwise",
+    "Prim",
+    "Reduction",
+    "Terms",
+    "children",
+    "lower",
+    "prim_expr",
+    "prim_refs",
+    "prim_statement",
+    "sized_like",
+]

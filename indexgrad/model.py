@@ -1,0 +1,291 @@
+"""The Python API's compiled model: forward, backward (gradients and VJPs), jvp, hvp and gradcheck."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .check import check
+from .derive import derive_for, derive_jvp, grad_name, tan_name
+from .errors import IndexgradError
+from .lower import Prim, lower, prim_statement
+from .nodes import Program
+from .run import Executor
+from .syntax import parse_syntax
+
+Array = np.ndarray
+
+
+def parse(text: str, filename: str = "<string>") -> Program:
+    """Parse and check .idx text; `str(program)` is its canonical form."""
+    if not isinstance(text, str):
+        raise IndexgradError(f"parse() takes the program text as a string, got {type(text).__name__}")
+    return check(parse_syntax(text, filename))
+
+
+def load(path: str | Path) -> Program:
+    """Parse and check an .idx file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise IndexgradError(f"cannot read {p}: {e.strerror or e}", filename=str(p)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        from .nodes import Span
+
+        raise IndexgradError(
+            f"the file is not valid UTF-8 (byte 0x{raw[e.start]:02x})",
+            Span(line, col, line, col + 1),
+            str(p),
+            raw.decode("utf-8", errors="replace"),
+        ) from None
+    return parse(text, str(p))
+
+
+def _as_program(x: str | Program) -> Program:
+    if isinstance(x, Program):
+        return x
+    if isinstance(x, Path) or (isinstance(x, str) and x.endswith(".idx") and "\n" not in x):
+        return load(x)
+    return parse(x)
+
+
+@dataclass
+class Model:
+    """A compiled program: its primitive statements and cached derived programs."""
+
+    program: Program
+    backend: str = "numpy"
+    prims: list[Prim] = field(init=False)
+    _cache: dict[Any, Any] = field(init=False, default_factory=dict, repr=False)
+    _lock: Any = field(init=False, default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.backend != "numpy":
+            raise IndexgradError(f"unknown backend '{self.backend}'; available: numpy")
+        self.prims = lower(self.program)
+        self.inputs = [n for n in self.program.inputs() if n not in self.program.integer_inputs()]
+        self.labels = list(self.program.integer_inputs())
+        self._forward = Executor(self.prims, self.program.filename, self.program.source)
+
+    def _error(self, msg: str) -> IndexgradError:
+        return IndexgradError(msg, filename=self.program.filename)
+
+    def _inputs(self, arrays: Mapping[str, Any], allow_extra: bool = False) -> dict[str, Array]:
+        env: dict[str, Array] = {}
+        known = set(self.inputs) | set(self.labels)
+        for name, value in arrays.items():
+            if name not in known:
+                if allow_extra:
+                    continue
+                raise self._error(
+                    f"'{name}' is not an input of the program; inputs: "
+                    + ", ".join(self.inputs + self.labels)
+                )
+            try:
+                a = np.asarray(value)
+            except Exception as e:  # ragged lists and the like
+                raise self._error(f"the value given for '{name}' is not an array: {e}") from None
+            if name in self.labels:
+                if a.dtype.kind not in "iu":
+                    raise self._error(
+                        f"'{name}' holds integer labels, but its array has dtype {a.dtype}"
+                    )
+            elif a.dtype.kind in "biu":
+                a = a.astype(np.float64)
+            elif a.dtype.kind not in "f":
+                raise self._error(f"'{name}' must hold real numbers, but has dtype {a.dtype}")
+            env[name] = a
+        missing = [n for n in self.inputs + self.labels if n not in env]
+        if missing:
+            raise self._error("no array was given for input " + ", ".join(f"'{m}'" for m in missing))
+        return env
+
+    def forward(self, check_finite: bool = False, **arrays: Any) -> dict[str, Array]:
+        """Every defined tensor (temporaries included), from arrays for every input."""
+        env = self._inputs(arrays)
+        return self._forward.run(env, check_finite=check_finite)
+
+    def _derived(self, losses: tuple[str, ...], wrt: tuple[str, ...] | None) -> tuple[Program, Executor]:
+        key = ("vjp", losses, wrt)
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is None:
+            d = derive_for(self.program, list(losses), list(wrt) if wrt is not None else None)
+            hit = (d, Executor(lower(d), self.program.filename, self.program.source))
+            with self._lock:
+                self._cache[key] = hit
+        return hit
+
+    def backward(
+        self,
+        vals: Mapping[str, Array],
+        loss: str | None = None,
+        wrt: list[str] | None = None,
+        seed: Mapping[str, Any] | None = None,
+    ) -> dict[str, Array]:
+        """Gradients of a scalar loss, or the vector-Jacobian product with `seed`, per input."""
+        if seed is not None and loss is not None:
+            raise self._error("give either loss= or seed=, not both")
+        if seed is None:
+            loss = loss or self.program.statements[-1].target.name if self.program.statements else loss
+            if loss is None:
+                raise self._error("the program defines nothing to differentiate")
+            if loss not in vals:
+                raise self._error(f"'{loss}' is not among the values; run forward() first")
+            value = np.asarray(vals[loss])
+            if value.ndim != 0:
+                raise self._error(
+                    f"loss '{loss}' has shape {value.shape}, not a scalar; pass "
+                    f"seed={{'{loss}': ...}} for a vector-Jacobian product"
+                )
+            seeds = {loss: np.ones_like(value)}
+        else:
+            seeds = {}
+            for name, g in seed.items():
+                if name not in vals:
+                    raise self._error(f"seed names '{name}', which is not a defined tensor")
+                g = np.asarray(g)
+                want = np.shape(vals[name])
+                if g.shape != want:
+                    raise self._error(
+                        f"seed for '{name}' has shape {g.shape}, but '{name}' has shape {want}"
+                    )
+                seeds[name] = g
+        wrt_t = tuple(wrt) if wrt is not None else None
+        derived, ex = self._derived(tuple(seeds), wrt_t)
+        env = dict(vals)
+        for name, g in seeds.items():
+            env[grad_name(self.program, name)] = g
+        env = ex.run(env)
+        out = {}
+        for name in wrt if wrt is not None else self.inputs:
+            g = env.get(grad_name(self.program, name))
+            out[name] = np.zeros_like(vals[name]) if g is None else np.ascontiguousarray(g)
+        return out
+
+    def jvp(self, vals: Mapping[str, Array], tangents: Mapping[str, Any]) -> dict[str, Array]:
+        """Tangents of every defined tensor, given tangents of some inputs (forward mode)."""
+        for n in tangents:
+            if n not in self.inputs:
+                raise self._error(f"tangent given for '{n}', which is not an input")
+        key = ("jvp", tuple(tangents))
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is None:
+            d = derive_jvp(self.program, list(tangents))
+            hit = (d, Executor(lower(d), self.program.filename, self.program.source))
+            with self._lock:
+                self._cache[key] = hit
+        _, ex = hit
+        env = dict(vals)
+        for n, t in tangents.items():
+            t = np.asarray(t)
+            if t.shape != np.shape(vals[n]):
+                raise self._error(f"tangent for '{n}' has shape {t.shape}, not {np.shape(vals[n])}")
+            env[tan_name(self.program, n)] = t
+        env = ex.run(env)
+        out = {}
+        for n in self.program.defined():
+            t = env.get(tan_name(self.program, n))
+            out[n] = np.zeros_like(vals[n]) if t is None else t
+        return out
+
+    def hvp(
+        self, vals: Mapping[str, Array], loss: str | None = None, v: Mapping[str, Any] | None = None
+    ) -> dict[str, Array]:
+        """Hessian-vector products by forward-over-reverse, returned like backward()."""
+        v = dict(v or {})
+        loss = loss or self.program.statements[-1].target.name
+        key = ("hvp", loss, tuple(v))
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is None:
+            back = derive_for(self.program, [loss], None)
+            both = Program(
+                self.program.decls,
+                tuple(prim_statement(p) for p in self.prims) + back.statements,
+                filename=self.program.filename,
+                source=self.program.source,
+            )
+            both = check(both)
+            tan = derive_jvp(both, list(v))
+            hit = (both, tan, Executor(lower(both) + lower(tan), both.filename, both.source))
+            with self._lock:
+                self._cache[key] = hit
+        both, tan, ex = hit
+        env = {n: np.asarray(vals[n]) for n in self.inputs + self.labels}
+        env[grad_name(self.program, loss)] = np.ones_like(np.asarray(vals[loss]))
+        for n, t in v.items():
+            env[tan_name(both, n)] = np.asarray(t)
+        env = ex.run(env)
+        out = {}
+        for n in self.inputs:
+            t = env.get(tan_name(both, grad_name(self.program, n)))
+            out[n] = np.zeros_like(np.asarray(vals[n])) if t is None else t
+        return out
+
+
+def compile(program: str | Program, backend: str = "numpy") -> Model:  # noqa: A001
+    """A Model for .idx text, a path to an .idx file, or a parsed Program."""
+    return Model(_as_program(program), backend)
+
+
+@dataclass
+class GradcheckReport:
+    """Per input: the largest relative error between derived and finite-difference gradients."""
+
+    errors: dict[str, float]
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return all(e <= self.tolerance for e in self.errors.values())
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __str__(self) -> str:
+        rows = [f"{n}: relative error {e:.2e}" for n, e in self.errors.items()]
+        return "\n".join(rows + [("ok" if self.ok else "FAILED") + f" (tolerance {self.tolerance:g})"])
+
+
+def gradcheck(
+    model: Model,
+    arrays: Mapping[str, Any],
+    loss: str | None = None,
+    eps: float = 1e-6,
+    tolerance: float = 1e-5,
+    directions: int = 3,
+    seed: int = 0,
+) -> GradcheckReport:
+    """Compare backward() with symmetric finite differences in float64 along random directions."""
+    arr = {
+        n: (np.asarray(a, dtype=np.float64) if n not in model.labels else np.asarray(a))
+        for n, a in arrays.items()
+    }
+    vals = model.forward(**arr)
+    loss = loss or model.program.statements[-1].target.name
+    grads = model.backward(vals, loss=loss)
+    rng = np.random.default_rng(seed)
+    errors: dict[str, float] = {}
+    for name in model.inputs:
+        worst = 0.0
+        for _ in range(directions):
+            d = rng.standard_normal(np.shape(arr[name]))
+            plus = dict(arr, **{name: arr[name] + eps * d})
+            minus = dict(arr, **{name: arr[name] - eps * d})
+            fd = (float(model.forward(**plus)[loss]) - float(model.forward(**minus)[loss])) / (2 * eps)
+            an = float(np.sum(grads[name] * d))
+            err = abs(fd - an) / max(1.0, abs(fd), abs(an))
+            worst = max(worst, err)
+        errors[name] = worst
+    return GradcheckReport(errors, tolerance)

@@ -1,0 +1,301 @@
+"""Syntax tree of the .idx language: frozen dataclasses named after the notation, each with a Span."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Union
+
+
+@dataclass(frozen=True)
+class Span:
+    """A place in a source text: 1-based line and column of the start and end."""
+
+    line: int = 0
+    column: int = 0
+    end_line: int = 0
+    end_column: int = 0
+
+
+NOSPAN = Span()
+
+
+def _span() -> Span:
+    return field(default=NOSPAN, compare=False, repr=False)  # type: ignore[return-value]
+
+
+# ---- index positions -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Affine:
+    """An index position: a sum of integer multiples of index names plus a constant (`j`, `2*j+k`)."""
+
+    terms: tuple[tuple[int, str], ...]
+    const: int = 0
+    span: Span = _span()
+
+    @property
+    def plain(self) -> str | None:
+        """The index name when the position is just one name, else None."""
+        if self.const == 0 and len(self.terms) == 1 and self.terms[0][0] == 1:
+            return self.terms[0][1]
+        return None
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(n for _, n in self.terms)
+
+
+@dataclass(frozen=True)
+class Gather:
+    """An index position holding an integer tensor reference (`P[b, y[b]]`)."""
+
+    ref: Ref
+    span: Span = _span()
+
+    def names(self) -> tuple[str, ...]:
+        return ref_index_names(self.ref)
+
+
+Index = Union[Affine, Gather]
+
+
+def idx(name: str) -> Affine:
+    """A plain index position."""
+    return Affine(((1, name),))
+
+
+# ---- expressions -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A tensor reference `x[b,j]`; a scalar has no indices."""
+
+    name: str
+    indices: tuple[Index, ...] = ()
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
+class Num:
+    """A numeric literal."""
+
+    value: float
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
+class SizeOf:
+    """`size[k]`: the extent of index k, a number."""
+
+    index: str
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
+class Neg:
+    """Unary minus."""
+
+    arg: Expr
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
+class Product:
+    """A chain of factors joined by juxtaposition, `*` and `/`; `summed` lists the indices it sums."""
+
+    factors: tuple[Expr, ...]
+    divide: tuple[bool, ...]
+    summed: tuple[str, ...] = ()
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
+class Sum:
+    """Terms joined by `+` and `-` (sign +1 or -1 per term)."""
+
+    terms: tuple[Expr, ...]
+    signs: tuple[int, ...]
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
+class Power:
+    """`base ^ exponent` with a numeric exponent."""
+
+    base: Expr
+    exponent: float
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
+class Call:
+    """An elementwise function call `relu(e)` or `max(a, b)`."""
+
+    func: str
+    args: tuple[Expr, ...]
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
+class Reduce:
+    """An explicit reduction `sum[k](e)`, `mean[b,c](e)`, `max[k](e)`, `min[k](e)`, `logsumexp[k](e)`."""
+
+    op: str
+    indices: tuple[str, ...]
+    body: Expr
+    span: Span = _span()
+
+
+Expr = Union[Ref, Num, SizeOf, Neg, Product, Sum, Power, Call, Reduce]
+
+
+# ---- statements and programs -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Statement:
+    """`target = expr` or `target += expr`; `summed` lists indices the whole right side sums."""
+
+    target: Ref
+    op: str
+    expr: Expr
+    summed: tuple[str, ...] = ()
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
+class Decl:
+    """A `param` or `input` declaration of one tensor."""
+
+    role: str
+    ref: Ref
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
+class Warning_:
+    """A diagnostic that does not stop the program."""
+
+    message: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Program:
+    """A sequence of declarations and statements."""
+
+    decls: tuple[Decl, ...] = ()
+    statements: tuple[Statement, ...] = ()
+    filename: str = field(default="<string>", compare=False)
+    source: str = field(default="", compare=False, repr=False)
+    warnings: tuple[Warning_, ...] = field(default=(), compare=False, repr=False)
+
+    def __str__(self) -> str:
+        from .printer import format_program
+
+        return format_program(self)
+
+    def _repr_markdown_(self) -> str:
+        return "```\n" + str(self) + "```\n"
+
+    def params(self) -> tuple[str, ...]:
+        return tuple(d.ref.name for d in self.decls if d.role == "param")
+
+    def defined(self) -> tuple[str, ...]:
+        """Names defined by statements, in order of first definition."""
+        seen: dict[str, None] = {}
+        for s in self.statements:
+            seen.setdefault(s.target.name, None)
+        return tuple(seen)
+
+    def inputs(self) -> tuple[str, ...]:
+        """Names read (or declared) but never defined, in order of first appearance."""
+        defined = set(self.defined())
+        seen: dict[str, None] = {}
+        for d in self.decls:
+            if d.ref.name not in defined:
+                seen.setdefault(d.ref.name, None)
+        for s in self.statements:
+            for r in refs_in_statement(s):
+                if r.name not in defined:
+                    seen.setdefault(r.name, None)
+        return tuple(seen)
+
+    def integer_inputs(self) -> tuple[str, ...]:
+        """Names used inside index positions (gather labels)."""
+        seen: dict[str, None] = {}
+        for s in self.statements:
+            for r in refs_in_statement(s):
+                for i in r.indices:
+                    if isinstance(i, Gather):
+                        seen.setdefault(i.ref.name, None)
+        return tuple(seen)
+
+
+# ---- traversal helpers -----------------------------------------------------------------------
+
+
+def children(e: Expr) -> tuple[Expr, ...]:
+    if isinstance(e, (Neg,)):
+        return (e.arg,)
+    if isinstance(e, Product):
+        return e.factors
+    if isinstance(e, Sum):
+        return e.terms
+    if isinstance(e, Power):
+        return (e.base,)
+    if isinstance(e, Call):
+        return e.args
+    if isinstance(e, Reduce):
+        return (e.body,)
+    return ()
+
+
+def refs_in(e: Expr) -> list[Ref]:
+    """Every tensor reference in e, including integer tensors inside index positions."""
+    out: list[Ref] = []
+    if isinstance(e, Ref):
+        out.append(e)
+        for i in e.indices:
+            if isinstance(i, Gather):
+                out.extend(refs_in(i.ref))
+        return out
+    for c in children(e):
+        out.extend(refs_in(c))
+    return out
+
+
+def refs_in_statement(s: Statement) -> list[Ref]:
+    """References read by s: the right side and integer tensors in the target's index positions."""
+    out = refs_in(s.expr)
+    for i in s.target.indices:
+        if isinstance(i, Gather):
+            out.extend(refs_in(i.ref))
+    return out
+
+
+def ref_index_names(r: Ref) -> tuple[str, ...]:
+    """Index names a reference mentions, in order, without repeats."""
+    seen: dict[str, None] = {}
+    for i in r.indices:
+        for n in i.names():
+            seen.setdefault(n, None)
+    return tuple(seen)
+
+
+def map_expr(e: Expr, f) -> Expr:  # type: ignore[no-untyped-def]
+    """Rebuild e bottom-up, applying f to every node after its children."""
+    if isinstance(e, Neg):
+        e = replace(e, arg=map_expr(e.arg, f))
+    elif isinstance(e, Product):
+        e = replace(e, factors=tuple(map_expr(c, f) for c in e.factors))
+    elif isinstance(e, Sum):
+        e = replace(e, terms=tuple(map_expr(c, f) for c in e.terms))
+    elif isinstance(e, Power):
+        e = replace(e, base=map_expr(e.base, f))
+    elif isinstance(e, Call):
+        e = replace(e, args=tuple(map_expr(c, f) for c in e.args))
+    elif isinstance(e, Reduce):
+        e = replace(e, body=map_expr(e.body, f))
+    return f(e)

@@ -1,0 +1,397 @@
+"""Execution of primitive statements on numpy arrays: sizes, strided and gathered reads, scatter-adds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .check import sized_like
+from .errors import IndexgradError
+from .functions import FUNCTIONS, REDUCTIONS
+from .lower import Contract, Elementwise, Operand, Prim, Reduction, Terms, prim_refs
+from .nodes import Affine, Gather, Num, Ref, SizeOf, Span, ref_index_names
+from .plan import plan_contraction
+from .printer import format_ref
+
+Array = np.ndarray
+
+
+def _ref_place(r: Ref, fallback: Span) -> Span:
+    return r.span if r.span.line else fallback
+
+
+class Sizes:
+    """Index sizes of one statement, each remembered with the place that fixed it."""
+
+    def __init__(self, span: Span) -> None:
+        self.size: dict[str, int] = {}
+        self.where: dict[str, str] = {}
+        self.span = span
+
+    def note(self, name: str, size: int, what: str, span: Span) -> None:
+        old = self.size.get(name)
+        if old is None:
+            self.size[name] = size
+            self.where[name] = what
+        elif old != size:
+            raise IndexgradError(
+                f"index '{name}' has size {old} from {self.where[name]} but size {size} "
+                f"from {what}",
+                span,
+            )
+
+
+def _array(env: dict[str, Array], r: Ref, span: Span) -> Array:
+    a = env.get(r.name)
+    if a is None:
+        raise IndexgradError(f"no array was given for input '{r.name}'", _ref_place(r, span))
+    if a.ndim != len(r.indices):
+        raise IndexgradError(
+            f"'{r.name}' is used with {len(r.indices)} indices but its array has "
+            f"{a.ndim} dimensions (shape {a.shape})",
+            _ref_place(r, span),
+        )
+    return a
+
+
+def _labels(env: dict[str, Array], g: Ref, span: Span) -> Array:
+    a = _array(env, g, span)
+    if a.dtype.kind not in "iu":
+        raise IndexgradError(
+            f"'{g.name}' is used as labels inside an index position, so it must hold integers, "
+            f"but its array has dtype {a.dtype}",
+            _ref_place(g, span),
+        )
+    return a
+
+
+def _size_ref(sizes: Sizes, env: dict[str, Array], r: Ref, a: Array, span: Span) -> None:
+    for axis, i in enumerate(r.indices):
+        what = f"{format_ref(r)} (axis {axis})"
+        if isinstance(i, Gather):
+            lab = _labels(env, i.ref, span)
+            for ax2, j in enumerate(i.ref.indices):
+                assert isinstance(j, Affine) and j.plain
+                sizes.note(j.plain, lab.shape[ax2], f"{format_ref(i.ref)} (axis {ax2})", span)
+        elif i.plain is not None:
+            sizes.note(i.plain, a.shape[axis], what, _ref_place(r, span))
+
+
+def _size_affine(sizes: Sizes, refs: list[tuple[Ref, Array]], span: Span) -> None:
+    """Sizes of indices known only through index arithmetic: the 'valid' extent."""
+    progress = True
+    while progress:
+        progress = False
+        for r, a in refs:
+            for axis, i in enumerate(r.indices):
+                if not isinstance(i, Affine) or i.plain is not None:
+                    continue
+                unknown = [(c, n) for c, n in i.terms if n not in sizes.size]
+                if len(unknown) != 1 or unknown[0][0] <= 0:
+                    continue
+                c, n = unknown[0]
+                top = a.shape[axis] - 1 - i.const
+                for c2, n2 in i.terms:
+                    if n2 != n:
+                        top -= max(c2, 0) * (sizes.size[n2] - 1)
+                size = top // c + 1
+                if size < 1:
+                    raise IndexgradError(
+                        f"index '{n}' in {format_ref(r)} has no valid positions: "
+                        f"{r.name} has size {a.shape[axis]} along axis {axis}",
+                        _ref_place(r, span),
+                    )
+                sizes.note(n, size, f"the valid extent of {format_ref(r)}", span)
+                progress = True
+
+
+def _affine_range(i: Affine, sizes: dict[str, int]) -> tuple[int, int]:
+    lo = hi = i.const
+    for c, n in i.terms:
+        ext = c * (sizes[n] - 1)
+        lo, hi = lo + min(ext, 0), hi + max(ext, 0)
+    return lo, hi
+
+
+def _index_arrays(
+    r: Ref, a_shape: tuple[int, ...], names: tuple[str, ...], sizes: dict[str, int],
+    env: dict[str, Array], span: Span,
+) -> tuple[Array, ...]:
+    """Per-axis integer arrays broadcast over `names`, for gathers and scatter-adds."""
+    nd = len(names)
+    pos = {n: k for k, n in enumerate(names)}
+
+    def along(n: str) -> Array:
+        shape = [1] * nd
+        shape[pos[n]] = sizes[n]
+        return np.arange(sizes[n]).reshape(shape)
+
+    out = []
+    for axis, i in enumerate(r.indices):
+        if isinstance(i, Gather):
+            lab = _labels(env, i.ref, span)
+            lnames = [j.plain for j in i.ref.indices]  # type: ignore[union-attr]
+            lab = _align(lab, tuple(lnames), names)  # type: ignore[arg-type]
+            if lab.size and (lab.min() < 0 or lab.max() >= a_shape[axis]):
+                bad = lab.min() if lab.min() < 0 else lab.max()
+                raise IndexgradError(
+                    f"label {int(bad)} in '{i.ref.name}' is out of range for axis {axis} of "
+                    f"'{r.name}', which has size {a_shape[axis]}",
+                    _ref_place(r, span),
+                )
+            out.append(lab)
+        else:
+            v: Any = np.full([1] * nd, i.const, dtype=np.intp)
+            for c, n in i.terms:
+                v = v + c * along(n)
+            out.append(v)
+    return tuple(out)
+
+
+def _check_bounds(r: Ref, a: Array, sizes: dict[str, int], span: Span) -> None:
+    for axis, i in enumerate(r.indices):
+        if isinstance(i, Affine) and i.plain is None:
+            lo, hi = _affine_range(i, sizes)
+            if lo < 0 or hi >= a.shape[axis]:
+                raise IndexgradError(
+                    f"{format_ref(r)} reaches position {hi if hi >= a.shape[axis] else lo} "
+                    f"along axis {axis}, but '{r.name}' has size {a.shape[axis]} there",
+                    _ref_place(r, span),
+                )
+
+
+def read(r: Ref, env: dict[str, Array], sizes: dict[str, int], span: Span) -> tuple[Array, tuple[str, ...]]:
+    """The values of a reference as an array whose axes are its distinct index names."""
+    a = env[r.name]
+    names = ref_index_names(r)
+    plain = [i.plain if isinstance(i, Affine) else None for i in r.indices]
+    if all(p is not None for p in plain) and len(set(plain)) == len(plain):
+        return a, names  # type: ignore[return-value]
+    if any(isinstance(i, Gather) for i in r.indices):
+        return a[_index_arrays(r, a.shape, names, sizes, env, span)], names
+    _check_bounds(r, a, sizes, span)
+    strides = {n: 0 for n in names}
+    start = []
+    for axis, i in enumerate(r.indices):
+        assert isinstance(i, Affine)
+        start.append(i.const)
+        for c, n in i.terms:
+            strides[n] += c * a.strides[axis]
+    base = a[tuple(slice(s, None) for s in start)]
+    view = as_strided(
+        base,
+        shape=tuple(sizes[n] for n in names),
+        strides=tuple(strides[n] for n in names),
+        writeable=False,
+    )
+    return view, names
+
+
+def _align(a: Array, names: tuple[str, ...], out: tuple[str, ...]) -> Array:
+    """a with its axes permuted into the order of `out`, with length-1 axes for missing names."""
+    if names == out:
+        return a
+    order = [names.index(n) for n in out if n in names]
+    a = np.transpose(a, order) if order != list(range(len(order))) else a
+    present = [n for n in out if n in names]
+    if len(present) == len(out):
+        return a
+    shape = [a.shape[present.index(n)] if n in names else 1 for n in out]
+    return a.reshape(shape)
+
+
+def _const(o: Operand, sizes: dict[str, int]) -> float:
+    if isinstance(o, Num):
+        return o.value
+    assert isinstance(o, SizeOf)
+    return float(sizes[o.index])
+
+
+def _power(a: Array, k: float) -> Array:
+    if k == 1:
+        return a
+    if k == 2:
+        return a * a
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if k == -1:
+            return np.reciprocal(a) if a.dtype.kind == "f" else 1.0 / a
+        if k == 0.5:
+            return np.sqrt(a)
+        return np.power(a, k)
+
+
+def _result_dtype(arrays: list[Array]) -> np.dtype:
+    if not arrays:
+        return np.dtype(np.float64)
+    dt = np.result_type(*arrays)
+    return dt if dt.kind in "fc" else np.dtype(np.float64)
+
+
+class Executor:
+    """Runs a list of primitive statements on an environment of named arrays."""
+
+    def __init__(self, prims: list[Prim], filename: str = "<string>", source: str = "") -> None:
+        self.prims = prims
+        self.filename = filename
+        self.source = source
+
+    def run(
+        self, env: dict[str, Array], check_finite: bool = False, dims: dict[str, int] | None = None
+    ) -> dict[str, Array]:
+        owned: set[str] = set()
+        for p in self.prims:
+            try:
+                self.step(p, env, owned, check_finite, dims or {})
+            except IndexgradError as e:
+                if e.span is None:
+                    e.span = p.span if p.span.line else None
+                raise e.located(self.filename, self.source) from None
+        return env
+
+    def sizes(self, p: Prim, env: dict[str, Array], dims: dict[str, int]) -> Sizes:
+        sz = Sizes(p.span)
+        pairs: list[tuple[Ref, Array]] = []
+        for r in prim_refs(p):
+            a = _array(env, r, p.span)
+            _size_ref(sz, env, r, a, p.span)
+            pairs.append((r, a))
+        target = self.target_array(p, env)
+        if target is not None:
+            _size_ref(sz, env, p.out, target, p.span)
+            pairs.append((p.out, target))
+        for n, v in dims.items():
+            if n not in sz.size and any(n in ref_index_names(r) for r, _ in pairs):
+                sz.note(n, v, "--dims", p.span)
+        _size_affine(sz, pairs, p.span)
+        needed = set(ref_index_names(p.out))
+        for r in prim_refs(p):
+            needed |= set(ref_index_names(r))
+        for n in sorted(needed - set(sz.size)):
+            raise IndexgradError(f"the size of index '{n}' cannot be worked out here", p.span)
+        for r, a in pairs:
+            _check_bounds(r, a, sz.size, p.span)
+        return sz
+
+    def target_array(self, p: Prim, env: dict[str, Array]) -> Array | None:
+        t = env.get(p.out.name)
+        if t is not None:
+            if p.op == "=":
+                return None
+            if t.ndim != len(p.out.indices):
+                _array(env, p.out, p.span)
+            return t
+        base = sized_like(p.out.name)
+        if base is not None and base in env and env[base].ndim == len(p.out.indices):
+            return env[base]
+        return None
+
+    def step(
+        self, p: Prim, env: dict[str, Array], owned: set[str], check_finite: bool,
+        dims: dict[str, int],
+    ) -> None:
+        sizes = self.sizes(p, env, dims).size
+        out_names = ref_index_names(p.out)
+        result = self.compute(p, env, sizes, out_names)
+        shape = tuple(sizes[n] for n in out_names)
+        if result.shape != shape:
+            result = np.broadcast_to(result, shape)
+        if check_finite and not np.all(np.isfinite(result)):
+            bad = "NaN" if np.isnan(result).any() else "Inf"
+            raise IndexgradError(f"this statement produced {bad} in '{p.out.name}'", p.span)
+        self.write(p, env, owned, result, sizes, out_names)
+
+    def compute(
+        self, p: Prim, env: dict[str, Array], sizes: dict[str, int], out: tuple[str, ...]
+    ) -> Array:
+        span = p.span
+        if isinstance(p, Contract):
+            coef = p.coef
+            ops: list[Array] = []
+            names: list[tuple[str, ...]] = []
+            for f, k in p.factors:
+                if isinstance(f, Ref):
+                    a, nm = read(f, env, sizes, span)
+                    ops.append(_power(a, k))
+                    names.append(nm)
+                else:
+                    coef *= _const(f, sizes) ** k
+            dtype = _result_dtype(ops)
+            if not ops:
+                return np.full(tuple(sizes[n] for n in out), coef, dtype=dtype)
+            present = {n for nm in names for n in nm}
+            kept = tuple(n for n in out if n in present)
+            plan = plan_contraction(names, kept, [o.shape for o in ops])
+            res = plan.expression(*ops) if len(ops) > 1 or names[0] != kept else ops[0]
+            res = np.asarray(res)
+            if coef != 1:
+                res = res * coef
+            return _align(res, kept, out)
+        if isinstance(p, Elementwise):
+            args = []
+            for a in p.args:
+                if isinstance(a, Ref):
+                    arr, nm = read(a, env, sizes, span)
+                    args.append(_align(arr, nm, out))
+                else:
+                    args.append(np.asarray(_const(a, sizes)))
+            return np.asarray(FUNCTIONS[p.func].forward(*args))
+        if isinstance(p, Terms):
+            total: Any = None
+            arrays = []
+            for c, u in p.terms:
+                if isinstance(u, Ref):
+                    arr, nm = read(u, env, sizes, span)
+                    arrays.append(arr)
+                    term = _align(arr, nm, out)
+                    term = term * c if c != 1 else term
+                else:
+                    term = c * _const(u, sizes)
+                total = term if total is None else total + term
+            res = np.asarray(total)
+            if not arrays:
+                res = res.astype(np.float64)
+            return res
+        assert isinstance(p, Reduction)
+        arr, nm = read(p.arg, env, sizes, span)
+        full = out + tuple(p.indices)
+        arr = _align(arr, nm, full)
+        axes = tuple(range(len(out), len(full)))
+        return np.asarray(REDUCTIONS[p.reducer](arr, axes))
+
+    def write(
+        self, p: Prim, env: dict[str, Array], owned: set[str], result: Array,
+        sizes: dict[str, int], out_names: tuple[str, ...],
+    ) -> None:
+        name = p.out.name
+        plain = [i.plain if isinstance(i, Affine) else None for i in p.out.indices]
+        simple = all(x is not None for x in plain) and len(set(plain)) == len(plain)
+        if simple:
+            if p.op == "=" or name not in env:
+                env[name] = result
+                owned.discard(name)
+                return
+            target = env[name]
+            if name in owned and target.dtype == np.result_type(target, result):
+                np.add(target, result, out=target)
+            else:
+                env[name] = target + result
+                owned.add(name)
+            return
+        # a scatter-add through index arithmetic, labels or a diagonal
+        target = env.get(name)
+        if target is None or name not in owned:
+            like = self.target_array(p, env)
+            if like is None:
+                raise IndexgradError(f"the shape of '{name}' cannot be worked out here", p.span)
+            dtype = np.result_type(like, result)
+            target = np.zeros(like.shape, dtype=dtype) if target is None else target.astype(dtype)
+            env[name] = target
+            owned.add(name)
+        idx = _index_arrays(p.out, target.shape, out_names, sizes, env, p.span)
+        for axis, i in enumerate(p.out.indices):
+            if isinstance(i, Affine) and i.plain is None:
+                _check_bounds(p.out, target, sizes, p.span)
+                break
+        np.add.at(target, idx, result)

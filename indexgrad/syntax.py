@@ -1,0 +1,396 @@
+"""Lark parse of .idx text into frozen syntax nodes, and syntax errors in words a person uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from lark import Lark, Token, Transformer
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput
+
+from .errors import IndexgradError
+from .nodes import (
+    Affine,
+    Call,
+    Decl,
+    Expr,
+    Gather,
+    Neg,
+    Num,
+    Power,
+    Product,
+    Program,
+    Reduce,
+    Ref,
+    SizeOf,
+    Span,
+    Statement,
+    Sum,
+)
+
+MAX_DEPTH = 200  # brackets deeper than this are refused before parsing
+
+
+@lru_cache(maxsize=1)
+def grammar_text() -> str:
+    """The grammar shipped as package data, or beside the package in a source checkout."""
+    local = Path(__file__).resolve().parent.parent / "grammar" / "indexgrad.lark"
+    if local.is_file():
+        return local.read_text(encoding="utf-8")
+    return (resources.files("indexgrad.grammar") / "indexgrad.lark").read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class _Group:
+    """A parenthesised expression while parsing, so chains are not flattened across parentheses."""
+
+    expr: Expr
+    span: Span
+
+
+def _unwrap(x: Any) -> Expr:
+    return x.expr if isinstance(x, _Group) else x
+
+
+def _place(x: Any, last: bool) -> Span | None:
+    if isinstance(x, Token):
+        return _tok_span(x) if x.line else None
+    if isinstance(x, _Group):
+        return x.span
+    if isinstance(x, (list, tuple)):
+        for y in reversed(x) if last else x:
+            sp = _place(y, last)
+            if sp is not None:
+                return sp
+        return None
+    sp = getattr(x, "span", None)
+    return sp if isinstance(sp, Span) and sp.line > 0 else None
+
+
+def _span_of(children: list[Any]) -> Span:
+    """From the start of the first child that has a place to the end of the last one."""
+    first, last = _place(children, False), _place(children, True)
+    if first is None or last is None:
+        return Span()
+    return Span(first.line, first.column, last.end_line, last.end_column)
+
+
+def _tok_span(t: Token) -> Span:
+    return Span(t.line or 0, t.column or 0, t.end_line or 0, t.end_column or 0)
+
+
+class _Build(Transformer):
+    """Builds nodes while the LALR parser reduces (no recursion, so long chains are fine)."""
+
+    def start(self, items: list[Any]) -> tuple[list[Any], list[Any]]:
+        items = [it for it in items if it is not None]
+        decls = [d for it in items if isinstance(it, list) for d in it]
+        stmts = [s for s in items if isinstance(s, Statement)]
+        return decls, stmts
+
+    def line(self, items: list[Any]) -> Any:
+        return items[0] if items else None
+
+    def statement(self, c: list[Any]) -> Statement:
+        return Statement(c[0], str(c[1]), _unwrap(c[2]), (), _span_of(c))
+
+    def declaration(self, c: list[Any]) -> list[Decl]:
+        role = str(c[0])
+        return [Decl(role, r, r.span) for r in c[1:]]
+
+    # ---- expressions
+    def _chain_sum(self, c: list[Any], sign: int) -> Sum:
+        left, right = c
+        if isinstance(left, Sum):
+            terms, signs = left.terms, left.signs
+        else:
+            terms, signs = (_unwrap(left),), (1,)
+        return Sum(terms + (_unwrap(right),), signs + (sign,), span=_span_of(c))
+
+    def add(self, c: list[Any]) -> Sum:
+        return self._chain_sum(c, 1)
+
+    def sub(self, c: list[Any]) -> Sum:
+        return self._chain_sum(c, -1)
+
+    def _chain_product(self, c: list[Any], divide: bool) -> Product:
+        left, right = c
+        if isinstance(left, Product):
+            factors, div = left.factors, left.divide
+        else:
+            factors, div = (_unwrap(left),), (False,)
+        return Product(factors + (_unwrap(right),), div + (divide,), span=_span_of(c))
+
+    def mul(self, c: list[Any]) -> Product:
+        return self._chain_product(c, False)
+
+    def juxt(self, c: list[Any]) -> Product:
+        return self._chain_product(c, False)
+
+    def div(self, c: list[Any]) -> Product:
+        return self._chain_product(c, True)
+
+    def neg(self, c: list[Any]) -> Neg:
+        return Neg(_unwrap(c[0]), _span_of(c))
+
+    def pow(self, c: list[Any]) -> Power:
+        return Power(_unwrap(c[0]), c[2], _span_of(c))
+
+    def signed_number(self, c: list[Any]) -> float:
+        value = _number(c[-1])
+        return -value if len(c) == 2 and str(c[0]) == "-" else value
+
+    def number(self, c: list[Any]) -> Num:
+        return Num(_number(c[0]), _span_of(c))
+
+    def call(self, c: list[Any]) -> Call:
+        return Call(str(c[0]), tuple(_unwrap(a) for a in c[1:]), _span_of(c))
+
+    def reduce(self, c: list[Any]) -> Reduce:
+        return Reduce(str(c[0]), c[1], _unwrap(c[2]), _span_of(c))
+
+    def size(self, c: list[Any]) -> SizeOf:
+        return SizeOf(str(c[1]), _span_of(c))
+
+    def group(self, c: list[Any]) -> _Group:
+        return _Group(_unwrap(c[0]), _span_of(c))
+
+    def name_list(self, c: list[Any]) -> tuple[str, ...]:
+        return tuple(str(t) for t in c)
+
+    # ---- references and index positions
+    def ref(self, c: list[Any]) -> Ref:
+        indices = tuple(c[1]) if len(c) > 1 and c[1] is not None else ()
+        return Ref(str(c[0]), indices, _span_of(c))
+
+    def index_list(self, c: list[Any]) -> list[Any]:
+        return c
+
+    def gather(self, c: list[Any]) -> Gather:
+        indices = tuple(c[1]) if len(c) > 1 and c[1] is not None else ()
+        return Gather(Ref(str(c[0]), indices, _span_of(c)), _span_of(c))
+
+    def affine(self, c: list[Any]) -> Affine:
+        return _affine([Token("ADDOP", "+")] + list(c))
+
+    def affine_signed(self, c: list[Any]) -> Affine:
+        return _affine(list(c))
+
+    def affine_term(self, c: list[Any]) -> tuple[int, str | None, Span]:
+        span = _span_of(c)
+        if len(c) == 1:
+            return (int(c[0]), None, span) if c[0].type == "INT" else (1, str(c[0]), span)
+        a, b = c
+        return (int(a), str(b), span) if a.type == "INT" else (int(b), str(a), span)
+
+
+def _number(t: Token) -> float:
+    text = str(t)
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise IndexgradError(f"number {text} is too large", _tok_span(t))
+    return value
+
+
+def _affine(c: list[Any]) -> Affine:
+    coefs: dict[str, int] = {}
+    const = 0
+    for sign_tok, (k, name, _) in zip(c[0::2], c[1::2]):
+        k = -k if str(sign_tok) == "-" else k
+        if name is None:
+            const += k
+        else:
+            coefs[name] = coefs.get(name, 0) + k
+    terms = tuple((k, n) for n, k in coefs.items() if k != 0)
+    first, last = c[1][2], c[-1][2]
+    return Affine(terms, const, Span(first.line, first.column, last.end_line, last.end_column))
+
+
+@lru_cache(maxsize=1)
+def _parser() -> Lark:
+    return Lark(
+        grammar_text(),
+        parser="lalr",
+        propagate_positions=True,
+        transformer=_Build(),
+        maybe_placeholders=True,
+    )
+
+
+def parse_syntax(text: str, filename: str = "<string>") -> Program:
+    """Parse text into an unchecked Program; raises IndexgradError on bad syntax."""
+    _check_depth(text, filename)
+    try:
+        decls, stmts = _parser().parse(text)
+    except UnexpectedInput as e:
+        raise _syntax_error(e, text, filename) from None
+    except IndexgradError as e:
+        raise e.located(filename, text) from None
+    except Exception as e:  # a transformer callback raised inside lark
+        inner = getattr(e, "orig_exc", None)
+        if isinstance(inner, IndexgradError):
+            raise inner.located(filename, text) from None
+        raise
+    return Program(tuple(decls), tuple(stmts), filename=filename, source=text)
+
+
+# ---- syntax errors ----------------------------------------------------------------------------
+
+_CLOSERS = {"(": ")", "[": "]"}
+_WHAT = {"(": "parenthesis", "[": "index list"}
+
+_TOKEN_WORDS = {
+    "RSQB": "']'",
+    "LSQB": "'['",
+    "RPAR": "')'",
+    "LPAR": "'('",
+    "COMMA": "','",
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "INT": "an integer",
+    "ASSIGN": "'=' or '+='",
+    "_NEWLINE": "the end of the line",
+    "SEMICOLON": "';'",
+    "$END": "the end of the file",
+    "FUNC": "a function name",
+    "REDUCER": "a reduction",
+    "PLUS": "'+'",
+    "MINUS": "'-'",
+    "STAR": "'*'",
+    "SLASH": "'/'",
+    "POW": "'^'",
+    "SIGN": "a sign",
+    "ADDOP": "'+' or '-'",
+    "DECL_KW": "'param' or 'input'",
+    "SIZE": "'size'",
+}
+
+
+def _bracket_stack(text: str, upto: int) -> list[tuple[str, int, int]]:
+    """Open brackets (char, line, column) before offset upto, skipping comments."""
+    stack: list[tuple[str, int, int]] = []
+    line, col, i = 1, 1, 0
+    while i < upto and i < len(text):
+        ch = text[i]
+        if ch == "#":
+            while i < len(text) and text[i] not in "\r\n":
+                i += 1
+            continue
+        if ch in "([":
+            stack.append((ch, line, col))
+        elif ch in ")]" and stack and _CLOSERS[stack[-1][0]] == ch:
+            stack.pop()
+        elif ch in "\r\n":
+            stack.clear()  # a statement ends at a newline
+        if ch == "\n" or (ch == "\r" and text[i + 1 : i + 2] != "\n"):
+            line, col = line + 1, 1
+        else:
+            col += 1
+        i += 1
+    return stack
+
+
+def _check_depth(text: str, filename: str) -> None:
+    depth = 0
+    line, col = 1, 1
+    for ch in text:
+        if ch in "([":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise IndexgradError(
+                    f"expression nested more than {MAX_DEPTH} brackets deep; "
+                    "split it into several statements",
+                    Span(line, col, line, col + 1),
+                    filename,
+                    text,
+                )
+        elif ch in ")]":
+            depth = max(0, depth - 1)
+        elif ch == "\n":
+            depth = 0
+        if ch == "\n":
+            line, col = line + 1, 1
+        else:
+            col += 1
+
+
+def _describe(tok: Token | None) -> str:
+    if tok is None or tok.type == "$END":
+        return "the end of the file"
+    if tok.type == "_NEWLINE":
+        return "the end of the line"
+    return repr(str(tok))
+
+
+def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> IndexgradError:
+    line = getattr(e, "line", 0) or 0
+    column = getattr(e, "column", 0) or 0
+    if isinstance(e, UnexpectedCharacters):
+        ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
+        if ch in "\r\n" or not ch:
+            msg = "unexpected end of the line"
+        elif ch.isprintable():
+            msg = f"unexpected character {ch!r}"
+        else:
+            msg = f"unexpected character {ch!r} (U+{ord(ch):04X})"
+        stack = _bracket_stack(text, e.pos_in_stream)
+        if ch in ")]" and (not stack or _CLOSERS[stack[-1][0]] != ch):
+            msg = f"unmatched {ch!r}"
+        elif stack and ch in ")]":
+            o, ol, oc = stack[-1]
+            msg = f"expected {_CLOSERS[o]!r} to close the {_WHAT[o]} opened at {ol}:{oc}"
+        return IndexgradError(msg, Span(line, column, line, column + 1), filename, text)
+    tok = getattr(e, "token", None)
+    expected = set(getattr(e, "expected", set()) or set())
+    pos = tok.start_pos if isinstance(tok, Token) and tok.start_pos is not None else len(text)
+    if isinstance(tok, Token) and tok.type == "$END":
+        pos = len(text)
+        lines = text.splitlines() or [""]
+        line, column = len(lines), len(lines[-1]) + 1
+        if text.endswith(("\n", "\r")):
+            line, column = len(lines) + 1, 1
+    stack = _bracket_stack(text, pos)
+    got = _describe(tok if isinstance(tok, Token) else None)
+    closer = {"(": "RPAR", "[": "RSQB"}[stack[-1][0]] if stack else None
+    ttype = tok.type if isinstance(tok, Token) else "$END"
+    if ttype in ("RSQB", "RPAR") and closer not in expected and "NAME" in expected:
+        what = "an index" if "INT" in expected else "an expression"
+        msg = f"expected {what} before {got}"
+    elif ttype == "ASSIGN" and "COMMA" in expected:
+        msg = "a declaration only names tensors; write the definition on its own line"
+    elif expected == {"LPAR"}:
+        msg = f"expected '(' after the reduction's index list, got {got}"
+    elif stack and isinstance(tok, Token) and (
+        tok.type in ("_NEWLINE", "$END", "SEMICOLON", "RPAR", "RSQB") or closer in expected
+    ):
+        o, ol, oc = stack[-1]
+        msg = f"expected {_CLOSERS[o]!r} to close the {_WHAT[o]} opened at {ol}:{oc}, got {got}"
+    elif expected and expected <= {"SIGN", "NUMBER", "LPAR"} and "NUMBER" in expected:
+        msg = f"the exponent after '^' must be a number, got {got}"
+    elif isinstance(tok, Token) and tok.type in ("RPAR", "RSQB") and not stack:
+        msg = f"unmatched {str(tok)!r}"
+    elif expected and expected <= {"ASSIGN", "LSQB"} | {"__ANON_0"}:
+        msg = f"expected '=' or '+=' after the tensor name, got {got}"
+    elif "ASSIGN" in expected and not stack:
+        msg = f"expected '=' or '+=' after the left side, got {got}"
+    elif {"NAME", "NUMBER", "LPAR"} <= expected or {"NAME", "MINUS"} <= expected:
+        msg = f"expected an expression, got {got}"
+    elif expected and expected <= {"NAME", "INT", "ADDOP", "RSQB"}:
+        msg = f"expected an index (a name like i, or j+k), got {got}"
+    elif expected:
+        words = sorted({_TOKEN_WORDS.get(t, t.lower()) for t in expected})
+        if len(words) > 4:
+            msg = f"unexpected {got}"
+        else:
+            msg = f"expected {' or '.join(words)}, got {got}"
+    else:
+        msg = f"unexpected {got}"
+    if isinstance(tok, Token) and tok.type not in ("$END",) and tok.line:
+        width = max(1, len(str(tok))) if tok.type != "_NEWLINE" else 1
+        span = Span(tok.line, tok.column, tok.line, tok.column + width)
+    else:
+        span = Span(line, column, line, column + 1)
+    return IndexgradError(msg, span, filename, text)

@@ -1,0 +1,324 @@
+"""Independent reference implementations of examples/*.idx in HIPS autograd, for values and gradients.
+
+Each oracle is written by hand with array operations (einsum, maximum, exp, ...), never by reading
+the .idx text, so a bug in indexgrad's parser, checker, derivation or executor cannot hide in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import autograd
+import autograd.numpy as anp
+import numpy as np
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Oracle:
+    """One example: how to draw its inputs, and its last defined tensor `output` as a function of them."""
+
+    output: str
+    inputs: Callable[[np.random.Generator, type], Arrays]
+    value: Callable[[Arrays], np.ndarray]
+
+    def seed(self, arrays: Arrays, rng: np.random.Generator) -> np.ndarray | None:
+        """A random cotangent shaped like the output, or None when the output is a scalar."""
+        out = np.asarray(self.value(arrays))
+        if out.ndim == 0:
+            return None
+        return rng.standard_normal(out.shape).astype(out.dtype)
+
+    def loss(self, arrays: Arrays, seed: np.ndarray | None = None):
+        """The scalar being differentiated: the output itself, or sum(output * seed) for a tensor."""
+        out = self.value(arrays)
+        if anp.ndim(out) == 0:
+            return out
+        if seed is None:
+            raise ValueError(f"{self.output} is not a scalar: pass a seed (cotangent) of its shape")
+        return anp.sum(out * seed)
+
+
+# ---- helpers: the elementwise functions, written out so nothing is shared with indexgrad ----
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + anp.exp(-z))
+
+
+def _relu(z):
+    return anp.maximum(z, 0.0)
+
+
+def _normal(rng: np.random.Generator, dtype, *shape: int) -> np.ndarray:
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _uniform(rng: np.random.Generator, dtype, low: float, high: float, *shape: int) -> np.ndarray:
+    return rng.uniform(low, high, shape).astype(dtype)
+
+
+def _one_hot(rng: np.random.Generator, dtype, rows: int, classes: int) -> np.ndarray:
+    return np.eye(classes, dtype=dtype)[rng.integers(0, classes, rows)]
+
+
+def _labels01(rng: np.random.Generator, dtype, n: int) -> np.ndarray:
+    return rng.integers(0, 2, n).astype(dtype)
+
+
+# ---- one oracle per example; sizes are small and pairwise distinct so a swapped axis shows ----
+
+
+def _affine_inputs(rng, dtype):
+    b, j, i = 3, 5, 4
+    return {
+        "x": _normal(rng, dtype, b, j),
+        "W": _normal(rng, dtype, j, i),
+        "B": _normal(rng, dtype, i),
+    }
+
+
+def _affine(a):
+    return anp.einsum("bj,ji->bi", a["x"], a["W"]) + a["B"]
+
+
+def _edf_mlp_inputs(rng, dtype):
+    b, d, h, c = 3, 5, 4, 6
+    return {
+        "x": _normal(rng, dtype, b, d),
+        "Y": _one_hot(rng, dtype, b, c),
+        "W1": _normal(rng, dtype, d, h),
+        "B1": _normal(rng, dtype, h),
+        "W2": _normal(rng, dtype, h, c),
+        "B2": _normal(rng, dtype, c),
+    }
+
+
+def _edf_mlp(a):
+    L1 = _relu(a["x"] @ a["W1"] + a["B1"])
+    S = _sigmoid(L1 @ a["W2"] + a["B2"])
+    Q = anp.exp(S) / anp.sum(anp.exp(S), axis=1, keepdims=True)
+    return anp.mean(-anp.sum(a["Y"] * anp.log(Q), axis=1))
+
+
+def _sqrt_norm_inputs(rng, dtype):
+    return {"x": _normal(rng, dtype), "y": _normal(rng, dtype)}
+
+
+def _sqrt_norm(a):
+    return anp.sqrt(a["x"] ** 2 + a["y"] ** 2)
+
+
+def _tanh_net_inputs(rng, dtype):
+    b, d, h = 3, 5, 4
+    return {
+        "x": _normal(rng, dtype, b, d),
+        "y": _normal(rng, dtype, b),
+        "W1": _normal(rng, dtype, d, h),
+        "w2": _normal(rng, dtype, h),
+    }
+
+
+def _tanh_net(a):
+    yhat = anp.tanh(a["x"] @ a["W1"]) @ a["w2"]
+    return anp.sum((yhat - a["y"]) ** 2)
+
+
+def _logistic_inputs(rng, dtype):
+    b, d, i = 4, 3, 5
+    return {
+        "x": _normal(rng, dtype, b, d),
+        "y": _labels01(rng, dtype, b),
+        "w": _normal(rng, dtype, d),
+        "bias": _normal(rng, dtype),
+        "W": _normal(rng, dtype, d, i),
+        "B": _normal(rng, dtype, i),
+    }
+
+
+def _logistic(a):
+    yhat = _sigmoid(a["x"] @ a["w"] + a["bias"])
+    H = anp.maximum(0.0, a["x"] @ a["W"] + a["B"])
+    ce = anp.sum(-a["y"] * anp.log(yhat) - (1 - a["y"]) * anp.log(1 - yhat))
+    return ce + 0.5 * anp.sum(H**2)
+
+
+def _composite_inputs(rng, dtype):
+    # max(x1,x2) x3/x4 >= 1 > 0.4 >= x5 + x6 keeps the log's argument positive
+    return {
+        "x1": _uniform(rng, dtype, 1.0, 2.0),
+        "x2": _uniform(rng, dtype, 1.0, 2.0),
+        "x3": _uniform(rng, dtype, 1.0, 2.0),
+        "x4": _uniform(rng, dtype, 0.5, 1.0),
+        "x5": _uniform(rng, dtype, 0.0, 0.2),
+        "x6": _uniform(rng, dtype, 0.0, 0.2),
+    }
+
+
+def _composite(a):
+    inner = anp.maximum(a["x1"], a["x2"]) * a["x3"] / a["x4"] - (a["x5"] + a["x6"])
+    return _sigmoid(anp.log(5.0 * inner) + 0.5)
+
+
+def _log_sin_max_inputs(rng, dtype):
+    return {
+        "x1": _uniform(rng, dtype, 0.5, 2.0),
+        "x2": _normal(rng, dtype),
+        "x3": _normal(rng, dtype),
+    }
+
+
+def _log_sin_max(a):
+    return 2.0 * anp.log(a["x1"] + anp.sin(a["x1"])) * anp.maximum(a["x2"], a["x3"])
+
+
+def _softmax_xent_inputs(rng, dtype):
+    i, j = 4, 3
+    return {
+        "x": _normal(rng, dtype, j),
+        "t": _one_hot(rng, dtype, 1, i)[0],
+        "W": _normal(rng, dtype, i, j),
+        "b": _normal(rng, dtype, i),
+    }
+
+
+def _softmax_xent(a):
+    logits = a["W"] @ a["x"] + a["b"]
+    y = anp.exp(logits) / anp.sum(anp.exp(logits))
+    return -anp.dot(a["t"], anp.log(y))
+
+
+def _losses_inputs(rng, dtype):
+    n = 6
+    # residuals on both sides of the Huber threshold |r| = 1, well away from it
+    s = rng.standard_normal(n)
+    r = np.array([0.3, -0.5, 1.7, -2.2, 0.1, 2.9])
+    return {"s": s.astype(dtype), "t": (s - r).astype(dtype), "y": _labels01(rng, dtype, n)}
+
+
+def _losses(a):
+    s, t, y = a["s"], a["t"], a["y"]
+    r = s - t
+    sq = anp.sum(r**2)
+    ab = anp.sum(anp.abs(r))
+    huber = anp.sum(anp.where(anp.abs(r) <= 1.0, 0.5 * r**2, anp.abs(r) - 0.5))
+    p = _sigmoid(s)
+    ce = anp.sum(-y * anp.log(p) - (1 - y) * anp.log(1 - p))
+    hinge = anp.sum(anp.maximum(0.0, 1.0 - (2 * y - 1) * s))
+    return sq + ab + huber + ce + hinge
+
+
+def _correlation_inputs(rng, dtype):
+    n, k = 7, 3
+    return {
+        "x": _normal(rng, dtype, n),
+        "w": _normal(rng, dtype, k),
+        "b": _normal(rng, dtype, n - k + 1),
+    }
+
+
+def _correlation(a):
+    x, w = a["x"], a["w"]
+    j, k = x.shape[0] - w.shape[0] + 1, w.shape[0]
+    windows = x[np.arange(j)[:, None] + np.arange(k)[None, :]]  # windows[j, k] = x[j + k]
+    y = windows @ w + a["b"]
+    return anp.sum(0.5 * y**2)
+
+
+def _mlp_inputs(rng, dtype):
+    b, d, h, c = 5, 8, 6, 4
+    return {
+        "x": _normal(rng, dtype, b, d),
+        "Y": _one_hot(rng, dtype, b, c),
+        "W1": _normal(rng, dtype, d, h),
+        "B1": _normal(rng, dtype, h),
+        "W2": _normal(rng, dtype, h, c),
+        "B2": _normal(rng, dtype, c),
+    }
+
+
+def _mlp(a):
+    z = _relu(a["x"] @ a["W1"] + a["B1"]) @ a["W2"] + a["B2"]
+    top = anp.max(z, axis=1, keepdims=True)
+    lse = top[:, 0] + anp.log(anp.sum(anp.exp(z - top), axis=1))
+    return anp.mean(lse - anp.sum(a["Y"] * z, axis=1))
+
+
+ORACLES: dict[str, Oracle] = {
+    "affine": Oracle("y", _affine_inputs, _affine),
+    "edf_mlp": Oracle("loss", _edf_mlp_inputs, _edf_mlp),
+    "sqrt_norm": Oracle("loss", _sqrt_norm_inputs, _sqrt_norm),
+    "tanh_net": Oracle("L", _tanh_net_inputs, _tanh_net),
+    "logistic": Oracle("loss", _logistic_inputs, _logistic),
+    "composite": Oracle("f", _composite_inputs, _composite),
+    "log_sin_max": Oracle("y", _log_sin_max_inputs, _log_sin_max),
+    "softmax_xent": Oracle("L", _softmax_xent_inputs, _softmax_xent),
+    "losses": Oracle("loss", _losses_inputs, _losses),
+    "correlation": Oracle("loss", _correlation_inputs, _correlation),
+    "mlp": Oracle("loss", _mlp_inputs, _mlp),
+}
+
+
+def path(name: str) -> Path:
+    """The example file an oracle stands for."""
+    return EXAMPLES / f"{name}.idx"
+
+
+def grads(name: str, arrays: Arrays, seed: np.ndarray | None = None) -> Arrays:
+    """Gradient of ORACLES[name].loss with respect to every input array, by autograd.
+
+    For a non-scalar output the loss is sum(output * seed); with no seed given, the seed is
+    ORACLES[name].seed(arrays, np.random.default_rng(0)), so a caller can draw the same one.
+    """
+    oracle = ORACLES[name]
+    if seed is None:
+        seed = oracle.seed(arrays, np.random.default_rng(0))
+    keys = sorted(arrays)
+
+    def scalar(*values):
+        return oracle.loss(dict(zip(keys, values)), seed)
+
+    out = {}
+    for pos, key in enumerate(keys):
+        g = autograd.grad(scalar, pos)(*(arrays[k] for k in keys))
+        out[key] = np.asarray(g, dtype=arrays[key].dtype).reshape(arrays[key].shape)
+    return out
+
+
+def _self_test() -> None:
+    """Every example has an oracle; values are finite; gradients match central differences."""
+    stems = sorted(p.stem for p in EXAMPLES.glob("*.idx"))
+    assert stems == sorted(ORACLES), f"examples {stems} vs oracles {sorted(ORACLES)}"
+    for name, oracle in ORACLES.items():
+        for dtype in (np.float64, np.float32):
+            rng = np.random.default_rng(1)
+            arrays = oracle.inputs(rng, dtype)
+            out = np.asarray(oracle.value(arrays))
+            assert out.dtype == dtype, (name, out.dtype)
+            assert np.all(np.isfinite(out)), name
+            g = grads(name, arrays)
+            assert sorted(g) == sorted(arrays), name
+            for key, val in g.items():
+                assert val.shape == arrays[key].shape and np.all(np.isfinite(val)), (name, key)
+            if dtype is np.float32:
+                continue
+            seed = oracle.seed(arrays, np.random.default_rng(0))
+            direction = {k: rng.standard_normal(v.shape) for k, v in arrays.items()}
+            eps = 1e-6
+            plus = oracle.loss({k: v + eps * direction[k] for k, v in arrays.items()}, seed)
+            minus = oracle.loss({k: v - eps * direction[k] for k, v in arrays.items()}, seed)
+            numeric = (plus - minus) / (2 * eps)
+            analytic = sum(np.sum(g[k] * direction[k]) for k in arrays)
+            assert np.isclose(numeric, analytic, rtol=1e-5, atol=1e-7), (name, numeric, analytic)
+        shape = "scalar" if out.ndim == 0 else f"shape {out.shape}"
+        print(f"{name:13s} {oracle.output:5s} {shape:14s} inputs {', '.join(sorted(arrays))}")
+    print(f"{len(ORACLES)} oracles ok")
+
+
+if __name__ == "__main__":
+    _self_test()
