@@ -32,6 +32,7 @@ from .nodes import (
     SizeOf,
     Statement,
     Sum,
+    map_expr,
     ref_index_names,
 )
 
@@ -166,8 +167,48 @@ def derive_for(program: Program, losses: list[str], wrt: list[str] | None) -> Pr
     for p in reversed(prims):
         if p.out.name in wants:
             stmts.extend(swap(p, wants, names))
+    temps = {names[p.out.name] for p in prims} - {names[n] for n in program.defined()}
+    stmts = _forward_copies(stmts, temps)
     derived = Program((), tuple(stmts), filename=program.filename, source=program.source)
     return _recheck(derived, program)
+
+
+def _forward_copies(stmts: list[Statement], temps: set[str]) -> list[Statement]:
+    """Drop `t.grad[I] += g[I]` for a temporary's gradient and read g wherever t.grad is read."""
+    count: dict[str, int] = {}
+    for s in stmts:
+        count[s.target.name] = count.get(s.target.name, 0) + 1
+    alias: dict[str, Ref] = {}
+    out: list[Statement] = []
+    for s in stmts:
+        s = _substitute(s, alias)
+        t, e = s.target, s.expr
+        plain = [i.plain for i in t.indices if isinstance(i, Affine)]
+        if (
+            t.name in temps
+            and count[t.name] == 1
+            and isinstance(e, Ref)
+            and e.indices == t.indices
+            and len(plain) == len(t.indices)
+            and None not in plain
+            and len(set(plain)) == len(plain)
+        ):
+            alias[t.name] = e
+            continue
+        out.append(s)
+    return out
+
+
+def _substitute(s: Statement, alias: dict[str, Ref]) -> Statement:
+    if not alias:
+        return s
+
+    def fix(e: Expr) -> Expr:
+        if isinstance(e, Ref) and e.name in alias:
+            return Ref(alias[e.name].name, e.indices, e.span)
+        return e
+
+    return replace(s, expr=map_expr(s.expr, fix))
 
 
 def _fresh_name(cand: str, names: dict[str, str], program: Program) -> str:

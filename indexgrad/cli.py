@@ -1,0 +1,324 @@
+"""The `indexgrad` command: grad, jvp, check, run, fmt (and more), exit 0 / 1 / 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .derive import default_loss, derive_for, derive_jvp, forward_statements
+from .errors import IndexgradError, render
+from .lower import lower, prim_statement
+from .model import Model, gradcheck, load
+from .nodes import Program, Statement
+from .printer import format_program, format_statement
+from .shapes import parse_dims, random_inputs
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"indexgrad: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    out = [n.strip() for n in text.split(",") if n.strip()]
+    if not out:
+        raise IndexgradError("--wrt needs at least one input name")
+    return out
+
+
+def _diagnostic(e: IndexgradError, severity: str = "error") -> dict[str, Any]:
+    sp = e.span
+    return {
+        "file": e.filename,
+        "line": sp.line if sp else None,
+        "column": sp.column if sp else None,
+        "end": [sp.end_line, sp.end_column] if sp else None,
+        "severity": severity,
+        "code": "indexgrad",
+        "message": e.message,
+    }
+
+
+def _warn(program: Program, fmt: str) -> None:
+    for w in program.warnings:
+        if fmt == "json":
+            err = IndexgradError(w.message, w.span, program.filename, program.source)
+            print(json.dumps(_diagnostic(err, "warning")), file=sys.stderr)
+        else:
+            print(render(w.message, w.span, program.filename, program.source, "warning"), file=sys.stderr)
+
+
+def _statements_json(stmts: Sequence[Statement]) -> list[dict[str, Any]]:
+    return [
+        {"text": format_statement(s), "target": s.target.name, "op": s.op, "line": s.span.line or None}
+        for s in stmts
+    ]
+
+
+def _print_program(forward: list[Statement], derived: Program, fmt: str, title: str) -> None:
+    if fmt == "json":
+        print(json.dumps({"forward": _statements_json(forward), title: _statements_json(derived.statements)}, indent=2))
+        return
+    if fmt == "latex":
+        from .latex import program_latex
+
+        print(program_latex(forward, derived.statements))
+        return
+    if forward:
+        print("# forward temporaries")
+        for s in forward:
+            print(format_statement(s))
+        print(f"# {title}")
+    print(format_program(derived), end="")
+
+
+def cmd_fmt(a: argparse.Namespace) -> int:
+    p = load(a.file)
+    _warn(p, a.format)
+    if a.format == "json":
+        print(json.dumps({"statements": _statements_json(p.statements)}, indent=2))
+    elif a.format == "latex":
+        from .latex import program_latex
+
+        print(program_latex([], p.statements))
+    else:
+        print(str(p), end="")
+    return EXIT_OK
+
+
+def cmd_grad(a: argparse.Namespace) -> int:
+    p = load(a.file)
+    _warn(p, a.format)
+    wrt = _names(a.wrt)
+    losses = [a.loss] if a.loss else []
+    d = derive_for(p, losses, wrt)
+    forward = forward_statements(p)
+    if a.order == 2:
+        both = Program(p.decls, tuple(prim_statement(q) for q in lower(p)) + d.statements, p.filename, p.source)
+        from .check import check
+
+        both = check(both)
+        d = derive_jvp(both, wrt)
+        forward = [prim_statement(q) for q in lower(both)]
+    elif a.order != 1:
+        raise IndexgradError("--order must be 1 or 2")
+    _print_program(forward, d, a.format, "gradients")
+    return EXIT_OK
+
+
+def cmd_jvp(a: argparse.Namespace) -> int:
+    p = load(a.file)
+    _warn(p, a.format)
+    d = derive_jvp(p, _names(a.wrt))
+    _print_program([], d, a.format, "tangents")
+    return EXIT_OK
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    p = load(a.file)
+    _warn(p, "text")
+    dims = parse_dims(a.dims)
+    model = Model(p)
+    loss = a.loss or default_loss(p)
+    rng = np.random.default_rng(a.seed)
+    arrays: dict[str, np.ndarray] = {}
+    for attempt in range(20):
+        arrays = random_inputs(p, dims, rng, positive=attempt > 0)
+        with np.errstate(all="ignore"):
+            vals = model.forward(**arrays)
+        if np.all(np.isfinite(vals[loss])):
+            break
+    else:
+        raise IndexgradError(f"could not find random inputs for which '{loss}' is finite")
+    value = np.asarray(vals[loss])
+    if value.ndim != 0:
+        # a vector output: check the scalar <seed, output> instead
+        g = rng.standard_normal(value.shape)
+        text = str(p) + f"check.dot = {_dot(p, loss, value.ndim)}\n"
+        from .model import parse
+
+        p2 = parse(text, p.filename)
+        arrays["check.seed"] = g
+        model = Model(p2)
+        loss = "check.dot"
+    report = gradcheck(model, arrays, loss=loss, tolerance=a.tolerance)
+    for name, err in report.errors.items():
+        status = "ok" if err <= report.tolerance else "MISMATCH"
+        print(f"{name}: relative error {err:.2e}  {status}")
+    print(f"{'passed' if report.ok else 'FAILED'}: {len(report.errors)} inputs checked against finite differences")
+    return EXIT_OK if report.ok else EXIT_FAIL
+
+
+def _dot(p: Program, name: str, rank: int) -> str:
+    idx = ",".join(f"i{k}" for k in range(rank))
+    return f"{name}[{idx}] check.seed[{idx}]"
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise IndexgradError(f"no such file: {path}", filename=path) from None
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise IndexgradError(
+                "the file holds pickled objects, which are not loaded; save plain arrays",
+                filename=path,
+            ) from None
+        raise IndexgradError(f"not a readable .npz file: {e}", filename=path) from None
+    except (OSError, EOFError) as e:
+        raise IndexgradError(f"cannot read {path} as .npz: {e}", filename=path) from None
+    except Exception as e:  # zipfile.BadZipFile and friends
+        raise IndexgradError(f"not a valid .npz file ({type(e).__name__}: {e})", filename=path) from None
+
+
+def save_npz_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write arrays to path through a temporary file and a rename, so no truncated file is left."""
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    if not directory.is_dir():
+        raise IndexgradError(f"cannot write {path}: no such directory", filename=path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    p = load(a.file)
+    _warn(p, "text")
+    arrays = _load_npz(a.inputs)
+    model = Model(p)
+    vals = model.forward(**arrays)
+    user = [n for n in p.defined()]
+    for n in user:
+        v = np.asarray(vals[n])
+        shown = f"{float(v):.6g}" if v.ndim == 0 else f"shape {v.shape} {v.dtype}"
+        print(f"{n}: {shown}")
+    if a.out:
+        save_npz_atomic(a.out, {n: np.asarray(vals[n]) for n in user})
+    return EXIT_OK
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .train import train_command
+
+    return train_command(
+        a.file, a.data, a.epochs, a.lr, a.batch, a.optimizer, a.seed, a.plot, a.hidden
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="indexgrad", description="Layer equations in index notation: derive, print, check and run their gradients.")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    fmts = ["idx", "latex", "json"]
+
+    g = sub.add_parser("grad", help="print the derived gradient program")
+    g.add_argument("file")
+    g.add_argument("--loss")
+    g.add_argument("--wrt", help="comma-separated input names")
+    g.add_argument("--order", type=int, default=1, help="2 prints the Hessian-vector program")
+    g.add_argument("--format", choices=fmts, default="idx")
+    g.set_defaults(func=cmd_grad)
+
+    j = sub.add_parser("jvp", help="print the forward-mode (tangent) program")
+    j.add_argument("file")
+    j.add_argument("--wrt")
+    j.add_argument("--format", choices=fmts, default="idx")
+    j.set_defaults(func=cmd_jvp)
+
+    c = sub.add_parser("check", help="finite-difference check on random inputs")
+    c.add_argument("file")
+    c.add_argument("--dims", help="index sizes, e.g. b=4,i=3")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--loss")
+    c.add_argument("--tolerance", type=float, default=1e-5)
+    c.set_defaults(func=cmd_check, format="text")
+
+    r = sub.add_parser("run", help="run the program on arrays from an .npz file")
+    r.add_argument("file")
+    r.add_argument("--inputs", required=True)
+    r.add_argument("--out")
+    r.set_defaults(func=cmd_run, format="text")
+
+    f = sub.add_parser("fmt", help="print the canonical form")
+    f.add_argument("file")
+    f.add_argument("--format", choices=fmts, default="idx")
+    f.set_defaults(func=cmd_fmt)
+
+    t = sub.add_parser("train", help="train a model on a built-in data set")
+    t.add_argument("file")
+    t.add_argument("--data", default="digits")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--batch", type=int, default=64)
+    t.add_argument("--optimizer", default="adam")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--hidden", type=int, default=128)
+    t.add_argument("--plot")
+    t.set_defaults(func=cmd_train, format="text")
+
+    from . import tools
+
+    tools.add_commands(sub)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
+    try:
+        a = ap.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    fmt = getattr(a, "format", "text")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return int(a.func(a))
+    except IndexgradError as e:
+        if fmt == "json":
+            print(json.dumps(_diagnostic(e)), file=sys.stderr)
+        else:
+            print(str(e), file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("indexgrad: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as e:  # a bug in indexgrad, not the user's fault: say so without a traceback
+        print(
+            f"indexgrad: internal error: {type(e).__name__}: {e}\n"
+            "This is a bug in indexgrad; please report it with the input that caused it.",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,138 @@
+"""Shapes of a program's inputs from `--dims` alone, by unifying index names across references."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import IndexgradError
+from .functions import FUNCTIONS
+from .nodes import Affine, Call, Expr, Gather, Program, Ref, children, refs_in
+
+
+class _Classes:
+    """Union-find over tensor axes and statement-local index names."""
+
+    def __init__(self) -> None:
+        self.parent: dict[tuple, tuple] = {}
+
+    def find(self, x: tuple) -> tuple:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: tuple, b: tuple) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[ra] = rb
+
+
+def parse_dims(text: str | None) -> dict[str, int]:
+    """`b=4,i=3` as a dict; a malformed entry is a user error."""
+    out: dict[str, int] = {}
+    if not text:
+        return out
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        if not eq or not name.isidentifier():
+            raise IndexgradError(f"--dims entry '{part}' is not of the form name=size (e.g. b=4)")
+        try:
+            size = int(value)
+        except ValueError:
+            raise IndexgradError(f"--dims size for '{name}' must be a whole number, got '{value.strip()}'") from None
+        if size < 1 or size > 1_000_000:
+            raise IndexgradError(f"--dims size for '{name}' must be between 1 and 1000000, got {size}")
+        out[name] = size
+    return out
+
+
+def infer_shapes(program: Program, dims: dict[str, int], default: int = 3) -> dict[str, tuple[int, ...]]:
+    """Shapes for every input (labels included), sized from dims by index name, else `default`."""
+    uf = _Classes()
+    names_of: dict[tuple, set[str]] = {}
+    refs: list[tuple[int, Ref]] = []
+    for k, s in enumerate(program.statements):
+        refs.append((k, s.target))
+        refs.extend((k, r) for r in refs_in(s.expr))
+        refs.extend((k, i.ref) for i in s.target.indices if isinstance(i, Gather))
+    for d in program.decls:  # last, so a reference with index arithmetic sizes the input
+        refs.append((-1 - len(refs), d.ref))
+    for k, r in refs:
+        for axis, i in enumerate(r.indices):
+            if isinstance(i, Affine) and i.plain is not None:
+                uf.union(("T", r.name, axis), ("I", k, i.plain))
+                names_of.setdefault(("I", k, i.plain), set()).add(i.plain)
+    size: dict[tuple, int] = {}
+    for key, ns in names_of.items():
+        root = uf.find(key)
+        for n in ns:
+            if n in dims:
+                size.setdefault(root, dims[n])
+
+    def index_size(k: int, n: str) -> int:
+        return size.get(uf.find(("I", k, n)), dims.get(n, default))
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    wanted = set(program.inputs())
+    for k, r in refs:
+        if r.name not in wanted or r.name in shapes:
+            continue
+        shape = []
+        for axis, i in enumerate(r.indices):
+            root = uf.find(("T", r.name, axis))
+            if isinstance(i, Affine) and i.plain is None:
+                ext = i.const + sum(max(c, 0) * (index_size(k, n) - 1) for c, n in i.terms) + 1
+                shape.append(size.get(root, ext))
+            elif isinstance(i, Gather):
+                shape.append(size.get(root, dims.get(f"{r.name}{axis}", default + 1)))
+            else:
+                shape.append(size.get(root, dims.get(i.plain or "", default)))
+        shapes[r.name] = tuple(shape)
+    for d in program.decls:  # declared but unread
+        if d.ref.name not in shapes:
+            shapes[d.ref.name] = tuple(dims.get(i.plain or "", default) for i in d.ref.indices)  # type: ignore[union-attr]
+    return shapes
+
+
+def _positive_names(program: Program) -> set[str]:
+    """Inputs read directly inside a function whose domain is positive (log, sqrt)."""
+    out: set[str] = set()
+
+    def visit(e: Expr) -> None:
+        if isinstance(e, Call) and FUNCTIONS[e.func].positive_domain:
+            out.update(r.name for r in refs_in(e))
+        for c in children(e):
+            visit(c)
+
+    for s in program.statements:
+        visit(s.expr)
+    return out
+
+
+def random_inputs(
+    program: Program, dims: dict[str, int], rng: np.random.Generator, positive: bool = False
+) -> dict[str, np.ndarray]:
+    """Random float64 inputs (positive where a log or sqrt reads them) and in-range integer labels."""
+    shapes = infer_shapes(program, dims)
+    labels = set(program.integer_inputs())
+    pos = _positive_names(program)
+    limits: dict[str, int] = {}
+    for s in program.statements:
+        for r in [s.target, *refs_in(s.expr)]:
+            for axis, i in enumerate(r.indices):
+                if isinstance(i, Gather) and r.name in shapes:
+                    limits[i.ref.name] = min(limits.get(i.ref.name, 10**9), shapes[r.name][axis])
+    out: dict[str, np.ndarray] = {}
+    for name, shape in shapes.items():
+        if name in labels:
+            out[name] = rng.integers(0, limits.get(name, 2), size=shape)
+        elif positive or name in pos:
+            out[name] = rng.uniform(0.5, 1.5, size=shape)
+        else:
+            out[name] = rng.standard_normal(shape)
+    return out
