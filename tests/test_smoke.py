@@ -1,0 +1,41 @@
+"""The command line on every example: fmt round-trips, grad prints, check passes."""
+
+from pathlib import Path
+
+import pytest
+
+import indexgrad as ig
+from indexgrad.cli import main
+
+EXAMPLES = sorted(Path(__file__).resolve().parent.parent.joinpath("examples").glob("*.idx"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_fmt_round_trips(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fmt", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert ig.parse(text) == ig.load(path)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_check_passes(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(path)]) == 0
+    assert "passed" in capsys.readouterr().out
+
+
+def test_affine_prints_the_seeds_statements(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["grad", str(EXAMPLES[0].parent / "affine.idx")]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "B.grad[i] += y.grad[b,i]",
+        "x.grad[b,j] += y.grad[b,i] W[j,i]",
+        "W.grad[j,i] += y.grad[b,i] x[b,j]",
+    ]
+
+
+def test_user_error_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.idx"
+    bad.write_text("y[i] = x[i] +\n")
+    assert main(["grad", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{bad}:1:14: error:")
+    assert "Traceback" not in err
