@@ -30,8 +30,6 @@ from .nodes import (
     refs_in,
 )
 
-
-
 _DERIVED = re.compile(r"^(.+)\.(grad|tan)\d*$")
 
 
@@ -80,13 +78,7 @@ def attach_sums(e: Expr, total: Counter[str], keep: frozenset[str]) -> Expr:
             occ = _occurrences(f)
             here.update(occ)
             holders.update(set(occ))
-        summed = tuple(
-            sorted(
-                n
-                for n in here
-                if n not in keep and here[n] == total[n] and holders[n] >= 2
-            )
-        )
+        summed = tuple(sorted(n for n in here if n not in keep and here[n] == total[n] and holders[n] >= 2))
         return replace(e, factors=factors, summed=summed)
     if isinstance(e, Neg):
         return replace(e, arg=attach_sums(e.arg, total, keep))
@@ -180,8 +172,7 @@ class _Checker:
             old = self.role.get(d.ref.name)
             if old and old[0] != d.role:
                 raise _err(
-                    f"'{d.ref.name}' is declared {d.role} here but {old[0]} at "
-                    f"{old[1].line}:{old[1].column}",
+                    f"'{d.ref.name}' is declared {d.role} here but {old[0]} at {old[1].line}:{old[1].column}",
                     d.span,
                 )
             self.role[d.ref.name] = (d.role, d.span)
@@ -198,8 +189,7 @@ class _Checker:
                 raise _err(f"unknown function '{e.func}'; known functions: {known}", e.span)
             if len(e.args) != f.arity:
                 raise _err(
-                    f"{e.func} takes {f.arity} argument{'s' if f.arity > 1 else ''}, "
-                    f"got {len(e.args)}",
+                    f"{e.func} takes {f.arity} argument{'s' if f.arity > 1 else ''}, got {len(e.args)}",
                     e.span,
                 )
         if isinstance(e, Reduce):
@@ -212,16 +202,13 @@ class _Checker:
             for k in e.indices:
                 if k in lhs:
                     raise _err(
-                        f"{e.op}[{k}] reduces over '{k}', which is on the left side; "
-                        "rename the inner index",
+                        f"{e.op}[{k}] reduces over '{k}', which is on the left side; rename the inner index",
                         e.span,
                     )
                 if k in bound:
                     raise _err(f"'{k}' is already reduced by an enclosing reduction", e.span)
                 if k not in body_free:
-                    raise _err(
-                        f"{e.op}[{k}] reduces over '{k}', which its body does not use", e.span
-                    )
+                    raise _err(f"{e.op}[{k}] reduces over '{k}', which its body does not use", e.span)
             bound = bound | frozenset(e.indices)
         for c in children(e):
             self.expr(c, lhs, bound)
@@ -230,9 +217,7 @@ class _Checker:
         n = r.name
         if n in self.first_def and n not in self.defined_at:
             sp = self.first_def[n]
-            raise _err(
-                f"'{n}' is read here before its definition at {sp.line}:{sp.column}", r.span
-            )
+            raise _err(f"'{n}' is read here before its definition at {sp.line}:{sp.column}", r.span)
         self.read_at.setdefault(n, r.span)
 
     def statement(self, s: Statement) -> Statement:
@@ -265,8 +250,7 @@ class _Checker:
             plain = i.plain if isinstance(i, Affine) else None
             if plain is None and s.op == "=":
                 raise _err(
-                    "the left side of '=' takes plain index names; "
-                    "write index arithmetic on the right side",
+                    "the left side of '=' takes plain index names; write index arithmetic on the right side",
                     i.span or t.span,
                 )
             if plain is not None and plain in lhs and s.op == "=":
@@ -302,14 +286,9 @@ class _Checker:
         if s.op == "=" or name not in self.defined_before_this:
             for i in t.indices:
                 for n in i.names():
-                    if (
-                        n not in rhs_names
-                        and sized_like(name) is None
-                        and not isinstance(i, Gather)
-                    ):
+                    if n not in rhs_names and sized_like(name) is None and not isinstance(i, Gather):
                         raise _err(
-                            f"index '{n}' of '{name}' gets no size: it does not appear on the "
-                            "right side",
+                            f"index '{n}' of '{name}' gets no size: it does not appear on the right side",
                             i.span or t.span,
                         )
         return replace(s, expr=expr, summed=summed)

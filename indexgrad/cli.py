@@ -8,8 +8,9 @@ import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -59,19 +60,32 @@ def _warn(program: Program, fmt: str) -> None:
             err = IndexgradError(w.message, w.span, program.filename, program.source)
             print(json.dumps(_diagnostic(err, "warning")), file=sys.stderr)
         else:
-            print(render(w.message, w.span, program.filename, program.source, "warning"), file=sys.stderr)
+            print(
+                render(w.message, w.span, program.filename, program.source, "warning"),
+                file=sys.stderr,
+            )
 
 
 def _statements_json(stmts: Sequence[Statement]) -> list[dict[str, Any]]:
     return [
-        {"text": format_statement(s), "target": s.target.name, "op": s.op, "line": s.span.line or None}
+        {
+            "text": format_statement(s),
+            "target": s.target.name,
+            "op": s.op,
+            "line": s.span.line or None,
+        }
         for s in stmts
     ]
 
 
 def _print_program(forward: list[Statement], derived: Program, fmt: str, title: str) -> None:
     if fmt == "json":
-        print(json.dumps({"forward": _statements_json(forward), title: _statements_json(derived.statements)}, indent=2))
+        print(
+            json.dumps(
+                {"forward": _statements_json(forward), title: _statements_json(derived.statements)},
+                indent=2,
+            )
+        )
         return
     if fmt == "latex":
         from .latex import program_latex
@@ -108,7 +122,9 @@ def cmd_grad(a: argparse.Namespace) -> int:
     d = derive_for(p, losses, wrt)
     forward = forward_statements(p)
     if a.order == 2:
-        both = Program(p.decls, tuple(prim_statement(q) for q in lower(p)) + d.statements, p.filename, p.source)
+        both = Program(
+            p.decls, tuple(prim_statement(q) for q in lower(p)) + d.statements, p.filename, p.source
+        )
         from .check import check
 
         both = check(both)
@@ -159,7 +175,10 @@ def cmd_check(a: argparse.Namespace) -> int:
     for name, err in report.errors.items():
         status = "ok" if err <= report.tolerance else "MISMATCH"
         print(f"{name}: relative error {err:.2e}  {status}")
-    print(f"{'passed' if report.ok else 'FAILED'}: {len(report.errors)} inputs checked against finite differences")
+    print(
+        f"{'passed' if report.ok else 'FAILED'}: "
+        f"{len(report.errors)} inputs checked against finite differences"
+    )
     return EXIT_OK if report.ok else EXIT_FAIL
 
 
@@ -224,13 +243,14 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     from .train import train_command
 
-    return train_command(
-        a.file, a.data, a.epochs, a.lr, a.batch, a.optimizer, a.seed, a.plot, a.hidden
-    )
+    return train_command(a.file, a.data, a.epochs, a.lr, a.batch, a.optimizer, a.seed, a.plot, a.hidden)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="indexgrad", description="Layer equations in index notation: derive, print, check and run their gradients.")
+    ap = _Parser(
+        prog="indexgrad",
+        description="Layer equations in index notation: derive, print, check and run their gradients.",
+    )
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
     fmts = ["idx", "latex", "json"]
 

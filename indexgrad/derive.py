@@ -36,6 +36,7 @@ from .nodes import (
     ref_index_names,
 )
 
+
 def derived_names(program: Program, suffix: str) -> dict[str, str]:
     """`x` -> `x.grad` (or `x.grad2`, ... when the program already uses that name)."""
     taken = set(program.inputs()) | set(program.defined())
@@ -237,8 +238,7 @@ def _loss_and_sources(
     for w in wrt:
         if w not in inputs:
             raise IndexgradError(
-                f"--wrt names '{w}', which is not an input of the program; inputs: "
-                + ", ".join(inputs)
+                f"--wrt names '{w}', which is not an input of the program; inputs: " + ", ".join(inputs)
             )
     return losses, set(wrt)
 
@@ -310,8 +310,7 @@ def derive_jvp(program: Program, wrt: list[str] | None = None) -> Program:
     for w in wrt or []:
         if w not in inputs:
             raise IndexgradError(
-                f"--wrt names '{w}', which is not an input of the program; inputs: "
-                + ", ".join(inputs)
+                f"--wrt names '{w}', which is not an input of the program; inputs: " + ", ".join(inputs)
             )
     has_tan = set(wrt if wrt is not None else inputs)
     names = derived_names(program, ".tan")

@@ -1,9 +1,9 @@
-"""Elementwise functions and reductions: each entry holds its numpy forward and its derivative in index notation."""
+"""Elementwise functions and reductions: each entry holds its numpy forward and its derivative."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -78,15 +78,11 @@ register(Function("sigmoid", 1, _sigmoid, lambda u, y: (_mul(y, _add(Num(1), y, 
 register(Function("tanh", 1, np.tanh, lambda u, y: (_add(Num(1), Power(y, 2), -1),)))
 register(Function("exp", 1, _exp, lambda u, y: (y,)))
 register(Function("log", 1, _log, lambda u, y: (Power(u, -1),), positive_domain=True))
-register(
-    Function("sqrt", 1, _sqrt, lambda u, y: (_mul(Num(0.5), Power(y, -1)),), positive_domain=True)
-)
+register(Function("sqrt", 1, _sqrt, lambda u, y: (_mul(Num(0.5), Power(y, -1)),), positive_domain=True))
 register(Function("sin", 1, np.sin, lambda u, y: (Call("cos", (u,)),)))
 register(Function("cos", 1, np.cos, lambda u, y: (_mul(Num(-1), Call("sin", (u,))),)))
 register(Function("abs", 1, np.abs, lambda u, y: (Call("sign", (u,)),)))
-register(
-    Function("softplus", 1, lambda x: np.logaddexp(0, x), lambda u, y: (Call("sigmoid", (u,)),))
-)
+register(Function("softplus", 1, lambda x: np.logaddexp(0, x), lambda u, y: (Call("sigmoid", (u,)),)))
 register(Function("step", 1, _step, lambda u, y: (None,)))
 register(Function("sign", 1, np.sign, lambda u, y: (None,)))
 register(

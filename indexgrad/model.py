@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -96,9 +97,7 @@ class Model:
                 raise self._error(f"the value given for '{name}' is not an array: {e}") from None
             if name in self.labels:
                 if a.dtype.kind not in "iu":
-                    raise self._error(
-                        f"'{name}' holds integer labels, but its array has dtype {a.dtype}"
-                    )
+                    raise self._error(f"'{name}' holds integer labels, but its array has dtype {a.dtype}")
             elif a.dtype.kind in "biu":
                 a = a.astype(np.float64)
             elif a.dtype.kind not in "f":
@@ -156,9 +155,7 @@ class Model:
                 g = np.asarray(g)
                 want = np.shape(vals[name])
                 if g.shape != want:
-                    raise self._error(
-                        f"seed for '{name}' has shape {g.shape}, but '{name}' has shape {want}"
-                    )
+                    raise self._error(f"seed for '{name}' has shape {g.shape}, but '{name}' has shape {want}")
                 seeds[name] = g
         wrt_t = tuple(wrt) if wrt is not None else None
         derived, ex = self._derived(tuple(seeds), wrt_t)

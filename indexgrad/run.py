@@ -37,8 +37,7 @@ class Sizes:
             self.where[name] = what
         elif old != size:
             raise IndexgradError(
-                f"index '{name}' has size {old} from {self.where[name]} but size {size} "
-                f"from {what}",
+                f"index '{name}' has size {old} from {self.where[name]} but size {size} from {what}",
                 span,
             )
 
@@ -116,8 +115,12 @@ def _affine_range(i: Affine, sizes: dict[str, int]) -> tuple[int, int]:
 
 
 def _index_arrays(
-    r: Ref, a_shape: tuple[int, ...], names: tuple[str, ...], sizes: dict[str, int],
-    env: dict[str, Array], span: Span,
+    r: Ref,
+    a_shape: tuple[int, ...],
+    names: tuple[str, ...],
+    sizes: dict[str, int],
+    env: dict[str, Array],
+    span: Span,
 ) -> tuple[Array, ...]:
     """Per-axis integer arrays broadcast over `names`, for gathers and scatter-adds."""
     nd = len(names)
@@ -288,7 +291,11 @@ class Executor:
         return None
 
     def step(
-        self, p: Prim, env: dict[str, Array], owned: set[str], check_finite: bool,
+        self,
+        p: Prim,
+        env: dict[str, Array],
+        owned: set[str],
+        check_finite: bool,
         dims: dict[str, int],
     ) -> None:
         sizes = self.sizes(p, env, dims).size
@@ -302,9 +309,7 @@ class Executor:
             raise IndexgradError(f"this statement produced {bad} in '{p.out.name}'", p.span)
         self.write(p, env, owned, result, sizes, out_names)
 
-    def compute(
-        self, p: Prim, env: dict[str, Array], sizes: dict[str, int], out: tuple[str, ...]
-    ) -> Array:
+    def compute(self, p: Prim, env: dict[str, Array], sizes: dict[str, int], out: tuple[str, ...]) -> Array:
         span = p.span
         if isinstance(p, Contract):
             coef = p.coef
@@ -361,8 +366,13 @@ class Executor:
         return np.asarray(REDUCTIONS[p.reducer](arr, axes))
 
     def write(
-        self, p: Prim, env: dict[str, Array], owned: set[str], result: Array,
-        sizes: dict[str, int], out_names: tuple[str, ...],
+        self,
+        p: Prim,
+        env: dict[str, Array],
+        owned: set[str],
+        result: Array,
+        sizes: dict[str, int],
+        out_names: tuple[str, ...],
     ) -> None:
         name = p.out.name
         plain = [i.plain if isinstance(i, Affine) else None for i in p.out.indices]
@@ -390,7 +400,7 @@ class Executor:
             env[name] = target
             owned.add(name)
         idx = _index_arrays(p.out, target.shape, out_names, sizes, env, p.span)
-        for axis, i in enumerate(p.out.indices):
+        for _axis, i in enumerate(p.out.indices):
             if isinstance(i, Affine) and i.plain is None:
                 _check_bounds(p.out, target, sizes, p.span)
                 break

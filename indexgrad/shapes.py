@@ -44,7 +44,9 @@ def parse_dims(text: str | None) -> dict[str, int]:
         try:
             size = int(value)
         except ValueError:
-            raise IndexgradError(f"--dims size for '{name}' must be a whole number, got '{value.strip()}'") from None
+            raise IndexgradError(
+                f"--dims size for '{name}' must be a whole number, got '{value.strip()}'"
+            ) from None
         if size < 1 or size > 1_000_000:
             raise IndexgradError(f"--dims size for '{name}' must be between 1 and 1000000, got {size}")
         out[name] = size

@@ -363,8 +363,10 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> IndexgradErro
         msg = "a declaration only names tensors; write the definition on its own line"
     elif expected == {"LPAR"}:
         msg = f"expected '(' after the reduction's index list, got {got}"
-    elif stack and isinstance(tok, Token) and (
-        tok.type in ("_NEWLINE", "$END", "SEMICOLON", "RPAR", "RSQB") or closer in expected
+    elif (
+        stack
+        and isinstance(tok, Token)
+        and (tok.type in ("_NEWLINE", "$END", "SEMICOLON", "RPAR", "RSQB") or closer in expected)
     ):
         o, ol, oc = stack[-1]
         msg = f"expected {_CLOSERS[o]!r} to close the {_WHAT[o]} opened at {ol}:{oc}, got {got}"
