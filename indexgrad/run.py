@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -399,9 +400,53 @@ class Executor:
             target = np.zeros(like.shape, dtype=dtype) if target is None else target.astype(dtype)
             env[name] = target
             owned.add(name)
-        idx = _index_arrays(p.out, target.shape, out_names, sizes, env, p.span)
-        for _axis, i in enumerate(p.out.indices):
-            if isinstance(i, Affine) and i.plain is None:
-                _check_bounds(p.out, target, sizes, p.span)
-                break
-        np.add.at(target, idx, result)
+        _check_bounds(p.out, target, sizes, p.span)
+        if not _scatter_by_slices(p.out, target, result, out_names, sizes):
+            idx = _index_arrays(p.out, target.shape, out_names, sizes, env, p.span)
+            np.add.at(target, idx, result)
+
+
+def _scatter_by_slices(
+    r: Ref, target: Array, result: Array, names: tuple[str, ...], sizes: dict[str, int]
+) -> bool:
+    """target[r] += result as a few strided slice-adds, one per offset of the smaller indices.
+
+    Works when every index name sits in one axis of r (no labels, no diagonals): each axis keeps
+    its largest index as a strided slice and loops over the others (a kernel's offsets).
+    """
+    axis_of: dict[str, int] = {}
+    for axis, i in enumerate(r.indices):
+        if not isinstance(i, Affine):
+            return False
+        for _, n in i.terms:
+            if n in axis_of:
+                return False
+            axis_of[n] = axis
+    main: list[str | None] = []
+    for i in r.indices:
+        assert isinstance(i, Affine)
+        cands = [(sizes[n], c, n) for c, n in i.terms if c > 0]
+        main.append(max(cands)[2] if cands else None)
+    others = [n for n in names if n not in main]
+    loops = 1
+    for n in others:
+        loops *= sizes[n]
+    if loops > 4096:
+        return False
+    kept = [m for m in main if m is not None]
+    order = [names.index(m) for m in kept] + [names.index(n) for n in others]
+    res = np.transpose(result, order)
+    for offs in itertools.product(*(range(sizes[n]) for n in others)):
+        val = dict(zip(others, offs))
+        index: list[Any] = []
+        for axis, i in enumerate(r.indices):
+            assert isinstance(i, Affine)
+            start = i.const + sum(c * val[n] for c, n in i.terms if n != main[axis])
+            m = main[axis]
+            if m is None:
+                index.append(start)
+            else:
+                c = dict((n, c) for c, n in i.terms)[m]
+                index.append(slice(start, start + c * (sizes[m] - 1) + 1, c))
+        target[tuple(index)] += res[(Ellipsis, *offs)] if offs else res
+    return True
