@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .check import check
-from .derive import derive_for, derive_jvp, grad_name, tan_name
+from .derive import derive_for, derive_jvp, derived_names, tan_name
 from .errors import IndexgradError
 from .lower import Prim, lower, prim_statement
 from .nodes import Program
@@ -76,6 +76,8 @@ class Model:
         self.inputs = [n for n in self.program.inputs() if n not in self.program.integer_inputs()]
         self.labels = list(self.program.integer_inputs())
         self._forward = Executor(self.prims, self.program.filename, self.program.source)
+        self._grad = derived_names(self.program, ".grad")
+        self._tan = derived_names(self.program, ".tan")
 
     def _error(self, msg: str) -> IndexgradError:
         return IndexgradError(msg, filename=self.program.filename)
@@ -161,11 +163,11 @@ class Model:
         derived, ex = self._derived(tuple(seeds), wrt_t)
         env = dict(vals)
         for name, g in seeds.items():
-            env[grad_name(self.program, name)] = g
+            env[self._grad.get(name)] = g
         env = ex.run(env)
         out = {}
         for name in wrt if wrt is not None else self.inputs:
-            g = env.get(grad_name(self.program, name))
+            g = env.get(self._grad.get(name))
             out[name] = np.zeros_like(vals[name]) if g is None else np.ascontiguousarray(g)
         return out
 
@@ -188,11 +190,11 @@ class Model:
             t = np.asarray(t)
             if t.shape != np.shape(vals[n]):
                 raise self._error(f"tangent for '{n}' has shape {t.shape}, not {np.shape(vals[n])}")
-            env[tan_name(self.program, n)] = t
+            env[self._tan.get(n)] = t
         env = ex.run(env)
         out = {}
         for n in self.program.defined():
-            t = env.get(tan_name(self.program, n))
+            t = env.get(self._tan.get(n))
             out[n] = np.zeros_like(vals[n]) if t is None else t
         return out
 
@@ -220,13 +222,13 @@ class Model:
                 self._cache[key] = hit
         both, tan, ex = hit
         env = {n: np.asarray(vals[n]) for n in self.inputs + self.labels}
-        env[grad_name(self.program, loss)] = np.ones_like(np.asarray(vals[loss]))
+        env[self._grad.get(loss)] = np.ones_like(np.asarray(vals[loss]))
         for n, t in v.items():
             env[tan_name(both, n)] = np.asarray(t)
         env = ex.run(env)
         out = {}
         for n in self.inputs:
-            t = env.get(tan_name(both, grad_name(self.program, n)))
+            t = env.get(tan_name(both, self._grad.get(n)))
             out[n] = np.zeros_like(np.asarray(vals[n])) if t is None else t
         return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Union
 
 
@@ -275,6 +276,7 @@ def refs_in_statement(s: Statement) -> list[Ref]:
     return out
 
 
+@lru_cache(maxsize=65536)
 def ref_index_names(r: Ref) -> tuple[str, ...]:
     """Index names a reference mentions, in order, without repeats."""
     seen: dict[str, None] = {}

@@ -70,3 +70,67 @@ def plan_contraction(
 def clear_cache() -> None:
     with _LOCK:
         _CACHE.clear()
+
+
+def pairwise(
+    a_names: tuple[str, ...],
+    b_names: tuple[str, ...],
+    out: tuple[str, ...],
+    a_shape: tuple[int, ...],
+    b_shape: tuple[int, ...],
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """A two-operand contraction as one BLAS matmul (or a broadcast product), planned once.
+
+    The result's axes are `out`; every name in `out` must appear in an operand.
+    """
+    size = dict(zip(a_names, a_shape)) | dict(zip(b_names, b_shape))
+    a_set, b_set, o_set = set(a_names), set(b_names), set(out)
+    batch = [n for n in out if n in a_set and n in b_set]
+    left = [n for n in out if n in a_set and n not in b_set]
+    right = [n for n in out if n in b_set and n not in a_set]
+    inner = [n for n in a_names if n in b_set and n not in o_set]
+    a_only = tuple(k for k, n in enumerate(a_names) if n not in b_set and n not in o_set)
+    b_only = tuple(k for k, n in enumerate(b_names) if n not in a_set and n not in o_set)
+    a_rest = tuple(n for n in a_names if n in b_set or n in o_set)
+    b_rest = tuple(n for n in b_names if n in a_set or n in o_set)
+
+    def prep(x: np.ndarray, only: tuple[int, ...]) -> np.ndarray:
+        return x.sum(axis=only) if only else x
+
+    if not inner:  # no sum between the operands: a broadcast product
+        a_perm = [a_rest.index(n) for n in out if n in a_set]
+        b_perm = [b_rest.index(n) for n in out if n in b_set]
+        a_shape2 = [size[n] if n in a_set else 1 for n in out]
+        b_shape2 = [size[n] if n in b_set else 1 for n in out]
+
+        def product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            a = prep(a, a_only).transpose(a_perm).reshape(a_shape2)
+            b = prep(b, b_only).transpose(b_perm).reshape(b_shape2)
+            return a * b
+
+        return product
+
+    if batch + right + left == list(out) and batch + left + right != list(out):
+        # C = A B would come out transposed; compute it as (B^T A^T) so it is born in order
+        swapped = pairwise(b_names, a_names, out, b_shape, a_shape)
+        return lambda a, b: swapped(b, a)
+    a_perm = [a_rest.index(n) for n in batch + left + inner]
+    b_perm = [b_rest.index(n) for n in batch + inner + right]
+    nb = int(np.prod([size[n] for n in batch], dtype=np.int64))
+    nl = int(np.prod([size[n] for n in left], dtype=np.int64))
+    nr = int(np.prod([size[n] for n in right], dtype=np.int64))
+    nk = int(np.prod([size[n] for n in inner], dtype=np.int64))
+    mid = batch + left + right
+    res_shape = [size[n] for n in mid]
+    res_perm = [mid.index(n) for n in out]
+    identity = res_perm == list(range(len(res_perm)))
+    a3 = (nb, nl, nk) if batch else (nl, nk)
+    b3 = (nb, nk, nr) if batch else (nk, nr)
+
+    def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        a = prep(a, a_only).transpose(a_perm).reshape(a3)
+        b = prep(b, b_only).transpose(b_perm).reshape(b3)
+        r = np.matmul(a, b).reshape(res_shape)
+        return r if identity else r.transpose(res_perm)
+
+    return matmul

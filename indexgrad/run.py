@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -13,7 +13,7 @@ from .errors import IndexgradError
 from .functions import FUNCTIONS, REDUCTIONS
 from .lower import Contract, Elementwise, Operand, Prim, Reduction, Terms, prim_refs
 from .nodes import Affine, Gather, Num, Ref, SizeOf, Span, ref_index_names
-from .plan import plan_contraction
+from .plan import pairwise, plan_contraction
 from .printer import format_ref
 
 Array = np.ndarray
@@ -28,10 +28,10 @@ class Sizes:
 
     def __init__(self, span: Span) -> None:
         self.size: dict[str, int] = {}
-        self.where: dict[str, str] = {}
+        self.where: dict[str, Any] = {}
         self.span = span
 
-    def note(self, name: str, size: int, what: str, span: Span) -> None:
+    def note(self, name: str, size: int, what: Any, span: Span) -> None:
         old = self.size.get(name)
         if old is None:
             self.size[name] = size
@@ -67,9 +67,19 @@ def _labels(env: dict[str, Array], g: Ref, span: Span) -> Array:
     return a
 
 
+class _Where:
+    """A place described lazily: the text is only built when an error needs it."""
+
+    def __init__(self, r: Ref, axis: int) -> None:
+        self.r, self.axis = r, axis
+
+    def __str__(self) -> str:
+        return f"{format_ref(self.r)} (axis {self.axis})"
+
+
 def _size_ref(sizes: Sizes, env: dict[str, Array], r: Ref, a: Array, span: Span) -> None:
     for axis, i in enumerate(r.indices):
-        what = f"{format_ref(r)} (axis {axis})"
+        what: Any = _Where(r, axis)
         if isinstance(i, Gather):
             lab = _labels(env, i.ref, span)
             for ax2, j in enumerate(i.ref.indices):
@@ -237,6 +247,7 @@ class Executor:
     """Runs a list of primitive statements on an environment of named arrays."""
 
     def __init__(self, prims: list[Prim], filename: str = "<string>", source: str = "") -> None:
+        self._kernels: dict[Any, list[Kernel | None]] = {}
         self.prims = prims
         self.filename = filename
         self.source = source
@@ -244,15 +255,40 @@ class Executor:
     def run(
         self, env: dict[str, Array], check_finite: bool = False, dims: dict[str, int] | None = None
     ) -> dict[str, Array]:
+        """Run every primitive in order, adding what each defines to env.
+
+        The first run for a signature (names, shapes and dtypes of env) checks sizes and plans
+        every statement; later runs with the same signature go straight to the planned kernels.
+        """
         owned: set[str] = set()
+        key = None if (check_finite or dims) else _signature(env)
+        kernels = self._kernels.get(key) if key is not None else None
+        if kernels is not None:
+            for p, k in zip(self.prims, kernels):
+                if k is not None:
+                    k(env, owned)
+                else:
+                    self._guarded(p, env, owned, False, {})
+            return env
+        built: list[Kernel | None] = []
         for p in self.prims:
-            try:
-                self.step(p, env, owned, check_finite, dims or {})
-            except IndexgradError as e:
-                if e.span is None:
-                    e.span = p.span if p.span.line else None
-                raise e.located(self.filename, self.source) from None
+            sizes = self._guarded(p, env, owned, check_finite, dims or {})
+            if key is not None:
+                built.append(_kernel(p, sizes, env))
+        if key is not None:
+            self._kernels[key] = built
         return env
+
+    def _guarded(
+        self, p: Prim, env: dict[str, Array], owned: set[str], check_finite: bool,
+        dims: dict[str, int],
+    ) -> dict[str, int]:
+        try:
+            return self.step(p, env, owned, check_finite, dims)
+        except IndexgradError as e:
+            if e.span is None:
+                e.span = p.span if p.span.line else None
+            raise e.located(self.filename, self.source) from None
 
     def sizes(self, p: Prim, env: dict[str, Array], dims: dict[str, int]) -> Sizes:
         sz = Sizes(p.span)
@@ -298,7 +334,7 @@ class Executor:
         owned: set[str],
         check_finite: bool,
         dims: dict[str, int],
-    ) -> None:
+    ) -> dict[str, int]:
         sizes = self.sizes(p, env, dims).size
         out_names = ref_index_names(p.out)
         result = self.compute(p, env, sizes, out_names)
@@ -309,6 +345,7 @@ class Executor:
             bad = "NaN" if np.isnan(result).any() else "Inf"
             raise IndexgradError(f"this statement produced {bad} in '{p.out.name}'", p.span)
         self.write(p, env, owned, result, sizes, out_names)
+        return sizes
 
     def compute(self, p: Prim, env: dict[str, Array], sizes: dict[str, int], out: tuple[str, ...]) -> Array:
         span = p.span
@@ -450,3 +487,151 @@ def _scatter_by_slices(
                 index.append(slice(start, start + c * (sizes[m] - 1) + 1, c))
         target[tuple(index)] += res[(Ellipsis, *offs)] if offs else res
     return True
+
+
+# ---- planned kernels: what a statement does once its sizes are known -----------------------
+
+Kernel = Callable[[dict[str, Array], set[str]], None]
+
+
+def _signature(env: dict[str, Array]) -> tuple[Any, ...] | None:
+    try:
+        return tuple((n, a.shape, a.dtype.str) for n, a in env.items())
+    except AttributeError:
+        return None
+
+
+def _simple(r: Ref) -> bool:
+    plain = [i.plain if isinstance(i, Affine) else None for i in r.indices]
+    return None not in plain and len(set(plain)) == len(plain)
+
+
+def _aligner(names: tuple[str, ...], out: tuple[str, ...]) -> Callable[[Array], Array]:
+    """A function doing `_align(a, names, out)` with the permutation worked out once."""
+    if names == out:
+        return lambda a: a
+    present = [n for n in out if n in names]
+    order = [names.index(n) for n in present]
+    identity = order == list(range(len(order)))
+    shape_of = [n in names for n in out]
+
+    def align(a: Array) -> Array:
+        if not identity:
+            a = a.transpose(order)
+        if len(present) == len(out):
+            return a
+        it = iter(a.shape)
+        return a.reshape([next(it) if keep else 1 for keep in shape_of])
+
+    return align
+
+
+def _kernel(p: Prim, sizes: dict[str, int], env: dict[str, Array]) -> Kernel | None:
+    """A closure that computes and writes p without re-checking sizes, or None to stay generic."""
+    if not all(_simple(r) for r in [p.out, *prim_refs(p)]):
+        return None
+    out = ref_index_names(p.out)
+    shape = tuple(sizes[n] for n in out)
+    compute = _compute_kernel(p, sizes, env, out)
+    if compute is None:
+        return None
+    name, accumulate = p.out.name, p.op == "+="
+
+    def run(env: dict[str, Array], owned: set[str]) -> None:
+        r = compute(env)
+        if r.shape != shape:
+            r = np.broadcast_to(r, shape)
+        if not accumulate or name not in env:
+            env[name] = r
+            owned.discard(name)
+            return
+        t = env[name]
+        if name in owned and t.dtype == np.result_type(t, r):
+            np.add(t, r, out=t)
+        else:
+            env[name] = t + r
+            owned.add(name)
+
+    return run
+
+
+def _compute_kernel(
+    p: Prim, sizes: dict[str, int], env: dict[str, Array], out: tuple[str, ...]
+) -> Callable[[dict[str, Array]], Array] | None:
+    if isinstance(p, Contract):
+        coef = p.coef
+        ops: list[tuple[str, tuple[str, ...], float]] = []
+        for f, k in p.factors:
+            if isinstance(f, Ref):
+                ops.append((f.name, ref_index_names(f), k))
+            else:
+                coef *= _const(f, sizes) ** k
+        if not ops:
+            return None
+        present = {n for _, nm, _ in ops for n in nm}
+        kept = tuple(n for n in out if n in present)
+        widen = _aligner(kept, out)
+        if len(ops) == 1:
+            (n0, nm0, k0), = ops
+            axes = tuple(i for i, n in enumerate(nm0) if n not in kept)
+            align0 = _aligner(tuple(n for n in nm0 if n in kept), kept)
+
+            def body(env: dict[str, Array]) -> Array:
+                a = _power(env[n0], k0)
+                return align0(a.sum(axis=axes) if axes else a)
+
+        elif len(ops) == 2:
+            (n0, nm0, k0), (n1, nm1, k1) = ops
+            pw = pairwise(nm0, nm1, kept, env[n0].shape, env[n1].shape)
+
+            def body(env: dict[str, Array]) -> Array:
+                return pw(_power(env[n0], k0), _power(env[n1], k1))
+
+        else:
+            plan = plan_contraction([nm for _, nm, _ in ops], kept, [env[n].shape for n, _, _ in ops])
+
+            def body(env: dict[str, Array]) -> Array:
+                return plan.expression(*[_power(env[n], k) for n, _, k in ops])
+
+        if coef == 1:
+            return lambda env: widen(np.asarray(body(env)))
+        return lambda env: widen(np.asarray(body(env)) * coef)
+    if isinstance(p, Elementwise):
+        fn = FUNCTIONS[p.func].forward
+        getters: list[Callable[[dict[str, Array]], Any]] = []
+        for a in p.args:
+            if isinstance(a, Ref):
+                getters.append(_getter(a.name, _aligner(ref_index_names(a), out)))
+            else:
+                value = np.asarray(_const(a, sizes))
+                getters.append(lambda env, v=value: v)
+        return lambda env: np.asarray(fn(*[g(env) for g in getters]))
+    if isinstance(p, Terms):
+        if not any(isinstance(u, Ref) for _, u in p.terms):
+            return None
+        parts: list[tuple[float, Callable[[dict[str, Array]], Any] | None, float]] = []
+        for c, u in p.terms:
+            if isinstance(u, Ref):
+                parts.append((c, _getter(u.name, _aligner(ref_index_names(u), out)), 0.0))
+            else:
+                parts.append((c, None, _const(u, sizes)))
+
+        def terms(env: dict[str, Array]) -> Array:
+            total: Any = None
+            for c, g, v in parts:
+                t = (g(env) * c if c != 1 else g(env)) if g is not None else c * v
+                total = t if total is None else total + t
+            return np.asarray(total)
+
+        return terms
+    assert isinstance(p, Reduction)
+    full = out + tuple(p.indices)
+    align = _aligner(ref_index_names(p.arg), full)
+    axes = tuple(range(len(out), len(full)))
+    red = REDUCTIONS[p.reducer]
+    arg = p.arg.name
+    return lambda env: np.asarray(red(align(env[arg]), axes))
+
+
+def _getter(name: str, align: Callable[[Array], Array]) -> Callable[[dict[str, Array]], Array]:
+    return lambda env: align(env[name])
