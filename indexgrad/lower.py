@@ -344,6 +344,57 @@ def label_refs(p: Prim) -> list[Ref]:
     return out
 
 
+def split_products(prims: list[Prim], shapes: dict[str, tuple[int, ...]]) -> list[Prim]:
+    """Contractions of three or more tensors as pairwise steps along opt_einsum's path.
+
+    Returns `prims` itself when nothing is split. Only products of plain references are split;
+    the steps' temporaries are named `OUT.part`, `OUT.part2`, ...
+    """
+    import opt_einsum as oe
+
+    taken = {p.out.name for p in prims} | {r.name for p in prims for r in prim_refs(p)}
+    out: list[Prim] = []
+    changed = False
+    for p in prims:
+        refs = [(f, k) for f, k in p.factors if isinstance(f, Ref)] if isinstance(p, Contract) else []
+        if len(refs) < 3 or not all(_plain_ref(r) for r, _ in refs) or not _plain_ref(p.out):
+            out.append(p)
+            continue
+        assert isinstance(p, Contract)
+        consts = [(f, k) for f, k in p.factors if not isinstance(f, Ref)]
+        final = ref_index_names(p.out)
+        ops: list[tuple[Operand, float]] = list(refs)
+        names = [ref_index_names(r) for r, _ in refs]  # type: ignore[arg-type]
+        sym = {n: oe.get_symbol(i) for i, n in enumerate(dict.fromkeys([*final, *sum(names, ())]))}
+        eq = ",".join("".join(sym[n] for n in nm) for nm in names) + "->" + "".join(sym[n] for n in final)
+        path, _ = oe.contract_path(eq, *[shapes[r.name] for r, _ in refs], shapes=True)
+        for step in path[:-1]:
+            pick = sorted(step, reverse=True)
+            chosen = [ops.pop(i) for i in pick][::-1]
+            chosen_names = [names.pop(i) for i in pick][::-1]
+            later = set(final).union(*names) if names else set(final)
+            mentioned = dict.fromkeys(sum(chosen_names, ()))
+            keep = [n for n in final if n in mentioned] + [
+                n for n in mentioned if n in later and n not in final
+            ]
+            tmp_name, k = f"{p.out.name}.part", 2
+            while tmp_name in taken:
+                tmp_name, k = f"{p.out.name}.part{k}", k + 1
+            taken.add(tmp_name)
+            tmp = Ref(tmp_name, tuple(idx(n) for n in keep))
+            out.append(Contract(tmp, "=", 1.0, tuple(chosen), p.span))
+            ops.append((tmp, 1.0))
+            names.append(tuple(keep))
+        out.append(Contract(p.out, p.op, p.coef, tuple(ops) + tuple(consts), p.span))
+        changed = True
+    return out if changed else prims
+
+
+def _plain_ref(r: Ref) -> bool:
+    plain = [i.plain if isinstance(i, Affine) else None for i in r.indices]
+    return None not in plain and len(set(plain)) == len(plain)
+
+
 __all__ = [
     "Affine",
     "Contract",

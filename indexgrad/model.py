@@ -13,7 +13,7 @@ import numpy as np
 from .check import check
 from .derive import derive_for, derive_jvp, derived_names, tan_name
 from .errors import IndexgradError
-from .lower import Prim, lower, prim_statement
+from .lower import Prim, lower, prim_statement, split_products
 from .nodes import Program
 from .run import Executor
 from .syntax import parse_syntax
@@ -113,14 +113,44 @@ class Model:
     def forward(self, check_finite: bool = False, **arrays: Any) -> dict[str, Array]:
         """Every defined tensor (temporaries included), from arrays for every input."""
         env = self._inputs(arrays)
-        return self._forward.run(env, check_finite=check_finite)
+        program, ex = self._execution(env)
+        return ex.run(env, check_finite=check_finite)
 
-    def _derived(self, losses: tuple[str, ...], wrt: tuple[str, ...] | None) -> tuple[Program, Executor]:
-        key = ("vjp", losses, wrt)
+    def _execution(self, env: Mapping[str, Array]) -> tuple[Program, Executor]:
+        """The program as run for these input shapes: long products split along opt_einsum's path.
+
+        Splitting `y = x A B C` into pairwise steps lets the gradients share partial products,
+        as a hand-written backward pass does.
+        """
+        key = tuple((n, np.shape(env[n]), np.asarray(env[n]).dtype.str) for n in self.inputs)
+        hit = self._cache.get(("exec", key))
+        if hit is None:
+            probe = self._forward.run({n: env[n] for n in self.inputs + self.labels})
+            prims = split_products(self.prims, {n: np.shape(a) for n, a in probe.items()})
+            if prims is self.prims:
+                hit = (self.program, self._forward)
+            else:
+                program = check(
+                    Program(
+                        self.program.decls,
+                        tuple(prim_statement(p) for p in prims),
+                        filename=self.program.filename,
+                        source=self.program.source,
+                    )
+                )
+                hit = (program, Executor(prims, program.filename, program.source))
+            with self._lock:
+                self._cache[("exec", key)] = hit
+        return hit
+
+    def _derived(
+        self, program: Program, losses: tuple[str, ...], wrt: tuple[str, ...] | None
+    ) -> tuple[Program, Executor]:
+        key = ("vjp", id(program), losses, wrt)
         with self._lock:
             hit = self._cache.get(key)
         if hit is None:
-            d = derive_for(self.program, list(losses), list(wrt) if wrt is not None else None)
+            d = derive_for(program, list(losses), list(wrt) if wrt is not None else None)
             hit = (d, Executor(lower(d), self.program.filename, self.program.source))
             with self._lock:
                 self._cache[key] = hit
@@ -160,7 +190,11 @@ class Model:
                     raise self._error(f"seed for '{name}' has shape {g.shape}, but '{name}' has shape {want}")
                 seeds[name] = g
         wrt_t = tuple(wrt) if wrt is not None else None
-        derived, ex = self._derived(tuple(seeds), wrt_t)
+        missing = [n for n in self.inputs + self.labels if n not in vals]
+        if missing:
+            raise self._error("vals lacks input " + ", ".join(missing) + "; pass what forward() returned")
+        program, _ = self._execution(vals)
+        derived, ex = self._derived(program, tuple(seeds), wrt_t)
         env = dict(vals)
         for name, g in seeds.items():
             env[self._grad.get(name)] = g

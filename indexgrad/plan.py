@@ -127,6 +127,11 @@ def pairwise(
     a3 = (nb, nl, nk) if batch else (nl, nk)
     b3 = (nb, nk, nr) if batch else (nk, nr)
 
+    a_direct = not a_only and a_perm == sorted(a_perm) and tuple(size[n] for n in a_rest) == a3
+    b_direct = not b_only and b_perm == sorted(b_perm) and tuple(size[n] for n in b_rest) == b3
+    if a_direct and b_direct and identity and tuple(res_shape) == (a3[:-1] + b3[-1:]):
+        return np.matmul  # already a (batched) matrix product: nothing to move
+
     def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a = prep(a, a_only).transpose(a_perm).reshape(a3)
         b = prep(b, b_only).transpose(b_perm).reshape(b3)

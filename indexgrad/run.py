@@ -593,6 +593,8 @@ def _compute_kernel(
             def body(env: dict[str, Array]) -> Array:
                 return plan.expression(*[_power(env[n], k) for n, _, k in ops])
 
+        if kept == out and coef == 1 and len(ops) == 2:
+            return body
         if coef == 1:
             return lambda env: widen(np.asarray(body(env)))
         return lambda env: widen(np.asarray(body(env)) * coef)
