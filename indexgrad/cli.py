@@ -78,7 +78,9 @@ def _statements_json(stmts: Sequence[Statement]) -> list[dict[str, Any]]:
     ]
 
 
-def _print_program(forward: list[Statement], derived: Program, fmt: str, title: str) -> None:
+def _print_program(
+    forward: list[Statement], derived: Program, fmt: str, title: str, head: str = "forward temporaries"
+) -> None:
     if fmt == "json":
         print(
             json.dumps(
@@ -93,7 +95,7 @@ def _print_program(forward: list[Statement], derived: Program, fmt: str, title: 
         print(program_latex(forward, derived.statements))
         return
     if forward:
-        print("# forward temporaries")
+        print(f"# {head}")
         for s in forward:
             print(format_statement(s))
         print(f"# {title}")
@@ -130,7 +132,12 @@ def cmd_grad(a: argparse.Namespace) -> int:
         both = check(both)
         d = derive_jvp(both, wrt)
         forward = [prim_statement(q) for q in lower(both)]
-    elif a.order != 1:
+        _print_program(
+            forward, d, a.format, "tangents of the gradients: Hessian-vector products",
+            "forward and gradient statements",
+        )
+        return EXIT_OK
+    if a.order != 1:
         raise IndexgradError("--order must be 1 or 2")
     _print_program(forward, d, a.format, "gradients")
     return EXIT_OK

@@ -18,6 +18,7 @@ from .lower import (
     powered,
     prim_refs,
     product,
+    sum_of,
 )
 from .nodes import (
     Affine,
@@ -288,18 +289,7 @@ def tangent(p: Prim, has_tan: set[str], names: dict[str, str]) -> Statement | No
         terms.append(Reduce(red, p.indices, body))
     if not terms:
         return None
-    expr: Expr = terms[0]
-    if len(terms) > 1:
-        signs = []
-        clean = []
-        for t in terms:
-            if isinstance(t, Neg) and clean:
-                clean.append(t.arg)
-                signs.append(-1)
-            else:
-                clean.append(t)
-                signs.append(1)
-        expr = Sum(tuple(clean), tuple(signs))
+    expr = sum_of(terms)
     return Statement(_tan(names, p.out), p.op, expr, (), p.span)
 
 

@@ -100,45 +100,62 @@ def product(factors: list[Expr], coef: float = 1.0) -> Expr:
     """A product in canonical form: a leading coefficient, nested products flattened, -1 as Neg."""
     flat: list[Expr] = []
     divide: list[bool] = []
-    for f in factors:
-        if isinstance(f, Neg):
+    work: list[tuple[Expr, bool]] = [(f, False) for f in factors]
+    while work:
+        f, d = work.pop(0)
+        if isinstance(f, Neg) and not d:
             coef, f = -coef, f.arg
-        if isinstance(f, Num):
+        if isinstance(f, Num) and not d:
             coef *= f.value
             continue
-        if isinstance(f, Product) and not f.summed:
-            for g, d in zip(f.factors, f.divide):
-                if isinstance(g, Num) and not d:
-                    coef *= g.value
-                elif isinstance(g, Neg) and not d:
-                    coef = -coef
-                    flat.append(g.arg)
-                    divide.append(False)
-                else:
-                    flat.append(g)
-                    divide.append(d)
+        if isinstance(f, Product) and not f.summed and not d:
+            work[:0] = list(zip(f.factors, f.divide))
             continue
-        if isinstance(f, Power) and f.exponent < 0:
-            flat.append(f.base if f.exponent == -1 else Power(f.base, -f.exponent))
-            divide.append(True)
-            continue
+        if isinstance(f, Power) and f.exponent < 0 and not d:
+            f, d = (f.base if f.exponent == -1 else Power(f.base, -f.exponent)), True
         flat.append(f)
-        divide.append(False)
+        divide.append(d)
     if divide and not all(divide):  # divisors last: `g W / Z`
         order = sorted(range(len(flat)), key=lambda n: divide[n])
         flat, divide = [flat[n] for n in order], [divide[n] for n in order]
     if coef == 0:
         return Num(0)
     sign, mag = (-1 if coef < 0 else 1), abs(coef)
-    if mag != 1 or not flat:
+    if mag != 1 or not flat or divide[0]:
         flat.insert(0, Num(mag))
-        divide.insert(0, False)
-    if divide and divide[0]:
-        flat.insert(0, Num(1))
         divide.insert(0, False)
     if sign < 0:
         flat[0] = Neg(flat[0])
     return flat[0] if len(flat) == 1 else Product(tuple(flat), tuple(divide))
+
+
+def split_sign(e: Expr) -> tuple[int, Expr]:
+    """(-1, e') when e is a negated product as `product` builds it, else (1, e)."""
+    if isinstance(e, Neg):
+        return -1, e.arg
+    if isinstance(e, Product) and isinstance(e.factors[0], Neg):
+        first = e.factors[0].arg
+        if isinstance(first, Num) and first.value == 1 and len(e.factors) > 1 and not e.divide[1]:
+            rest = e.factors[1:]
+            body = rest[0] if len(rest) == 1 else Product(rest, e.divide[1:], e.summed)
+            return -1, body
+        return -1, Product((first, *e.factors[1:]), e.divide, e.summed)
+    return 1, e
+
+
+def sum_of(terms: list[Expr]) -> Expr:
+    """Terms joined by + and -, a leading minus kept on the first."""
+    out: list[Expr] = []
+    signs: list[int] = []
+    for t in terms:
+        sign, body = split_sign(t)
+        if out and sign < 0:
+            out.append(body)
+            signs.append(-1)
+        else:
+            out.append(t)
+            signs.append(1)
+    return out[0] if len(out) == 1 else Sum(tuple(out), tuple(signs))
 
 
 def powered(e: Operand, p: float) -> Expr:
@@ -155,17 +172,7 @@ def prim_expr(p: Prim) -> Expr:
         return Call(p.func, p.args)
     if isinstance(p, Reduction):
         return Reduce(p.reducer, p.indices, p.arg)
-    terms: list[Expr] = []
-    signs: list[int] = []
-    for c, u in p.terms:
-        t = product([u], c)
-        if isinstance(t, Neg) and terms:
-            terms.append(t.arg)
-            signs.append(-1)
-        else:
-            terms.append(t)
-            signs.append(1)
-    return terms[0] if len(terms) == 1 else Sum(tuple(terms), tuple(signs))
+    return sum_of([product([u], c) for c, u in p.terms])
 
 
 def prim_statement(p: Prim) -> Statement:
@@ -181,6 +188,7 @@ class _Lowerer:
         self.accumulated = {s.target.name for s in program.statements if s.op == "+="}
         self.out: list[Prim] = []
         self.span = Span()
+        self.lhs: list[str] = []
 
     def fresh(self, base: str, kind: str) -> str:
         name = f"{base}.{kind}"
@@ -197,7 +205,10 @@ class _Lowerer:
             return e
         if isinstance(e, Neg) and isinstance(e.arg, Num):
             return Num(-e.arg.value)
-        target = Ref(self.fresh(base, _kind(e)), tuple(idx(n) for n in ordered_free(e)), e_span(e))
+        free = ordered_free(e)
+        first = [n for n in self.lhs if n in free]  # the statement's own order reads best
+        names = first + [n for n in free if n not in first]
+        target = Ref(self.fresh(base, _kind(e)), tuple(idx(n) for n in names), e_span(e))
         self.emit(target, "=", e, (), base)
         return target
 
@@ -290,6 +301,7 @@ class _Lowerer:
 
     def statement(self, s: Statement) -> None:
         self.span = s.span
+        self.lhs = list(ref_index_names(s.target))
         self.emit(s.target, s.op, s.expr, s.summed, s.target.name)
 
 
