@@ -24,7 +24,6 @@ from .nodes import (
     Affine,
     Call,
     Expr,
-    Neg,
     Num,
     Power,
     Program,
