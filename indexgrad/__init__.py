@@ -4,6 +4,7 @@ from .derive import derive, derive_jvp
 from .errors import IndexgradError, IndexgradWarning
 from .model import GradcheckReport, Model, compile, gradcheck, load, parse
 from .nodes import Program
+from .run import memory_limit, set_memory_limit
 
 __all__ = [
     "GradcheckReport",
@@ -16,6 +17,8 @@ __all__ = [
     "derive_jvp",
     "gradcheck",
     "load",
+    "memory_limit",
     "parse",
+    "set_memory_limit",
 ]
 __version__ = "0.1.0"

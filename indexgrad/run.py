@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,42 @@ from .plan import pairwise, plan_contraction
 from .printer import format_ref
 
 Array = np.ndarray
+
+
+_LIMIT: list[int | None] = [None]
+
+
+def set_memory_limit(nbytes: int | None) -> None:
+    """Largest array or intermediate (in bytes) a statement may create; None restores the default."""
+    _LIMIT[0] = nbytes
+
+
+def memory_limit() -> int:
+    """The limit in force: set_memory_limit(), else INDEXGRAD_MEMORY_LIMIT, else 80% of free memory."""
+    if _LIMIT[0] is not None:
+        return _LIMIT[0]
+    env = os.environ.get("INDEXGRAD_MEMORY_LIMIT")
+    if env:
+        try:
+            return int(float(env))
+        except ValueError:
+            raise IndexgradError(f"INDEXGRAD_MEMORY_LIMIT must be a number of bytes, got '{env}'") from None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(int(line.split()[1]) * 1024 * 0.8)
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def _human(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
 
 
 def _ref_place(r: Ref, fallback: Span) -> Span:
@@ -328,6 +365,29 @@ class Executor:
             return env[base]
         return None
 
+    def guard_memory(self, p: Prim, env: dict[str, Array], sizes: dict[str, int]) -> None:
+        """Refuse a statement whose result or largest intermediate would not fit (SPEC: no OOM)."""
+        arrays = [env[r.name] for r in prim_refs(p)]
+        itemsize = _result_dtype(arrays).itemsize
+        out = ref_index_names(p.out)
+        need = int(np.prod([sizes[n] for n in out], dtype=np.float64)) * itemsize
+        if isinstance(p, Contract):
+            refs = [f for f, _ in p.factors if isinstance(f, Ref)]
+            if len(refs) > 1 and all(_simple(r) for r in refs):
+                names = [ref_index_names(r) for r in refs]
+                present = {n for nm in names for n in nm}
+                kept = tuple(n for n in out if n in present)
+                plan = plan_contraction(names, kept, [env[r.name].shape for r in refs])
+                need = max(need, plan.largest_intermediate * itemsize)
+        limit = memory_limit()
+        if need > limit:
+            raise IndexgradError(
+                f"this statement would need {_human(need)} for '{p.out.name}' or an intermediate, "
+                f"over the memory limit of {_human(limit)}; use smaller sizes, or raise the limit "
+                "with indexgrad.set_memory_limit() or INDEXGRAD_MEMORY_LIMIT",
+                p.span,
+            )
+
     def step(
         self,
         p: Prim,
@@ -337,6 +397,7 @@ class Executor:
         dims: dict[str, int],
     ) -> dict[str, int]:
         sizes = self.sizes(p, env, dims).size
+        self.guard_memory(p, env, sizes)
         out_names = ref_index_names(p.out)
         result = self.compute(p, env, sizes, out_names)
         shape = tuple(sizes[n] for n in out_names)
