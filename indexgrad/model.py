@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,7 @@ class Model:
     _lock: Any = field(init=False, default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
+        start = time.perf_counter()
         if self.backend != "numpy":
             raise IndexgradError(f"unknown backend '{self.backend}'; available: numpy")
         self.prims = lower(self.program)
@@ -78,6 +80,7 @@ class Model:
         self._forward = Executor(self.prims, self.program.filename, self.program.source)
         self._grad = derived_names(self.program, ".grad")
         self._tan = derived_names(self.program, ".tan")
+        self.compile_seconds = time.perf_counter() - start
 
     def _error(self, msg: str) -> IndexgradError:
         return IndexgradError(msg, filename=self.program.filename)
@@ -115,6 +118,21 @@ class Model:
         env = self._inputs(arrays)
         program, ex = self._execution(env)
         return ex.run(env, check_finite=check_finite)
+
+    def plan(self, **arrays: Any) -> PlanReport:
+        """How the forward and backward programs run on arrays of these shapes, and planning time."""
+        env = self._inputs(arrays)
+        start = time.perf_counter()
+        program, ex = self._execution(env)
+        vals = ex.run(dict(env))
+        loss = self.program.statements[-1].target.name
+        rows = _plan_rows(ex.prims, vals, "forward")
+        if np.ndim(vals[loss]) == 0:
+            _, back = self._derived(program, (loss,), None)
+            env2 = dict(vals)
+            env2[self._grad[loss]] = np.ones_like(np.asarray(vals[loss]))
+            rows += _plan_rows(back.prims, back.run(env2), "backward")
+        return PlanReport(self.compile_seconds, time.perf_counter() - start, rows)
 
     def _execution(self, env: Mapping[str, Array]) -> tuple[Program, Executor]:
         """The program as run for these input shapes: long products split along opt_einsum's path.
@@ -322,3 +340,58 @@ def gradcheck(
             worst = max(worst, err)
         errors[name] = worst
     return GradcheckReport(errors, tolerance)
+
+
+@dataclass
+class PlanReport:
+    """Per contraction: its statement, einsum equation, opt_einsum path and FLOPs."""
+
+    compile_seconds: float
+    planning_seconds: float
+    rows: list[dict[str, Any]]
+
+    def __str__(self) -> str:
+        lines = [
+            f"compiled in {self.compile_seconds * 1e3:.1f} ms; "
+            f"planned for these shapes in {self.planning_seconds * 1e3:.1f} ms"
+        ]
+        for r in self.rows:
+            lines.append(
+                f"{r['pass']:8s} {r['statement']}\n{'':9s}{r['equation']}  path {r['path']}  "
+                f"{r['flops']:,} flops (naive {r['naive_flops']:,})"
+            )
+        return "\n".join(lines)
+
+
+def _plan_rows(prims: list[Prim], vals: Mapping[str, Array], which: str) -> list[dict[str, Any]]:
+    from .lower import Contract, prim_statement
+    from .nodes import Ref, ref_index_names
+    from .plan import plan_contraction
+    from .printer import format_statement
+
+    rows = []
+    for p in prims:
+        if not isinstance(p, Contract):
+            continue
+        refs = [f for f, _ in p.factors if isinstance(f, Ref)]
+        if not refs or not all(f.name in vals for f in refs):
+            continue
+        names = [ref_index_names(r) for r in refs]
+        present = {n for nm in names for n in nm}
+        kept = tuple(n for n in ref_index_names(p.out) if n in present)
+        shapes = [tuple(np.shape(vals[r.name])) for r in refs]
+        if any(len(s) != len(nm) for s, nm in zip(shapes, names)):
+            continue  # reads through index arithmetic or labels: no einsum of its own
+        plan = plan_contraction(names, kept, shapes)
+        rows.append(
+            {
+                "pass": which,
+                "statement": format_statement(prim_statement(p)),
+                "equation": plan.equation,
+                "path": plan.path,
+                "flops": plan.flops,
+                "naive_flops": plan.naive_flops,
+                "largest_intermediate": plan.largest_intermediate,
+            }
+        )
+    return rows
