@@ -15,7 +15,7 @@ from .check import check
 from .derive import derive_for, derive_jvp, derived_names, tan_name
 from .errors import IndexgradError
 from .lower import Prim, lower, prim_statement, split_products
-from .nodes import Program
+from .nodes import Program, refs_in_statement
 from .run import Executor
 from .syntax import parse_syntax
 
@@ -82,8 +82,18 @@ class Model:
         self._tan = derived_names(self.program, ".tan")
         self.compile_seconds = time.perf_counter() - start
 
-    def _error(self, msg: str) -> IndexgradError:
-        return IndexgradError(msg, filename=self.program.filename)
+    def _error(self, msg: str, name: str | None = None) -> IndexgradError:
+        """A user error, placed at the first reference to `name` when there is one."""
+        span = None
+        if name is not None:
+            for st in self.program.statements:
+                for r in refs_in_statement(st):
+                    if r.name == name and r.span.line:
+                        span = r.span
+                        break
+                if span is not None:
+                    break
+        return IndexgradError(msg, span, self.program.filename, self.program.source)
 
     def _inputs(self, arrays: Mapping[str, Any], allow_extra: bool = False) -> dict[str, Array]:
         env: dict[str, Array] = {}
@@ -99,18 +109,20 @@ class Model:
             try:
                 a = np.asarray(value)
             except Exception as e:  # ragged lists and the like
-                raise self._error(f"the value given for '{name}' is not an array: {e}") from None
+                raise self._error(f"the value given for '{name}' is not an array: {e}", name) from None
             if name in self.labels:
                 if a.dtype.kind not in "iu":
                     raise self._error(f"'{name}' holds integer labels, but its array has dtype {a.dtype}")
             elif a.dtype.kind in "biu":
                 a = a.astype(np.float64)
             elif a.dtype.kind not in "f":
-                raise self._error(f"'{name}' must hold real numbers, but has dtype {a.dtype}")
+                raise self._error(f"'{name}' must hold real numbers, but has dtype {a.dtype}", name)
             env[name] = a
         missing = [n for n in self.inputs + self.labels if n not in env]
         if missing:
-            raise self._error("no array was given for input " + ", ".join(f"'{m}'" for m in missing))
+            raise self._error(
+                "no array was given for input " + ", ".join(f"'{m}'" for m in missing), missing[0]
+            )
         return env
 
     def forward(self, check_finite: bool = False, **arrays: Any) -> dict[str, Array]:
@@ -220,7 +232,7 @@ class Model:
         out = {}
         for name in wrt if wrt is not None else self.inputs:
             g = env.get(self._grad.get(name))
-            out[name] = np.zeros_like(vals[name]) if g is None else np.ascontiguousarray(g)
+            out[name] = np.zeros_like(vals[name]) if g is None else np.asarray(g, order="C")
         return out
 
     def jvp(self, vals: Mapping[str, Array], tangents: Mapping[str, Any]) -> dict[str, Array]:
