@@ -112,7 +112,9 @@ class Model:
                 raise self._error(f"the value given for '{name}' is not an array: {e}", name) from None
             if name in self.labels:
                 if a.dtype.kind not in "iu":
-                    raise self._error(f"'{name}' holds integer labels, but its array has dtype {a.dtype}")
+                    raise self._error(
+                        f"'{name}' holds integer labels, but its array has dtype {a.dtype}", name
+                    )
             elif a.dtype.kind in "biu":
                 a = a.astype(np.float64)
             elif a.dtype.kind not in "f":
