@@ -158,9 +158,7 @@ def derive_for(program: Program, losses: list[str], wrt: list[str] | None) -> Pr
     prims = lower(program)
     losses, sources = _loss_and_sources(program, losses, wrt)
     names = derived_names(program, ".grad")
-    for p in prims:
-        if p.out.name not in names:
-            names[p.out.name] = _fresh_name(p.out.name + ".grad", names, program)
+    _name_temporaries(names, prims, program, ".grad")
     wants: set[str] = set()
     for loss in losses:
         wants |= relevant_names(prims, loss, sources)
@@ -212,12 +210,18 @@ def _substitute(s: Statement, alias: dict[str, Ref]) -> Statement:
     return replace(s, expr=map_expr(s.expr, fix))
 
 
-def _fresh_name(cand: str, names: dict[str, str], program: Program) -> str:
+def _name_temporaries(names: dict[str, str], prims: list[Prim], program: Program, suffix: str) -> None:
+    """Derived names for the temporaries lowering introduced, clashing with nothing."""
     taken = set(names.values()) | set(program.inputs()) | set(program.defined())
-    base, k = cand, 2
-    while cand in taken:
-        cand, k = f"{base}{k}", k + 1
-    return cand
+    for p in prims:
+        if p.out.name in names:
+            continue
+        base = cand = p.out.name + suffix
+        k = 2
+        while cand in taken:
+            cand, k = f"{base}{k}", k + 1
+        taken.add(cand)
+        names[p.out.name] = cand
 
 
 def _loss_and_sources(
@@ -303,9 +307,7 @@ def derive_jvp(program: Program, wrt: list[str] | None = None) -> Program:
             )
     has_tan = set(wrt if wrt is not None else inputs)
     names = derived_names(program, ".tan")
-    for p in prims:
-        if p.out.name not in names:
-            names[p.out.name] = _fresh_name(p.out.name + ".tan", names, program)
+    _name_temporaries(names, prims, program, ".tan")
     stmts: list[Statement] = []
     for p in prims:
         s = tangent(p, has_tan, names)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Union
 
 
@@ -205,33 +205,35 @@ class Program:
 
     def defined(self) -> tuple[str, ...]:
         """Names defined by statements, in order of first definition."""
-        seen: dict[str, None] = {}
-        for s in self.statements:
-            seen.setdefault(s.target.name, None)
-        return tuple(seen)
+        return self._names[0]
 
     def inputs(self) -> tuple[str, ...]:
         """Names read (or declared) but never defined, in order of first appearance."""
-        defined = set(self.defined())
-        seen: dict[str, None] = {}
-        for d in self.decls:
-            if d.ref.name not in defined:
-                seen.setdefault(d.ref.name, None)
-        for s in self.statements:
-            for r in refs_in_statement(s):
-                if r.name not in defined:
-                    seen.setdefault(r.name, None)
-        return tuple(seen)
+        return self._names[1]
 
     def integer_inputs(self) -> tuple[str, ...]:
         """Names used inside index positions (gather labels)."""
-        seen: dict[str, None] = {}
+        return self._names[2]
+
+    @cached_property
+    def _names(self) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        defined: dict[str, None] = {}
+        for s in self.statements:
+            defined.setdefault(s.target.name, None)
+        inputs: dict[str, None] = {}
+        for d in self.decls:
+            if d.ref.name not in defined:
+                inputs.setdefault(d.ref.name, None)
+        labels: dict[str, None] = {}
         for s in self.statements:
             for r in refs_in_statement(s):
+                if r.name not in defined:
+                    inputs.setdefault(r.name, None)
+            for r in [s.target, *refs_in(s.expr)]:
                 for i in r.indices:
                     if isinstance(i, Gather):
-                        seen.setdefault(i.ref.name, None)
-        return tuple(seen)
+                        labels.setdefault(i.ref.name, None)
+        return tuple(defined), tuple(inputs), tuple(labels)
 
 
 # ---- traversal helpers -----------------------------------------------------------------------

@@ -286,6 +286,7 @@ class Executor:
 
     def __init__(self, prims: list[Prim], filename: str = "<string>", source: str = "") -> None:
         self._kernels: dict[Any, list[Kernel | None]] = {}
+        self._limit: int | None = None
         self.prims = prims
         self.filename = filename
         self.source = source
@@ -309,6 +310,7 @@ class Executor:
                     self._guarded(p, env, owned, False, {})
             return env
         built: list[Kernel | None] = []
+        self._limit = memory_limit()
         for p in self.prims:
             sizes = self._guarded(p, env, owned, check_finite, dims or {})
             if key is not None:
@@ -379,7 +381,7 @@ class Executor:
                 kept = tuple(n for n in out if n in present)
                 plan = plan_contraction(names, kept, [env[r.name].shape for r in refs])
                 need = max(need, plan.largest_intermediate * itemsize)
-        limit = memory_limit()
+        limit = self._limit if self._limit is not None else memory_limit()
         if need > limit:
             raise IndexgradError(
                 f"this statement would need {_human(need)} for '{p.out.name}' or an intermediate, "
