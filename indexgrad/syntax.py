@@ -147,7 +147,7 @@ class _Build(Transformer):
         return Num(_number(c[0]), _span_of(c))
 
     def call(self, c: list[Any]) -> Call:
-        return Call(str(c[0]), tuple(_unwrap(a) for a in c[1:]), _span_of(c))
+        return Call(str(c[0]), tuple(_unwrap(a) for a in c[1:-1]), _span_of(c))
 
     def reduce(self, c: list[Any]) -> Reduce:
         return Reduce(str(c[0]), c[1], _unwrap(c[2]), _span_of(c))
@@ -156,21 +156,21 @@ class _Build(Transformer):
         return SizeOf(str(c[1]), _span_of(c))
 
     def group(self, c: list[Any]) -> _Group:
-        return _Group(_unwrap(c[0]), _span_of(c))
+        return _Group(_unwrap(c[1]), _span_of(c))
 
     def name_list(self, c: list[Any]) -> tuple[str, ...]:
         return tuple(str(t) for t in c)
 
     # ---- references and index positions
     def ref(self, c: list[Any]) -> Ref:
-        indices = tuple(c[1]) if len(c) > 1 and c[1] is not None else ()
+        indices = tuple(c[1]) if len(c) > 2 and c[1] is not None else ()
         return Ref(str(c[0]), indices, _span_of(c))
 
     def index_list(self, c: list[Any]) -> list[Any]:
         return c
 
     def gather(self, c: list[Any]) -> Gather:
-        indices = tuple(c[1]) if len(c) > 1 and c[1] is not None else ()
+        indices = tuple(c[1]) if len(c) > 2 and c[1] is not None else ()
         return Gather(Ref(str(c[0]), indices, _span_of(c)), _span_of(c))
 
     def affine(self, c: list[Any]) -> Affine:
@@ -204,7 +204,7 @@ def _affine(c: list[Any]) -> Affine:
             const += k
         else:
             coefs[name] = coefs.get(name, 0) + k
-    terms = tuple((k, n) for n, k in coefs.items() if k != 0)
+    terms = tuple((k, n) for n, k in sorted(coefs.items()) if k != 0)  # canonical: by name
     first, last = c[1][2], c[-1][2]
     return Affine(terms, const, Span(first.line, first.column, last.end_line, last.end_column))
 
