@@ -129,18 +129,14 @@ class _Checker:
     def name(self, r: Ref) -> None:
         base = r.name.split(".")[0]
         if r.name in RESERVED or base in RESERVED:
-            kind = "reduction" if r.name in REDUCTIONS else "function"
-            raise _err(
-                f"'{r.name}' is a {kind} name and cannot name a tensor; "
-                f"call it as {r.name}(...) or choose another name",
-                r.span,
-            )
+            kind = "function" if base in FUNCTIONS else "reduction" if base in REDUCTIONS else "reserved"
+            raise _err(f"'{base}' is a {kind} name and cannot name a tensor; {_usage(base)}", r.span)
         seen = self.rank.get(r.name)
         if seen is None:
             self.rank[r.name] = (len(r.indices), r.span)
         elif seen[0] != len(r.indices):
             raise _err(
-                f"'{r.name}' has {len(r.indices)} indices here but {seen[0]} at "
+                f"'{r.name}' has {_count(len(r.indices))} here but {seen[0]} at "
                 f"{seen[1].line}:{seen[1].column}",
                 r.span,
             )
@@ -185,8 +181,14 @@ class _Checker:
         if isinstance(e, Call):
             f = FUNCTIONS.get(e.func)
             if f is None:
+                if e.func in RESERVED:
+                    raise _err(f"'{e.func}' is not called like this; {_usage(e.func)}", e.span)
                 known = ", ".join(sorted(FUNCTIONS))
-                raise _err(f"unknown function '{e.func}'; known functions: {known}", e.span)
+                raise _err(
+                    f"unknown function '{e.func}'; known functions: {known}. "
+                    f"To multiply '{e.func}' by a group, write {e.func} * (...)",
+                    e.span,
+                )
             if len(e.args) != f.arity:
                 raise _err(
                     f"{e.func} takes {f.arity} argument{'s' if f.arity > 1 else ''}, got {len(e.args)}",
@@ -207,6 +209,12 @@ class _Checker:
                     )
                 if k in bound:
                     raise _err(f"'{k}' is already reduced by an enclosing reduction", e.span)
+                if k not in body_free and _reduces(e.body, k):
+                    raise _err(
+                        f"'{k}' is already reduced inside this {e.op}[{k}](...); "
+                        "rename one of the two indices",
+                        e.span,
+                    )
                 if k not in body_free:
                     raise _err(f"{e.op}[{k}] reduces over '{k}', which its body does not use", e.span)
             bound = bound | frozenset(e.indices)
@@ -280,8 +288,9 @@ class _Checker:
                 )
                 break
         rhs_names = free | set(summed)
+        used = lhs_set | {n for r in refs_in(expr) for n in ref_index_names(r)}
         for sz in _sizeofs(expr):
-            if sz.index not in lhs_set and sz.index not in set(_occurrences(expr)):
+            if sz.index not in used:
                 raise _err(f"size[{sz.index}] names an index this statement does not use", sz.span)
         if s.op == "=" or name not in self.defined_before_this:
             for i in t.indices:
@@ -301,6 +310,28 @@ class _Checker:
             out.append(self.statement(s))
             self.defined_before_this.add(s.target.name)
         return replace(self.p, statements=tuple(out), warnings=tuple(self.warnings))
+
+
+def _count(n: int) -> str:
+    return f"{n} index" if n == 1 else f"{n} indices"
+
+
+def _usage(name: str) -> str:
+    """How a reserved name is written."""
+    if name == "size":
+        return "write size[k] for the extent of index k"
+    if name in ("max", "min"):
+        return f"write {name}(a, b) for the elementwise {name}, or {name}[k](...) to reduce over k"
+    if name in REDUCTIONS:
+        return f"write {name}[k](...) to reduce over index k"
+    return f"call it as {name}(...)"
+
+
+def _reduces(e: Expr, k: str) -> bool:
+    """True when some reduction inside e binds k."""
+    if isinstance(e, Reduce) and k in e.indices:
+        return True
+    return any(_reduces(c, k) for c in children(e))
 
 
 def _sizeofs(e: Expr) -> list[SizeOf]:

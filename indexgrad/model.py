@@ -40,7 +40,8 @@ def load(path: str | Path) -> Program:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        line_start = raw.rfind(b"\n", 0, e.start) + 1
+        col = len(raw[line_start : e.start].decode("utf-8", errors="replace")) + 1
         from .nodes import Span
 
         raise IndexgradError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from .nodes import (
     Call,
     Decl,
@@ -32,7 +34,7 @@ def format_number(v: float) -> str:
 
 def format_index(i: Index) -> str:
     if isinstance(i, Gather):
-        return format_ref(i.ref)
+        return format_ref(i.ref) if i.ref.indices else f"{i.ref.name}[]"
     parts: list[str] = []
     for k, n in i.terms:
         mag = abs(k)
@@ -118,9 +120,12 @@ def format_expr(e: Expr) -> str:
     raise TypeError(f"not an expression: {e!r}")
 
 
+_TRAILING_NAME = re.compile(r"(^|[^\w.])[A-Za-z_][\w.]*$")
+
+
 def _ends_with_name(e: Expr) -> bool:
     """True when e prints ending in a bare name, so a following '(' would read as a call."""
-    return isinstance(e, Ref) and not e.indices
+    return _TRAILING_NAME.search(format_expr(e)) is not None
 
 
 def format_statement(s: Statement) -> str:

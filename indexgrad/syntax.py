@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -133,8 +134,11 @@ class _Build(Transformer):
     def div(self, c: list[Any]) -> Product:
         return self._chain_product(c, True)
 
-    def neg(self, c: list[Any]) -> Neg:
-        return Neg(_unwrap(c[0]), _span_of(c))
+    def neg(self, c: list[Any]) -> Expr:
+        arg = _unwrap(c[0])
+        if isinstance(arg, Neg) and not isinstance(c[0], _Group):
+            return arg.arg  # --x is x; long chains of minus signs stay flat
+        return Neg(arg, _span_of(c))
 
     def pow(self, c: list[Any]) -> Power:
         return Power(_unwrap(c[0]), c[2], _span_of(c))
@@ -223,6 +227,7 @@ def _parser() -> Lark:
 def parse_syntax(text: str, filename: str = "<string>") -> Program:
     """Parse text into an unchecked Program; raises IndexgradError on bad syntax."""
     _check_depth(text, filename)
+    _check_numbers(text, filename)
     try:
         decls, stmts = _parser().parse(text)
     except UnexpectedInput as e:
@@ -294,9 +299,27 @@ def _bracket_stack(text: str, upto: int) -> list[tuple[str, int, int]]:
 
 
 def _check_depth(text: str, filename: str) -> None:
-    depth = 0
-    line, col = 1, 1
-    for ch in text:
+    """Refuse brackets nested deeper than MAX_DEPTH within one statement, before parsing."""
+    depth, line, col, i, n = 0, 1, 1, 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "#":
+            while i < n and text[i] not in "\r\n":
+                i, col = i + 1, col + 1
+            continue
+        if ch == "\\":
+            j = i + 1
+            while j < n and text[j] in " \t":
+                j += 1
+            if j < n and text[j] in "\r\n":  # a continuation: the statement goes on
+                i = j + (2 if text[j : j + 2] == "\r\n" else 1)
+                line, col = line + 1, 1
+                continue
+        if ch in "\r\n":
+            depth = 0
+            i += 2 if text[i : i + 2] == "\r\n" else 1
+            line, col = line + 1, 1
+            continue
         if ch in "([":
             depth += 1
             if depth > MAX_DEPTH:
@@ -309,12 +332,40 @@ def _check_depth(text: str, filename: str) -> None:
                 )
         elif ch in ")]":
             depth = max(0, depth - 1)
-        elif ch == "\n":
+        elif ch == ";":
             depth = 0
-        if ch == "\n":
-            line, col = line + 1, 1
-        else:
-            col += 1
+        i, col = i + 1, col + 1
+
+
+_BAD_NUMBER = re.compile(r"(?<![\w.])(\d+\.\d*|\.\d+)(\.)")
+_NAME_DOT_DIGIT = re.compile(r"(?<![\w.])[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*(\.)\d")
+
+
+def _check_numbers(text: str, filename: str) -> None:
+    """Refuse `1.2.3` and `x.1`, which would otherwise read as products of numbers."""
+    for n, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
+        code = line.split("#", 1)[0]
+        m = _BAD_NUMBER.search(code)
+        if m:
+            col = m.start(2) + 1
+            word = re.match(r"[\d.eE+-]*", code[m.start() :]).group(0)  # type: ignore[union-attr]
+            raise IndexgradError(
+                f"malformed number '{word}': a number has at most one decimal point",
+                Span(n, col, n, col + 1),
+                filename,
+                text,
+            )
+        m = _NAME_DOT_DIGIT.search(code)
+        if m:
+            col = m.start(1) + 1
+            tail = re.match(r"\.\d+", code[m.start(1) :]).group(0)  # type: ignore[union-attr]
+            raise IndexgradError(
+                f"'{tail}' cannot follow a name: a dotted name continues with a letter "
+                "(x.grad); to multiply write x * 0.1",
+                Span(n, col, n, col + 1),
+                filename,
+                text,
+            )
 
 
 def _describe(tok: Token | None) -> str:
@@ -356,24 +407,41 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> IndexgradErro
     got = _describe(tok if isinstance(tok, Token) else None)
     closer = {"(": "RPAR", "[": "RSQB"}[stack[-1][0]] if stack else None
     ttype = tok.type if isinstance(tok, Token) else "$END"
-    if ttype in ("RSQB", "RPAR") and closer not in expected and "NAME" in expected:
+    start = max(text.rfind("\n", 0, pos), text.rfind(";", 0, pos), text.rfind("\r", 0, pos)) + 1
+    in_decl = re.match(r"[ \t]*(param|input)[ \t]+[A-Za-z_]", text[start:pos]) is not None
+    opener = f"{_CLOSERS[stack[-1][0]]!r} to close the {_WHAT[stack[-1][0]]} opened at " if stack else ""
+    where = f"{stack[-1][1]}:{stack[-1][2]}" if stack else ""
+    ends = {"_NEWLINE", "$END", "RPAR", "RSQB", "COMMA", "PLUS", "SEMICOLON"}
+    needs_expr = "NAME" in expected and not expected & ends
+    if expected == {"LPAR"}:
+        msg = f"expected '(' after the reduction's index list, got {got}"
+    elif expected == {"NAME"} and ttype in ("RSQB", "COMMA"):
+        msg = f"expected an index name before {got}"
+    elif ttype in ("RSQB", "RPAR", "COMMA") and needs_expr:
         what = "an index" if "INT" in expected else "an expression"
         msg = f"expected {what} before {got}"
-    elif ttype == "ASSIGN" and "COMMA" in expected:
-        msg = "a declaration only names tensors; write the definition on its own line"
-    elif expected == {"LPAR"}:
-        msg = f"expected '(' after the reduction's index list, got {got}"
-    elif (
-        stack
-        and isinstance(tok, Token)
-        and (tok.type in ("_NEWLINE", "$END", "SEMICOLON", "RPAR", "RSQB") or closer in expected)
+    elif ttype in ("RSQB", "RPAR") and not stack:
+        msg = f"unmatched {str(tok)!r}"
+    elif ttype == "COMMA" and "INT" in expected:
+        msg = f"expected an index before {got}"
+    elif ttype in ("RSQB", "RPAR") and closer not in expected and "INT" in expected:
+        msg = f"expected an index before {got}"
+    elif ttype == "LSQB" and "LSQB" not in expected and not needs_expr:
+        msg = "unexpected '[': a tensor takes one index list, like x[i,j]"
+    elif ttype == "POW":
+        msg = "a power cannot be raised again without parentheses: write (a^b)^c"
+    elif stack and (
+        ttype in ("_NEWLINE", "$END", "SEMICOLON", "RPAR", "RSQB", "ASSIGN") or closer in expected
     ):
-        o, ol, oc = stack[-1]
-        msg = f"expected {_CLOSERS[o]!r} to close the {_WHAT[o]} opened at {ol}:{oc}, got {got}"
+        msg = f"expected {opener}{where}, got {got}"
+    elif in_decl and ttype == "ASSIGN":
+        msg = "a declaration only names tensors; write the definition on its own line"
+    elif in_decl and "NAME" in expected:
+        msg = f"expected a tensor name, got {got}"
+    elif ttype == "ASSIGN" and not needs_expr and "DECL_KW" not in expected:
+        msg = "a statement has one '=' (or '+='); start the next statement on a new line or after ';'"
     elif expected and expected <= {"SIGN", "NUMBER", "LPAR"} and "NUMBER" in expected:
         msg = f"the exponent after '^' must be a number, got {got}"
-    elif isinstance(tok, Token) and tok.type in ("RPAR", "RSQB") and not stack:
-        msg = f"unmatched {str(tok)!r}"
     elif expected and expected <= {"ASSIGN", "LSQB"} | {"__ANON_0"}:
         msg = f"expected '=' or '+=' after the tensor name, got {got}"
     elif "ASSIGN" in expected and not stack:

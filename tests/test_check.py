@@ -1,0 +1,321 @@
+"""The checker: program errors at the right place, and SPEC 1.4's scoping rule made explicit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import indexgrad as ig
+from indexgrad.nodes import Call, Neg, Power, Product, Reduce, Ref, Sum, children
+
+
+def bug(reason: str, *case: object) -> object:
+    """A case the core gets wrong today; strict, so the fix is noticed and the mark removed."""
+    return pytest.param(*case, id=reason)
+
+
+# (source, line, column, a piece of the message) for programs that parse but must be refused.
+CHECK_ERRORS = [
+    # left-side indices are distinct plain names
+    ("y[i,i] = x[i]\n", 1, 5, "index 'i' appears twice on the left side"),
+    ("y[b,i,b] = x[b,i]\n", 1, 7, "index 'b' appears twice on the left side"),
+    ("y[2*i] = x[i]\n", 1, 3, "the left side of '=' takes plain index names"),
+    ("y[i+1] = x[i]\n", 1, 3, "the left side of '=' takes plain index names"),
+    ("y[b, l[b]] = x[b]\n", 1, 6, "the left side of '=' takes plain index names"),
+    # ... and sized by the right side
+    ("y[i] = 1\n", 1, 3, "index 'i' of 'y' gets no size: it does not appear on the right side"),
+    ("y[i] = x[j]\n", 1, 3, "index 'i' of 'y' gets no size"),
+    ("y[i,j] = x[i] w[k]\n", 1, 5, "index 'j' of 'y' gets no size"),
+    ("y[i] += x[j]\n", 1, 3, "index 'i' of 'y' gets no size"),
+    ("y[i] = x[3]\n", 1, 3, "index 'i' of 'y' gets no size"),
+    ("y[i] = sum[j](x[j])\n", 1, 3, "index 'i' of 'y' gets no size"),
+    # one '=' per tensor
+    ("y[i] = x[i]\ny[i] = x[i]\n", 2, 1, "'y' is already defined at 1:1; use '+=' to add to it"),
+    ("y = 1\nz = y\ny = 2\n", 3, 1, "'y' is already defined at 1:1"),
+    ("y[i] += x[i]\ny[i] = x[i]\n", 2, 1, "'y' is already defined at 1:1"),
+    # definition before use
+    ("y[i] = z[i]\nz[i] = x[i]\n", 1, 8, "'z' is read here before its definition at 2:1"),
+    ("a = b + 1\nb = 2\n", 1, 5, "'b' is read here before its definition at 2:1"),
+    ("y = y + 1\n", 1, 5, "'y' is read here before its definition"),
+    # '+=' only before the first read
+    ("y[i] = x[i]\nz[i] = y[i]\ny[i] += x[i]\n", 3, 1, "'y' is assigned after it was read at 2:8"),
+    ("g = 1\nh = 2 g\ng += 1\n", 3, 1, "'g' is assigned after it was read at 2:7"),
+    # functions
+    ("y[i] = foo(x[i])\n", 1, 8, "unknown function 'foo'; known functions: abs, cos,"),
+    ("y = Relu(x)\n", 1, 5, "unknown function 'Relu'"),
+    ("y[i] = relu(x[i], x[i])\n", 1, 8, "relu takes 1 argument, got 2"),
+    ("y[i] = max(x[i])\n", 1, 8, "max takes 2 arguments, got 1"),
+    ("y = min(a, b, c)\n", 1, 5, "min takes 2 arguments, got 3"),
+    ("y = relu(a, b)\n", 1, 5, "relu takes 1 argument, got 2"),
+    ("y = max(a)\n", 1, 5, "max takes 2 arguments, got 1"),
+    bug("no hint that a name before '(' is a call", "y = a (b + c)\n", 1, 5, "a * ("),
+    bug("no hint that reductions are written sum[k](...)", "y = sum(x[k])\n", 1, 5, "sum[k]("),
+    bug("no hint that size is written size[k]", "y = size(k)\n", 1, 5, "size[k]"),
+    # reductions
+    ("y[i] = sum[k](x[i])\n", 1, 8, "sum[k] reduces over 'k', which its body does not use"),
+    ("y = max[k](x)\n", 1, 5, "max[k] reduces over 'k', which its body does not use"),
+    ("y = sum[k](2)\n", 1, 5, "sum[k] reduces over 'k', which its body does not use"),
+    ("y[i] = sum[i](x[i])\n", 1, 8, "sum[i] reduces over 'i', which is on the left side"),
+    ("y[b] = mean[b,c](x[b,c])\n", 1, 8, "mean[b] reduces over 'b', which is on the left side"),
+    ("y[j] = x[j] sum[j](x[j])\n", 1, 13, "sum[j] reduces over 'j', which is on the left side"),
+    ("y[i] = sum[k,k](x[i,k])\n", 1, 8, "sum[...] lists an index twice"),
+    bug(
+        "an index reduced twice is reported as unused by the outer reduction",
+        "y = sum[k](sum[k](x[k]))\n",
+        1,
+        5,
+        "already reduced",
+    ),
+    # one rank per tensor
+    ("y[i] = x[i]\nz[i,j] = x[i,j]\n", 2, 10, "'x' has 2 indices here but 1 at 1:8"),
+    ("y = x[i] x[i,j]\n", 1, 10, "'x' has 2 indices here but 1 at 1:5"),
+    ("y[i] = x[i]\nz = y\n", 2, 5, "'y' has 0 indices here but 1 at 1:1"),
+    ("param W[i,j]\ny[i] = W[i]\n", 2, 8, "'W' has 1 index here but 2 at 1:7"),
+    ("y[i] = x[i]\ny[i,j] += x[i] x[j]\n", 2, 1, "'y' has 2 indices here but 1 at 1:1"),
+    # declared names are not assigned
+    ("param W[i]\nW[i] = x[i]\n", 2, 1, "'W' is declared param at 1:7 and cannot be assigned"),
+    ("input x[i]\nx[i] = z[i]\n", 2, 1, "'x' is declared input at 1:7 and cannot be assigned"),
+    ("param W\nW += 1\n", 2, 1, "'W' is declared param at 1:7 and cannot be assigned"),
+    ("y[i] = x[i]\nparam y[i]\n", 1, 1, "'y' is declared param at 2:7 and cannot be assigned"),
+    ("param W[i]\ninput W[i]\n", 2, 7, "'W' is declared input here but param at 1:7"),
+    ("param W[i+1]\n", 1, 9, "a declaration lists plain index names"),
+    # function and reduction names do not name tensors
+    ("relu[i] = x[i]\n", 1, 1, "'relu' is a function name and cannot name a tensor"),
+    ("y[i] = relu[i] + 1\n", 1, 8, "'relu' is a function name and cannot name a tensor"),
+    ("y = exp\n", 1, 5, "'exp' is a function name and cannot name a tensor"),
+    ("param tanh[i]\n", 1, 7, "'tanh' is a function name and cannot name a tensor"),
+    ("sum = x\n", 1, 1, "'sum' is a reduction name and cannot name a tensor"),
+    bug("suggests calling a reduction as sum(...)", "sum = x\n", 1, 1, "sum[k](...)"),
+    bug("suggests calling a reduction as mean(...)", "y = mean + 1\n", 1, 5, "mean[k](...)"),
+    bug("suggests calling size as size(...)", "y = size\n", 1, 5, "size[k]"),
+    # integer labels are inputs
+    (
+        "y[b] = P[b, l[b]]\nl[b] = x[b]\n",
+        1,
+        13,
+        "'l' is used as integer labels, so it must be an input",
+    ),
+    (
+        "l[b] = x[b]\ny[b] = P[b, l[b]]\n",
+        2,
+        13,
+        "'l' is used as integer labels, so it must be an input",
+    ),
+    ("param l[b]\ny[b] = P[b, l[b]]\n", 2, 13, "'l' holds integer labels and cannot be a param"),
+    ("y[b] = P[b, l[b+1]]\n", 1, 15, "the label tensor 'l' must be indexed by plain index names"),
+    # size[k] names an index of the statement
+    ("y[i] = x[i] size[k]\n", 1, 13, "size[k] names an index this statement does not use"),
+    ("y = size[k]\n", 1, 5, "size[k] names an index this statement does not use"),
+    ("y = size[k] x[k] size[j]\n", 1, 18, "size[j] names an index this statement does not use"),
+]
+
+
+def _ids(cases: list) -> list[str]:
+    return [repr((c.values if hasattr(c, "values") else c)[0][:40]) for c in cases]
+
+
+@pytest.mark.parametrize("source, line, column, message", CHECK_ERRORS, ids=_ids(CHECK_ERRORS))
+def test_bad_program(source: str, line: int, column: int, message: str) -> None:
+    try:
+        ig.parse(source, filename="t.idx")
+    except ig.IndexgradError as err:
+        assert (err.line, err.column) == (line, column), err.message
+        assert message in err.message
+        head = f"t.idx:{line}:{column}: error: "
+        assert str(err).startswith(head)
+        assert str(err).splitlines()[2].index("^") == 2 + column - 1
+        return
+    raise AssertionError("checked without an error")
+
+
+def test_the_table_is_big_enough() -> None:
+    assert len(CHECK_ERRORS) >= 40
+
+
+GOOD = [
+    "y[i,j] = x[i] z[j]\ny[i,j] += w[j,i]\n",
+    "y[i] += x[i]\ny[i] += x[i]\nz = y[i]\n",
+    "x.grad[i] += 1\n",  # a derived name takes its shape from x
+    "y[b, l[b]] += x[b]\n",  # a scatter-add writes through labels
+    "y[b] = P[b, l[b]] Q[l[b]]\n",
+    "y[i] = A[i,i]\n",
+    "y[k] = sum[j](x[j]) x[k]\n",
+    "param W\nx.grad = W\ny = 1\nparam V\n",
+    "y[i] = x[i]\nz[i] = y[i]\nw[i] = y[i] z[i]\n",
+    "x = 1\ny[b] = P[b, x]\n",  # index names and tensor names live apart
+]
+
+
+@pytest.mark.parametrize("source", GOOD)
+def test_good_programs(source: str) -> None:
+    ig.parse(source)
+
+
+def test_size_inside_the_reduction_over_it() -> None:
+    ig.parse("y = sum[k](x[k] / size[k])\n")
+
+
+def test_inputs_defined_and_labels() -> None:
+    p = ig.parse("param W[d,c]\ny[b,c] = x[b,d] W[d,c]\nell[b] = -log(y[b, l[b]])\n")
+    assert p.defined() == ("y", "ell")
+    assert set(p.inputs()) == {"W", "x", "l"}
+    assert p.integer_inputs() == ("l",)
+    assert p.params() == ("W",)
+
+
+# ---- the scoping rule (SPEC 1.4) -----------------------------------------------------------------
+
+
+def statement(source: str):  # type: ignore[no-untyped-def]
+    p = ig.parse(source)
+    assert len(p.statements) == 1
+    return p.statements[0]
+
+
+def products(e) -> list[Product]:  # type: ignore[no-untyped-def]
+    """Every Product inside e, outermost first."""
+    out = [e] if isinstance(e, Product) else []
+    for c in children(e):
+        out.extend(products(c))
+    return out
+
+
+def test_sum_joining_two_factors_belongs_to_the_product_inside_the_call() -> None:
+    s = statement("h[b,i] = relu(x[b,j] W[j,i] + B[i])\n")
+    assert s.summed == ()
+    assert isinstance(s.expr, Call) and s.expr.func == "relu"
+    inner = s.expr.args[0]
+    assert isinstance(inner, Sum)
+    product = inner.terms[0]
+    assert isinstance(product, Product)
+    assert [f.name for f in product.factors] == ["x", "W"]
+    assert product.summed == ("j",)
+
+
+def test_index_in_one_factor_is_summed_over_the_whole_right_side() -> None:
+    s = statement("Z[b] = exp(L[b,c])\n")
+    assert s.summed == ("c",)
+    assert products(s.expr) == []
+
+
+def test_squared_error_sums_the_batch_at_statement_level() -> None:
+    s = statement("loss = (yhat[b] - y[b])^2\n")
+    assert s.summed == ("b",)
+    assert isinstance(s.expr, Power) and isinstance(s.expr.base, Sum)
+
+
+def test_matrix_product_sums_in_the_product() -> None:
+    s = statement("y[b,i] = x[b,j] W[j,i]\n")
+    assert s.summed == ()
+    assert isinstance(s.expr, Product)
+    assert s.expr.summed == ("j",)
+
+
+def test_index_across_a_sum_is_summed_at_statement_level() -> None:
+    s = statement("z[b] = x[b,k] y[k] + w[k]\n")
+    assert s.summed == ("k",)
+    assert [p.summed for p in products(s.expr)] == [()]
+
+
+def test_explicit_reduction_owns_its_index() -> None:
+    s = statement("y[b] = sum[k](x[b,k] w[k] + 1)\n")
+    assert s.summed == ()
+    assert isinstance(s.expr, Reduce) and s.expr.indices == ("k",)
+    assert [p.summed for p in products(s.expr)] == [()]
+
+
+def test_contraction_inside_a_reduction_body() -> None:
+    s = statement("y[b] = mean[c](x[b,j] W[j,c])\n")
+    assert s.summed == ()
+    assert isinstance(s.expr, Reduce)
+    assert s.expr.body.summed == ("j",)
+
+
+def test_reduction_and_contraction_side_by_side() -> None:
+    s = statement("y[k] = sum[j](x[j]) x[k] w[i] v[i]\n")
+    assert s.summed == ()
+    assert s.expr.summed == ("i",)
+    assert s.expr.factors[0].indices == ("j",)
+
+
+def test_innermost_product_holding_every_occurrence_owns_the_sum() -> None:
+    s = statement("y[b] = x[b] (u[b,j] v[j] + 1) w[i]\n")
+    assert s.summed == ("i",)  # i sits in one factor only
+    outer, inner = products(s.expr)
+    assert outer.summed == ()
+    assert inner.summed == ("j",)
+
+
+def test_tanh_net_sums_d_inside_tanh_and_h_outside() -> None:
+    s = statement("yhat[b] = w2[h] tanh(W1[d,h] x[b,d])\n")
+    assert s.expr.summed == ("h",)
+    call = s.expr.factors[1]
+    assert isinstance(call, Call)
+    assert call.args[0].summed == ("d",)
+
+
+def test_diagonal_alone_is_summed_at_statement_level() -> None:
+    assert statement("y = A[i,i]\n").summed == ("i",)
+    assert statement("y[i] = A[i,i]\n").summed == ()
+
+
+def test_negated_factor_still_joins_the_product() -> None:
+    s = statement("y[i] = -x[i,j] w[j]\n")
+    assert s.summed == ()
+    assert isinstance(s.expr, Product)
+    assert isinstance(s.expr.factors[0], Neg)
+    assert s.expr.summed == ("j",)
+
+
+def test_division_joins_factors() -> None:
+    s = statement("y[i] = x[i,j] / w[j]\n")
+    assert s.expr.summed == ("j",)
+    assert s.expr.divide == (False, True)
+
+
+# ---- the warning of SPEC 1.4 ---------------------------------------------------------------------
+
+WARNED = [
+    ("y[b] = x[b,k] + 1\n", "k", 17),
+    ("y[b] = 2 x[b,k] - 3\n", "k", 19),
+    ("y[b] = -x[b,k] + c\n", "k", 18),
+    ("z[b] = x[b,k] y[k] + w[j] + 1\n", "j", 8),
+]
+
+
+@pytest.mark.parametrize("source, index, column", WARNED)
+def test_warning_for_a_term_added_once_per_value(source: str, index: str, column: int) -> None:
+    p = ig.parse(source)
+    mentions = [w for w in p.warnings if f"'{index}'" in w.message]
+    assert mentions, p.warnings
+    w = mentions[0]
+    assert f"sum[{index}](" in w.message
+    assert (w.span.line, w.span.column) == (1, column)  # at the term added once per value
+
+
+NOT_WARNED = [
+    "y[b] = exp(x[b,k] + 1)\n",
+    "y[b] = sum[k](x[b,k]) + 1\n",
+    "y[b] = sum[k](x[b,k] + 1)\n",
+    "y[b,i] = x[b,j] W[j,i] + B[i]\n",
+    "Z[b] = exp(L[b,c])\n",
+    "loss = (yhat[b] - y[b])^2\n",
+    "z[b] = x[b,k] y[k] + w[k]\n",
+]
+
+
+@pytest.mark.parametrize("source", NOT_WARNED)
+def test_no_warning(source: str) -> None:
+    assert ig.parse(source).warnings == ()
+
+
+def test_examples_parse_without_warnings() -> None:
+    root = Path(__file__).resolve().parent.parent / "examples"
+    for path in sorted(root.glob("*.idx")):
+        assert ig.load(path).warnings == (), path.name
+
+
+def test_scalar_target_has_no_brackets() -> None:
+    s = statement("loss[] = mean[b](x[b])\n")
+    assert s.target == Ref("loss")
