@@ -23,6 +23,7 @@ from .lower import (
 from .nodes import (
     Affine,
     Call,
+    Decl,
     Expr,
     Num,
     Power,
@@ -32,8 +33,11 @@ from .nodes import (
     SizeOf,
     Statement,
     Sum,
+    idx,
     map_expr,
     ref_index_names,
+    refs_in,
+    refs_in_statement,
 )
 
 
@@ -163,13 +167,58 @@ def derive_for(program: Program, losses: list[str], wrt: list[str] | None) -> Pr
     for loss in losses:
         wants |= relevant_names(prims, loss, sources)
     stmts: list[Statement] = []
+    written = set(losses)  # gradients that some statement writes (or the caller seeds)
+    back_name = {v: k for k, v in names.items()}
     for p in reversed(prims):
-        if p.out.name in wants:
-            stmts.extend(swap(p, wants, names))
+        if p.out.name in wants and p.out.name in written:
+            for st in swap(p, wants, names):
+                stmts.append(st)
+                written.add(back_name[st.target.name])
     temps = {names[p.out.name] for p in prims} - {names[n] for n in program.defined()}
     stmts = _forward_copies(stmts, temps)
-    derived = Program((), tuple(stmts), filename=program.filename, source=program.source)
+    derived = Program(
+        _shape_inputs(stmts, back_name, program),
+        tuple(stmts),
+        filename=program.filename,
+        source=program.source,
+    )
     return _recheck(derived, program)
+
+
+def _shape_inputs(stmts: list[Statement], back_name: dict[str, str], program: Program) -> tuple[Decl, ...]:
+    """`input x[...]` for each tensor whose gradient needs x's shape but never reads x.
+
+    That happens when a gradient broadcasts (`x.grad[i] += loss.grad / size[i]`) or scatters:
+    the derived program then names the forward input x so that it runs on its own. (A tensor
+    the forward program defines is not declared, so the forward program and the derived one
+    still read as one program; pass it to the derived program's Model to give the shape.)
+    """
+    read = {r.name for st in stmts for r in refs_in_statement(st)}
+    out: dict[str, Decl] = {}
+    for st in stmts:
+        t = st.target
+        base = back_name.get(t.name)
+        if base is None or base in read or base in out or base not in program.inputs():
+            continue
+        rhs = {n for r in refs_in(st.expr) for n in ref_index_names(r)}
+        plain = [i.plain if isinstance(i, Affine) else None for i in t.indices]
+        if None not in plain and set(plain) <= rhs and len(set(plain)) == len(plain):
+            continue
+        names = _index_names_of(program, base, len(t.indices))
+        out[base] = Decl("input", Ref(base, tuple(idx(n) for n in names)))
+    return tuple(out.values())
+
+
+def _index_names_of(program: Program, name: str, rank: int) -> list[str]:
+    """Index names the forward program uses for `name` (its declaration or a plain reference)."""
+    refs = [d.ref for d in program.decls] + [
+        r for st in program.statements for r in [st.target, *refs_in_statement(st)]
+    ]
+    for r in refs:
+        plain = [i.plain if isinstance(i, Affine) else None for i in r.indices]
+        if r.name == name and None not in plain and len(set(plain)) == len(plain):
+            return plain  # type: ignore[return-value]
+    return [f"i{k}" for k in range(rank)]
 
 
 def _forward_copies(stmts: list[Statement], temps: set[str]) -> list[Statement]:
@@ -281,12 +330,12 @@ def tangent(p: Prim, has_tan: set[str], names: dict[str, str]) -> Statement | No
         else:
             used = set(ref_index_names(a)) | set(ref_index_names(p.out))
             inner = a
-            names = []
+            fresh = []
             for k in p.indices:
                 k2 = _fresh_index(k, used)
                 inner = _rename(inner, k, k2)
-                names.append(k2)
-            count = Reduce("sum", tuple(names), Call("eq", (inner, p.out)))
+                fresh.append(k2)
+            count = Reduce("sum", tuple(fresh), Call("eq", (inner, p.out)))
             body = product([t, Call("eq", (a, p.out)), Power(count, -1)])
         red = "mean" if p.reducer == "mean" else "sum"
         terms.append(Reduce(red, p.indices, body))

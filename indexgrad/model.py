@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .check import check
+from .check import check, sized_like
 from .derive import derive_for, derive_jvp, derived_names, tan_name
 from .errors import IndexgradError
 from .lower import Prim, lower, prim_statement, split_products
@@ -81,6 +81,7 @@ class Model:
         self._forward = Executor(self.prims, self.program.filename, self.program.source)
         self._grad = derived_names(self.program, ".grad")
         self._tan = derived_names(self.program, ".tan")
+        self._shape_sources = {base for n in self.program.defined() if (base := sized_like(n)) is not None}
         self.compile_seconds = time.perf_counter() - start
 
     def _error(self, msg: str, name: str | None = None) -> IndexgradError:
@@ -101,7 +102,8 @@ class Model:
         known = set(self.inputs) | set(self.labels)
         for name, value in arrays.items():
             if name not in known:
-                if allow_extra:
+                if allow_extra or name in self._shape_sources:
+                    env[name] = np.asarray(value)  # gives `name.grad` its shape
                     continue
                 raise self._error(
                     f"'{name}' is not an input of the program; inputs: "

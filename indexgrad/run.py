@@ -320,7 +320,11 @@ class Executor:
         return env
 
     def _guarded(
-        self, p: Prim, env: dict[str, Array], owned: set[str], check_finite: bool,
+        self,
+        p: Prim,
+        env: dict[str, Array],
+        owned: set[str],
+        check_finite: bool,
         dims: dict[str, int],
     ) -> dict[str, int]:
         try:
@@ -365,6 +369,10 @@ class Executor:
         base = sized_like(p.out.name)
         if base is not None and base in env and env[base].ndim == len(p.out.indices):
             return env[base]
+        if base is not None:  # the shape from how later statements use the same tensor
+            shape = _shape_from_uses(self.prims, p.out.name, env)
+            if shape is not None:
+                return np.broadcast_to(np.zeros((), np.float16), shape)
         return None
 
     def guard_memory(self, p: Prim, env: dict[str, Array], sizes: dict[str, int]) -> None:
@@ -401,7 +409,7 @@ class Executor:
         sizes = self.sizes(p, env, dims).size
         self.guard_memory(p, env, sizes)
         out_names = ref_index_names(p.out)
-        result = self.compute(p, env, sizes, out_names)
+        result = np.asarray(self.compute(p, env, sizes, out_names))
         shape = tuple(sizes[n] for n in out_names)
         if result.shape != shape:
             result = np.broadcast_to(result, shape)
@@ -442,7 +450,7 @@ class Executor:
                     arr, nm = read(a, env, sizes, span)
                     args.append(_align(arr, nm, out))
                 else:
-                    args.append(np.asarray(_const(a, sizes)))
+                    args.append(_const(a, sizes))  # a Python float keeps float32 float32
             return np.asarray(FUNCTIONS[p.func].forward(*args))
         if isinstance(p, Terms):
             total: Any = None
@@ -485,7 +493,7 @@ class Executor:
                 owned.discard(name)
                 return
             target = env[name]
-            if name in owned and target.dtype == np.result_type(target, result):
+            if name in owned and target.dtype == np.result_type(target, result) and target.ndim:
                 np.add(target, result, out=target)
             else:
                 env[name] = target + result
@@ -602,7 +610,7 @@ def _kernel(p: Prim, sizes: dict[str, int], env: dict[str, Array]) -> Kernel | N
     name, accumulate = p.out.name, p.op == "+="
 
     def run(env: dict[str, Array], owned: set[str]) -> None:
-        r = compute(env)
+        r = np.asarray(compute(env))
         if r.shape != shape:
             r = np.broadcast_to(r, shape)
         if not accumulate or name not in env:
@@ -610,7 +618,7 @@ def _kernel(p: Prim, sizes: dict[str, int], env: dict[str, Array]) -> Kernel | N
             owned.discard(name)
             return
         t = env[name]
-        if name in owned and t.dtype == np.result_type(t, r):
+        if name in owned and t.dtype == np.result_type(t, r) and t.ndim:
             np.add(t, r, out=t)
         else:
             env[name] = t + r
@@ -636,7 +644,7 @@ def _compute_kernel(
         kept = tuple(n for n in out if n in present)
         widen = _aligner(kept, out)
         if len(ops) == 1:
-            (n0, nm0, k0), = ops
+            ((n0, nm0, k0),) = ops
             axes = tuple(i for i, n in enumerate(nm0) if n not in kept)
             align0 = _aligner(tuple(n for n in nm0 if n in kept), kept)
 
@@ -669,7 +677,7 @@ def _compute_kernel(
             if isinstance(a, Ref):
                 getters.append(_getter(a.name, _aligner(ref_index_names(a), out)))
             else:
-                value = np.asarray(_const(a, sizes))
+                value = _const(a, sizes)
                 getters.append(lambda env, v=value: v)
         return lambda env: np.asarray(fn(*[g(env) for g in getters]))
     if isinstance(p, Terms):
@@ -701,3 +709,29 @@ def _compute_kernel(
 
 def _getter(name: str, align: Callable[[Array], Array]) -> Callable[[dict[str, Array]], Array]:
     return lambda env: align(env[name])
+
+
+def _shape_from_uses(prims: list[Prim], name: str, env: dict[str, Array]) -> tuple[int, ...] | None:
+    """The shape of `name` from the arrays its axes meet in any statement (by index name)."""
+    parent: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+
+    def find(x: tuple[Any, ...]) -> tuple[Any, ...]:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for k, p in enumerate(prims):
+        for r in [p.out, *prim_refs(p)]:
+            for axis, i in enumerate(r.indices):
+                if isinstance(i, Affine) and i.plain is not None:
+                    parent[find(("T", r.name, axis))] = find(("I", k, i.plain))
+    size: dict[tuple[Any, ...], int] = {}
+    for n, a in env.items():
+        for axis, d in enumerate(np.shape(a)):
+            if ("T", n, axis) in parent:
+                size.setdefault(find(("T", n, axis)), d)
+    rank = next((len(r.indices) for p in prims for r in [p.out, *prim_refs(p)] if r.name == name), 0)
+    shape = [size.get(find(("T", name, axis))) for axis in range(rank)]
+    return None if None in shape else tuple(shape)  # type: ignore[return-value]
