@@ -385,10 +385,8 @@ def split_products(prims: list[Prim], shapes: dict[str, tuple[int, ...]]) -> lis
             chosen = [ops.pop(i) for i in pick][::-1]
             chosen_names = [names.pop(i) for i in pick][::-1]
             later = set(final).union(*names) if names else set(final)
-            mentioned = dict.fromkeys(sum(chosen_names, ()))
-            keep = [n for n in final if n in mentioned] + [
-                n for n in mentioned if n in later and n not in final
-            ]
+            # the order a matrix product gives naturally: the first operand's free names first
+            keep = [n for n in dict.fromkeys(sum(chosen_names, ())) if n in later]
             tmp_name, k = f"{p.out.name}.part", 2
             while tmp_name in taken:
                 tmp_name, k = f"{p.out.name}.part{k}", k + 1

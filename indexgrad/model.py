@@ -16,7 +16,7 @@ from .derive import derive_for, derive_jvp, derived_names, tan_name
 from .errors import IndexgradError
 from .lower import Prim, lower, prim_statement, split_products
 from .nodes import Program, refs_in_statement
-from .run import Executor
+from .run import Executor, _signature
 from .syntax import parse_syntax
 
 Array = np.ndarray
@@ -81,6 +81,9 @@ class Model:
         self._forward = Executor(self.prims, self.program.filename, self.program.source)
         self._grad = derived_names(self.program, ".grad")
         self._tan = derived_names(self.program, ".tan")
+        self._input_set = set(self.inputs) | set(self.labels)
+        self._label_set = set(self.labels)
+        self._order = self.inputs + self.labels
         self._shape_sources = {base for n in self.program.defined() if (base := sized_like(n)) is not None}
         self.compile_seconds = time.perf_counter() - start
 
@@ -98,7 +101,14 @@ class Model:
         return IndexgradError(msg, span, self.program.filename, self.program.source)
 
     def _inputs(self, arrays: Mapping[str, Any], allow_extra: bool = False) -> dict[str, Array]:
-        env: dict[str, Array] = {}
+        if arrays.keys() == self._input_set:  # the common case, checked cheaply
+            env = {n: arrays[n] for n in self._order}
+            if all(
+                type(a) is np.ndarray and a.dtype.kind in ("iu" if n in self._label_set else "f")
+                for n, a in env.items()
+            ):
+                return env
+        env = {}
         known = set(self.inputs) | set(self.labels)
         for name, value in arrays.items():
             if name not in known:
@@ -128,13 +138,16 @@ class Model:
             raise self._error(
                 "no array was given for input " + ", ".join(f"'{m}'" for m in missing), missing[0]
             )
-        return env
+        ordered = {n: env[n] for n in self.inputs + self.labels}  # one signature per shapes
+        ordered.update((n, a) for n, a in env.items() if n not in ordered)
+        return ordered
 
     def forward(self, check_finite: bool = False, **arrays: Any) -> dict[str, Array]:
         """Every defined tensor (temporaries included), from arrays for every input."""
         env = self._inputs(arrays)
-        program, ex = self._execution(env)
-        return ex.run(env, check_finite=check_finite)
+        key = _signature(env)
+        program, ex = self._execution(env, key, len(env) == len(self._order))
+        return ex.run(env, check_finite=check_finite, key=key)
 
     def plan(self, **arrays: Any) -> PlanReport:
         """How the forward and backward programs run on arrays of these shapes, and planning time."""
@@ -151,13 +164,18 @@ class Model:
             rows += _plan_rows(back.prims, back.run(env2), "backward")
         return PlanReport(self.compile_seconds, time.perf_counter() - start, rows)
 
-    def _execution(self, env: Mapping[str, Array]) -> tuple[Program, Executor]:
+    def _execution(
+        self, env: Mapping[str, Array], key: Any = None, inputs_only: bool = False
+    ) -> tuple[Program, Executor]:
         """The program as run for these input shapes: long products split along opt_einsum's path.
 
         Splitting `y = x A B C` into pairwise steps lets the gradients share partial products,
         as a hand-written backward pass does.
         """
-        key = tuple((n, np.shape(env[n]), np.asarray(env[n]).dtype.str) for n in self.inputs)
+        if key is None:
+            key = _signature({n: np.asarray(env[n]) for n in self.inputs + self.labels})
+        if not inputs_only:
+            key = tuple(k for k in key if k[0] in self._input_set)
         hit = self._cache.get(("exec", key))
         if hit is None:
             probe = self._forward.run({n: env[n] for n in self.inputs + self.labels})

@@ -292,7 +292,11 @@ class Executor:
         self.source = source
 
     def run(
-        self, env: dict[str, Array], check_finite: bool = False, dims: dict[str, int] | None = None
+        self,
+        env: dict[str, Array],
+        check_finite: bool = False,
+        dims: dict[str, int] | None = None,
+        key: Any = None,
     ) -> dict[str, Array]:
         """Run every primitive in order, adding what each defines to env.
 
@@ -300,7 +304,10 @@ class Executor:
         every statement; later runs with the same signature go straight to the planned kernels.
         """
         owned: set[str] = set()
-        key = None if (check_finite or dims) else _signature(env)
+        if check_finite or dims:
+            key = None
+        elif key is None:
+            key = _signature(env)
         kernels = self._kernels.get(key) if key is not None else None
         if kernels is not None:
             for p, k in zip(self.prims, kernels):
@@ -643,7 +650,14 @@ def _compute_kernel(
         present = {n for _, nm, _ in ops for n in nm}
         kept = tuple(n for n in out if n in present)
         widen = _aligner(kept, out)
-        if len(ops) == 1:
+        if len(ops) == 1 and not kept and ops[0][2] == 2:
+            ((n0, _, _),) = ops  # a sum of squares: one BLAS dot product
+
+            def body(env: dict[str, Array]) -> Array:
+                a = env[n0].ravel()
+                return np.asarray(np.dot(a, a))
+
+        elif len(ops) == 1:
             ((n0, nm0, k0),) = ops
             axes = tuple(i for i, n in enumerate(nm0) if n not in kept)
             align0 = _aligner(tuple(n for n in nm0 if n in kept), kept)
