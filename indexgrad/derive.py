@@ -376,3 +376,22 @@ def forward_statements(program: Program) -> list[Statement]:
 
 
 __all__ = ["derive", "derive_jvp", "forward_statements", "num", "Num"]
+
+
+def derivative_reads(prims: list[Prim]) -> set[str]:
+    """Every forward tensor a reverse- or forward-mode program of these primitives may read."""
+    every = {p.out.name for p in prims} | {r.name for p in prims for r in prim_refs(p)}
+    names = {n: n + ".grad" for n in every}
+    tans = {n: n + ".tan" for n in every}
+    out: set[str] = set()
+    for p in prims:
+        stmts = swap(p, every, names)
+        t = tangent(p, every, tans)
+        for st in stmts + ([t] if t is not None else []):
+            out.update(r.name for r in refs_in_statement(st))
+        for st in stmts:  # a gradient that broadcasts or scatters takes its tensor's shape
+            rhs = {n for r in refs_in(st.expr) for n in ref_index_names(r)}
+            plain = [i.plain if isinstance(i, Affine) else None for i in st.target.indices]
+            if None in plain or not set(plain) <= rhs:
+                out.add(st.target.name[: -len(".grad")])
+    return out & every

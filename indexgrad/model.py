@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .check import check, sized_like
-from .derive import derive_for, derive_jvp, derived_names, tan_name
+from .derive import derivative_reads, derive_for, derive_jvp, derived_names, tan_name
 from .errors import IndexgradError
 from .lower import Prim, lower, prim_statement, split_products
 from .nodes import Program, refs_in_statement
@@ -78,7 +78,9 @@ class Model:
         self.prims = lower(self.program)
         self.inputs = [n for n in self.program.inputs() if n not in self.program.integer_inputs()]
         self.labels = list(self.program.integer_inputs())
-        self._forward = Executor(self.prims, self.program.filename, self.program.source)
+        self._forward = Executor(
+            self.prims, self.program.filename, self.program.source, self._keep(self.prims)
+        )
         self._grad = derived_names(self.program, ".grad")
         self._tan = derived_names(self.program, ".tan")
         self._input_set = set(self.inputs) | set(self.labels)
@@ -86,6 +88,10 @@ class Model:
         self._order = self.inputs + self.labels
         self._shape_sources = {base for n in self.program.defined() if (base := sized_like(n)) is not None}
         self.compile_seconds = time.perf_counter() - start
+
+    def _keep(self, prims: list[Prim]) -> set[str]:
+        """What forward() keeps: the program's own tensors and what any derivative reads."""
+        return set(self.program.defined()) | derivative_reads(prims)
 
     def _error(self, msg: str, name: str | None = None) -> IndexgradError:
         """A user error, placed at the first reference to `name` when there is one."""
@@ -191,7 +197,10 @@ class Model:
                         source=self.program.source,
                     )
                 )
-                hit = (program, Executor(prims, program.filename, program.source))
+                hit = (
+                    program,
+                    Executor(prims, program.filename, program.source, self._keep(prims)),
+                )
             with self._lock:
                 self._cache[("exec", key)] = hit
         return hit

@@ -284,12 +284,19 @@ def _result_dtype(arrays: list[Array]) -> np.dtype:
 class Executor:
     """Runs a list of primitive statements on an environment of named arrays."""
 
-    def __init__(self, prims: list[Prim], filename: str = "<string>", source: str = "") -> None:
+    def __init__(
+        self,
+        prims: list[Prim],
+        filename: str = "<string>",
+        source: str = "",
+        keep: set[str] | None = None,
+    ) -> None:
         self._kernels: dict[Any, list[Kernel | None]] = {}
         self._limit: int | None = None
         self.prims = prims
         self.filename = filename
         self.source = source
+        self.release = _releases(prims, keep) if keep is not None else [[] for _ in prims]
 
     def run(
         self,
@@ -310,18 +317,22 @@ class Executor:
             key = _signature(env)
         kernels = self._kernels.get(key) if key is not None else None
         if kernels is not None:
-            for p, k in zip(self.prims, kernels):
+            for p, k, dead in zip(self.prims, kernels, self.release):
                 if k is not None:
                     k(env, owned)
                 else:
                     self._guarded(p, env, owned, False, {})
+                for n in dead:
+                    del env[n]
             return env
         built: list[Kernel | None] = []
         self._limit = memory_limit()
-        for p in self.prims:
+        for p, dead in zip(self.prims, self.release):
             sizes = self._guarded(p, env, owned, check_finite, dims or {})
             if key is not None:
-                built.append(_kernel(p, sizes, env))
+                built.append(_kernel(p, sizes, env, set(dead)))
+            for n in dead:
+                del env[n]
         if key is not None:
             self._kernels[key] = built
         return env
@@ -605,13 +616,18 @@ def _aligner(names: tuple[str, ...], out: tuple[str, ...]) -> Callable[[Array], 
     return align
 
 
-def _kernel(p: Prim, sizes: dict[str, int], env: dict[str, Array]) -> Kernel | None:
-    """A closure that computes and writes p without re-checking sizes, or None to stay generic."""
+def _kernel(
+    p: Prim, sizes: dict[str, int], env: dict[str, Array], dead: set[str] | None = None
+) -> Kernel | None:
+    """A closure that computes and writes p without re-checking sizes, or None to stay generic.
+
+    `dead` names temporaries dropped after p; a sum of terms may add into the first of them.
+    """
     if not all(_simple(r) for r in [p.out, *prim_refs(p)]):
         return None
     out = ref_index_names(p.out)
     shape = tuple(sizes[n] for n in out)
-    compute = _compute_kernel(p, sizes, env, out)
+    compute = _compute_kernel(p, sizes, env, out, dead or set())
     if compute is None:
         return None
     name, accumulate = p.out.name, p.op == "+="
@@ -635,7 +651,11 @@ def _kernel(p: Prim, sizes: dict[str, int], env: dict[str, Array]) -> Kernel | N
 
 
 def _compute_kernel(
-    p: Prim, sizes: dict[str, int], env: dict[str, Array], out: tuple[str, ...]
+    p: Prim,
+    sizes: dict[str, int],
+    env: dict[str, Array],
+    out: tuple[str, ...],
+    dead: set[str],
 ) -> Callable[[dict[str, Array]], Array] | None:
     if isinstance(p, Contract):
         coef = p.coef
@@ -704,11 +724,29 @@ def _compute_kernel(
             else:
                 parts.append((c, None, _const(u, sizes)))
 
+        first = p.terms[0][1]
+        donor = first.name if isinstance(first, Ref) and first.name in dead else None
+        if donor is not None and (p.terms[0][0] != 1 or ref_index_names(first) != out):
+            donor = None
+        shape = tuple(sizes[n] for n in out)
+
         def terms(env: dict[str, Array]) -> Array:
             total: Any = None
-            for c, g, v in parts:
+            start = 0
+            if donor is not None:  # add into the first term's array, which dies here
+                a = env[donor]
+                if a.base is None and a.flags.writeable and a.shape == shape:
+                    rest = [g(env) for _, g, _ in parts[1:] if g is not None]
+                    if all(np.result_type(a, r) == a.dtype for r in rest):
+                        total, start = a, 1
+            for c, g, v in parts[start:]:
                 t = (g(env) * c if c != 1 else g(env)) if g is not None else c * v
-                total = t if total is None else total + t
+                if total is None:
+                    total = t
+                elif start == 1:
+                    total += t  # in place, into the donated array
+                else:
+                    total = total + t
             return np.asarray(total)
 
         return terms
@@ -749,3 +787,20 @@ def _shape_from_uses(prims: list[Prim], name: str, env: dict[str, Array]) -> tup
     rank = next((len(r.indices) for p in prims for r in [p.out, *prim_refs(p)] if r.name == name), 0)
     shape = [size.get(find(("T", name, axis))) for axis in range(rank)]
     return None if None in shape else tuple(shape)  # type: ignore[return-value]
+
+
+def _releases(prims: list[Prim], keep: set[str]) -> list[list[str]]:
+    """Per statement, the temporaries to drop after it: read no more and not in `keep`."""
+    last: dict[str, int] = {}
+    made = {p.out.name for p in prims}
+    for k, p in enumerate(prims):
+        for r in [*prim_refs(p), p.out]:
+            last[r.name] = k
+            for i in r.indices:
+                if isinstance(i, Gather):
+                    last[i.ref.name] = k
+    out: list[list[str]] = [[] for _ in prims]
+    for n, k in last.items():
+        if n in made and n not in keep:
+            out[k].append(n)
+    return out
