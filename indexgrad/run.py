@@ -370,6 +370,12 @@ class Executor:
         needed = set(ref_index_names(p.out))
         for r in prim_refs(p):
             needed |= set(ref_index_names(r))
+        if target is None and needed - set(sz.size):
+            target = self.inferred_target(p, env)
+            if target is not None:
+                _size_ref(sz, env, p.out, target, p.span)
+                pairs.append((p.out, target))
+                _size_affine(sz, pairs, p.span)
         for n in sorted(needed - set(sz.size)):
             raise IndexgradError(f"the size of index '{n}' cannot be worked out here", p.span)
         for r, a in pairs:
@@ -387,11 +393,14 @@ class Executor:
         base = sized_like(p.out.name)
         if base is not None and base in env and env[base].ndim == len(p.out.indices):
             return env[base]
-        if base is not None:  # the shape from how later statements use the same tensor
-            shape = _shape_from_uses(self.prims, p.out.name, env)
-            if shape is not None:
-                return np.broadcast_to(np.zeros((), np.float16), shape)
         return None
+
+    def inferred_target(self, p: Prim, env: dict[str, Array]) -> Array | None:
+        """A stand-in with the target's shape, from how other statements use it."""
+        if sized_like(p.out.name) is None:
+            return None
+        shape = _shape_from_uses(self.prims, p.out.name, env)
+        return None if shape is None else np.broadcast_to(np.zeros((), np.float16), shape)
 
     def guard_memory(self, p: Prim, env: dict[str, Array], sizes: dict[str, int]) -> None:
         """Refuse a statement whose result or largest intermediate would not fit (SPEC: no OOM)."""
@@ -521,6 +530,8 @@ class Executor:
         target = env.get(name)
         if target is None or name not in owned:
             like = self.target_array(p, env)
+            if like is None:
+                like = self.inferred_target(p, env)
             if like is None:
                 raise IndexgradError(f"the shape of '{name}' cannot be worked out here", p.span)
             dtype = np.result_type(like, result)
