@@ -266,6 +266,12 @@ class _Checker:
             lhs.extend(i.names() if isinstance(i, Affine) else i.names())
         lhs_set = set(lhs)
         self.expr(s.expr, lhs_set, frozenset())
+        if name in self.read_at:
+            raise _err(
+                f"'{name}' is read on the right side of its own '{s.op}'; all '=' and '+=' into a "
+                "tensor come before its first read, so give the new value a new name",
+                self.read_at[name],
+            )
         for i in t.indices:
             if isinstance(i, Gather):
                 self.read(i.ref)
@@ -292,6 +298,7 @@ class _Checker:
         for sz in _sizeofs(expr):
             if sz.index not in used:
                 raise _err(f"size[{sz.index}] names an index this statement does not use", sz.span)
+        _place_sizeofs(expr, lhs_set, top=True)
         if s.op == "=" or name not in self.defined_before_this:
             for i in t.indices:
                 for n in i.names():
@@ -338,6 +345,42 @@ def _sizeofs(e: Expr) -> list[SizeOf]:
     if isinstance(e, SizeOf):
         return [e]
     return [s for c in children(e) for s in _sizeofs(c)]
+
+
+def _place_sizeofs(e: Expr, lhs: set[str], top: bool) -> None:
+    """size[k] stands where its statement's arrays size k: as a factor next to a tensor indexed by
+    k, or, for k on the left side, as a term or factor of a term of the right side."""
+
+    def refuse(sz: SizeOf) -> IndexgradError:
+        return _err(
+            f"size[{sz.index}] must be a factor next to a tensor indexed by '{sz.index}' "
+            f"(like x[{sz.index}] / size[{sz.index}]), or a term of the right side when "
+            f"'{sz.index}' is on the left side",
+            sz.span,
+        )
+
+    if isinstance(e, SizeOf):
+        if not (top and e.index in lhs):
+            raise refuse(e)
+    elif isinstance(e, Neg):
+        _place_sizeofs(e.arg, lhs, top)
+    elif isinstance(e, Sum):
+        for t in e.terms:
+            _place_sizeofs(t, lhs, top)
+    elif isinstance(e, Product):
+        plain = {
+            i.plain for f in e.factors if isinstance(f, Ref) for i in f.indices if isinstance(i, Affine)
+        }
+        for f in e.factors:
+            base = f.base if isinstance(f, Power) else f
+            if isinstance(base, SizeOf):
+                if not (base.index in plain or (top and base.index in lhs)):
+                    raise refuse(base)
+            else:
+                _place_sizeofs(f, lhs, False)
+    else:
+        for c in children(e):
+            _place_sizeofs(c, lhs, False)
 
 
 def check(program: Program) -> Program:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from .nodes import Span
 
 
@@ -55,7 +57,7 @@ def render(
     head = f"{where}:{span.line}:{span.column}: {severity}: {message}"
     if not source:
         return head
-    lines = source.splitlines()
+    lines = source_lines(source)
     if not 1 <= span.line <= len(lines):
         return head
     text = lines[span.line - 1].replace("\t", " ")
@@ -64,6 +66,15 @@ def render(
         width = span.end_column - span.column
     width = max(1, min(width, len(text) - span.column + 1))
     return f"{head}\n  {text}\n  {' ' * (span.column - 1)}^{'~' * (width - 1)}"
+
+
+def source_lines(source: str) -> list[str]:
+    """The lines of a program as the grammar counts them: split at LF, CRLF or CR, and nowhere else."""
+    lines = _LINE_BREAK.split(source)
+    return lines[:-1] if lines and not lines[-1] else lines
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 class IndexgradWarning(UserWarning):

@@ -56,7 +56,8 @@ def _exp(x: Array) -> Array:
 
 
 def _step(x: Array) -> Array:
-    return (x > 0).astype(x.dtype)
+    x = np.asarray(x)
+    return (x > 0).astype(x.dtype if x.dtype.kind == "f" else np.float64)
 
 
 def _eq(a: Array, b: Array) -> Array:

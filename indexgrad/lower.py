@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Union
 
 from .check import free_indices, sized_like
+from .errors import IndexgradError
 from .nodes import (
     Affine,
     Call,
@@ -278,7 +280,7 @@ class _Lowerer:
         def visit(f: Expr, power: float) -> None:
             nonlocal coef
             if isinstance(f, Num):
-                coef *= f.value**power
+                coef = _fold(coef, f, power, self.span)
             elif isinstance(f, Neg) and power == int(power):
                 coef *= (-1.0) ** power
                 visit(f.arg, power)
@@ -303,6 +305,24 @@ class _Lowerer:
         self.span = s.span
         self.lhs = list(ref_index_names(s.target))
         self.emit(s.target, s.op, s.expr, s.summed, s.target.name)
+
+
+def _fold(coef: float, f: Num, power: float, span: Span) -> float:
+    """coef * f^power, refusing a division by zero or a product of numbers that overflows."""
+    place = f.span if f.span.line else span
+    if f.value == 0 and power < 0:
+        raise IndexgradError("division by zero: this number is 0", place)
+    try:
+        out = coef * f.value**power
+    except OverflowError:
+        out = math.inf
+    if isinstance(out, complex):
+        raise IndexgradError("a negative number to a fractional power is not a real number", place)
+    if not math.isfinite(out):
+        raise IndexgradError(
+            "the numbers in this product multiply to a value beyond floating point range", place
+        )
+    return out
 
 
 def _is_productish(e: Expr) -> bool:
@@ -330,8 +350,11 @@ def e_span(e: Expr) -> Span:
 def lower(program: Program) -> list[Prim]:
     """The primitive statements of a checked program, in order."""
     lw = _Lowerer(program)
-    for s in program.statements:
-        lw.statement(s)
+    try:
+        for s in program.statements:
+            lw.statement(s)
+    except IndexgradError as e:
+        raise e.located(program.filename, program.source) from None
     return lw.out
 
 
@@ -369,12 +392,19 @@ def split_products(prims: list[Prim], shapes: dict[str, tuple[int, ...]]) -> lis
     changed = False
     for p in prims:
         refs = [(f, k) for f, k in p.factors if isinstance(f, Ref)] if isinstance(p, Contract) else []
-        if len(refs) < 3 or not all(_plain_ref(r) for r, _ in refs) or not _plain_ref(p.out):
+        if (
+            len(refs) < 3
+            or not all(_plain_ref(r) and r.name in shapes for r, _ in refs)
+            or not _plain_ref(p.out)
+        ):
             out.append(p)
             continue
         assert isinstance(p, Contract)
         consts = [(f, k) for f, k in p.factors if not isinstance(f, Ref)]
         final = ref_index_names(p.out)
+        if any(isinstance(f, SizeOf) and f.index not in final for f, _ in consts):
+            out.append(p)  # size[j] of a summed j stays with the tensors that size j
+            continue
         ops: list[tuple[Operand, float]] = list(refs)
         names = [ref_index_names(r) for r, _ in refs]  # type: ignore[arg-type]
         sym = {n: oe.get_symbol(i) for i, n in enumerate(dict.fromkeys([*final, *sum(names, ())]))}

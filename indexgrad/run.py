@@ -321,16 +321,14 @@ class Executor:
                 if k is not None:
                     k(env, owned)
                 else:
-                    self._guarded(p, env, owned, False, {})
+                    self._guarded(p, env, owned, False, {}, set())
                 for n in dead:
                     del env[n]
             return env
         built: list[Kernel | None] = []
         self._limit = memory_limit()
         for p, dead in zip(self.prims, self.release):
-            sizes = self._guarded(p, env, owned, check_finite, dims or {})
-            if key is not None:
-                built.append(_kernel(p, sizes, env, set(dead)))
+            built.append(self._guarded(p, env, owned, check_finite, dims or {}, set(dead)))
             for n in dead:
                 del env[n]
         if key is not None:
@@ -344,9 +342,10 @@ class Executor:
         owned: set[str],
         check_finite: bool,
         dims: dict[str, int],
-    ) -> dict[str, int]:
+        dead: set[str],
+    ) -> Kernel | None:
         try:
-            return self.step(p, env, owned, check_finite, dims)
+            return self.step(p, env, owned, check_finite, dims, dead)
         except IndexgradError as e:
             if e.span is None:
                 e.span = p.span if p.span.line else None
@@ -432,19 +431,30 @@ class Executor:
         owned: set[str],
         check_finite: bool,
         dims: dict[str, int],
-    ) -> dict[str, int]:
+        dead: set[str],
+    ) -> Kernel | None:
+        """Check sizes and memory, then run p by its planned kernel (returned) or generically.
+
+        The first call runs the same kernel later calls reuse, so repeated calls agree bit for bit.
+        """
         sizes = self.sizes(p, env, dims).size
         self.guard_memory(p, env, sizes)
-        out_names = ref_index_names(p.out)
-        result = np.asarray(self.compute(p, env, sizes, out_names))
-        shape = tuple(sizes[n] for n in out_names)
-        if result.shape != shape:
-            result = np.broadcast_to(result, shape)
-        if check_finite and not np.all(np.isfinite(result)):
-            bad = "NaN" if np.isnan(result).any() else "Inf"
-            raise IndexgradError(f"this statement produced {bad} in '{p.out.name}'", p.span)
-        self.write(p, env, owned, result, sizes, out_names)
-        return sizes
+        kernel = _kernel(p, sizes, env, dead)
+        if kernel is not None:
+            kernel(env, owned)
+        else:
+            out_names = ref_index_names(p.out)
+            result = np.asarray(self.compute(p, env, sizes, out_names))
+            shape = tuple(sizes[n] for n in out_names)
+            if result.shape != shape:
+                result = np.broadcast_to(result, shape)
+            self.write(p, env, owned, result, sizes, out_names)
+        if check_finite:
+            value = env[p.out.name]
+            if not np.all(np.isfinite(value)):
+                bad = "NaN" if np.isnan(value).any() else "Inf"
+                raise IndexgradError(f"this statement produced {bad} in '{p.out.name}'", p.span)
+        return kernel
 
     def compute(self, p: Prim, env: dict[str, Array], sizes: dict[str, int], out: tuple[str, ...]) -> Array:
         span = p.span

@@ -12,7 +12,7 @@ from typing import Any
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput
 
-from .errors import IndexgradError
+from .errors import IndexgradError, source_lines
 from .nodes import (
     Affine,
     Call,
@@ -224,8 +224,16 @@ def _parser() -> Lark:
     )
 
 
+_LONE_CR = re.compile(r"\r(?!\n)")
+
+
 def parse_syntax(text: str, filename: str = "<string>") -> Program:
-    """Parse text into an unchecked Program; raises IndexgradError on bad syntax."""
+    """Parse text into an unchecked Program; raises IndexgradError on bad syntax.
+
+    A lone carriage return ends a line as CRLF and LF do; it becomes LF first (same offsets) so
+    that every line number counts it.
+    """
+    text = _LONE_CR.sub("\n", text)
     _check_depth(text, filename)
     _check_numbers(text, filename)
     try:
@@ -399,7 +407,7 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> IndexgradErro
     pos = tok.start_pos if isinstance(tok, Token) and tok.start_pos is not None else len(text)
     if isinstance(tok, Token) and tok.type == "$END":
         pos = len(text)
-        lines = text.splitlines() or [""]
+        lines = source_lines(text) or [""]
         line, column = len(lines), len(lines[-1]) + 1
         if text.endswith(("\n", "\r")):
             line, column = len(lines) + 1, 1

@@ -123,7 +123,6 @@ BINARY = ("max", "min")
 REDUCERS = ("sum", "mean", "max", "min", "logsumexp")
 NUMBERS = ("0", "1", "2", "0.5", ".25", "3.", "1e-3", "2.5E2", "10", "0.125")
 EXPONENTS = ("2", "3", "0.5", "-1", "-2", "+2", "(-1)", "( 2 )", "1e-1")
-SIZE = "\0"  # placeholder for size[...] until the statement's indices are known
 
 SUM, PRODUCT, UNARY_LEVEL, POWER, ATOM = range(5)
 
@@ -185,7 +184,7 @@ def ref(draw: st.DrawFn, env: Env) -> Gen:
 
 @st.composite
 def expr(draw: st.DrawFn, env: Env, depth: int) -> Gen:
-    kinds = ["ref", "ref", "number", "size"]
+    kinds = ["ref", "ref", "number"]
     if depth > 0:
         kinds += ["neg", "power", "product", "product", "sum", "sum", "call", "reduce", "group"]
     kind = draw(st.sampled_from(kinds))
@@ -193,8 +192,6 @@ def expr(draw: st.DrawFn, env: Env, depth: int) -> Gen:
         return draw(ref(env))
     if kind == "number":
         return Gen(draw(st.sampled_from(NUMBERS)), ATOM, frozenset())
-    if kind == "size":
-        return Gen(f"size[{SIZE}]", ATOM, frozenset())
     sub = expr(env, depth - 1)
     if kind == "group":
         return paren(draw(sub))
@@ -274,10 +271,13 @@ def statement(draw: st.DrawFn, env: Env, target: str, op: str, rank: int | None)
             return None
         lhs = draw(st.permutations(pool))[:rank]
     text = rhs.text
-    while SIZE in text:  # size[k] of an index the statement uses outside its reductions
-        names = sorted(set(lhs) | set(usable))
-        choice = f"size[{draw(st.sampled_from(names))}]" if names else "4"
-        text = text.replace(f"size[{SIZE}]", choice, 1)
+    if lhs and draw(st.booleans()):  # size[k] of a left-side index, as a term or a factor
+        k = draw(st.sampled_from(sorted(lhs)))
+        how = draw(st.sampled_from(["term", "factor"]))
+        if how == "term":
+            text += draw(st.sampled_from([" + ", " - "])) + f"size[{k}]"
+        else:
+            text = at_least(rhs, UNARY_LEVEL).text + draw(st.sampled_from([" * ", " / "])) + f"size[{k}]"
     left = target + (f"[{','.join(lhs)}]" if lhs else draw(st.sampled_from(["", "[]"])))
     env.rank.setdefault(target, len(lhs))
     return f"{left} {op} {text}"

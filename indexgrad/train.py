@@ -1,0 +1,544 @@
+"""Training: parameters from `param` declarations, initialisers, optimisers, minibatches and fit."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import IndexgradError
+from .model import Model, compile
+from .nodes import Decl
+
+Array = np.ndarray
+Data = Mapping[str, Any]
+Metric = Callable[[Mapping[str, Array], Mapping[str, Array]], float]
+
+
+# ---- parameters ------------------------------------------------------------------------------
+
+
+def _decl_error(model: Model, decl: Decl, message: str) -> IndexgradError:
+    """A user error placed at a declaration in the .idx source."""
+    return IndexgradError(message, decl.ref.span, model.program.filename, model.program.source)
+
+
+def _decl_indices(model: Model, decl: Decl) -> list[str]:
+    """The index names of a declaration; declarations size tensors, so each must be a plain name."""
+    names = []
+    for pos in decl.ref.indices:
+        name = getattr(pos, "plain", None)
+        if name is None:
+            message = f"'{decl.ref.name}' is declared with a computed index; declare plain names"
+            raise _decl_error(model, decl, message)
+        names.append(name)
+    return names
+
+
+def param_shapes(model: Model, sizes: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+    """The shape of every declared param, its index names looked up in `sizes`."""
+    shapes = {}
+    for decl in model.program.decls:
+        if decl.role != "param":
+            continue
+        dims = []
+        for name in _decl_indices(model, decl):
+            if name not in sizes:
+                raise _decl_error(
+                    model,
+                    decl,
+                    f"no size for index '{name}' of param '{decl.ref.name}'; "
+                    f"pass sizes={{'{name}': ...}}",
+                )
+            dims.append(int(sizes[name]))
+        shapes[decl.ref.name] = tuple(dims)
+    return shapes
+
+
+def fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(fan-in, fan-out) of a weight: fan-out is the last declared index, fan-in all the others.
+
+    This reads `W1[d,h]` as a map from d to h, the order in which the examples declare weights,
+    and a convolution kernel `K[u,v,o]` as fan-in u*v, fan-out o.
+    """
+    if not shape:
+        return 1, 1
+    return math.prod(shape[:-1]), shape[-1]
+
+
+def _glorot(rng: np.random.Generator, shape: tuple[int, ...]) -> Array:
+    fan_in, fan_out = fans(shape)
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, shape)
+
+
+def _he(rng: np.random.Generator, shape: tuple[int, ...]) -> Array:
+    fan_in, _ = fans(shape)
+    return rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)
+
+
+def _normal(rng: np.random.Generator, shape: tuple[int, ...]) -> Array:
+    return rng.standard_normal(shape) * 0.01
+
+
+def _zeros(rng: np.random.Generator, shape: tuple[int, ...]) -> Array:
+    return np.zeros(shape)
+
+
+INITIALIZERS: dict[str, Callable[[np.random.Generator, tuple[int, ...]], Array]] = {
+    "glorot": _glorot,  # uniform on ±sqrt(6 / (fan_in + fan_out)) (Glorot & Bengio, 2010)
+    "he": _he,  # normal with std sqrt(2 / fan_in) (He et al., 2015), for relu layers
+    "normal": _normal,  # normal with std 0.01
+    "zeros": _zeros,
+}
+
+
+def _lookup(table: Mapping[str, Any], name: str, what: str) -> Any:
+    if name not in table:
+        raise IndexgradError(f"unknown {what} '{name}'; available: " + ", ".join(sorted(table)))
+    return table[name]
+
+
+def init_params(
+    model: Model,
+    sizes: Mapping[str, int],
+    init: str = "glorot",
+    seed: int = 0,
+    dtype: Any = np.float32,
+) -> dict[str, Array]:
+    """Fresh arrays for every declared param, seeded; biases and scalars (rank < 2) start at zero.
+
+    Weights (rank >= 2) are drawn by `init` from INITIALIZERS with fan-in the product of the sizes
+    of all but the last declared index and fan-out the size of the last (see `fans`).
+    """
+    draw = _lookup(INITIALIZERS, init, "initializer")
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in param_shapes(model, sizes).items():
+        values = draw(rng, shape) if len(shape) >= 2 else np.zeros(shape)
+        params[name] = np.ascontiguousarray(values, dtype=dtype)  # drawn in float64 for any dtype
+    return params
+
+
+def infer_sizes(model: Model, data: Data) -> dict[str, int]:
+    """Index sizes read off the arrays given for declared inputs (`x[b,d]` gives b and d)."""
+    sizes: dict[str, int] = {}
+    where: dict[str, str] = {}
+    for decl in model.program.decls:
+        if decl.role != "input" or decl.ref.name not in data:
+            continue
+        names = _decl_indices(model, decl)
+        shape = np.shape(data[decl.ref.name])
+        if len(shape) != len(names):
+            raise _decl_error(
+                model,
+                decl,
+                f"'{decl.ref.name}' is declared with {len(names)} indices, "
+                f"but its array has shape {shape}",
+            )
+        for name, size in zip(names, shape):
+            if name in sizes and sizes[name] != size:
+                raise _decl_error(
+                    model,
+                    decl,
+                    f"index '{name}' has size {size} in '{decl.ref.name}' "
+                    f"but {sizes[name]} in '{where[name]}'",
+                )
+            sizes[name], where[name] = int(size), decl.ref.name
+    return sizes
+
+
+# ---- optimisers ------------------------------------------------------------------------------
+
+
+class Optimizer(Protocol):
+    def step(self, params: dict[str, Array], grads: Mapping[str, Array]) -> None: ...
+
+
+class SGD:
+    """Stochastic gradient descent; with momentum mu, v = mu v + g and p -= lr v (as in PyTorch)."""
+
+    def __init__(self, lr: float = 0.01, momentum: float = 0.0) -> None:
+        self.lr = lr
+        self.momentum = momentum
+        self.velocity: dict[str, Array] = {}
+
+    def step(self, params: dict[str, Array], grads: Mapping[str, Array]) -> None:
+        """Update every param that has a gradient, in place."""
+        for name, g in grads.items():
+            p = params[name]
+            if self.momentum:
+                v = self.velocity.setdefault(name, np.zeros_like(p))
+                v *= self.momentum
+                v += g
+                g = v
+            p -= self.lr * g
+
+
+class Adam:
+    """Adam (Kingma & Ba, 2015, Algorithm 1): moment estimates with bias correction."""
+
+    def __init__(
+        self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8
+    ) -> None:
+        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        self.t = 0
+        self.m: dict[str, Array] = {}
+        self.v: dict[str, Array] = {}
+
+    def step(self, params: dict[str, Array], grads: Mapping[str, Array]) -> None:
+        """One timestep t: m, v updated from g, then p -= lr m̂ / (sqrt(v̂) + eps), in place."""
+        self.t += 1
+        correct1 = 1.0 - self.beta1**self.t
+        correct2 = 1.0 - self.beta2**self.t
+        for name, g in grads.items():
+            p = params[name]
+            m = self.m.setdefault(name, np.zeros_like(p))
+            v = self.v.setdefault(name, np.zeros_like(p))
+            m *= self.beta1
+            m += (1.0 - self.beta1) * g
+            v *= self.beta2
+            v += (1.0 - self.beta2) * (g * g)
+            p -= self.lr * (m / correct1) / (np.sqrt(v / correct2) + self.eps)
+
+
+OPTIMIZERS: dict[str, type] = {"sgd": SGD, "adam": Adam}
+
+
+def make_optimizer(optimizer: str | Optimizer, lr: float | None = None) -> Optimizer:
+    """An optimizer by name from OPTIMIZERS (lr=None keeps its default), or the object given."""
+    if not isinstance(optimizer, str):
+        if lr is not None:
+            raise IndexgradError("lr is set on the optimizer object; do not pass lr= with it")
+        return optimizer
+    cls = _lookup(OPTIMIZERS, optimizer, "optimizer")
+    return cls() if lr is None else cls(lr)
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+
+def batch_length(data: Data) -> int:
+    """The common length of every array's first axis; arrays are rows of one data set."""
+    if not data:
+        raise IndexgradError("no arrays were given")
+    lengths = {name: (np.shape(a)[0] if np.ndim(a) else None) for name, a in data.items()}
+    if None in lengths.values():
+        scalar = next(n for n, n_rows in lengths.items() if n_rows is None)
+        raise IndexgradError(f"'{scalar}' is a scalar; data arrays need a first (batch) axis")
+    if len(set(lengths.values())) > 1:
+        raise IndexgradError(
+            "data arrays must share their first (batch) axis, but have lengths "
+            + ", ".join(f"{n}: {k}" for n, k in lengths.items())
+        )
+    return next(iter(lengths.values()))
+
+
+def minibatches(data: Data, batch: int, rng: np.random.Generator) -> Iterator[dict[str, Array]]:
+    """Row-aligned minibatches in an order shuffled by rng; the last partial batch is kept."""
+    if batch < 1:
+        raise IndexgradError(f"batch size must be at least 1, got {batch}")
+    n = batch_length(data)
+    arrays = {name: np.asarray(a) for name, a in data.items()}
+    order = rng.permutation(n)
+    for start in range(0, n, batch):
+        rows = order[start : start + batch]
+        yield {name: a[rows] for name, a in arrays.items()}
+
+
+# ---- fitting ---------------------------------------------------------------------------------
+
+
+@dataclass
+class History:
+    """Per epoch: mean training loss, held-out loss and metric (when asked), and seconds taken."""
+
+    loss: list[float] = field(default_factory=list)
+    valid_loss: list[float] = field(default_factory=list)
+    valid_metric: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+
+def accuracy(logits_name: str = "z", labels_name: str = "Y") -> Metric:
+    """A metric: the fraction of rows whose arg-max logit is the label (one-hot or integer)."""
+
+    def metric(vals: Mapping[str, Array], batch: Mapping[str, Array]) -> float:
+        labels = np.asarray(batch[labels_name])
+        if labels.ndim == np.ndim(vals[logits_name]):
+            labels = labels.argmax(axis=-1)
+        return float(np.mean(np.argmax(vals[logits_name], axis=-1) == labels))
+
+    metric.__name__ = "accuracy"
+    return metric
+
+
+def evaluate(
+    model: Model,
+    params: Mapping[str, Array],
+    data: Data,
+    loss: str = "loss",
+    metric: Metric | None = None,
+) -> tuple[float, float | None]:
+    """The loss, and the metric when given, on all of `data` in one forward pass."""
+    vals = model.forward(**{**data, **params})
+    return float(vals[loss]), (metric(vals, data) if metric is not None else None)
+
+
+def _check_params(params: Mapping[str, Any]) -> None:
+    for name, p in params.items():
+        if not (isinstance(p, np.ndarray) and p.dtype.kind == "f" and p.flags.writeable):
+            raise IndexgradError(
+                f"param '{name}' must be a writable float numpy array (it is updated in place), "
+                f"got {type(p).__name__}"
+            )
+
+
+def fit(
+    model: Model,
+    params: dict[str, Array],
+    data: Data,
+    *,
+    loss: str = "loss",
+    epochs: int = 10,
+    batch: int = 64,
+    optimizer: str | Optimizer = "adam",
+    lr: float | None = None,
+    seed: int = 0,
+    valid: Data | None = None,
+    metric: Metric | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[int, History], None] | None = None,
+) -> History:
+    """Train `params` in place by minibatch gradient descent on `data`; returns the History.
+
+    Each step runs forward on the batch with the params and backward with respect to the params
+    only, then the optimizer (a name in OPTIMIZERS or an object with `.step`) updates them. A
+    tqdm bar shows the running loss unless progress=False. The epoch's loss is the batch losses'
+    mean weighted by batch size. After each epoch, `valid` is evaluated when given and
+    `on_epoch(epoch, history)` is called (epochs count from 1). The same seed gives the same run,
+    bit for bit.
+    """
+    from tqdm.auto import tqdm
+
+    _check_params(params)
+    opt = make_optimizer(optimizer, lr)
+    n = batch_length(data)
+    rng = np.random.default_rng(seed)
+    wrt = list(params)
+    history = History()
+    steps = -(-n // max(batch, 1))
+    with tqdm(total=epochs * steps, disable=not progress, leave=False, unit="batch") as bar:
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            total, rows = 0.0, 0
+            for b in minibatches(data, batch, rng):
+                vals = model.forward(**{**b, **params})
+                value = float(vals[loss])
+                if not math.isfinite(value):
+                    raise IndexgradError(
+                        f"loss '{loss}' became {value} in epoch {epoch}; "
+                        "try a smaller learning rate"
+                    )
+                opt.step(params, model.backward(vals, loss=loss, wrt=wrt))
+                k = batch_length(b)
+                total, rows = total + value * k, rows + k
+                status = f"epoch {epoch}/{epochs} loss {total / rows:.4f}"
+                bar.set_postfix_str(status, refresh=False)
+                bar.update()
+            history.loss.append(total / rows)
+            if valid is not None:
+                valid_loss, valid_metric = evaluate(model, params, valid, loss, metric)
+                history.valid_loss.append(valid_loss)
+                if valid_metric is not None:
+                    history.valid_metric.append(valid_metric)
+            history.seconds.append(time.perf_counter() - start)
+            if on_epoch is not None:
+                on_epoch(epoch, history)
+    return history
+
+
+def epoch_line(epoch: int, history: History, epochs: int | None = None) -> str:
+    """One line summarising an epoch: losses, held-out accuracy and time."""
+    i = epoch - 1
+    line = f"epoch {epoch}" + (f"/{epochs}" if epochs else "") + f"  loss {history.loss[i]:.4f}"
+    if len(history.valid_loss) > i:
+        line += f"  test loss {history.valid_loss[i]:.4f}"
+    if len(history.valid_metric) > i:
+        line += f"  test accuracy {100 * history.valid_metric[i]:.2f}%"
+    return line + f"  ({history.seconds[i]:.2f} s)"
+
+
+def log_epochs(epochs: int, every: int = 1) -> Callable[[int, History], None]:
+    """An `on_epoch` callback printing `epoch_line` every few epochs and the last, above the bar."""
+
+    def on_epoch(epoch: int, history: History) -> None:
+        if epoch % every == 0 or epoch == epochs:
+            from tqdm.auto import tqdm
+
+            tqdm.write(epoch_line(epoch, history, epochs))
+
+    return on_epoch
+
+
+def plot_history(history: History, path: str | Path, metric_name: str = "accuracy") -> None:
+    """Write a PNG of the loss (training and held-out) and the held-out metric per epoch."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend, nothing left open
+
+    fig = Figure(figsize=(9, 3.5), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    epochs = range(1, len(history.loss) + 1)
+    left.plot(epochs, history.loss, label="training")
+    if history.valid_loss:
+        left.plot(epochs, history.valid_loss, label="held out")
+    positive = min(history.loss + history.valid_loss, default=0.0) > 0
+    left.set(xlabel="epoch", ylabel="loss", yscale="log" if positive else "linear", title="loss")
+    left.legend()
+    if history.valid_metric:
+        right.plot(epochs, history.valid_metric, color="C1")
+    right.set(xlabel="epoch", ylabel=metric_name, title=f"held-out {metric_name}")
+    right.grid(alpha=0.3)
+    fig.savefig(path, dpi=100)
+
+
+# ---- the digits job --------------------------------------------------------------------------
+
+
+def load_digits_data(
+    seed: int = 0, test_fraction: float = 0.2, dtype: Any = np.float32, labels: str = "onehot"
+) -> tuple[dict[str, Array], dict[str, Array]]:
+    """scikit-learn's bundled 8x8 digits as (train, test), split stratified by class.
+
+    Each part holds pixels in [0, 1] as `x[b,d]` and the labels one-hot as `Y[b,c]`, or with
+    labels="integer" as integer class numbers `y[b]` (for gathering models such as logloss.idx).
+    """
+    if labels not in ("onehot", "integer"):
+        raise IndexgradError(f"unknown labels '{labels}'; available: integer, onehot")
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        message = "the digits data set needs scikit-learn: pip install scikit-learn"
+        raise IndexgradError(message) from None
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(dtype)
+    y = digits.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=test_fraction, random_state=seed, stratify=y
+    )
+    if labels == "integer":
+        return {"x": x_tr, "y": y_tr}, {"x": x_te, "y": y_te}
+    eye = np.eye(10, dtype=dtype)
+    return {"x": x_tr, "Y": eye[y_tr]}, {"x": x_te, "Y": eye[y_te]}
+
+
+DATASETS: dict[str, Callable[..., tuple[dict[str, Array], dict[str, Array]]]] = {
+    "digits": load_digits_data,
+}
+
+
+def _model_data(model: Model, data: dict[str, Array], dataset: str) -> dict[str, Array]:
+    """The arrays of a data set that the model reads, refusing a model that reads something else."""
+    wanted = [n for n in model.inputs + model.labels if n not in model.program.params()]
+    missing = [n for n in wanted if n not in data]
+    if missing:
+        raise IndexgradError(
+            f"the {dataset} data set provides "
+            + ", ".join(sorted(data))
+            + "; the program also reads "
+            + ", ".join(missing)
+            + " (declare trained tensors with `param`)",
+            filename=model.program.filename,
+        )
+    return {n: data[n] for n in wanted}
+
+
+def _logits_name(
+    model: Model, vals: Mapping[str, Array], rows: int, classes: int, widths: Mapping[str, int]
+) -> str:
+    """The last defined tensor shaped [rows, classes]: the scores that accuracy compares."""
+    for name in reversed(model.program.defined()):
+        if np.shape(vals[name]) == (rows, classes):
+            return name
+    guessed = ", ".join(f"{n}={k}" for n, k in widths.items()) or "none"
+    raise IndexgradError(
+        f"no tensor of the program has shape ({rows}, {classes}) to read class scores from; "
+        f"indices the data does not size took the hidden width ({guessed}), so the class "
+        "index must appear in a data input such as one-hot Y[b,c]",
+        filename=model.program.filename,
+    )
+
+
+def train_command(
+    path: str,
+    data: str,
+    epochs: int,
+    lr: float,
+    batch: int,
+    optimizer: str,
+    seed: int,
+    plot: str | None,
+    hidden: int,
+) -> int:
+    """`indexgrad train`: fit FILE on a built-in data set, print each epoch and the test accuracy.
+
+    Index sizes come from the data; every other index of a param (the hidden width) gets `hidden`.
+    The loss is the program's last defined tensor.
+    """
+    try:
+        load = _lookup(DATASETS, data, "data set")
+        make_optimizer(optimizer)
+        for flag, value in (("--epochs", epochs), ("--hidden", hidden), ("--batch", batch)):
+            if value < 1:
+                raise IndexgradError(f"{flag} must be at least 1, got {value}")
+        if not lr > 0:
+            raise IndexgradError(f"--lr must be positive, got {lr}")
+    except IndexgradError as e:
+        e.filename = "indexgrad train"  # a flag's mistake, not the file's
+        raise
+    start = time.perf_counter()
+    model = compile(path)
+    if not model.program.statements:
+        raise IndexgradError("the program defines nothing to train", filename=str(path))
+    train, test = load(seed=seed, labels="integer" if model.labels else "onehot")
+    train, test = _model_data(model, train, data), _model_data(model, test, data)
+    sizes = infer_sizes(model, train)
+    widths = {}  # param indices the data does not size: the hidden width
+    for decl in model.program.decls:
+        if decl.role == "param":
+            widths.update((n, hidden) for n in _decl_indices(model, decl) if n not in sizes)
+    sizes.update(widths)
+    params = init_params(model, sizes, init="he", seed=seed)
+    loss = model.program.statements[-1].target.name
+    labels = test["y"] if "y" in test else test["Y"].argmax(axis=-1)
+    probe = model.forward(**{**test, **params})
+    scores = _logits_name(model, probe, len(labels), int(labels.max()) + 1, widths)
+
+    def metric(vals: Mapping[str, Array], _: Mapping[str, Array]) -> float:
+        return float(np.mean(np.argmax(vals[scores], axis=-1) == labels))
+
+    history = fit(
+        model,
+        params,
+        train,
+        loss=loss,
+        epochs=epochs,
+        batch=batch,
+        optimizer=optimizer,
+        lr=lr,
+        seed=seed,
+        valid=test,
+        metric=metric,
+        on_epoch=log_epochs(epochs),
+    )
+    seconds = time.perf_counter() - start
+    final = history.valid_metric[-1]
+    print(f"test accuracy {100 * final:.2f}% after {epochs} epochs in {seconds:.1f} s")
+    if plot:
+        plot_history(history, plot)
+        print(f"wrote {plot}")
+    return 0

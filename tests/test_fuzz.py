@@ -1,0 +1,708 @@
+"""Fuzzing (issue 8): random programs from the grammar and random mutations of the examples, pushed
+through parse -> derive -> print -> parse -> derive_jvp -> compile -> forward -> backward and the CLI.
+
+Every outcome must be a result or an `IndexgradError` (placed in the source where the error comes
+from the source) -- never another exception, a hang, or a traceback / "internal error" from the CLI.
+
+The quick tests run in the default profile (well under a minute).  The `@pytest.mark.fuzz` tests
+are the long run, `make fuzz` (`pytest tests -m fuzz --hypothesis-profile=fuzz`); they are skipped
+unless that profile is loaded.  Count the cases of a run with `--hypothesis-show-statistics`, or read
+`.hypothesis/fuzz-cases.txt`, which the last fuzz test writes (and checks: at least 100,000 cases).
+
+Crashes found become `.idx` files in tests/fuzz_regressions/, replayed by `test_regression`.  A file's
+first line says what it triggered; `# xfail: reason` marks one the core does not handle yet, and
+`# signature: ExceptionType file.py function` (the innermost indexgrad frame) lets the random tests
+step over that known crash while it is open, so they keep finding new ones.  Fixing a bug: delete the
+file's `# xfail:` line; the replay then must pass, and the random tests treat the crash as a bug again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import re
+import signal
+import sys
+import tempfile
+import threading
+import traceback
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import indexgrad as ig
+from indexgrad.cli import main as cli_main
+from indexgrad.shapes import infer_shapes, random_inputs
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.idx"))
+EXAMPLE_TEXT = {p.name: p.read_bytes() for p in EXAMPLES}
+REGRESSIONS = Path(__file__).resolve().parent / "fuzz_regressions"
+
+# The fuzz profile (tests/conftest.py) is loaded by hypothesis's pytest plugin before this module is
+# collected, so its max_examples tells whether this is the long run.
+LONG_RUN = settings().max_examples >= 1000
+long_only = pytest.mark.skipif(not LONG_RUN, reason="long fuzz run: make fuzz (--hypothesis-profile=fuzz)")
+
+DEADLINE_MS = 2000  # per example
+HANG_SECONDS = 20  # a watchdog for a real hang, which hypothesis's deadline alone cannot interrupt
+MAX_ELEMENTS = 200_000  # random inputs larger than this are not built (a program may ask for x[10^9])
+
+CASES: Counter[str] = Counter()  # cases run per test, for the count of `make fuzz`
+FUZZ_TARGET = 100_000
+
+HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+
+
+def header(path: Path, key: str) -> list[str]:
+    """Values of `# key: value` lines at the top of a regression file."""
+    out = []
+    for line in path.read_bytes().split(b"\n")[:6]:
+        if line.startswith(f"# {key}:".encode()):
+            out.append(line.split(b":", 1)[1].strip().decode())
+    return out
+
+
+def known_crashes() -> dict[tuple[str, str, str], str]:
+    """Crashes the core does not handle yet: `# signature: Type file.py function` of every regression
+    file still marked `# xfail:`.  The random tests step over these (and count them), so that they keep
+    looking for new ones; once a bug is fixed and its xfail line removed, they are bugs again."""
+    out = {}
+    for path in sorted(REGRESSIONS.glob("*.idx")):
+        if header(path, "xfail"):
+            for sig in header(path, "signature"):
+                kind, file, func = sig.split()
+                out[(kind, file, func)] = path.name
+    return out
+
+
+KNOWN = known_crashes()
+
+
+def signature(e: BaseException) -> tuple[str, str, str]:
+    """Exception type, and file and function of the innermost frame inside the indexgrad package."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if f"{os.sep}indexgrad{os.sep}" in f.filename]
+    named = [f for f in frames if not f.name.startswith("<")] or frames
+    if not named:
+        return (type(e).__name__, "?", "?")
+    return (type(e).__name__, Path(named[-1].filename).name, named[-1].name)
+
+
+def budget(examples: int) -> settings:
+    return settings(
+        max_examples=examples,
+        deadline=DEADLINE_MS,
+        suppress_health_check=HEALTH,
+        print_blob=True,
+    )
+
+
+# ---- the pipeline ---------------------------------------------------------------------------------
+
+
+class Hang(BaseException):
+    """Raised by the watchdog; a BaseException so no `except Exception` in the code under test eats it."""
+
+
+@contextlib.contextmanager
+def watchdog(seconds: float = HANG_SECONDS):
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def fire(signum, frame):
+        raise Hang(f"no result after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+LINE_BREAK = re.compile(r"\r\n|\r|\n")  # the grammar's newlines; str.splitlines() knows more
+SPLITLINES_ONLY = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+class Finding(AssertionError):
+    """A bug the harness sees without an exception: a misplaced error, an "internal error" message."""
+
+    def __init__(self, kind: str, stage: str, message: str) -> None:
+        super().__init__(f"{kind} ({stage}): {message}")
+        self.signature = ("Finding", kind, stage)
+
+
+def misplaced_kind(text: str) -> str:
+    if re.search(r"\r(?!\n)", text):
+        return "misplaced-lone-cr"
+    if any(c in text for c in SPLITLINES_ONLY):
+        return "misplaced-splitlines"
+    return "misplaced"
+
+
+def assert_placed(e: ig.IndexgradError, text: str | None, filename: str | None, stage: str) -> None:
+    """An error from the source text has a line and column inside it, and shows that line; every
+    error renders, and none calls itself an internal error."""
+    rendered = str(e)
+    assert isinstance(rendered, str) and rendered
+    assert isinstance(e.message, str) and e.message.strip(), f"{stage}: empty error message"
+    if "internal error" in rendered.lower():
+        raise Finding("internal-error", stage, rendered)
+    if text is not None and stage in ("parse", "load"):
+        assert e.line is not None and e.column is not None, f"{stage}: error without a place: {e.message}"
+    if e.line is not None and text is not None:
+        lines = LINE_BREAK.split(text)
+        line = lines[e.line - 1] if 1 <= e.line <= len(lines) else None
+        if line is None or e.column is None or not 1 <= e.column <= len(line) + 1:
+            raise Finding(misplaced_kind(text), stage, f"{e.line}:{e.column} is not in the text: {rendered}")
+        shown = line.replace("\t", " ").strip()
+        if shown and shown not in rendered:
+            raise Finding(misplaced_kind(text), stage, f"line {e.line} is {line!r}, not shown: {rendered}")
+    if filename is not None and stage in ("parse", "load"):
+        assert e.filename == filename, f"{stage}: error names file {e.filename!r}, not {filename!r}"
+
+
+def small_enough(program: ig.Program, dims: dict[str, int]) -> bool:
+    try:
+        shapes = infer_shapes(program, dims)
+    except ig.IndexgradError:
+        return True  # random_inputs will say the same, as a user error
+    return sum(math.prod(s) for s in shapes.values()) <= MAX_ELEMENTS
+
+
+def run_pipeline(
+    text: str | None = None,
+    path: Path | None = None,
+    filename: str = "fuzz.idx",
+    full: bool = True,
+    dims_size: int = 2,
+    seed: int = 0,
+) -> str:
+    """Push one input as far as it goes; returns the stage it stopped at ("ok" if it got through).
+
+    Raises AssertionError (or lets a non-IndexgradError escape) on a bug.
+    """
+    stage = "load" if path is not None else "parse"
+    with watchdog(), warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
+            if path is not None:
+                filename = str(path)
+                prog = ig.load(path)
+                text = prog.source
+            else:
+                prog = ig.parse(text, filename)
+            assert isinstance(prog, ig.Program)
+
+            # the canonical form parses back to the same canonical form
+            stage = "reparse"
+            canon = str(prog)
+            again = ig.parse(canon, "canonical.idx")
+            assert str(again) == canon, f"fmt is not idempotent:\n{canon}\n---\n{again}"
+
+            stage = "derive"
+            back = ig.derive(prog)
+            stage = "reparse-derived"
+            back_text = str(back)
+            ig.parse(back_text, "derived.idx")
+            if not full:
+                return "ok"
+
+            stage = "derive_jvp"
+            ig.derive_jvp(prog)
+            stage = "compile"
+            model = ig.compile(prog)
+
+            stage = "inputs"
+            dims = {n: dims_size for n in "abcdhijkluvnors"}
+            if not small_enough(prog, dims):
+                return "too-large"
+            arrays = random_inputs(prog, dims, np.random.default_rng(seed))
+
+            stage = "forward"
+            vals = model.forward(**arrays)
+            defined = prog.defined()
+            if not defined:
+                return "ok"
+            loss = defined[-1]
+            value = np.asarray(vals[loss])
+
+            stage = "backward"
+            if value.ndim == 0:
+                grads = model.backward(vals)
+            else:
+                grads = model.backward(vals, seed={loss: np.ones_like(value)})
+            for name in model.inputs:
+                assert np.shape(grads[name]) == np.shape(arrays[name]), f"gradient of {name} mis-shaped"
+
+            stage = "jvp"
+            model.jvp(vals, {n: np.ones_like(arrays[n]) for n in model.inputs[:2]})
+            return "ok"
+        except ig.IndexgradError as e:
+            from_source = ("parse", "load", "inputs", "forward", "backward", "jvp", "compile")
+            where = text if stage in from_source else None
+            assert_placed(e, where, filename, stage)
+            assert stage not in ("reparse", "reparse-derived"), (
+                f"the printed program does not parse back ({stage}): {e}"
+            )
+            return f"error:{stage}"
+        except Finding as e:
+            known = KNOWN.get(e.signature)
+            if known is None:
+                raise
+            return f"known:{known}"
+        except (AssertionError, Hang):
+            raise
+        except Exception as e:
+            known = KNOWN.get(signature(e))
+            if known is None:
+                raise
+            return f"known:{known}"
+
+
+def run_cli(source: bytes | str, commands=(("grad",), ("check", "--dims", "b=2,i=2"), ("fmt",))) -> list[int]:
+    """Each command on the source in a temporary file: exit 0/1/2, never a traceback."""
+    data = source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source
+    codes = []
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "fuzz.idx"
+        path.write_bytes(data)
+        for cmd in commands:
+            out, err = io.StringIO(), io.StringIO()
+            with (
+                watchdog(),
+                contextlib.redirect_stdout(out),
+                contextlib.redirect_stderr(err),
+                warnings.catch_warnings(),
+            ):
+                warnings.simplefilter("ignore")
+                code = cli_main([cmd[0], str(path), *cmd[1:]])
+            text = out.getvalue() + err.getvalue()
+            assert code in (0, 1, 2), f"indexgrad {cmd[0]}: exit {code}\n{text}"
+            if "internal error" in text and KNOWN:
+                # a crash the core does not handle yet (see KNOWN): only if the API trips over it too
+                again = [run_pipeline(path=path, dims_size=n, seed=k) for n in (2, 3) for k in range(3)]
+                if any(a.startswith("known:") for a in again):
+                    codes.append(-1)
+                    continue
+            assert "internal error" not in text, f"indexgrad {cmd[0]}:\n{text}"
+            assert "Traceback" not in text, f"indexgrad {cmd[0]}:\n{text}"
+            if code == 2:
+                assert "error" in err.getvalue(), f"indexgrad {cmd[0]} exit 2 without a message"
+            codes.append(code)
+    return codes
+
+
+# ---- strategy (a): random programs from the grammar ----------------------------------------------
+
+INDEX_NAMES = ["b", "i", "j", "k"]
+TENSOR_NAMES = ["x", "y", "W", "B", "h", "z", "P", "loss", "x.grad", "y.pre", "s"]
+LABEL_NAMES = ["lab", "t"]
+FUNCTIONS = {
+    "relu": 1, "sigmoid": 1, "tanh": 1, "exp": 1, "log": 1, "sqrt": 1, "sin": 1, "cos": 1,
+    "abs": 1, "softplus": 1, "step": 1, "sign": 1, "max": 2, "min": 2,
+}  # fmt: skip
+UNKNOWN_FUNCTIONS = ["foo", "Relu", "softmax", "x"]
+REDUCERS = ["sum", "mean", "max", "min", "logsumexp"]
+NUMBERS = ["0", "1", "2", "0.5", "1e-3", "3.", ".5", "2", "1.5", "007", "2E+2", "1e308", "1e400"]
+SEPARATORS = ["\n", "\n", "\n", ";", "; ", "\r\n", "\r", "  # note\n", "\n\n", "\t\n"]
+
+
+class Gen:
+    """Draws a program statement by statement, remembering ranks and definitions so that a good share
+    of programs are valid and get through to forward and backward; the rest probe the errors."""
+
+    def __init__(self, draw):
+        self.draw = draw
+        self.ranks: dict[str, int] = {}
+        self.defined: list[str] = []
+        self.read: set[str] = set()
+        self.target = ""
+
+    def pick(self, xs):
+        return self.draw(st.sampled_from(xs))
+
+    def chance(self, p: float) -> bool:
+        return self.draw(st.integers(0, 999)) < p * 1000
+
+    def rank_of(self, name: str) -> int:
+        if name not in self.ranks or self.chance(0.03):
+            self.ranks.setdefault(name, self.draw(st.integers(0, 3)))
+            return self.draw(st.integers(0, 3)) if self.chance(0.03) else self.ranks[name]
+        return self.ranks[name]
+
+    def index(self, local: list[str]) -> str:
+        r = self.draw(st.integers(0, 39))
+        pool = local or INDEX_NAMES
+        if r < 32:
+            return self.pick(pool)
+        if r < 34:
+            return self.pick(INDEX_NAMES)
+        if r == 34:
+            return f"{self.pick(pool)}+{self.pick(INDEX_NAMES)}"
+        if r == 35:
+            return f"{self.pick(['2', '3'])}*{self.pick(pool)}+{self.pick(INDEX_NAMES)}"
+        if r == 36:
+            return f"{self.pick(pool)}{self.pick(['+1', '-1', '+0', '*2', '-2*k', ' + 2*j'])}"
+        if r == 37:
+            return self.pick(["0", "1", "-1", "+j", "i-j"])
+        return f"{self.pick(LABEL_NAMES)}[{self.pick(pool)}]"  # a gather
+
+    def ref(self, local: list[str], indices: list[str] | None = None) -> str:
+        inputs = [n for n in TENSOR_NAMES if n not in self.defined and n != self.target]
+        pool = self.defined * 3 + inputs[:4]
+        name = self.pick(pool) if pool and self.chance(0.95) else self.pick(TENSOR_NAMES)
+        self.read.add(name)
+        rank = self.rank_of(name)
+        if indices is not None and len(indices) == rank:
+            idx = list(indices)
+        else:
+            idx = [self.index(local) for _ in range(rank)]
+        if not idx:
+            return name if self.chance(0.8) else f"{name}[]"
+        return f"{name}[" + self.pick([",", ", "]).join(idx) + "]"
+
+    def core_ref(self, left: list[str]) -> str:
+        """A reference with exactly the left side's indices (permuted), from a tensor of that rank."""
+        fits = [n for n in self.defined if self.ranks.get(n) == len(left)]
+        fresh = [n for n in TENSOR_NAMES if n not in self.ranks and n != self.target]
+        if fits and (not fresh or self.chance(0.6)):
+            name = self.pick(fits)
+        elif fresh:
+            name = self.pick(fresh)
+            self.ranks[name] = len(left)
+        else:
+            return self.ref(left, left)
+        self.read.add(name)
+        idx = self.draw(st.permutations(left)) if left else []
+        return f"{name}[{', '.join(idx)}]" if idx else name
+
+    def expr(self, local: list[str], depth: int) -> str:
+        r = self.draw(st.integers(0, 14 if depth > 0 else 3))
+        if r <= 2:
+            return self.ref(local)
+        if r == 3:
+            return self.pick(NUMBERS)
+        if r in (4, 5):
+            op = self.pick([" ", " ", " * ", " / ", "*", " "])
+            return f"{self.expr(local, depth - 1)}{op}{self.expr(local, depth - 1)}"
+        if r in (6, 7):
+            op = self.pick([" + ", " - ", "+", "-"])
+            return f"{self.expr(local, depth - 1)}{op}{self.expr(local, depth - 1)}"
+        if r == 8:
+            name = self.pick(list(FUNCTIONS) * 3 + UNKNOWN_FUNCTIONS)
+            arity = FUNCTIONS.get(name, 1)
+            if self.chance(0.05):
+                arity = self.draw(st.integers(0, 3))
+            args = ", ".join(self.expr(local, depth - 1) for _ in range(arity))
+            return f"{name}({args})"
+        if r == 9:
+            red = self.pick(REDUCERS)
+            free = [n for n in INDEX_NAMES if n not in local] or INDEX_NAMES
+            names = self.draw(st.lists(st.sampled_from(free), min_size=1, max_size=2, unique=True))
+            if self.chance(0.02):
+                names = []
+            body = self.ref(local + names, local + names)
+            if self.chance(0.5):
+                body = f"{body}{self.pick([' ', ' + ', ' - ', ' / '])}{self.expr(local + names, depth - 1)}"
+            return f"{red}[{','.join(names)}]({body})"
+        if r == 10:
+            exp = self.pick(["2", "3", "0.5", "-1", "(-2)", "+2", "0", "1e3"])
+            base = self.pick([self.ref(local), f"({self.expr(local, depth - 1)})", self.pick(NUMBERS)])
+            return f"{base}{self.pick(['^', '**', ' ^ '])}{exp}"
+        if r == 11:
+            return f"({self.expr(local, depth - 1)})"
+        if r == 12:
+            return f"-{self.expr(local, depth - 1)}"
+        if r == 13:
+            return f"size[{self.pick(local or INDEX_NAMES)}]"
+        return f"{self.expr(local, depth - 1)} {self.pick(['*', ''])} ({self.expr(local, depth - 1)})"
+
+    def statement(self) -> str:
+        fresh = [n for n in TENSOR_NAMES if n not in self.read and n not in self.defined]
+        name = self.pick(fresh) if fresh and self.chance(0.9) else self.pick(TENSOR_NAMES)
+        op = "+=" if self.chance(0.12) else "="
+        rank = self.rank_of(name)
+        if self.chance(0.95):
+            left = self.draw(st.permutations(INDEX_NAMES))[:rank]
+        else:
+            left = [self.index([]) for _ in range(rank)]
+        self.target = name
+        depth = self.draw(st.integers(0, 3))
+        if self.chance(0.85):  # a reference that gives every left index its size, then more
+            rhs = self.core_ref(left)
+            if self.chance(0.7):
+                rhs += self.pick([" ", " + ", " - ", " * ", " / "]) + self.expr(left, depth)
+            if self.chance(0.3):
+                name_f = self.pick([f for f, a in FUNCTIONS.items() if a == 1])
+                rhs = f"{name_f}({rhs})"
+        else:
+            rhs = self.expr(left, depth)
+        self.defined.append(name)
+        self.target = ""
+        target = f"{name}[{', '.join(left)}]" if left else self.pick([name, name, f"{name}[]"])
+        return f"{target} {op} {rhs}"
+
+    def declaration(self) -> str:
+        role = self.pick(["param", "input"])
+        refs = []
+        for _ in range(self.draw(st.integers(1, 3))):
+            name = self.pick(TENSOR_NAMES)
+            self.read.add(name)
+            rank = self.rank_of(name)
+            refs.append(name if rank == 0 else f"{name}[{','.join(INDEX_NAMES[:rank])}]")
+        return f"{role} {', '.join(refs)}"
+
+
+@st.composite
+def programs(draw) -> str:
+    g = Gen(draw)
+    items = []
+    if draw(st.booleans()):
+        items.append("# a random program")
+    for _ in range(draw(st.integers(0, 2))):
+        items.append(g.declaration())
+    for _ in range(draw(st.integers(1, 5))):
+        items.append(g.statement())
+    text = ""
+    for it in items:
+        text += it + draw(st.sampled_from(SEPARATORS))
+    if draw(st.integers(0, 9)) == 0:
+        text = text.rstrip("\n;\r")  # no final newline
+    if draw(st.integers(0, 9)) == 0:
+        text = text.replace(" = ", " = \\\n    ", 1)  # a line continuation
+    return text
+
+
+# ---- strategy (b): random mutations of the examples ----------------------------------------------
+
+PALETTE = (
+    list("[](),;=+-*/^#.:_ \t\r\n0123456789eE")
+    + list("abijkxyzWB")
+    + ["**", "+=", "sum[", "max(", "log(", "\\\n"]
+    + ["é", "λ", "∑", "\u00a0", "\u200b", "\x00", "\x7f", "\ufeff", "\u2028", "\x0c", "\x85"]
+)
+BYTE_PALETTE = [bytes([b]) for b in b"[](),;=+-*/^# \t\r\n09ai"] + [
+    b"\x00", b"\xff", b"\xc3", b"\xe2\x82", b"\xef\xbb\xbf", b"\x80", b"\xc3\xa9",
+]  # fmt: skip
+
+
+@st.composite
+def char_mutants(draw) -> tuple[str, str]:
+    name = draw(st.sampled_from(sorted(EXAMPLE_TEXT)))
+    text = EXAMPLE_TEXT[name].decode("utf-8")
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["insert", "delete", "replace", "duplicate", "cut"]))
+        pos = draw(st.integers(0, len(text)))
+        piece = draw(st.sampled_from(PALETTE))
+        if kind == "insert":
+            text = text[:pos] + piece + text[pos:]
+        elif kind == "delete":
+            text = text[:pos] + text[pos + 1 :]
+        elif kind == "replace":
+            text = text[:pos] + piece + text[pos + 1 :]
+        elif kind == "duplicate":
+            end = draw(st.integers(pos, min(len(text), pos + 40)))
+            text = text[:end] + text[pos:end] + text[end:]
+        else:
+            end = draw(st.integers(pos, min(len(text), pos + 20)))
+            text = text[:pos] + text[end:]
+    return name, text
+
+
+@st.composite
+def byte_mutants(draw) -> tuple[str, bytes]:
+    name = draw(st.sampled_from(sorted(EXAMPLE_TEXT)))
+    data = bytearray(EXAMPLE_TEXT[name])
+    for _ in range(draw(st.integers(1, 4))):
+        pos = draw(st.integers(0, len(data)))
+        if draw(st.booleans()):
+            piece = draw(st.sampled_from(BYTE_PALETTE) | st.binary(min_size=1, max_size=3))
+            data[pos:pos] = piece
+        else:
+            del data[pos : pos + draw(st.integers(1, 3))]
+    return name, bytes(data)
+
+
+# ---- sanity of the harness itself ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_go_through(path: Path) -> None:
+    """The pipeline takes every example through to the end (the mutants start from working files)."""
+    out = run_pipeline(path=path, dims_size=3)
+    assert out in ("ok", "error:forward"), out  # composite.idx's log may see a negative argument
+
+
+def test_generated_programs_reach_the_end() -> None:
+    """The generator is not so wild that nothing gets past the checker."""
+    stages: Counter[str] = Counter()
+
+    @given(programs())
+    @budget(150)
+    def collect(text: str) -> None:
+        stages[run_pipeline(text)] += 1
+
+    collect()
+    assert stages["ok"] >= 10, stages
+
+
+# ---- the quick runs (default profile) -------------------------------------------------------------
+
+
+@given(text=programs(), size=st.integers(2, 3), seed=st.integers(0, 3))
+@budget(120)
+def test_random_programs(text: str, size: int, seed: int) -> None:
+    CASES["quick"] += 1
+    run_pipeline(text, dims_size=size, seed=seed)
+
+
+@given(m=char_mutants(), size=st.integers(2, 3))
+@budget(120)
+def test_mutated_examples(m: tuple[str, str], size: int) -> None:
+    CASES["quick"] += 1
+    run_pipeline(m[1], filename=m[0], dims_size=size)
+
+
+@given(m=byte_mutants())
+@budget(40)
+def test_mutated_bytes_load(m: tuple[str, bytes]) -> None:
+    CASES["quick"] += 1
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / m[0]
+        path.write_bytes(m[1])
+        run_pipeline(path=path, full=False)
+
+
+@given(src=st.one_of(programs(), char_mutants().map(lambda m: m[1]), byte_mutants().map(lambda m: m[1])))
+@budget(25)
+def test_cli_never_crashes(src: str | bytes) -> None:
+    CASES["quick"] += 1
+    run_cli(src)
+
+
+def test_cli_on_bad_files() -> None:
+    """Files that are not programs at all: empty, binary, NUL, a BOM, a lone CR, deeply nested."""
+    for data in [
+        b"",
+        b"\x00",
+        b"\xff\xfe\x00y\x00",
+        b"\xef\xbb\xbfy = x[i]\n",
+        b"\r",
+        b"y = " + b"(" * 5000 + b"x" + b")" * 5000,
+        b"y = " + b"-" * 20000 + b"x",
+        b"y = " + b" + ".join(b"x%d" % k for k in range(3000)),
+        b"y[" + b",".join(b"i%d" % k for k in range(64)) + b"] = x[i0]",
+        bytes(range(256)),
+    ]:
+        run_cli(data)
+
+
+# ---- the long runs (make fuzz) ---------------------------------------------------------------------
+# The fast path (parse, print, parse back, derive, print, parse back) runs at several hundred cases a
+# second, the full path (compile, forward, backward, jvp) at ~50-100.  Together they pass 100,000.
+
+FAST = 40_000
+FULL = 8_000
+CLI = 2_000
+
+
+@pytest.mark.fuzz
+@long_only
+@given(text=programs())
+@budget(FAST)
+def test_fuzz_programs_fast(text: str) -> None:
+    CASES["programs_fast"] += 1
+    run_pipeline(text, full=False)
+
+
+@pytest.mark.fuzz
+@long_only
+@given(m=char_mutants())
+@budget(FAST)
+def test_fuzz_mutants_fast(m: tuple[str, str]) -> None:
+    CASES["mutants_fast"] += 1
+    run_pipeline(m[1], filename=m[0], full=False)
+
+
+@pytest.mark.fuzz
+@long_only
+@given(m=byte_mutants())
+@budget(FAST // 2)
+def test_fuzz_bytes_fast(m: tuple[str, bytes]) -> None:
+    CASES["bytes_fast"] += 1
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / m[0]
+        path.write_bytes(m[1])
+        run_pipeline(path=path, full=False)
+
+
+@pytest.mark.fuzz
+@long_only
+@given(text=programs(), size=st.integers(2, 3), seed=st.integers(0, 10))
+@budget(FULL)
+def test_fuzz_programs_full(text: str, size: int, seed: int) -> None:
+    CASES["programs_full"] += 1
+    run_pipeline(text, dims_size=size, seed=seed)
+
+
+@pytest.mark.fuzz
+@long_only
+@given(m=char_mutants(), size=st.integers(2, 3))
+@budget(FULL)
+def test_fuzz_mutants_full(m: tuple[str, str], size: int) -> None:
+    CASES["mutants_full"] += 1
+    run_pipeline(m[1], filename=m[0], dims_size=size)
+
+
+@pytest.mark.fuzz
+@long_only
+@given(src=st.one_of(programs(), char_mutants().map(lambda m: m[1]), byte_mutants().map(lambda m: m[1])))
+@budget(CLI)
+def test_fuzz_cli(src: str | bytes) -> None:
+    CASES["cli"] += 1
+    run_cli(src)
+
+
+@pytest.mark.fuzz
+@long_only
+def test_fuzz_case_count() -> None:
+    """Runs last in `make fuzz`: writes the case count and checks the run reached 100,000 cases."""
+    long_tests = ["programs_fast", "mutants_fast", "bytes_fast", "programs_full", "mutants_full", "cli"]
+    total = sum(CASES[k] for k in long_tests)
+    report = "\n".join(f"{k}: {CASES[k]}" for k in long_tests) + f"\ntotal: {total}\n"
+    out = ROOT / ".hypothesis"
+    out.mkdir(exist_ok=True)
+    (out / "fuzz-cases.txt").write_text(report)
+    print(report)
+    if all(CASES[k] for k in long_tests):  # the whole long run, not a -k selection of it
+        assert total >= FUZZ_TARGET, report
+
+
+# ---- regressions: every crash found, replayed --------------------------------------------------
+
+
+def regression_cases() -> list:
+    out = []
+    for path in sorted(REGRESSIONS.glob("*.idx")):
+        marks = [pytest.mark.xfail(strict=True, reason=r) for r in header(path, "xfail")]
+        out.append(pytest.param(path, marks=marks, id=path.name))
+    return out
+
+
+@pytest.mark.parametrize("path", regression_cases())
+def test_regression(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each reproducer gives a result or a placed IndexgradError, through the API and the CLI."""
+    monkeypatch.setattr(sys.modules[__name__], "KNOWN", {})  # here a known crash is a failure
+    for size in (2, 3):
+        run_pipeline(path=path, dims_size=size)
+    run_cli(path.read_bytes())
