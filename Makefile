@@ -11,7 +11,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	$(BIN)/indexgrad grad examples/affine.idx
+	$(BIN)/indexgrad grad examples/mlp.idx --wrt W1,B1,W2,B2
 	$(BIN)/python examples/train_digits.py
 
 bench: $(STAMP)

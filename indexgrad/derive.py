@@ -25,6 +25,7 @@ from .nodes import (
     Call,
     Decl,
     Expr,
+    Index,
     Num,
     Power,
     Program,
@@ -367,15 +368,83 @@ def derive_jvp(program: Program, wrt: list[str] | None = None) -> Program:
     return _recheck(derived, program)
 
 
-def forward_statements(program: Program) -> list[Statement]:
-    """The lowered forward statements that define temporaries (printed before a derived program)."""
+def forward_statements(program: Program, reader: Program | None = None) -> list[Statement]:
+    """The lowered forward statements that define temporaries (printed before a derived program).
+
+    With `reader`, only those it reads, directly or through other temporaries.
+    """
     from .lower import prim_statement
 
     user = set(program.defined())
-    return [prim_statement(p) for p in lower(program) if p.out.name not in user]
+    temps = [prim_statement(p) for p in lower(program) if p.out.name not in user]
+    if reader is None:
+        return temps
+    reads = {r.name for s in reader.statements for r in refs_in_statement(s)}
+    kept: list[Statement] = []
+    for s in reversed(temps):
+        if s.target.name in reads:
+            kept.append(s)
+            reads.update(r.name for r in refs_in_statement(s))
+    return kept[::-1]
 
 
-__all__ = ["derive", "derive_jvp", "forward_statements", "num", "Num"]
+def gather_form(s: Statement, program: Program | None = None) -> Statement | None:
+    """A scatter-add such as `x.grad[j+k] += y.grad[j] w[k]` read as a gather over a new index,
+    `x.grad[i] += y.grad[j] w[i-j]` (the sum over j keeping the positions in range); else None.
+
+    For reading only: the executor runs the scatter form, whose every position is in range.
+    """
+    t = s.target
+    used = {n for r in refs_in_statement(s) for n in ref_index_names(r)}
+    declared = {}
+    if program is not None:
+        base = t.name.rsplit(".", 1)[0]
+        for d in program.decls:
+            if d.ref.name == base:
+                declared = {a: i.plain for a, i in enumerate(d.ref.indices) if isinstance(i, Affine)}
+    subst: dict[str, Affine] = {}
+    positions: list[Index] = []
+    for axis, pos in enumerate(t.indices):
+        if not isinstance(pos, Affine) or pos.plain is not None:
+            positions.append(pos)
+            continue
+        ones = [n for c, n in pos.terms if c == 1 and n not in subst]
+        if not ones:
+            return None
+        k = ones[-1]
+        new = declared.get(axis)
+        if not new or new in used:
+            new = next(f"{k}{n}" for n in range(2, 100) if f"{k}{n}" not in used)
+        used.add(new)
+        rest = tuple((-c, n) for c, n in pos.terms if n != k)
+        subst[k] = Affine(((1, new), *rest), -pos.const)
+        positions.append(idx(new))
+    if not subst:
+        return None
+    if any(n in subst for i in positions if isinstance(i, Affine) for n in i.names()):
+        return None
+
+    def at(i: Index) -> Index:
+        if not isinstance(i, Affine) or not any(n in subst for n in i.names()):
+            return i
+        coef: dict[str, int] = {}
+        const = i.const
+        for c, n in sorted(i.terms, key=lambda t: t[1] not in subst):  # the new name first
+            if n in subst:
+                const += c * subst[n].const
+                for c2, n2 in subst[n].terms:
+                    coef[n2] = coef.get(n2, 0) + c * c2
+            else:
+                coef[n] = coef.get(n, 0) + c
+        return Affine(tuple((c, n) for n, c in coef.items() if c), const)
+
+    def walk(e: Expr) -> Expr:
+        return replace(e, indices=tuple(at(i) for i in e.indices)) if isinstance(e, Ref) else e
+
+    return Statement(replace(t, indices=tuple(positions)), s.op, map_expr(s.expr, walk), s.summed, s.span)
+
+
+__all__ = ["derive", "derive_jvp", "forward_statements", "gather_form", "num", "Num"]
 
 
 def derivative_reads(prims: list[Prim]) -> set[str]:

@@ -249,4 +249,24 @@ def program_latex(forward: Sequence[Statement], statements: Sequence[Statement])
     return "\n".join([r"\begin{aligned}", *body, r"\end{aligned}"])
 
 
-__all__ = ["program_latex", "statement_latex", "expr_latex", "ref_latex", "name_latex", "PLUS_EQ"]
+def render_png(statements: Sequence[Statement], path: str, fontsize: int = 15) -> None:
+    """Draw statements as equations, one per line, into a PNG with matplotlib's mathtext."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend
+
+    rows = [statement_latex(s) for s in statements]
+    height = 0.25 + 0.5 * len(rows)
+    fig = Figure(figsize=(8, height))
+    for k, tex in enumerate(rows):
+        fig.text(0.02, 1 - (0.25 + 0.5 * k + 0.25) / height, f"${tex}$", fontsize=fontsize, va="center")
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15, facecolor="white")
+
+
+__all__ = [
+    "PLUS_EQ",
+    "expr_latex",
+    "name_latex",
+    "program_latex",
+    "ref_latex",
+    "render_png",
+    "statement_latex",
+]

@@ -197,8 +197,15 @@ class Program:
 
         return format_program(self)
 
+    def _repr_latex_(self) -> str:
+        """The program as aligned equations, for Jupyter."""
+        from .latex import program_latex
+
+        return "$$" + program_latex([], self.statements) + "$$"
+
     def _repr_markdown_(self) -> str:
-        return "```\n" + str(self) + "```\n"
+        """The equations, then the canonical text, for Jupyter's Markdown renderer."""
+        return self._repr_latex_() + "\n\n```\n" + str(self) + "```\n"
 
     def params(self) -> tuple[str, ...]:
         return tuple(d.ref.name for d in self.decls if d.role == "param")

@@ -405,3 +405,20 @@ def test_reverse_over_reverse_on_examples(name: str, capsys: pytest.CaptureFixtu
     for k, w in zip(order, want):
         if k in v:
             np.testing.assert_allclose(got[k], w, rtol=1e-7, atol=1e-10, err_msg=k)
+
+
+def test_correlation_gradient_reads_as_the_seeds_gather(capsys) -> None:
+    """x.grad[j+k] += y.grad[j] w[k] is printed with its reading x.grad[i] += y.grad[j] w[i-j],
+    and that reading (positions in range) is numpy's full convolution of y.grad with w."""
+    from indexgrad.cli import main
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "correlation.idx"
+    assert main(["grad", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "x.grad[j+k] += y.grad[j] w[k]\n#   that is x.grad[i] += y.grad[j] w[i-j]" in out
+    model = ig.compile(path)
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal(12), rng.standard_normal(4), rng.standard_normal(9)
+    vals = model.forward(x=x, w=w, b=b)
+    g = model.backward(vals, seed={"y": (gy := rng.standard_normal(9))}, wrt=["x"])["x"]
+    np.testing.assert_allclose(g, np.convolve(gy, w), rtol=1e-12)

@@ -401,3 +401,15 @@ def test_lexer_is_registered_when_installed() -> None:
         pytest.skip("the pygments.lexers entry point is not installed")
     assert type(get_lexer_by_name("idx")).__name__ == "IdxLexer"
     assert type(get_lexer_for_filename("mlp.idx")).__name__ == "IdxLexer"
+
+
+def test_render_png_draws_the_equations(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from indexgrad.latex import render_png
+
+    p = ig.load(ROOT / "examples" / "mlp.idx")
+    out = tmp_path / "grad.png"
+    render_png(ig.derive(p, loss="loss", wrt=list(p.params())).statements, str(out))
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert (ROOT / "docs" / "mlp_grad.png").read_bytes()[:8] == data[:8]  # the README's image
