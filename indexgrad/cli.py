@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .derive import default_loss, derive_for, derive_jvp, forward_statements
+from .derive import default_loss, derive_for, derive_jvp, forward_statements, gather_form
 from .errors import IndexgradError, render
+from .files import load_npz, save_npz_atomic
 from .lower import lower, prim_statement
 from .model import Model, gradcheck, load
-from .nodes import Program, Statement
+from .nodes import Program, Statement, ref_index_names, refs_in
 from .printer import format_program, format_statement
 from .shapes import parse_dims, random_inputs
 
@@ -79,7 +77,12 @@ def _statements_json(stmts: Sequence[Statement]) -> list[dict[str, Any]]:
 
 
 def _print_program(
-    forward: list[Statement], derived: Program, fmt: str, title: str, head: str = "forward temporaries"
+    forward: list[Statement],
+    derived: Program,
+    fmt: str,
+    title: str,
+    head: str = "forward temporaries",
+    source: Program | None = None,
 ) -> None:
     if fmt == "json":
         print(
@@ -99,21 +102,50 @@ def _print_program(
         for s in forward:
             print(format_statement(s))
         print(f"# {title}")
-    print(format_program(derived), end="")
+    readings = {}  # a scatter-add is followed by its reading as a gather
+    for s in derived.statements:
+        g = gather_form(s, source)
+        if g is not None:
+            kept = {n for r in refs_in(g.expr) for n in ref_index_names(r)}
+            new = ref_index_names(g.target)
+            over = [n for n in dict.fromkeys(ref_index_names(s.target)) if n not in new and n in kept]
+            readings[format_statement(s)] = (
+                f"#   that is {format_statement(g)}, summing over {', '.join(over)} in range"
+            )
+    for line in format_program(derived).splitlines():
+        print(line)
+        if line in readings:
+            print(readings[line])
 
 
 def cmd_fmt(a: argparse.Namespace) -> int:
-    p = load(a.file)
-    _warn(p, a.format)
-    if a.format == "json":
-        print(json.dumps({"statements": _statements_json(p.statements)}, indent=2))
-    elif a.format == "latex":
-        from .latex import program_latex
+    """Canonical text of each file; with several files, each after a `# file:` comment line.
 
-        print(program_latex([], p.statements))
-    else:
-        print(str(p), end="")
-    return EXIT_OK
+    A file with an error is reported (as the others) and skipped; the exit status is then 2.
+    """
+    failed = False
+    for n, path in enumerate(a.file):
+        try:
+            p = load(path)
+        except IndexgradError as e:
+            if len(a.file) == 1:
+                raise
+            print(json.dumps(_diagnostic(e)) if a.format == "json" else str(e), file=sys.stderr)
+            failed = True
+            continue
+        _warn(p, a.format)
+        if a.format == "json":
+            data: dict[str, Any] = {"file": path} if len(a.file) > 1 else {}
+            print(json.dumps({**data, "statements": _statements_json(p.statements)}, indent=2))
+        elif a.format == "latex":
+            from .latex import program_latex
+
+            print(program_latex([], p.statements))
+        else:
+            if len(a.file) > 1:
+                print(("\n" if n else "") + f"# file: {path}")
+            print(str(p), end="")
+    return EXIT_USAGE if failed else EXIT_OK
 
 
 def cmd_grad(a: argparse.Namespace) -> int:
@@ -122,7 +154,7 @@ def cmd_grad(a: argparse.Namespace) -> int:
     wrt = _names(a.wrt)
     losses = [a.loss] if a.loss else []
     d = derive_for(p, losses, wrt)
-    forward = forward_statements(p)
+    forward = forward_statements(p, d)
     if a.order == 2:
         both = Program(
             p.decls, tuple(prim_statement(q) for q in lower(p)) + d.statements, p.filename, p.source
@@ -139,7 +171,7 @@ def cmd_grad(a: argparse.Namespace) -> int:
         return EXIT_OK
     if a.order != 1:
         raise IndexgradError("--order must be 1 or 2")
-    _print_program(forward, d, a.format, "gradients")
+    _print_program(forward, d, a.format, "gradients", source=p)
     return EXIT_OK
 
 
@@ -195,47 +227,10 @@ def _dot(p: Program, name: str, rank: int) -> str:
     return f"{name}[{idx}] check.seed[{idx}]"
 
 
-def _load_npz(path: str) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise IndexgradError(f"no such file: {path}", filename=path) from None
-    except ValueError as e:
-        if "pickle" in str(e).lower():
-            raise IndexgradError(
-                "the file holds pickled objects, which are not loaded; save plain arrays",
-                filename=path,
-            ) from None
-        raise IndexgradError(f"not a readable .npz file: {e}", filename=path) from None
-    except (OSError, EOFError) as e:
-        raise IndexgradError(f"cannot read {path} as .npz: {e}", filename=path) from None
-    except Exception as e:  # zipfile.BadZipFile and friends
-        raise IndexgradError(f"not a valid .npz file ({type(e).__name__}: {e})", filename=path) from None
-
-
-def save_npz_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """Write arrays to path through a temporary file and a rename, so no truncated file is left."""
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    if not directory.is_dir():
-        raise IndexgradError(f"cannot write {path}: no such directory", filename=path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cmd_run(a: argparse.Namespace) -> int:
     p = load(a.file)
     _warn(p, "text")
-    arrays = _load_npz(a.inputs)
+    arrays = load_npz(a.inputs)
     model = Model(p)
     vals = model.forward(**arrays)
     user = [n for n in p.defined()]
@@ -251,7 +246,19 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     from .train import train_command
 
-    return train_command(a.file, a.data, a.epochs, a.lr, a.batch, a.optimizer, a.seed, a.plot, a.hidden)
+    return train_command(
+        a.file,
+        a.data,
+        a.epochs,
+        a.lr,
+        a.batch,
+        a.optimizer,
+        a.seed,
+        a.plot,
+        a.hidden,
+        save=a.save,
+        resume=a.resume,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,8 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out")
     r.set_defaults(func=cmd_run, format="text")
 
-    f = sub.add_parser("fmt", help="print the canonical form")
-    f.add_argument("file")
+    f = sub.add_parser("fmt", help="print the canonical form of one or more files")
+    f.add_argument("file", nargs="+")
     f.add_argument("--format", choices=fmts, default="idx")
     f.set_defaults(func=cmd_fmt)
 
@@ -305,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--hidden", type=int, default=128)
     t.add_argument("--plot")
+    t.add_argument("--save", metavar="CKPT", help="write a checkpoint (.npz) after every epoch")
+    t.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint up to --epochs")
     t.set_defaults(func=cmd_train, format="text")
 
     from . import tools

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import IndexgradError
+from .files import load_npz, save_npz_atomic
 from .model import Model, compile
 from .nodes import Decl
 
@@ -160,6 +161,18 @@ class Optimizer(Protocol):
     def step(self, params: dict[str, Array], grads: Mapping[str, Array]) -> None: ...
 
 
+class Stateful(Protocol):
+    """An optimizer whose state a checkpoint can hold: named arrays out, the same arrays back in.
+
+    A key "slot.P" holds an array shaped like param P (SGD's "velocity.W1", Adam's "m.W1");
+    a key without a dot is anything else (Adam's step count "t").
+    """
+
+    def get_state(self) -> dict[str, Array]: ...
+
+    def set_state(self, state: Mapping[str, Array]) -> None: ...
+
+
 class SGD:
     """Stochastic gradient descent; with momentum mu, v = mu v + g and p -= lr v (as in PyTorch)."""
 
@@ -178,6 +191,20 @@ class SGD:
                 v += g
                 g = v
             p -= self.lr * g
+
+    def get_state(self) -> dict[str, Array]:
+        """The velocities as "velocity.P" (none until the first step, or without momentum)."""
+        return {f"velocity.{name}": v for name, v in self.velocity.items()}
+
+    def set_state(self, state: Mapping[str, Array]) -> None:
+        """Restore what get_state returned (copies, so the caller's arrays are not updated)."""
+        velocity = {}
+        for key, value in state.items():
+            slot, _, name = key.partition(".")
+            if slot != "velocity" or not name:
+                raise IndexgradError(f"unexpected SGD state entry '{key}'")
+            velocity[name] = np.array(value)
+        self.velocity = velocity
 
 
 class Adam:
@@ -205,6 +232,30 @@ class Adam:
             v *= self.beta2
             v += (1.0 - self.beta2) * (g * g)
             p -= self.lr * (m / correct1) / (np.sqrt(v / correct2) + self.eps)
+
+    def get_state(self) -> dict[str, Array]:
+        """The step count as "t" and the moment estimates as "m.P" and "v.P"."""
+        state = {"t": np.array(self.t, dtype=np.int64)}
+        state.update((f"m.{name}", m) for name, m in self.m.items())
+        state.update((f"v.{name}", v) for name, v in self.v.items())
+        return state
+
+    def set_state(self, state: Mapping[str, Array]) -> None:
+        """Restore what get_state returned (copies, so the caller's arrays are not updated)."""
+        t = np.asarray(state.get("t", -1))
+        if t.shape != () or t.dtype.kind not in "iu" or int(t) < 0:
+            raise IndexgradError("Adam state needs a non-negative integer step count 't'")
+        moments: dict[str, dict[str, Array]] = {"m": {}, "v": {}}
+        for key, value in state.items():
+            if key == "t":
+                continue
+            slot, _, name = key.partition(".")
+            if slot not in moments or not name:
+                raise IndexgradError(f"unexpected Adam state entry '{key}'")
+            moments[slot][name] = np.array(value)
+        if set(moments["m"]) != set(moments["v"]):
+            raise IndexgradError("Adam state has first and second moments for different params")
+        self.t, self.m, self.v = int(t), moments["m"], moments["v"]
 
 
 OPTIMIZERS: dict[str, type] = {"sgd": SGD, "adam": Adam}
@@ -298,6 +349,194 @@ def _check_params(params: Mapping[str, Any]) -> None:
             )
 
 
+# ---- checkpoints -----------------------------------------------------------------------------
+#
+# A checkpoint is an .npz archive of plain numeric arrays (loaded with allow_pickle=False):
+#
+#   indexgrad.checkpoint   int64 scalar, the format version (CHECKPOINT_VERSION)
+#   epoch, seed            int64 scalars: epochs completed, and fit's seed
+#   param.P                every param P, in its own dtype
+#   optimizer              uint8: the optimizer's name in OPTIMIZERS, as ASCII codes
+#   optimizer.K            every entry K of the optimizer's get_state()
+#   history.F              float64 vectors, one per History field F
+#
+# Nothing else is needed to continue a run bit for bit, because fit draws no random numbers
+# except each epoch's shuffle, and epoch e shuffles with np.random.default_rng([seed, e]),
+# a generator that depends on nothing but (seed, e).
+
+CHECKPOINT_VERSION = 1
+_HISTORY_FIELDS = ("loss", "valid_loss", "valid_metric", "seconds")
+
+
+@dataclass
+class Checkpoint:
+    """What fit needs to continue a run: read by load_checkpoint, written by save_checkpoint."""
+
+    epoch: int
+    seed: int
+    params: dict[str, Array]
+    optimizer: str
+    optimizer_state: dict[str, Array]
+    history: History
+
+
+def _optimizer_name(opt: Any) -> str:
+    for name, cls in OPTIMIZERS.items():
+        if type(opt) is cls:
+            return name
+    return type(opt).__name__.lower()
+
+
+def _check_stateful(opt: Any) -> None:
+    if not (callable(getattr(opt, "get_state", None)) and callable(getattr(opt, "set_state", None))):
+        raise IndexgradError(
+            f"cannot checkpoint a {type(opt).__name__} optimizer: it needs get_state() and "
+            "set_state(state) methods (as SGD and Adam have)"
+        )
+
+
+def _text(text: str) -> Array:
+    return np.frombuffer(text.encode("ascii", "replace"), dtype=np.uint8).copy()
+
+
+def _untext(codes: Array) -> str:
+    if codes.ndim != 1 or codes.dtype != np.uint8:
+        raise ValueError("not text")
+    return codes.tobytes().decode("ascii", "replace")
+
+
+def save_checkpoint(
+    path: str | Path,
+    params: Mapping[str, Array],
+    optimizer: Any,
+    epoch: int,
+    history: History,
+    seed: int = 0,
+) -> None:
+    """Write a checkpoint of a run after `epoch` epochs, atomically (see save_npz_atomic)."""
+    _check_stateful(optimizer)
+    arrays: dict[str, Array] = {
+        "indexgrad.checkpoint": np.array(CHECKPOINT_VERSION, dtype=np.int64),
+        "epoch": np.array(epoch, dtype=np.int64),
+        "seed": np.array(seed, dtype=np.int64),
+        "optimizer": _text(_optimizer_name(optimizer)),
+    }
+    arrays.update((f"param.{name}", np.asarray(p)) for name, p in params.items())
+    arrays.update((f"optimizer.{k}", np.asarray(a)) for k, a in optimizer.get_state().items())
+    for name in _HISTORY_FIELDS:
+        arrays[f"history.{name}"] = np.asarray(getattr(history, name), dtype=np.float64)
+    save_npz_atomic(path, arrays)
+
+
+def _scalar_int(arrays: Mapping[str, Array], key: str) -> int:
+    a = arrays[key]
+    if a.shape != () or a.dtype.kind not in "iu":
+        raise ValueError(f"'{key}' is not an integer scalar")
+    return int(a)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint written by save_checkpoint (or fit's `checkpoint=`).
+
+    A missing, unreadable, damaged or foreign file is an IndexgradError naming the file.
+    """
+    path = Path(path)
+    arrays = load_npz(path, "checkpoint")
+    if "indexgrad.checkpoint" not in arrays:
+        raise IndexgradError(
+            "not an indexgrad checkpoint (no 'indexgrad.checkpoint' entry); "
+            "write one with `indexgrad train --save` or fit(..., checkpoint=...)",
+            filename=str(path),
+        )
+    try:
+        version = _scalar_int(arrays, "indexgrad.checkpoint")
+        if version != CHECKPOINT_VERSION:
+            raise ValueError(f"format version {version}; this indexgrad reads {CHECKPOINT_VERSION}")
+        epoch, seed = _scalar_int(arrays, "epoch"), _scalar_int(arrays, "seed")
+        if epoch < 0:
+            raise ValueError(f"epoch {epoch} is negative")
+        optimizer = _untext(arrays["optimizer"])
+        history = History()
+        for name in _HISTORY_FIELDS:
+            values = arrays[f"history.{name}"]
+            if values.ndim != 1 or values.dtype.kind != "f":
+                raise ValueError(f"'history.{name}' is not a vector of floats")
+            if len(values) not in ((0, epoch) if name.startswith("valid") else (epoch,)):
+                raise ValueError(f"'history.{name}' has {len(values)} entries for {epoch} epochs")
+            setattr(history, name, values.tolist())
+    except KeyError as e:
+        raise IndexgradError(f"damaged checkpoint: no entry {e}", filename=str(path)) from None
+    except ValueError as e:
+        raise IndexgradError(f"damaged checkpoint: {e}", filename=str(path)) from None
+    params = {k[len("param.") :]: a for k, a in arrays.items() if k.startswith("param.")}
+    state = {k[len("optimizer.") :]: a for k, a in arrays.items() if k.startswith("optimizer.")}
+    return Checkpoint(epoch, seed, params, optimizer, state, history)
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
+def restore_checkpoint(
+    checkpoint: Checkpoint | str | Path,
+    params: dict[str, Array],
+    optimizer: Any,
+    seed: int | None = None,
+) -> tuple[int, History]:
+    """Copy a checkpoint's params into `params` (in place) and its state into `optimizer`.
+
+    Returns (epochs completed, History so far). Nothing is changed unless everything fits: the
+    same param names, shapes and dtypes, the same kind of optimizer, and (when given) the seed.
+    """
+    where = None if isinstance(checkpoint, Checkpoint) else str(checkpoint)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+
+    def fail(message: str) -> IndexgradError:
+        return IndexgradError(f"checkpoint does not fit this run: {message}", filename=where)
+
+    _check_stateful(optimizer)
+    if set(ckpt.params) != set(params):
+        raise fail(
+            "it holds params "
+            + (", ".join(sorted(ckpt.params)) or "none")
+            + " but the program's are "
+            + (", ".join(sorted(params)) or "none")
+            + " (a checkpoint of another program?)"
+        )
+    for name, p in params.items():
+        saved = ckpt.params[name]
+        if saved.shape != p.shape:
+            raise fail(
+                f"param '{name}' has shape {_shape_text(saved.shape)} in the checkpoint "
+                f"but {_shape_text(p.shape)} here"
+            )
+        if saved.dtype != p.dtype:
+            raise fail(f"param '{name}' is {saved.dtype} in the checkpoint but {p.dtype} here")
+    name = _optimizer_name(optimizer)
+    if ckpt.optimizer != name:
+        raise fail(f"it was written by the {ckpt.optimizer} optimizer, not {name}")
+    for key, value in ckpt.optimizer_state.items():
+        slot, dot, pname = key.partition(".")
+        if not dot:
+            continue
+        if pname not in params:
+            raise fail(f"optimizer entry '{key}' is for a param the program does not have")
+        if value.shape != params[pname].shape or value.dtype != params[pname].dtype:
+            raise fail(
+                f"optimizer entry '{key}' is {value.dtype} {_shape_text(value.shape)}, "
+                f"param '{pname}' is {params[pname].dtype} {_shape_text(params[pname].shape)}"
+            )
+    if seed is not None and ckpt.seed != seed:
+        raise fail(f"it was trained with seed {ckpt.seed}, not {seed}; pass the same seed")
+    try:
+        optimizer.set_state(ckpt.optimizer_state)
+    except IndexgradError as e:
+        raise fail(e.message) from None
+    for name, p in params.items():
+        p[...] = ckpt.params[name]
+    return ckpt.epoch, ckpt.history
+
+
 def fit(
     model: Model,
     params: dict[str, Array],
@@ -313,6 +552,8 @@ def fit(
     metric: Metric | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, History], None] | None = None,
+    checkpoint: str | Path | None = None,
+    resume: str | Path | None = None,
 ) -> History:
     """Train `params` in place by minibatch gradient descent on `data`; returns the History.
 
@@ -320,22 +561,49 @@ def fit(
     only, then the optimizer (a name in OPTIMIZERS or an object with `.step`) updates them. A
     tqdm bar shows the running loss unless progress=False. The epoch's loss is the batch losses'
     mean weighted by batch size. After each epoch, `valid` is evaluated when given and
-    `on_epoch(epoch, history)` is called (epochs count from 1). The same seed gives the same run,
-    bit for bit.
+    `on_epoch(epoch, history)` is called (epochs count from 1).
+
+    Randomness: epoch e shuffles the rows with `np.random.default_rng([seed, e])`, so the same
+    seed gives the same run, bit for bit, and a run can resume at any epoch with no generator
+    state to carry.
+
+    Checkpoints: with `checkpoint=PATH` a checkpoint (params, optimizer state, epochs done, seed
+    and History; see save_checkpoint) is written atomically after every epoch, before on_epoch.
+    With `resume=PATH` the params (in place), the optimizer state and the History are first
+    restored from one, and training continues from the epoch after it up to `epochs`; run with
+    the same data, batch, optimizer, lr and seed, `epochs=2, checkpoint=c` followed by
+    `epochs=4, resume=c` ends with the very params and History (but seconds) of `epochs=4`.
+    The optimizer's hyperparameters (lr, momentum, ...) come from this call, not the checkpoint.
     """
     from tqdm.auto import tqdm
 
     _check_params(params)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise IndexgradError(f"seed must be a non-negative integer, got {seed!r}")
     opt = make_optimizer(optimizer, lr)
     n = batch_length(data)
-    rng = np.random.default_rng(seed)
+    if checkpoint is not None:
+        _check_stateful(opt)
+        if not Path(checkpoint).parent.is_dir():
+            message = f"cannot write {checkpoint}: no such directory"
+            raise IndexgradError(message, filename=str(checkpoint))
     wrt = list(params)
-    history = History()
+    history, done = History(), 0
+    if resume is not None:
+        done, history = restore_checkpoint(resume, params, opt, seed=int(seed))
     steps = -(-n // max(batch, 1))
-    with tqdm(total=epochs * steps, disable=not progress, leave=False, unit="batch") as bar:
-        for epoch in range(1, epochs + 1):
+    bar = tqdm(
+        total=max(epochs, done) * steps,
+        initial=done * steps,
+        disable=not progress,
+        leave=False,
+        unit="batch",
+    )
+    with bar:
+        for epoch in range(done + 1, epochs + 1):
             start = time.perf_counter()
             total, rows = 0.0, 0
+            rng = np.random.default_rng([int(seed), epoch])
             for b in minibatches(data, batch, rng):
                 vals = model.forward(**{**b, **params})
                 value = float(vals[loss])
@@ -357,6 +625,8 @@ def fit(
                 if valid_metric is not None:
                     history.valid_metric.append(valid_metric)
             history.seconds.append(time.perf_counter() - start)
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, params, opt, epoch, history, int(seed))
             if on_epoch is not None:
                 on_epoch(epoch, history)
     return history
@@ -483,11 +753,15 @@ def train_command(
     seed: int,
     plot: str | None,
     hidden: int,
+    save: str | None = None,
+    resume: str | None = None,
 ) -> int:
     """`indexgrad train`: fit FILE on a built-in data set, print each epoch and the test accuracy.
 
     Index sizes come from the data; every other index of a param (the hidden width) gets `hidden`.
-    The loss is the program's last defined tensor.
+    The loss is the program's last defined tensor. `save` writes a checkpoint after every epoch,
+    `resume` continues from one (see fit); the seed also fixes the data split and the initial
+    params, so a resumed run must use the seed, --hidden and data set of the run that saved.
     """
     try:
         load = _lookup(DATASETS, data, "data set")
@@ -497,6 +771,8 @@ def train_command(
                 raise IndexgradError(f"{flag} must be at least 1, got {value}")
         if not lr > 0:
             raise IndexgradError(f"--lr must be positive, got {lr}")
+        if seed < 0:
+            raise IndexgradError(f"--seed must be a non-negative integer, got {seed}")
     except IndexgradError as e:
         e.filename = "indexgrad train"  # a flag's mistake, not the file's
         raise
@@ -521,6 +797,13 @@ def train_command(
     def metric(vals: Mapping[str, Array], _: Mapping[str, Array]) -> float:
         return float(np.mean(np.argmax(vals[scores], axis=-1) == labels))
 
+    trained: list[int] = []
+    log = log_epochs(epochs)
+
+    def on_epoch(epoch: int, history: History) -> None:
+        trained.append(epoch)
+        log(epoch, history)
+
     history = fit(
         model,
         params,
@@ -533,11 +816,18 @@ def train_command(
         seed=seed,
         valid=test,
         metric=metric,
-        on_epoch=log_epochs(epochs),
+        on_epoch=on_epoch,
+        checkpoint=save,
+        resume=resume,
     )
     seconds = time.perf_counter() - start
+    done = len(history.loss)
+    if not trained:
+        print(f"the checkpoint is already at epoch {done} of {epochs}; nothing to train")
     final = history.valid_metric[-1]
-    print(f"test accuracy {100 * final:.2f}% after {epochs} epochs in {seconds:.1f} s")
+    print(f"test accuracy {100 * final:.2f}% after {done} epochs in {seconds:.1f} s")
+    if save and trained:
+        print(f"wrote {save} (epoch {done})")
     if plot:
         plot_history(history, plot)
         print(f"wrote {plot}")

@@ -328,11 +328,6 @@ def test_random_bytes_are_not_an_npz(affine: Path, tmp_path: Path, seed: int) ->
     run_error(["run", str(affine), "--inputs", str(p)])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="np.load takes any non-zip, non-.npy file for a pickle, so random bytes are reported as "
-    "'the file holds pickled objects', which they do not",
-)
 def test_random_bytes_are_called_not_an_npz(affine: Path, tmp_path: Path) -> None:
     p = tmp_path / "random.npz"
     p.write_bytes(b"this is not an archive\n" * 10)
@@ -485,11 +480,6 @@ def test_interrupted_first_write_leaves_nothing(
     assert os.listdir(outdir) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an OSError while writing --out (disk full) escapes save_npz_atomic and is reported as "
-    "'indexgrad: internal error: OSError' instead of a user error naming the file",
-)
 def test_out_write_failure_is_a_user_error(
     affine: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -510,11 +500,6 @@ def test_out_into_a_missing_directory(affine: Path, tmp_path: Path) -> None:
     assert "r.npz" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="--out naming a directory: os.replace raises IsADirectoryError, reported as "
-    "'indexgrad: internal error' (exit 2) instead of a user error",
-)
 def test_out_onto_a_directory(affine: Path, tmp_path: Path) -> None:
     inputs = good_inputs(tmp_path / "in.npz")
     d = tmp_path / "taken.npz"
@@ -523,10 +508,6 @@ def test_out_onto_a_directory(affine: Path, tmp_path: Path) -> None:
     assert d.is_dir() and not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="--out is created by tempfile.mkstemp with mode 0600; a plain write would give 0666 & ~umask",
-)
 def test_out_file_permissions_follow_the_umask(affine: Path, tmp_path: Path) -> None:
     inputs = good_inputs(tmp_path / "in.npz")
     out = tmp_path / "r.npz"

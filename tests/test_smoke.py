@@ -39,3 +39,19 @@ def test_user_error_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[st
     err = capsys.readouterr().err
     assert err.startswith(f"{bad}:1:14: error:")
     assert "Traceback" not in err
+
+
+def test_fmt_of_many_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`indexgrad fmt examples/*.idx`: each file after a `# file:` line; a bad file is reported and
+    skipped, and the exit status says so."""
+    assert main(["fmt", *map(str, EXAMPLES)]) == 0
+    sections = capsys.readouterr().out.split("# file: ")[1:]
+    assert len(sections) == len(EXAMPLES)
+    for path, section in zip(EXAMPLES, sections):
+        head, _, text = section.partition("\n")
+        assert head == str(path) and ig.parse(text) == ig.load(path)
+    bad = tmp_path / "bad.idx"
+    bad.write_text("y[i] = x[i] +\n")
+    assert main(["fmt", str(bad), str(EXAMPLES[0])]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(f"{bad}:1:14: error:") and f"# file: {EXAMPLES[0]}" in out

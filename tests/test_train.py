@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import zipfile
 from pathlib import Path
 
 import autograd
@@ -20,14 +22,20 @@ from indexgrad.train import (
     fit,
     infer_sizes,
     init_params,
+    load_checkpoint,
     load_digits_data,
     make_optimizer,
     minibatches,
     plot_history,
+    restore_checkpoint,
+    save_checkpoint,
+    save_npz_atomic,
     train_command,
 )
 
-MLP = Path(__file__).resolve().parent.parent / "examples" / "mlp.idx"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+MLP = EXAMPLES / "mlp.idx"
+CNN = EXAMPLES / "cnn.idx"
 
 
 @pytest.fixture(scope="module")
@@ -266,3 +274,269 @@ def test_load_digits_data(digits) -> None:
     train_y, _ = load_digits_data(labels="integer", dtype=np.float64)
     assert set(train_y) == {"x", "y"} and train_y["y"].dtype == np.int64
     assert train_y["x"].dtype == np.float64
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+
+
+def arrays_of(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def assert_same_run(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    """Two checkpoints hold the same params, optimizer state and History, bit for bit."""
+    assert sorted(a) == sorted(b)
+    for key in a:
+        if key != "history.seconds":  # wall time, the one thing that may differ
+            assert a[key].dtype == b[key].dtype, key
+            assert np.array_equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize(
+    "make_opt", [lambda: Adam(1e-2), lambda: SGD(0.05, momentum=0.9)], ids=["adam", "sgd"]
+)
+def test_resume_equals_straight_run_bit_for_bit(mlp: ig.Model, digits, tmp_path: Path, make_opt) -> None:
+    train, test = digits
+    sub = {k: a[:300] for k, a in train.items()}
+    sizes = {**infer_sizes(mlp, sub), "h": 16}
+
+    def run(epochs: int, seed_init: int = 0, **kw) -> tuple[dict[str, np.ndarray], History]:
+        params = init_params(mlp, sizes, seed=seed_init)
+        history = fit(
+            mlp,
+            params,
+            sub,
+            epochs=epochs,
+            batch=32,
+            optimizer=make_opt(),
+            seed=5,
+            valid=test,
+            metric=accuracy(),
+            progress=False,
+            **kw,
+        )
+        return params, history
+
+    straight, h_straight = run(4, checkpoint=tmp_path / "straight.npz")
+    half, h_half = run(2, checkpoint=tmp_path / "c.npz")
+    assert load_checkpoint(tmp_path / "c.npz").epoch == 2
+    # other initial params prove that the params come from the checkpoint
+    resumed, h_resumed = run(4, seed_init=9, resume=tmp_path / "c.npz", checkpoint=tmp_path / "c.npz")
+    for n in straight:
+        assert np.array_equal(straight[n], resumed[n]), n
+        assert not np.array_equal(straight[n], half[n]) or not straight[n].any()
+    for name in ("loss", "valid_loss", "valid_metric"):
+        assert getattr(h_resumed, name) == getattr(h_straight, name)
+        assert len(getattr(h_resumed, name)) == 4
+    assert len(h_resumed.seconds) == 4
+    assert_same_run(arrays_of(tmp_path / "straight.npz"), arrays_of(tmp_path / "c.npz"))
+    assert all(not name.startswith(".") for name in os.listdir(tmp_path))  # no temporary files
+
+
+def test_checkpoint_holds_plain_numeric_arrays(mlp: ig.Model, tmp_path: Path) -> None:
+    params, data = small_problem(np.random.default_rng(0))
+    path = tmp_path / "c.npz"
+    fit(mlp, params, data, epochs=2, batch=3, optimizer=Adam(1e-2), seed=3, checkpoint=path, progress=False)
+    arrays = arrays_of(tmp_path / "c.npz")
+    assert all(a.dtype.kind in "iuf" for a in arrays.values())
+    assert int(arrays["epoch"]) == 2 and int(arrays["seed"]) == 3
+    assert int(arrays["optimizer.t"]) == 2 * 3  # 7 rows in batches of 3: 3 steps per epoch
+    assert {k for k in arrays if k.startswith("param.")} == {f"param.{n}" for n in params}
+    ckpt = load_checkpoint(tmp_path / "c.npz")
+    assert ckpt.optimizer == "adam" and len(ckpt.history.loss) == 2
+    assert all(np.array_equal(ckpt.params[n], params[n]) for n in params)
+
+
+def test_resume_past_the_last_epoch_trains_nothing(mlp: ig.Model, tmp_path: Path) -> None:
+    params, data = small_problem(np.random.default_rng(0))
+    fit(mlp, params, data, epochs=2, batch=3, progress=False, checkpoint=tmp_path / "c.npz")
+    before = {n: p.copy() for n, p in params.items()}
+    history = fit(mlp, params, data, epochs=1, batch=3, progress=False, resume=tmp_path / "c.npz")
+    assert len(history.loss) == 2
+    assert all(np.array_equal(before[n], params[n]) for n in params)
+
+
+def test_cli_resume_equals_straight_run(tmp_path: Path, capsys) -> None:
+    from indexgrad.cli import main
+
+    common = ["train", str(MLP), "--hidden", "8", "--batch", "128"]
+    straight, ckpt = str(tmp_path / "straight.npz"), str(tmp_path / "c.npz")
+    assert main([*common, "--epochs", "3", "--save", straight]) == 0
+    assert main([*common, "--epochs", "2", "--save", ckpt]) == 0
+    assert main([*common, "--epochs", "3", "--resume", ckpt, "--save", ckpt]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 3/3" in out and f"wrote {ckpt} (epoch 3)" in out
+    assert_same_run(arrays_of(Path(straight)), arrays_of(Path(ckpt)))
+
+
+def test_checkpoint_write_is_atomic(mlp: ig.Model, tmp_path: Path, monkeypatch) -> None:
+    params, data = small_problem(np.random.default_rng(0))
+    path = tmp_path / "c.npz"
+    fit(mlp, params, data, epochs=1, batch=7, progress=False, checkpoint=path)
+    old = path.read_bytes()
+    real_savez = np.savez
+
+    def savez_then_fail(file, **arrays):
+        real_savez(file, **arrays)  # a whole archive, then some of another, then a failure
+        file.write(b"PK\x03\x04 half of the next entry")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", savez_then_fail)
+    with pytest.raises(ig.IndexgradError, match="cannot write .*No space left on device"):
+        fit(mlp, params, data, epochs=1, batch=7, progress=False, checkpoint=path)
+    assert path.read_bytes() == old
+    assert os.listdir(tmp_path) == ["c.npz"]  # the temporary file is gone
+
+    def interrupted(file, **arrays):
+        file.write(b"PK\x03\x04")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_npz_atomic(path, {"a": np.zeros(3)})
+    assert path.read_bytes() == old and os.listdir(tmp_path) == ["c.npz"]
+    monkeypatch.setattr(np, "savez", real_savez)
+    save_npz_atomic(path, {"a": np.arange(3)})  # and a write that succeeds replaces it
+    assert list(arrays_of(path)) == ["a"] and os.listdir(tmp_path) == ["c.npz"]
+
+
+def bad_checkpoints(tmp_path: Path, good: Path) -> dict[str, tuple[Path, str]]:
+    """Broken or foreign files, each with the message (a regex) that loading one must give."""
+    data = good.read_bytes()
+    cases: dict[str, tuple[bytes | dict[str, np.ndarray], str]] = {
+        "empty": (b"", "not an .npz archive \\(it is empty\\)"),
+        "text": (b"W1 = 3\n", "not an .npz archive"),
+        "truncated": (data[: len(data) // 2], "damaged .npz archive"),
+        "foreign": ({"W1": np.zeros(3)}, "not an indexgrad checkpoint"),
+        "pickled": ({"a": np.array([{}], dtype=object)}, "pickled objects"),
+    }
+    arrays = arrays_of(good)
+    cases["newer"] = ({**arrays, "indexgrad.checkpoint": np.array(99)}, "format version 99")
+    cases["no epoch"] = ({k: a for k, a in arrays.items() if k != "epoch"}, "no entry 'epoch'")
+    short = {**arrays, "history.loss": arrays["history.loss"][:1]}
+    cases["short history"] = (short, "'history.loss' has 1 entries for 2 epochs")
+    flipped = bytearray(data)
+    start = data.index(b"param.W1.npy") + 200  # inside W1's stored bytes
+    flipped[start : start + 8] = bytes(b ^ 0xFF for b in flipped[start : start + 8])
+    cases["flipped bytes"] = (bytes(flipped), "damaged .npz archive")
+    out = {}
+    for name, (content, message) in cases.items():
+        path = tmp_path / (name.replace(" ", "_") + ".npz")
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            np.savez(path, **content)
+        out[name] = (path, message)
+    out["missing"] = (tmp_path / "missing.npz", "no such file: .*missing.npz \\(the checkpoint\\)")
+    return out
+
+
+def test_bad_checkpoint_files_are_errors(mlp: ig.Model, tmp_path: Path) -> None:
+    params, data = small_problem(np.random.default_rng(0))
+    good = tmp_path / "good.npz"
+    fit(mlp, params, data, epochs=2, batch=7, progress=False, checkpoint=good)
+    assert zipfile.is_zipfile(good)
+    before = {n: p.copy() for n, p in params.items()}
+    for name, (path, message) in bad_checkpoints(tmp_path, good).items():
+        with pytest.raises(ig.IndexgradError, match=message) as e:
+            fit(mlp, params, data, epochs=3, batch=7, progress=False, resume=path)
+        assert e.value.filename == str(path), name
+    assert all(np.array_equal(before[n], params[n]) for n in params)  # nothing was changed
+
+
+def test_mismatched_checkpoint_is_an_error(mlp: ig.Model, tmp_path: Path) -> None:
+    params, data = small_problem(np.random.default_rng(0))
+    path = tmp_path / "c.npz"
+    fit(mlp, params, data, epochs=1, batch=7, optimizer=Adam(), seed=2, checkpoint=path, progress=False)
+    other = ig.compile(
+        "param W[d,c], B[c]\n"
+        "input x[b,d], Y[b,c]\n"
+        "z[b,c] = x[b,d] W[d,c] + B[c]\n"
+        "loss = mean[b](sum[c]((z[b,c] - Y[b,c])^2))\n"
+    )
+
+    def copy(ps: dict[str, np.ndarray], dtype=None) -> dict[str, np.ndarray]:
+        return {n: p.astype(dtype or p.dtype) for n, p in ps.items()}
+
+    wider = {**copy(params), "W1": np.zeros((5, 6)), "B1": np.zeros(6), "W2": np.zeros((6, 3))}
+    cases = [  # (model, params, optimizer, seed, message)
+        (mlp, wider, Adam(), 2, r"param 'W1' has shape \(5, 4\) in the checkpoint but \(5, 6\) here"),
+        (mlp, copy(params, np.float32), Adam(), 2, "param 'W1' is float64 in the checkpoint but float32"),
+        (mlp, copy(params), SGD(), 2, "it was written by the adam optimizer, not sgd"),
+        (mlp, copy(params), Adam(), 1, "it was trained with seed 2, not 1; pass the same seed"),
+        (
+            other,
+            {"W": np.zeros((5, 3)), "B": np.zeros(3)},
+            Adam(),
+            2,
+            "it holds params B1, B2, W1, W2 but the program's are B, W \\(a checkpoint of another program",
+        ),
+    ]
+    for model, ps, opt, seed, message in cases:
+        before = copy(ps)
+        with pytest.raises(ig.IndexgradError, match="checkpoint does not fit this run: " + message) as e:
+            fit(model, ps, data, epochs=2, batch=7, optimizer=opt, seed=seed, resume=path, progress=False)
+        assert e.value.filename == str(path)
+        assert all(np.array_equal(before[n], ps[n]) for n in ps)  # nothing was changed
+    # the functions fit uses are public too
+    ckpt = load_checkpoint(path)
+    fresh = {n: np.zeros_like(p) for n, p in params.items()}
+    opt = Adam()
+    assert restore_checkpoint(ckpt, fresh, opt, seed=2)[0] == 1 and opt.t == 1
+    assert all(np.array_equal(fresh[n], params[n]) for n in params)
+    save_checkpoint(tmp_path / "again.npz", fresh, opt, ckpt.epoch, ckpt.history, seed=2)
+    assert_same_run(arrays_of(path), arrays_of(tmp_path / "again.npz"))
+
+
+def test_checkpoint_needs_a_stateful_optimizer_and_a_directory(mlp: ig.Model, tmp_path: Path) -> None:
+    params, data = small_problem(np.random.default_rng(0))
+
+    class Plain:
+        def step(self, params, grads):  # an Optimizer without get_state / set_state
+            pass
+
+    with pytest.raises(ig.IndexgradError, match="cannot checkpoint a Plain optimizer"):
+        fit(mlp, params, data, optimizer=Plain(), progress=False, checkpoint=tmp_path / "c.npz")
+    with pytest.raises(ig.IndexgradError, match="no such directory"):
+        fit(mlp, params, data, progress=False, checkpoint=tmp_path / "nowhere" / "c.npz")
+    with pytest.raises(ig.IndexgradError, match="seed must be a non-negative integer"):
+        fit(mlp, params, data, progress=False, seed=-1)
+    assert not os.listdir(tmp_path)
+
+
+def test_cli_bad_checkpoint_exits_2_without_traceback(tmp_path: Path, capsys) -> None:
+    from indexgrad.cli import main
+
+    common = ["train", str(MLP), "--epochs", "2", "--hidden", "8"]
+    ckpt = tmp_path / "c.npz"
+    assert main([*common, "--epochs", "1", "--save", str(ckpt)]) == 0
+    capsys.readouterr()
+    (tmp_path / "junk.npz").write_bytes(ckpt.read_bytes()[:100])
+    cases = [
+        (["--resume", str(tmp_path / "missing.npz")], "(the checkpoint)"),
+        (["--resume", str(tmp_path / "junk.npz")], "damaged .npz archive"),
+        (["--resume", str(ckpt), "--hidden", "16"], "param 'W1' has shape (64, 8)"),
+        (["--resume", str(ckpt), "--seed", "1"], "trained with seed 0, not 1"),
+        (["--save", str(tmp_path / "no" / "c.npz")], "no such directory"),
+    ]
+    for extra, message in cases:
+        assert main([*common, *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and "internal error" not in err
+
+
+# ---- the CNN of examples/cnn.idx -------------------------------------------------------------
+
+
+def test_cnn_loss_decreases_with_fit(digits) -> None:
+    model = ig.compile(CNN)
+    train, _ = digits
+    images = {"x": train["x"][:300].reshape(-1, 8, 8), "Y": train["Y"][:300]}
+    sizes = {**infer_sizes(model, images), "o": 4, "u": 3, "v": 3, "r": 6, "c": 6}
+    params = init_params(model, sizes, init="he", seed=0)
+    start = float(model.forward(**images, **params)["loss"])
+    history = fit(model, params, images, epochs=2, batch=32, lr=1e-2, progress=False)
+    end = float(model.forward(**images, **params)["loss"])
+    assert history.loss[1] < history.loss[0]
+    assert end < 0.8 * start
