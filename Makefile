@@ -13,6 +13,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/indexgrad grad examples/mlp.idx --wrt W1,B1,W2,B2
 	$(BIN)/python examples/train_digits.py
+	$(BIN)/python examples/train_cnn.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
