@@ -13,8 +13,9 @@ import numpy as np
 
 from .errors import IndexgradError
 from .files import load_npz, save_npz_atomic
+from .lower import Contract
 from .model import Model, compile
-from .nodes import Decl
+from .nodes import Affine, Decl, Ref, ref_index_names
 
 Array = np.ndarray
 Data = Mapping[str, Any]
@@ -61,37 +62,57 @@ def param_shapes(model: Model, sizes: Mapping[str, int]) -> dict[str, tuple[int,
     return shapes
 
 
-def fans(shape: tuple[int, ...]) -> tuple[int, int]:
-    """(fan-in, fan-out) of a weight: fan-out is the last declared index, fan-in all the others.
+def fans(shape: tuple[int, ...], summed: tuple[bool, ...] | None = None) -> tuple[int, int]:
+    """(fan-in, fan-out) of a weight: fan-in the axes its first product sums over, fan-out the rest.
 
-    This reads `W1[d,h]` as a map from d to h, the order in which the examples declare weights,
-    and a convolution kernel `K[u,v,o]` as fan-in u*v, fan-out o.
+    `summed` marks the axes whose index the first product reading the weight sums over: in
+    `x[b,d] W1[d,h]` d is summed (fan-in 64) and h kept (fan-out); a kernel in
+    `x[b,r+u,c+v] K[o,u,v]` has fan-in u*v and fan-out o. Without it, or when it marks every axis
+    or none, the last axis is the fan-out and the others the fan-in.
     """
     if not shape:
         return 1, 1
-    return math.prod(shape[:-1]), shape[-1]
+    if summed is None or all(summed) or not any(summed):
+        summed = (True,) * (len(shape) - 1) + (False,)
+    fan_in = math.prod(d for d, s in zip(shape, summed) if s)
+    return fan_in, math.prod(d for d, s in zip(shape, summed) if not s)
 
 
-def _glorot(rng: np.random.Generator, shape: tuple[int, ...]) -> Array:
-    fan_in, fan_out = fans(shape)
+def summed_axes(model: Model, name: str) -> tuple[bool, ...] | None:
+    """Per axis of `name`, whether the first contraction reading it sums that axis's index."""
+    for p in model.prims:
+        if not isinstance(p, Contract):
+            continue
+        kept = set(ref_index_names(p.out))
+        for f, _ in p.factors:
+            if isinstance(f, Ref) and f.name == name:
+                return tuple(
+                    not (isinstance(i, Affine) and i.plain is not None and i.plain in kept)
+                    for i in f.indices
+                )
+    return None
+
+
+def _glorot(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int) -> Array:
     limit = math.sqrt(6.0 / (fan_in + fan_out))
     return rng.uniform(-limit, limit, shape)
 
 
-def _he(rng: np.random.Generator, shape: tuple[int, ...]) -> Array:
-    fan_in, _ = fans(shape)
+def _he(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int) -> Array:
     return rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)
 
 
-def _normal(rng: np.random.Generator, shape: tuple[int, ...]) -> Array:
+def _normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int) -> Array:
     return rng.standard_normal(shape) * 0.01
 
 
-def _zeros(rng: np.random.Generator, shape: tuple[int, ...]) -> Array:
+def _zeros(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int) -> Array:
     return np.zeros(shape)
 
 
-INITIALIZERS: dict[str, Callable[[np.random.Generator, tuple[int, ...]], Array]] = {
+Initializer = Callable[[np.random.Generator, tuple[int, ...], int, int], Array]
+
+INITIALIZERS: dict[str, Initializer] = {
     "glorot": _glorot,  # uniform on ±sqrt(6 / (fan_in + fan_out)) (Glorot & Bengio, 2010)
     "he": _he,  # normal with std sqrt(2 / fan_in) (He et al., 2015), for relu layers
     "normal": _normal,  # normal with std 0.01
@@ -114,14 +135,17 @@ def init_params(
 ) -> dict[str, Array]:
     """Fresh arrays for every declared param, seeded; biases and scalars (rank < 2) start at zero.
 
-    Weights (rank >= 2) are drawn by `init` from INITIALIZERS with fan-in the product of the sizes
-    of all but the last declared index and fan-out the size of the last (see `fans`).
+    Weights (rank >= 2) are drawn by `init` from INITIALIZERS with fan-in the sizes of the indices
+    the program sums them over and fan-out the others (see `fans`).
     """
     draw = _lookup(INITIALIZERS, init, "initializer")
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in param_shapes(model, sizes).items():
-        values = draw(rng, shape) if len(shape) >= 2 else np.zeros(shape)
+        if len(shape) >= 2:
+            values = draw(rng, shape, *fans(shape, summed_axes(model, name)))
+        else:
+            values = np.zeros(shape)
         params[name] = np.ascontiguousarray(values, dtype=dtype)  # drawn in float64 for any dtype
     return params
 

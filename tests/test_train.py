@@ -30,6 +30,7 @@ from indexgrad.train import (
     restore_checkpoint,
     save_checkpoint,
     save_npz_atomic,
+    summed_axes,
     train_command,
 )
 
@@ -143,6 +144,17 @@ def test_init_shapes_fans_and_seeding(mlp: ig.Model) -> None:
     assert not np.array_equal(he["W1"], init_params(mlp, sizes, init="he", seed=4)["W1"])
     assert not any(p.any() for p in init_params(mlp, sizes, init="zeros").values())
     assert fans((64, 32)) == (64, 32) and fans((3, 3, 8)) == (9, 8)
+    assert fans((8, 3, 3), (False, True, True)) == (9, 8)
+
+
+def test_fans_follow_the_indices_the_program_sums() -> None:
+    cnn = ig.compile(EXAMPLES / "cnn.idx")
+    assert summed_axes(cnn, "K") == (False, True, True)  # x[b,r+u,c+v] K[o,u,v]: fan-in u*v
+    assert summed_axes(cnn, "W") == (True, True, True, False)
+    sizes = {"row": 8, "col": 8, "o": 8, "u": 3, "v": 3, "r": 6, "c": 6, "k": 10}
+    he = init_params(cnn, sizes, init="he", seed=0, dtype=np.float64)
+    assert abs(he["K"].std() / np.sqrt(2 / 9) - 1) < 0.15
+    assert abs(he["W"].std() / np.sqrt(2 / (8 * 6 * 6)) - 1) < 0.1
 
 
 def test_init_errors(mlp: ig.Model) -> None:
