@@ -258,7 +258,16 @@ def cmd_train(a: argparse.Namespace) -> int:
         a.hidden,
         save=a.save,
         resume=a.resume,
+        dims=_train_dims(a.dims),
     )
+
+
+def _train_dims(text: str | None) -> dict[str, int]:
+    try:
+        return parse_dims(text)
+    except IndexgradError as e:
+        e.filename = "indexgrad train"  # a flag's mistake, not the file's
+        raise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -311,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", default="adam")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--hidden", type=int, default=128)
+    t.add_argument("--dims", help="sizes of indices the data does not give, e.g. o=8,u=3,v=3")
     t.add_argument("--plot")
     t.add_argument("--save", metavar="CKPT", help="write a checkpoint (.npz) after every epoch")
     t.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint up to --epochs")

@@ -21,7 +21,7 @@ from .nodes import (
     Statement,
     Sum,
 )
-from .printer import format_number
+from .printer import format_index, format_number
 
 # `+=` as a relation; mathtext has no \mathrel, so the relation's thick spaces are written out
 PLUS_EQ = r"\;{+}{=}\;"
@@ -66,17 +66,7 @@ def index_latex(i: Index) -> str:
     """One index position: `j`, `j+k`, `2j+k`, or a label reference `y_{b}`."""
     if isinstance(i, Gather):
         return ref_latex(i.ref)
-    parts: list[str] = []
-    for c, n in i.terms:
-        text = (str(abs(c)) if abs(c) != 1 else "") + _word(n)
-        if not parts:
-            parts.append(("-" if c < 0 else "") + text)
-        else:
-            parts.append(("-" if c < 0 else "+") + text)
-    if i.const or not parts:
-        c = i.const
-        parts.append(str(c) if not parts else (f"+{c}" if c > 0 else str(c)))
-    return "".join(parts)
+    return format_index(i, _word, "")
 
 
 def ref_latex(r: Ref) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from .nodes import (
     Call,
@@ -32,13 +33,14 @@ def format_number(v: float) -> str:
     return repr(float(v))
 
 
-def format_index(i: Index) -> str:
+def format_index(i: Index, name: Callable[[str], str] = str, times: str = "*") -> str:
+    """An index position as text: `j`, `2*j+k`, `i-1`; `name` and `times` let LaTeX reuse it."""
     if isinstance(i, Gather):
         return format_ref(i.ref) if i.ref.indices else f"{i.ref.name}[]"
     parts: list[str] = []
     for k, n in i.terms:
         mag = abs(k)
-        text = n if mag == 1 else f"{mag}*{n}"
+        text = name(n) if mag == 1 else f"{mag}{times}{name(n)}"
         if not parts:
             parts.append(("-" if k < 0 else "") + text)
         else:

@@ -76,6 +76,8 @@ def infer_shapes(program: Program, dims: dict[str, int], default: int = 3) -> di
             if n in dims:
                 size.setdefault(root, dims[n])
 
+    _solve_affine(uf, size, refs)
+
     def index_size(k: int, n: str) -> int:
         return size.get(uf.find(("I", k, n)), dims.get(n, default))
 
@@ -99,6 +101,28 @@ def infer_shapes(program: Program, dims: dict[str, int], default: int = 3) -> di
         if d.ref.name not in shapes:
             shapes[d.ref.name] = tuple(dims.get(i.plain or "", default) for i in d.ref.indices)  # type: ignore[union-attr]
     return shapes
+
+
+def _solve_affine(uf: _Classes, size: dict[tuple, int], refs: list[tuple[int, Ref]]) -> None:
+    """Sizes that index arithmetic implies: in x[r+u] with x's axis and u sized, r has the "valid"
+    extent |x| - |u| + 1 (in general, the one unsized name of a position gets the most values
+    that keep the position inside the axis)."""
+    changed = True
+    while changed:
+        changed = False
+        for k, r in refs:
+            for axis, i in enumerate(r.indices):
+                if not isinstance(i, Affine) or i.plain is not None:
+                    continue
+                extent = size.get(uf.find(("T", r.name, axis)))
+                unknown = [(c, n) for c, n in i.terms if uf.find(("I", k, n)) not in size]
+                if extent is None or len(unknown) != 1 or unknown[0][0] <= 0:
+                    continue
+                (c, n), top = unknown[0], extent - 1 - i.const
+                top -= sum(max(c2, 0) * (size[uf.find(("I", k, n2))] - 1) for c2, n2 in i.terms if n2 != n)
+                if top >= 0:
+                    size[uf.find(("I", k, n))] = top // c + 1
+                    changed = True
 
 
 def _positive_names(program: Program) -> set[str]:

@@ -17,7 +17,7 @@ import opt_einsum as oe
 from .check import sized_like
 from .derive import derive_for
 from .errors import IndexgradError
-from .lower import Contract, Elementwise, Prim, Reduction, Terms, label_refs, lower, prim_statement
+from .lower import Contract, Elementwise, Prim, Reduction, Terms, label_refs, lower, prim_refs, prim_statement
 from .model import load
 from .nodes import Affine, Program, Ref, Statement, ref_index_names
 from .plan import plan_contraction
@@ -120,7 +120,7 @@ def _shown_refs(program: Program, prims: list[Prim]) -> dict[str, str]:
     refs: list[Ref] = []
     for p in prims:
         refs.append(p.out)
-        refs.extend(_operands(p))
+        refs.extend(prim_refs(p))
         refs.extend(label_refs(p))
     for r in refs:
         if _plain(r):
@@ -131,16 +131,6 @@ def _shown_refs(program: Program, prims: list[Prim]) -> dict[str, str]:
             out[r.name] = r.name + out[base][len(base) :]
         out.setdefault(r.name, r.name)
     return out
-
-
-def _operands(p: Prim) -> list[Ref]:
-    if isinstance(p, Contract):
-        return [f for f, _ in p.factors if isinstance(f, Ref)]
-    if isinstance(p, Elementwise):
-        return [a for a in p.args if isinstance(a, Ref)]
-    if isinstance(p, Terms):
-        return [u for _, u in p.terms if isinstance(u, Ref)]
-    return [p.arg]
 
 
 def _summed(p: Contract) -> list[str]:
@@ -160,7 +150,7 @@ def operation_label(p: Prim) -> str:
         parts = []
         if p.coef != 1:
             parts.append("−" if p.coef == -1 else format_number(p.coef))
-        if len(_operands(p)) > 1:
+        if len(prim_refs(p)) > 1:
             parts.append("×")
         summed = _summed(p)
         if summed:
@@ -199,7 +189,7 @@ def _edge_labels(p: Prim) -> list[tuple[Ref, str]]:
                     label = "+= " + label
                 out.append((u, label))
     else:
-        out.extend((r, base) for r in _operands(p))
+        out.extend((r, base) for r in prim_refs(p))
     fixed = []
     for r, label in out:
         if not _plain(r):  # how index arithmetic or a label reads it: `[j+k]`
@@ -228,13 +218,13 @@ def computation_graph(
     for n in program.inputs():
         g.add(n, shown.get(n, n), "param" if n in params else "label" if n in labels else "input")
     for p in prims:
-        for r in [*_operands(p), *label_refs(p)]:
+        for r in [*prim_refs(p), *label_refs(p)]:
             g.add(r.name, shown[r.name], "label" if r.name in labels else "input")
         g.add(p.out.name, shown[p.out.name], "defined" if p.out.name in defined else "temporary")
     if derived is not None:
         grads = set(derived.defined())
         for p in back_prims:
-            for r in [*_operands(p), *label_refs(p)]:
+            for r in [*prim_refs(p), *label_refs(p)]:
                 g.add(r.name, shown[r.name], "seed")
             g.add(
                 p.out.name,
@@ -388,7 +378,7 @@ def _order(path: list[tuple[int, ...]], labels: list[str]) -> str:
 
 def contraction_cost(p: Contract, sizes: dict[str, int]) -> dict[str, Any]:
     """opt_einsum's figures for one contraction, read as the executor reads it (SPEC 3)."""
-    refs = _operands(p)
+    refs = prim_refs(p)
     names = [ref_index_names(r) for r in refs]
     present = {n for nm in names for n in nm}
     kept = tuple(n for n in ref_index_names(p.out) if n in present)

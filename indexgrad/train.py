@@ -16,6 +16,7 @@ from .files import load_npz, save_npz_atomic
 from .lower import Contract
 from .model import Model, compile
 from .nodes import Affine, Decl, Ref, ref_index_names
+from .shapes import infer_shapes
 
 Array = np.ndarray
 Data = Mapping[str, Any]
@@ -767,6 +768,18 @@ def _logits_name(
     )
 
 
+def _as_declared(model: Model, data: dict[str, Array]) -> dict[str, Array]:
+    """Flat square images x[b,d] as x[b,row,col] when the program declares x with three indices."""
+    x = data.get("x")
+    decl = next((d for d in model.program.decls if d.ref.name == "x"), None)
+    if x is None or decl is None or len(decl.ref.indices) != 3 or x.ndim != 2:
+        return data
+    side = math.isqrt(x.shape[1])
+    if side * side != x.shape[1]:
+        return data
+    return {**data, "x": x.reshape(len(x), side, side)}
+
+
 def train_command(
     path: str,
     data: str,
@@ -779,10 +792,14 @@ def train_command(
     hidden: int,
     save: str | None = None,
     resume: str | None = None,
+    dims: Mapping[str, int] | None = None,
 ) -> int:
     """`indexgrad train`: fit FILE on a built-in data set, print each epoch and the test accuracy.
 
-    Index sizes come from the data; every other index of a param (the hidden width) gets `hidden`.
+    Index sizes come from the data and `dims` (`--dims o=8,u=3,v=3`), then from index arithmetic
+    (x[b,r+u,c+v] with row and u known gives r its "valid" extent); every other index of a param
+    (the hidden width) gets `hidden`. Images are given as x[b,row,col] when the program declares
+    x with three indices, else as flat rows x[b,d].
     The loss is the program's last defined tensor. `save` writes a checkpoint after every epoch,
     `resume` continues from one (see fit); the seed also fixes the data split and the initial
     params, so a resumed run must use the seed, --hidden and data set of the run that saved.
@@ -806,12 +823,17 @@ def train_command(
         raise IndexgradError("the program defines nothing to train", filename=str(path))
     train, test = load(seed=seed, labels="integer" if model.labels else "onehot")
     train, test = _model_data(model, train, data), _model_data(model, test, data)
-    sizes = infer_sizes(model, train)
-    widths = {}  # param indices the data does not size: the hidden width
+    train, test = _as_declared(model, train), _as_declared(model, test)
+    sizes = {**infer_sizes(model, train), **(dims or {})}
+    shapes = infer_shapes(model.program, sizes, default=hidden)
+    widths = {}  # param indices neither the data, --dims nor index arithmetic size: the hidden width
     for decl in model.program.decls:
         if decl.role == "param":
-            widths.update((n, hidden) for n in _decl_indices(model, decl) if n not in sizes)
-    sizes.update(widths)
+            for n, size in zip(_decl_indices(model, decl), shapes[decl.ref.name]):
+                if n not in sizes:
+                    sizes[n] = size
+                    if size == hidden:
+                        widths[n] = hidden
     params = init_params(model, sizes, init="he", seed=seed)
     loss = model.program.statements[-1].target.name
     labels = test["y"] if "y" in test else test["Y"].argmax(axis=-1)

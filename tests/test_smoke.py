@@ -55,3 +55,16 @@ def test_fmt_of_many_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["fmt", str(bad), str(EXAMPLES[0])]) == 2
     out, err = capsys.readouterr()
     assert err.startswith(f"{bad}:1:14: error:") and f"# file: {EXAMPLES[0]}" in out
+
+
+def test_dims_size_the_other_indices_through_index_arithmetic(capsys: pytest.CaptureFixture[str]) -> None:
+    """With i and k given, j in x[j+k] takes the "valid" extent 100 - 5 + 1 = 96 (b[j] too)."""
+    from indexgrad.shapes import infer_shapes
+
+    corr = ig.load(EXAMPLES[0].parent / "correlation.idx")
+    assert infer_shapes(corr, {"i": 100, "k": 5}) == {"w": (5,), "b": (96,), "x": (100,)}
+    strided = ig.load(EXAMPLES[0].parent / "strided_conv.idx")
+    shapes = infer_shapes(strided, {"row": 9, "col": 7, "u": 3, "v": 3, "b": 2, "ch": 1, "o": 2})
+    assert shapes["x"] == (2, 1, 9, 7)  # r = (9-3)//2+1 = 4 for s; r = 9-2*2 = 5 for d
+    assert main(["check", str(EXAMPLES[0].parent / "correlation.idx"), "--dims", "i=100,k=5"]) == 0
+    assert main(["check", str(EXAMPLES[0].parent / "strided_conv.idx"), "--dims", "row=9,col=7"]) == 0

@@ -258,6 +258,19 @@ def test_accuracy_one_hot_and_integer_labels() -> None:
     assert accuracy("z", "y")(vals, {"y": np.array([1, 0, 1])}) == 1.0
 
 
+def test_train_command_sizes_a_cnn_from_dims_and_index_arithmetic(capsys) -> None:
+    """cnn.idx reads x[b,row,col]: the digits come as 8x8 images, o, u, v from --dims, and the
+    "valid" r = c = 6 of x[b,r+u,c+v] from index arithmetic; the CNN learns in 3 epochs."""
+    from indexgrad.cli import main
+
+    args = ["train", str(EXAMPLES / "cnn.idx"), "--dims", "o=4,u=3,v=3", "--epochs", "3", "--lr", "1e-2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert float(out.split("test accuracy ")[-1].split("%")[0]) > 80
+    assert main([*args[:3], "o=4,u=3,v=x"]) == 2
+    assert capsys.readouterr().err.startswith("indexgrad train: error: --dims size for 'v'")
+
+
 def test_fit_refuses_params_it_cannot_update(mlp: ig.Model) -> None:
     params, data = small_problem(np.random.default_rng(0))
     params["W1"] = params["W1"].tolist()
