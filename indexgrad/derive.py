@@ -310,9 +310,11 @@ def tangent(p: Prim, has_tan: set[str], names: dict[str, str]) -> Statement | No
     if isinstance(p, Contract):
         for m, (a, k) in enumerate(p.factors):
             if isinstance(a, Ref) and a.name in has_tan:
-                rest = [powered(f, e) for n, (f, e) in enumerate(p.factors) if n != m]
-                mine = [powered(a, k - 1)] if k != 1 else []
-                terms.append(product([_tan(names, a), *mine, *rest], p.coef * k))
+                mine = [_tan(names, a)] + ([powered(a, k - 1)] if k != 1 else [])
+                factors: list[Expr] = []
+                for n, (f, e) in enumerate(p.factors):  # the tangent in its factor's place
+                    factors.extend(mine if n == m else [powered(f, e)])
+                terms.append(product(factors, p.coef * k))
     elif isinstance(p, Terms):
         for c, a in p.terms:
             if isinstance(a, Ref) and a.name in has_tan:
