@@ -9,15 +9,8 @@ import time
 from pathlib import Path
 
 import indexgrad as ig
-from indexgrad.train import (
-    accuracy,
-    fit,
-    infer_sizes,
-    init_params,
-    load_digits_data,
-    log_epochs,
-    plot_history,
-)
+from indexgrad.digits import load_digits_data
+from indexgrad.train import accuracy, fit, infer_sizes, init_params, log_epochs, plot_history
 
 HERE = Path(__file__).resolve().parent
 CHANNELS, KERNEL, EPOCHS, BATCH, LR, SEED = 8, 3, 40, 64, 1e-2, 0

@@ -4,15 +4,8 @@ import time
 from pathlib import Path
 
 import indexgrad as ig
-from indexgrad.train import (
-    accuracy,
-    fit,
-    infer_sizes,
-    init_params,
-    load_digits_data,
-    log_epochs,
-    plot_history,
-)
+from indexgrad.digits import load_digits_data
+from indexgrad.train import accuracy, fit, infer_sizes, init_params, log_epochs, plot_history
 
 HERE = Path(__file__).resolve().parent
 HIDDEN, EPOCHS, BATCH, LR, SEED = 128, 30, 64, 3e-3, 0  # the defaults of `indexgrad train`

@@ -244,7 +244,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .train import train_command
+    from .digits import train_command
 
     return train_command(
         a.file,

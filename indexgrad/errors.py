@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from .nodes import Span
 
@@ -75,6 +77,13 @@ def source_lines(source: str) -> list[str]:
 
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def lookup(table: Mapping[str, Any], name: str, what: str) -> Any:
+    """table[name], or an IndexgradError listing what is available."""
+    if name not in table:
+        raise IndexgradError(f"unknown {what} '{name}'; available: " + ", ".join(sorted(table)))
+    return table[name]
 
 
 class IndexgradWarning(UserWarning):

@@ -1,4 +1,4 @@
-"""Training: parameters from `param` declarations, initialisers, optimisers, minibatches and fit."""
+"""Training: parameters from `param` declarations, initialisers, minibatches, fit, checkpoints and plots."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from .errors import IndexgradError
+from .errors import IndexgradError, lookup
 from .files import load_npz, save_npz_atomic
 from .lower import Contract
-from .model import Model, compile
+from .model import Model
 from .nodes import Affine, Decl, Ref, ref_index_names
-from .shapes import infer_shapes
+from .optim import OPTIMIZERS, Optimizer, make_optimizer
 
 Array = np.ndarray
 Data = Mapping[str, Any]
@@ -31,7 +31,7 @@ def _decl_error(model: Model, decl: Decl, message: str) -> IndexgradError:
     return IndexgradError(message, decl.ref.span, model.program.filename, model.program.source)
 
 
-def _decl_indices(model: Model, decl: Decl) -> list[str]:
+def decl_indices(model: Model, decl: Decl) -> list[str]:
     """The index names of a declaration; declarations size tensors, so each must be a plain name."""
     names = []
     for pos in decl.ref.indices:
@@ -50,7 +50,7 @@ def param_shapes(model: Model, sizes: Mapping[str, int]) -> dict[str, tuple[int,
         if decl.role != "param":
             continue
         dims = []
-        for name in _decl_indices(model, decl):
+        for name in decl_indices(model, decl):
             if name not in sizes:
                 raise _decl_error(
                     model,
@@ -121,12 +121,6 @@ INITIALIZERS: dict[str, Initializer] = {
 }
 
 
-def _lookup(table: Mapping[str, Any], name: str, what: str) -> Any:
-    if name not in table:
-        raise IndexgradError(f"unknown {what} '{name}'; available: " + ", ".join(sorted(table)))
-    return table[name]
-
-
 def init_params(
     model: Model,
     sizes: Mapping[str, int],
@@ -139,7 +133,7 @@ def init_params(
     Weights (rank >= 2) are drawn by `init` from INITIALIZERS with fan-in the sizes of the indices
     the program sums them over and fan-out the others (see `fans`).
     """
-    draw = _lookup(INITIALIZERS, init, "initializer")
+    draw = lookup(INITIALIZERS, init, "initializer")
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in param_shapes(model, sizes).items():
@@ -158,7 +152,7 @@ def infer_sizes(model: Model, data: Data) -> dict[str, int]:
     for decl in model.program.decls:
         if decl.role != "input" or decl.ref.name not in data:
             continue
-        names = _decl_indices(model, decl)
+        names = decl_indices(model, decl)
         shape = np.shape(data[decl.ref.name])
         if len(shape) != len(names):
             raise _decl_error(
@@ -177,123 +171,6 @@ def infer_sizes(model: Model, data: Data) -> dict[str, int]:
                 )
             sizes[name], where[name] = int(size), decl.ref.name
     return sizes
-
-
-# ---- optimisers ------------------------------------------------------------------------------
-
-
-class Optimizer(Protocol):
-    def step(self, params: dict[str, Array], grads: Mapping[str, Array]) -> None: ...
-
-
-class Stateful(Protocol):
-    """An optimizer whose state a checkpoint can hold: named arrays out, the same arrays back in.
-
-    A key "slot.P" holds an array shaped like param P (SGD's "velocity.W1", Adam's "m.W1");
-    a key without a dot is anything else (Adam's step count "t").
-    """
-
-    def get_state(self) -> dict[str, Array]: ...
-
-    def set_state(self, state: Mapping[str, Array]) -> None: ...
-
-
-class SGD:
-    """Stochastic gradient descent; with momentum mu, v = mu v + g and p -= lr v (as in PyTorch)."""
-
-    def __init__(self, lr: float = 0.01, momentum: float = 0.0) -> None:
-        self.lr = lr
-        self.momentum = momentum
-        self.velocity: dict[str, Array] = {}
-
-    def step(self, params: dict[str, Array], grads: Mapping[str, Array]) -> None:
-        """Update every param that has a gradient, in place."""
-        for name, g in grads.items():
-            p = params[name]
-            if self.momentum:
-                v = self.velocity.setdefault(name, np.zeros_like(p))
-                v *= self.momentum
-                v += g
-                g = v
-            p -= self.lr * g
-
-    def get_state(self) -> dict[str, Array]:
-        """The velocities as "velocity.P" (none until the first step, or without momentum)."""
-        return {f"velocity.{name}": v for name, v in self.velocity.items()}
-
-    def set_state(self, state: Mapping[str, Array]) -> None:
-        """Restore what get_state returned (copies, so the caller's arrays are not updated)."""
-        velocity = {}
-        for key, value in state.items():
-            slot, _, name = key.partition(".")
-            if slot != "velocity" or not name:
-                raise IndexgradError(f"unexpected SGD state entry '{key}'")
-            velocity[name] = np.array(value)
-        self.velocity = velocity
-
-
-class Adam:
-    """Adam (Kingma & Ba, 2015, Algorithm 1): moment estimates with bias correction."""
-
-    def __init__(
-        self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8
-    ) -> None:
-        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
-        self.t = 0
-        self.m: dict[str, Array] = {}
-        self.v: dict[str, Array] = {}
-
-    def step(self, params: dict[str, Array], grads: Mapping[str, Array]) -> None:
-        """One timestep t: m, v updated from g, then p -= lr m̂ / (sqrt(v̂) + eps), in place."""
-        self.t += 1
-        correct1 = 1.0 - self.beta1**self.t
-        correct2 = 1.0 - self.beta2**self.t
-        for name, g in grads.items():
-            p = params[name]
-            m = self.m.setdefault(name, np.zeros_like(p))
-            v = self.v.setdefault(name, np.zeros_like(p))
-            m *= self.beta1
-            m += (1.0 - self.beta1) * g
-            v *= self.beta2
-            v += (1.0 - self.beta2) * (g * g)
-            p -= self.lr * (m / correct1) / (np.sqrt(v / correct2) + self.eps)
-
-    def get_state(self) -> dict[str, Array]:
-        """The step count as "t" and the moment estimates as "m.P" and "v.P"."""
-        state = {"t": np.array(self.t, dtype=np.int64)}
-        state.update((f"m.{name}", m) for name, m in self.m.items())
-        state.update((f"v.{name}", v) for name, v in self.v.items())
-        return state
-
-    def set_state(self, state: Mapping[str, Array]) -> None:
-        """Restore what get_state returned (copies, so the caller's arrays are not updated)."""
-        t = np.asarray(state.get("t", -1))
-        if t.shape != () or t.dtype.kind not in "iu" or int(t) < 0:
-            raise IndexgradError("Adam state needs a non-negative integer step count 't'")
-        moments: dict[str, dict[str, Array]] = {"m": {}, "v": {}}
-        for key, value in state.items():
-            if key == "t":
-                continue
-            slot, _, name = key.partition(".")
-            if slot not in moments or not name:
-                raise IndexgradError(f"unexpected Adam state entry '{key}'")
-            moments[slot][name] = np.array(value)
-        if set(moments["m"]) != set(moments["v"]):
-            raise IndexgradError("Adam state has first and second moments for different params")
-        self.t, self.m, self.v = int(t), moments["m"], moments["v"]
-
-
-OPTIMIZERS: dict[str, type] = {"sgd": SGD, "adam": Adam}
-
-
-def make_optimizer(optimizer: str | Optimizer, lr: float | None = None) -> Optimizer:
-    """An optimizer by name from OPTIMIZERS (lr=None keeps its default), or the object given."""
-    if not isinstance(optimizer, str):
-        if lr is not None:
-            raise IndexgradError("lr is set on the optimizer object; do not pass lr= with it")
-        return optimizer
-    cls = _lookup(OPTIMIZERS, optimizer, "optimizer")
-    return cls() if lr is None else cls(lr)
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -698,183 +575,3 @@ def plot_history(history: History, path: str | Path, metric_name: str = "accurac
     right.set(xlabel="epoch", ylabel=metric_name, title=f"held-out {metric_name}")
     right.grid(alpha=0.3)
     fig.savefig(path, dpi=100)
-
-
-# ---- the digits job --------------------------------------------------------------------------
-
-
-def load_digits_data(
-    seed: int = 0, test_fraction: float = 0.2, dtype: Any = np.float32, labels: str = "onehot"
-) -> tuple[dict[str, Array], dict[str, Array]]:
-    """scikit-learn's bundled 8x8 digits as (train, test), split stratified by class.
-
-    Each part holds pixels in [0, 1] as `x[b,d]` and the labels one-hot as `Y[b,c]`, or with
-    labels="integer" as integer class numbers `y[b]` (for gathering models such as logloss.idx).
-    """
-    if labels not in ("onehot", "integer"):
-        raise IndexgradError(f"unknown labels '{labels}'; available: integer, onehot")
-    try:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-    except ImportError:
-        message = "the digits data set needs scikit-learn: pip install scikit-learn"
-        raise IndexgradError(message) from None
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(dtype)
-    y = digits.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=test_fraction, random_state=seed, stratify=y
-    )
-    if labels == "integer":
-        return {"x": x_tr, "y": y_tr}, {"x": x_te, "y": y_te}
-    eye = np.eye(10, dtype=dtype)
-    return {"x": x_tr, "Y": eye[y_tr]}, {"x": x_te, "Y": eye[y_te]}
-
-
-DATASETS: dict[str, Callable[..., tuple[dict[str, Array], dict[str, Array]]]] = {
-    "digits": load_digits_data,
-}
-
-
-def _model_data(model: Model, data: dict[str, Array], dataset: str) -> dict[str, Array]:
-    """The arrays of a data set that the model reads, refusing a model that reads something else."""
-    wanted = [n for n in model.inputs + model.labels if n not in model.program.params()]
-    missing = [n for n in wanted if n not in data]
-    if missing:
-        raise IndexgradError(
-            f"the {dataset} data set provides "
-            + ", ".join(sorted(data))
-            + "; the program also reads "
-            + ", ".join(missing)
-            + " (declare trained tensors with `param`)",
-            filename=model.program.filename,
-        )
-    return {n: data[n] for n in wanted}
-
-
-def _logits_name(
-    model: Model, vals: Mapping[str, Array], rows: int, classes: int, widths: Mapping[str, int]
-) -> str:
-    """The last defined tensor shaped [rows, classes]: the scores that accuracy compares."""
-    for name in reversed(model.program.defined()):
-        if np.shape(vals[name]) == (rows, classes):
-            return name
-    guessed = ", ".join(f"{n}={k}" for n, k in widths.items()) or "none"
-    raise IndexgradError(
-        f"no tensor of the program has shape ({rows}, {classes}) to read class scores from; "
-        f"indices the data does not size took the hidden width ({guessed}), so the class "
-        "index must appear in a data input such as one-hot Y[b,c]",
-        filename=model.program.filename,
-    )
-
-
-def _as_declared(model: Model, data: dict[str, Array]) -> dict[str, Array]:
-    """Flat square images x[b,d] as x[b,row,col] when the program declares x with three indices."""
-    x = data.get("x")
-    decl = next((d for d in model.program.decls if d.ref.name == "x"), None)
-    if x is None or decl is None or len(decl.ref.indices) != 3 or x.ndim != 2:
-        return data
-    side = math.isqrt(x.shape[1])
-    if side * side != x.shape[1]:
-        return data
-    return {**data, "x": x.reshape(len(x), side, side)}
-
-
-def train_command(
-    path: str,
-    data: str,
-    epochs: int,
-    lr: float,
-    batch: int,
-    optimizer: str,
-    seed: int,
-    plot: str | None,
-    hidden: int,
-    save: str | None = None,
-    resume: str | None = None,
-    dims: Mapping[str, int] | None = None,
-) -> int:
-    """`indexgrad train`: fit FILE on a built-in data set, print each epoch and the test accuracy.
-
-    Index sizes come from the data and `dims` (`--dims o=8,u=3,v=3`), then from index arithmetic
-    (x[b,r+u,c+v] with row and u known gives r its "valid" extent); every other index of a param
-    (the hidden width) gets `hidden`. Images are given as x[b,row,col] when the program declares
-    x with three indices, else as flat rows x[b,d].
-    The loss is the program's last defined tensor. `save` writes a checkpoint after every epoch,
-    `resume` continues from one (see fit); the seed also fixes the data split and the initial
-    params, so a resumed run must use the seed, --hidden and data set of the run that saved.
-    """
-    try:
-        load = _lookup(DATASETS, data, "data set")
-        make_optimizer(optimizer)
-        for flag, value in (("--epochs", epochs), ("--hidden", hidden), ("--batch", batch)):
-            if value < 1:
-                raise IndexgradError(f"{flag} must be at least 1, got {value}")
-        if not lr > 0:
-            raise IndexgradError(f"--lr must be positive, got {lr}")
-        if seed < 0:
-            raise IndexgradError(f"--seed must be a non-negative integer, got {seed}")
-    except IndexgradError as e:
-        e.filename = "indexgrad train"  # a flag's mistake, not the file's
-        raise
-    start = time.perf_counter()
-    model = compile(path)
-    if not model.program.statements:
-        raise IndexgradError("the program defines nothing to train", filename=str(path))
-    train, test = load(seed=seed, labels="integer" if model.labels else "onehot")
-    train, test = _model_data(model, train, data), _model_data(model, test, data)
-    train, test = _as_declared(model, train), _as_declared(model, test)
-    sizes = {**infer_sizes(model, train), **(dims or {})}
-    shapes = infer_shapes(model.program, sizes, default=hidden)
-    widths = {}  # param indices neither the data, --dims nor index arithmetic size: the hidden width
-    for decl in model.program.decls:
-        if decl.role == "param":
-            for n, size in zip(_decl_indices(model, decl), shapes[decl.ref.name]):
-                if n not in sizes:
-                    sizes[n] = size
-                    if size == hidden:
-                        widths[n] = hidden
-    params = init_params(model, sizes, init="he", seed=seed)
-    loss = model.program.statements[-1].target.name
-    labels = test["y"] if "y" in test else test["Y"].argmax(axis=-1)
-    probe = model.forward(**{**test, **params})
-    scores = _logits_name(model, probe, len(labels), int(labels.max()) + 1, widths)
-
-    def metric(vals: Mapping[str, Array], _: Mapping[str, Array]) -> float:
-        return float(np.mean(np.argmax(vals[scores], axis=-1) == labels))
-
-    trained: list[int] = []
-    log = log_epochs(epochs)
-
-    def on_epoch(epoch: int, history: History) -> None:
-        trained.append(epoch)
-        log(epoch, history)
-
-    history = fit(
-        model,
-        params,
-        train,
-        loss=loss,
-        epochs=epochs,
-        batch=batch,
-        optimizer=optimizer,
-        lr=lr,
-        seed=seed,
-        valid=test,
-        metric=metric,
-        on_epoch=on_epoch,
-        checkpoint=save,
-        resume=resume,
-    )
-    seconds = time.perf_counter() - start
-    done = len(history.loss)
-    if not trained:
-        print(f"the checkpoint is already at epoch {done} of {epochs}; nothing to train")
-    final = history.valid_metric[-1]
-    print(f"test accuracy {100 * final:.2f}% after {done} epochs in {seconds:.1f} s")
-    if save and trained:
-        print(f"wrote {save} (epoch {done})")
-    if plot:
-        plot_history(history, plot)
-        print(f"wrote {plot}")
-    return 0

@@ -13,9 +13,10 @@ import pytest
 from autograd.scipy.special import logsumexp
 
 import indexgrad as ig
+from indexgrad.digits import load_digits_data, train_command
+from indexgrad.files import save_npz_atomic
+from indexgrad.optim import SGD, Adam, make_optimizer
 from indexgrad.train import (
-    SGD,
-    Adam,
     History,
     accuracy,
     fans,
@@ -23,15 +24,11 @@ from indexgrad.train import (
     infer_sizes,
     init_params,
     load_checkpoint,
-    load_digits_data,
-    make_optimizer,
     minibatches,
     plot_history,
     restore_checkpoint,
     save_checkpoint,
-    save_npz_atomic,
     summed_axes,
-    train_command,
 )
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
