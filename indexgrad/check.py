@@ -298,7 +298,7 @@ class _Checker:
         for sz in _sizeofs(expr):
             if sz.index not in used:
                 raise _err(f"size[{sz.index}] names an index this statement does not use", sz.span)
-        _place_sizeofs(expr, lhs_set, top=True)
+        _place_sizeofs(expr, lhs_set, top="whole")
         if s.op == "=" or name not in self.defined_before_this:
             for i in t.indices:
                 for n in i.names():
@@ -347,9 +347,10 @@ def _sizeofs(e: Expr) -> list[SizeOf]:
     return [s for c in children(e) for s in _sizeofs(c)]
 
 
-def _place_sizeofs(e: Expr, lhs: set[str], top: bool) -> None:
+def _place_sizeofs(e: Expr, lhs: set[str], top: str) -> None:
     """size[k] stands where its statement's arrays size k: as a factor next to a tensor indexed by
-    k, or, for k on the left side, as a term or factor of a term of the right side."""
+    k, or, for k on the left side, in the right side itself, in one of its terms, or in a product
+    that is the whole right side (`top` is "whole", "term" or "" for deeper)."""
 
     def refuse(sz: SizeOf) -> IndexgradError:
         return _err(
@@ -359,6 +360,10 @@ def _place_sizeofs(e: Expr, lhs: set[str], top: bool) -> None:
             sz.span,
         )
 
+    def constant(f: Expr) -> bool:
+        f = f.base if isinstance(f, Power) else f
+        return isinstance(f, (Num, SizeOf)) or (isinstance(f, Neg) and constant(f.arg))
+
     if isinstance(e, SizeOf):
         if not (top and e.index in lhs):
             raise refuse(e)
@@ -366,21 +371,24 @@ def _place_sizeofs(e: Expr, lhs: set[str], top: bool) -> None:
         _place_sizeofs(e.arg, lhs, top)
     elif isinstance(e, Sum):
         for t in e.terms:
-            _place_sizeofs(t, lhs, top)
+            _place_sizeofs(t, lhs, "term" if top else "")
     elif isinstance(e, Product):
         plain = {
             i.plain for f in e.factors if isinstance(f, Ref) for i in f.indices if isinstance(i, Affine)
         }
+        by_lhs = top == "whole" or (top == "term" and all(constant(f) for f in e.factors))
         for f in e.factors:
             base = f.base if isinstance(f, Power) else f
+            while isinstance(base, Neg):
+                base = base.arg
             if isinstance(base, SizeOf):
-                if not (base.index in plain or (top and base.index in lhs)):
+                if not (base.index in plain or (by_lhs and base.index in lhs)):
                     raise refuse(base)
             else:
-                _place_sizeofs(f, lhs, False)
+                _place_sizeofs(f, lhs, "")
     else:
         for c in children(e):
-            _place_sizeofs(c, lhs, False)
+            _place_sizeofs(c, lhs, "")
 
 
 def check(program: Program) -> Program:

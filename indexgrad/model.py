@@ -14,9 +14,9 @@ import numpy as np
 from .check import check, sized_like
 from .derive import derivative_reads, derive_for, derive_jvp, derived_names, tan_name
 from .errors import IndexgradError
-from .lower import Prim, lower, prim_statement, split_products
+from .lower import Contract, Elementwise, Prim, lower, prim_statement, split_products
 from .nodes import Program, refs_in_statement
-from .run import Executor, _signature
+from .run import Executor, _signature, read_steps_of_outputs, relu_outputs
 from .syntax import parse_syntax
 
 Array = np.ndarray
@@ -78,9 +78,7 @@ class Model:
         self.prims = lower(self.program)
         self.inputs = [n for n in self.program.inputs() if n not in self.program.integer_inputs()]
         self.labels = list(self.program.integer_inputs())
-        self._forward = Executor(
-            self.prims, self.program.filename, self.program.source, self._keep(self.prims)
-        )
+        self._forward = self._forward_executor(self.prims, self.program)
         self._grad = derived_names(self.program, ".grad")
         self._tan = derived_names(self.program, ".tan")
         self._input_set = set(self.inputs) | set(self.labels)
@@ -89,9 +87,31 @@ class Model:
         self._shape_sources = {base for n in self.program.defined() if (base := sized_like(n)) is not None}
         self.compile_seconds = time.perf_counter() - start
 
-    def _keep(self, prims: list[Prim]) -> set[str]:
-        """What forward() keeps: the program's own tensors and what any derivative reads."""
-        return set(self.program.defined()) | derivative_reads(prims)
+    def _keep(self, prims: list[Prim]) -> tuple[set[str], dict[str, str]]:
+        """What forward() keeps: the program's own tensors and what any derivative reads.
+
+        Also the relu arguments u (of `y = relu(u)`) that derivatives read only as step(u):
+        they read step(y) instead (the same values), so u need not be kept. Returns the names
+        to keep and those `u -> y`.
+        """
+        gates = relu_outputs(prims)
+        if not gates:
+            return set(self.program.defined()) | derivative_reads(prims), {}
+        stand_in: list[Prim] = [
+            Contract(p.out, p.op, 1.0, ((p.args[0], 1.0),), p.span)  # type: ignore[arg-type]
+            if isinstance(p, Elementwise) and p.func == "relu" and gates.get(p.args[0].name) == p.out.name  # type: ignore[union-attr]
+            else p
+            for p in prims
+        ]
+        keep = set(self.program.defined()) | derivative_reads(stand_in)
+        gates = {u: y for u, y in gates.items() if u not in keep}
+        return keep | set(gates.values()), gates
+
+    def _forward_executor(self, prims: list[Prim], program: Program) -> Executor:
+        keep, gates = self._keep(prims)
+        ex = Executor(prims, program.filename, program.source, keep)
+        ex.relu_gates = gates  # type: ignore[attr-defined]
+        return ex
 
     def _error(self, msg: str, name: str | None = None) -> IndexgradError:
         """A user error, placed at the first reference to `name` when there is one."""
@@ -164,7 +184,8 @@ class Model:
         loss = self.program.statements[-1].target.name
         rows = _plan_rows(ex.prims, vals, "forward")
         if np.ndim(vals[loss]) == 0:
-            _, back = self._derived(program, (loss,), None)
+            _, derived_ex = self._derived(program, (loss,), None, ex.relu_gates)
+            back = Executor(derived_ex.prims, self.program.filename, self.program.source)
             env2 = dict(vals)
             env2[self._grad[loss]] = np.ones_like(np.asarray(vals[loss]))
             rows += _plan_rows(back.prims, back.run(env2), "backward")
@@ -179,7 +200,11 @@ class Model:
         as a hand-written backward pass does.
         """
         if key is None:
-            key = _signature({n: np.asarray(env[n]) for n in self.inputs + self.labels})
+            try:  # the inputs' signature, in the order forward() builds it
+                key = tuple([(n, env[n].shape, env[n].dtype) for n in self._order])
+            except AttributeError:
+                key = _signature({n: np.asarray(env[n]) for n in self._order})
+            inputs_only = True
         if not inputs_only:
             key = tuple(k for k in key if k[0] in self._input_set)
         hit = self._cache.get(("exec", key))
@@ -197,23 +222,30 @@ class Model:
                         source=self.program.source,
                     )
                 )
-                hit = (
-                    program,
-                    Executor(prims, program.filename, program.source, self._keep(prims)),
-                )
+                hit = (program, self._forward_executor(prims, program))
             with self._lock:
                 self._cache[("exec", key)] = hit
         return hit
 
     def _derived(
-        self, program: Program, losses: tuple[str, ...], wrt: tuple[str, ...] | None
+        self,
+        program: Program,
+        losses: tuple[str, ...],
+        wrt: tuple[str, ...] | None,
+        gates: dict[str, str] | None = None,
     ) -> tuple[Program, Executor]:
+        """The vector-Jacobian program and its executor, which drops every temporary once dead.
+
+        `gates` are the forward's relu arguments that were not kept (read step(y) for step(u)).
+        """
         key = ("vjp", id(program), losses, wrt)
         with self._lock:
             hit = self._cache.get(key)
         if hit is None:
             d = derive_for(program, list(losses), list(wrt) if wrt is not None else None)
-            hit = (d, Executor(lower(d), self.program.filename, self.program.source))
+            returned = {self._grad.get(n, n) for n in (wrt if wrt is not None else self.inputs)}
+            prims = read_steps_of_outputs(lower(d), gates or {})
+            hit = (d, Executor(prims, self.program.filename, self.program.source, returned))
             with self._lock:
                 self._cache[key] = hit
         return hit
@@ -255,8 +287,8 @@ class Model:
         missing = [n for n in self.inputs + self.labels if n not in vals]
         if missing:
             raise self._error("vals lacks input " + ", ".join(missing) + "; pass what forward() returned")
-        program, _ = self._execution(vals)
-        derived, ex = self._derived(program, tuple(seeds), wrt_t)
+        program, fex = self._execution(vals)
+        derived, ex = self._derived(program, tuple(seeds), wrt_t, fex.relu_gates)
         env = dict(vals)
         for name, g in seeds.items():
             env[self._grad.get(name)] = g
@@ -272,12 +304,14 @@ class Model:
         for n in tangents:
             if n not in self.inputs:
                 raise self._error(f"tangent given for '{n}', which is not an input")
-        key = ("jvp", tuple(tangents))
+        gates = {u: y for u, y in relu_outputs(self.prims).items() if u not in vals and y in vals}
+        key = ("jvp", tuple(tangents), tuple(sorted(gates)))
         with self._lock:
             hit = self._cache.get(key)
         if hit is None:
             d = derive_jvp(self.program, list(tangents))
-            hit = (d, Executor(lower(d), self.program.filename, self.program.source))
+            prims = read_steps_of_outputs(lower(d), gates)
+            hit = (d, Executor(prims, self.program.filename, self.program.source))
             with self._lock:
                 self._cache[key] = hit
         _, ex = hit

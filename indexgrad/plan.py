@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,9 +71,34 @@ def plan_contraction(
 def clear_cache() -> None:
     with _LOCK:
         _CACHE.clear()
+        _PAIRS.clear()
+
+
+_PAIRS: dict[tuple[Any, ...], Callable[[np.ndarray, np.ndarray], np.ndarray]] = {}
 
 
 def pairwise(
+    a_names: tuple[str, ...],
+    b_names: tuple[str, ...],
+    out: tuple[str, ...],
+    a_shape: tuple[int, ...],
+    b_shape: tuple[int, ...],
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """A two-operand contraction as one BLAS matmul (or a broadcast product), planned once.
+
+    The result's axes are `out`; every name in `out` must appear in an operand. Cached per
+    names and shapes (the functions returned keep no state).
+    """
+    key = (a_names, b_names, out, a_shape, b_shape)
+    hit = _PAIRS.get(key)
+    if hit is None:
+        hit = _pairwise(a_names, b_names, out, a_shape, b_shape)
+        with _LOCK:
+            _PAIRS[key] = hit
+    return hit
+
+
+def _pairwise(
     a_names: tuple[str, ...],
     b_names: tuple[str, ...],
     out: tuple[str, ...],
@@ -112,14 +138,14 @@ def pairwise(
 
     if batch + right + left == list(out) and batch + left + right != list(out):
         # C = A B would come out transposed; compute it as (B^T A^T) so it is born in order
-        swapped = pairwise(b_names, a_names, out, b_shape, a_shape)
+        swapped = _pairwise(b_names, a_names, out, b_shape, a_shape)
         return lambda a, b: swapped(b, a)
     a_perm = [a_rest.index(n) for n in batch + left + inner]
     b_perm = [b_rest.index(n) for n in batch + inner + right]
-    nb = int(np.prod([size[n] for n in batch], dtype=np.int64))
-    nl = int(np.prod([size[n] for n in left], dtype=np.int64))
-    nr = int(np.prod([size[n] for n in right], dtype=np.int64))
-    nk = int(np.prod([size[n] for n in inner], dtype=np.int64))
+    nb = math.prod(size[n] for n in batch)
+    nl = math.prod(size[n] for n in left)
+    nr = math.prod(size[n] for n in right)
+    nk = math.prod(size[n] for n in inner)
     mid = batch + left + right
     res_shape = [size[n] for n in mid]
     res_perm = [mid.index(n) for n in out]
@@ -127,15 +153,43 @@ def pairwise(
     a3 = (nb, nl, nk) if batch else (nl, nk)
     b3 = (nb, nk, nr) if batch else (nk, nr)
 
-    a_direct = not a_only and a_perm == sorted(a_perm) and tuple(size[n] for n in a_rest) == a3
-    b_direct = not b_only and b_perm == sorted(b_perm) and tuple(size[n] for n in b_rest) == b3
-    if a_direct and b_direct and identity and tuple(res_shape) == (a3[:-1] + b3[-1:]):
-        return np.matmul  # already a (batched) matrix product: nothing to move
+    a_move = _mover(a_only, a_perm, tuple(size[n] for n in a_rest), a3)
+    b_move = _mover(b_only, b_perm, tuple(size[n] for n in b_rest), b3)
+    matmul_ = np.matmul
+    res_t = tuple(res_shape)
+    if a_move is None and b_move is None and identity and res_t == a3[:-1] + b3[-1:]:
+        return matmul_
+    if identity:
 
-    def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        a = prep(a, a_only).transpose(a_perm).reshape(a3)
-        b = prep(b, b_only).transpose(b_perm).reshape(b3)
-        r = np.matmul(a, b).reshape(res_shape)
-        return r if identity else r.transpose(res_perm)
+        def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            if a_move is not None:
+                a = a_move(a)
+            if b_move is not None:
+                b = b_move(b)
+            return matmul_(a, b).reshape(res_t)
 
-    return matmul
+        return matmul
+
+    def matmul_t(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if a_move is not None:
+            a = a_move(a)
+        if b_move is not None:
+            b = b_move(b)
+        return matmul_(a, b).reshape(res_t).transpose(res_perm)
+
+    return matmul_t
+
+
+def _mover(
+    only: tuple[int, ...], perm: list[int], rest_shape: tuple[int, ...], shape3: tuple[int, ...]
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """What turns an operand into its matrix (or batch of matrices), with no step that does nothing."""
+    transpose = perm != sorted(perm)
+    reshape = rest_shape != shape3 or transpose
+    if not only and not transpose and not reshape:
+        return None
+    if not only and not transpose:
+        return lambda x: x.reshape(shape3)
+    if not only:
+        return lambda x: x.transpose(perm).reshape(shape3)
+    return lambda x: x.sum(axis=only).transpose(perm).reshape(shape3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -297,6 +298,7 @@ class Executor:
         self.filename = filename
         self.source = source
         self.release = _releases(prims, keep) if keep is not None else [[] for _ in prims]
+        self._gates = _gates(prims, self.release)
 
     def run(
         self,
@@ -327,8 +329,10 @@ class Executor:
             return env
         built: list[Kernel | None] = []
         self._limit = memory_limit()
-        for p, dead in zip(self.prims, self.release):
-            built.append(self._guarded(p, env, owned, check_finite, dims or {}, set(dead)))
+        gates = self._gates
+        for k, (p, dead) in enumerate(zip(self.prims, self.release)):
+            gate = gates.get(k)
+            built.append(self._guarded(p, env, owned, check_finite, dims or {}, set(dead), gate))
             for n in dead:
                 del env[n]
         if key is not None:
@@ -343,9 +347,10 @@ class Executor:
         check_finite: bool,
         dims: dict[str, int],
         dead: set[str],
+        gate: str | None = None,
     ) -> Kernel | None:
         try:
-            return self.step(p, env, owned, check_finite, dims, dead)
+            return self.step(p, env, owned, check_finite, dims, dead, gate)
         except IndexgradError as e:
             if e.span is None:
                 e.span = p.span if p.span.line else None
@@ -432,14 +437,18 @@ class Executor:
         check_finite: bool,
         dims: dict[str, int],
         dead: set[str],
+        gate: str | None = None,
     ) -> Kernel | None:
         """Check sizes and memory, then run p by its planned kernel (returned) or generically.
 
         The first call runs the same kernel later calls reuse, so repeated calls agree bit for bit.
+        `gate` names the other factor of the product that is the only reader of this `step`.
         """
         sizes = self.sizes(p, env, dims).size
         self.guard_memory(p, env, sizes)
-        kernel = _kernel(p, sizes, env, dead)
+        if gate is not None and not _gate_fits(p, env, gate):
+            gate = None
+        kernel = _kernel(p, sizes, env, dead, gate)
         if kernel is not None:
             kernel(env, owned)
         else:
@@ -534,7 +543,8 @@ class Executor:
                 np.add(target, result, out=target)
             else:
                 env[name] = target + result
-                owned.add(name)
+                if target.ndim:
+                    owned.add(name)
             return
         # a scatter-add through index arithmetic, labels or a diagonal
         target = env.get(name)
@@ -601,13 +611,20 @@ def _scatter_by_slices(
 
 
 # ---- planned kernels: what a statement does once its sizes are known -----------------------
+#
+# A kernel is built on the first run for a signature and reused by every later run, so the
+# first call and later calls compute the same way (bit for bit). `owned` is per run: it holds the
+# names whose array is a buffer this run allocated and nobody else references (writeable, of the
+# statement's full shape), which may therefore be updated in place: `+=` into it, and a
+# temporary that dies at a statement may lend its buffer to that statement's result.
 
 Kernel = Callable[[dict[str, Array], set[str]], None]
+Compute = Callable[[dict[str, Array], set[str]], Any]
 
 
 def _signature(env: dict[str, Array]) -> tuple[Any, ...] | None:
     try:
-        return tuple((n, a.shape, a.dtype.str) for n, a in env.items())
+        return tuple([(n, a.shape, a.dtype) for n, a in env.items()])
     except AttributeError:
         return None
 
@@ -620,53 +637,122 @@ def _simple(r: Ref) -> bool:
 def _aligner(names: tuple[str, ...], out: tuple[str, ...]) -> Callable[[Array], Array]:
     """A function doing `_align(a, names, out)` with the permutation worked out once."""
     if names == out:
-        return lambda a: a
+        return _same
     present = [n for n in out if n in names]
     order = [names.index(n) for n in present]
     identity = order == list(range(len(order)))
+    if len(present) == len(out):
+        return _same if identity else (lambda a: a.transpose(order))
     shape_of = [n in names for n in out]
 
     def align(a: Array) -> Array:
         if not identity:
             a = a.transpose(order)
-        if len(present) == len(out):
-            return a
         it = iter(a.shape)
         return a.reshape([next(it) if keep else 1 for keep in shape_of])
 
     return align
 
 
+def _same(a: Array) -> Array:
+    return a
+
+
+def _relu_into(a: Array) -> Array:
+    return np.maximum(a, 0, out=a)
+
+
+def _sigmoid_into(a: Array) -> Array:  # 0.5 * (1 + tanh(0.5 a)), as functions.py computes it
+    np.multiply(a, 0.5, out=a)
+    np.tanh(a, out=a)
+    np.add(a, 1.0, out=a)
+    return np.multiply(a, 0.5, out=a)
+
+
+def _ufunc_into(f: Any, **errstate: str) -> Callable[[Array], Array]:
+    if not errstate:
+        return lambda a: f(a, out=a)
+
+    def into(a: Array) -> Array:
+        with np.errstate(**errstate):
+            return f(a, out=a)
+
+    return into
+
+
+# Elementwise functions that can overwrite their argument's buffer: the same ufuncs, in the same
+# order, as their FUNCTIONS entry, so the values are those of the allocating version.
+_IN_PLACE: dict[str, Callable[[Array], Array]] = {
+    "relu": _relu_into,
+    "sigmoid": _sigmoid_into,
+    "tanh": _ufunc_into(np.tanh),
+    "exp": _ufunc_into(np.exp, over="ignore"),
+    "log": _ufunc_into(np.log, divide="ignore", invalid="ignore"),
+    "sqrt": _ufunc_into(np.sqrt, invalid="ignore"),
+    "sin": _ufunc_into(np.sin),
+    "cos": _ufunc_into(np.cos),
+    "abs": _ufunc_into(np.abs),
+    "sign": _ufunc_into(np.sign),
+}
+
+
 def _kernel(
-    p: Prim, sizes: dict[str, int], env: dict[str, Array], dead: set[str] | None = None
+    p: Prim,
+    sizes: dict[str, int],
+    env: dict[str, Array],
+    dead: set[str] | None = None,
+    gate: str | None = None,
 ) -> Kernel | None:
     """A closure that computes and writes p without re-checking sizes, or None to stay generic.
 
-    `dead` names temporaries dropped after p; a sum of terms may add into the first of them.
+    `dead` names temporaries dropped after p, whose buffers p may reuse. `gate` (for a `step`
+    statement whose only reader multiplies it by that operand) asks for a boolean mask instead
+    of a float array of 0s and 1s: the product then has the same values and dtype.
     """
     if not all(_simple(r) for r in [p.out, *prim_refs(p)]):
         return None
     out = ref_index_names(p.out)
     shape = tuple(sizes[n] for n in out)
-    compute = _compute_kernel(p, sizes, env, out, dead or set())
-    if compute is None:
+    built = _compute_kernel(p, sizes, env, out, dead or set(), gate)
+    if built is None:
         return None
+    compute, fresh = built
+    fresh = fresh and len(shape) > 0
+    small = 0 < len(shape) and math.prod(shape) <= 4096
     name, accumulate = p.out.name, p.op == "+="
 
     def run(env: dict[str, Array], owned: set[str]) -> None:
-        r = np.asarray(compute(env))
+        r = compute(env, owned)
+        if type(r) is not np.ndarray:
+            r = np.asarray(r)
         if r.shape != shape:
-            r = np.broadcast_to(r, shape)
-        if not accumulate or name not in env:
+            if small:  # a small result is cheaper to fill than to wrap as a broadcast view
+                full = np.empty(shape, r.dtype)
+                full[...] = r
+                r = full
+            else:
+                r = np.broadcast_to(r, shape)
+            if not accumulate or name not in env:
+                env[name] = r
+                if small:
+                    owned.add(name)
+                else:
+                    owned.discard(name)
+                return
+        elif not accumulate or name not in env:
             env[name] = r
-            owned.discard(name)
+            if fresh:
+                owned.add(name)
+            else:
+                owned.discard(name)
             return
         t = env[name]
-        if name in owned and t.dtype == np.result_type(t, r) and t.ndim:
+        if name in owned and t.ndim and t.dtype == np.result_type(t, r):
             np.add(t, r, out=t)
         else:
             env[name] = t + r
-            owned.add(name)
+            if t.ndim:
+                owned.add(name)
 
     return run
 
@@ -677,7 +763,10 @@ def _compute_kernel(
     env: dict[str, Array],
     out: tuple[str, ...],
     dead: set[str],
-) -> Callable[[dict[str, Array]], Array] | None:
+    gate: str | None = None,
+) -> tuple[Compute, bool] | None:
+    """(compute, fresh): fresh when compute's result is always a new buffer of its own."""
+    shape = tuple(sizes[n] for n in out)
     if isinstance(p, Contract):
         coef = p.coef
         ops: list[tuple[str, tuple[str, ...], float]] = []
@@ -691,10 +780,11 @@ def _compute_kernel(
         present = {n for _, nm, _ in ops for n in nm}
         kept = tuple(n for n in out if n in present)
         widen = _aligner(kept, out)
+        fresh = True
         if len(ops) == 1 and not kept and ops[0][2] == 2:
             ((n0, _, _),) = ops  # a sum of squares: one BLAS dot product
 
-            def body(env: dict[str, Array]) -> Array:
+            def body(env: dict[str, Array], owned: set[str]) -> Array:
                 a = env[n0].ravel()
                 return np.asarray(np.dot(a, a))
 
@@ -702,31 +792,68 @@ def _compute_kernel(
             ((n0, nm0, k0),) = ops
             axes = tuple(i for i, n in enumerate(nm0) if n not in kept)
             align0 = _aligner(tuple(n for n in nm0 if n in kept), kept)
+            fresh = bool(axes) or k0 != 1 or coef != 1
+            if not axes and k0 == 1:
 
-            def body(env: dict[str, Array]) -> Array:
-                a = _power(env[n0], k0)
-                return align0(a.sum(axis=axes) if axes else a)
+                def body(env: dict[str, Array], owned: set[str]) -> Array:
+                    return align0(env[n0])
+
+            else:
+
+                def body(env: dict[str, Array], owned: set[str]) -> Array:
+                    a = _power(env[n0], k0)
+                    return align0(a.sum(axis=axes) if axes else a)
 
         elif len(ops) == 2:
             (n0, nm0, k0), (n1, nm1, k1) = ops
+            body = _product_kernel(ops, kept, out, shape, dead, coef) if kept == out else None
+            if body is not None:
+                return body, True
             pw = pairwise(nm0, nm1, kept, env[n0].shape, env[n1].shape)
+            if k0 == 1 and k1 == 1:
 
-            def body(env: dict[str, Array]) -> Array:
-                return pw(_power(env[n0], k0), _power(env[n1], k1))
+                def body(env: dict[str, Array], owned: set[str]) -> Array:
+                    return pw(env[n0], env[n1])
+
+            else:
+
+                def body(env: dict[str, Array], owned: set[str]) -> Array:
+                    return pw(_power(env[n0], k0), _power(env[n1], k1))
 
         else:
             plan = plan_contraction([nm for _, nm, _ in ops], kept, [env[n].shape for n, _, _ in ops])
+            expression = plan.expression
 
-            def body(env: dict[str, Array]) -> Array:
-                return plan.expression(*[_power(env[n], k) for n, _, k in ops])
+            def body(env: dict[str, Array], owned: set[str]) -> Array:
+                return expression(*[_power(env[n], k) for n, _, k in ops])
 
-        if kept == out and coef == 1 and len(ops) == 2:
-            return body
+        if kept == out and coef == 1:
+            return body, fresh
         if coef == 1:
-            return lambda env: widen(np.asarray(body(env)))
-        return lambda env: widen(np.asarray(body(env)) * coef)
+            return (lambda env, owned: widen(np.asarray(body(env, owned)))), fresh
+        return (lambda env, owned: widen(np.asarray(body(env, owned)) * coef)), True
     if isinstance(p, Elementwise):
+        if gate is not None:
+            (u,) = p.args  # a `step` whose product with `gate` is its only use: a boolean mask
+            assert isinstance(u, Ref)
+            un = u.name
+            return (lambda env, owned: np.greater(env[un], 0)), True
         fn = FUNCTIONS[p.func].forward
+        into = _IN_PLACE.get(p.func)
+        if len(p.args) == 1 and isinstance(p.args[0], Ref):
+            a0 = p.args[0]
+            n0 = a0.name
+            align0 = _aligner(ref_index_names(a0), out)
+            if into is not None and n0 in dead and n0 != p.out.name and align0 is _same:
+
+                def unary(env: dict[str, Array], owned: set[str]) -> Array:
+                    a = env[n0]
+                    if n0 in owned and a.dtype.kind == "f" and a.shape == shape:
+                        return into(a)  # the argument dies here: overwrite its buffer
+                    return fn(a)
+
+                return unary, True
+            return (lambda env, owned: fn(align0(env[n0]))), True
         getters: list[Callable[[dict[str, Array]], Any]] = []
         for a in p.args:
             if isinstance(a, Ref):
@@ -734,7 +861,7 @@ def _compute_kernel(
             else:
                 value = _const(a, sizes)
                 getters.append(lambda env, v=value: v)
-        return lambda env: np.asarray(fn(*[g(env) for g in getters]))
+        return (lambda env, owned: fn(*[g(env) for g in getters])), True
     if isinstance(p, Terms):
         if not any(isinstance(u, Ref) for _, u in p.terms):
             return None
@@ -749,38 +876,118 @@ def _compute_kernel(
         donor = first.name if isinstance(first, Ref) and first.name in dead else None
         if donor is not None and (p.terms[0][0] != 1 or ref_index_names(first) != out):
             donor = None
-        shape = tuple(sizes[n] for n in out)
+        if donor is not None:  # the dtypes are fixed by the signature: check them once
+            dt = env[donor].dtype
+            if any(np.result_type(dt, env[u.name]) != dt for _, u in p.terms[1:] if isinstance(u, Ref)):
+                donor = None
+        fresh = len(parts) > 1 or parts[0][0] != 1 or parts[0][1] is None
+        rest = parts[1:]
 
-        def terms(env: dict[str, Array]) -> Array:
-            total: Any = None
-            start = 0
-            if donor is not None:  # add into the first term's array, which dies here
-                a = env[donor]
-                if a.base is None and a.flags.writeable and a.shape == shape:
-                    rest = [g(env) for _, g, _ in parts[1:] if g is not None]
-                    if all(np.result_type(a, r) == a.dtype for r in rest):
-                        total, start = a, 1
-            for c, g, v in parts[start:]:
-                t = (g(env) * c if c != 1 else g(env)) if g is not None else c * v
-                if total is None:
-                    total = t
-                elif start == 1:
-                    total += t  # in place, into the donated array
+        def add_into(total: Array, env: dict[str, Array]) -> Array:
+            for c, g, v in rest:
+                if g is None:
+                    total += c * v
+                elif c == 1:
+                    np.add(total, g(env), out=total)
+                elif c == -1:
+                    np.subtract(total, g(env), out=total)  # = total + (-1 * term), exactly
                 else:
-                    total = total + t
-            return np.asarray(total)
+                    total += g(env) * c
+            return total
 
-        return terms
+        def terms(env: dict[str, Array], owned: set[str]) -> Array:
+            if donor is not None and donor in owned:  # add into the first term's array, which dies here
+                a = env[donor]
+                if a.shape == shape:
+                    return add_into(a, env)
+            c, g, v = parts[0]
+            total: Any = (g(env) * c if c != 1 else g(env)) if g is not None else c * v
+            for c, g, v in rest:
+                if g is None:
+                    total = total + c * v
+                elif c == 1:
+                    total = total + g(env)
+                elif c == -1:
+                    total = total - g(env)  # = total + (-1 * term), exactly
+                else:
+                    total = total + g(env) * c
+            return total
+
+        return terms, fresh
     assert isinstance(p, Reduction)
     full = out + tuple(p.indices)
     align = _aligner(ref_index_names(p.arg), full)
     axes = tuple(range(len(out), len(full)))
-    red = REDUCTIONS[p.reducer]
+    red = _FAST_REDUCTIONS.get(p.reducer, REDUCTIONS[p.reducer])
     arg = p.arg.name
-    return lambda env: np.asarray(red(align(env[arg]), axes))
+    return (lambda env, owned: red(align(env[arg]), axes)), True
+
+
+def _mean(x: Array, axes: tuple[int, ...]) -> Array:
+    """np.mean's own steps (sum, then true division by the count as np.intp) without its wrappers."""
+    if x.dtype.kind != "f" or x.dtype.itemsize < 4:
+        return np.mean(x, axis=axes)  # integers and float16 take numpy's other paths
+    count = np.intp(math.prod(x.shape[a] for a in axes))
+    s = np.add.reduce(x, axis=axes)
+    if isinstance(s, np.ndarray):
+        return np.true_divide(s, count, out=s, casting="unsafe")
+    return s.dtype.type(s / count)
+
+
+def _logsumexp(x: Array, axes: tuple[int, ...]) -> Array:
+    """functions._logsumexp's ufunc calls, in its order, without numpy's Python wrappers."""
+    m = np.maximum.reduce(x, axis=axes, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.add.reduce(np.exp(x - m), axis=axes, keepdims=True)) + m
+    return out.reshape([d for k, d in enumerate(out.shape) if k not in axes])
+
+
+# Reductions run by planned kernels: the same values as functions.REDUCTIONS, fewer Python layers.
+_FAST_REDUCTIONS: dict[str, Callable[[Array, tuple[int, ...]], Array]] = {
+    "sum": lambda x, axes: np.add.reduce(x, axis=axes),
+    "mean": _mean,
+    "logsumexp": _logsumexp,
+}
+
+
+def _product_kernel(
+    ops: list[tuple[str, tuple[str, ...], float]],
+    kept: tuple[str, ...],
+    out: tuple[str, ...],
+    shape: tuple[int, ...],
+    dead: set[str],
+    coef: float,
+) -> Compute | None:
+    """An elementwise product of two operands (no index summed), into a dying operand's buffer.
+
+    Returns None (leave it to `pairwise`) unless some operand can lend its buffer: it dies at
+    this statement, has exactly the output's axes in order, and is not raised to a power.
+    """
+    (n0, nm0, k0), (n1, nm1, k1) = ops
+    if set(nm0) | set(nm1) != set(out) or coef != 1 or k0 != 1 or k1 != 1 or n0 == n1:
+        return None
+    if nm0 == out and n0 in dead:
+        donor, other, other_names = n0, n1, nm1
+    elif nm1 == out and n1 in dead:
+        donor, other, other_names = n1, n0, nm0
+    else:
+        return None
+    align0, align1 = _aligner(nm0, out), _aligner(nm1, out)
+    align_other = _aligner(other_names, out)
+
+    def body(env: dict[str, Array], owned: set[str]) -> Array:
+        a, b = env[donor], env[other]
+        if donor in owned and a.shape == shape and a.dtype == np.result_type(a, b):
+            return np.multiply(a, align_other(b), out=a)
+        return np.multiply(align0(env[n0]), align1(env[n1]))
+
+    return body
 
 
 def _getter(name: str, align: Callable[[Array], Array]) -> Callable[[dict[str, Array]], Array]:
+    if align is _same:
+        return lambda env: env[name]
     return lambda env: align(env[name])
 
 
@@ -824,4 +1031,97 @@ def _releases(prims: list[Prim], keep: set[str]) -> list[list[str]]:
     for n, k in last.items():
         if n in made and n not in keep:
             out[k].append(n)
+    return out
+
+
+def _gates(prims: list[Prim], release: list[list[str]]) -> dict[int, str]:
+    """`step` statements that can produce a boolean mask: statement index -> the mask's partner.
+
+    `T = step(u)` qualifies when the next statement is `out op= g T` (a product of the two alone,
+    nothing summed) and drops T: `g * (u > 0)` then has the same values and dtype as
+    `g * step(u)` (see `_gate_fits` for the dtypes), and no float array of 0s and 1s is made.
+    """
+    writes: dict[str, int] = {}
+    for p in prims:
+        writes[p.out.name] = writes.get(p.out.name, 0) + 1
+    out: dict[int, str] = {}
+    for k, p in enumerate(prims[:-1]):
+        if not (isinstance(p, Elementwise) and p.func == "step" and p.op == "=" and len(p.args) == 1):
+            continue
+        (u,) = p.args
+        t = p.out.name
+        q = prims[k + 1]
+        if (
+            not isinstance(u, Ref)
+            or writes[t] != 1
+            or t not in release[k + 1]
+            or not _simple(u)
+            or not _simple(p.out)
+            or ref_index_names(u) != ref_index_names(p.out)
+            or not isinstance(q, Contract)
+            or len(q.factors) != 2
+            or q.out.name == t
+        ):
+            continue
+        (f0, k0), (f1, k1) = q.factors
+        if not (isinstance(f0, Ref) and isinstance(f1, Ref) and k0 == 1 and k1 == 1):
+            continue
+        if not (_simple(f0) and _simple(f1) and _simple(q.out)):
+            continue
+        if [f0.name, f1.name].count(t) != 1:
+            continue
+        if not set(ref_index_names(f0)) | set(ref_index_names(f1)) <= set(ref_index_names(q.out)):
+            continue  # an index summed: leave the product to BLAS on float operands
+        out[k] = f1.name if f0.name == t else f0.name
+    return out
+
+
+def _gate_fits(p: Prim, env: dict[str, Array], partner: str) -> bool:
+    """The mask gives the product step(u) would: the partner is a float array at least as wide as u."""
+    assert isinstance(p, Elementwise)
+    u = p.args[0]
+    assert isinstance(u, Ref)
+    a, g = env.get(u.name), env.get(partner)
+    if a is None or g is None:
+        return False
+    return a.dtype.kind == "f" and g.dtype.kind == "f" and np.result_type(g, a) == g.dtype
+
+
+def relu_outputs(prims: list[Prim]) -> dict[str, str]:
+    """`u -> y` for every `y = relu(u)` whose y is written once, with u's axes in y's order.
+
+    step(u) = step(y) exactly (relu keeps the positive entries, NaN included: both give 0), so a
+    derivative may read y in place of u, and forward need not keep u alive.
+    """
+    writes: dict[str, int] = {}
+    for p in prims:
+        writes[p.out.name] = writes.get(p.out.name, 0) + 1
+    out: dict[str, str] = {}
+    for p in prims:
+        if (
+            isinstance(p, Elementwise)
+            and p.func == "relu"
+            and p.op == "="
+            and writes[p.out.name] == 1
+            and isinstance(p.args[0], Ref)
+            and _simple(p.out)
+            and _simple(p.args[0])
+            and ref_index_names(p.args[0]) == ref_index_names(p.out)
+            and p.args[0].name != p.out.name
+        ):
+            out[p.args[0].name] = p.out.name
+    return out
+
+
+def read_steps_of_outputs(prims: list[Prim], gates: dict[str, str]) -> list[Prim]:
+    """prims with each `step(u)` for a relu argument u in `gates` reading `step(y)` instead."""
+    if not gates:
+        return prims
+    out: list[Prim] = []
+    for p in prims:
+        if isinstance(p, Elementwise) and p.func == "step" and isinstance(p.args[0], Ref):
+            a = p.args[0]
+            if a.name in gates:
+                p = Elementwise(p.out, p.op, p.func, (Ref(gates[a.name], a.indices, a.span),), p.span)
+        out.append(p)
     return out
