@@ -41,6 +41,10 @@ from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+# PyTorch's OpenMP threads spin after each call by default and take the cores from whatever runs
+# next in the interleaved loop (numpy's OpenBLAS threads): every other implementation then looks
+# 1.3-4x slower. Passive waiting, set before torch is imported, removes that interference.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import workloads as W  # noqa: E402
 from conv import CONV_KEYS, conv_workloads  # noqa: E402

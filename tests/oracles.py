@@ -249,7 +249,93 @@ def _mlp(a):
     return anp.mean(lse - anp.sum(a["Y"] * z, axis=1))
 
 
+def _windows(x, kh: int, kw: int, out_h: int, out_w: int, stride: int = 1, dilation: int = 1):
+    """x[b,ch,row,col] -> patches[b,ch,r,u,c,v] = x[b,ch,stride*r+dilation*u,stride*c+dilation*v]."""
+    rows = stride * np.arange(out_h)[:, None] + dilation * np.arange(kh)[None, :]
+    cols = stride * np.arange(out_w)[:, None] + dilation * np.arange(kw)[None, :]
+    return x[:, :, rows][..., cols]
+
+
+def _conv(x, w, stride: int = 1, dilation: int = 1):
+    """Cross-correlation with "valid" extent, by an einsum over explicitly gathered patches."""
+    kh, kw = w.shape[2:]
+    out_h = (x.shape[2] - dilation * (kh - 1) - 1) // stride + 1
+    out_w = (x.shape[3] - dilation * (kw - 1) - 1) // stride + 1
+    return anp.einsum("bhrucv,ohuv->borc", _windows(x, kh, kw, out_h, out_w, stride, dilation), w)
+
+
+def _conv2d_inputs(rng, dtype):
+    return {
+        "x": _normal(rng, dtype, 2, 3, 6, 5),
+        "w": _normal(rng, dtype, 4, 3, 3, 2),
+        "B": _normal(rng, dtype, 4),
+    }
+
+
+def _conv2d(a):
+    y = _conv(a["x"], a["w"]) + a["B"][None, :, None, None]
+    return anp.sum(0.5 * y**2)
+
+
+def _strided_conv_inputs(rng, dtype):
+    return {
+        "x": _normal(rng, dtype, 2, 2, 9, 8),
+        "w": _normal(rng, dtype, 3, 2, 3, 2),
+        "w2": _normal(rng, dtype, 3, 2, 3, 2),
+    }
+
+
+def _strided_conv(a):
+    s = _conv(a["x"], a["w"], stride=2)
+    d = _conv(a["x"], a["w2"], dilation=2)
+    return anp.sum(0.5 * s**2) + anp.sum(0.5 * d**2)
+
+
+def _log_softmax_rows(z):
+    top = anp.max(z, axis=1, keepdims=True)
+    return z - top - anp.log(anp.sum(anp.exp(z - top), axis=1, keepdims=True))
+
+
+def _cnn_inputs(rng, dtype):
+    b, row, col, o, u, v, k = 3, 6, 5, 4, 3, 2, 5
+    r, c = row - u + 1, col - v + 1
+    return {
+        "x": _normal(rng, dtype, b, row, col),
+        "Y": _one_hot(rng, dtype, b, k),
+        "K": _normal(rng, dtype, o, u, v),
+        "KB": _normal(rng, dtype, o),
+        "W": _normal(rng, dtype, o, r, c, k),
+        "B": _normal(rng, dtype, k),
+    }
+
+
+def _cnn(a):
+    conv = _relu(_conv(a["x"][:, None], a["K"][:, None]) + a["KB"][None, :, None, None])
+    z = anp.einsum("borc,orck->bk", conv, a["W"]) + a["B"]
+    lse = z[:, 0] - _log_softmax_rows(z)[:, 0]  # logsumexp of each row
+    return anp.mean(lse - anp.sum(a["Y"] * z, axis=1))
+
+
+def _logloss_inputs(rng, dtype):
+    b, d, c = 5, 4, 3
+    return {
+        "x": _normal(rng, dtype, b, d),
+        "y": rng.integers(0, c, b),
+        "W": _normal(rng, dtype, d, c),
+        "B": _normal(rng, dtype, c),
+    }
+
+
+def _logloss(a):
+    q = anp.exp(_log_softmax_rows(anp.dot(a["x"], a["W"]) + a["B"]))
+    return anp.mean(-anp.log(q[np.arange(len(a["y"])), a["y"]]))
+
+
 ORACLES: dict[str, Oracle] = {
+    "conv2d": Oracle("loss", _conv2d_inputs, _conv2d),
+    "strided_conv": Oracle("loss", _strided_conv_inputs, _strided_conv),
+    "cnn": Oracle("loss", _cnn_inputs, _cnn),
+    "logloss": Oracle("loss", _logloss_inputs, _logloss),
     "affine": Oracle("y", _affine_inputs, _affine),
     "edf_mlp": Oracle("loss", _edf_mlp_inputs, _edf_mlp),
     "sqrt_norm": Oracle("loss", _sqrt_norm_inputs, _sqrt_norm),
@@ -279,12 +365,15 @@ def grads(name: str, arrays: Arrays, seed: np.ndarray | None = None) -> Arrays:
     if seed is None:
         seed = oracle.seed(arrays, np.random.default_rng(0))
     keys = sorted(arrays)
+    floats = [k for k in keys if arrays[k].dtype.kind == "f"]  # integer labels have no gradient
 
     def scalar(*values):
         return oracle.loss(dict(zip(keys, values)), seed)
 
     out = {}
     for pos, key in enumerate(keys):
+        if key not in floats:
+            continue
         g = autograd.grad(scalar, pos)(*(arrays[k] for k in keys))
         out[key] = np.asarray(g, dtype=arrays[key].dtype).reshape(arrays[key].shape)
     return out
@@ -302,18 +391,18 @@ def _self_test() -> None:
             assert out.dtype == dtype, (name, out.dtype)
             assert np.all(np.isfinite(out)), name
             g = grads(name, arrays)
-            assert sorted(g) == sorted(arrays), name
+            assert sorted(g) == sorted(k for k in arrays if arrays[k].dtype.kind == "f"), name
             for key, val in g.items():
                 assert val.shape == arrays[key].shape and np.all(np.isfinite(val)), (name, key)
             if dtype is np.float32:
                 continue
             seed = oracle.seed(arrays, np.random.default_rng(0))
-            direction = {k: rng.standard_normal(v.shape) for k, v in arrays.items()}
+            direction = {k: rng.standard_normal(arrays[k].shape) for k in g}
             eps = 1e-6
-            plus = oracle.loss({k: v + eps * direction[k] for k, v in arrays.items()}, seed)
-            minus = oracle.loss({k: v - eps * direction[k] for k, v in arrays.items()}, seed)
+            plus = oracle.loss({**arrays, **{k: arrays[k] + eps * d for k, d in direction.items()}}, seed)
+            minus = oracle.loss({**arrays, **{k: arrays[k] - eps * d for k, d in direction.items()}}, seed)
             numeric = (plus - minus) / (2 * eps)
-            analytic = sum(np.sum(g[k] * direction[k]) for k in arrays)
+            analytic = sum(np.sum(g[k] * direction[k]) for k in g)
             assert np.isclose(numeric, analytic, rtol=1e-5, atol=1e-7), (name, numeric, analytic)
         shape = "scalar" if out.ndim == 0 else f"shape {out.shape}"
         print(f"{name:13s} {oracle.output:5s} {shape:14s} inputs {', '.join(sorted(arrays))}")

@@ -86,11 +86,6 @@ def test_normal_form_ignores_factor_order_only() -> None:
     assert normal("a.grad[i] += y.grad[i,j] u[j]") != normal("a.grad[i] += y.grad[j,i] u[j]")
 
 
-ZERO_PATH_REASON = (
-    "backward of `loss = sum[i](sign(x[i] - 1))` raises 'no array was given for input "
-    "loss.sum.grad' instead of returning zeros"
-)
-
 # ---- the seeds' swap-rule examples --------------------------------------------------------------
 
 
@@ -345,13 +340,6 @@ def test_reverse_over_reverse_quadratic_form() -> None:
     np.testing.assert_allclose(g["x"], (A + A.T) @ v, rtol=1e-12)
 
 
-ZERO_PATH = (
-    "a gradient whose only path runs through a zero derivative (step/sign, e.g. the second "
-    "derivative of relu or of a max gate) is read but never written: 'no array was given for "
-    "input ...grad'"
-)
-
-
 def _scalar_examples() -> list:
     rng = np.random.default_rng(0)
     out = []
@@ -385,10 +373,10 @@ def test_reverse_over_reverse_on_examples(name: str, capsys: pytest.CaptureFixtu
     out = ORACLES[name].output
     feed = dict(a, **{f"hv.{k}": v[k] for k in keys}, **{f"{out}.grad": np.array(1.0)})
     got = m.backward(m.forward(**feed), loss="gv", wrt=keys)
-    order = sorted(a)
+    order = sorted(k for k in a if np.asarray(a[k]).dtype.kind == "f")  # labels stay fixed
 
     def f(*ys):
-        return ORACLES[name].value(dict(zip(order, ys)))
+        return ORACLES[name].value({**a, **dict(zip(order, ys))})
 
     def gv(*xs):
         grads = autograd.grad(f, list(range(len(xs))))(*xs)
