@@ -84,7 +84,7 @@ def format_expr(e: Expr) -> str:
     if isinstance(e, SizeOf):
         return f"size[{e.index}]"
     if isinstance(e, Neg):
-        return "-" + _wrap(e.arg, _level(e.arg) >= _UNARY)
+        return "-" + _wrap(e.arg, _level(e.arg) > _UNARY)  # -(-x): the parser reads --x as x
     if isinstance(e, Power):
         return f"{_wrap(e.base, _level(e.base) == _ATOM)}^{format_number(e.exponent)}"
     if isinstance(e, Call):
