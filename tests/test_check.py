@@ -10,8 +10,8 @@ import indexgrad as ig
 from indexgrad.nodes import Call, Neg, Power, Product, Reduce, Ref, Sum, children
 
 
-def bug(reason: str, *case: object) -> object:
-    """A case the core gets wrong today; strict, so the fix is noticed and the mark removed."""
+def regression(reason: str, *case: object) -> object:
+    """A case that once went wrong, its id saying how."""
     return pytest.param(*case, id=reason)
 
 
@@ -49,9 +49,9 @@ CHECK_ERRORS = [
     ("y = min(a, b, c)\n", 1, 5, "min takes 2 arguments, got 3"),
     ("y = relu(a, b)\n", 1, 5, "relu takes 1 argument, got 2"),
     ("y = max(a)\n", 1, 5, "max takes 2 arguments, got 1"),
-    bug("no hint that a name before '(' is a call", "y = a (b + c)\n", 1, 5, "a * ("),
-    bug("no hint that reductions are written sum[k](...)", "y = sum(x[k])\n", 1, 5, "sum[k]("),
-    bug("no hint that size is written size[k]", "y = size(k)\n", 1, 5, "size[k]"),
+    regression("no hint that a name before '(' is a call", "y = a (b + c)\n", 1, 5, "a * ("),
+    regression("no hint that reductions are written sum[k](...)", "y = sum(x[k])\n", 1, 5, "sum[k]("),
+    regression("no hint that size is written size[k]", "y = size(k)\n", 1, 5, "size[k]"),
     # reductions
     ("y[i] = sum[k](x[i])\n", 1, 8, "sum[k] reduces over 'k', which its body does not use"),
     ("y = max[k](x)\n", 1, 5, "max[k] reduces over 'k', which its body does not use"),
@@ -60,7 +60,7 @@ CHECK_ERRORS = [
     ("y[b] = mean[b,c](x[b,c])\n", 1, 8, "mean[b] reduces over 'b', which is on the left side"),
     ("y[j] = x[j] sum[j](x[j])\n", 1, 13, "sum[j] reduces over 'j', which is on the left side"),
     ("y[i] = sum[k,k](x[i,k])\n", 1, 8, "sum[...] lists an index twice"),
-    bug(
+    regression(
         "an index reduced twice is reported as unused by the outer reduction",
         "y = sum[k](sum[k](x[k]))\n",
         1,
@@ -86,9 +86,9 @@ CHECK_ERRORS = [
     ("y = exp\n", 1, 5, "'exp' is a function name and cannot name a tensor"),
     ("param tanh[i]\n", 1, 7, "'tanh' is a function name and cannot name a tensor"),
     ("sum = x\n", 1, 1, "'sum' is a reduction name and cannot name a tensor"),
-    bug("suggests calling a reduction as sum(...)", "sum = x\n", 1, 1, "sum[k](...)"),
-    bug("suggests calling a reduction as mean(...)", "y = mean + 1\n", 1, 5, "mean[k](...)"),
-    bug("suggests calling size as size(...)", "y = size\n", 1, 5, "size[k]"),
+    regression("suggests calling a reduction as sum(...)", "sum = x\n", 1, 1, "sum[k](...)"),
+    regression("suggests calling a reduction as mean(...)", "y = mean + 1\n", 1, 5, "mean[k](...)"),
+    regression("suggests calling size as size(...)", "y = size\n", 1, 5, "size[k]"),
     # integer labels are inputs
     (
         "y[b] = P[b, l[b]]\nl[b] = x[b]\n",

@@ -10,8 +10,8 @@ import indexgrad as ig
 from indexgrad.nodes import Affine, Call, Decl, Gather, Neg, Num, Power, Product, Reduce, Ref, Sum
 
 
-def bug(reason: str, *case: object) -> object:
-    """A case the core gets wrong today; strict, so the fix is noticed and the mark removed."""
+def regression(reason: str, *case: object) -> object:
+    """A case that once went wrong, its id saying how."""
     return pytest.param(*case, id=reason)
 
 
@@ -65,7 +65,7 @@ SYNTAX_ERRORS = [
         43,
         "expected ')' to close the parenthesis opened at 1:15",
     ),
-    bug(
+    regression(
         "an unclosed '[' on the left side is reported as a declaration with '='",
         "y[b,i = x[b,i]\n",
         1,
@@ -76,15 +76,15 @@ SYNTAX_ERRORS = [
     ("y[i] = x[i] + 1)\n", 1, 16, "unmatched ')'"),
     ("y = x[i])\n", 1, 9, "unmatched ')'"),
     ("y = x\n\tz = y )\n", 2, 8, "unmatched ')'"),
-    bug("an unmatched ']' is reported as a missing expression", "y = x]\n", 1, 6, "unmatched ']'"),
-    bug(
+    regression("an unmatched ']' is reported as a missing expression", "y = x]\n", 1, 6, "unmatched ']'"),
+    regression(
         "an unmatched ']' is reported as a missing expression",
         "y[i] = x[i]]\n",
         1,
         12,
         "unmatched ']'",
     ),
-    bug("a ')' opening a line is reported as a missing expression", ")\n", 1, 1, "unmatched ')'"),
+    regression("a ')' opening a line is reported as a missing expression", ")\n", 1, 1, "unmatched ')'"),
     # stray characters and tokens
     ("y[i] = x[i] @ 2\n", 1, 13, "unexpected character '@'"),
     ("y = x $ 2\n", 1, 7, "unexpected character '$'"),
@@ -99,14 +99,14 @@ SYNTAX_ERRORS = [
     ("y = [x]\n", 1, 5, "expected an expression, got '['"),
     ("= x\n", 1, 1, "got '='"),
     ("y[i] x[i]\n", 1, 6, "expected '=' or '+=' after the tensor name, got 'x'"),
-    bug(
+    regression(
         "a second '=' on a line is reported as a declaration",
         "y[i] = x[i] = 2\n",
         1,
         13,
         "one '='",
     ),
-    bug(
+    regression(
         "'[' after an index list on the right side is blamed on the left side",
         "y = x[i][j]\n",
         1,
@@ -126,14 +126,14 @@ SYNTAX_ERRORS = [
     ("y = relu(x,)\n", 1, 12, "expected an expression before ')'"),
     ("y = sum[1](x)\n", 1, 9, "expected an index (a name like i, or j+k), got '1'"),
     ("y = size[2]\n", 1, 10, "expected an index"),
-    bug(
+    regression(
         "an empty reduction list asks for an expression",
         "y = sum[](x)\n",
         1,
         9,
         "expected an index",
     ),
-    bug(
+    regression(
         "an empty first index slot is reported as an unclosed bracket",
         "y[i] = x[,i]\n",
         1,
@@ -148,15 +148,15 @@ SYNTAX_ERRORS = [
     ("y = x ** y\n", 1, 10, "the exponent after '^' must be a number, got 'y'"),
     ("y = x ^ (y)\n", 1, 10, "the exponent after '^' must be a number, got 'y'"),
     ("y = x^\n", 1, 7, "the exponent after '^' must be a number, got the end of the line"),
-    bug("a chained power asks for an expression", "y = x ^ 2 ^ 2\n", 1, 11, "parenthes"),
-    bug("'2.5.3' lexes as 2.5 times .3", "y = x^2.5.3\n", 1, 10, "number"),
-    bug("'1.2.3' lexes as 1.2 times .3", "y = 1.2.3\n", 1, 8, "number"),
-    bug("'x.1' lexes as x times .1", "y = x.1\n", 1, 6, ".1"),
+    regression("a chained power asks for an expression", "y = x ^ 2 ^ 2\n", 1, 11, "parenthes"),
+    regression("'2.5.3' lexes as 2.5 times .3", "y = x^2.5.3\n", 1, 10, "number"),
+    regression("'1.2.3' lexes as 1.2 times .3", "y = 1.2.3\n", 1, 8, "number"),
+    regression("'x.1' lexes as x times .1", "y = x.1\n", 1, 6, ".1"),
     # declarations only name tensors
     ("param W[i] = x[i]\n", 1, 12, "a declaration only names tensors"),
     ("input x[i] = 1\n", 1, 12, "a declaration only names tensors"),
     ("param W[i] B[i]\n", 1, 12, "got 'B'"),
-    bug(
+    regression(
         "a trailing comma in a declaration asks for an index",
         "param W[i],\n",
         1,
@@ -169,8 +169,8 @@ SYNTAX_ERRORS = [
     # deep nesting is refused with a message, not a RecursionError
     (NEST, 1, 205, "nested more than"),
     ("y = x\nz = " + "(" * 300 + "x" + ")" * 300 + "\n", 2, 205, "nested more than"),
-    bug("the depth guard counts lines by '\\n' only", NEST_CR, 2, 205, "nested more than"),
-    bug(
+    regression("the depth guard counts lines by '\\n' only", NEST_CR, 2, 205, "nested more than"),
+    regression(
         "the depth guard resets at a line continuation; 5,000 nested calls raise RecursionError",
         NEST_CONTINUED,
         3,
@@ -244,7 +244,7 @@ NOT_UTF8 = [
     (b"y = x\xff\n", 1, 6),
     (b"# ok\ny[i] = x[i] \xff z\n", 2, 13),
     (b"y = 1\r\nz = \xe2\x82 x\r\n", 2, 5),
-    bug(
+    regression(
         "the column counts bytes, not characters, so the caret lands one place to the right",
         b"# ok\ny[i] = x[i] \xc3\xa9\xff z\n",
         2,
@@ -366,14 +366,14 @@ def test_valid_programs_parse(source: str) -> None:
 @pytest.mark.parametrize(
     "source",
     [
-        bug("3,000 unary minus signs raise RecursionError", NEG_3000),
-        bug(
+        regression("3,000 unary minus signs raise RecursionError", NEG_3000),
+        regression(
             "brackets inside a comment count toward the nesting limit",
             "# " + "(" * 300 + "\ny = x\n",
         ),
     ],
 )
-def test_valid_programs_parse_known_bugs(source: str) -> None:
+def test_valid_programs_parse_regressions(source: str) -> None:
     try:
         p = ig.parse(source)
     except (ig.IndexgradError, RecursionError) as e:
