@@ -102,7 +102,7 @@ def swap(p: Prim, wants: set[str], names: dict[str, str]) -> list[Statement]:
                 continue
             rest = [powered(f, e) for n, (f, e) in enumerate(p.factors) if n != m]
             mine = [powered(a, k - 1)] if k != 1 else []
-            emit(a, product([g, *mine, *rest], p.coef * k))
+            emit(a, product([g, *mine, *rest, Num(k)], p.coef))
     elif isinstance(p, Terms):
         for c, a in p.terms:
             if isinstance(a, Ref) and a.name in wants:
@@ -314,7 +314,7 @@ def tangent(p: Prim, has_tan: set[str], names: dict[str, str]) -> Statement | No
                 factors: list[Expr] = []
                 for n, (f, e) in enumerate(p.factors):  # the tangent in its factor's place
                     factors.extend(mine if n == m else [powered(f, e)])
-                terms.append(product(factors, p.coef * k))
+                terms.append(product([*factors, Num(k)], p.coef))
     elif isinstance(p, Terms):
         for c, a in p.terms:
             if isinstance(a, Ref) and a.name in has_tan:

@@ -107,8 +107,8 @@ def product(factors: list[Expr], coef: float = 1.0) -> Expr:
         f, d = work.pop(0)
         if isinstance(f, Neg) and not d:
             coef, f = -coef, f.arg
-        if isinstance(f, Num) and not d:
-            coef *= f.value
+        if isinstance(f, Num) and not d and math.isfinite(coef * f.value):
+            coef *= f.value  # numbers whose product would overflow stay separate factors
             continue
         if isinstance(f, Product) and not f.summed and not d:
             work[:0] = list(zip(f.factors, f.divide))
@@ -267,9 +267,9 @@ class _Lowerer:
             if len(rest) == 1:
                 c = 1.0
                 for f in consts:
-                    c *= f.value
+                    c = _fold(c, f, 1.0, self.span)
                 c2, u = self.scaled(rest[0], base)
-                return c * c2, u
+                return _fold(c, Num(c2, e.span), 1.0, self.span), u
         return 1.0, self.operand(e, base)
 
     def factors(self, e: Expr, base: str) -> tuple[float, list[tuple[Operand, float]]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import cached_property, lru_cache
+from functools import cached_property
 from typing import Union
 
 
@@ -35,7 +35,7 @@ class Affine:
     const: int = 0
     span: Span = _span()
 
-    @property
+    @cached_property
     def plain(self) -> str | None:
         """The index name when the position is just one name, else None."""
         if self.const == 0 and len(self.terms) == 1 and self.terms[0][0] == 1:
@@ -285,14 +285,19 @@ def refs_in_statement(s: Statement) -> list[Ref]:
     return out
 
 
-@lru_cache(maxsize=65536)
 def ref_index_names(r: Ref) -> tuple[str, ...]:
-    """Index names a reference mentions, in order, without repeats."""
+    """Index names a reference mentions, in order, without repeats (kept on the node once known)."""
+    try:
+        return r.__dict__["_index_names"]
+    except KeyError:
+        pass
     seen: dict[str, None] = {}
     for i in r.indices:
         for n in i.names():
             seen.setdefault(n, None)
-    return tuple(seen)
+    names = tuple(seen)
+    object.__setattr__(r, "_index_names", names)  # not a field: equality and hashing ignore it
+    return names
 
 
 def map_expr(e: Expr, f) -> Expr:  # type: ignore[no-untyped-def]

@@ -218,7 +218,7 @@ def _parser() -> Lark:
     return Lark(
         grammar_text(),
         parser="lalr",
-        propagate_positions=True,
+        propagate_positions=False,
         transformer=_Build(),
         maybe_placeholders=True,
     )
