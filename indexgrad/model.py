@@ -173,7 +173,10 @@ class Model:
         env = self._inputs(arrays)
         key = _signature(env)
         program, ex = self._execution(env, key, len(env) == len(self._order))
-        return ex.run(env, check_finite=check_finite, key=key)
+        if check_finite:  # the first NaN or Inf becomes a located error, not numpy's warnings
+            with np.errstate(all="ignore"):
+                return ex.run(env, check_finite=True, key=key)
+        return ex.run(env, key=key)
 
     def plan(self, **arrays: Any) -> PlanReport:
         """How the forward and backward programs run on arrays of these shapes, and planning time."""
@@ -209,7 +212,8 @@ class Model:
             key = tuple(k for k in key if k[0] in self._input_set)
         hit = self._cache.get(("exec", key))
         if hit is None:
-            probe = self._forward.run({n: env[n] for n in self.inputs + self.labels})
+            with np.errstate(all="ignore"):  # a look at the shapes; the real run warns if it must
+                probe = self._forward.run({n: env[n] for n in self.inputs + self.labels})
             prims = split_products(self.prims, {n: np.shape(a) for n, a in probe.items()})
             if prims is self.prims:
                 hit = (self.program, self._forward)

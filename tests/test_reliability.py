@@ -177,8 +177,11 @@ loss = mean[b](log(p[b]) - h[b])
 
 
 def finite_error(model: ig.Model, **arrays) -> ig.IndexgradError:
-    with pytest.raises(ig.IndexgradError) as info:
-        model.forward(check_finite=True, **arrays)
+    """The located error of forward(check_finite=True), which replaces numpy's warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ig.IndexgradError) as info:
+            model.forward(check_finite=True, **arrays)
     return info.value
 
 
