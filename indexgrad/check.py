@@ -360,10 +360,6 @@ def _place_sizeofs(e: Expr, lhs: set[str], top: str) -> None:
             sz.span,
         )
 
-    def constant(f: Expr) -> bool:
-        f = f.base if isinstance(f, Power) else f
-        return isinstance(f, (Num, SizeOf)) or (isinstance(f, Neg) and constant(f.arg))
-
     if isinstance(e, SizeOf):
         if not (top and e.index in lhs):
             raise refuse(e)
@@ -376,7 +372,10 @@ def _place_sizeofs(e: Expr, lhs: set[str], top: str) -> None:
         plain = {
             i.plain for f in e.factors if isinstance(f, Ref) for i in f.indices if isinstance(i, Affine)
         }
-        by_lhs = top == "whole" or (top == "term" and all(constant(f) for f in e.factors))
+        # a term `2 size[k]` stays a term of the statement; any other product becomes a temporary
+        others = [d for f, d in zip(e.factors, e.divide) if not isinstance(f, Num)]
+        scaled = others == [False]
+        by_lhs = top == "whole" or (top == "term" and scaled)
         for f in e.factors:
             base = f.base if isinstance(f, Power) else f
             while isinstance(base, Neg):

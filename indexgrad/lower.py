@@ -261,13 +261,14 @@ class _Lowerer:
             return -c, u
         if isinstance(e, Num):
             return e.value, Num(1)
-        if isinstance(e, Product) and not e.summed and not any(e.divide):
-            consts = [f for f in e.factors if isinstance(f, Num)]
-            rest = [f for f in e.factors if not isinstance(f, Num)]
-            if len(rest) == 1:
+        if isinstance(e, Product) and not e.summed:
+            pairs = list(zip(e.factors, e.divide))
+            rest = [f for f, _ in pairs if not isinstance(f, Num)]
+            if len(rest) == 1 and not any(d for f, d in pairs if f is rest[0]):
                 c = 1.0
-                for f in consts:
-                    c = _fold(c, f, 1.0, self.span)
+                for f, d in pairs:  # `2 x / 4`: the numbers, multiplied and divided, scale x
+                    if isinstance(f, Num):
+                        c = _fold(c, f, -1.0 if d else 1.0, self.span)
                 c2, u = self.scaled(rest[0], base)
                 return _fold(c, Num(c2, e.span), 1.0, self.span), u
         return 1.0, self.operand(e, base)
