@@ -369,9 +369,13 @@ def _place_sizeofs(e: Expr, lhs: set[str], top: str) -> None:
         for t in e.terms:
             _place_sizeofs(t, lhs, "term" if top else "")
     elif isinstance(e, Product):
-        plain = {
-            i.plain for f in e.factors if isinstance(f, Ref) for i in f.indices if isinstance(i, Affine)
-        }
+        refs = []
+        for f in e.factors:
+            while isinstance(f, Neg):  # `-x[k] size[k]`: the sign does not hide x
+                f = f.arg
+            if isinstance(f, Ref):
+                refs.append(f)
+        plain = {i.plain for r in refs for i in r.indices if isinstance(i, Affine)}
         # a term `2 size[k]` stays a term of the statement; any other product becomes a temporary
         others = [d for f, d in zip(e.factors, e.divide) if not isinstance(f, Num)]
         scaled = others == [False]
