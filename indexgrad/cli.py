@@ -258,16 +258,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         a.hidden,
         save=a.save,
         resume=a.resume,
-        dims=_train_dims(a.dims),
+        dims=parse_dims(a.dims),
     )
-
-
-def _train_dims(text: str | None) -> dict[str, int]:
-    try:
-        return parse_dims(text)
-    except IndexgradError as e:
-        e.filename = "indexgrad train"  # a flag's mistake, not the file's
-        raise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("ignore", RuntimeWarning)
             return int(a.func(a))
     except IndexgradError as e:
+        if e.filename is None and e.span is None:  # a flag's or the environment's mistake
+            e.filename = f"indexgrad {a.command}"
         if fmt == "json":
             print(json.dumps(_diagnostic(e)), file=sys.stderr)
         else:
