@@ -15,7 +15,7 @@ from .check import check, sized_like
 from .derive import derivative_reads, derive_for, derive_jvp, derived_names, tan_name
 from .errors import IndexgradError
 from .lower import Contract, Elementwise, Prim, lower, prim_statement, split_products
-from .nodes import Program, refs_in_statement
+from .nodes import Program, Ref, refs_in_statement
 from .run import Executor, _signature, read_steps_of_outputs, relu_outputs
 from .syntax import parse_syntax
 
@@ -97,10 +97,16 @@ class Model:
         gates = relu_outputs(prims)
         if not gates:
             return set(self.program.defined()) | derivative_reads(prims), {}
+        def gated(p: Prim) -> bool:
+            return (
+                isinstance(p, Elementwise)
+                and p.func == "relu"
+                and isinstance(p.args[0], Ref)
+                and gates.get(p.args[0].name) == p.out.name
+            )
+
         stand_in: list[Prim] = [
-            Contract(p.out, p.op, 1.0, ((p.args[0], 1.0),), p.span)  # type: ignore[arg-type]
-            if isinstance(p, Elementwise) and p.func == "relu" and gates.get(p.args[0].name) == p.out.name  # type: ignore[union-attr]
-            else p
+            Contract(p.out, p.op, 1.0, ((p.args[0], 1.0),), p.span) if gated(p) else p  # type: ignore[union-attr]
             for p in prims
         ]
         keep = set(self.program.defined()) | derivative_reads(stand_in)
