@@ -18,7 +18,7 @@ from .lower import lower, prim_statement
 from .model import Model, gradcheck, load
 from .nodes import Program, Statement, ref_index_names, refs_in
 from .printer import format_program, format_statement
-from .shapes import parse_dims, random_inputs
+from .shapes import parse_dims, parse_names, random_inputs
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -28,15 +28,6 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"indexgrad: error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
-
-
-def _names(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    out = [n.strip() for n in text.split(",") if n.strip()]
-    if not out:
-        raise IndexgradError("--wrt needs at least one input name")
-    return out
 
 
 def _diagnostic(e: IndexgradError, severity: str = "error") -> dict[str, Any]:
@@ -151,7 +142,7 @@ def cmd_fmt(a: argparse.Namespace) -> int:
 def cmd_grad(a: argparse.Namespace) -> int:
     p = load(a.file)
     _warn(p, a.format)
-    wrt = _names(a.wrt)
+    wrt = parse_names(a.wrt)
     losses = [a.loss] if a.loss else []
     d = derive_for(p, losses, wrt)
     forward = forward_statements(p, d)
@@ -178,7 +169,7 @@ def cmd_grad(a: argparse.Namespace) -> int:
 def cmd_jvp(a: argparse.Namespace) -> int:
     p = load(a.file)
     _warn(p, a.format)
-    d = derive_jvp(p, _names(a.wrt))
+    d = derive_jvp(p, parse_names(a.wrt))
     _print_program([], d, a.format, "tangents")
     return EXIT_OK
 

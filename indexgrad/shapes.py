@@ -53,6 +53,16 @@ def parse_dims(text: str | None) -> dict[str, int]:
     return out
 
 
+def parse_names(text: str | None) -> list[str] | None:
+    """`W1,B1` (the --wrt flag) as a list; None when the flag is absent."""
+    if text is None:
+        return None
+    out = [n.strip() for n in text.split(",") if n.strip()]
+    if not out:
+        raise IndexgradError("--wrt needs at least one input name")
+    return out
+
+
 def infer_shapes(program: Program, dims: dict[str, int], default: int = 3) -> dict[str, tuple[int, ...]]:
     """Shapes for every input (labels included), sized from dims by index name, else `default`."""
     uf = _Classes()

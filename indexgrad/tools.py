@@ -23,7 +23,7 @@ from .nodes import Affine, Program, Ref, Statement, ref_index_names
 from .plan import plan_contraction
 from .printer import format_index, format_number, format_ref, format_statement
 from .run import Executor
-from .shapes import parse_dims, random_inputs
+from .shapes import parse_dims, parse_names, random_inputs
 
 # ---- the computation graph -------------------------------------------------------------------
 
@@ -336,18 +336,9 @@ def render_dot(text: str, out: str) -> None:
         )
 
 
-def _names(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    out = [n.strip() for n in text.split(",") if n.strip()]
-    if not out:
-        raise IndexgradError("--wrt needs at least one input name")
-    return out
-
-
 def cmd_graph(a: argparse.Namespace) -> int:
     program = load(a.file)
-    g = computation_graph(program, a.grad, a.loss, _names(a.wrt))
+    g = computation_graph(program, a.grad, a.loss, parse_names(a.wrt))
     if a.render:
         if a.format == "mermaid":
             raise IndexgradError(
@@ -594,7 +585,7 @@ def _shown(c: dict[str, Any]) -> bool:
 
 def cmd_cost(a: argparse.Namespace) -> int:
     program = load(a.file)
-    report = cost_report(program, parse_dims(a.dims), a.loss, _names(a.wrt))
+    report = cost_report(program, parse_dims(a.dims), a.loss, parse_names(a.wrt))
     if a.format == "json":
         print(json.dumps(report, indent=2))
     else:
