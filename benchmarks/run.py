@@ -5,8 +5,9 @@
     python benchmarks/run.py --quick                 # a smoke run: few repetitions, nothing written
 
 For every workload: each implementation is checked against the hand-written numpy step (b), then
-all are timed in this one process, interleaved (one call of each per repetition, the order rotated
-between repetitions), after a warm-up; the garbage collector runs between repetitions, never inside one.
+all are timed in this one process, interleaved (one call of each per repetition, in a new seeded
+random order each repetition), after a warm-up; the garbage collector runs between repetitions,
+never inside one.
 Ratios are medians divided by (b)'s median. Then the extras: the per-call floor of one primitive
 statement on 4×4 arrays, parse + derive + plan of a 200-statement program, and peak memory
 (tracemalloc, which numpy reports its buffers to) of one step, indexgrad vs (b).
@@ -69,7 +70,7 @@ def time_interleaved(
 ) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
     """Seconds (and minor page faults) per call of each callable.
 
-    Warm-up, then `reps` rounds of one call each, the order rotated between rounds. With `blocked`,
+    Warm-up, then `reps` rounds of one call each, in a new random order each round. With `blocked`,
     each callable instead runs its warm-up and all its repetitions back to back (a cross-check:
     interleaving lets one implementation's freed memory and idle thread pools affect the next).
     """
@@ -103,12 +104,14 @@ def time_interleaved(
         for _ in range(warmup):
             for n in names:
                 calls[n]()
-        for r in tqdm(range(reps), desc=desc, unit="rep", leave=False, file=sys.stderr):
-            k = r % len(names)
+        # a fresh (seeded) order each round: a rotation would keep every implementation right
+        # behind the same neighbour, whose spinning thread pool or cache traffic it would inherit
+        order = np.random.default_rng(0)
+        for _ in tqdm(range(reps), desc=desc, unit="rep", leave=False, file=sys.stderr):
             gc.collect()
             gc.disable()  # one round runs back to back, without the collector
-            for n in names[k:] + names[:k]:
-                measure(n)
+            for k in order.permutation(len(names)):
+                measure(names[k])
             gc.enable()
     finally:
         if gc_was:
