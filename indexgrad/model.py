@@ -303,10 +303,17 @@ class Model:
         for name, g in seeds.items():
             env[self._grad.get(name)] = g
         env = ex.run(env)
+        given = [a for a in [*vals.values(), *seeds.values()] if isinstance(a, np.ndarray)]
         out = {}
         for name in wrt if wrt is not None else self.inputs:
             g = env.get(self._grad.get(name))
-            out[name] = np.zeros_like(vals[name]) if g is None else np.asarray(g, order="C")
+            if g is None:
+                out[name] = np.zeros_like(vals[name])
+                continue
+            g = np.asarray(g, order="C")
+            if any(np.may_share_memory(g, a) for a in given):  # `y = x` passes y.grad through
+                g = g.copy()
+            out[name] = g
         return out
 
     def jvp(self, vals: Mapping[str, Array], tangents: Mapping[str, Any]) -> dict[str, Array]:

@@ -809,6 +809,9 @@ def _compute_kernel(
             body = _product_kernel(ops, kept, out, shape, dead, coef) if kept == out else None
             if body is not None:
                 return body, True
+            scale = _scale_kernel(ops, out, coef) if kept == out else None
+            if scale is not None:
+                return scale, False  # it may hand back its operand itself: never updated in place
             pw = pairwise(nm0, nm1, kept, env[n0].shape, env[n1].shape)
             if k0 == 1 and k1 == 1:
 
@@ -981,6 +984,32 @@ def _product_kernel(
         if donor in owned and a.shape == shape and a.dtype == np.result_type(a, b):
             return np.multiply(a, align_other(b), out=a)
         return np.multiply(align0(env[n0]), align1(env[n1]))
+
+    return body
+
+
+def _scale_kernel(
+    ops: list[tuple[str, tuple[str, ...], float]], out: tuple[str, ...], coef: float
+) -> Compute | None:
+    """A tensor times a scalar tensor and the coefficient, in one pass; when the factor comes to
+    exactly 1 (`y.grad = 2 (0.5) y` for a loss of ½Σy²) the tensor itself, as a hand-written
+    backward pass reuses y as its own gradient."""
+    (n0, nm0, k0), (n1, nm1, k1) = ops
+    if k0 != 1 or k1 != 1 or n0 == n1:
+        return None
+    if nm0 == () and nm1 == out:
+        s_name, t_name = n0, n1
+    elif nm1 == () and nm0 == out:
+        s_name, t_name = n1, n0
+    else:
+        return None
+
+    def body(env: dict[str, Array], owned: set[str]) -> Array:
+        t, s = env[t_name], env[s_name]
+        factor = s * coef if coef != 1 else s
+        if factor == 1 and np.result_type(t, factor) == t.dtype:
+            return t
+        return np.multiply(t, factor)
 
     return body
 

@@ -213,3 +213,17 @@ def test_nothing_given_is_written_and_repeats_agree_bit_for_bit(name: str, dtype
         for n in first:
             assert np.array_equal(first[n], second[n], equal_nan=True), n
             assert np.asarray(first[n]).dtype == np.asarray(second[n]).dtype
+
+
+def test_gradients_are_new_arrays() -> None:
+    """A gradient that equals a given array (`y = x` passes the seed through; ½Σy² gives y) is
+    still an array of its own: updating it, or the params, in place changes nothing else."""
+    m = ig.compile("input x[i]\ny[i] = x[i]\nloss = 0.5 sum[i](y[i]^2)\n")
+    x = np.arange(3.0)
+    vals = m.forward(x=x)
+    g = m.backward(vals, loss="loss")["x"]
+    np.testing.assert_array_equal(g, x)
+    assert not any(np.may_share_memory(g, a) for a in vals.values())
+    seed = np.ones(3)
+    gs = m.backward(vals, seed={"y": seed})["x"]
+    assert not np.may_share_memory(gs, seed) and np.array_equal(gs, seed)
