@@ -303,7 +303,7 @@ class Model:
         for name, g in seeds.items():
             env[self._grad.get(name)] = g
         env = ex.run(env)
-        given = [a for a in [*vals.values(), *seeds.values()] if isinstance(a, np.ndarray)]
+        given = {_owner(a) for a in [*vals.values(), *seeds.values()] if isinstance(a, np.ndarray)}
         out = {}
         for name in wrt if wrt is not None else self.inputs:
             g = env.get(self._grad.get(name))
@@ -311,7 +311,7 @@ class Model:
                 out[name] = np.zeros_like(vals[name])
                 continue
             g = np.asarray(g, order="C")
-            if any(np.may_share_memory(g, a) for a in given):  # `y = x` passes y.grad through
+            if _owner(g) in given:  # `y = x` passes y.grad through: the caller gets a copy
                 g = g.copy()
             out[name] = g
         return out
@@ -378,6 +378,13 @@ class Model:
             t = env.get(tan_name(both, self._grad.get(n)))
             out[n] = np.zeros_like(np.asarray(vals[n])) if t is None else t
         return out
+
+
+def _owner(a: Array) -> int:
+    """The identity of the buffer an array (or the array it views) owns."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return id(a if a.base is None else a.base)
 
 
 def compile(program: str | Program, backend: str = "numpy") -> Model:  # noqa: A001
