@@ -216,6 +216,8 @@ class _Lowerer:
 
     def emit(self, target: Ref, op: str, e: Expr, summed: tuple[str, ...], base: str) -> None:
         span = self.span
+        if isinstance(e, Neg) and isinstance(e.arg, Sum):  # -(a + b) is -a - b
+            e = Sum(e.arg.terms, tuple(-sign for sign in e.arg.signs), e.arg.span)
         needs_temp = op == "+=" or target.name in self.accumulated
         if summed and not _is_productish(e):
             e = self.operand(e, base)

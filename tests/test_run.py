@@ -547,3 +547,11 @@ def test_check_finite_names_the_statement() -> None:
         ig.compile("y[i] = log(x[i])\nw = sum[i](y[i])").forward(x=x, check_finite=True)
     assert info.value.line == 1 and "'y'" in info.value.message and "Inf" in info.value.message
     assert ig.compile(text).forward(x=x + 2, check_finite=True)["w"] == pytest.approx(1.0 + 3**0.5)
+
+
+def test_negated_sum_as_the_whole_right_side() -> None:
+    m = ig.compile("input a, b, x[k]\ny = -(a + b)\nz = -(x[k] - a)\n")
+    vals = m.forward(a=np.array(1.0), b=np.array(2.0), x=np.array([1.0, 5.0]))
+    assert float(vals["y"]) == -3.0 and float(vals["z"]) == -(6.0 - 2.0)
+    g = m.backward(vals, loss="z")
+    assert float(g["a"]) == 2.0 and float(g["b"]) == 0.0 and np.array_equal(g["x"], [-1.0, -1.0])
