@@ -101,7 +101,7 @@ def infer_shapes(program: Program, dims: dict[str, int], default: int = 3) -> di
             root = uf.find(("T", r.name, axis))
             if isinstance(i, Affine) and i.plain is None:
                 ext = i.const + sum(max(c, 0) * (index_size(k, n) - 1) for c, n in i.terms) + 1
-                shape.append(size.get(root, ext))
+                shape.append(size.get(root, max(ext, 1)))  # B[-1] is refused when it runs
             elif isinstance(i, Gather):
                 shape.append(size.get(root, dims.get(f"{r.name}{axis}", default + 1)))
             else:
@@ -166,7 +166,7 @@ def random_inputs(
     out: dict[str, np.ndarray] = {}
     for name, shape in shapes.items():
         if name in labels:
-            out[name] = rng.integers(0, limits.get(name, 2), size=shape)
+            out[name] = rng.integers(0, max(limits.get(name, 2), 1), size=shape)
         elif positive or name in pos:
             out[name] = rng.uniform(0.5, 1.5, size=shape)
         else:
