@@ -6,6 +6,7 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -71,12 +72,10 @@ def plan_contraction(
 def clear_cache() -> None:
     with _LOCK:
         _CACHE.clear()
-        _PAIRS.clear()
+    pairwise.cache_clear()
 
 
-_PAIRS: dict[tuple[Any, ...], Callable[[np.ndarray, np.ndarray], np.ndarray]] = {}
-
-
+@cache
 def pairwise(
     a_names: tuple[str, ...],
     b_names: tuple[str, ...],
@@ -88,26 +87,6 @@ def pairwise(
 
     The result's axes are `out`; every name in `out` must appear in an operand. Cached per
     names and shapes (the functions returned keep no state).
-    """
-    key = (a_names, b_names, out, a_shape, b_shape)
-    hit = _PAIRS.get(key)
-    if hit is None:
-        hit = _pairwise(a_names, b_names, out, a_shape, b_shape)
-        with _LOCK:
-            _PAIRS[key] = hit
-    return hit
-
-
-def _pairwise(
-    a_names: tuple[str, ...],
-    b_names: tuple[str, ...],
-    out: tuple[str, ...],
-    a_shape: tuple[int, ...],
-    b_shape: tuple[int, ...],
-) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """A two-operand contraction as one BLAS matmul (or a broadcast product), planned once.
-
-    The result's axes are `out`; every name in `out` must appear in an operand.
     """
     size = dict(zip(a_names, a_shape)) | dict(zip(b_names, b_shape))
     a_set, b_set, o_set = set(a_names), set(b_names), set(out)
@@ -138,7 +117,7 @@ def _pairwise(
 
     if batch + right + left == list(out) and batch + left + right != list(out):
         # C = A B would come out transposed; compute it as (B^T A^T) so it is born in order
-        swapped = _pairwise(b_names, a_names, out, b_shape, a_shape)
+        swapped = pairwise(b_names, a_names, out, b_shape, a_shape)
         return lambda a, b: swapped(b, a)
     a_perm = [a_rest.index(n) for n in batch + left + inner]
     b_perm = [b_rest.index(n) for n in batch + inner + right]

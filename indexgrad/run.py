@@ -18,6 +18,7 @@ from .lower import Contract, Elementwise, Operand, Prim, Reduction, Terms, prim_
 from .nodes import Affine, Gather, Num, Ref, SizeOf, Span, ref_index_names
 from .plan import pairwise, plan_contraction
 from .printer import format_ref
+from .shapes import valid_extent
 
 Array = np.ndarray
 
@@ -137,15 +138,10 @@ def _size_affine(sizes: Sizes, refs: list[tuple[Ref, Array]], span: Span) -> Non
             for axis, i in enumerate(r.indices):
                 if not isinstance(i, Affine) or i.plain is not None:
                     continue
-                unknown = [(c, n) for c, n in i.terms if n not in sizes.size]
-                if len(unknown) != 1 or unknown[0][0] <= 0:
+                found = valid_extent(i, a.shape[axis], sizes.size.get)
+                if found is None:
                     continue
-                c, n = unknown[0]
-                top = a.shape[axis] - 1 - i.const
-                for c2, n2 in i.terms:
-                    if n2 != n:
-                        top -= max(c2, 0) * (sizes.size[n2] - 1)
-                size = top // c + 1
+                n, size = found
                 if size < 1:
                     raise IndexgradError(
                         f"index '{n}' in {format_ref(r)} has no valid positions: "
@@ -725,23 +721,18 @@ def _kernel(
         r = compute(env, owned)
         if type(r) is not np.ndarray:
             r = np.asarray(r)
+        own = fresh
         if r.shape != shape:
+            own = small
             if small:  # a small result is cheaper to fill than to wrap as a broadcast view
                 full = np.empty(shape, r.dtype)
                 full[...] = r
                 r = full
             else:
                 r = np.broadcast_to(r, shape)
-            if not accumulate or name not in env:
-                env[name] = r
-                if small:
-                    owned.add(name)
-                else:
-                    owned.discard(name)
-                return
-        elif not accumulate or name not in env:
+        if not accumulate or name not in env:
             env[name] = r
-            if fresh:
+            if own:
                 owned.add(name)
             else:
                 owned.discard(name)

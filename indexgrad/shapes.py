@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .errors import IndexgradError
@@ -113,25 +115,32 @@ def infer_shapes(program: Program, dims: dict[str, int], default: int = 3) -> di
     return shapes
 
 
+def valid_extent(i: Affine, extent: int, size_of: Callable[[str], int | None]) -> tuple[str, int] | None:
+    """(name, size) for the one unsized name of an affine position whose axis has `extent`: the
+    most values that keep the position inside the axis (the "valid" extent |x| - |u| + 1 of r in
+    x[r+u]); below 1 when there is none. None unless exactly one name, with a positive
+    coefficient, is unsized."""
+    unknown = [(c, n) for c, n in i.terms if size_of(n) is None]
+    if len(unknown) != 1 or unknown[0][0] <= 0:
+        return None
+    c, n = unknown[0]
+    top = extent - 1 - i.const - sum(max(c2, 0) * (size_of(n2) - 1) for c2, n2 in i.terms if n2 != n)  # type: ignore[operator]
+    return n, top // c + 1
+
+
 def _solve_affine(uf: _Classes, size: dict[tuple, int], refs: list[tuple[int, Ref]]) -> None:
-    """Sizes that index arithmetic implies: in x[r+u] with x's axis and u sized, r has the "valid"
-    extent |x| - |u| + 1 (in general, the one unsized name of a position gets the most values
-    that keep the position inside the axis)."""
+    """Sizes that index arithmetic implies (see valid_extent), until nothing more follows."""
     changed = True
     while changed:
         changed = False
         for k, r in refs:
             for axis, i in enumerate(r.indices):
-                if not isinstance(i, Affine) or i.plain is not None:
-                    continue
                 extent = size.get(uf.find(("T", r.name, axis)))
-                unknown = [(c, n) for c, n in i.terms if uf.find(("I", k, n)) not in size]
-                if extent is None or len(unknown) != 1 or unknown[0][0] <= 0:
+                if not isinstance(i, Affine) or i.plain is not None or extent is None:
                     continue
-                (c, n), top = unknown[0], extent - 1 - i.const
-                top -= sum(max(c2, 0) * (size[uf.find(("I", k, n2))] - 1) for c2, n2 in i.terms if n2 != n)
-                if top >= 0:
-                    size[uf.find(("I", k, n))] = top // c + 1
+                found = valid_extent(i, extent, lambda n, k=k: size.get(uf.find(("I", k, n))))
+                if found is not None and found[1] >= 1:
+                    size[uf.find(("I", k, found[0]))] = found[1]
                     changed = True
 
 
