@@ -73,6 +73,11 @@ def time_interleaved(
     Warm-up, then `reps` rounds of one call each, in a new random order each round. With `blocked`,
     each callable instead runs its warm-up and all its repetitions back to back (a cross-check:
     interleaving lets one implementation's freed memory and idle thread pools affect the next).
+
+    The collector runs between rounds, never inside one, over what the rounds allocate: the heap
+    that exists after the warm-up (every imported module, PyTorch's and JAX's included) is frozen
+    first. A full collection walks all of it (4 ms with both loaded), evicting the caches and idling
+    the BLAS threads that the next call then pays for; no training loop runs one per step.
     """
     names = list(calls)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -96,6 +101,7 @@ def time_interleaved(
                 for _ in range(warmup):
                     calls[n]()
                 gc.collect()
+                gc.freeze()
                 gc.disable()
                 for _ in range(reps):
                     measure(n)
@@ -104,6 +110,8 @@ def time_interleaved(
         for _ in range(warmup):
             for n in names:
                 calls[n]()
+        gc.collect()
+        gc.freeze()
         # a fresh (seeded) order each round: a rotation would keep every implementation right
         # behind the same neighbour, whose spinning thread pool or cache traffic it would inherit
         order = np.random.default_rng(0)
@@ -114,6 +122,7 @@ def time_interleaved(
                 measure(names[k])
             gc.enable()
     finally:
+        gc.unfreeze()
         if gc_was:
             gc.enable()
     return times, faults
@@ -228,6 +237,8 @@ def run_long_program(args: argparse.Namespace) -> dict[str, Any]:
     reps = max(5, args.reps // 2) if not args.quick else 3
     parts: dict[str, list[float]] = {"compile": [], "forward": [], "backward": [], "total": []}
     clock = time.perf_counter
+    gc.collect()
+    gc.freeze()  # the collections compiling triggers walk its own objects, not every loaded module
     for _ in tqdm(range(reps), desc="200 statements", unit="rep", leave=False, file=sys.stderr):
         if clear_cache is not None:
             clear_cache()
@@ -244,6 +255,7 @@ def run_long_program(args: argparse.Namespace) -> dict[str, Any]:
         parts["backward"].append(t3 - t2)
         parts["total"].append(t3 - t0)
         assert len(grads) == len(params) and np.isfinite(vals["loss"])
+    gc.unfreeze()
     out: dict[str, Any] = {
         "statements": n,
         "reps": reps,

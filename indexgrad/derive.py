@@ -7,6 +7,7 @@ from dataclasses import replace
 from .check import check
 from .errors import IndexgradError
 from .functions import FUNCTIONS
+from .gcpause import gc_paused
 from .lower import (
     Contract,
     Elementwise,
@@ -160,6 +161,11 @@ def derive(program: Program, loss: str | None = None, wrt: list[str] | None = No
 
 def derive_for(program: Program, losses: list[str], wrt: list[str] | None) -> Program:
     """The vector-Jacobian program for seeds on `losses` (the last defined tensor when empty)."""
+    with gc_paused():
+        return _derive_for(program, losses, wrt)
+
+
+def _derive_for(program: Program, losses: list[str], wrt: list[str] | None) -> Program:
     prims = lower(program)
     losses, sources = _loss_and_sources(program, losses, wrt)
     names = derived_names(program, ".grad")

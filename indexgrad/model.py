@@ -14,6 +14,7 @@ import numpy as np
 from .check import check, sized_like
 from .derive import derivative_reads, derive_for, derive_jvp, derived_names, tan_name
 from .errors import IndexgradError
+from .gcpause import gc_paused
 from .lower import Contract, Elementwise, Prim, lower, prim_statement, split_products
 from .nodes import Program, Ref, refs_in_statement
 from .run import Executor, _signature, read_steps_of_outputs, relu_outputs
@@ -26,7 +27,8 @@ def parse(text: str, filename: str = "<string>") -> Program:
     """Parse and check .idx text; `str(program)` is its canonical form."""
     if not isinstance(text, str):
         raise IndexgradError(f"parse() takes the program text as a string, got {type(text).__name__}")
-    return check(parse_syntax(text, filename))
+    with gc_paused():
+        return check(parse_syntax(text, filename))
 
 
 def load(path: str | Path) -> Program:
@@ -75,6 +77,11 @@ class Model:
         start = time.perf_counter()
         if self.backend != "numpy":
             raise IndexgradError(f"unknown backend '{self.backend}'; available: numpy")
+        with gc_paused():
+            self._build()
+        self.compile_seconds = time.perf_counter() - start
+
+    def _build(self) -> None:
         self.prims = lower(self.program)
         self.inputs = [n for n in self.program.inputs() if n not in self.program.integer_inputs()]
         self.labels = list(self.program.integer_inputs())
@@ -85,7 +92,6 @@ class Model:
         self._label_set = set(self.labels)
         self._order = self.inputs + self.labels
         self._shape_sources = {base for n in self.program.defined() if (base := sized_like(n)) is not None}
-        self.compile_seconds = time.perf_counter() - start
 
     def _keep(self, prims: list[Prim]) -> tuple[set[str], dict[str, str]]:
         """What forward() keeps: the program's own tensors and what any derivative reads.
@@ -218,24 +224,27 @@ class Model:
             key = tuple(k for k in key if k[0] in self._input_set)
         hit = self._cache.get(("exec", key))
         if hit is None:
-            with np.errstate(all="ignore"):  # a look at the shapes; the real run warns if it must
-                probe = self._forward.run({n: env[n] for n in self.inputs + self.labels})
-            prims = split_products(self.prims, {n: np.shape(a) for n, a in probe.items()})
-            if prims is self.prims:
-                hit = (self.program, self._forward)
-            else:
-                program = check(
-                    Program(
-                        self.program.decls,
-                        tuple(prim_statement(p) for p in prims),
-                        filename=self.program.filename,
-                        source=self.program.source,
-                    )
-                )
-                hit = (program, self._forward_executor(prims, program))
+            with gc_paused():
+                hit = self._plan_execution(env)
             with self._lock:
                 self._cache[("exec", key)] = hit
         return hit
+
+    def _plan_execution(self, env: Mapping[str, Array]) -> tuple[Program, Executor]:
+        with np.errstate(all="ignore"):  # a look at the shapes; the real run warns if it must
+            probe = self._forward.run({n: env[n] for n in self.inputs + self.labels})
+        prims = split_products(self.prims, {n: np.shape(a) for n, a in probe.items()})
+        if prims is self.prims:
+            return self.program, self._forward
+        program = check(
+            Program(
+                self.program.decls,
+                tuple(prim_statement(p) for p in prims),
+                filename=self.program.filename,
+                source=self.program.source,
+            )
+        )
+        return program, self._forward_executor(prims, program)
 
     def _derived(
         self,
@@ -252,13 +261,23 @@ class Model:
         with self._lock:
             hit = self._cache.get(key)
         if hit is None:
-            d = derive_for(program, list(losses), list(wrt) if wrt is not None else None)
-            returned = {self._grad.get(n, n) for n in (wrt if wrt is not None else self.inputs)}
-            prims = read_steps_of_outputs(lower(d), gates or {})
-            hit = (d, Executor(prims, self.program.filename, self.program.source, returned))
+            with gc_paused():
+                hit = self._derive_executor(program, losses, wrt, gates)
             with self._lock:
                 self._cache[key] = hit
         return hit
+
+    def _derive_executor(
+        self,
+        program: Program,
+        losses: tuple[str, ...],
+        wrt: tuple[str, ...] | None,
+        gates: dict[str, str] | None,
+    ) -> tuple[Program, Executor]:
+        d = derive_for(program, list(losses), list(wrt) if wrt is not None else None)
+        returned = {self._grad.get(n, n) for n in (wrt if wrt is not None else self.inputs)}
+        prims = read_steps_of_outputs(lower(d), gates or {})
+        return d, Executor(prims, self.program.filename, self.program.source, returned)
 
     def backward(
         self,

@@ -14,6 +14,7 @@ from numpy.lib.stride_tricks import as_strided
 from .check import sized_like
 from .errors import IndexgradError
 from .functions import FUNCTIONS, REDUCTIONS
+from .gcpause import gc_paused
 from .lower import Contract, Elementwise, Operand, Prim, Reduction, Terms, prim_refs
 from .nodes import Affine, Gather, Num, Ref, SizeOf, Span, ref_index_names
 from .plan import pairwise, plan_contraction
@@ -326,11 +327,12 @@ class Executor:
         built: list[Kernel | None] = []
         self._limit = memory_limit()
         gates = self._gates
-        for k, (p, dead) in enumerate(zip(self.prims, self.release)):
-            gate = gates.get(k)
-            built.append(self._guarded(p, env, owned, check_finite, dims or {}, set(dead), gate))
-            for n in dead:
-                del env[n]
+        with gc_paused():
+            for k, (p, dead) in enumerate(zip(self.prims, self.release)):
+                gate = gates.get(k)
+                built.append(self._guarded(p, env, owned, check_finite, dims or {}, set(dead), gate))
+                for n in dead:
+                    del env[n]
         if key is not None:
             self._kernels[key] = built
         return env
