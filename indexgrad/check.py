@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import replace
 
 from .errors import IndexgradError
@@ -53,41 +52,46 @@ def free_indices(e: Expr) -> set[str]:
     return set().union(*(free_indices(c) for c in children(e))) if children(e) else set()
 
 
-def _occurrences(e: Expr, bound: frozenset[str] = frozenset()) -> Counter[str]:
+def _occurrences(e: Expr, bound: frozenset[str] = frozenset()) -> dict[str, int]:
     """How many references mention each free index name (a diagonal `A[i,i]` counts once)."""
     if isinstance(e, Ref):
-        return Counter(n for n in ref_index_names(e) if n not in bound)
+        return {n: 1 for n in ref_index_names(e) if n not in bound}
     if isinstance(e, Reduce):
         return _occurrences(e.body, bound | frozenset(e.indices))
-    out: Counter[str] = Counter()
+    out: dict[str, int] = {}
     for c in children(e):
-        out.update(_occurrences(c, bound))
+        for n, k in _occurrences(c, bound).items():
+            out[n] = out.get(n, 0) + k
     return out
 
 
-def attach_sums(e: Expr, total: Counter[str], keep: frozenset[str]) -> Expr:
+def attach_sums(e: Expr, total: dict[str, int], keep: frozenset[str]) -> Expr:
     """Attach each summed index to the innermost product whose factors hold all its occurrences."""
+    if isinstance(e, Ref):
+        return e
     if isinstance(e, Reduce):
         body = attach_sums(e.body, _occurrences(e.body), keep | frozenset(e.indices))
-        return replace(e, body=body)
+        return Reduce(e.op, e.indices, body, e.span)
     if isinstance(e, Product):
         factors = tuple(attach_sums(f, total, keep) for f in e.factors)
-        here: Counter[str] = Counter()
-        holders: Counter[str] = Counter()
+        here: dict[str, int] = {}
+        holders: dict[str, int] = {}
         for f in factors:
-            occ = _occurrences(f)
-            here.update(occ)
-            holders.update(set(occ))
-        summed = tuple(sorted(n for n in here if n not in keep and here[n] == total[n] and holders[n] >= 2))
-        return replace(e, factors=factors, summed=summed)
+            for n, k in _occurrences(f).items():
+                here[n] = here.get(n, 0) + k
+                holders[n] = holders.get(n, 0) + 1
+        summed = tuple(
+            sorted(n for n, k in here.items() if n not in keep and k == total.get(n, 0) and holders[n] >= 2)
+        )
+        return Product(factors, e.divide, summed, e.span)
     if isinstance(e, Neg):
-        return replace(e, arg=attach_sums(e.arg, total, keep))
+        return Neg(attach_sums(e.arg, total, keep), e.span)
     if isinstance(e, Sum):
-        return replace(e, terms=tuple(attach_sums(t, total, keep) for t in e.terms))
+        return Sum(tuple(attach_sums(t, total, keep) for t in e.terms), e.signs, e.span)
     if isinstance(e, Power):
-        return replace(e, base=attach_sums(e.base, total, keep))
+        return Power(attach_sums(e.base, total, keep), e.exponent, e.span)
     if isinstance(e, Call):
-        return replace(e, args=tuple(attach_sums(a, total, keep) for a in e.args))
+        return Call(e.func, tuple(attach_sums(a, total, keep) for a in e.args), e.span)
     return e
 
 
@@ -307,7 +311,7 @@ class _Checker:
                             f"index '{n}' of '{name}' gets no size: it does not appear on the right side",
                             i.span or t.span,
                         )
-        return replace(s, expr=expr, summed=summed)
+        return Statement(s.target, s.op, expr, summed, s.span)
 
     def run(self) -> Program:
         self.decls()

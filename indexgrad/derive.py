@@ -159,14 +159,18 @@ def derive(program: Program, loss: str | None = None, wrt: list[str] | None = No
     return derive_for(program, [loss] if loss else [], wrt)
 
 
-def derive_for(program: Program, losses: list[str], wrt: list[str] | None) -> Program:
-    """The vector-Jacobian program for seeds on `losses` (the last defined tensor when empty)."""
+def derive_for(
+    program: Program, losses: list[str], wrt: list[str] | None, prims: list[Prim] | None = None
+) -> Program:
+    """The vector-Jacobian program for seeds on `losses` (the last defined tensor when empty).
+
+    `prims`, when given, are `lower(program)` already made.
+    """
     with gc_paused():
-        return _derive_for(program, losses, wrt)
+        return _derive_for(program, losses, wrt, lower(program) if prims is None else prims)
 
 
-def _derive_for(program: Program, losses: list[str], wrt: list[str] | None) -> Program:
-    prims = lower(program)
+def _derive_for(program: Program, losses: list[str], wrt: list[str] | None, prims: list[Prim]) -> Program:
     losses, sources = _loss_and_sources(program, losses, wrt)
     names = derived_names(program, ".grad")
     _name_temporaries(names, prims, program, ".grad")

@@ -274,7 +274,8 @@ class Model:
         wrt: tuple[str, ...] | None,
         gates: dict[str, str] | None,
     ) -> tuple[Program, Executor]:
-        d = derive_for(program, list(losses), list(wrt) if wrt is not None else None)
+        known = self.prims if program is self.program else None
+        d = derive_for(program, list(losses), list(wrt) if wrt is not None else None, known)
         returned = {self._grad.get(n, n) for n in (wrt if wrt is not None else self.inputs)}
         prims = read_steps_of_outputs(lower(d), gates or {})
         return d, Executor(prims, self.program.filename, self.program.source, returned)
@@ -374,7 +375,7 @@ class Model:
         with self._lock:
             hit = self._cache.get(key)
         if hit is None:
-            back = derive_for(self.program, [loss], None)
+            back = derive_for(self.program, [loss], None, self.prims)
             both = Program(
                 self.program.decls,
                 tuple(prim_statement(p) for p in self.prims) + back.statements,

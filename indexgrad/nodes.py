@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Union
+from typing import Any, Union
 
 
 @dataclass(frozen=True)
@@ -246,34 +247,40 @@ class Program:
 # ---- traversal helpers -----------------------------------------------------------------------
 
 
+_KIDS: dict[type, Callable[[Any], tuple[Expr, ...]]] = {
+    Neg: lambda e: (e.arg,),
+    Product: lambda e: e.factors,
+    Sum: lambda e: e.terms,
+    Power: lambda e: (e.base,),
+    Call: lambda e: e.args,
+    Reduce: lambda e: (e.body,),
+}
+
+
 def children(e: Expr) -> tuple[Expr, ...]:
-    if isinstance(e, (Neg,)):
-        return (e.arg,)
-    if isinstance(e, Product):
-        return e.factors
-    if isinstance(e, Sum):
-        return e.terms
-    if isinstance(e, Power):
-        return (e.base,)
-    if isinstance(e, Call):
-        return e.args
-    if isinstance(e, Reduce):
-        return (e.body,)
-    return ()
+    """The subexpressions of e, in order."""
+    get = _KIDS.get(type(e))
+    return get(e) if get is not None else ()
 
 
 def refs_in(e: Expr) -> list[Ref]:
     """Every tensor reference in e, including integer tensors inside index positions."""
     out: list[Ref] = []
-    if isinstance(e, Ref):
+    _collect_refs(e, out)
+    return out
+
+
+def _collect_refs(e: Expr, out: list[Ref]) -> None:
+    if type(e) is Ref:
         out.append(e)
         for i in e.indices:
-            if isinstance(i, Gather):
-                out.extend(refs_in(i.ref))
-        return out
-    for c in children(e):
-        out.extend(refs_in(c))
-    return out
+            if type(i) is Gather:
+                _collect_refs(i.ref, out)
+        return
+    get = _KIDS.get(type(e))
+    if get is not None:
+        for c in get(e):
+            _collect_refs(c, out)
 
 
 def refs_in_statement(s: Statement) -> list[Ref]:

@@ -153,6 +153,29 @@ def _size_affine(sizes: Sizes, refs: list[tuple[Ref, Array]], span: Span) -> Non
                 progress = True
 
 
+def _plain_sizes(p: Prim, env: dict[str, Array]) -> dict[str, int] | None:
+    """The sizes of a statement whose positions are all plain names, when they agree and are all
+    known; None sends it to the full check, which also words any error."""
+    refs = prim_refs(p)
+    t = env.get(p.out.name)
+    if t is not None and p.op != "=":
+        refs = [*refs, p.out]
+    elif t is None and sized_like(p.out.name) is not None:
+        return None
+    size: dict[str, int] = {}
+    for r in refs:
+        a = env.get(r.name)
+        if a is None or not _simple(r) or a.ndim != len(r.indices):
+            return None
+        for n, d in zip(ref_index_names(r), a.shape):
+            if size.setdefault(n, d) != d:
+                return None
+    for n in ref_index_names(p.out):
+        if n not in size:
+            return None
+    return size
+
+
 def _affine_range(i: Affine, sizes: dict[str, int]) -> tuple[int, int]:
     lo = hi = i.const
     for c, n in i.terms:
@@ -355,6 +378,12 @@ class Executor:
             raise e.located(self.filename, self.source) from None
 
     def sizes(self, p: Prim, env: dict[str, Array], dims: dict[str, int]) -> Sizes:
+        if not dims:
+            fast = _plain_sizes(p, env)
+            if fast is not None:
+                sz = Sizes(p.span)
+                sz.size = fast
+                return sz
         sz = Sizes(p.span)
         pairs: list[tuple[Ref, Array]] = []
         for r in prim_refs(p):
@@ -409,10 +438,10 @@ class Executor:
         arrays = [env[r.name] for r in prim_refs(p)]
         itemsize = _result_dtype(arrays).itemsize
         out = ref_index_names(p.out)
-        need = int(np.prod([sizes[n] for n in out], dtype=np.float64)) * itemsize
+        need = math.prod([sizes[n] for n in out]) * itemsize
         if isinstance(p, Contract):
             refs = [f for f, _ in p.factors if isinstance(f, Ref)]
-            if len(refs) > 1 and all(_simple(r) for r in refs):
+            if len(refs) > 2 and all(_simple(r) for r in refs):  # two run pairwise: no intermediate
                 names = [ref_index_names(r) for r in refs]
                 present = {n for nm in names for n in nm}
                 kept = tuple(n for n in out if n in present)
@@ -628,8 +657,15 @@ def _signature(env: dict[str, Array]) -> tuple[Any, ...] | None:
 
 
 def _simple(r: Ref) -> bool:
+    """Every position a plain index name, none repeated (kept on the node once known)."""
+    try:
+        return r.__dict__["_simple"]
+    except KeyError:
+        pass
     plain = [i.plain if isinstance(i, Affine) else None for i in r.indices]
-    return None not in plain and len(set(plain)) == len(plain)
+    simple = None not in plain and len(set(plain)) == len(plain)
+    object.__setattr__(r, "_simple", simple)  # not a field: equality and hashing ignore it
+    return simple
 
 
 def _aligner(names: tuple[str, ...], out: tuple[str, ...]) -> Callable[[Array], Array]:
