@@ -259,7 +259,7 @@ def _forward_copies(stmts: list[Statement], temps: set[str]) -> list[Statement]:
 
 
 def _substitute(s: Statement, alias: dict[str, Ref]) -> Statement:
-    if not alias:
+    if not alias or not any(r.name in alias for r in refs_in(s.expr)):
         return s
 
     def fix(e: Expr) -> Expr:

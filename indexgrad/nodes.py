@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Union
 
@@ -309,16 +309,17 @@ def ref_index_names(r: Ref) -> tuple[str, ...]:
 
 def map_expr(e: Expr, f) -> Expr:  # type: ignore[no-untyped-def]
     """Rebuild e bottom-up, applying f to every node after its children."""
-    if isinstance(e, Neg):
-        e = replace(e, arg=map_expr(e.arg, f))
-    elif isinstance(e, Product):
-        e = replace(e, factors=tuple(map_expr(c, f) for c in e.factors))
-    elif isinstance(e, Sum):
-        e = replace(e, terms=tuple(map_expr(c, f) for c in e.terms))
-    elif isinstance(e, Power):
-        e = replace(e, base=map_expr(e.base, f))
-    elif isinstance(e, Call):
-        e = replace(e, args=tuple(map_expr(c, f) for c in e.args))
-    elif isinstance(e, Reduce):
-        e = replace(e, body=map_expr(e.body, f))
+    t = type(e)
+    if t is Neg:
+        e = Neg(map_expr(e.arg, f), e.span)
+    elif t is Product:
+        e = Product(tuple(map_expr(c, f) for c in e.factors), e.divide, e.summed, e.span)
+    elif t is Sum:
+        e = Sum(tuple(map_expr(c, f) for c in e.terms), e.signs, e.span)
+    elif t is Power:
+        e = Power(map_expr(e.base, f), e.exponent, e.span)
+    elif t is Call:
+        e = Call(e.func, tuple(map_expr(c, f) for c in e.args), e.span)
+    elif t is Reduce:
+        e = Reduce(e.op, e.indices, map_expr(e.body, f), e.span)
     return f(e)

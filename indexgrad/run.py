@@ -156,15 +156,14 @@ def _size_affine(sizes: Sizes, refs: list[tuple[Ref, Array]], span: Span) -> Non
 def _plain_sizes(p: Prim, env: dict[str, Array]) -> dict[str, int] | None:
     """The sizes of a statement whose positions are all plain names, when they agree and are all
     known; None sends it to the full check, which also words any error."""
-    refs = prim_refs(p)
+    pairs = [(r, env.get(r.name)) for r in prim_refs(p)]
     t = env.get(p.out.name)
     if t is not None and p.op != "=":
-        refs = [*refs, p.out]
-    elif t is None and sized_like(p.out.name) is not None:
-        return None
+        pairs.append((p.out, t))
+    elif t is None and (base := sized_like(p.out.name)) is not None:
+        pairs.append((p.out, env.get(base)))  # `x.grad` has x's shape
     size: dict[str, int] = {}
-    for r in refs:
-        a = env.get(r.name)
+    for r, a in pairs:
         if a is None or not _simple(r) or a.ndim != len(r.indices):
             return None
         for n, d in zip(ref_index_names(r), a.shape):
