@@ -102,18 +102,24 @@ def product(factors: list[Expr], coef: float = 1.0) -> Expr:
     """A product in canonical form: a leading coefficient, nested products flattened, -1 as Neg."""
     flat: list[Expr] = []
     divide: list[bool] = []
-    work: list[tuple[Expr, bool]] = [(f, False) for f in factors]
+    work: list[tuple[Expr, bool]] = [(f, False) for f in reversed(factors)]  # a stack, next on top
     while work:
-        f, d = work.pop(0)
-        if isinstance(f, Neg) and not d:
+        f, d = work.pop()
+        t = type(f)
+        if t is Ref or d:
+            flat.append(f)
+            divide.append(d)
+            continue
+        if t is Neg:
             coef, f = -coef, f.arg
-        if isinstance(f, Num) and not d and math.isfinite(coef * f.value):
+            t = type(f)
+        if t is Num and math.isfinite(coef * f.value):
             coef *= f.value  # numbers whose product would overflow stay separate factors
             continue
-        if isinstance(f, Product) and not f.summed and not d:
-            work[:0] = list(zip(f.factors, f.divide))
+        if t is Product and not f.summed:
+            work.extend(reversed(list(zip(f.factors, f.divide))))
             continue
-        if isinstance(f, Power) and f.exponent < 0 and not d:
+        if t is Power and f.exponent < 0:
             f, d = (f.base if f.exponent == -1 else Power(f.base, -f.exponent)), True
         flat.append(f)
         divide.append(d)

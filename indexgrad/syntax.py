@@ -56,9 +56,10 @@ def _unwrap(x: Any) -> Expr:
     return x.expr if isinstance(x, _Group) else x
 
 
-def _place(x: Any, last: bool) -> Span | None:
+def _place(x: Any, last: bool) -> Span | Token | None:
+    """The first (or last) child with a place: a node's span, or a token (read as one)."""
     if isinstance(x, Token):
-        return _tok_span(x) if x.line else None
+        return x if x.line else None
     if isinstance(x, _Group):
         return x.span
     if isinstance(x, (list, tuple)):
@@ -76,7 +77,7 @@ def _span_of(children: list[Any]) -> Span:
     first, last = _place(children, False), _place(children, True)
     if first is None or last is None:
         return Span()
-    return Span(first.line, first.column, last.end_line, last.end_column)
+    return Span(first.line or 0, first.column or 0, last.end_line or 0, last.end_column or 0)
 
 
 def _tok_span(t: Token) -> Span:
@@ -178,6 +179,9 @@ class _Build(Transformer):
         return Gather(Ref(str(c[0]), indices, _span_of(c)), _span_of(c))
 
     def affine(self, c: list[Any]) -> Affine:
+        if len(c) == 1 and c[0][1] is not None and c[0][0] != 0:  # one term, `j` or `2*j`
+            k, name, span = c[0]
+            return Affine(((k, name),), 0, span)
         return _affine([Token("ADDOP", "+")] + list(c))
 
     def affine_signed(self, c: list[Any]) -> Affine:
