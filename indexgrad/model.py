@@ -322,17 +322,23 @@ class Model:
         env = dict(vals)
         for name, g in seeds.items():
             env[self._grad.get(name)] = g
-        env = ex.run(env)
-        given = {_owner(a) for a in [*vals.values(), *seeds.values()] if isinstance(a, np.ndarray)}
+        owned: set[str] = set()
+        env = ex.run(env, owned=owned)
+        given: set[int] | None = None
         out = {}
         for name in wrt if wrt is not None else self.inputs:
-            g = env.get(self._grad.get(name))
+            gname = self._grad.get(name)
+            g = env.get(gname)
             if g is None:
                 out[name] = np.zeros_like(vals[name])
                 continue
-            g = np.asarray(g, order="C")
-            if _owner(g) in given:  # `y = x` passes y.grad through: the caller gets a copy
-                g = g.copy()
+            if gname not in owned or not g.flags.c_contiguous:  # not a buffer of this run's own
+                g = np.asarray(g, order="C")
+                if given is None:
+                    arrays = [*vals.values(), *seeds.values()]
+                    given = {_owner(a) for a in arrays if isinstance(a, np.ndarray)}
+                if _owner(g) in given:  # `y = x` passes y.grad through: the caller gets a copy
+                    g = g.copy()
             out[name] = g
         return out
 

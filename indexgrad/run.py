@@ -311,7 +311,7 @@ class Executor:
         source: str = "",
         keep: set[str] | None = None,
     ) -> None:
-        self._kernels: dict[Any, list[Kernel | None]] = {}
+        self._kernels: dict[Any, list[tuple[Kernel | None, Prim, list[str]]]] = {}
         self._limit: int | None = None
         self.prims = prims
         self.filename = filename
@@ -325,26 +325,30 @@ class Executor:
         check_finite: bool = False,
         dims: dict[str, int] | None = None,
         key: Any = None,
+        owned: set[str] | None = None,
     ) -> dict[str, Array]:
         """Run every primitive in order, adding what each defines to env.
 
         The first run for a signature (names, shapes and dtypes of env) checks sizes and plans
         every statement; later runs with the same signature go straight to the planned kernels.
+        `owned`, when given, receives the names whose arrays this run allocated for itself.
         """
-        owned: set[str] = set()
+        if owned is None:
+            owned = set()
         if check_finite or dims:
             key = None
         elif key is None:
             key = _signature(env)
-        kernels = self._kernels.get(key) if key is not None else None
-        if kernels is not None:
-            for p, k, dead in zip(self.prims, kernels, self.release):
+        steps = self._kernels.get(key) if key is not None else None
+        if steps is not None:
+            for k, p, dead in steps:
                 if k is not None:
                     k(env, owned)
                 else:
                     self._guarded(p, env, owned, False, {}, set())
-                for n in dead:
-                    del env[n]
+                if dead:
+                    for n in dead:
+                        del env[n]
             return env
         built: list[Kernel | None] = []
         self._limit = memory_limit()
@@ -356,7 +360,7 @@ class Executor:
                 for n in dead:
                     del env[n]
         if key is not None:
-            self._kernels[key] = built
+            self._kernels[key] = list(zip(built, self.prims, self.release))
         return env
 
     def _guarded(
@@ -754,8 +758,7 @@ def _kernel(
     small = 0 < len(shape) and math.prod(shape) <= 4096
     name, accumulate = p.out.name, p.op == "+="
 
-    def run(env: dict[str, Array], owned: set[str]) -> None:
-        r = compute(env, owned)
+    def finish(r: Any, env: dict[str, Array], owned: set[str]) -> None:
         if type(r) is not np.ndarray:
             r = np.asarray(r)
         own = fresh
@@ -781,6 +784,27 @@ def _kernel(
             env[name] = t + r
             if t.ndim:
                 owned.add(name)
+
+    # the common case first: a result of the right shape that nothing is added to
+    if fresh:
+
+        def run(env: dict[str, Array], owned: set[str]) -> None:
+            r = compute(env, owned)
+            if type(r) is np.ndarray and r.shape == shape and (not accumulate or name not in env):
+                env[name] = r
+                owned.add(name)
+            else:
+                finish(r, env, owned)
+
+    else:
+
+        def run(env: dict[str, Array], owned: set[str]) -> None:
+            r = compute(env, owned)
+            if type(r) is np.ndarray and r.shape == shape and (not accumulate or name not in env):
+                env[name] = r
+                owned.discard(name)
+            else:
+                finish(r, env, owned)
 
     return run
 
