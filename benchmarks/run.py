@@ -67,8 +67,8 @@ def _minflt() -> int:
 
 def time_interleaved(
     calls: dict[str, Callable[[], Any]], reps: int, warmup: int, desc: str, blocked: bool = False
-) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
-    """Seconds (and minor page faults) per call of each callable.
+) -> tuple[dict[str, list[float]], dict[str, list[int]], dict[str, list[str]]]:
+    """Seconds, minor page faults and the callable run just before, per call of each callable.
 
     Warm-up, then `reps` rounds of one call each, in a new random order each round. With `blocked`,
     each callable instead runs its warm-up and all its repetitions back to back (a cross-check:
@@ -82,9 +82,13 @@ def time_interleaved(
     names = list(calls)
     times: dict[str, list[float]] = {n: [] for n in names}
     faults: dict[str, list[int]] = {n: [] for n in names}
+    after: dict[str, list[str]] = {n: [] for n in names}
+    last = [names[-1]]
     clock = time.perf_counter
 
     def measure(n: str) -> None:
+        after[n].append(last[0])
+        last[0] = n
         f = calls[n]
         f0 = _minflt()
         t0 = clock()
@@ -106,7 +110,7 @@ def time_interleaved(
                 for _ in range(reps):
                     measure(n)
                 gc.enable()
-            return times, faults
+            return times, faults, after
         for _ in range(warmup):
             for n in names:
                 calls[n]()
@@ -125,7 +129,15 @@ def time_interleaved(
         gc.unfreeze()
         if gc_was:
             gc.enable()
-    return times, faults
+    return times, faults, after
+
+
+def by_predecessor(times: list[float], after: list[str]) -> dict[str, float]:
+    """Median seconds of one implementation's calls, by which implementation ran just before."""
+    groups: dict[str, list[float]] = {}
+    for t, p in zip(times, after):
+        groups.setdefault(p, []).append(t)
+    return {p: statistics.median(ts) for p, ts in groups.items()}
 
 
 def summary(ts: list[float]) -> dict[str, Any]:
@@ -185,7 +197,7 @@ def run_workload(w: W.Workload, args: argparse.Namespace) -> dict[str, Any]:
         calls[n]()
     round_s = time.perf_counter() - t0
     reps = choose_reps(round_s, args.reps, args.budget, args.min_reps)
-    times, faults = time_interleaved(calls, reps, args.warmup, w.key, blocked=args.blocked)
+    times, faults, after = time_interleaved(calls, reps, args.warmup, w.key, blocked=args.blocked)
     res: dict[str, Any] = {"key": w.key, "title": w.title, "target": w.target, "note": w.note, "impls": {}}
     base = statistics.median(times[w.reference])
     for n in order:
@@ -195,6 +207,7 @@ def run_workload(w: W.Workload, args: argparse.Namespace) -> dict[str, Any]:
         s["ratio_max"] = s["max_s"] / base
         s["first_call_s"] = checked[n]
         s["minor_faults_median"] = statistics.median(faults[n])
+        s["median_s_after"] = by_predecessor(times[n], after[n])
         res["impls"][n] = s
     if "indexgrad" in w.impls and not args.no_memory:
         res["peak_bytes"] = {n: peak_bytes(w.impls[n].step) for n in ("indexgrad", w.reference)}
@@ -212,7 +225,7 @@ def run_micro(args: argparse.Namespace) -> dict[str, Any]:
 
         return run
 
-    times, _ = time_interleaved({n: looped(f) for n, f in calls.items()}, args.reps, 1, "micro 4x4")
+    times, _, _ = time_interleaved({n: looped(f) for n, f in calls.items()}, args.reps, 1, "micro 4x4")
     out = {"statement": W.MICRO_IDX.strip(), "calls_per_rep": inner, "impls": {}}
     for n, ts in times.items():
         us = [t / inner * 1e6 for t in ts]
@@ -372,6 +385,16 @@ def report(out: dict[str, Any]) -> str:
                     f"{n} {r['impls'][n]['minor_faults_median']:>6.0f}" for n in impls if n in r["impls"]
                 )
                 lines.append(f"  {r['key']:<17} {cells}")
+        if not out["args"]["blocked"] and len(impls) > 2:
+            lines.append(
+                "\nMedian ms per step by the implementation that ran just before it "
+                "(interleaved; each neighbour's caches and idle threads weigh on the next call):"
+            )
+            for r in results:
+                for n in ("indexgrad", "numpy"):
+                    med = r["impls"].get(n, {}).get("median_s_after", {})
+                    cells = "  ".join(f"after {p} {med[p] * 1e3:7.2f}" for p in impls if p in med)
+                    lines.append(f"  {r['key']:<17} {n:<9} {cells}")
         mem = [r for r in results if "peak_bytes" in r]
         if mem:
             lines.append("\nPeak memory of one step (tracemalloc), indexgrad vs hand-written numpy:")
