@@ -990,12 +990,23 @@ def _mean(x: Array, axes: tuple[int, ...]) -> Array:
 
 
 def _logsumexp(x: Array, axes: tuple[int, ...]) -> Array:
-    """functions._logsumexp's ufunc calls, in its order, without numpy's Python wrappers."""
+    """functions._logsumexp's ufunc calls, in its order, without numpy's Python wrappers.
+
+    When every maximum is finite (the sum of them is), the maxima are used as they are and
+    nothing can divide by zero, so that case skips the masking and the error-state switch.
+    """
     m = np.maximum.reduce(x, axis=axes, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0)
-    with np.errstate(divide="ignore"):
-        out = np.log(np.add.reduce(np.exp(x - m), axis=axes, keepdims=True)) + m
-    return out.reshape([d for k, d in enumerate(out.shape) if k not in axes])
+    shape = [d for k, d in enumerate(m.shape) if k not in axes]
+    if x.dtype.kind != "f" or not math.isfinite(m.sum()):
+        m = np.where(np.isfinite(m), m, 0)
+        with np.errstate(divide="ignore"):
+            return (np.log(np.add.reduce(np.exp(x - m), axis=axes, keepdims=True)) + m).reshape(shape)
+    e = np.subtract(x, m)
+    np.exp(e, out=e)
+    s = np.add.reduce(e, axis=axes, keepdims=True)
+    np.log(s, out=s)
+    s += m
+    return s.reshape(shape)
 
 
 # Reductions run by planned kernels: the same values as functions.REDUCTIONS, fewer Python layers.
