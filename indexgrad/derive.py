@@ -460,15 +460,17 @@ __all__ = ["derive", "derive_jvp", "forward_statements", "gather_form", "num", "
 
 
 def derivative_reads(prims: list[Prim]) -> set[str]:
-    """Every forward tensor a reverse- or forward-mode program of these primitives may read."""
+    """Every forward tensor a reverse- or forward-mode program of these primitives may read.
+
+    A primitive's tangent reads the same forward tensors as its swapped statements (both put
+    the derivative of each operand next to the other operands), so the swap alone tells.
+    """
     every = {p.out.name for p in prims} | {r.name for p in prims for r in prim_refs(p)}
     names = {n: n + ".grad" for n in every}
-    tans = {n: n + ".tan" for n in every}
     out: set[str] = set()
     for p in prims:
         stmts = swap(p, every, names)
-        t = tangent(p, every, tans)
-        for st in stmts + ([t] if t is not None else []):
+        for st in stmts:
             out.update(r.name for r in refs_in_statement(st))
         for st in stmts:  # a gradient that broadcasts or scatters takes its tensor's shape
             rhs = {n for r in refs_in(st.expr) for n in ref_index_names(r)}

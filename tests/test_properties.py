@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import autograd
 import autograd.numpy as anp
@@ -15,6 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import indexgrad as ig
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def budget(examples: int) -> settings:
@@ -340,3 +343,44 @@ def test_vjp_inner_product_identity(case, seed: int) -> None:
     tans = model.jvp(vals, tangents=v)
     jv = sum(float(np.sum(g * tans[n])) for n, g in seeds.items())
     assert close(jv, rhs, 1e-9), (jv, rhs)
+
+
+def _tangent_reads_within_kept(text: str) -> None:
+    from indexgrad.derive import derivative_reads, tangent
+    from indexgrad.lower import lower, prim_refs
+    from indexgrad.nodes import refs_in_statement
+
+    prims = lower(ig.parse(text))
+    every = {q.out.name for q in prims} | {r.name for q in prims for r in prim_refs(q)}
+    tans = {n: n + ".tan" for n in every}
+    kept = derivative_reads(prims)
+    for q in prims:
+        t = tangent(q, every, tans)
+        if t is not None:
+            read = {r.name for r in refs_in_statement(t)} & every
+            assert read <= kept, (q, read - kept)
+
+
+@budget(60)
+@given(programs())
+def test_tangents_read_only_what_gradients_read(case) -> None:
+    """Forward values are kept by what the swapped statements read: every tangent must read
+    only those, or jvp would miss a value forward() dropped."""
+    _tangent_reads_within_kept(case[0].text())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "y[b] = max[i](x[b,i] W[i])\nz[b] = min[i](x[b,i])\nloss = sum[b](y[b] z[b])",
+        "y[b] = mean[i](x[b,i]^3)\nloss = logsumexp[b](y[b]) + sum[b](sigmoid(y[b]) tanh(y[b]))",
+        "y[b,i] = x[b,i] / (1 + abs(x[b,i]))\nloss = sum[b,i](max(y[b,i], 0.5) exp(y[b,i]))",
+    ],
+)
+def test_tangents_of_reductions_and_functions_read_only_kept_values(text: str) -> None:
+    _tangent_reads_within_kept(text)
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.idx")), ids=lambda p: p.name)
+def test_tangents_of_the_examples_read_only_kept_values(path) -> None:
+    _tangent_reads_within_kept(path.read_text())
