@@ -67,32 +67,50 @@ def _occurrences(e: Expr, bound: frozenset[str] = frozenset()) -> dict[str, int]
 
 def attach_sums(e: Expr, total: dict[str, int], keep: frozenset[str]) -> Expr:
     """Attach each summed index to the innermost product whose factors hold all its occurrences."""
-    if isinstance(e, Ref):
-        return e
-    if isinstance(e, Reduce):
-        body = attach_sums(e.body, _occurrences(e.body), keep | frozenset(e.indices))
-        return Reduce(e.op, e.indices, body, e.span)
-    if isinstance(e, Product):
-        factors = tuple(attach_sums(f, total, keep) for f in e.factors)
+    return _attach(e, total, keep)[0]
+
+
+def _attach(e: Expr, total: dict[str, int], keep: frozenset[str]) -> tuple[Expr, dict[str, int]]:
+    """attach_sums, also returning `_occurrences(e)`, which attaching sums leaves as it is."""
+    t = type(e)
+    if t is Ref:
+        return e, {n: 1 for n in ref_index_names(e)}  # type: ignore[arg-type]
+    if t is Reduce:
+        inner = _occurrences(e.body)
+        body, _ = _attach(e.body, inner, keep | frozenset(e.indices))
+        return Reduce(e.op, e.indices, body, e.span), {n: k for n, k in inner.items() if n not in e.indices}
+    if t is Product:
+        factors = []
         here: dict[str, int] = {}
         holders: dict[str, int] = {}
-        for f in factors:
-            for n, k in _occurrences(f).items():
+        for f in e.factors:
+            f2, occ = _attach(f, total, keep)
+            factors.append(f2)
+            for n, k in occ.items():
                 here[n] = here.get(n, 0) + k
                 holders[n] = holders.get(n, 0) + 1
         summed = tuple(
             sorted(n for n, k in here.items() if n not in keep and k == total.get(n, 0) and holders[n] >= 2)
         )
-        return Product(factors, e.divide, summed, e.span)
-    if isinstance(e, Neg):
-        return Neg(attach_sums(e.arg, total, keep), e.span)
-    if isinstance(e, Sum):
-        return Sum(tuple(attach_sums(t, total, keep) for t in e.terms), e.signs, e.span)
-    if isinstance(e, Power):
-        return Power(attach_sums(e.base, total, keep), e.exponent, e.span)
-    if isinstance(e, Call):
-        return Call(e.func, tuple(attach_sums(a, total, keep) for a in e.args), e.span)
-    return e
+        return Product(tuple(factors), e.divide, summed, e.span), here
+    kids = children(e)
+    if not kids:
+        return e, {}
+    occ: dict[str, int] = {}
+    new = []
+    for c in kids:
+        c2, o = _attach(c, total, keep)
+        new.append(c2)
+        for n, k in o.items():
+            occ[n] = occ.get(n, 0) + k
+    if t is Neg:
+        return Neg(new[0], e.span), occ
+    if t is Sum:
+        return Sum(tuple(new), e.signs, e.span), occ
+    if t is Power:
+        return Power(new[0], e.exponent, e.span), occ
+    assert t is Call
+    return Call(e.func, tuple(new), e.span), occ
 
 
 def _err(msg: str, span: Span) -> IndexgradError:
