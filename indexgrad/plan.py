@@ -164,11 +164,13 @@ def _mover(
 ) -> Callable[[np.ndarray], np.ndarray] | None:
     """What turns an operand into its matrix (or batch of matrices), with no step that does nothing."""
     transpose = perm != sorted(perm)
-    reshape = rest_shape != shape3 or transpose
+    reshape = tuple(rest_shape[k] for k in perm) != shape3
     if not only and not transpose and not reshape:
         return None
     if not only and not transpose:
         return lambda x: x.reshape(shape3)
+    if not only and not reshape:
+        return (lambda x: x.T) if perm == [1, 0] else (lambda x: x.transpose(perm))
     if not only:
         return lambda x: x.transpose(perm).reshape(shape3)
     return lambda x: x.sum(axis=only).transpose(perm).reshape(shape3)
