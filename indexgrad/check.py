@@ -403,9 +403,9 @@ def _place_sizeofs(e: Expr, lhs: set[str], top: str) -> None:
         scaled = others == [False]
         by_lhs = top == "whole" or (top == "term" and scaled)
         for f in e.factors:
-            base = f.base if isinstance(f, Power) else f
-            while isinstance(base, Neg):
-                base = base.arg
+            base = f
+            while isinstance(base, (Neg, Power)):  # `-size[k]^2 x[k]`: the sign and power keep its place
+                base = base.arg if isinstance(base, Neg) else base.base
             if isinstance(base, SizeOf):
                 if not (base.index in plain or (by_lhs and base.index in lhs)):
                     raise refuse(base)

@@ -367,15 +367,22 @@ def lower(program: Program) -> list[Prim]:
     return lw.out
 
 
-def prim_refs(p: Prim) -> list[Ref]:
-    """Tensor operands a primitive reads (not integer labels)."""
+def prim_refs(p: Prim) -> tuple[Ref, ...]:
+    """Tensor operands a primitive reads (not integer labels); kept on the primitive once known."""
+    try:
+        return p.__dict__["_refs"]
+    except KeyError:
+        pass
     if isinstance(p, Contract):
-        return [f for f, _ in p.factors if isinstance(f, Ref)]
-    if isinstance(p, Elementwise):
-        return [a for a in p.args if isinstance(a, Ref)]
-    if isinstance(p, Terms):
-        return [u for _, u in p.terms if isinstance(u, Ref)]
-    return [p.arg]
+        refs = tuple(f for f, _ in p.factors if isinstance(f, Ref))
+    elif isinstance(p, Elementwise):
+        refs = tuple(a for a in p.args if isinstance(a, Ref))
+    elif isinstance(p, Terms):
+        refs = tuple(u for _, u in p.terms if isinstance(u, Ref))
+    else:
+        refs = (p.arg,)
+    object.__setattr__(p, "_refs", refs)  # not a field: equality and hashing ignore it
+    return refs
 
 
 def label_refs(p: Prim) -> list[Ref]:

@@ -144,6 +144,7 @@ GOOD = [
     "param W\nx.grad = W\ny = 1\nparam V\n",
     "y[i] = x[i]\nz[i] = y[i]\nw[i] = y[i] z[i]\n",
     "x = 1\ny[b] = P[b, x]\n",  # index names and tensor names live apart
+    "y[b] = -size[b]^2 x[b]\n",  # a negated power of size[b] still stands next to x[b]
 ]
 
 
