@@ -756,36 +756,17 @@ def _kernel(
     compute, fresh = built
     fresh = fresh and len(shape) > 0
     small = 0 < len(shape) and math.prod(shape) <= 4096
-    name, accumulate = p.out.name, p.op == "+="
+    return _runner(compute, p.out.name, shape, fresh, small, p.op == "+=")
 
-    def finish(r: Any, env: dict[str, Array], owned: set[str]) -> None:
-        if type(r) is not np.ndarray:
-            r = np.asarray(r)
-        own = fresh
-        if r.shape != shape:
-            own = small
-            if small:  # a small result is cheaper to fill than to wrap as a broadcast view
-                full = np.empty(shape, r.dtype)
-                full[...] = r
-                r = full
-            else:
-                r = np.broadcast_to(r, shape)
-        if not accumulate or name not in env:
-            env[name] = r
-            if own:
-                owned.add(name)
-            else:
-                owned.discard(name)
-            return
-        t = env[name]
-        if name in owned and t.ndim and t.dtype == np.result_type(t, r):
-            np.add(t, r, out=t)
-        else:
-            env[name] = t + r
-            if t.ndim:
-                owned.add(name)
 
-    # the common case first: a result of the right shape that nothing is added to
+def _runner(
+    compute: Compute, name: str, shape: tuple[int, ...], fresh: bool, small: bool, accumulate: bool
+) -> Kernel:
+    """The kernel: compute, then write (or add) the result under `name`, the common case first."""
+
+    def rest(r: Any, env: dict[str, Array], owned: set[str]) -> None:
+        _write(r, env, owned, name, shape, fresh, small, accumulate)
+
     if fresh:
 
         def run(env: dict[str, Array], owned: set[str]) -> None:
@@ -794,7 +775,7 @@ def _kernel(
                 env[name] = r
                 owned.add(name)
             else:
-                finish(r, env, owned)
+                rest(r, env, owned)
 
     else:
 
@@ -804,9 +785,47 @@ def _kernel(
                 env[name] = r
                 owned.discard(name)
             else:
-                finish(r, env, owned)
+                rest(r, env, owned)
 
     return run
+
+
+def _write(
+    r: Any,
+    env: dict[str, Array],
+    owned: set[str],
+    name: str,
+    shape: tuple[int, ...],
+    fresh: bool,
+    small: bool,
+    accumulate: bool,
+) -> None:
+    """Write a result of any shape (broadcast to `shape`), or add it into what `name` holds."""
+    if type(r) is not np.ndarray:
+        r = np.asarray(r)
+    own = fresh
+    if r.shape != shape:
+        own = small
+        if small:  # a small result is cheaper to fill than to wrap as a broadcast view
+            full = np.empty(shape, r.dtype)
+            full[...] = r
+            r = full
+        else:
+            r = np.broadcast_to(r, shape)
+    if not accumulate or name not in env:
+        env[name] = r
+        if own:
+            owned.add(name)
+        else:
+            owned.discard(name)
+        return
+    t = env[name]
+    if name in owned and t.ndim and t.dtype == np.result_type(t, r):
+        np.add(t, r, out=t)
+    else:
+        env[name] = t + r
+        if t.ndim:
+            owned.add(name)
 
 
 def _compute_kernel(
@@ -817,165 +836,238 @@ def _compute_kernel(
     dead: set[str],
     gate: str | None = None,
 ) -> tuple[Compute, bool] | None:
-    """(compute, fresh): fresh when compute's result is always a new buffer of its own."""
+    """(compute, fresh): fresh when compute's result is always a new buffer of its own.
+
+    Each case is built by a function of its own, so that a kernel's closure holds only the cells
+    it uses (a kernel is built per statement; they add up in long programs).
+    """
     shape = tuple(sizes[n] for n in out)
     if isinstance(p, Contract):
-        coef = p.coef
-        ops: list[tuple[str, tuple[str, ...], float]] = []
-        for f, k in p.factors:
-            if isinstance(f, Ref):
-                ops.append((f.name, ref_index_names(f), k))
-            else:
-                coef *= _const(f, sizes) ** k
-        if not ops:
-            return None
-        present = {n for _, nm, _ in ops for n in nm}
-        kept = tuple(n for n in out if n in present)
-        widen = _aligner(kept, out)
-        fresh = True
-        if len(ops) == 1 and not kept and ops[0][2] == 2:
-            ((n0, _, _),) = ops  # a sum of squares: one BLAS dot product
-
-            def body(env: dict[str, Array], owned: set[str]) -> Array:
-                a = env[n0].ravel()
-                return np.asarray(np.dot(a, a))
-
-        elif len(ops) == 1:
-            ((n0, nm0, k0),) = ops
-            axes = tuple(i for i, n in enumerate(nm0) if n not in kept)
-            align0 = _aligner(tuple(n for n in nm0 if n in kept), kept)
-            fresh = bool(axes) or k0 != 1 or coef != 1
-            if not axes and k0 == 1:
-
-                def body(env: dict[str, Array], owned: set[str]) -> Array:
-                    return align0(env[n0])
-
-            else:
-
-                def body(env: dict[str, Array], owned: set[str]) -> Array:
-                    a = _power(env[n0], k0)
-                    return align0(a.sum(axis=axes) if axes else a)
-
-        elif len(ops) == 2:
-            (n0, nm0, k0), (n1, nm1, k1) = ops
-            body = _product_kernel(ops, kept, out, shape, dead, coef) if kept == out else None
-            if body is not None:
-                return body, True
-            scale = _scale_kernel(ops, out, coef) if kept == out else None
-            if scale is not None:
-                return scale, False  # it may hand back its operand itself: never updated in place
-            pw = pairwise(nm0, nm1, kept, env[n0].shape, env[n1].shape)
-            if k0 == 1 and k1 == 1:
-
-                def body(env: dict[str, Array], owned: set[str]) -> Array:
-                    return pw(env[n0], env[n1])
-
-            else:
-
-                def body(env: dict[str, Array], owned: set[str]) -> Array:
-                    return pw(_power(env[n0], k0), _power(env[n1], k1))
-
-        else:
-            plan = plan_contraction([nm for _, nm, _ in ops], kept, [env[n].shape for n, _, _ in ops])
-            expression = plan.expression
-
-            def body(env: dict[str, Array], owned: set[str]) -> Array:
-                return expression(*[_power(env[n], k) for n, _, k in ops])
-
-        if kept == out and coef == 1:
-            return body, fresh
-        if coef == 1:
-            return (lambda env, owned: widen(np.asarray(body(env, owned)))), fresh
-        return (lambda env, owned: widen(np.asarray(body(env, owned)) * coef)), True
+        return _contract_kernel(p, sizes, env, out, shape, dead)
     if isinstance(p, Elementwise):
-        if gate is not None:
-            (u,) = p.args  # a `step` whose product with `gate` is its only use: a boolean mask
-            assert isinstance(u, Ref)
-            un = u.name
-            return (lambda env, owned: np.greater(env[un], 0)), True
-        fn = FUNCTIONS[p.func].forward
-        into = _IN_PLACE.get(p.func)
-        if len(p.args) == 1 and isinstance(p.args[0], Ref):
-            a0 = p.args[0]
-            n0 = a0.name
-            align0 = _aligner(ref_index_names(a0), out)
-            if into is not None and n0 in dead and n0 != p.out.name and align0 is _same:
-
-                def unary(env: dict[str, Array], owned: set[str]) -> Array:
-                    a = env[n0]
-                    if n0 in owned and a.dtype.kind == "f" and a.shape == shape:
-                        return into(a)  # the argument dies here: overwrite its buffer
-                    return fn(a)
-
-                return unary, True
-            return (lambda env, owned: fn(align0(env[n0]))), True
-        getters: list[Callable[[dict[str, Array]], Any]] = []
-        for a in p.args:
-            if isinstance(a, Ref):
-                getters.append(_getter(a.name, _aligner(ref_index_names(a), out)))
-            else:
-                value = _const(a, sizes)
-                getters.append(lambda env, v=value: v)
-        return (lambda env, owned: fn(*[g(env) for g in getters])), True
+        return _elementwise_kernel(p, sizes, out, shape, dead, gate)
     if isinstance(p, Terms):
-        if not any(isinstance(u, Ref) for _, u in p.terms):
-            return None
-        parts: list[tuple[float, Callable[[dict[str, Array]], Any] | None, float]] = []
-        for c, u in p.terms:
-            if isinstance(u, Ref):
-                parts.append((c, _getter(u.name, _aligner(ref_index_names(u), out)), 0.0))
-            else:
-                parts.append((c, None, _const(u, sizes)))
-
-        first = p.terms[0][1]
-        donor = first.name if isinstance(first, Ref) and first.name in dead else None
-        if donor is not None and (p.terms[0][0] != 1 or ref_index_names(first) != out):
-            donor = None
-        if donor is not None:  # the dtypes are fixed by the signature: check them once
-            dt = env[donor].dtype
-            if any(np.result_type(dt, env[u.name]) != dt for _, u in p.terms[1:] if isinstance(u, Ref)):
-                donor = None
-        fresh = len(parts) > 1 or parts[0][0] != 1 or parts[0][1] is None
-        rest = parts[1:]
-
-        def add_into(total: Array, env: dict[str, Array]) -> Array:
-            for c, g, v in rest:
-                if g is None:
-                    total += c * v
-                elif c == 1:
-                    np.add(total, g(env), out=total)
-                elif c == -1:
-                    np.subtract(total, g(env), out=total)  # = total + (-1 * term), exactly
-                else:
-                    total += g(env) * c
-            return total
-
-        def terms(env: dict[str, Array], owned: set[str]) -> Array:
-            if donor is not None and donor in owned:  # add into the first term's array, which dies here
-                a = env[donor]
-                if a.shape == shape:
-                    return add_into(a, env)
-            c, g, v = parts[0]
-            total: Any = (g(env) * c if c != 1 else g(env)) if g is not None else c * v
-            for c, g, v in rest:
-                if g is None:
-                    total = total + c * v
-                elif c == 1:
-                    total = total + g(env)
-                elif c == -1:
-                    total = total - g(env)  # = total + (-1 * term), exactly
-                else:
-                    total = total + g(env) * c
-            return total
-
-        return terms, fresh
+        return _terms_kernel(p, sizes, env, out, shape, dead)
     assert isinstance(p, Reduction)
     full = out + tuple(p.indices)
-    align = _aligner(ref_index_names(p.arg), full)
-    axes = tuple(range(len(out), len(full)))
-    red = _FAST_REDUCTIONS.get(p.reducer, REDUCTIONS[p.reducer])
-    arg = p.arg.name
-    return (lambda env, owned: red(align(env[arg]), axes)), True
+    return _reduce_body(
+        _FAST_REDUCTIONS.get(p.reducer, REDUCTIONS[p.reducer]),
+        p.arg.name,
+        _aligner(ref_index_names(p.arg), full),
+        tuple(range(len(out), len(full))),
+    ), True
+
+
+def _reduce_body(red: Callable[[Array, tuple[int, ...]], Array], arg: str, align: Any, axes: Any) -> Compute:
+    return lambda env, owned: red(align(env[arg]), axes)
+
+
+def _contract_kernel(
+    p: Contract,
+    sizes: dict[str, int],
+    env: dict[str, Array],
+    out: tuple[str, ...],
+    shape: tuple[int, ...],
+    dead: set[str],
+) -> tuple[Compute, bool] | None:
+    coef = p.coef
+    ops: list[tuple[str, tuple[str, ...], float]] = []
+    for f, k in p.factors:
+        if isinstance(f, Ref):
+            ops.append((f.name, ref_index_names(f), k))
+        else:
+            coef *= _const(f, sizes) ** k
+    if not ops:
+        return None
+    present = {n for _, nm, _ in ops for n in nm}
+    kept = tuple(n for n in out if n in present)
+    fresh = True
+    body: Compute
+    if len(ops) == 1 and not kept and ops[0][2] == 2:
+        body = _dot_body(ops[0][0])  # a sum of squares: one BLAS dot product
+    elif len(ops) == 1:
+        ((n0, nm0, k0),) = ops
+        axes = tuple(i for i, n in enumerate(nm0) if n not in kept)
+        align0 = _aligner(tuple(n for n in nm0 if n in kept), kept)
+        fresh = bool(axes) or k0 != 1 or coef != 1
+        body = _copy_body(n0, align0) if not axes and k0 == 1 else _sum_body(n0, k0, align0, axes)
+    elif len(ops) == 2:
+        (n0, nm0, k0), (n1, nm1, k1) = ops
+        product = _product_kernel(ops, kept, out, shape, dead, coef) if kept == out else None
+        if product is not None:
+            return product, True
+        scale = _scale_kernel(ops, out, coef) if kept == out else None
+        if scale is not None:
+            return scale, False  # it may hand back its operand itself: never updated in place
+        body = _pair_body(pairwise(nm0, nm1, kept, env[n0].shape, env[n1].shape), n0, k0, n1, k1)
+    else:
+        plan = plan_contraction([nm for _, nm, _ in ops], kept, [env[n].shape for n, _, _ in ops])
+        body = _expression_body(plan.expression, ops)
+    if kept == out and coef == 1:
+        return body, fresh
+    return _widened(body, _aligner(kept, out), coef), fresh or coef != 1
+
+
+def _dot_body(n0: str) -> Compute:
+    def body(env: dict[str, Array], owned: set[str]) -> Array:
+        a = env[n0].ravel()
+        return np.asarray(np.dot(a, a))
+
+    return body
+
+
+def _copy_body(n0: str, align0: Callable[[Array], Array]) -> Compute:
+    return lambda env, owned: align0(env[n0])
+
+
+def _sum_body(n0: str, k0: float, align0: Callable[[Array], Array], axes: tuple[int, ...]) -> Compute:
+    def body(env: dict[str, Array], owned: set[str]) -> Array:
+        a = _power(env[n0], k0)
+        return align0(a.sum(axis=axes) if axes else a)
+
+    return body
+
+
+def _pair_body(pw: Callable[[Array, Array], Array], n0: str, k0: float, n1: str, k1: float) -> Compute:
+    if k0 == 1 and k1 == 1:
+        return lambda env, owned: pw(env[n0], env[n1])
+    return lambda env, owned: pw(_power(env[n0], k0), _power(env[n1], k1))
+
+
+def _expression_body(
+    expression: Callable[..., Array], ops: list[tuple[str, tuple[str, ...], float]]
+) -> Compute:
+    return lambda env, owned: expression(*[_power(env[n], k) for n, _, k in ops])
+
+
+def _widened(body: Compute, widen: Callable[[Array], Array], coef: float) -> Compute:
+    if coef == 1:
+        return lambda env, owned: widen(np.asarray(body(env, owned)))
+    return lambda env, owned: widen(np.asarray(body(env, owned)) * coef)
+
+
+def _elementwise_kernel(
+    p: Elementwise,
+    sizes: dict[str, int],
+    out: tuple[str, ...],
+    shape: tuple[int, ...],
+    dead: set[str],
+    gate: str | None,
+) -> tuple[Compute, bool]:
+    if gate is not None:
+        (u,) = p.args  # a `step` whose product with `gate` is its only use: a boolean mask
+        assert isinstance(u, Ref)
+        return _mask_body(u.name), True
+    fn = FUNCTIONS[p.func].forward
+    into = _IN_PLACE.get(p.func)
+    if len(p.args) == 1 and isinstance(p.args[0], Ref):
+        a0 = p.args[0]
+        n0 = a0.name
+        align0 = _aligner(ref_index_names(a0), out)
+        if into is not None and n0 in dead and n0 != p.out.name and align0 is _same:
+            return _unary_into_body(fn, into, n0, shape), True  # the argument dies here
+        return _unary_body(fn, n0, align0), True
+    getters: list[Callable[[dict[str, Array]], Any]] = []
+    for a in p.args:
+        if isinstance(a, Ref):
+            getters.append(_getter(a.name, _aligner(ref_index_names(a), out)))
+        else:
+            getters.append(_constant(_const(a, sizes)))
+    return _call_body(fn, getters), True
+
+
+def _mask_body(un: str) -> Compute:
+    return lambda env, owned: np.greater(env[un], 0)
+
+
+def _unary_into_body(fn: Any, into: Callable[[Array], Array], n0: str, shape: tuple[int, ...]) -> Compute:
+    def unary(env: dict[str, Array], owned: set[str]) -> Array:
+        a = env[n0]
+        if n0 in owned and a.dtype.kind == "f" and a.shape == shape:
+            return into(a)  # overwrite the dying argument's buffer
+        return fn(a)
+
+    return unary
+
+
+def _unary_body(fn: Any, n0: str, align0: Callable[[Array], Array]) -> Compute:
+    return lambda env, owned: fn(align0(env[n0]))
+
+
+def _constant(value: float) -> Callable[[dict[str, Array]], Any]:
+    return lambda env: value
+
+
+def _call_body(fn: Any, getters: list[Callable[[dict[str, Array]], Any]]) -> Compute:
+    return lambda env, owned: fn(*[g(env) for g in getters])
+
+
+def _terms_kernel(
+    p: Terms,
+    sizes: dict[str, int],
+    env: dict[str, Array],
+    out: tuple[str, ...],
+    shape: tuple[int, ...],
+    dead: set[str],
+) -> tuple[Compute, bool] | None:
+    if not any(isinstance(u, Ref) for _, u in p.terms):
+        return None
+    parts: list[tuple[float, Callable[[dict[str, Array]], Any] | None, float]] = []
+    for c, u in p.terms:
+        if isinstance(u, Ref):
+            parts.append((c, _getter(u.name, _aligner(ref_index_names(u), out)), 0.0))
+        else:
+            parts.append((c, None, _const(u, sizes)))
+    first = p.terms[0][1]
+    donor = first.name if isinstance(first, Ref) and first.name in dead else None
+    if donor is not None and (p.terms[0][0] != 1 or ref_index_names(first) != out):
+        donor = None
+    if donor is not None:  # the dtypes are fixed by the signature: check them once
+        dt = env[donor].dtype
+        if any(np.result_type(dt, env[u.name]) != dt for _, u in p.terms[1:] if isinstance(u, Ref)):
+            donor = None
+    fresh = len(parts) > 1 or parts[0][0] != 1 or parts[0][1] is None
+    return _terms_body(parts, donor, shape), fresh
+
+
+def _terms_body(
+    parts: list[tuple[float, Callable[[dict[str, Array]], Any] | None, float]],
+    donor: str | None,
+    shape: tuple[int, ...],
+) -> Compute:
+    rest = parts[1:]
+
+    def add_into(total: Array, env: dict[str, Array]) -> Array:
+        for c, g, v in rest:
+            if g is None:
+                total += c * v
+            elif c == 1:
+                np.add(total, g(env), out=total)
+            elif c == -1:
+                np.subtract(total, g(env), out=total)  # = total + (-1 * term), exactly
+            else:
+                total += g(env) * c
+        return total
+
+    def terms(env: dict[str, Array], owned: set[str]) -> Array:
+        if donor is not None and donor in owned:  # add into the first term's array, which dies here
+            a = env[donor]
+            if a.shape == shape:
+                return add_into(a, env)
+        c, g, v = parts[0]
+        total: Any = (g(env) * c if c != 1 else g(env)) if g is not None else c * v
+        for c, g, v in rest:
+            if g is None:
+                total = total + c * v
+            elif c == 1:
+                total = total + g(env)
+            elif c == -1:
+                total = total - g(env)  # = total + (-1 * term), exactly
+            else:
+                total = total + g(env) * c
+        return total
+
+    return terms
 
 
 def _mean(x: Array, axes: tuple[int, ...]) -> Array:
