@@ -35,13 +35,11 @@ class Affine:
     terms: tuple[tuple[int, str], ...]
     const: int = 0
     span: Span = _span()
+    plain: str | None = field(init=False, compare=False, repr=False)  # the name when just one name
 
-    @cached_property
-    def plain(self) -> str | None:
-        """The index name when the position is just one name, else None."""
-        if self.const == 0 and len(self.terms) == 1 and self.terms[0][0] == 1:
-            return self.terms[0][1]
-        return None
+    def __post_init__(self) -> None:
+        one = self.const == 0 and len(self.terms) == 1 and self.terms[0][0] == 1
+        object.__setattr__(self, "plain", self.terms[0][1] if one else None)
 
     def names(self) -> tuple[str, ...]:
         return tuple(n for _, n in self.terms)
