@@ -268,6 +268,7 @@ def run_long_program(args: argparse.Namespace) -> dict[str, Any]:
         parts["backward"].append(t3 - t2)
         parts["total"].append(t3 - t0)
         assert len(grads) == len(params) and np.isfinite(vals["loss"])
+        del model, vals, grads  # each repetition starts as the first did, with no model alive
     gc.unfreeze()
     out: dict[str, Any] = {
         "statements": n,
