@@ -393,8 +393,8 @@ def _place_sizeofs(e: Expr, lhs: set[str], top: str) -> None:
     elif isinstance(e, Product):
         refs = []
         for f in e.factors:
-            while isinstance(f, Neg):  # `-x[k] size[k]`: the sign does not hide x
-                f = f.arg
+            while isinstance(f, (Neg, Power)):  # `-x[k]^2 size[k]`: sign and power do not hide x
+                f = f.arg if isinstance(f, Neg) else f.base
             if isinstance(f, Ref):
                 refs.append(f)
         plain = {i.plain for r in refs for i in r.indices if isinstance(i, Affine)}

@@ -22,15 +22,19 @@ _was_enabled = False
 def gc_paused() -> Iterator[None]:
     """Hold off the collector for the block (nested and concurrent blocks count as one)."""
     global _depth, _was_enabled
-    with _lock:
-        if _depth == 0:
-            _was_enabled = gc.isenabled()
-            gc.disable()
-        _depth += 1
+    entered = False
     try:
+        with _lock:
+            if _depth == 0:
+                _was_enabled = gc.isenabled()
+                gc.disable()
+            _depth += 1
+            entered = True
         yield
     finally:
         with _lock:
-            _depth -= 1
+            if entered:
+                _depth -= 1
             if _depth == 0 and _was_enabled:
+                _was_enabled = False
                 gc.enable()

@@ -324,7 +324,7 @@ class Model:
             env[self._grad.get(name)] = g
         owned: set[str] = set()
         env = ex.run(env, owned=owned)
-        given: set[int] | None = None
+        taken: set[int] | None = None  # buffers the caller holds or a returned gradient has
         out = {}
         for name in wrt if wrt is not None else self.inputs:
             gname = self._grad.get(name)
@@ -334,11 +334,14 @@ class Model:
                 continue
             if gname not in owned or not g.flags.c_contiguous:  # not a buffer of this run's own
                 g = np.asarray(g, order="C")
-                if given is None:
+                if taken is None:
                     arrays = [*vals.values(), *seeds.values()]
-                    given = {_owner(a) for a in arrays if isinstance(a, np.ndarray)}
-                if _owner(g) in given:  # `y = x` passes y.grad through: the caller gets a copy
+                    taken = {_owner(a) for a in arrays if isinstance(a, np.ndarray)}
+                owner = _owner(g)
+                if owner in taken:  # `y = x` passes y.grad through; `y = a + b` gives a and b one
                     g = g.copy()
+                else:
+                    taken.add(owner)
             out[name] = g
         return out
 

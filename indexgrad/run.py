@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -353,7 +354,7 @@ class Executor:
         built: list[Kernel | None] = []
         self._limit = memory_limit()
         gates = self._gates
-        with gc_paused():
+        with gc_paused() if key is not None else contextlib.nullcontext():  # planning, not every call
             for k, (p, dead) in enumerate(zip(self.prims, self.release)):
                 gate = gates.get(k)
                 built.append(self._guarded(p, env, owned, check_finite, dims or {}, set(dead), gate))
@@ -1084,12 +1085,12 @@ def _mean(x: Array, axes: tuple[int, ...]) -> Array:
 def _logsumexp(x: Array, axes: tuple[int, ...]) -> Array:
     """functions._logsumexp's ufunc calls, in its order, without numpy's Python wrappers.
 
-    When every maximum is finite (the sum of them is), the maxima are used as they are and
-    nothing can divide by zero, so that case skips the masking and the error-state switch.
+    When every maximum is finite, the maxima are used as they are and nothing can divide by
+    zero, so that case skips the masking and the error-state switch.
     """
     m = np.maximum.reduce(x, axis=axes, keepdims=True)
     shape = [d for k, d in enumerate(m.shape) if k not in axes]
-    if x.dtype.kind != "f" or not math.isfinite(m.sum()):
+    if x.dtype.kind != "f" or not np.isfinite(m).all():
         m = np.where(np.isfinite(m), m, 0)
         with np.errstate(divide="ignore"):
             return (np.log(np.add.reduce(np.exp(x - m), axis=axes, keepdims=True)) + m).reshape(shape)

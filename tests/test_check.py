@@ -145,6 +145,8 @@ GOOD = [
     "y[i] = x[i]\nz[i] = y[i]\nw[i] = y[i] z[i]\n",
     "x = 1\ny[b] = P[b, x]\n",  # index names and tensor names live apart
     "y[b] = -size[b]^2 x[b]\n",  # a negated power of size[b] still stands next to x[b]
+    "z = sum[k](x[k]^2 / size[k])\n",  # and size[k] next to a power of x[k]
+    "z = sum[k](-x[k]^2 size[k])\n",
 ]
 
 

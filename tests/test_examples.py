@@ -227,3 +227,22 @@ def test_gradients_are_new_arrays() -> None:
     seed = np.ones(3)
     gs = m.backward(vals, seed={"y": seed})["x"]
     assert not np.may_share_memory(gs, seed) and np.array_equal(gs, seed)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "y[i] = a[i] + b[i]\nloss = sum[i](y[i] y[i])\n",  # a.grad and b.grad are both y.grad
+        "y[i] = a[i] + b[i] + c[i]\nloss = sum[i](y[i])\n",  # ... all three the seed, broadcast
+        "y[i] = a[i] - b[i]\nz[i] = y[i] + b[i]\nloss = sum[i](z[i] z[i])\n",
+    ],
+)
+def test_gradients_never_share_a_buffer(text: str) -> None:
+    """Each returned gradient is an array of its own, so updating one in place (clipping,
+    scaling) changes no other gradient and no given array."""
+    m = ig.compile(text)
+    given = {n: np.arange(3.0) + k for k, n in enumerate(m.inputs)}
+    vals = m.forward(**given)
+    grads = list(m.backward(vals, loss="loss").values())
+    for k, g in enumerate(grads):
+        assert not any(np.may_share_memory(g, a) for a in [*vals.values(), *grads[k + 1 :]])
