@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .check import check
+from .check import check, scoped
 from .errors import IndexgradError
 from .functions import FUNCTIONS
 from .gcpause import gc_paused
@@ -160,14 +160,21 @@ def derive(program: Program, loss: str | None = None, wrt: list[str] | None = No
 
 
 def derive_for(
-    program: Program, losses: list[str], wrt: list[str] | None, prims: list[Prim] | None = None
+    program: Program,
+    losses: list[str],
+    wrt: list[str] | None,
+    prims: list[Prim] | None = None,
+    validate: bool = True,
 ) -> Program:
     """The vector-Jacobian program for seeds on `losses` (the last defined tensor when empty).
 
-    `prims`, when given, are `lower(program)` already made.
+    `prims`, when given, are `lower(program)` already made. With `validate`, the derived program
+    passes the whole check (a failure is an internal error); without, only its sums are attached.
     """
     with gc_paused():
-        return _derive_for(program, losses, wrt, lower(program) if prims is None else prims)
+        prims = lower(program) if prims is None else prims
+        derived = _derive_for(program, losses, wrt, prims)
+        return _recheck(derived, program) if validate else scoped(derived)
 
 
 def _derive_for(program: Program, losses: list[str], wrt: list[str] | None, prims: list[Prim]) -> Program:
@@ -187,13 +194,12 @@ def _derive_for(program: Program, losses: list[str], wrt: list[str] | None, prim
                 written.add(back_name[st.target.name])
     temps = {names[p.out.name] for p in prims} - {names[n] for n in program.defined()}
     stmts = _forward_copies(stmts, temps)
-    derived = Program(
+    return Program(
         _shape_inputs(stmts, back_name, program),
         tuple(stmts),
         filename=program.filename,
         source=program.source,
     )
-    return _recheck(derived, program)
 
 
 def _shape_inputs(stmts: list[Statement], back_name: dict[str, str], program: Program) -> tuple[Decl, ...]:

@@ -384,3 +384,24 @@ def test_tangents_of_reductions_and_functions_read_only_kept_values(text: str) -
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.idx")), ids=lambda p: p.name)
 def test_tangents_of_the_examples_read_only_kept_values(path) -> None:
     _tangent_reads_within_kept(path.read_text())
+
+
+def _scoped_equals_checked(text: str) -> None:
+    from indexgrad.derive import derive_for
+
+    prog = ig.parse(text)
+    checked = derive_for(prog, [], None)
+    assert derive_for(prog, [], None, validate=False).statements == checked.statements
+
+
+@budget(60)
+@given(programs())
+def test_models_derivation_equals_the_checked_one(case) -> None:
+    """Model.backward attaches sums to its derived program without the whole check; what it
+    runs must be exactly what derive() (which checks) prints."""
+    _scoped_equals_checked(case[0].text())
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.idx")), ids=lambda p: p.name)
+def test_models_derivation_of_the_examples_equals_the_checked_one(path) -> None:
+    _scoped_equals_checked(path.read_text())
