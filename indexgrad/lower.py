@@ -236,7 +236,7 @@ class _Lowerer:
             return
         if isinstance(e, Sum):
             terms = []
-            for t, sign in zip(e.terms, e.signs):
+            for t, sign in _terms_of(e, 1):
                 c, u = self.scaled(t, base)
                 terms.append((sign * c, u))
             self.out.append(Terms(target, op, tuple(terms), span))
@@ -314,6 +314,31 @@ class _Lowerer:
         self.span = s.span
         self.lhs = list(ref_index_names(s.target))
         self.emit(s.target, s.op, s.expr, s.summed, s.target.name)
+
+
+def _terms_of(e: Sum, sign: int) -> list[tuple[Expr, int]]:
+    """The signed terms of a sum. A parenthesised sum among them stays one term (a temporary),
+    unless it holds a `size[k]` term for a k none of its tensors has: that k is the statement's,
+    so its terms join the statement's own."""
+    out: list[tuple[Expr, int]] = []
+    for t, s in zip(e.terms, e.signs):
+        inner, s2 = (t.arg, -s) if isinstance(t, Neg) and isinstance(t.arg, Sum) else (t, s)
+        if isinstance(inner, Sum) and not _size_terms(inner) <= set(ordered_free(inner)):
+            out.extend(_terms_of(inner, sign * s2))
+        else:
+            out.append((t, sign * s))
+    return out
+
+
+def _size_terms(e: Expr) -> set[str]:
+    """Indices of the `size[k]` standing as terms of e, through nested sums and signs."""
+    if isinstance(e, SizeOf):
+        return {e.index}
+    if isinstance(e, Neg):
+        return _size_terms(e.arg)
+    if isinstance(e, Sum):
+        return {k for t in e.terms for k in _size_terms(t)}
+    return set()
 
 
 def _fold(coef: float, f: Num, power: float, span: Span) -> float:

@@ -126,6 +126,29 @@ def test_gradient_broadcasts_over_indices_absent_from_operands() -> None:
     assert float(g["c"]) == 4.0  # c is added once per i
 
 
+@pytest.mark.parametrize(
+    "text, fun",
+    [
+        ("z[b] = x[b] + (size[b] + c)", lambda x, c: x + (x.shape[0] + c)),
+        ("z[b] = x[b] - (size[b] - 2 c)", lambda x, c: x - (x.shape[0] - 2 * c)),
+        ("z[b] = c x[b] - (c + -(size[b] + 1))", lambda x, c: c * x - (c - (x.shape[0] + 1))),
+        ("z[b] = x[b]^2 + (size[b] + c)^2", None),  # a squared group is a factor: refused
+    ],
+)
+def test_size_of_the_statement_index_inside_parenthesised_terms(text: str, fun) -> None:
+    """size[b] as a term of a parenthesised sum with no tensor indexed by b is the statement's
+    b (the group's terms join the statement's), not a temporary's, which has no b."""
+    if fun is None:
+        with pytest.raises(ig.IndexgradError, match="size"):
+            ig.compile(text)
+        return
+    m = ig.compile(text)
+    a = {"x": rng().standard_normal(5), "c": np.array(0.7)}
+    gz = rng(1).standard_normal(5)
+    np.testing.assert_allclose(m.forward(**a)["z"], fun(**a), rtol=1e-12)
+    assert_grads(vjp(m, a, "z", gz), fun, a, seed=gz)
+
+
 # ---- diagonals and traces ----------------------------------------------------------------------
 
 
