@@ -475,10 +475,9 @@ def derivative_reads(prims: list[Prim]) -> set[str]:
     names = {n: n + ".grad" for n in every}
     out: set[str] = set()
     for p in prims:
-        stmts = swap(p, every, names)
-        for st in stmts:
+        for st in swap(p, every, names):
             out.update(r.name for r in refs_in_statement(st))
-        for st in stmts:  # a gradient that broadcasts or scatters takes its tensor's shape
+            # a gradient that broadcasts or scatters takes its tensor's shape
             rhs = {n for r in refs_in(st.expr) for n in ref_index_names(r)}
             plain = [i.plain if isinstance(i, Affine) else None for i in st.target.indices]
             if None in plain or not set(plain) <= rhs:

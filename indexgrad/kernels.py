@@ -1,0 +1,559 @@
+"""Planned kernels: what one primitive statement does once its sizes are known, as a closure.
+
+A kernel is built on the first run for a signature and reused by every later run, so the first
+call and later calls compute the same way (bit for bit). `owned` is per run: it holds the names
+whose array is a buffer this run allocated and nobody else references (writeable, of the
+statement's full shape), which may therefore be updated in place: `+=` into it, and a temporary
+that dies at a statement may lend its buffer to that statement's result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .functions import FUNCTIONS, REDUCTIONS
+from .lower import Contract, Elementwise, Operand, Prim, Reduction, Terms, prim_refs
+from .nodes import Affine, Num, Ref, SizeOf, ref_index_names
+from .plan import pairwise, plan_contraction
+
+Array = np.ndarray
+Kernel = Callable[[dict[str, Array], set[str]], None]
+Compute = Callable[[dict[str, Array], set[str]], Any]
+
+
+def operand_value(o: Operand, sizes: dict[str, int]) -> float:
+    """A number operand's value: the literal, or the extent of the index `size[k]` names."""
+    if isinstance(o, Num):
+        return o.value
+    assert isinstance(o, SizeOf)
+    return float(sizes[o.index])
+
+
+def raised(a: Array, k: float) -> Array:
+    """a**k, with the common powers by their cheaper ufuncs and no warnings (IEEE results)."""
+    if k == 1:
+        return a
+    if k == 2:
+        return a * a
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if k == -1:
+            return np.reciprocal(a) if a.dtype.kind == "f" else 1.0 / a
+        if k == 0.5:
+            return np.sqrt(a)
+        return np.power(a, k)
+
+
+def plain_ref(r: Ref) -> bool:
+    """Every position a plain index name, none repeated (kept on the node once known)."""
+    try:
+        return r.__dict__["_simple"]
+    except KeyError:
+        pass
+    plain = [i.plain if isinstance(i, Affine) else None for i in r.indices]
+    simple = None not in plain and len(set(plain)) == len(plain)
+    object.__setattr__(r, "_simple", simple)  # not a field: equality and hashing ignore it
+    return simple
+
+
+def _aligner(names: tuple[str, ...], out: tuple[str, ...]) -> Callable[[Array], Array]:
+    """A function doing `_align(a, names, out)` with the permutation worked out once."""
+    if names == out:
+        return _same
+    present = [n for n in out if n in names]
+    order = [names.index(n) for n in present]
+    identity = order == list(range(len(order)))
+    if len(present) == len(out):
+        return _same if identity else (lambda a: a.transpose(order))
+    shape_of = [n in names for n in out]
+
+    def align(a: Array) -> Array:
+        if not identity:
+            a = a.transpose(order)
+        it = iter(a.shape)
+        return a.reshape([next(it) if keep else 1 for keep in shape_of])
+
+    return align
+
+
+def _same(a: Array) -> Array:
+    return a
+
+
+def _relu_into(a: Array) -> Array:
+    return np.maximum(a, 0, out=a)
+
+
+def _sigmoid_into(a: Array) -> Array:  # 0.5 * (1 + tanh(0.5 a)), as functions.py computes it
+    np.multiply(a, 0.5, out=a)
+    np.tanh(a, out=a)
+    np.add(a, 1.0, out=a)
+    return np.multiply(a, 0.5, out=a)
+
+
+def _ufunc_into(f: Any, **errstate: str) -> Callable[[Array], Array]:
+    if not errstate:
+        return lambda a: f(a, out=a)
+
+    def into(a: Array) -> Array:
+        with np.errstate(**errstate):
+            return f(a, out=a)
+
+    return into
+
+
+# Elementwise functions that can overwrite their argument's buffer: the same ufuncs, in the same
+# order, as their FUNCTIONS entry, so the values are those of the allocating version.
+_IN_PLACE: dict[str, Callable[[Array], Array]] = {
+    "relu": _relu_into,
+    "sigmoid": _sigmoid_into,
+    "tanh": _ufunc_into(np.tanh),
+    "exp": _ufunc_into(np.exp, over="ignore"),
+    "log": _ufunc_into(np.log, divide="ignore", invalid="ignore"),
+    "sqrt": _ufunc_into(np.sqrt, invalid="ignore"),
+    "sin": _ufunc_into(np.sin),
+    "cos": _ufunc_into(np.cos),
+    "abs": _ufunc_into(np.abs),
+    "sign": _ufunc_into(np.sign),
+}
+
+
+def kernel_for(
+    p: Prim,
+    sizes: dict[str, int],
+    env: dict[str, Array],
+    dead: set[str] | None = None,
+    gate: str | None = None,
+) -> Kernel | None:
+    """A closure that computes and writes p without re-checking sizes, or None to stay generic.
+
+    `dead` names temporaries dropped after p, whose buffers p may reuse. `gate` (for a `step`
+    statement whose only reader multiplies it by that operand) asks for a boolean mask instead
+    of a float array of 0s and 1s: the product then has the same values and dtype.
+    """
+    if not all(plain_ref(r) for r in [p.out, *prim_refs(p)]):
+        return None
+    out = ref_index_names(p.out)
+    shape = tuple(sizes[n] for n in out)
+    built = _compute_kernel(p, sizes, env, out, dead or set(), gate)
+    if built is None:
+        return None
+    compute, fresh = built
+    fresh = fresh and len(shape) > 0
+    small = 0 < len(shape) and math.prod(shape) <= 4096
+    return _runner(compute, p.out.name, shape, fresh, small, p.op == "+=")
+
+
+def _runner(
+    compute: Compute, name: str, shape: tuple[int, ...], fresh: bool, small: bool, accumulate: bool
+) -> Kernel:
+    """The kernel: compute, then write (or add) the result under `name`, the common case first."""
+    if fresh:
+
+        def run(env: dict[str, Array], owned: set[str]) -> None:
+            r = compute(env, owned)
+            if type(r) is np.ndarray and r.shape == shape and (not accumulate or name not in env):
+                env[name] = r
+                owned.add(name)
+            else:
+                _write(r, env, owned, name, shape, fresh, small, accumulate)
+
+    else:
+
+        def run(env: dict[str, Array], owned: set[str]) -> None:
+            r = compute(env, owned)
+            if type(r) is np.ndarray and r.shape == shape and (not accumulate or name not in env):
+                env[name] = r
+                owned.discard(name)
+            else:
+                _write(r, env, owned, name, shape, fresh, small, accumulate)
+
+    return run
+
+
+def _write(
+    r: Any,
+    env: dict[str, Array],
+    owned: set[str],
+    name: str,
+    shape: tuple[int, ...],
+    fresh: bool,
+    small: bool,
+    accumulate: bool,
+) -> None:
+    """Write a result of any shape (broadcast to `shape`), or add it into what `name` holds."""
+    if type(r) is not np.ndarray:
+        r = np.asarray(r)
+    own = fresh
+    if r.shape != shape:
+        own = small
+        if small:  # a small result is cheaper to fill than to wrap as a broadcast view
+            full = np.empty(shape, r.dtype)
+            full[...] = r
+            r = full
+        else:
+            r = np.broadcast_to(r, shape)
+    if not accumulate or name not in env:
+        env[name] = r
+        if own:
+            owned.add(name)
+        else:
+            owned.discard(name)
+        return
+    t = env[name]
+    if name in owned and t.ndim and t.dtype == np.result_type(t, r):
+        np.add(t, r, out=t)
+    else:
+        env[name] = t + r
+        if t.ndim:
+            owned.add(name)
+
+
+def _compute_kernel(
+    p: Prim,
+    sizes: dict[str, int],
+    env: dict[str, Array],
+    out: tuple[str, ...],
+    dead: set[str],
+    gate: str | None = None,
+) -> tuple[Compute, bool] | None:
+    """(compute, fresh): fresh when compute's result is always a new buffer of its own.
+
+    Each case is built by a function of its own, so that a kernel's closure holds only the cells
+    it uses (a kernel is built per statement; they add up in long programs).
+    """
+    shape = tuple(sizes[n] for n in out)
+    if isinstance(p, Contract):
+        return _contract_kernel(p, sizes, env, out, shape, dead)
+    if isinstance(p, Elementwise):
+        return _elementwise_kernel(p, sizes, out, shape, dead, gate)
+    if isinstance(p, Terms):
+        return _terms_kernel(p, sizes, env, out, shape, dead)
+    assert isinstance(p, Reduction)
+    full = out + tuple(p.indices)
+    return _reduce_body(
+        _FAST_REDUCTIONS.get(p.reducer, REDUCTIONS[p.reducer]),
+        p.arg.name,
+        _aligner(ref_index_names(p.arg), full),
+        tuple(range(len(out), len(full))),
+    ), True
+
+
+def _reduce_body(red: Callable[[Array, tuple[int, ...]], Array], arg: str, align: Any, axes: Any) -> Compute:
+    return lambda env, owned: red(align(env[arg]), axes)
+
+
+def _contract_kernel(
+    p: Contract,
+    sizes: dict[str, int],
+    env: dict[str, Array],
+    out: tuple[str, ...],
+    shape: tuple[int, ...],
+    dead: set[str],
+) -> tuple[Compute, bool] | None:
+    coef = p.coef
+    ops: list[tuple[str, tuple[str, ...], float]] = []
+    for f, k in p.factors:
+        if isinstance(f, Ref):
+            ops.append((f.name, ref_index_names(f), k))
+        else:
+            coef *= operand_value(f, sizes) ** k
+    if not ops:
+        return None
+    present = {n for _, nm, _ in ops for n in nm}
+    kept = tuple(n for n in out if n in present)
+    fresh = True
+    body: Compute
+    if len(ops) == 1 and not kept and ops[0][2] == 2:
+        body = _dot_body(ops[0][0])  # a sum of squares: one BLAS dot product
+    elif len(ops) == 1:
+        ((n0, nm0, k0),) = ops
+        axes = tuple(i for i, n in enumerate(nm0) if n not in kept)
+        align0 = _aligner(tuple(n for n in nm0 if n in kept), kept)
+        fresh = bool(axes) or k0 != 1 or coef != 1
+        body = _copy_body(n0, align0) if not axes and k0 == 1 else _sum_body(n0, k0, align0, axes)
+    elif len(ops) == 2:
+        (n0, nm0, k0), (n1, nm1, k1) = ops
+        product = _product_kernel(ops, kept, out, shape, dead, coef) if kept == out else None
+        if product is not None:
+            return product, True
+        scale = _scale_kernel(ops, out, coef) if kept == out else None
+        if scale is not None:
+            return scale, False  # it may hand back its operand itself: never updated in place
+        body = _pair_body(pairwise(nm0, nm1, kept, env[n0].shape, env[n1].shape), n0, k0, n1, k1)
+    else:
+        plan = plan_contraction([nm for _, nm, _ in ops], kept, [env[n].shape for n, _, _ in ops])
+        body = _expression_body(plan.expression, ops)
+    if kept == out and coef == 1:
+        return body, fresh
+    return _widened(body, _aligner(kept, out), coef), fresh or coef != 1
+
+
+def _dot_body(n0: str) -> Compute:
+    def body(env: dict[str, Array], owned: set[str]) -> Array:
+        a = env[n0].ravel()
+        return np.asarray(np.dot(a, a))
+
+    return body
+
+
+def _copy_body(n0: str, align0: Callable[[Array], Array]) -> Compute:
+    return lambda env, owned: align0(env[n0])
+
+
+def _sum_body(n0: str, k0: float, align0: Callable[[Array], Array], axes: tuple[int, ...]) -> Compute:
+    def body(env: dict[str, Array], owned: set[str]) -> Array:
+        a = raised(env[n0], k0)
+        return align0(a.sum(axis=axes) if axes else a)
+
+    return body
+
+
+def _pair_body(pw: Callable[[Array, Array], Array], n0: str, k0: float, n1: str, k1: float) -> Compute:
+    if k0 == 1 and k1 == 1:
+        return lambda env, owned: pw(env[n0], env[n1])
+    return lambda env, owned: pw(raised(env[n0], k0), raised(env[n1], k1))
+
+
+def _expression_body(
+    expression: Callable[..., Array], ops: list[tuple[str, tuple[str, ...], float]]
+) -> Compute:
+    return lambda env, owned: expression(*[raised(env[n], k) for n, _, k in ops])
+
+
+def _widened(body: Compute, widen: Callable[[Array], Array], coef: float) -> Compute:
+    if coef == 1:
+        return lambda env, owned: widen(np.asarray(body(env, owned)))
+    return lambda env, owned: widen(np.asarray(body(env, owned)) * coef)
+
+
+def _elementwise_kernel(
+    p: Elementwise,
+    sizes: dict[str, int],
+    out: tuple[str, ...],
+    shape: tuple[int, ...],
+    dead: set[str],
+    gate: str | None,
+) -> tuple[Compute, bool]:
+    if gate is not None:
+        (u,) = p.args  # a `step` whose product with `gate` is its only use: a boolean mask
+        assert isinstance(u, Ref)
+        return _mask_body(u.name), True
+    fn = FUNCTIONS[p.func].forward
+    into = _IN_PLACE.get(p.func)
+    if len(p.args) == 1 and isinstance(p.args[0], Ref):
+        a0 = p.args[0]
+        n0 = a0.name
+        align0 = _aligner(ref_index_names(a0), out)
+        if into is not None and n0 in dead and n0 != p.out.name and align0 is _same:
+            return _unary_into_body(fn, into, n0, shape), True  # the argument dies here
+        return _unary_body(fn, n0, align0), True
+    getters: list[Callable[[dict[str, Array]], Any]] = []
+    for a in p.args:
+        if isinstance(a, Ref):
+            getters.append(_getter(a.name, _aligner(ref_index_names(a), out)))
+        else:
+            getters.append(_constant(operand_value(a, sizes)))
+    return _call_body(fn, getters), True
+
+
+def _mask_body(un: str) -> Compute:
+    return lambda env, owned: np.greater(env[un], 0)
+
+
+def _unary_into_body(fn: Any, into: Callable[[Array], Array], n0: str, shape: tuple[int, ...]) -> Compute:
+    def unary(env: dict[str, Array], owned: set[str]) -> Array:
+        a = env[n0]
+        if n0 in owned and a.dtype.kind == "f" and a.shape == shape:
+            return into(a)  # overwrite the dying argument's buffer
+        return fn(a)
+
+    return unary
+
+
+def _unary_body(fn: Any, n0: str, align0: Callable[[Array], Array]) -> Compute:
+    return lambda env, owned: fn(align0(env[n0]))
+
+
+def _constant(value: float) -> Callable[[dict[str, Array]], Any]:
+    return lambda env: value
+
+
+def _call_body(fn: Any, getters: list[Callable[[dict[str, Array]], Any]]) -> Compute:
+    return lambda env, owned: fn(*[g(env) for g in getters])
+
+
+def _terms_kernel(
+    p: Terms,
+    sizes: dict[str, int],
+    env: dict[str, Array],
+    out: tuple[str, ...],
+    shape: tuple[int, ...],
+    dead: set[str],
+) -> tuple[Compute, bool] | None:
+    if not any(isinstance(u, Ref) for _, u in p.terms):
+        return None
+    parts: list[tuple[float, Callable[[dict[str, Array]], Any] | None, float]] = []
+    for c, u in p.terms:
+        if isinstance(u, Ref):
+            parts.append((c, _getter(u.name, _aligner(ref_index_names(u), out)), 0.0))
+        else:
+            parts.append((c, None, operand_value(u, sizes)))
+    first = p.terms[0][1]
+    donor = first.name if isinstance(first, Ref) and first.name in dead else None
+    if donor is not None and (p.terms[0][0] != 1 or ref_index_names(first) != out):
+        donor = None
+    if donor is not None:  # the dtypes are fixed by the signature: check them once
+        dt = env[donor].dtype
+        if any(np.result_type(dt, env[u.name]) != dt for _, u in p.terms[1:] if isinstance(u, Ref)):
+            donor = None
+    fresh = len(parts) > 1 or parts[0][0] != 1 or parts[0][1] is None
+    return _terms_body(parts, donor, shape), fresh
+
+
+def _terms_body(
+    parts: list[tuple[float, Callable[[dict[str, Array]], Any] | None, float]],
+    donor: str | None,
+    shape: tuple[int, ...],
+) -> Compute:
+    rest = parts[1:]
+
+    def add_into(total: Array, env: dict[str, Array]) -> Array:
+        for c, g, v in rest:
+            if g is None:
+                total += c * v
+            elif c == 1:
+                np.add(total, g(env), out=total)
+            elif c == -1:
+                np.subtract(total, g(env), out=total)  # = total + (-1 * term), exactly
+            else:
+                total += g(env) * c
+        return total
+
+    def terms(env: dict[str, Array], owned: set[str]) -> Array:
+        if donor is not None and donor in owned:  # add into the first term's array, which dies here
+            a = env[donor]
+            if a.shape == shape:
+                return add_into(a, env)
+        c, g, v = parts[0]
+        total: Any = (g(env) * c if c != 1 else g(env)) if g is not None else c * v
+        for c, g, v in rest:
+            if g is None:
+                total = total + c * v
+            elif c == 1:
+                total = total + g(env)
+            elif c == -1:
+                total = total - g(env)  # = total + (-1 * term), exactly
+            else:
+                total = total + g(env) * c
+        return total
+
+    return terms
+
+
+def _mean(x: Array, axes: tuple[int, ...]) -> Array:
+    """np.mean's own steps (sum, then true division by the count as np.intp) without its wrappers."""
+    if x.dtype.kind != "f" or x.dtype.itemsize < 4:
+        return np.mean(x, axis=axes)  # integers and float16 take numpy's other paths
+    count = np.intp(math.prod(x.shape[a] for a in axes))
+    s = np.add.reduce(x, axis=axes)
+    if isinstance(s, np.ndarray):
+        return np.true_divide(s, count, out=s, casting="unsafe")
+    return s.dtype.type(s / count)
+
+
+def _logsumexp(x: Array, axes: tuple[int, ...]) -> Array:
+    """functions._logsumexp's ufunc calls, in its order, without numpy's Python wrappers.
+
+    When every maximum is finite, the maxima are used as they are and nothing can divide by
+    zero, so that case skips the masking and the error-state switch.
+    """
+    m = np.maximum.reduce(x, axis=axes, keepdims=True)
+    shape = [d for k, d in enumerate(m.shape) if k not in axes]
+    if x.dtype.kind != "f" or not np.isfinite(m).all():
+        m = np.where(np.isfinite(m), m, 0)
+        with np.errstate(divide="ignore"):
+            return (np.log(np.add.reduce(np.exp(x - m), axis=axes, keepdims=True)) + m).reshape(shape)
+    e = np.subtract(x, m)
+    np.exp(e, out=e)
+    s = np.add.reduce(e, axis=axes, keepdims=True)
+    np.log(s, out=s)
+    s += m
+    return s.reshape(shape)
+
+
+# Reductions run by planned kernels: the same values as functions.REDUCTIONS, fewer Python layers.
+_FAST_REDUCTIONS: dict[str, Callable[[Array, tuple[int, ...]], Array]] = {
+    "sum": lambda x, axes: np.add.reduce(x, axis=axes),
+    "mean": _mean,
+    "logsumexp": _logsumexp,
+}
+
+
+def _product_kernel(
+    ops: list[tuple[str, tuple[str, ...], float]],
+    kept: tuple[str, ...],
+    out: tuple[str, ...],
+    shape: tuple[int, ...],
+    dead: set[str],
+    coef: float,
+) -> Compute | None:
+    """An elementwise product of two operands (no index summed), into a dying operand's buffer.
+
+    Returns None (leave it to `pairwise`) unless some operand can lend its buffer: it dies at
+    this statement, has exactly the output's axes in order, and is not raised to a power.
+    """
+    (n0, nm0, k0), (n1, nm1, k1) = ops
+    if set(nm0) | set(nm1) != set(out) or coef != 1 or k0 != 1 or k1 != 1 or n0 == n1:
+        return None
+    if nm0 == out and n0 in dead:
+        donor, other, other_names = n0, n1, nm1
+    elif nm1 == out and n1 in dead:
+        donor, other, other_names = n1, n0, nm0
+    else:
+        return None
+    align0, align1 = _aligner(nm0, out), _aligner(nm1, out)
+    align_other = _aligner(other_names, out)
+
+    def body(env: dict[str, Array], owned: set[str]) -> Array:
+        a, b = env[donor], env[other]
+        if donor in owned and a.shape == shape and a.dtype == np.result_type(a, b):
+            return np.multiply(a, align_other(b), out=a)
+        return np.multiply(align0(env[n0]), align1(env[n1]))
+
+    return body
+
+
+def _scale_kernel(
+    ops: list[tuple[str, tuple[str, ...], float]], out: tuple[str, ...], coef: float
+) -> Compute | None:
+    """A tensor times a scalar tensor and the coefficient, in one pass; when the factor comes to
+    exactly 1 (`y.grad = 2 (0.5) y` for a loss of ½Σy²) the tensor itself, as a hand-written
+    backward pass reuses y as its own gradient."""
+    (n0, nm0, k0), (n1, nm1, k1) = ops
+    if k0 != 1 or k1 != 1 or n0 == n1:
+        return None
+    if nm0 == () and nm1 == out:
+        s_name, t_name = n0, n1
+    elif nm1 == () and nm0 == out:
+        s_name, t_name = n1, n0
+    else:
+        return None
+
+    def body(env: dict[str, Array], owned: set[str]) -> Array:
+        t, s = env[t_name], env[s_name]
+        factor = s * coef if coef != 1 else s
+        if factor == 1 and np.result_type(t, factor) == t.dtype:
+            return t
+        return np.multiply(t, factor)
+
+    return body
+
+
+def _getter(name: str, align: Callable[[Array], Array]) -> Callable[[dict[str, Array]], Array]:
+    if align is _same:
+        return lambda env: env[name]
+    return lambda env: align(env[name])
