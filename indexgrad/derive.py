@@ -37,6 +37,7 @@ from .nodes import (
     Sum,
     idx,
     map_expr,
+    plain_names,
     ref_index_names,
     refs_in,
     refs_in_statement,
@@ -218,8 +219,8 @@ def _shape_inputs(stmts: list[Statement], back_name: dict[str, str], program: Pr
         if base is None or base in read or base in out or base not in program.inputs():
             continue
         rhs = {n for r in refs_in(st.expr) for n in ref_index_names(r)}
-        plain = [i.plain if isinstance(i, Affine) else None for i in t.indices]
-        if None not in plain and set(plain) <= rhs and len(set(plain)) == len(plain):
+        plain = plain_names(t)
+        if plain is not None and set(plain) <= rhs:
             continue
         names = _index_names_of(program, base, len(t.indices))
         out[base] = Decl("input", Ref(base, tuple(idx(n) for n in names)))
@@ -232,9 +233,9 @@ def _index_names_of(program: Program, name: str, rank: int) -> list[str]:
         r for st in program.statements for r in [st.target, *refs_in_statement(st)]
     ]
     for r in refs:
-        plain = [i.plain if isinstance(i, Affine) else None for i in r.indices]
-        if r.name == name and None not in plain and len(set(plain)) == len(plain):
-            return plain  # type: ignore[return-value]
+        plain = plain_names(r)
+        if r.name == name and plain is not None:
+            return list(plain)
     return [f"i{k}" for k in range(rank)]
 
 
@@ -248,15 +249,12 @@ def _forward_copies(stmts: list[Statement], temps: set[str]) -> list[Statement]:
     for s in stmts:
         s = _substitute(s, alias)
         t, e = s.target, s.expr
-        plain = [i.plain for i in t.indices if isinstance(i, Affine)]
         if (
             t.name in temps
             and count[t.name] == 1
             and isinstance(e, Ref)
             and e.indices == t.indices
-            and len(plain) == len(t.indices)
-            and None not in plain
-            and len(set(plain)) == len(plain)
+            and plain_names(t) is not None
         ):
             alias[t.name] = e
             continue

@@ -17,7 +17,7 @@ import numpy as np
 
 from .functions import FUNCTIONS, REDUCTIONS
 from .lower import Contract, Elementwise, Operand, Prim, Reduction, Terms, prim_refs
-from .nodes import Affine, Num, Ref, SizeOf, ref_index_names
+from .nodes import Num, Ref, SizeOf, is_plain, ref_index_names
 from .plan import pairwise, plan_contraction
 
 Array = np.ndarray
@@ -47,20 +47,9 @@ def raised(a: Array, k: float) -> Array:
         return np.power(a, k)
 
 
-def plain_ref(r: Ref) -> bool:
-    """Every position a plain index name, none repeated (kept on the node once known)."""
-    try:
-        return r.__dict__["_simple"]
-    except KeyError:
-        pass
-    plain = [i.plain if isinstance(i, Affine) else None for i in r.indices]
-    simple = None not in plain and len(set(plain)) == len(plain)
-    object.__setattr__(r, "_simple", simple)  # not a field: equality and hashing ignore it
-    return simple
-
-
-def _aligner(names: tuple[str, ...], out: tuple[str, ...]) -> Callable[[Array], Array]:
-    """A function doing `_align(a, names, out)` with the permutation worked out once."""
+def aligner(names: tuple[str, ...], out: tuple[str, ...]) -> Callable[[Array], Array]:
+    """A function putting an array's axes (named `names`) in the order of `out`, with length-1
+    axes for names it lacks; the permutation is worked out once."""
     if names == out:
         return _same
     present = [n for n in out if n in names]
@@ -134,7 +123,7 @@ def kernel_for(
     statement whose only reader multiplies it by that operand) asks for a boolean mask instead
     of a float array of 0s and 1s: the product then has the same values and dtype.
     """
-    if not all(plain_ref(r) for r in [p.out, *prim_refs(p)]):
+    if not all(is_plain(r) for r in [p.out, *prim_refs(p)]):
         return None
     out = ref_index_names(p.out)
     shape = tuple(sizes[n] for n in out)
@@ -237,7 +226,7 @@ def _compute_kernel(
     return _reduce_body(
         _FAST_REDUCTIONS.get(p.reducer, REDUCTIONS[p.reducer]),
         p.arg.name,
-        _aligner(ref_index_names(p.arg), full),
+        aligner(ref_index_names(p.arg), full),
         tuple(range(len(out), len(full))),
     ), True
 
@@ -272,7 +261,7 @@ def _contract_kernel(
     elif len(ops) == 1:
         ((n0, nm0, k0),) = ops
         axes = tuple(i for i, n in enumerate(nm0) if n not in kept)
-        align0 = _aligner(tuple(n for n in nm0 if n in kept), kept)
+        align0 = aligner(tuple(n for n in nm0 if n in kept), kept)
         fresh = bool(axes) or k0 != 1 or coef != 1
         body = _copy_body(n0, align0) if not axes and k0 == 1 else _sum_body(n0, k0, align0, axes)
     elif len(ops) == 2:
@@ -289,7 +278,7 @@ def _contract_kernel(
         body = _expression_body(plan.expression, ops)
     if kept == out and coef == 1:
         return body, fresh
-    return _widened(body, _aligner(kept, out), coef), fresh or coef != 1
+    return _widened(body, aligner(kept, out), coef), fresh or coef != 1
 
 
 def _dot_body(n0: str) -> Compute:
@@ -347,14 +336,14 @@ def _elementwise_kernel(
     if len(p.args) == 1 and isinstance(p.args[0], Ref):
         a0 = p.args[0]
         n0 = a0.name
-        align0 = _aligner(ref_index_names(a0), out)
+        align0 = aligner(ref_index_names(a0), out)
         if into is not None and n0 in dead and n0 != p.out.name and align0 is _same:
             return _unary_into_body(fn, into, n0, shape), True  # the argument dies here
         return _unary_body(fn, n0, align0), True
     getters: list[Callable[[dict[str, Array]], Any]] = []
     for a in p.args:
         if isinstance(a, Ref):
-            getters.append(_getter(a.name, _aligner(ref_index_names(a), out)))
+            getters.append(_getter(a.name, aligner(ref_index_names(a), out)))
         else:
             getters.append(_constant(operand_value(a, sizes)))
     return _call_body(fn, getters), True
@@ -399,7 +388,7 @@ def _terms_kernel(
     parts: list[tuple[float, Callable[[dict[str, Array]], Any] | None, float]] = []
     for c, u in p.terms:
         if isinstance(u, Ref):
-            parts.append((c, _getter(u.name, _aligner(ref_index_names(u), out)), 0.0))
+            parts.append((c, _getter(u.name, aligner(ref_index_names(u), out)), 0.0))
         else:
             parts.append((c, None, operand_value(u, sizes)))
     first = p.terms[0][1]
@@ -515,8 +504,8 @@ def _product_kernel(
         donor, other, other_names = n1, n0, nm0
     else:
         return None
-    align0, align1 = _aligner(nm0, out), _aligner(nm1, out)
-    align_other = _aligner(other_names, out)
+    align0, align1 = aligner(nm0, out), aligner(nm1, out)
+    align_other = aligner(other_names, out)
 
     def body(env: dict[str, Array], owned: set[str]) -> Array:
         a, b = env[donor], env[other]

@@ -26,6 +26,7 @@ from .nodes import (
     Sum,
     children,
     idx,
+    is_plain,
     ref_index_names,
     refs_in,
 )
@@ -435,8 +436,8 @@ def split_products(prims: list[Prim], shapes: dict[str, tuple[int, ...]]) -> lis
         refs = [(f, k) for f, k in p.factors if isinstance(f, Ref)] if isinstance(p, Contract) else []
         if (
             len(refs) < 3
-            or not all(_plain_ref(r) and r.name in shapes for r, _ in refs)
-            or not _plain_ref(p.out)
+            or not all(is_plain(r) and r.name in shapes for r, _ in refs)
+            or not is_plain(p.out)
         ):
             out.append(p)
             continue
@@ -469,11 +470,6 @@ def split_products(prims: list[Prim], shapes: dict[str, tuple[int, ...]]) -> lis
         out.append(Contract(p.out, p.op, p.coef, tuple(ops) + tuple(consts), p.span))
         changed = True
     return out if changed else prims
-
-
-def _plain_ref(r: Ref) -> bool:
-    plain = [i.plain if isinstance(i, Affine) else None for i in r.indices]
-    return None not in plain and len(set(plain)) == len(plain)
 
 
 __all__ = [

@@ -305,6 +305,24 @@ def ref_index_names(r: Ref) -> tuple[str, ...]:
     return names
 
 
+def plain_names(r: Ref) -> tuple[str, ...] | None:
+    """The index names when every position of r is one plain name and none repeats (`x[b,i]`,
+    not `x[i,i]`, `x[i+1]` or `P[b,l[b]]`), else None; kept on the node once known."""
+    try:
+        return r.__dict__["_plain_names"]
+    except KeyError:
+        pass
+    plain = tuple(i.plain if isinstance(i, Affine) else None for i in r.indices)
+    names = plain if None not in plain and len(set(plain)) == len(plain) else None
+    object.__setattr__(r, "_plain_names", names)  # not a field: equality and hashing ignore it
+    return names  # type: ignore[return-value]
+
+
+def is_plain(r: Ref) -> bool:
+    """Every position of r one plain index name, none repeated."""
+    return plain_names(r) is not None
+
+
 def map_expr(e: Expr, f) -> Expr:  # type: ignore[no-untyped-def]
     """Rebuild e bottom-up, applying f to every node after its children."""
     t = type(e)

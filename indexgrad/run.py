@@ -15,9 +15,9 @@ from .check import sized_like
 from .errors import IndexgradError
 from .functions import FUNCTIONS, REDUCTIONS
 from .gcpause import gc_paused
-from .kernels import Kernel, kernel_for, operand_value, plain_ref, raised
+from .kernels import Kernel, aligner, kernel_for, operand_value, raised
 from .lower import Contract, Elementwise, Prim, Reduction, Terms, prim_refs
-from .nodes import Affine, Gather, Ref, Span, ref_index_names
+from .nodes import Affine, Gather, Ref, Span, is_plain, ref_index_names
 from .plan import plan_contraction
 from .printer import format_ref
 from .shapes import valid_extent
@@ -165,7 +165,7 @@ def _plain_sizes(p: Prim, env: dict[str, Array]) -> dict[str, int] | None:
         pairs.append((p.out, env.get(base)))  # `x.grad` has x's shape
     size: dict[str, int] = {}
     for r, a in pairs:
-        if a is None or not plain_ref(r) or a.ndim != len(r.indices):
+        if a is None or not is_plain(r) or a.ndim != len(r.indices):
             return None
         for n, d in zip(ref_index_names(r), a.shape):
             if size.setdefault(n, d) != d:
@@ -239,9 +239,8 @@ def read(r: Ref, env: dict[str, Array], sizes: dict[str, int], span: Span) -> tu
     """The values of a reference as an array whose axes are its distinct index names."""
     a = env[r.name]
     names = ref_index_names(r)
-    plain = [i.plain if isinstance(i, Affine) else None for i in r.indices]
-    if all(p is not None for p in plain) and len(set(plain)) == len(plain):
-        return a, names  # type: ignore[return-value]
+    if is_plain(r):
+        return a, names
     if any(isinstance(i, Gather) for i in r.indices):
         return a[_index_arrays(r, a.shape, names, sizes, env, span)], names
     _check_bounds(r, a, sizes, span)
@@ -264,15 +263,7 @@ def read(r: Ref, env: dict[str, Array], sizes: dict[str, int], span: Span) -> tu
 
 def _align(a: Array, names: tuple[str, ...], out: tuple[str, ...]) -> Array:
     """a with its axes permuted into the order of `out`, with length-1 axes for missing names."""
-    if names == out:
-        return a
-    order = [names.index(n) for n in out if n in names]
-    a = np.transpose(a, order) if order != list(range(len(order))) else a
-    present = [n for n in out if n in names]
-    if len(present) == len(out):
-        return a
-    shape = [a.shape[present.index(n)] if n in names else 1 for n in out]
-    return a.reshape(shape)
+    return aligner(names, out)(a)
 
 
 def _result_dtype(arrays: list[Array]) -> np.dtype:
@@ -425,7 +416,7 @@ class Executor:
         need = math.prod([sizes[n] for n in out]) * itemsize
         if isinstance(p, Contract):
             refs = [f for f, _ in p.factors if isinstance(f, Ref)]
-            if len(refs) > 2 and all(plain_ref(r) for r in refs):  # two run pairwise: no intermediate
+            if len(refs) > 2 and all(is_plain(r) for r in refs):  # two run pairwise: no intermediate
                 names = [ref_index_names(r) for r in refs]
                 present = {n for nm in names for n in nm}
                 kept = tuple(n for n in out if n in present)
@@ -542,9 +533,7 @@ class Executor:
         out_names: tuple[str, ...],
     ) -> None:
         name = p.out.name
-        plain = [i.plain if isinstance(i, Affine) else None for i in p.out.indices]
-        simple = all(x is not None for x in plain) and len(set(plain)) == len(plain)
-        if simple:
+        if is_plain(p.out):
             if p.op == "=" or name not in env:
                 env[name] = result
                 owned.discard(name)
@@ -692,8 +681,8 @@ def _gates(prims: list[Prim], release: list[list[str]]) -> dict[int, str]:
             not isinstance(u, Ref)
             or writes[t] != 1
             or t not in release[k + 1]
-            or not plain_ref(u)
-            or not plain_ref(p.out)
+            or not is_plain(u)
+            or not is_plain(p.out)
             or ref_index_names(u) != ref_index_names(p.out)
             or not isinstance(q, Contract)
             or len(q.factors) != 2
@@ -703,7 +692,7 @@ def _gates(prims: list[Prim], release: list[list[str]]) -> dict[int, str]:
         (f0, k0), (f1, k1) = q.factors
         if not (isinstance(f0, Ref) and isinstance(f1, Ref) and k0 == 1 and k1 == 1):
             continue
-        if not (plain_ref(f0) and plain_ref(f1) and plain_ref(q.out)):
+        if not (is_plain(f0) and is_plain(f1) and is_plain(q.out)):
             continue
         if [f0.name, f1.name].count(t) != 1:
             continue
@@ -741,8 +730,8 @@ def relu_outputs(prims: list[Prim]) -> dict[str, str]:
             and p.op == "="
             and writes[p.out.name] == 1
             and isinstance(p.args[0], Ref)
-            and plain_ref(p.out)
-            and plain_ref(p.args[0])
+            and is_plain(p.out)
+            and is_plain(p.args[0])
             and ref_index_names(p.args[0]) == ref_index_names(p.out)
             and p.args[0].name != p.out.name
         ):
