@@ -449,12 +449,13 @@ def gradcheck(
     tolerance: float = 1e-5,
     directions: int = 3,
     seed: int = 0,
+    wrt: list[str] | None = None,
 ) -> GradcheckReport:
     """Compare backward() with symmetric finite differences in float64 along random directions.
 
-    Each input is checked on its own along `directions` random directions; a program with more
-    than `JOINT_AFTER` inputs is checked along random directions in all of them at once (as JAX's
-    check_grads does), reported under one key, so the cost stays a few forward passes.
+    Each input (each of `wrt`, when given) is checked on its own along `directions` random
+    directions; more than `JOINT_AFTER` of them are checked along random directions in all at
+    once (as JAX's check_grads does), reported under one key, so the cost stays a few forward passes.
     """
     arr = {
         n: (np.asarray(a, dtype=np.float64) if n not in model.labels else np.asarray(a))
@@ -462,11 +463,12 @@ def gradcheck(
     }
     vals = model.forward(**arr)
     loss = loss or model.program.statements[-1].target.name
-    grads = model.backward(vals, loss=loss)
+    names = list(model.inputs) if wrt is None else list(wrt)
+    grads = model.backward(vals, loss=loss, wrt=names)
     rng = np.random.default_rng(seed)
-    groups = [[n] for n in model.inputs]
+    groups = [[n] for n in names]
     if len(groups) > JOINT_AFTER:
-        groups = [list(model.inputs)]
+        groups = [names]
     errors: dict[str, float] = {}
     for group in groups:
         worst = 0.0

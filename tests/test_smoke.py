@@ -23,6 +23,19 @@ def test_check_passes(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "passed" in capsys.readouterr().out
 
 
+def test_check_of_a_vector_output_reports_the_programs_inputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A vector output is checked through <seed, output>; the seed is the check's own input and
+    is neither checked nor reported."""
+    f = tmp_path / "v.idx"
+    f.write_text("y[b] = -size[b]^2 x[b] + (size[b] + c)\n")
+    assert main(["check", str(f), "--dims", "b=3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines[:-1]] == ["x", "c"]
+    assert lines[-1] == "passed: 2 inputs checked against finite differences"
+
+
 def test_affine_prints_the_seeds_statements(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["grad", str(EXAMPLES[0].parent / "affine.idx")]) == 0
     assert capsys.readouterr().out.splitlines() == [
