@@ -269,7 +269,7 @@ def _contract_kernel(
         product = _product_kernel(ops, kept, out, shape, dead, coef) if kept == out else None
         if product is not None:
             return product, True
-        scale = _scale_kernel(ops, out, coef) if kept == out else None
+        scale = _scale_kernel(ops, out, shape, dead, coef) if kept == out else None
         if scale is not None:
             return scale, False  # it may hand back its operand itself: never updated in place
         body = _pair_body(pairwise(nm0, nm1, kept, env[n0].shape, env[n1].shape), n0, k0, n1, k1)
@@ -409,6 +409,8 @@ def _terms_body(
     shape: tuple[int, ...],
 ) -> Compute:
     rest = parts[1:]
+    if donor is not None and len(parts) == 2 and parts[1][1] is not None and parts[1][0] in (1, -1):
+        return _two_terms_body(donor, parts[0][1], parts[1][1], parts[1][0], shape)  # type: ignore[arg-type]
 
     def add_into(total: Array, env: dict[str, Array]) -> Array:
         for c, g, v in rest:
@@ -441,6 +443,25 @@ def _terms_body(
         return total
 
     return terms
+
+
+def _two_terms_body(
+    donor: str,
+    first: Callable[[dict[str, Array]], Any],
+    second: Callable[[dict[str, Array]], Any],
+    sign: float,
+    shape: tuple[int, ...],
+) -> Compute:
+    """`a ± u` where a dies here: into a's buffer when this run owns it (a bias added in place)."""
+    op = np.add if sign == 1 else np.subtract
+
+    def two(env: dict[str, Array], owned: set[str]) -> Array:
+        a = env[donor]
+        if donor in owned and a.shape == shape:
+            return op(a, second(env), out=a)
+        return op(first(env), second(env))
+
+    return two
 
 
 def _mean(x: Array, axes: tuple[int, ...]) -> Array:
@@ -517,11 +538,15 @@ def _product_kernel(
 
 
 def _scale_kernel(
-    ops: list[tuple[str, tuple[str, ...], float]], out: tuple[str, ...], coef: float
+    ops: list[tuple[str, tuple[str, ...], float]],
+    out: tuple[str, ...],
+    shape: tuple[int, ...],
+    dead: set[str],
+    coef: float,
 ) -> Compute | None:
-    """A tensor times a scalar tensor and the coefficient, in one pass; when the factor comes to
-    exactly 1 (`y.grad = 2 (0.5) y` for a loss of ½Σy²) the tensor itself, as a hand-written
-    backward pass reuses y as its own gradient."""
+    """A tensor times a scalar tensor and the coefficient, in one pass (into the tensor's buffer
+    when it dies here); when the factor comes to exactly 1 (`y.grad = 2 (0.5) y` for a loss of
+    ½Σy²) the tensor itself, as a hand-written backward pass reuses y as its own gradient."""
     (n0, nm0, k0), (n1, nm1, k1) = ops
     if k0 != 1 or k1 != 1 or n0 == n1:
         return None
@@ -531,12 +556,15 @@ def _scale_kernel(
         s_name, t_name = n1, n0
     else:
         return None
+    dies = t_name in dead
 
     def body(env: dict[str, Array], owned: set[str]) -> Array:
         t, s = env[t_name], env[s_name]
         factor = s * coef if coef != 1 else s
         if factor == 1 and np.result_type(t, factor) == t.dtype:
             return t
+        if dies and t_name in owned and t.shape == shape and np.result_type(t, factor) == t.dtype:
+            return np.multiply(t, factor, out=t)
         return np.multiply(t, factor)
 
     return body

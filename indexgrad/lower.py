@@ -472,6 +472,75 @@ def split_products(prims: list[Prim], shapes: dict[str, tuple[int, ...]]) -> lis
     return out if changed else prims
 
 
+def inline_broadcasts(prims: list[Prim], keep: set[str]) -> list[Prim]:
+    """prims without the temporaries that hold one value broadcast along their indices.
+
+    `t[I] = c Π s` whose every factor is a scalar tensor, a number or the size of an index in I
+    (the gradient of a mean, `loss.sum.grad[b] += loss.grad / size[b]`, is one) is not made:
+    each product that reads t multiplies by c Π s itself. Only temporaries written once, not in
+    `keep`, and read only as a plain factor of a product are inlined, and only while no
+    statement between writes a scalar that t's value reads.
+    """
+    writes: dict[str, list[int]] = {}
+    reads: dict[str, list[int]] = {}
+    for k, p in enumerate(prims):
+        writes.setdefault(p.out.name, []).append(k)
+        for r in prim_refs(p):
+            reads.setdefault(r.name, []).append(k)
+    for r in (r for p in prims for r in [p.out, *prim_refs(p)]):
+        for i in r.indices:  # labels read through gathers are never inlined
+            if isinstance(i, Gather):
+                reads.setdefault(i.ref.name, []).append(-1)
+
+    def inlinable(k: int, p: Prim) -> bool:
+        if not isinstance(p, Contract) or p.out.name in keep or writes[p.out.name] != [k]:
+            return False
+        out = ref_index_names(p.out)
+        if not out or not is_plain(p.out) or not reads.get(p.out.name) or -1 in reads[p.out.name]:
+            return False
+        for f, _ in p.factors:
+            if (isinstance(f, Ref) and f.indices) or (isinstance(f, SizeOf) and f.index not in out):
+                return False
+            if isinstance(f, Ref) and any(k < w <= reads[p.out.name][-1] for w in writes.get(f.name, [])):
+                return False
+        for j in reads[p.out.name]:
+            q = prims[j]
+            if not isinstance(q, Contract) or q.out.name == p.out.name:
+                return False
+            others = set(ref_index_names(q.out))  # t's indices must stay in q: a sum over one
+            for f, _ in q.factors:  # that only t carries counts its terms
+                if isinstance(f, Ref) and f.name != p.out.name:
+                    others.update(ref_index_names(f))
+            for f, power in q.factors:
+                if isinstance(f, Ref) and f.name == p.out.name:
+                    if power != 1 or not is_plain(f) or len(f.indices) != len(out):
+                        return False
+                    if not set(ref_index_names(f)) <= others:
+                        return False
+        return True
+
+    values: dict[str, Contract] = {}
+    result: list[Prim] = []
+    for k, p in enumerate(prims):
+        if isinstance(p, Contract) and any(isinstance(f, Ref) and f.name in values for f, _ in p.factors):
+            coef, factors = p.coef, []
+            for f, power in p.factors:
+                v = values.get(f.name) if isinstance(f, Ref) else None
+                if v is None:
+                    factors.append((f, power))
+                    continue
+                rename = dict(zip(ref_index_names(v.out), ref_index_names(f)))  # type: ignore[arg-type]
+                coef *= v.coef
+                for g, gp in v.factors:
+                    factors.append((SizeOf(rename[g.index], g.span) if isinstance(g, SizeOf) else g, gp))
+            p = Contract(p.out, p.op, coef, tuple(factors), p.span)
+        if inlinable(k, p):
+            values[p.out.name] = p  # type: ignore[assignment]
+        else:
+            result.append(p)
+    return result if values else prims
+
+
 __all__ = [
     "Affine",
     "Contract",

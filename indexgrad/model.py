@@ -15,7 +15,7 @@ from .check import check, sized_like
 from .derive import derivative_reads, derive_for, derive_jvp, derived_names, tan_name
 from .errors import IndexgradError
 from .gcpause import gc_paused
-from .lower import Contract, Elementwise, Prim, lower, prim_statement, split_products
+from .lower import Contract, Elementwise, Prim, inline_broadcasts, lower, prim_statement, split_products
 from .nodes import Program, Ref, refs_in_statement
 from .run import Executor, _signature, read_steps_of_outputs, relu_outputs
 from .syntax import parse_syntax
@@ -278,7 +278,7 @@ class Model:
         # derive() and the tests validate derivations; here only the sums are attached
         d = derive_for(program, list(losses), list(wrt) if wrt is not None else None, known, validate=False)
         returned = {self._grad.get(n, n) for n in (wrt if wrt is not None else self.inputs)}
-        prims = read_steps_of_outputs(lower(d), gates or {})
+        prims = inline_broadcasts(read_steps_of_outputs(lower(d), gates or {}), returned)
         return d, Executor(prims, self.program.filename, self.program.source, returned)
 
     def backward(
@@ -303,7 +303,7 @@ class Model:
                     f"loss '{loss}' has shape {value.shape}, not a scalar; pass "
                     f"seed={{'{loss}': ...}} for a vector-Jacobian product"
                 )
-            seeds = {loss: np.ones_like(value)}
+            seeds = {loss: np.array(1, value.dtype)}
         else:
             seeds = {}
             for name, g in seed.items():

@@ -405,3 +405,53 @@ def test_models_derivation_equals_the_checked_one(case) -> None:
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.idx")), ids=lambda p: p.name)
 def test_models_derivation_of_the_examples_equals_the_checked_one(path) -> None:
     _scoped_equals_checked(path.read_text())
+
+
+def _gradients_without_inlining(text: str, arrays: dict) -> tuple[dict, dict]:
+    """Model.backward's gradients, and those of the same derived program run with every
+    broadcast temporary made (no `inline_broadcasts`)."""
+    from indexgrad.lower import lower
+    from indexgrad.run import Executor
+
+    model = ig.compile(text)
+    vals = model.forward(**arrays)
+    got = model.backward(vals, loss="loss")
+    d = ig.derive(ig.parse(text), loss="loss")
+    env = dict(vals)
+    env["loss.grad"] = np.ones_like(np.asarray(vals["loss"]))
+    env = Executor(lower(d), d.filename, d.source).run(env)
+    want = {n: env.get(f"{n}.grad", np.zeros_like(np.asarray(a))) for n, a in arrays.items()}
+    return got, want
+
+
+@budget(80)
+@given(programs())
+def test_inlined_broadcasts_give_the_gradients_of_the_derived_program(case) -> None:
+    p, arrays = case
+    got, want = _gradients_without_inlining(p.text(), arrays)
+    for k in arrays:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+@pytest.mark.parametrize(
+    "text, arrays",
+    [
+        # the mean's gradient feeds a product and, through a negation, another one
+        ("loss = mean[b](x[b,c] W[c] - sum[c](Y[b,c] x[b,c]))", {"b": 5, "c": 3}),
+        # summed in the reader over an index only the broadcast carries: not inlined
+        ("loss = sum[i,j](A[i,j]) + sum[i](x[i] + c)", {"i": 4, "j": 2}),
+        # read under another index name, and with a size of its own index
+        ("t[b] = mean[c](x[b,c])\nloss = mean[b](t[b] / size[b])", {"b": 3, "c": 2}),
+    ],
+)
+def test_inlined_broadcasts_on_chosen_programs(text: str, arrays: dict) -> None:
+    rng = np.random.default_rng(1)
+    prog = ig.parse(text)
+    model = ig.compile(prog)
+    shapes = {"x": ("b", "c"), "W": ("c",), "Y": ("b", "c"), "A": ("i", "j"), "c": ()}
+    if "x[i]" in text:
+        shapes["x"] = ("i",)
+    given_arrays = {n: rng.standard_normal(tuple(arrays[k] for k in shapes[n])) for n in model.inputs}
+    got, want = _gradients_without_inlining(text, given_arrays)
+    for k in given_arrays:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-14, err_msg=k)

@@ -578,3 +578,15 @@ def test_negated_sum_as_the_whole_right_side() -> None:
     assert float(vals["y"]) == -3.0 and float(vals["z"]) == -(6.0 - 2.0)
     g = m.backward(vals, loss="z")
     assert float(g["a"]) == 2.0 and float(g["b"]) == 0.0 and np.array_equal(g["x"], [-1.0, -1.0])
+
+
+def test_the_gradient_of_a_mean_is_not_filled_into_a_vector() -> None:
+    """`loss.sum.grad[b] += loss.grad / size[b]` holds one value; the products read it directly."""
+    m = ig.compile("loss = mean[b](x[b,c] W[c])")
+    x, w = rng().standard_normal((4, 3)), rng(1).standard_normal(3)
+    report = str(m.plan(x=x, W=w))
+    assert "W.grad[c] += loss.grad x[b,c] / size[b]" in report
+    assert "loss.grad / size[b]\n" not in report and ".grad[b] +=" not in report
+    g = m.backward(m.forward(x=x, W=w), loss="loss")
+    np.testing.assert_allclose(g["W"], x.mean(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(g["x"], np.broadcast_to(w / 4, (4, 3)), rtol=1e-14)
