@@ -89,8 +89,8 @@ class Model:
         self._grad = derived_names(self.program, ".grad")
         self._tan = derived_names(self.program, ".tan")
         self._input_set = set(self.inputs) | set(self.labels)
-        self._label_set = set(self.labels)
         self._order = self.inputs + self.labels
+        self._kinds = [(n, "iu" if n in self.labels else "f") for n in self._order]
         self._shape_sources = {base for n in self.program.defined() if (base := sized_like(n)) is not None}
 
     def _keep(self, prims: list[Prim]) -> tuple[set[str], dict[str, str]]:
@@ -138,14 +138,25 @@ class Model:
                     break
         return IndexgradError(msg, span, self.program.filename, self.program.source)
 
+    def _plain_inputs(self, arrays: Mapping[str, Any]) -> tuple[dict[str, Array], tuple[Any, ...]] | None:
+        """The common case, checked cheaply: exactly the inputs, as arrays of the right kinds.
+        Returns them in order, with their signature; None sends the call to `_inputs`."""
+        if len(arrays) != len(self._order):
+            return None
+        env = {}
+        sig = []
+        for n, kinds in self._kinds:
+            a = arrays.get(n)
+            if type(a) is not np.ndarray or a.dtype.kind not in kinds:
+                return None
+            env[n] = a
+            sig.append((n, a.shape, a.dtype))
+        return env, tuple(sig)
+
     def _inputs(self, arrays: Mapping[str, Any], allow_extra: bool = False) -> dict[str, Array]:
-        if arrays.keys() == self._input_set:  # the common case, checked cheaply
-            env = {n: arrays[n] for n in self._order}
-            if all(
-                type(a) is np.ndarray and a.dtype.kind in ("iu" if n in self._label_set else "f")
-                for n, a in env.items()
-            ):
-                return env
+        plain = self._plain_inputs(arrays)
+        if plain is not None:
+            return plain[0]
         env = {}
         known = set(self.inputs) | set(self.labels)
         for name, value in arrays.items():
@@ -182,8 +193,12 @@ class Model:
 
     def forward(self, check_finite: bool = False, **arrays: Any) -> dict[str, Array]:
         """Every defined tensor (temporaries included), from arrays for every input."""
-        env = self._inputs(arrays)
-        key = _signature(env)
+        plain = self._plain_inputs(arrays)
+        if plain is not None:
+            env, key = plain
+        else:
+            env = self._inputs(arrays)
+            key = _signature(env)
         program, ex = self._execution(env, key, len(env) == len(self._order))
         if check_finite:  # the first NaN or Inf becomes a located error, not numpy's warnings
             with np.errstate(all="ignore"):
