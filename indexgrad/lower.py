@@ -473,13 +473,15 @@ def split_products(prims: list[Prim], shapes: dict[str, tuple[int, ...]]) -> lis
 
 
 def inline_broadcasts(prims: list[Prim], keep: set[str]) -> list[Prim]:
-    """prims without the temporaries that hold one value broadcast along their indices.
+    """prims without the temporaries that hold one value (a scalar, or one value broadcast along
+    their indices).
 
     `t[I] = c Π s` whose every factor is a scalar tensor, a number or the size of an index in I
     (the gradient of a mean, `loss.sum.grad[b] += loss.grad / size[b]`, is one) is not made:
     each product that reads t multiplies by c Π s itself. Only temporaries written once, not in
-    `keep`, and read only as a plain factor of a product are inlined, and only while no
-    statement between writes a scalar that t's value reads.
+    `keep` (which must also hold every name given before the first statement), and read only as
+    a plain factor of a product are inlined, and only while no statement between writes a
+    scalar that t's value reads.
     """
     writes: dict[str, list[int]] = {}
     reads: dict[str, list[int]] = {}
@@ -496,7 +498,7 @@ def inline_broadcasts(prims: list[Prim], keep: set[str]) -> list[Prim]:
         if not isinstance(p, Contract) or p.out.name in keep or writes[p.out.name] != [k]:
             return False
         out = ref_index_names(p.out)
-        if not out or not is_plain(p.out) or not reads.get(p.out.name) or -1 in reads[p.out.name]:
+        if not is_plain(p.out) or not reads.get(p.out.name) or -1 in reads[p.out.name]:
             return False
         for f, _ in p.factors:
             if (isinstance(f, Ref) and f.indices) or (isinstance(f, SizeOf) and f.index not in out):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -70,8 +69,9 @@ class Model:
     program: Program
     backend: str = "numpy"
     prims: list[Prim] = field(init=False)
+    # plans and derived programs; a dict get or set is atomic, so threads share it without a
+    # lock (two threads planning the same signature at once both build it, and one is kept)
     _cache: dict[Any, Any] = field(init=False, default_factory=dict, repr=False)
-    _lock: Any = field(init=False, default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         start = time.perf_counter()
@@ -241,8 +241,7 @@ class Model:
         if hit is None:
             with gc_paused():
                 hit = self._plan_execution(env)
-            with self._lock:
-                self._cache[("exec", key)] = hit
+            self._cache[("exec", key)] = hit
         return hit
 
     def _plan_execution(self, env: Mapping[str, Array]) -> tuple[Program, Executor]:
@@ -273,13 +272,11 @@ class Model:
         `gates` are the forward's relu arguments that were not kept (read step(y) for step(u)).
         """
         key = ("vjp", id(program), losses, wrt)
-        with self._lock:
-            hit = self._cache.get(key)
+        hit = self._cache.get(key)
         if hit is None:
             with gc_paused():
                 hit = self._derive_executor(program, losses, wrt, gates)
-            with self._lock:
-                self._cache[key] = hit
+            self._cache[key] = hit
         return hit
 
     def _derive_executor(
@@ -293,7 +290,8 @@ class Model:
         # derive() and the tests validate derivations; here only the sums are attached
         d = derive_for(program, list(losses), list(wrt) if wrt is not None else None, known, validate=False)
         returned = {self._grad.get(n, n) for n in (wrt if wrt is not None else self.inputs)}
-        prims = inline_broadcasts(read_steps_of_outputs(lower(d), gates or {}), returned)
+        seeded = {self._grad[n] for n in losses}  # given, so `+=` adds to them: never inlined
+        prims = inline_broadcasts(read_steps_of_outputs(lower(d), gates or {}), returned | seeded)
         return d, Executor(prims, self.program.filename, self.program.source, returned)
 
     def backward(
@@ -330,8 +328,8 @@ class Model:
                     raise self._error(f"seed for '{name}' has shape {g.shape}, but '{name}' has shape {want}")
                 seeds[name] = g
         wrt_t = tuple(wrt) if wrt is not None else None
-        missing = [n for n in self.inputs + self.labels if n not in vals]
-        if missing:
+        if not self._input_set <= vals.keys():
+            missing = [n for n in self._order if n not in vals]
             raise self._error("vals lacks input " + ", ".join(missing) + "; pass what forward() returned")
         program, fex = self._execution(vals)
         derived, ex = self._derived(program, tuple(seeds), wrt_t, fex.relu_gates)
@@ -368,14 +366,12 @@ class Model:
                 raise self._error(f"tangent given for '{n}', which is not an input")
         gates = {u: y for u, y in relu_outputs(self.prims).items() if u not in vals and y in vals}
         key = ("jvp", tuple(tangents), tuple(sorted(gates)))
-        with self._lock:
-            hit = self._cache.get(key)
+        hit = self._cache.get(key)
         if hit is None:
             d = derive_jvp(self.program, list(tangents))
             prims = read_steps_of_outputs(lower(d), gates)
             hit = (d, Executor(prims, self.program.filename, self.program.source))
-            with self._lock:
-                self._cache[key] = hit
+            self._cache[key] = hit
         _, ex = hit
         env = dict(vals)
         for n, t in tangents.items():
@@ -397,8 +393,7 @@ class Model:
         v = dict(v or {})
         loss = loss or self.program.statements[-1].target.name
         key = ("hvp", loss, tuple(v))
-        with self._lock:
-            hit = self._cache.get(key)
+        hit = self._cache.get(key)
         if hit is None:
             back = derive_for(self.program, [loss], None, self.prims)
             both = Program(
@@ -410,8 +405,7 @@ class Model:
             both = check(both)
             tan = derive_jvp(both, list(v))
             hit = (both, tan, Executor(lower(both) + lower(tan), both.filename, both.source))
-            with self._lock:
-                self._cache[key] = hit
+            self._cache[key] = hit
         both, tan, ex = hit
         env = {n: np.asarray(vals[n]) for n in self.inputs + self.labels}
         env[self._grad.get(loss)] = np.ones_like(np.asarray(vals[loss]))

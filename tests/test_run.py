@@ -590,3 +590,11 @@ def test_the_gradient_of_a_mean_is_not_filled_into_a_vector() -> None:
     g = m.backward(m.forward(x=x, W=w), loss="loss")
     np.testing.assert_allclose(g["W"], x.mean(axis=0), rtol=1e-14)
     np.testing.assert_allclose(g["x"], np.broadcast_to(w / 4, (4, 3)), rtol=1e-14)
+
+
+def test_a_seeded_gradient_that_also_receives_a_mean_gradient_keeps_its_seed() -> None:
+    m = ig.compile("s[b] = mean[c](x[b,c])\nloss = mean[b](s[b])")
+    x, g = rng().standard_normal((4, 3)), rng(1).standard_normal(4)
+    vals = m.forward(x=x)
+    got = m.backward(vals, seed={"loss": np.array(1.0), "s": g})["x"]
+    np.testing.assert_allclose(got, np.broadcast_to(((1 / 4 + g) / 3)[:, None], (4, 3)), rtol=1e-14)
