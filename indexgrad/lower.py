@@ -543,6 +543,55 @@ def inline_broadcasts(prims: list[Prim], keep: set[str]) -> list[Prim]:
     return result if values else prims
 
 
+def absorb_scales(prims: list[Prim], keep: set[str]) -> list[Prim]:
+    """prims with each `u = c t`, whose product t is made for it alone, computed as one product.
+
+    `loss.sum = y[b,i]^2` then `loss = 0.5 loss.sum` (what `loss = 0.5 sum[b,i](y[b,i]^2)`
+    lowers to) becomes `loss = 0.5 y[b,i]^2`: one pass and no temporary. t must be written
+    once, by `=`, read by u's statement alone under the same index names, and not be in `keep`;
+    nothing between the two statements may write what t's product reads.
+    """
+    writes: dict[str, list[int]] = {}
+    reads: dict[str, list[int]] = {}
+    for k, p in enumerate(prims):
+        writes.setdefault(p.out.name, []).append(k)
+        for r in (p.out, *prim_refs(p)):
+            reads.setdefault(r.name, []).append(k)
+            for i in r.indices:
+                if isinstance(i, Gather):
+                    reads.setdefault(i.ref.name, []).append(-1)
+    drop: set[int] = set()
+    merged: dict[int, Contract] = {}
+    for k, p in enumerate(prims):
+        if not (isinstance(p, Contract) and len(p.factors) == 1 and isinstance(p.factors[0][0], Ref)):
+            continue
+        t, power = p.factors[0]
+        if t.name not in writes:
+            continue
+        j = writes[t.name][0]
+        q = prims[j]
+        if (
+            power != 1
+            or t.name in keep
+            or writes[t.name] != [j]
+            or reads[t.name] != [j, k]
+            or not isinstance(q, Contract)
+            or q.op != "="
+            or j in merged
+            or not (is_plain(t) and is_plain(p.out) and is_plain(q.out))
+            or not ref_index_names(t) == ref_index_names(q.out) == ref_index_names(p.out)
+        ):
+            continue
+        read = {r.name for r in prim_refs(q)}
+        if p.out.name in read or any(prims[m].out.name in read for m in range(j + 1, k)):
+            continue
+        drop.add(j)
+        merged[k] = Contract(p.out, p.op, p.coef * q.coef, q.factors, q.span)
+    if not merged:
+        return prims
+    return [merged.get(k, p) for k, p in enumerate(prims) if k not in drop]
+
+
 __all__ = [
     "Affine",
     "Contract",

@@ -14,7 +14,16 @@ from .check import check, sized_like
 from .derive import derivative_reads, derive_for, derive_jvp, derived_names, tan_name
 from .errors import IndexgradError
 from .gcpause import gc_paused
-from .lower import Contract, Elementwise, Prim, inline_broadcasts, lower, prim_statement, split_products
+from .lower import (
+    Contract,
+    Elementwise,
+    Prim,
+    absorb_scales,
+    inline_broadcasts,
+    lower,
+    prim_statement,
+    split_products,
+)
 from .nodes import Program, Ref, refs_in_statement
 from .run import Executor, _signature, read_steps_of_outputs, relu_outputs
 from .syntax import parse_syntax
@@ -121,7 +130,7 @@ class Model:
 
     def _forward_executor(self, prims: list[Prim], program: Program) -> Executor:
         keep, gates = self._keep(prims)
-        ex = Executor(prims, program.filename, program.source, keep)
+        ex = Executor(absorb_scales(prims, keep), program.filename, program.source, keep)
         ex.relu_gates = gates  # type: ignore[attr-defined]
         return ex
 
@@ -292,6 +301,7 @@ class Model:
         returned = {self._grad.get(n, n) for n in (wrt if wrt is not None else self.inputs)}
         seeded = {self._grad[n] for n in losses}  # given, so `+=` adds to them: never inlined
         prims = inline_broadcasts(read_steps_of_outputs(lower(d), gates or {}), returned | seeded)
+        prims = absorb_scales(prims, returned | seeded)
         return d, Executor(prims, self.program.filename, self.program.source, returned)
 
     def backward(

@@ -598,3 +598,22 @@ def test_a_seeded_gradient_that_also_receives_a_mean_gradient_keeps_its_seed() -
     vals = m.forward(x=x)
     got = m.backward(vals, seed={"loss": np.array(1.0), "s": g})["x"]
     np.testing.assert_allclose(got, np.broadcast_to(((1 / 4 + g) / 3)[:, None], (4, 3)), rtol=1e-14)
+
+
+def test_a_scale_outside_a_sum_is_one_product() -> None:
+    """`0.5 sum[b,i](y^2)` runs as the one product `0.5 y[b,i]^2`, with no temporary."""
+    m = ig.compile("loss = 0.5 sum[b,i](y[b,i]^2)")
+    y = rng().standard_normal((3, 4))
+    report = str(m.plan(y=y))
+    assert "forward  loss = 0.5 y[b,i]^2\n" in report and "loss.sum" not in report
+    assert float(m.forward(y=y)["loss"]) == pytest.approx(0.5 * float(np.sum(y * y)), rel=1e-14)
+
+
+def test_scales_outside_sums_accumulate_into_their_target() -> None:
+    m = ig.compile("y[b] = 2 sum[i](x[b,i])\ny[b] += -3 sum[i](z[b,i] x[b,i])\nloss = sum[b](y[b] y[b])")
+    x, z = rng().standard_normal((3, 4)), rng(1).standard_normal((3, 4))
+    vals = m.forward(x=x, z=z)
+    want = 2 * x.sum(1) - 3 * (z * x).sum(1)
+    np.testing.assert_allclose(vals["y"], want, rtol=1e-13)
+    g = m.backward(vals, loss="loss")
+    np.testing.assert_allclose(g["z"], -3 * 2 * want[:, None] * x, rtol=1e-12)
