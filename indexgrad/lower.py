@@ -472,6 +472,22 @@ def split_products(prims: list[Prim], shapes: dict[str, tuple[int, ...]]) -> lis
     return out if changed else prims
 
 
+def _uses(prims: list[Prim]) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Per name, the positions of the statements that write it, and of those that read it (-1
+    for a read through a gather, which the rewrites below leave alone)."""
+    writes: dict[str, list[int]] = {}
+    reads: dict[str, list[int]] = {}
+    for k, p in enumerate(prims):
+        writes.setdefault(p.out.name, []).append(k)
+        for r in prim_refs(p):
+            reads.setdefault(r.name, []).append(k)
+        for r in (p.out, *prim_refs(p)):
+            for i in r.indices:
+                if isinstance(i, Gather):
+                    reads.setdefault(i.ref.name, []).append(-1)
+    return writes, reads
+
+
 def inline_broadcasts(prims: list[Prim], keep: set[str]) -> list[Prim]:
     """prims without the temporaries that hold one value (a scalar, or one value broadcast along
     their indices).
@@ -483,16 +499,7 @@ def inline_broadcasts(prims: list[Prim], keep: set[str]) -> list[Prim]:
     a plain factor of a product are inlined, and only while no statement between writes a
     scalar that t's value reads.
     """
-    writes: dict[str, list[int]] = {}
-    reads: dict[str, list[int]] = {}
-    for k, p in enumerate(prims):
-        writes.setdefault(p.out.name, []).append(k)
-        for r in prim_refs(p):
-            reads.setdefault(r.name, []).append(k)
-    for r in (r for p in prims for r in [p.out, *prim_refs(p)]):
-        for i in r.indices:  # labels read through gathers are never inlined
-            if isinstance(i, Gather):
-                reads.setdefault(i.ref.name, []).append(-1)
+    writes, reads = _uses(prims)
 
     def inlinable(k: int, p: Prim) -> bool:
         if not isinstance(p, Contract) or p.out.name in keep or writes[p.out.name] != [k]:
@@ -551,15 +558,7 @@ def absorb_scales(prims: list[Prim], keep: set[str]) -> list[Prim]:
     once, by `=`, read by u's statement alone under the same index names, and not be in `keep`;
     nothing between the two statements may write what t's product reads.
     """
-    writes: dict[str, list[int]] = {}
-    reads: dict[str, list[int]] = {}
-    for k, p in enumerate(prims):
-        writes.setdefault(p.out.name, []).append(k)
-        for r in (p.out, *prim_refs(p)):
-            reads.setdefault(r.name, []).append(k)
-            for i in r.indices:
-                if isinstance(i, Gather):
-                    reads.setdefault(i.ref.name, []).append(-1)
+    writes, reads = _uses(prims)
     drop: set[int] = set()
     merged: dict[int, Contract] = {}
     for k, p in enumerate(prims):
@@ -574,7 +573,7 @@ def absorb_scales(prims: list[Prim], keep: set[str]) -> list[Prim]:
             power != 1
             or t.name in keep
             or writes[t.name] != [j]
-            or reads[t.name] != [j, k]
+            or reads[t.name] != [k]
             or not isinstance(q, Contract)
             or q.op != "="
             or j in merged
