@@ -482,10 +482,23 @@ def _uses(prims: list[Prim]) -> tuple[dict[str, list[int]], dict[str, list[int]]
         for r in prim_refs(p):
             reads.setdefault(r.name, []).append(k)
         for r in (p.out, *prim_refs(p)):
-            for i in r.indices:
-                if isinstance(i, Gather):
-                    reads.setdefault(i.ref.name, []).append(-1)
+            if not is_plain(r):
+                for i in r.indices:
+                    if isinstance(i, Gather):
+                        reads.setdefault(i.ref.name, []).append(-1)
     return writes, reads
+
+
+def _one_value(p: Prim, keep: set[str]) -> bool:
+    """p is `t[I] = c Π s` with every factor a scalar tensor, a number or a size of an index in I."""
+    if not isinstance(p, Contract) or p.out.name in keep or not is_plain(p.out):
+        return False
+    for f, _ in p.factors:
+        if isinstance(f, Ref) and f.indices:
+            return False
+        if isinstance(f, SizeOf) and f.index not in ref_index_names(p.out):
+            return False
+    return True
 
 
 def inline_broadcasts(prims: list[Prim], keep: set[str]) -> list[Prim]:
@@ -499,20 +512,22 @@ def inline_broadcasts(prims: list[Prim], keep: set[str]) -> list[Prim]:
     a plain factor of a product are inlined, and only while no statement between writes a
     scalar that t's value reads.
     """
+    candidates = {k for k, p in enumerate(prims) if _one_value(p, keep)}
+    if not candidates:
+        return prims
     writes, reads = _uses(prims)
 
     def inlinable(k: int, p: Prim) -> bool:
-        if not isinstance(p, Contract) or p.out.name in keep or writes[p.out.name] != [k]:
+        if writes[p.out.name] != [k] or not _one_value(p, keep):
             return False
-        out = ref_index_names(p.out)
-        if not is_plain(p.out) or not reads.get(p.out.name) or -1 in reads[p.out.name]:
+        assert isinstance(p, Contract)
+        readers = reads.get(p.out.name)
+        if not readers or -1 in readers:
             return False
         for f, _ in p.factors:
-            if (isinstance(f, Ref) and f.indices) or (isinstance(f, SizeOf) and f.index not in out):
+            if isinstance(f, Ref) and any(k < w <= readers[-1] for w in writes.get(f.name, [])):
                 return False
-            if isinstance(f, Ref) and any(k < w <= reads[p.out.name][-1] for w in writes.get(f.name, [])):
-                return False
-        for j in reads[p.out.name]:
+        for j in readers:
             q = prims[j]
             if not isinstance(q, Contract) or q.out.name == p.out.name:
                 return False
@@ -522,7 +537,7 @@ def inline_broadcasts(prims: list[Prim], keep: set[str]) -> list[Prim]:
                     others.update(ref_index_names(f))
             for f, power in q.factors:
                 if isinstance(f, Ref) and f.name == p.out.name:
-                    if power != 1 or not is_plain(f) or len(f.indices) != len(out):
+                    if power != 1 or not is_plain(f) or len(f.indices) != len(p.out.indices):
                         return False
                     if not set(ref_index_names(f)) <= others:
                         return False
@@ -531,7 +546,9 @@ def inline_broadcasts(prims: list[Prim], keep: set[str]) -> list[Prim]:
     values: dict[str, Contract] = {}
     result: list[Prim] = []
     for k, p in enumerate(prims):
-        if isinstance(p, Contract) and any(isinstance(f, Ref) and f.name in values for f, _ in p.factors):
+        reads_values = values and isinstance(p, Contract) and any(f in values for f in _factor_names(p))
+        if reads_values:
+            assert isinstance(p, Contract)
             coef, factors = p.coef, []
             for f, power in p.factors:
                 v = values.get(f.name) if isinstance(f, Ref) else None
@@ -543,11 +560,15 @@ def inline_broadcasts(prims: list[Prim], keep: set[str]) -> list[Prim]:
                 for g, gp in v.factors:
                     factors.append((SizeOf(rename[g.index], g.span) if isinstance(g, SizeOf) else g, gp))
             p = Contract(p.out, p.op, coef, tuple(factors), p.span)
-        if inlinable(k, p):
+        if (k in candidates or reads_values) and inlinable(k, p):  # a product of values is one
             values[p.out.name] = p  # type: ignore[assignment]
         else:
             result.append(p)
     return result if values else prims
+
+
+def _factor_names(p: Contract) -> list[str]:
+    return [f.name for f, _ in p.factors if isinstance(f, Ref)]
 
 
 def absorb_scales(prims: list[Prim], keep: set[str]) -> list[Prim]:
@@ -558,21 +579,31 @@ def absorb_scales(prims: list[Prim], keep: set[str]) -> list[Prim]:
     once, by `=`, read by u's statement alone under the same index names, and not be in `keep`;
     nothing between the two statements may write what t's product reads.
     """
+    scales = [
+        k
+        for k, p in enumerate(prims)
+        if isinstance(p, Contract)
+        and len(p.factors) == 1
+        and p.factors[0][1] == 1
+        and isinstance(p.factors[0][0], Ref)
+        and p.factors[0][0].name not in keep
+    ]
+    if not scales:
+        return prims
     writes, reads = _uses(prims)
     drop: set[int] = set()
     merged: dict[int, Contract] = {}
-    for k, p in enumerate(prims):
-        if not (isinstance(p, Contract) and len(p.factors) == 1 and isinstance(p.factors[0][0], Ref)):
-            continue
-        t, power = p.factors[0]
+    for k in scales:
+        p = prims[k]
+        assert isinstance(p, Contract)
+        t = p.factors[0][0]
+        assert isinstance(t, Ref)
         if t.name not in writes:
             continue
         j = writes[t.name][0]
         q = prims[j]
         if (
-            power != 1
-            or t.name in keep
-            or writes[t.name] != [j]
+            writes[t.name] != [j]
             or reads[t.name] != [k]
             or not isinstance(q, Contract)
             or q.op != "="
@@ -581,7 +612,7 @@ def absorb_scales(prims: list[Prim], keep: set[str]) -> list[Prim]:
             or not ref_index_names(t) == ref_index_names(q.out) == ref_index_names(p.out)
         ):
             continue
-        read = {r.name for r in prim_refs(q)}
+        read = set(_factor_names(q))
         if p.out.name in read or any(prims[m].out.name in read for m in range(j + 1, k)):
             continue
         drop.add(j)
