@@ -88,6 +88,9 @@ def pairwise(
     The result's axes are `out`; every name in `out` must appear in an operand. Cached per
     names and shapes (the functions returned keep no state).
     """
+    matrix = _matrix_product(a_names, b_names, out)
+    if matrix is not None:
+        return matrix
     size = dict(zip(a_names, a_shape)) | dict(zip(b_names, b_shape))
     a_set, b_set, o_set = set(a_names), set(b_names), set(out)
     batch = [n for n in out if n in a_set and n in b_set]
@@ -157,6 +160,42 @@ def pairwise(
         return matmul_(a, b).reshape(res_t).transpose(res_perm)
 
     return matmul_t
+
+
+def _matrix_product(
+    a_names: tuple[str, ...], b_names: tuple[str, ...], out: tuple[str, ...]
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    """`out[l,r] = a b` for two matrices that share one summed index: one np.matmul of the
+    operands or their transposed views, the operand holding l first."""
+    if not len(a_names) == len(b_names) == len(out) == 2 or len(set(out)) != 2:
+        return None
+    shared = set(a_names) & set(b_names)
+    if len(shared) != 1 or len(set(a_names)) != 2 or len(set(b_names)) != 2:
+        return None
+    (k,) = shared
+    left, right = out
+    if k in out:
+        return None
+    if left in a_names and right in b_names:
+        swap, x_names, y_names = False, a_names, b_names
+    elif left in b_names and right in a_names:
+        swap, x_names, y_names = True, b_names, a_names
+    else:
+        return None
+    return _MATMULS[swap, x_names == (k, left), y_names == (right, k)]
+
+
+# (operands swapped, first transposed, second transposed) -> the product
+_MATMULS: dict[tuple[bool, bool, bool], Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    (False, False, False): np.matmul,
+    (False, True, False): lambda a, b: np.matmul(a.T, b),
+    (False, False, True): lambda a, b: np.matmul(a, b.T),
+    (False, True, True): lambda a, b: np.matmul(a.T, b.T),
+    (True, False, False): lambda a, b: np.matmul(b, a),
+    (True, True, False): lambda a, b: np.matmul(b.T, a),
+    (True, False, True): lambda a, b: np.matmul(b, a.T),
+    (True, True, True): lambda a, b: np.matmul(b.T, a.T),
+}
 
 
 def _mover(

@@ -617,3 +617,23 @@ def test_scales_outside_sums_accumulate_into_their_target() -> None:
     np.testing.assert_allclose(vals["y"], want, rtol=1e-13)
     g = m.backward(vals, loss="loss")
     np.testing.assert_allclose(g["z"], -3 * 2 * want[:, None] * x, rtol=1e-12)
+
+
+@pytest.mark.parametrize("a", ["ij", "ji", "ik", "ki", "jk", "kj"])
+@pytest.mark.parametrize("b", ["ij", "ji", "ik", "ki", "jk", "kj"])
+def test_every_product_of_two_matrices_against_einsum(a: str, b: str) -> None:
+    """Two-operand contractions run as one matmul of (transposed) views, or a broadcast product:
+    every output order of every pair of matrices over three indices."""
+    from itertools import permutations
+
+    from indexgrad.plan import pairwise
+
+    size = {"i": 2, "j": 3, "k": 4}
+    x = rng().standard_normal([size[c] for c in a])
+    y = rng(1).standard_normal([size[c] for c in b])
+    used = sorted(set(a) | set(b))
+    for r in range(3):
+        for out in permutations(used, r):
+            want = np.einsum(f"{a},{b}->{''.join(out)}", x, y)
+            got = pairwise(tuple(a), tuple(b), tuple(out), x.shape, y.shape)(x, y)
+            np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13, err_msg=f"{a},{b}->{out}")
