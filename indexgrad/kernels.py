@@ -47,9 +47,11 @@ def raised(a: Array, k: float) -> Array:
         return np.power(a, k)
 
 
-def aligner(names: tuple[str, ...], out: tuple[str, ...]) -> Callable[[Array], Array]:
+def aligner(
+    names: tuple[str, ...], out: tuple[str, ...], sizes: dict[str, int] | None = None
+) -> Callable[[Array], Array]:
     """A function putting an array's axes (named `names`) in the order of `out`, with length-1
-    axes for names it lacks; the permutation is worked out once."""
+    axes for names it lacks; the permutation (and, given the sizes, the shape) is worked out once."""
     if names == out:
         return _same
     present = [n for n in out if n in names]
@@ -57,6 +59,11 @@ def aligner(names: tuple[str, ...], out: tuple[str, ...]) -> Callable[[Array], A
     identity = order == list(range(len(order)))
     if len(present) == len(out):
         return _same if identity else (lambda a: a.transpose(order))
+    if sizes is not None:
+        shape = tuple(sizes[n] if n in names else 1 for n in out)
+        if identity:
+            return lambda a: a.reshape(shape)
+        return lambda a: a.transpose(order).reshape(shape)
     shape_of = [n in names for n in out]
 
     def align(a: Array) -> Array:
@@ -226,12 +233,14 @@ def _compute_kernel(
     return _reduce_body(
         _FAST_REDUCTIONS.get(p.reducer, REDUCTIONS[p.reducer]),
         p.arg.name,
-        aligner(ref_index_names(p.arg), full),
+        aligner(ref_index_names(p.arg), full, sizes),
         tuple(range(len(out), len(full))),
     ), True
 
 
 def _reduce_body(red: Callable[[Array, tuple[int, ...]], Array], arg: str, align: Any, axes: Any) -> Compute:
+    if align is _same:
+        return lambda env, owned: red(env[arg], axes)
     return lambda env, owned: red(align(env[arg]), axes)
 
 
@@ -261,15 +270,15 @@ def _contract_kernel(
     elif len(ops) == 1:
         ((n0, nm0, k0),) = ops
         axes = tuple(i for i, n in enumerate(nm0) if n not in kept)
-        align0 = aligner(tuple(n for n in nm0 if n in kept), kept)
+        align0 = aligner(tuple(n for n in nm0 if n in kept), kept, sizes)
         fresh = bool(axes) or k0 != 1 or coef != 1
         body = _copy_body(n0, align0) if not axes and k0 == 1 else _sum_body(n0, k0, align0, axes)
     elif len(ops) == 2:
         (n0, nm0, k0), (n1, nm1, k1) = ops
-        product = _product_kernel(ops, kept, out, shape, dead, coef) if kept == out else None
+        product = _product_kernel(ops, sizes, env, out, shape, dead, coef) if kept == out else None
         if product is not None:
             return product, True
-        scale = _scale_kernel(ops, out, shape, dead, coef) if kept == out else None
+        scale = _scale_kernel(ops, env, out, shape, dead, coef) if kept == out else None
         if scale is not None:
             return scale, False  # it may hand back its operand itself: never updated in place
         body = _pair_body(pairwise(nm0, nm1, kept, env[n0].shape, env[n1].shape), n0, k0, n1, k1)
@@ -278,7 +287,7 @@ def _contract_kernel(
         body = _expression_body(plan.expression, ops)
     if kept == out and coef == 1:
         return body, fresh
-    return _widened(body, aligner(kept, out), coef), fresh or coef != 1
+    return _widened(body, aligner(kept, out, sizes), coef), fresh or coef != 1
 
 
 def _dot_body(n0: str) -> Compute:
@@ -294,9 +303,12 @@ def _copy_body(n0: str, align0: Callable[[Array], Array]) -> Compute:
 
 
 def _sum_body(n0: str, k0: float, align0: Callable[[Array], Array], axes: tuple[int, ...]) -> Compute:
+    if k0 == 1 and axes and align0 is _same:  # a bias gradient: one reduction
+        return lambda env, owned: np.add.reduce(env[n0], axis=axes)
+
     def body(env: dict[str, Array], owned: set[str]) -> Array:
         a = raised(env[n0], k0)
-        return align0(a.sum(axis=axes) if axes else a)
+        return align0(np.add.reduce(a, axis=axes) if axes else a)
 
     return body
 
@@ -336,14 +348,14 @@ def _elementwise_kernel(
     if len(p.args) == 1 and isinstance(p.args[0], Ref):
         a0 = p.args[0]
         n0 = a0.name
-        align0 = aligner(ref_index_names(a0), out)
+        align0 = aligner(ref_index_names(a0), out, sizes)
         if into is not None and n0 in dead and n0 != p.out.name and align0 is _same:
             return _unary_into_body(fn, into, n0, shape), True  # the argument dies here
         return _unary_body(fn, n0, align0), True
     getters: list[Callable[[dict[str, Array]], Any]] = []
     for a in p.args:
         if isinstance(a, Ref):
-            getters.append(_getter(a.name, aligner(ref_index_names(a), out)))
+            getters.append(_getter(a.name, aligner(ref_index_names(a), out, sizes)))
         else:
             getters.append(_constant(operand_value(a, sizes)))
     return _call_body(fn, getters), True
@@ -364,6 +376,8 @@ def _unary_into_body(fn: Any, into: Callable[[Array], Array], n0: str, shape: tu
 
 
 def _unary_body(fn: Any, n0: str, align0: Callable[[Array], Array]) -> Compute:
+    if align0 is _same:
+        return lambda env, owned: fn(env[n0])
     return lambda env, owned: fn(align0(env[n0]))
 
 
@@ -388,7 +402,7 @@ def _terms_kernel(
     parts: list[tuple[float, Callable[[dict[str, Array]], Any] | None, float]] = []
     for c, u in p.terms:
         if isinstance(u, Ref):
-            parts.append((c, _getter(u.name, aligner(ref_index_names(u), out)), 0.0))
+            parts.append((c, _getter(u.name, aligner(ref_index_names(u), out, sizes)), 0.0))
         else:
             parts.append((c, None, operand_value(u, sizes)))
     first = p.terms[0][1]
@@ -468,11 +482,11 @@ def _mean(x: Array, axes: tuple[int, ...]) -> Array:
     """np.mean's own steps (sum, then true division by the count as np.intp) without its wrappers."""
     if x.dtype.kind != "f" or x.dtype.itemsize < 4:
         return np.mean(x, axis=axes)  # integers and float16 take numpy's other paths
-    count = np.intp(math.prod(x.shape[a] for a in axes))
-    s = np.add.reduce(x, axis=axes)
-    if isinstance(s, np.ndarray):
-        return np.true_divide(s, count, out=s, casting="unsafe")
-    return s.dtype.type(s / count)
+    count = np.intp(math.prod([x.shape[a] for a in axes]))
+    whole = len(axes) == x.ndim  # a 0-d array, not a numpy scalar: the same value
+    s = np.add.reduce(x, axis=axes, keepdims=whole)
+    np.true_divide(s, count, out=s, casting="unsafe")
+    return s.reshape(()) if whole else s
 
 
 def _logsumexp(x: Array, axes: tuple[int, ...]) -> Array:
@@ -483,7 +497,7 @@ def _logsumexp(x: Array, axes: tuple[int, ...]) -> Array:
     """
     m = np.maximum.reduce(x, axis=axes, keepdims=True)
     shape = [d for k, d in enumerate(m.shape) if k not in axes]
-    if x.dtype.kind != "f" or not np.isfinite(m).all():
+    if x.dtype.kind != "f" or not np.logical_and.reduce(np.isfinite(m), axis=None):
         m = np.where(np.isfinite(m), m, 0)
         with np.errstate(divide="ignore"):
             return (np.log(np.add.reduce(np.exp(x - m), axis=axes, keepdims=True)) + m).reshape(shape)
@@ -505,7 +519,8 @@ _FAST_REDUCTIONS: dict[str, Callable[[Array, tuple[int, ...]], Array]] = {
 
 def _product_kernel(
     ops: list[tuple[str, tuple[str, ...], float]],
-    kept: tuple[str, ...],
+    sizes: dict[str, int],
+    env: dict[str, Array],
     out: tuple[str, ...],
     shape: tuple[int, ...],
     dead: set[str],
@@ -525,13 +540,15 @@ def _product_kernel(
         donor, other, other_names = n1, n0, nm0
     else:
         return None
-    align0, align1 = aligner(nm0, out), aligner(nm1, out)
-    align_other = aligner(other_names, out)
+    align0, align1 = aligner(nm0, out, sizes), aligner(nm1, out, sizes)
+    align_other = aligner(other_names, out, sizes)
+    if np.result_type(env[donor], env[other]) != env[donor].dtype:  # dtypes are the signature's
+        return None
 
     def body(env: dict[str, Array], owned: set[str]) -> Array:
-        a, b = env[donor], env[other]
-        if donor in owned and a.shape == shape and a.dtype == np.result_type(a, b):
-            return np.multiply(a, align_other(b), out=a)
+        a = env[donor]
+        if donor in owned and a.shape == shape:
+            return np.multiply(a, align_other(env[other]), out=a)
         return np.multiply(align0(env[n0]), align1(env[n1]))
 
     return body
@@ -539,6 +556,7 @@ def _product_kernel(
 
 def _scale_kernel(
     ops: list[tuple[str, tuple[str, ...], float]],
+    env: dict[str, Array],
     out: tuple[str, ...],
     shape: tuple[int, ...],
     dead: set[str],
@@ -556,14 +574,15 @@ def _scale_kernel(
         s_name, t_name = n1, n0
     else:
         return None
-    dies = t_name in dead
+    keeps = np.result_type(env[t_name].dtype, env[s_name].dtype) == env[t_name].dtype  # t's dtype
+    dies = keeps and t_name in dead
 
     def body(env: dict[str, Array], owned: set[str]) -> Array:
         t, s = env[t_name], env[s_name]
         factor = s * coef if coef != 1 else s
-        if factor == 1 and np.result_type(t, factor) == t.dtype:
+        if keeps and factor == 1:
             return t
-        if dies and t_name in owned and t.shape == shape and np.result_type(t, factor) == t.dtype:
+        if dies and t_name in owned and t.shape == shape:
             return np.multiply(t, factor, out=t)
         return np.multiply(t, factor)
 
