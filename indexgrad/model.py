@@ -341,13 +341,19 @@ class Model:
         if not self._input_set <= vals.keys():
             missing = [n for n in self._order if n not in vals]
             raise self._error("vals lacks input " + ", ".join(missing) + "; pass what forward() returned")
-        program, fex = self._execution(vals)
-        derived, ex = self._derived(program, tuple(seeds), wrt_t, fex.relu_gates)
         env = dict(vals)
         for name, g in seeds.items():
             env[self._grad.get(name)] = g
+        key = _signature(env)  # names, shapes and dtypes of everything the derived program reads
+        run_key = ("vjp run", tuple(seeds), wrt_t, key)
+        ex = self._cache.get(run_key) if key is not None else None
+        if ex is None:
+            program, fex = self._execution(vals)
+            ex = self._derived(program, tuple(seeds), wrt_t, fex.relu_gates)[1]
+            if key is not None:
+                self._cache[run_key] = ex
         owned: set[str] = set()
-        env = ex.run(env, owned=owned)
+        env = ex.run(env, key=key, owned=owned)
         taken: set[int] | None = None  # buffers the caller holds or a returned gradient has
         out = {}
         for name in wrt if wrt is not None else self.inputs:
