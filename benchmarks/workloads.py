@@ -33,6 +33,7 @@ class Impl:
     name: str
     step: Callable[[], Any]
     unpack: Callable[[Any], Result]
+    model: Any = None  # indexgrad's compiled model, for per_kernel.py
 
 
 @dataclass
@@ -63,7 +64,7 @@ def indexgrad_impl(text: str, arrays: Mapping[str, Array], wrt: list[str]) -> Im
         vals = model.forward(**arrays)
         return vals["loss"], model.backward(vals, loss="loss", wrt=wrt)
 
-    return Impl("indexgrad", step, _identity)
+    return Impl("indexgrad", step, _identity, model)
 
 
 def torch_impl(loss_fn: Callable, arrays: Mapping[str, Array], order: list[str], wrt: list[str]) -> Impl:
