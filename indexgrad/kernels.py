@@ -4,7 +4,9 @@ A kernel is built on the first run for a signature and reused by every later run
 call and later calls compute the same way (bit for bit). `owned` is per run: it holds the names
 whose array is a buffer this run allocated and nobody else references (writeable, of the
 statement's full shape), which may therefore be updated in place: `+=` into it, and a temporary
-that dies at a statement may lend its buffer to that statement's result.
+that dies at a statement may lend its buffer to that statement's result. A result that may be an
+operand's buffer (a copy that is no copy, a scale by exactly 1) makes that buffer shared: the
+operands leave `owned` with it.
 """
 
 from __future__ import annotations
@@ -140,13 +142,22 @@ def kernel_for(
     compute, fresh = built
     fresh = fresh and len(shape) > 0
     small = 0 < len(shape) and math.prod(shape) <= 4096
-    return _runner(compute, p.out.name, shape, fresh, small, p.op == "+=")
+    reads = tuple({r.name for r in prim_refs(p)})
+    return _runner(compute, p.out.name, reads, shape, fresh, small, p.op == "+=")
 
 
 def _runner(
-    compute: Compute, name: str, shape: tuple[int, ...], fresh: bool, small: bool, accumulate: bool
+    compute: Compute,
+    name: str,
+    reads: tuple[str, ...],
+    shape: tuple[int, ...],
+    fresh: bool,
+    small: bool,
+    accumulate: bool,
 ) -> Kernel:
-    """The kernel: compute, then write (or add) the result under `name`, the common case first."""
+    """The kernel: compute, then write (or add) the result under `name`, the common case first.
+
+    When the result may be an operand's buffer (not `fresh`), no name that holds it is owned."""
     if fresh:
 
         def run(env: dict[str, Array], owned: set[str]) -> None:
@@ -161,6 +172,7 @@ def _runner(
 
         def run(env: dict[str, Array], owned: set[str]) -> None:
             r = compute(env, owned)
+            owned.difference_update(reads)
             if type(r) is np.ndarray and r.shape == shape and (not accumulate or name not in env):
                 env[name] = r
                 owned.discard(name)

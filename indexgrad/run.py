@@ -535,8 +535,9 @@ class Executor:
         name = p.out.name
         if is_plain(p.out):
             if p.op == "=" or name not in env:
-                env[name] = result
+                env[name] = result  # it may be an operand's buffer: neither is owned any more
                 owned.discard(name)
+                owned.difference_update(r.name for r in prim_refs(p))
                 return
             target = env[name]
             if name in owned and target.dtype == np.result_type(target, result) and target.ndim:

@@ -637,3 +637,37 @@ def test_every_product_of_two_matrices_against_einsum(a: str, b: str) -> None:
             want = np.einsum(f"{a},{b}->{''.join(out)}", x, y)
             got = pairwise(tuple(a), tuple(b), tuple(out), x.shape, y.shape)(x, y)
             np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13, err_msg=f"{a},{b}->{out}")
+
+
+@pytest.mark.parametrize(
+    "text, scalars",
+    [
+        # a.grad passes y.grad through (a copy that is no copy); y.grad is then scaled where it dies
+        ("y[i] = 2 c e[i]\ny[i] += a[i]\nloss = sum[i](d[i] y[i]^2)", {"c": 0.7}),
+        # a scale by exactly 1 hands y.grad over as it is
+        ("y[i] = 2 c e[i]\ny[i] += s a[i]\nloss = sum[i](d[i] y[i]^2)", {"c": 3.0, "s": 1.0}),
+        # y.grad is later the buffer a product is written into
+        ("y[i] = b[i] e[i]\ny[i] += a[i]\nloss = sum[i](d[i] y[i]^2)", {}),
+        ("y[i] = s2 e[i]\ny[i] += s a[i]\nz[i] = relu(y[i])\nloss = sum[i](z[i] d[i])", {"s": 1.0, "s2": 3.0}),
+    ],
+)
+def test_a_gradient_handed_to_another_name_is_never_written_in_place(text: str, scalars: dict) -> None:
+    """A kernel whose result may be its operand's buffer makes the buffer shared: no later
+    statement may update it in place through either name."""
+    m = ig.compile(text)
+    arrays = {n: rng(k).standard_normal(6) for k, n in enumerate(m.inputs) if n not in scalars}
+    arrays |= {n: np.array(v) for n, v in scalars.items()}
+    for _ in range(2):  # the first call plans the kernels, the second runs them
+        grads = m.backward(m.forward(**arrays), loss="loss")
+        for n in arrays:
+            e = 1e-6
+            want = []
+            for i in np.ndindex(arrays[n].shape):
+                up = {k: v.copy() for k, v in arrays.items()}
+                down = {k: v.copy() for k, v in arrays.items()}
+                up[n][i] += e
+                down[n][i] -= e
+                want.append((float(m.forward(**up)["loss"]) - float(m.forward(**down)["loss"])) / (2 * e))
+            np.testing.assert_allclose(grads[n].ravel(), want, rtol=1e-6, atol=1e-8, err_msg=n)
+        for p, q in [(p, q) for p in grads for q in grads if p < q]:
+            assert not np.shares_memory(grads[p], grads[q]), (p, q)
