@@ -246,6 +246,8 @@ def run_pipeline(
 
             stage = "jvp"
             model.jvp(vals, {n: np.ones_like(arrays[n]) for n in model.inputs[:2]})
+            stage = "values"
+            assert_vjp_matches_jvp(model, vals, grads, loss, seed)
             return "ok"
         except ig.IndexgradError as e:
             from_source = ("parse", "load", "inputs", "forward", "backward", "jvp", "compile")
@@ -267,6 +269,28 @@ def run_pipeline(
             if known is None:
                 raise
             return f"known:{known}"
+
+
+def assert_vjp_matches_jvp(model: ig.Model, vals: dict, grads: dict, loss: str, seed: int) -> None:
+    """<seed, J v> by forward mode equals <J^T seed, v> by reverse mode (the seed is all ones),
+    for a random direction v: the two are computed by different derived programs, so a wrong
+    value in either (an array updated in place through a second name, a lost term) shows."""
+    rng = np.random.default_rng(seed + 1)
+    v = {n: rng.standard_normal(np.shape(vals[n])) for n in model.inputs}
+    jv = np.asarray(model.jvp(vals, v)[loss], dtype=np.float64)
+    forward_terms = jv.ravel()
+    reverse_terms = np.concatenate(
+        [(np.asarray(grads[n], dtype=np.float64) * v[n]).ravel() for n in model.inputs] or [np.zeros(0)]
+    )
+    if not (np.isfinite(forward_terms).all() and np.isfinite(reverse_terms).all()):
+        return  # overflow or a function outside its domain: no number to compare
+    scale = np.abs(forward_terms).sum() + np.abs(reverse_terms).sum()
+    if scale > 1e100:
+        return
+    lhs, rhs = forward_terms.sum(), reverse_terms.sum()
+    if abs(lhs - rhs) > 1e-7 * scale + 1e-12:
+        found = f"<seed, J v> = {lhs!r} by jvp, <J^T seed, v> = {rhs!r} by backward"
+        raise Finding("vjp-jvp", "values", found)
 
 
 def run_cli(source: bytes | str, commands=(("grad",), ("check", "--dims", "b=2,i=2"), ("fmt",))) -> list[int]:

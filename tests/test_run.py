@@ -648,7 +648,10 @@ def test_every_product_of_two_matrices_against_einsum(a: str, b: str) -> None:
         ("y[i] = 2 c e[i]\ny[i] += s a[i]\nloss = sum[i](d[i] y[i]^2)", {"c": 3.0, "s": 1.0}),
         # y.grad is later the buffer a product is written into
         ("y[i] = b[i] e[i]\ny[i] += a[i]\nloss = sum[i](d[i] y[i]^2)", {}),
-        ("y[i] = s2 e[i]\ny[i] += s a[i]\nz[i] = relu(y[i])\nloss = sum[i](z[i] d[i])", {"s": 1.0, "s2": 3.0}),
+        (
+            "y[i] = s2 e[i]\ny[i] += s a[i]\nz[i] = relu(y[i])\nloss = sum[i](z[i] d[i])",
+            {"s": 1.0, "s2": 3.0},
+        ),
     ],
 )
 def test_a_gradient_handed_to_another_name_is_never_written_in_place(text: str, scalars: dict) -> None:
