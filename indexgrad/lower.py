@@ -579,6 +579,7 @@ def absorb_scales(prims: list[Prim], keep: set[str]) -> list[Prim]:
     once, by `=`, read by u's statement alone under the same index names, and not be in `keep`;
     nothing between the two statements may write what t's product reads.
     """
+    products = {p.out.name for p in prims if isinstance(p, Contract) and p.op == "="}
     scales = [
         k
         for k, p in enumerate(prims)
@@ -586,6 +587,7 @@ def absorb_scales(prims: list[Prim], keep: set[str]) -> list[Prim]:
         and len(p.factors) == 1
         and p.factors[0][1] == 1
         and isinstance(p.factors[0][0], Ref)
+        and p.factors[0][0].name in products
         and p.factors[0][0].name not in keep
     ]
     if not scales:
