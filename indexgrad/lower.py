@@ -510,15 +510,34 @@ def inline_broadcasts(prims: list[Prim], keep: set[str]) -> list[Prim]:
     each product that reads t multiplies by c Π s itself. Only temporaries written once, not in
     `keep` (which must also hold every name given before the first statement), and read only as
     a plain factor of a product are inlined, and only while no statement between writes a
-    scalar that t's value reads.
+    scalar that t's value reads. A product in which an index would be left to no tensor (a sum
+    over b of `t[b] u[b]` with both t and u inlined) keeps its temporaries.
     """
     candidates = {k for k, p in enumerate(prims) if _one_value(p, keep)}
     if not candidates:
         return prims
     writes, reads = _uses(prims)
+    blocked: set[str] = set()
+    while True:
+        result, lost = _inline_once(prims, keep, candidates, writes, reads, blocked)
+        if not lost:
+            return result
+        blocked |= lost
+
+
+def _inline_once(
+    prims: list[Prim],
+    keep: set[str],
+    candidates: set[int],
+    writes: dict[str, list[int]],
+    reads: dict[str, list[int]],
+    blocked: set[str],
+) -> tuple[list[Prim], set[str]]:
+    """One pass of `inline_broadcasts` that inlines nothing in `blocked`; also returns the values
+    whose inlining left an index of some product to no tensor."""
 
     def inlinable(k: int, p: Prim) -> bool:
-        if writes[p.out.name] != [k] or not _one_value(p, keep):
+        if p.out.name in blocked or writes[p.out.name] != [k] or not _one_value(p, keep):
             return False
         assert isinstance(p, Contract)
         readers = reads.get(p.out.name)
@@ -531,40 +550,48 @@ def inline_broadcasts(prims: list[Prim], keep: set[str]) -> list[Prim]:
             q = prims[j]
             if not isinstance(q, Contract) or q.out.name == p.out.name:
                 return False
-            others = set(ref_index_names(q.out))  # t's indices must stay in q: a sum over one
-            for f, _ in q.factors:  # that only t carries counts its terms
-                if isinstance(f, Ref) and f.name != p.out.name:
-                    others.update(ref_index_names(f))
             for f, power in q.factors:
                 if isinstance(f, Ref) and f.name == p.out.name:
                     if power != 1 or not is_plain(f) or len(f.indices) != len(p.out.indices):
-                        return False
-                    if not set(ref_index_names(f)) <= others:
                         return False
         return True
 
     values: dict[str, Contract] = {}
     result: list[Prim] = []
+    lost: set[str] = set()
     for k, p in enumerate(prims):
         reads_values = values and isinstance(p, Contract) and any(f in values for f in _factor_names(p))
         if reads_values:
             assert isinstance(p, Contract)
-            coef, factors = p.coef, []
+            coef, factors, used = p.coef, [], set()
             for f, power in p.factors:
                 v = values.get(f.name) if isinstance(f, Ref) else None
                 if v is None:
                     factors.append((f, power))
                     continue
+                used.add(f.name)
                 rename = dict(zip(ref_index_names(v.out), ref_index_names(f)))  # type: ignore[arg-type]
                 coef *= v.coef
                 for g, gp in v.factors:
                     factors.append((SizeOf(rename[g.index], g.span) if isinstance(g, SizeOf) else g, gp))
-            p = Contract(p.out, p.op, coef, tuple(factors), p.span)
+            q = Contract(p.out, p.op, coef, tuple(factors), p.span)
+            if _indexed(q) != _indexed(p):
+                lost |= used
+            p = q
         if (k in candidates or reads_values) and inlinable(k, p):  # a product of values is one
             values[p.out.name] = p  # type: ignore[assignment]
         else:
             result.append(p)
-    return result if values else prims
+    return (result if values else prims), lost
+
+
+def _indexed(p: Contract) -> set[str]:
+    """The index names a product's tensors and target carry."""
+    names = set(ref_index_names(p.out))
+    for f, _ in p.factors:
+        if isinstance(f, Ref):
+            names.update(ref_index_names(f))
+    return names
 
 
 def _factor_names(p: Contract) -> list[str]:

@@ -674,3 +674,25 @@ def test_a_gradient_handed_to_another_name_is_never_written_in_place(text: str, 
             np.testing.assert_allclose(grads[n].ravel(), want, rtol=1e-6, atol=1e-8, err_msg=n)
         for p, q in [(p, q) for p in grads for q in grads if p < q]:
             assert not np.shares_memory(grads[p], grads[q]), (p, q)
+
+
+def test_broadcast_values_stay_made_when_inlining_them_would_drop_a_summed_index() -> None:
+    """`y = t1[b] t2[b]` sums over b, which only the two one-value temporaries carry: inlining
+    both would leave b to no tensor (and lose the factor size[b]), so both are kept."""
+    from indexgrad.lower import Contract, inline_broadcasts
+    from indexgrad.nodes import Ref, Span, idx
+
+    span = Span()
+    t1, t2 = Ref("t1", (idx("b"),)), Ref("t2", (idx("b"),))
+    prims = [
+        Contract(t1, "=", 1.0, ((Ref("s", ()), 1.0),), span),
+        Contract(t2, "=", 2.0, ((Ref("r", ()), 1.0),), span),
+        Contract(Ref("y", ()), "=", 1.0, ((t1, 1.0), (t2, 1.0)), span),
+    ]
+    assert inline_broadcasts(prims, {"y"}) == prims
+    # with a tensor that carries b, both are inlined
+    x = Ref("x", (idx("b"),))
+    prims[2] = Contract(Ref("y", ()), "=", 1.0, ((t1, 1.0), (t2, 1.0), (x, 1.0)), span)
+    (only,) = inline_broadcasts(prims, {"y"})
+    assert isinstance(only, Contract) and only.coef == 2.0
+    assert [f.name for f, _ in only.factors] == ["s", "r", "x"]
