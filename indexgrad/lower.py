@@ -560,7 +560,7 @@ def _inline_once(
     result: list[Prim] = []
     lost: set[str] = set()
     for k, p in enumerate(prims):
-        reads_values = values and isinstance(p, Contract) and any(f in values for f in _factor_names(p))
+        reads_values = values and isinstance(p, Contract) and any(r.name in values for r in prim_refs(p))
         if reads_values:
             assert isinstance(p, Contract)
             coef, factors, used = p.coef, [], set()
@@ -587,15 +587,7 @@ def _inline_once(
 
 def _indexed(p: Contract) -> set[str]:
     """The index names a product's tensors and target carry."""
-    names = set(ref_index_names(p.out))
-    for f, _ in p.factors:
-        if isinstance(f, Ref):
-            names.update(ref_index_names(f))
-    return names
-
-
-def _factor_names(p: Contract) -> list[str]:
-    return [f.name for f, _ in p.factors if isinstance(f, Ref)]
+    return set(ref_index_names(p.out)).union(*(ref_index_names(r) for r in prim_refs(p)))
 
 
 def absorb_scales(prims: list[Prim], keep: set[str]) -> list[Prim]:
@@ -641,7 +633,7 @@ def absorb_scales(prims: list[Prim], keep: set[str]) -> list[Prim]:
             or not ref_index_names(t) == ref_index_names(q.out) == ref_index_names(p.out)
         ):
             continue
-        read = set(_factor_names(q))
+        read = {r.name for r in prim_refs(q)}
         if p.out.name in read or any(prims[m].out.name in read for m in range(j + 1, k)):
             continue
         drop.add(j)
