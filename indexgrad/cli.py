@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .derive import default_loss, derive_for, derive_jvp, forward_statements, gather_form
-from .errors import IndexgradError, render
+from .errors import IndexgradError, IndexgradWarning, render
 from .files import load_npz, save_npz_atomic
 from .lower import lower, prim_statement
 from .model import Model, gradcheck, load
@@ -40,6 +40,7 @@ def _diagnostic(e: IndexgradError, severity: str = "error") -> dict[str, Any]:
         "severity": severity,
         "code": "indexgrad",
         "message": e.message,
+        "rendered": render(e.message, sp, e.filename, e.source, severity),  # FILE:LINE:COL, line, caret
     }
 
 
@@ -326,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", IndexgradWarning)  # printed with a caret instead
             return int(a.func(a))
     except IndexgradError as e:
         if e.filename is None and e.span is None:  # a flag's or the environment's mistake

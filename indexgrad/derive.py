@@ -155,9 +155,16 @@ def default_loss(program: Program) -> str:
     return program.statements[-1].target.name
 
 
+def wrt_names(wrt: str | list[str] | tuple[str, ...] | None) -> list[str] | None:
+    """`wrt` as a list of names: one name, or several separated by commas, may come as a string."""
+    if isinstance(wrt, str):
+        return [w.strip() for w in wrt.split(",") if w.strip()]
+    return list(wrt) if wrt is not None else None
+
+
 def derive(program: Program, loss: str | None = None, wrt: list[str] | None = None) -> Program:
     """The reverse-mode program: gradient statements by the swap rule, in reverse order (SPEC 2.2)."""
-    return derive_for(program, [loss] if loss else [], wrt)
+    return derive_for(program, [loss] if loss else [], wrt_names(wrt))
 
 
 def derive_for(
@@ -306,7 +313,7 @@ def _loss_and_sources(
     for w in wrt:
         if w not in inputs:
             raise IndexgradError(
-                f"--wrt names '{w}', which is not an input of the program; inputs: " + ", ".join(inputs)
+                f"wrt names '{w}', which is not an input of the program; inputs: " + ", ".join(inputs)
             )
     return losses, set(wrt)
 
@@ -365,11 +372,12 @@ def tangent(p: Prim, has_tan: set[str], names: dict[str, str]) -> Statement | No
 def derive_jvp(program: Program, wrt: list[str] | None = None) -> Program:
     """The forward-mode program: one tangent statement per primitive that depends on `wrt` (SPEC 2.3)."""
     prims = lower(program)
+    wrt = wrt_names(wrt)
     inputs = [n for n in program.inputs() if n not in set(program.integer_inputs())]
     for w in wrt or []:
         if w not in inputs:
             raise IndexgradError(
-                f"--wrt names '{w}', which is not an input of the program; inputs: " + ", ".join(inputs)
+                f"wrt names '{w}', which is not an input of the program; inputs: " + ", ".join(inputs)
             )
     has_tan = set(wrt if wrt is not None else inputs)
     names = derived_names(program, ".tan")

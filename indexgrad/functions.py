@@ -55,6 +55,26 @@ def _exp(x: Array) -> Array:
         return np.exp(x)
 
 
+_ZERO_ROWS: dict[tuple[int, np.dtype], Array] = {}
+
+
+def relu(x: Array, out: Array | None = None) -> Array:
+    """max(x, 0). A float array whose last axis has 16 or more entries is compared against a
+    (cached, read-only) row of zeros rather than the scalar 0: numpy's loop for an array operand
+    is several times faster than its loop for a scalar one, and gives the same values bit for bit
+    (NaNs and signed zeros included)."""
+    if type(x) is np.ndarray and x.ndim and x.dtype.kind == "f" and x.shape[-1] >= 16:
+        key = (x.shape[-1], x.dtype)
+        zeros = _ZERO_ROWS.get(key)
+        if zeros is None:
+            zeros = np.zeros(x.shape[-1], x.dtype)
+            zeros.flags.writeable = False
+            if x.shape[-1] <= 1 << 16:
+                _ZERO_ROWS[key] = zeros
+        return np.maximum(x, zeros, out=out)
+    return np.maximum(x, 0, out=out)
+
+
 def _step(x: Array) -> Array:
     x = np.asarray(x)
     return (x > 0).astype(x.dtype if x.dtype.kind == "f" else np.float64)
@@ -74,7 +94,7 @@ def register(f: Function) -> Function:
     return f
 
 
-register(Function("relu", 1, lambda x: np.maximum(x, 0), lambda u, y: (Call("step", (u,)),)))
+register(Function("relu", 1, relu, lambda u, y: (Call("step", (u,)),)))
 register(Function("sigmoid", 1, _sigmoid, lambda u, y: (_mul(y, _add(Num(1), y, -1)),)))
 register(Function("tanh", 1, np.tanh, lambda u, y: (_add(Num(1), Power(y, 2), -1),)))
 register(Function("exp", 1, _exp, lambda u, y: (y,)))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .functions import FUNCTIONS, REDUCTIONS
+from .functions import FUNCTIONS, REDUCTIONS, relu
 from .lower import Contract, Elementwise, Operand, Prim, Reduction, Terms, prim_refs
 from .nodes import Num, Ref, SizeOf, is_plain, ref_index_names
 from .plan import pairwise, plan_contraction
@@ -82,7 +82,7 @@ def _same(a: Array) -> Array:
 
 
 def _relu_into(a: Array) -> Array:
-    return np.maximum(a, 0, out=a)
+    return relu(a, out=a)
 
 
 def _sigmoid_into(a: Array) -> Array:  # 0.5 * (1 + tanh(0.5 a)), as functions.py computes it

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from .check import check, sized_like
-from .derive import derivative_reads, derive_for, derive_jvp, derived_names, tan_name
-from .errors import IndexgradError
+from .derive import derivative_reads, derive_for, derive_jvp, derived_names, tan_name, wrt_names
+from .errors import IndexgradError, IndexgradWarning
 from .gcpause import gc_paused
 from .lower import (
     Contract,
@@ -36,7 +38,20 @@ def parse(text: str, filename: str = "<string>") -> Program:
     if not isinstance(text, str):
         raise IndexgradError(f"parse() takes the program text as a string, got {type(text).__name__}")
     with gc_paused():
-        return check(parse_syntax(text, filename))
+        program = check(parse_syntax(text, filename))
+    for w in program.warnings:  # SPEC 1.4: said as a Python warning too (the CLI prints its own)
+        where = f"{filename}:{w.span.line}:{w.span.column}: " if w.span and w.span.line else f"{filename}: "
+        warnings.warn(IndexgradWarning(where + w.message), stacklevel=_caller_level())
+    return program
+
+
+def _caller_level() -> int:
+    """The warnings stack level of the first frame outside this package (the user's call)."""
+    here = str(Path(__file__).parent)
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(here):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def load(path: str | Path) -> Program:
@@ -60,7 +75,7 @@ def load(path: str | Path) -> Program:
             str(p),
             raw.decode("utf-8", errors="replace"),
         ) from None
-    return parse(text, str(p))
+    return parse(text.removeprefix("\ufeff"), str(p))  # a byte-order mark is not part of the text
 
 
 def _as_program(x: str | Program) -> Program:
@@ -69,6 +84,11 @@ def _as_program(x: str | Program) -> Program:
     if isinstance(x, Path) or (isinstance(x, str) and x.endswith(".idx") and "\n" not in x):
         return load(x)
     return parse(x)
+
+
+def _python_number(v: Any) -> bool:
+    """A Python int, float or bool (numpy's scalars carry a dtype of their own)."""
+    return isinstance(v, (int, float)) and not isinstance(v, np.generic)
 
 
 @dataclass
@@ -191,6 +211,13 @@ class Model:
             elif a.dtype.kind not in "f":
                 raise self._error(f"'{name}' must hold real numbers, but has dtype {a.dtype}", name)
             env[name] = a
+        weak = [n for n, v in arrays.items() if _python_number(v) and n in self.inputs]
+        if weak:  # Python numbers take the arrays' float dtype, as in JAX and PyTorch: no upcast
+            kinds = {a.dtype for n, a in env.items() if n not in weak and n in self.inputs}
+            if len(kinds) == 1:
+                (dtype,) = kinds
+                for n in weak:
+                    env[n] = env[n].astype(dtype)
         missing = [n for n in self.inputs + self.labels if n not in env]
         if missing:
             raise self._error(
@@ -200,8 +227,14 @@ class Model:
         ordered.update((n, a) for n, a in env.items() if n not in ordered)
         return ordered
 
-    def forward(self, check_finite: bool = False, **arrays: Any) -> dict[str, Array]:
-        """Every defined tensor (temporaries included), from arrays for every input."""
+    def forward(self, /, **arrays: Any) -> dict[str, Array]:
+        """Every defined tensor (temporaries included), from arrays for every input.
+
+        `check_finite=True` (unless the program has an input of that name) turns the first NaN or
+        Inf into a located error."""
+        check_finite = False
+        if "check_finite" in arrays and "check_finite" not in self._input_set:
+            check_finite = bool(arrays.pop("check_finite"))
         plain = self._plain_inputs(arrays)
         if plain is not None:
             env, key = plain
@@ -214,7 +247,7 @@ class Model:
                 return ex.run(env, check_finite=True, key=key)
         return ex.run(env, key=key)
 
-    def plan(self, **arrays: Any) -> PlanReport:
+    def plan(self, /, **arrays: Any) -> PlanReport:
         """How the forward and backward programs run on arrays of these shapes, and planning time."""
         env = self._inputs(arrays)
         start = time.perf_counter()
@@ -337,6 +370,7 @@ class Model:
                 if g.shape != want:
                     raise self._error(f"seed for '{name}' has shape {g.shape}, but '{name}' has shape {want}")
                 seeds[name] = g
+        wrt = wrt_names(wrt)
         wrt_t = tuple(wrt) if wrt is not None else None
         if not self._input_set <= vals.keys():
             missing = [n for n in self._order if n not in vals]
@@ -407,7 +441,19 @@ class Model:
     ) -> dict[str, Array]:
         """Hessian-vector products by forward-over-reverse, returned like backward()."""
         v = dict(v or {})
-        loss = loss or self.program.statements[-1].target.name
+        loss = loss or (self.program.statements[-1].target.name if self.program.statements else None)
+        for n in v:
+            if n not in self.inputs:
+                raise self._error(
+                    f"v names '{n}', which is not an input of the program; inputs: " + ", ".join(self.inputs)
+                )
+        missing = [n for n in self._order if n not in vals]
+        if missing:
+            raise self._error("vals lacks input " + ", ".join(missing) + "; pass what forward() returned")
+        if loss is None or loss not in vals:
+            raise self._error(f"'{loss}' is not among the values; run forward() first")
+        if np.ndim(vals[loss]) != 0:
+            raise self._error(f"loss '{loss}' has shape {np.shape(vals[loss])}, not a scalar")
         key = ("hvp", loss, tuple(v))
         hit = self._cache.get(key)
         if hit is None:
@@ -467,7 +513,7 @@ class GradcheckReport:
 
 
 def gradcheck(
-    model: Model,
+    model: Model | Program | str,
     arrays: Mapping[str, Any],
     loss: str | None = None,
     eps: float = 1e-6,
@@ -481,7 +527,11 @@ def gradcheck(
     Each input (each of `wrt`, when given) is checked on its own along `directions` random
     directions; more than `JOINT_AFTER` of them are checked along random directions in all at
     once (as JAX's check_grads does), reported under one key, so the cost stays a few forward passes.
+    `model` may also be a program (text, path or Program), compiled here.
     """
+    if not isinstance(model, Model):
+        model = compile(model)
+    wrt = wrt_names(wrt)
     arr = {
         n: (np.asarray(a, dtype=np.float64) if n not in model.labels else np.asarray(a))
         for n, a in arrays.items()

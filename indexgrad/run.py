@@ -255,7 +255,7 @@ def read(r: Ref, env: dict[str, Array], sizes: dict[str, int], span: Span) -> tu
     view = as_strided(
         base,
         shape=tuple(sizes[n] for n in names),
-        strides=tuple(strides[n] for n in names),
+        strides=tuple(strides[n] if sizes[n] > 1 else 0 for n in names),  # a huge unused step
         writeable=False,
     )
     return view, names
@@ -382,6 +382,12 @@ class Executor:
                 _size_ref(sz, env, p.out, target, p.span)
                 pairs.append((p.out, target))
                 _size_affine(sz, pairs, p.span)
+        if needed - set(sz.size):  # sizes from where later statements use the result: x[j+k] in
+            uses = _shape_from_uses(self.prims, p.out.name, env)  # t[j,k] = tanh(x[j+k]), k from w[k]
+            for i, d in zip(p.out.indices, uses):
+                if isinstance(i, Affine) and i.plain is not None and i.plain not in sz.size and d is not None:
+                    sz.note(i.plain, d, f"the later use of '{p.out.name}'", p.span)
+            _size_affine(sz, pairs, p.span)
         for n in sorted(needed - set(sz.size)):
             raise IndexgradError(f"the size of index '{n}' cannot be worked out here", p.span)
         for r, a in pairs:
@@ -406,7 +412,7 @@ class Executor:
         if sized_like(p.out.name) is None:
             return None
         shape = _shape_from_uses(self.prims, p.out.name, env)
-        return None if shape is None else np.broadcast_to(np.zeros((), np.float16), shape)
+        return None if None in shape else np.broadcast_to(np.zeros((), np.float16), tuple(shape))  # type: ignore[arg-type]
 
     def guard_memory(self, p: Prim, env: dict[str, Array], sizes: dict[str, int]) -> None:
         """Refuse a statement whose result or largest intermediate would not fit (SPEC: no OOM)."""
@@ -618,8 +624,9 @@ def _signature(env: dict[str, Array]) -> tuple[Any, ...] | None:
         return None
 
 
-def _shape_from_uses(prims: list[Prim], name: str, env: dict[str, Array]) -> tuple[int, ...] | None:
-    """The shape of `name` from the arrays its axes meet in any statement (by index name)."""
+def _shape_from_uses(prims: list[Prim], name: str, env: dict[str, Array]) -> list[int | None]:
+    """The sizes of `name`'s axes from the arrays they meet in any statement (by index name);
+    None for an axis that meets none."""
     parent: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 
     def find(x: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -640,8 +647,7 @@ def _shape_from_uses(prims: list[Prim], name: str, env: dict[str, Array]) -> tup
             if ("T", n, axis) in parent:
                 size.setdefault(find(("T", n, axis)), d)
     rank = next((len(r.indices) for p in prims for r in [p.out, *prim_refs(p)] if r.name == name), 0)
-    shape = [size.get(find(("T", name, axis))) for axis in range(rank)]
-    return None if None in shape else tuple(shape)  # type: ignore[return-value]
+    return [size.get(find(("T", name, axis))) for axis in range(rank)]
 
 
 def _releases(prims: list[Prim], keep: set[str]) -> list[list[str]]:

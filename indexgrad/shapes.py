@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -88,14 +89,20 @@ def infer_shapes(program: Program, dims: dict[str, int], default: int = 3) -> di
             if n in dims:
                 size.setdefault(root, dims[n])
 
-    _solve_affine(uf, size, refs)
+    targets = {
+        k: {i.plain for i in s.target.indices if isinstance(i, Affine)}
+        for k, s in enumerate(program.statements)
+    }
+    _solve_affine(uf, size, refs, targets, default)
 
     def index_size(k: int, n: str) -> int:
         return size.get(uf.find(("I", k, n)), dims.get(n, default))
 
     shapes: dict[str, tuple[int, ...]] = {}
     wanted = set(program.inputs())
-    for k, r in refs:
+    gathers = [any(isinstance(i, Gather) for i in r.indices) for _, r in refs]
+    plain_first = [kr for kr, g in zip(refs, gathers) if not g] + [kr for kr, g in zip(refs, gathers) if g]
+    for k, r in plain_first:  # a gathered axis takes its size from a plain read of it, if any
         if r.name not in wanted or r.name in shapes:
             continue
         shape = []
@@ -128,11 +135,21 @@ def valid_extent(i: Affine, extent: int, size_of: Callable[[str], int | None]) -
     return n, top // c + 1
 
 
-def _solve_affine(uf: _Classes, size: dict[tuple, int], refs: list[tuple[int, Ref]]) -> None:
-    """Sizes that index arithmetic implies (see valid_extent), until nothing more follows."""
-    changed = True
-    while changed:
+def _solve_affine(
+    uf: _Classes,
+    size: dict[tuple, int],
+    refs: list[tuple[int, Ref]],
+    targets: dict[int, set[str | None]],
+    default: int,
+) -> None:
+    """Sizes that index arithmetic implies (see valid_extent), until nothing more follows.
+
+    A sized position with several unsized names (x[r+u] with only x's size given) gives the
+    names its statement sums over (u) the default size, so that the one on the left side (r)
+    gets the valid size, as it would from arrays."""
+    while True:
         changed = False
+        stuck: list[tuple[int, str]] = []
         for k, r in refs:
             for axis, i in enumerate(r.indices):
                 extent = size.get(uf.find(("T", r.name, axis)))
@@ -142,6 +159,14 @@ def _solve_affine(uf: _Classes, size: dict[tuple, int], refs: list[tuple[int, Re
                 if found is not None and found[1] >= 1:
                     size[uf.find(("I", k, found[0]))] = found[1]
                     changed = True
+                elif found is None:
+                    unknown = [n for _, n in i.terms if size.get(uf.find(("I", k, n))) is None]
+                    stuck += [(k, n) for n in unknown if len(unknown) > 1 and n not in targets.get(k, ())]
+        if not changed:
+            if not stuck:
+                return
+            for k, n in stuck:
+                size.setdefault(uf.find(("I", k, n)), default)
 
 
 def _positive_names(program: Program) -> set[str]:
@@ -172,8 +197,22 @@ def random_inputs(
             for axis, i in enumerate(r.indices):
                 if isinstance(i, Gather) and r.name in shapes:
                     limits[i.ref.name] = min(limits.get(i.ref.name, 10**9), shapes[r.name][axis])
+    from .run import _human, memory_limit  # run imports this module
+
     out: dict[str, np.ndarray] = {}
+    limit = memory_limit()
     for name, shape in shapes.items():
+        need = 8 * math.prod(shape)
+        if need > limit:
+            reads = (r for st in program.statements for r in refs_in(st.expr))
+            place = next((r.span for r in reads if r.name == name), None)
+            raise IndexgradError(
+                f"a random '{name}' of shape {shape} would need {_human(need)}, over the memory limit "
+                f"of {_human(limit)}; use smaller --dims",
+                place,
+                program.filename,
+                program.source,
+            )
         if name in labels:
             out[name] = rng.integers(0, max(limits.get(name, 2), 1), size=shape)
         elif positive or name in pos:

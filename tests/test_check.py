@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -289,7 +290,11 @@ WARNED = [
 
 @pytest.mark.parametrize("source, index, column", WARNED)
 def test_warning_for_a_term_added_once_per_value(source: str, index: str, column: int) -> None:
-    p = ig.parse(source)
+    with pytest.warns(ig.IndexgradWarning, match=f"<string>:1:{column}: '{index}' is summed") as said:
+        p = ig.parse(source)
+    assert said[0].filename == __file__  # attributed to the caller's line, not indexgrad's
+    with pytest.warns(ig.IndexgradWarning, match=rf"sum\[{index}\]\("):
+        ig.compile(source)
     mentions = [w for w in p.warnings if f"'{index}'" in w.message]
     assert mentions, p.warnings
     w = mentions[0]
@@ -310,7 +315,9 @@ NOT_WARNED = [
 
 @pytest.mark.parametrize("source", NOT_WARNED)
 def test_no_warning(source: str) -> None:
-    assert ig.parse(source).warnings == ()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ig.parse(source).warnings == ()
 
 
 def test_examples_parse_without_warnings() -> None:

@@ -696,3 +696,108 @@ def test_broadcast_values_stay_made_when_inlining_them_would_drop_a_summed_index
     (only,) = inline_broadcasts(prims, {"y"})
     assert isinstance(only, Contract) and only.coef == 2.0
     assert [f.name for f, _ in only.factors] == ["s", "r", "x"]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3,), (40,), (5, 3), (6, 40), (2, 3, 17)])
+def test_relu_is_numpys_maximum_with_zero_bit_for_bit(dtype, shape) -> None:
+    special = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, -1e-40, 1.5, -2.5], dtype)
+    x = np.resize(special, shape)
+    want = np.maximum(x, 0)
+    got = ig.compile("y[...] = relu(x[...])".replace("...", ",".join("ijk"[: len(shape)]))).forward(x=x)["y"]
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert got.tobytes() == want.tobytes()  # NaNs and the sign of zero included
+    model = ig.compile(
+        "y[...] = relu(2 x[...])\nz[...] = relu(y[...] - 1)".replace("...", ",".join("ijk"[: len(shape)]))
+    )
+    vals = model.forward(x=x)  # the second relu runs in place in the dying temporary's buffer
+    assert vals["z"].tobytes() == np.maximum(np.maximum(2 * x, 0) - 1, 0).tobytes()
+    assert np.array_equal(x, np.resize(special, shape), equal_nan=True)  # the input is untouched
+
+
+# ---- index arithmetic read inside a function: the valid size from the rest of the statement ----
+
+def _correlate(f, step: int = 1):
+    """y[j] = sum_k f(x[j + step k]) w[k], for w of size 3 and x of size 10, by slicing."""
+    n = 10 - 2 * step
+    return lambda x, w: anp.stack([anp.dot(f(x[j : j + 2 * step + 1 : step]), w) for j in range(n)])
+
+
+SHIFTED_IN_A_CALL = [
+    ("y[j] = tanh(x[j+k]) w[k]", _correlate(anp.tanh)),
+    ("y[j] = (x[j+k] + 1) w[k]", _correlate(lambda v: v + 1)),
+    ("y[j] = sum[k](exp(x[j+k]) w[k])", _correlate(anp.exp)),
+    ("y[j] = tanh(x[j+2*k]) w[k]", _correlate(anp.tanh, 2)),
+]
+
+
+@pytest.mark.parametrize("text, fun", SHIFTED_IN_A_CALL)
+def test_a_shifted_read_inside_a_function_gets_the_valid_size(text: str, fun) -> None:
+    arrays = {"x": rng(1).standard_normal(10), "w": rng(2).standard_normal(3)}
+    model = ig.compile(text)
+    y = model.forward(**arrays)["y"]
+    np.testing.assert_allclose(y, fun(**arrays), rtol=1e-12)
+    seed = rng(3).standard_normal(y.shape)
+    assert_grads(vjp(model, arrays, "y", seed), fun, arrays, seed)
+
+
+# ---- Python numbers and the Python API's keyword names ----------------------------------------
+
+
+def test_a_python_number_takes_the_arrays_float32_instead_of_upcasting() -> None:
+    model = ig.compile("y[i] = s x[i] + t\nloss = sum[i](y[i]^2)")
+    x = rng().standard_normal(4).astype(np.float32)
+    vals = model.forward(x=x, s=2.0, t=1)
+    assert vals["y"].dtype == vals["loss"].dtype == np.float32
+    np.testing.assert_allclose(vals["y"], 2 * x + 1, rtol=1e-6)
+    assert {n: g.dtype for n, g in model.backward(vals).items()} == dict.fromkeys("xst", np.float32)
+    assert model.forward(x=x, s=np.float64(2.0), t=1)["y"].dtype == np.float64  # numpy's own scalar
+    assert model.forward(x=x.astype(np.float64), s=2.0, t=1)["y"].dtype == np.float64
+
+
+def test_tensors_may_be_called_like_the_methods_keywords() -> None:
+    model = ig.compile("y[i] = self[i] check_finite[i]\nloss = sum[i](y[i])")
+    a, b = rng(1).standard_normal(3), rng(2).standard_normal(3)
+    vals = model.forward(self=a, check_finite=b)
+    np.testing.assert_allclose(vals["y"], a * b)
+    with pytest.raises(ig.IndexgradError, match="NaN"):
+        ig.compile("y[i] = log(x[i])").forward(x=-np.ones(2), check_finite=True)
+
+
+def test_wrt_may_be_one_name_or_a_comma_separated_string() -> None:
+    model = ig.compile("loss = sum[i](a[i] b[i] c[i])")
+    arrays = {n: rng(k).standard_normal(3) for k, n in enumerate("abc")}
+    vals = model.forward(**arrays)
+    assert list(model.backward(vals, wrt="b")) == ["b"]
+    assert list(model.backward(vals, wrt="c, a")) == ["c", "a"]
+    assert {s.target.name for s in ig.derive(model.program, wrt="a").statements} == {"a.grad"}
+
+
+def test_gradcheck_takes_program_text() -> None:
+    assert ig.gradcheck("loss = sum[i](x[i]^3)", {"x": rng().standard_normal(4)}).ok
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"v": {"y": np.ones(3)}}, "v names 'y', which is not an input"),
+        ({"loss": "y", "v": {"x": np.ones(3)}}, "not a scalar"),
+        ({"loss": "nope", "v": {"x": np.ones(3)}}, "'nope' is not among the values"),
+    ],
+)
+def test_hvp_says_what_is_wrong_with_its_arguments(kwargs: dict, message: str) -> None:
+    model = ig.compile("y[i] = x[i]^2\nloss = sum[i](y[i])")
+    vals = model.forward(x=np.ones(3))
+    with pytest.raises(ig.IndexgradError, match=message):
+        model.hvp(vals, **kwargs)
+    with pytest.raises(ig.IndexgradError, match="vals lacks input x"):
+        model.hvp({"loss": vals["loss"]}, v={"x": np.ones(3)})
+
+
+def test_a_huge_stride_over_a_size_one_index_reads_and_scatters() -> None:
+    model = ig.compile("y[j] = w[k] x[100000000000000000000*j + k]\nloss = sum[j](y[j]^2)")
+    x, w = np.arange(1.0, 4.0), np.array([1.0, 2.0])
+    vals = model.forward(x=x, w=w)
+    assert vals["y"].tolist() == [5.0]
+    grads = model.backward(vals)
+    assert grads["x"].tolist() == [10.0, 20.0, 0.0] and grads["w"].tolist() == [10.0, 20.0]

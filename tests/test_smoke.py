@@ -81,3 +81,35 @@ def test_dims_size_the_other_indices_through_index_arithmetic(capsys: pytest.Cap
     assert shapes["x"] == (2, 1, 9, 7)  # r = (9-3)//2+1 = 4 for s; r = 9-2*2 = 5 for d
     assert main(["check", str(EXAMPLES[0].parent / "correlation.idx"), "--dims", "i=100,k=5"]) == 0
     assert main(["check", str(EXAMPLES[0].parent / "strided_conv.idx"), "--dims", "row=9,col=7"]) == 0
+
+
+@pytest.mark.parametrize(
+    "text, dims",
+    [
+        ((EXAMPLES[0].parent / "cnn.idx").read_text(), "b=2,row=8,col=8"),  # r, c: the valid sizes
+        ("param w[k]\ninput x[i]\ny[j] = w[k] x[j+k]\nz[j] = y[j] v[j]\nloss = sum[j](z[j])\n", "i=10"),
+        (  # P read through labels and plainly
+            "ell[b] = -log(P[b, y[b]])\nz[b,c] = P[b,c] + q[b,c]\n"
+            "loss = sum[b](ell[b]) + sum[b,c](z[b,c]^2)\n",
+            "",
+        ),
+    ],
+)
+def test_check_sizes_what_dims_leave_out_consistently(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, dims: str
+) -> None:
+    f = tmp_path / "p.idx"
+    f.write_text(text)
+    assert main(["check", str(f), *(["--dims", dims] if dims else [])]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.splitlines()[-1].startswith("passed")
+
+
+def test_check_refuses_random_inputs_over_the_memory_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "big.idx"
+    f.write_text("y = sum[i,j](x[i,j])\n")
+    assert main(["check", str(f), "--dims", "i=1000000,j=1000000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{f}:1:14: error: a random 'x' of shape (1000000, 1000000)"), err
+    assert "memory limit" in err and "^" in err

@@ -498,3 +498,13 @@ def test_spans_cover_closing_brackets() -> None:
     with pytest.raises(ig.IndexgradError) as info:
         ig.parse("y = x[i]\nz = x[i,j]\n")
     assert str(info.value).splitlines()[2] == "      ^~~~~~"
+
+
+def test_a_byte_order_mark_is_not_part_of_the_program(tmp_path: Path) -> None:
+    path = tmp_path / "bom.idx"
+    path.write_bytes(b"\xef\xbb\xbfy[i] = x[i] w[i]\n")
+    assert str(ig.load(path)) == str(ig.parse("y[i] = x[i] w[i]\n"))
+    path.write_bytes(b"\xef\xbb\xbfy[i] = x[i\n")
+    with pytest.raises(ig.IndexgradError) as info:
+        ig.load(path)
+    assert (info.value.line, info.value.column) == (1, 11)  # columns as if the mark were absent

@@ -178,6 +178,13 @@ def test_user_errors_come_out_as_json(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["cost", str(EXAMPLES[0]), "--dims", "b=x", "--format", "json"]) == 2
     diag = json.loads(capsys.readouterr().err)
     assert diag["severity"] == "error" and "whole number" in diag["message"]
+    bad = tmp_path / "bad.idx"
+    bad.write_text("y[i] = x[i\n")
+    assert main(["grad", str(bad), "--format", "json"]) == 2
+    diag = json.loads(capsys.readouterr().err)
+    assert (diag["line"], diag["column"]) == (1, 11)
+    want = [f"{bad}:1:11: error: {diag['message']}", "  y[i] = x[i", " " * 12 + "^"]
+    assert diag["rendered"].splitlines() == want
 
 
 # ---- cost ------------------------------------------------------------------------------------
