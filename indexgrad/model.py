@@ -150,7 +150,8 @@ class Model:
 
     def _forward_executor(self, prims: list[Prim], program: Program) -> Executor:
         keep, gates = self._keep(prims)
-        ex = Executor(absorb_scales(prims, keep), program.filename, program.source, keep)
+        made_up = {p.out.name for p in prims} - set(program.defined())
+        ex = Executor(absorb_scales(prims, keep), program.filename, program.source, keep, made_up)
         ex.relu_gates = gates  # type: ignore[attr-defined]
         return ex
 

@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -79,6 +80,8 @@ class Sizes:
             self.size[name] = size
             self.where[name] = what
         elif old != size:
+            if isinstance(what, _Where) and what.origin is not None:
+                span = _ref_place(what.user()[0], span)
             raise IndexgradError(
                 f"index '{name}' has size {old} from {self.where[name]} but size {size} from {what}",
                 span,
@@ -109,19 +112,29 @@ def _labels(env: dict[str, Array], g: Ref, span: Span) -> Array:
     return a
 
 
-class _Where:
-    """A place described lazily: the text is only built when an error needs it."""
+Origin = Callable[[Ref, int], tuple[Ref, int]]
 
-    def __init__(self, r: Ref, axis: int) -> None:
-        self.r, self.axis = r, axis
+
+class _Where:
+    """A place described lazily: the text is only built when an error needs it. `origin` traces
+    an axis of a temporary back to the reference the user wrote that gave it its size."""
+
+    def __init__(self, r: Ref, axis: int, origin: Origin | None = None) -> None:
+        self.r, self.axis, self.origin = r, axis, origin
+
+    def user(self) -> tuple[Ref, int]:
+        return (self.r, self.axis) if self.origin is None else self.origin(self.r, self.axis)
 
     def __str__(self) -> str:
-        return f"{format_ref(self.r)} (axis {self.axis})"
+        r, axis = self.user()
+        return f"{format_ref(r)} (axis {axis})"
 
 
-def _size_ref(sizes: Sizes, env: dict[str, Array], r: Ref, a: Array, span: Span) -> None:
+def _size_ref(
+    sizes: Sizes, env: dict[str, Array], r: Ref, a: Array, span: Span, origin: Origin | None = None
+) -> None:
     for axis, i in enumerate(r.indices):
-        what: Any = _Where(r, axis)
+        what: Any = _Where(r, axis, origin)
         if isinstance(i, Gather):
             lab = _labels(env, i.ref, span)
             for ax2, j in enumerate(i.ref.indices):
@@ -282,8 +295,11 @@ class Executor:
         filename: str = "<string>",
         source: str = "",
         keep: set[str] | None = None,
+        temporaries: set[str] | None = None,
     ) -> None:
+        """`temporaries` are the names lowering made up: a size error traces them to what the user wrote."""
         self._kernels: dict[Any, list[tuple[Kernel | None, Prim, list[str]]]] = {}
+        self.temporaries = temporaries or set()
         self._limit: int | None = None
         self.prims = prims
         self.filename = filename
@@ -363,7 +379,7 @@ class Executor:
         pairs: list[tuple[Ref, Array]] = []
         for r in prim_refs(p):
             a = _array(env, r, p.span)
-            _size_ref(sz, env, r, a, p.span)
+            _size_ref(sz, env, r, a, p.span, self.origin if r.name in self.temporaries else None)
             pairs.append((r, a))
         target = self.target_array(p, env)
         if target is not None:
@@ -393,6 +409,30 @@ class Executor:
         for r, a in pairs:
             _check_bounds(r, a, sz.size, p.span)
         return sz
+
+    def origin(self, r: Ref, axis: int) -> tuple[Ref, int]:
+        """The reference, and its axis, that sizes axis `axis` of temporary r: in `y.prod[b,i] =
+        x[b,j] W[j,i]`, axis 1 of y.prod comes from axis 1 of W."""
+        seen: set[str] = set()
+        while r.name in self.temporaries and r.name not in seen:
+            seen.add(r.name)
+            made = next((p for p in self.prims if p.out.name == r.name and p.op == "="), None)
+            index = made.out.indices[axis] if made is not None else None
+            if not (isinstance(index, Affine) and index.plain):
+                break
+            found = next(
+                (
+                    (u, k)
+                    for u in sorted(prim_refs(made), key=lambda u: not is_plain(u))  # type: ignore[arg-type]
+                    for k, i in enumerate(u.indices)
+                    if isinstance(i, Affine) and index.plain in {n for _, n in i.terms}
+                ),  # a plain read first; else the shifted read whose valid extent it is
+                None,
+            )
+            if found is None:
+                break
+            r, axis = found
+        return r, axis
 
     def target_array(self, p: Prim, env: dict[str, Array]) -> Array | None:
         t = env.get(p.out.name)

@@ -271,6 +271,36 @@ def test_mis_sized_array_in_a_later_statement() -> None:
     assert e.line == 2
 
 
+@pytest.mark.parametrize(
+    "text, arrays, message, column",
+    [
+        (
+            "y[b,i] = x[b,j] W[j,i] + B[i]",
+            {"x": (2, 3), "W": (3, 4), "B": (5,)},
+            "index 'i' has size 4 from W[j,i] (axis 1) but size 5 from B[i] (axis 0)",
+            26,
+        ),
+        (
+            "loss = mean[b](-Y[b,c] log(P[b,c]))",
+            {"Y": (2, 3), "P": (2, 4)},
+            "index 'c' has size 3 from Y[b,c] (axis 1) but size 4 from P[b,c] (axis 1)",
+            28,
+        ),
+        (
+            "y[j] = w[k] x[j+k] + b[j]",
+            {"w": (3,), "x": (10,), "b": (7,)},
+            "index 'j' has size 8 from x[j+k] (axis 0) but size 7 from b[j] (axis 0)",
+            22,
+        ),
+    ],
+)
+def test_a_size_conflict_names_what_the_user_wrote(text: str, arrays: dict, message: str, column: int):
+    with pytest.raises(ig.IndexgradError) as info:
+        ig.compile(text).forward(**{n: np.ones(shape) for n, shape in arrays.items()})
+    assert info.value.message == message
+    assert (info.value.line, info.value.column) == (1, column)
+
+
 def test_mis_shaped_seed_and_tangent() -> None:
     m = ig.compile(ERR)
     vals = m.forward(A=np.ones((3, 2)), x=np.ones(3), w=np.ones(2))
