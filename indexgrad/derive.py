@@ -164,7 +164,16 @@ def wrt_names(wrt: str | list[str] | tuple[str, ...] | None) -> list[str] | None
 
 def derive(program: Program, loss: str | None = None, wrt: list[str] | None = None) -> Program:
     """The reverse-mode program: gradient statements by the swap rule, in reverse order (SPEC 2.2)."""
-    return derive_for(program, [loss] if loss else [], wrt_names(wrt))
+    return derive_for(as_program(program), [loss] if loss else [], wrt_names(wrt))
+
+
+def as_program(program: Program | str) -> Program:
+    """A Program, parsing (or loading) it first when given as .idx text (or a path), as compile does."""
+    if isinstance(program, Program):
+        return program
+    from .model import _as_program  # model imports this module
+
+    return _as_program(program)
 
 
 def derive_for(
@@ -371,6 +380,7 @@ def tangent(p: Prim, has_tan: set[str], names: dict[str, str]) -> Statement | No
 
 def derive_jvp(program: Program, wrt: list[str] | None = None) -> Program:
     """The forward-mode program: one tangent statement per primitive that depends on `wrt` (SPEC 2.3)."""
+    program = as_program(program)
     prims = lower(program)
     wrt = wrt_names(wrt)
     inputs = [n for n in program.inputs() if n not in set(program.integer_inputs())]

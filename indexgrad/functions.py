@@ -126,6 +126,8 @@ register(Function("eq", 2, _eq, lambda a, b, y: (None, None)))
 
 
 def _logsumexp(x: Array, axis: tuple[int, ...]) -> Array:
+    if any(x.shape[a] == 0 for a in axis):  # log of an empty sum
+        return np.full([d for k, d in enumerate(x.shape) if k not in axis], -np.inf, x.dtype)
     m = np.max(x, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0)
     with np.errstate(divide="ignore"):

@@ -35,6 +35,14 @@ def operand_value(o: Operand, sizes: dict[str, int]) -> float:
     return float(sizes[o.index])
 
 
+def power(v: float, k: float) -> float:
+    """v**k for a number, with IEEE results where Python raises: 0**-1 is inf (a size of 0)."""
+    try:
+        return v**k
+    except ZeroDivisionError:
+        return math.inf
+
+
 def raised(a: Array, k: float) -> Array:
     """a**k, with the common powers by their cheaper ufuncs and no warnings (IEEE results)."""
     if k == 1:
@@ -270,7 +278,7 @@ def _contract_kernel(
         if isinstance(f, Ref):
             ops.append((f.name, ref_index_names(f), k))
         else:
-            coef *= operand_value(f, sizes) ** k
+            coef *= power(operand_value(f, sizes), k)
     if not ops:
         return None
     present = {n for _, nm, _ in ops for n in nm}
@@ -507,6 +515,8 @@ def _logsumexp(x: Array, axes: tuple[int, ...]) -> Array:
     When every maximum is finite, the maxima are used as they are and nothing can divide by
     zero, so that case skips the masking and the error-state switch.
     """
+    if any(x.shape[a] == 0 for a in axes):  # log of an empty sum
+        return np.full([d for k, d in enumerate(x.shape) if k not in axes], -np.inf, x.dtype)
     m = np.maximum.reduce(x, axis=axes, keepdims=True)
     shape = [d for k, d in enumerate(m.shape) if k not in axes]
     if x.dtype.kind != "f" or not np.logical_and.reduce(np.isfinite(m), axis=None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import warnings
@@ -150,7 +151,7 @@ class Model:
 
     def _forward_executor(self, prims: list[Prim], program: Program) -> Executor:
         keep, gates = self._keep(prims)
-        made_up = {p.out.name for p in prims} - set(program.defined())
+        made_up = _made_up(prims, program)
         ex = Executor(absorb_scales(prims, keep), program.filename, program.source, keep, made_up)
         ex.relu_gates = gates  # type: ignore[attr-defined]
         return ex
@@ -336,7 +337,7 @@ class Model:
         seeded = {self._grad[n] for n in losses}  # given, so `+=` adds to them: never inlined
         prims = inline_broadcasts(read_steps_of_outputs(lower(d), gates or {}), returned | seeded)
         prims = absorb_scales(prims, returned | seeded)
-        return d, Executor(prims, self.program.filename, self.program.source, returned)
+        return d, Executor(prims, self.program.filename, self.program.source, returned, _made_up(prims, d))
 
     def backward(
         self,
@@ -346,6 +347,10 @@ class Model:
         seed: Mapping[str, Any] | None = None,
     ) -> dict[str, Array]:
         """Gradients of a scalar loss, or the vector-Jacobian product with `seed`, per input."""
+        if not isinstance(vals, Mapping):
+            raise self._error(f"vals must be the dict forward() returned, not {type(vals).__name__}")
+        if seed is not None and not isinstance(seed, Mapping):
+            raise self._error(f"seed must be a dict from tensor names to arrays, not {type(seed).__name__}")
         if seed is not None and loss is not None:
             raise self._error("give either loss= or seed=, not both")
         if seed is None:
@@ -370,7 +375,10 @@ class Model:
                 want = np.shape(vals[name])
                 if g.shape != want:
                     raise self._error(f"seed for '{name}' has shape {g.shape}, but '{name}' has shape {want}")
-                seeds[name] = g
+                if g.dtype.kind not in "biuf":
+                    raise self._error(f"seed for '{name}' must hold real numbers, but has dtype {g.dtype}")
+                like = np.asarray(vals[name]).dtype  # the seed takes the dtype of what it seeds
+                seeds[name] = g.astype(like if like.kind == "f" else np.float64, copy=False)
         wrt = wrt_names(wrt)
         wrt_t = tuple(wrt) if wrt is not None else None
         if not self._input_set <= vals.keys():
@@ -380,10 +388,13 @@ class Model:
         for name, g in seeds.items():
             env[self._grad.get(name)] = g
         key = _signature(env)  # names, shapes and dtypes of everything the derived program reads
+        if key is None:  # some value is not an array: vals were not forward()'s own
+            env = {n: self._value(n, v) for n, v in env.items()}
+            key = _signature(env)
         run_key = ("vjp run", tuple(seeds), wrt_t, key)
         ex = self._cache.get(run_key) if key is not None else None
         if ex is None:
-            program, fex = self._execution(vals)
+            program, fex = self._execution(env)
             ex = self._derived(program, tuple(seeds), wrt_t, fex.relu_gates)[1]
             if key is not None:
                 self._cache[run_key] = ex
@@ -410,6 +421,16 @@ class Model:
             out[name] = g
         return out
 
+    def _value(self, name: str, v: Any) -> Array:
+        """A value of vals as an array of numbers, or a located error."""
+        try:
+            a = np.asarray(v)
+        except Exception as e:  # ragged lists and the like
+            raise self._error(f"the value of '{name}' in vals is not an array: {e}", name) from None
+        if a.dtype.kind not in "biuf":
+            raise self._error(f"the value of '{name}' in vals must hold real numbers, not {a.dtype}", name)
+        return a
+
     def jvp(self, vals: Mapping[str, Array], tangents: Mapping[str, Any]) -> dict[str, Array]:
         """Tangents of every defined tensor, given tangents of some inputs (forward mode)."""
         for n in tangents:
@@ -421,7 +442,8 @@ class Model:
         if hit is None:
             d = derive_jvp(self.program, list(tangents))
             prims = read_steps_of_outputs(lower(d), gates)
-            hit = (d, Executor(prims, self.program.filename, self.program.source))
+            made_up = _made_up(prims, d)
+            hit = (d, Executor(prims, self.program.filename, self.program.source, temporaries=made_up))
             self._cache[key] = hit
         _, ex = hit
         env = dict(vals)
@@ -467,7 +489,9 @@ class Model:
             )
             both = check(both)
             tan = derive_jvp(both, list(v))
-            hit = (both, tan, Executor(lower(both) + lower(tan), both.filename, both.source))
+            prims = lower(both) + lower(tan)
+            made_up = _made_up(prims, self.program, back, tan)  # the forward's temporaries are both's
+            hit = (both, tan, Executor(prims, both.filename, both.source, temporaries=made_up))
             self._cache[key] = hit
         both, tan, ex = hit
         env = {n: np.asarray(vals[n]) for n in self.inputs + self.labels}
@@ -480,6 +504,11 @@ class Model:
             t = env.get(tan_name(both, self._grad.get(n)))
             out[n] = np.zeros_like(np.asarray(vals[n])) if t is None else t
         return out
+
+
+def _made_up(prims: list[Prim], *programs: Program) -> set[str]:
+    """The names lowering gave the programs' temporaries."""
+    return {p.out.name for p in prims}.difference(*(q.defined() for q in programs))
 
 
 def _owner(a: Array) -> int:
@@ -533,6 +562,8 @@ def gradcheck(
     if not isinstance(model, Model):
         model = compile(model)
     wrt = wrt_names(wrt)
+    if not eps > 0 or not math.isfinite(eps):
+        raise IndexgradError(f"gradcheck needs a positive step eps, got {eps}")
     arr = {
         n: (np.asarray(a, dtype=np.float64) if n not in model.labels else np.asarray(a))
         for n, a in arrays.items()

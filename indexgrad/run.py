@@ -16,7 +16,7 @@ from .check import sized_like
 from .errors import IndexgradError
 from .functions import FUNCTIONS, REDUCTIONS
 from .gcpause import gc_paused
-from .kernels import Kernel, aligner, kernel_for, operand_value, raised
+from .kernels import Kernel, aligner, kernel_for, operand_value, power, raised
 from .lower import Contract, Elementwise, Prim, Reduction, Terms, prim_refs
 from .nodes import Affine, Gather, Ref, Span, is_plain, ref_index_names
 from .plan import plan_contraction
@@ -388,27 +388,34 @@ class Executor:
         for n, v in dims.items():
             if n not in sz.size and any(n in ref_index_names(r) for r, _ in pairs):
                 sz.note(n, v, "--dims", p.span)
-        _size_affine(sz, pairs, p.span)
         needed = set(ref_index_names(p.out))
         for r in prim_refs(p):
             needed |= set(ref_index_names(r))
+        if p.out.name in self.temporaries and needed - set(sz.size):
+            self._size_from_uses(p, env, sz)  # a temporary's sizes are its statement's: before "valid"
+        _size_affine(sz, pairs, p.span)
         if target is None and needed - set(sz.size):
             target = self.inferred_target(p, env)
             if target is not None:
                 _size_ref(sz, env, p.out, target, p.span)
                 pairs.append((p.out, target))
                 _size_affine(sz, pairs, p.span)
-        if needed - set(sz.size):  # sizes from where later statements use the result: x[j+k] in
-            uses = _shape_from_uses(self.prims, p.out.name, env)  # t[j,k] = tanh(x[j+k]), k from w[k]
-            for i, d in zip(p.out.indices, uses):
-                if isinstance(i, Affine) and i.plain is not None and i.plain not in sz.size and d is not None:
-                    sz.note(i.plain, d, f"the later use of '{p.out.name}'", p.span)
+        if needed - set(sz.size):  # sizes from where later statements use the result
+            self._size_from_uses(p, env, sz)
             _size_affine(sz, pairs, p.span)
         for n in sorted(needed - set(sz.size)):
             raise IndexgradError(f"the size of index '{n}' cannot be worked out here", p.span)
         for r, a in pairs:
             _check_bounds(r, a, sz.size, p.span)
         return sz
+
+    def _size_from_uses(self, p: Prim, env: dict[str, Array], sz: Sizes) -> None:
+        """Sizes of p's unsized output indices from the statements that read its result: in
+        `t[j,k] = tanh(x[j+k])`, k from `y[j] = t[j,k] w[k]` (j then gets the valid size)."""
+        uses = _shape_from_uses(self.prims, p.out.name, env)
+        for i, d in zip(p.out.indices, uses):
+            if isinstance(i, Affine) and i.plain is not None and i.plain not in sz.size and d is not None:
+                sz.note(i.plain, d, f"the use of '{p.out.name}'", p.span)
 
     def origin(self, r: Ref, axis: int) -> tuple[Ref, int]:
         """The reference, and its axis, that sizes axis `axis` of temporary r: in `y.prod[b,i] =
@@ -493,6 +500,10 @@ class Executor:
         `gate` names the other factor of the product that is the only reader of this `step`.
         """
         sizes = self.sizes(p, env, dims).size
+        if isinstance(p, Reduction) and p.reducer in ("max", "min"):
+            for n in p.indices:
+                if sizes[n] == 0:
+                    raise IndexgradError(f"{p.reducer}[{n}] over an empty range: '{n}' has size 0", p.span)
         self.guard_memory(p, env, sizes)
         if gate is not None and not _gate_fits(p, env, gate):
             gate = None
@@ -525,7 +536,7 @@ class Executor:
                     ops.append(raised(a, k))
                     names.append(nm)
                 else:
-                    coef *= operand_value(f, sizes) ** k
+                    coef *= power(operand_value(f, sizes), k)
             dtype = _result_dtype(ops)
             if not ops:
                 return np.full(tuple(sizes[n] for n in out), coef, dtype=dtype)
@@ -678,9 +689,12 @@ def _shape_from_uses(prims: list[Prim], name: str, env: dict[str, Array]) -> lis
 
     for k, p in enumerate(prims):
         for r in [p.out, *prim_refs(p)]:
+            like = sized_like(r.name)  # x.grad has x's shape
             for axis, i in enumerate(r.indices):
                 if isinstance(i, Affine) and i.plain is not None:
                     parent[find(("T", r.name, axis))] = find(("I", k, i.plain))
+                if like is not None:
+                    parent[find(("T", r.name, axis))] = find(("T", like, axis))
     size: dict[tuple[Any, ...], int] = {}
     for n, a in env.items():
         for axis, d in enumerate(np.shape(a)):

@@ -288,9 +288,9 @@ def test_mis_sized_array_in_a_later_statement() -> None:
         ),
         (
             "y[j] = w[k] x[j+k] + b[j]",
-            {"w": (3,), "x": (10,), "b": (7,)},
-            "index 'j' has size 8 from x[j+k] (axis 0) but size 7 from b[j] (axis 0)",
-            22,
+            {"w": (3,), "x": (10,), "b": (9,)},
+            "x[j+k] reaches position 10 along axis 0, but 'x' has size 10 there",
+            13,
         ),
     ],
 )
@@ -299,6 +299,18 @@ def test_a_size_conflict_names_what_the_user_wrote(text: str, arrays: dict, mess
         ig.compile(text).forward(**{n: np.ones(shape) for n, shape in arrays.items()})
     assert info.value.message == message
     assert (info.value.line, info.value.column) == (1, column)
+
+
+def test_a_size_from_the_statement_comes_before_the_valid_size() -> None:
+    """SPEC 1.6: j gets the valid size only with no other source; b[j] is one, in a sum as in a product."""
+    w, x, b = np.array([1.0, 2.0, 3.0]), np.arange(10.0), np.zeros(7)
+    want = np.array([np.dot(w, x[j : j + 3]) for j in range(7)])
+    for text in ["y[j] = w[k] x[j+k] + b[j]", "y[j] = w[k] x[j+k] (b[j] + 1)"]:
+        np.testing.assert_allclose(ig.compile(text).forward(w=w, x=x, b=b)["y"], want)
+    t = ig.compile("t[k] = w[k] + a[j] x[j+k]\nloss = sum[k](t[k]^2)")
+    arrays = {"w": rng(1).standard_normal(2), "a": rng(2).standard_normal(3), "x": rng(3).standard_normal(7)}
+    assert t.forward(**arrays)["t"].shape == (2,)
+    assert ig.gradcheck(t, arrays).ok
 
 
 def test_mis_shaped_seed_and_tangent() -> None:
@@ -831,3 +843,83 @@ def test_a_huge_stride_over_a_size_one_index_reads_and_scatters() -> None:
     assert vals["y"].tolist() == [5.0]
     grads = model.backward(vals)
     assert grads["x"].tolist() == [10.0, 20.0, 0.0] and grads["w"].tolist() == [10.0, 20.0]
+
+
+# ---- empty ranges, foreign values and seeds -----------------------------------------------------
+
+
+def test_reductions_over_an_empty_range() -> None:
+    x = np.ones((0, 2))
+    assert ig.compile("y[i] = sum[b](x[b,i])").forward(x=x)["y"].tolist() == [0.0, 0.0]
+    assert ig.compile("y[i] = logsumexp[b](x[b,i])").forward(x=x)["y"].tolist() == [-np.inf, -np.inf]
+    for op in ("max", "min"):
+        with pytest.raises(ig.IndexgradError, match=rf"{op}\[b\] over an empty range: 'b' has size 0"):
+            ig.compile(f"y[i] = {op}[b](x[b,i])").forward(x=x)
+    model = ig.compile("loss = mean[b](x[b,i])")
+    with np.errstate(invalid="ignore"):
+        vals = model.forward(x=x)
+    assert model.backward(vals)["x"].shape == (0, 2)
+
+
+@pytest.mark.parametrize(
+    "vals, kwargs, message",
+    [
+        (None, {}, "vals must be the dict forward() returned, not NoneType"),
+        ({"x": "ab", "l": 5.0}, {}, "the value of 'x' in vals must hold real numbers"),
+        ("ok", {"seed": [("l", 1.0)]}, "seed must be a dict from tensor names to arrays, not list"),
+        ("ok", {"seed": {"l": 1j}}, "seed for 'l' must hold real numbers, but has dtype complex128"),
+    ],
+)
+def test_backward_says_what_is_wrong_with_its_arguments(vals, kwargs: dict, message: str) -> None:
+    model = ig.compile("l = x[i] x[i]")
+    if vals == "ok":
+        vals = model.forward(x=np.ones(3))
+    with pytest.raises(ig.IndexgradError) as info:
+        model.backward(vals, **kwargs)
+    assert info.value.message.startswith(message)
+
+
+def test_backward_takes_lists_and_numbers_for_vals() -> None:
+    model = ig.compile("l = x[i] x[i]")
+    assert model.backward({"x": [1.0, 2.0], "l": 5.0})["x"].tolist() == [2.0, 4.0]
+
+
+@pytest.mark.parametrize("seed_dtype", [np.int64, np.float32, np.bool_])
+def test_a_seed_takes_the_dtype_of_what_it_seeds(seed_dtype) -> None:
+    model = ig.compile(EXAMPLES / "affine.idx")
+    vals = model.forward(x=rng(1).standard_normal((2, 3)), W=rng(2).standard_normal((3, 4)), B=np.ones(4))
+    seed = np.ones((2, 4), seed_dtype)
+    grads = model.backward(vals, seed={"y": seed})
+    assert {g.dtype for g in grads.values()} == {np.dtype(np.float64)}
+    np.testing.assert_allclose(grads["B"], [2.0] * 4)
+
+
+def test_gradcheck_refuses_a_step_that_is_not_positive() -> None:
+    for eps in (0.0, -1e-6, float("nan")):
+        with pytest.raises(ig.IndexgradError, match="positive step"):
+            ig.gradcheck("l = x[i] x[i]", {"x": np.ones(3)}, eps=eps)
+
+
+def test_derive_takes_program_text() -> None:
+    assert str(ig.derive("l = x[i] x[i]")) == str(ig.derive(ig.parse("l = x[i] x[i]")))
+    assert str(ig.derive_jvp("l = x[i] x[i]")) == str(ig.derive_jvp(ig.parse("l = x[i] x[i]")))
+
+
+@pytest.mark.parametrize(
+    "text, shapes",
+    [
+        ("y[j] = w[k] x[2*j+k]\nloss = sum[j](y[j]^2)", {"w": (2,), "x": (7,)}),  # 2 does not divide 7-2
+        ("y[j] = w[k] x[j-k+2]\nloss = sum[j](y[j]^2)", {"w": (3,), "x": (7,)}),
+        ("t[k] = w[k] + a[j] x[j+k]\nloss = sum[k](t[k]^2)", {"w": (2,), "a": (3,), "x": (7,)}),
+    ],
+)
+def test_hvp_of_index_arithmetic_against_differences_of_gradients(text: str, shapes: dict) -> None:
+    model = ig.compile(text)
+    arrays = {n: rng(k).standard_normal(s) for k, (n, s) in enumerate(shapes.items())}
+    v = {n: rng(10 + k).standard_normal(s) for k, (n, s) in enumerate(shapes.items())}
+    hv = model.hvp(model.forward(**arrays), v=v)
+    eps = 1e-6
+    plus = model.backward(model.forward(**{n: a + eps * v[n] for n, a in arrays.items()}))
+    minus = model.backward(model.forward(**{n: a - eps * v[n] for n, a in arrays.items()}))
+    for n in arrays:
+        np.testing.assert_allclose(hv[n], (plus[n] - minus[n]) / (2 * eps), rtol=1e-6, atol=1e-7, err_msg=n)
