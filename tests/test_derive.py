@@ -16,6 +16,7 @@ import indexgrad as ig
 from indexgrad import nodes as N
 from indexgrad.cli import main
 from indexgrad.printer import format_expr, format_ref
+from indexgrad.shapes import random_inputs
 
 # ---- comparing statements up to factor order -------------------------------------------------
 
@@ -403,3 +404,27 @@ def test_correlation_gradient_reads_as_the_seeds_gather(capsys) -> None:
     vals = model.forward(x=x, w=w, b=b)
     g = model.backward(vals, seed={"y": (gy := rng.standard_normal(9))}, wrt=["x"])["x"]
     np.testing.assert_allclose(g, np.convolve(gy, w), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parent.parent / "examples").glob("*.idx")), ids=lambda p: p.stem
+)
+def test_the_derived_program_runs_on_what_forward_returns(path: Path) -> None:
+    """SPEC 2.2: the derived program reads the forward tensors, temporaries included (a relu's
+    argument too), and forward() returns every one of them; run on them, it gives backward()'s."""
+    prog = ig.load(path)
+    model = ig.compile(prog)
+    arrays = random_inputs(prog, {}, np.random.default_rng(0))
+    vals = model.forward(**arrays)
+    loss = prog.statements[-1].target.name
+    if np.ndim(vals[loss]) != 0:
+        pytest.skip("not a scalar loss")
+    back = ig.derive(prog)
+    seed = f"{loss}.grad"
+    missing = [n for n in back.inputs() if n != seed and n not in vals]
+    assert not missing, missing
+    got = ig.compile(back).forward(**{n: vals[n] for n in back.inputs() if n != seed}, **{seed: 1.0})
+    want = model.backward(vals)
+    for n, g in want.items():
+        if f"{n}.grad" in got:
+            np.testing.assert_allclose(got[f"{n}.grad"], g, rtol=1e-10, atol=1e-12, err_msg=n)
