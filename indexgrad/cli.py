@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from collections.abc import Sequence
@@ -13,12 +14,13 @@ import numpy as np
 
 from .derive import default_loss, derive_for, derive_jvp, forward_statements, gather_form
 from .errors import IndexgradError, IndexgradWarning, render
-from .files import load_npz, save_npz_atomic
+from .files import load_npz, refuse_overwrite, save_npz_atomic
 from .lower import lower, prim_statement
 from .model import Model, gradcheck, load
 from .nodes import Program, Statement, ref_index_names, refs_in
 from .printer import format_program, format_statement
 from .shapes import parse_dims, parse_names, random_inputs
+from .tools import check_dims, check_ranks
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -175,12 +177,34 @@ def cmd_jvp(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_flags(a: argparse.Namespace) -> None:
+    """Refuse a --seed numpy cannot seed with, and a --tolerance that no error could pass or fail."""
+    if a.seed < 0:
+        raise IndexgradError(f"--seed must be a non-negative integer, got {a.seed}")
+    if not (math.isfinite(a.tolerance) and a.tolerance > 0):
+        raise IndexgradError(f"--tolerance must be a positive number, got {a.tolerance}")
+
+
+def _defined_loss(p: Program, loss: str | None) -> str:
+    """The loss to check: --loss, which must be a tensor the program defines, else the last one."""
+    if loss is None:
+        return default_loss(p)
+    if loss not in p.defined():
+        raise IndexgradError(
+            f"loss '{loss}' is not defined by the program; defined tensors: " + ", ".join(p.defined())
+        )
+    return loss
+
+
 def cmd_check(a: argparse.Namespace) -> int:
+    _check_flags(a)
+    dims = parse_dims(a.dims)
     p = load(a.file)
     _warn(p, "text")
-    dims = parse_dims(a.dims)
+    check_ranks(p)
+    check_dims(p, dims)
+    loss = _defined_loss(p, a.loss)
     model = Model(p)
-    loss = a.loss or default_loss(p)
     rng = np.random.default_rng(a.seed)
     arrays: dict[str, np.ndarray] = {}
     for attempt in range(20):
@@ -221,8 +245,14 @@ def _dot(p: Program, name: str, rank: int) -> str:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    if a.out:
+        if not a.out.lower().endswith(".npz"):
+            message = f"--out {a.out} must end in .npz: the outputs are written as an .npz archive"
+            raise IndexgradError(message)
+        refuse_overwrite(a.out, "--out", {"program file": a.file, "inputs file": a.inputs})
     p = load(a.file)
     _warn(p, "text")
+    check_ranks(p)
     arrays = load_npz(a.inputs)
     model = Model(p)
     vals = model.forward(**arrays)
@@ -236,9 +266,37 @@ def cmd_run(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_trainable(p: Program) -> None:
+    """Refuse a program `train` cannot fit: its loss must be one number, and it must read the labels."""
+    from .train import check_loss
+
+    if not p.statements:
+        raise IndexgradError("the program defines nothing to train", filename=p.filename)
+    if not p.integer_inputs() and "Y" not in p.inputs():
+        raise IndexgradError(
+            "train fits a classifier: the digits data set gives pixels x[b,d] and one-hot labels "
+            "Y[b,c] (or integer labels y[b], read as in P[b, y[b]]), but the program reads no labels; "
+            "its last tensor, the loss, must compare class scores with them",
+            filename=p.filename,
+        )
+    check_loss(p, default_loss(p))
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from .digits import train_command
+    from .train import check_plot_path
 
+    if a.save:
+        refuse_overwrite(a.save, "--save", {"program file": a.file})
+    if a.plot:
+        check_plot_path(a.plot)
+        reads = {"program file": a.file, "checkpoint to resume": a.resume, "checkpoint to save": a.save}
+        refuse_overwrite(a.plot, "--plot", reads)
+    dims = parse_dims(a.dims)
+    p = load(a.file)
+    check_ranks(p)
+    check_dims(p, dims)
+    _check_trainable(p)
     return train_command(
         a.file,
         a.data,
@@ -251,7 +309,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         a.hidden,
         save=a.save,
         resume=a.resume,
-        dims=parse_dims(a.dims),
+        dims=dims,
     )
 
 

@@ -1,4 +1,5 @@
-"""Array files: .npz written atomically (temporary file, fsync, rename), so no reader sees a partial file."""
+"""Array files: .npz written atomically (temporary file, fsync, rename), so no reader sees a partial file,
+and never over a file the command reads."""
 
 from __future__ import annotations
 
@@ -99,3 +100,19 @@ def load_npz(path: str | Path, what: str = "inputs file") -> dict[str, np.ndarra
         raise error(f"damaged .npz archive ({e})") from None
     except Exception as e:  # BadZipFile, EOFError, NotImplementedError, ...: any damage
         raise error(f"damaged .npz archive ({type(e).__name__}: {e})") from None
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file: the same file when both exist, else the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def refuse_overwrite(out: str | Path, flag: str, reads: Mapping[str, str | Path | None]) -> None:
+    """Refuse an output path that is one of the files a command reads (`reads`: role -> path)."""
+    for role, path in reads.items():
+        if path is not None and same_file(out, path):
+            message = f"{flag} {out} is the {role}; writing it would overwrite it, choose another file"
+            raise IndexgradError(message)

@@ -55,10 +55,13 @@ def memory_limit() -> int:
 
 
 def _human(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
+    """A byte count for people: '3.5 GiB'; any size, however large, without overflowing a float."""
+    for k, unit in enumerate(("bytes", "KiB", "MiB", "GiB", "TiB")):
+        if n < 1024 ** (k + 1) or unit == "TiB":
+            if unit == "bytes":
+                return f"{n} bytes"
+            whole, rest = divmod((n * 10 + 1024**k // 2) // 1024**k, 10)  # rounded, in integers
+            return f"{whole}.{rest} {unit}"
     return str(n)
 
 

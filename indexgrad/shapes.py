@@ -32,7 +32,7 @@ class _Classes:
 
 
 def parse_dims(text: str | None) -> dict[str, int]:
-    """`b=4,i=3` as a dict; a malformed entry is a user error."""
+    """`b=4,i=3` as a dict; a malformed entry, or a name given twice, is a user error."""
     out: dict[str, int] = {}
     if not text:
         return out
@@ -44,6 +44,8 @@ def parse_dims(text: str | None) -> dict[str, int]:
         name = name.strip()
         if not eq or not name.isidentifier():
             raise IndexgradError(f"--dims entry '{part}' is not of the form name=size (e.g. b=4)")
+        if name in out:
+            raise IndexgradError(f"--dims gives '{name}' twice; give each index one size")
         try:
             size = int(value)
         except ValueError:

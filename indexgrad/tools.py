@@ -17,9 +17,22 @@ import opt_einsum as oe
 from .check import sized_like
 from .derive import derive_for
 from .errors import IndexgradError
+from .files import refuse_overwrite
 from .lower import Contract, Elementwise, Prim, Reduction, Terms, label_refs, lower, prim_refs, prim_statement
 from .model import load
-from .nodes import Affine, Program, Ref, Statement, ref_index_names
+from .nodes import (
+    Affine,
+    Expr,
+    Gather,
+    Program,
+    Reduce,
+    Ref,
+    SizeOf,
+    Statement,
+    children,
+    ref_index_names,
+    refs_in_statement,
+)
 from .plan import plan_contraction
 from .printer import format_index, format_number, format_ref, format_statement
 from .run import Executor
@@ -344,11 +357,72 @@ def cmd_graph(a: argparse.Namespace) -> int:
             raise IndexgradError(
                 "--render draws the DOT graph with Graphviz; leave out --format mermaid"
             )
+        refuse_overwrite(a.render, "--render", {"program file": a.file})
         render_dot(graph_dot(g), a.render)
         print(f"wrote {a.render}")
         return 0
     print(graph_mermaid(g) if a.format == "mermaid" else graph_dot(g), end="")
     return 0
+
+
+# ---- checks of a program against the commands that invent its arrays -------------------------
+
+MAX_RANK = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32  # numpy's most axes
+
+
+def _all_refs(program: Program) -> list[Ref]:
+    """Every tensor reference of a program, declarations first, then statement by statement."""
+    out = [d.ref for d in program.decls]
+    for s in program.statements:
+        out += [s.target, *refs_in_statement(s)]
+    return out
+
+
+def index_names(program: Program) -> list[str]:
+    """Every index name a program mentions, in order of first appearance."""
+    names: dict[str, None] = {}
+
+    def visit(e: Expr) -> None:
+        if isinstance(e, Reduce):
+            names.update(dict.fromkeys(e.indices))
+        elif isinstance(e, SizeOf):
+            names[e.index] = None
+        for c in children(e):
+            visit(c)
+
+    for r in _all_refs(program):
+        names.update(dict.fromkeys(ref_index_names(r)))
+    for s in program.statements:
+        visit(s.expr)
+    return list(names)
+
+
+def check_dims(program: Program, dims: dict[str, int]) -> None:
+    """Refuse a --dims name that is no index of the program: a misspelt name would size nothing."""
+    known = index_names(program)
+    # infer_shapes also reads NAMEaxis (`P1`) for the size of a gathered axis
+    refs = _all_refs(program)
+    gathered = {f"{r.name}{k}" for r in refs for k, i in enumerate(r.indices) if isinstance(i, Gather)}
+    unknown = [n for n in dims if n not in known and n not in gathered]
+    if unknown:
+        which = ", ".join(f"'{n}'" for n in unknown)
+        raise IndexgradError(
+            f"--dims sizes {which}, which {'is not an index' if len(unknown) == 1 else 'are not indices'} "
+            "of the program; its indices: " + (", ".join(known) or "none")
+        )
+
+
+def check_ranks(program: Program) -> None:
+    """Refuse a tensor with more indices than a numpy array has axes, at its first reference."""
+    for r in _all_refs(program):
+        if len(r.indices) > MAX_RANK:
+            raise IndexgradError(
+                f"'{r.name}' has {len(r.indices)} indices: too many dimensions, numpy arrays have at "
+                f"most {MAX_RANK}",
+                r.span,
+                program.filename,
+                program.source,
+            )
 
 
 # ---- the cost report -------------------------------------------------------------------------
@@ -585,7 +659,10 @@ def _shown(c: dict[str, Any]) -> bool:
 
 def cmd_cost(a: argparse.Namespace) -> int:
     program = load(a.file)
-    report = cost_report(program, parse_dims(a.dims), a.loss, parse_names(a.wrt))
+    dims = parse_dims(a.dims)
+    check_ranks(program)
+    check_dims(program, dims)
+    report = cost_report(program, dims, a.loss, parse_names(a.wrt))
     if a.format == "json":
         print(json.dumps(report, indent=2))
     else:

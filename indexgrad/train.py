@@ -15,7 +15,7 @@ from .errors import IndexgradError, lookup
 from .files import load_npz, save_npz_atomic
 from .lower import Contract
 from .model import Model
-from .nodes import Affine, Decl, Ref, ref_index_names
+from .nodes import Affine, Decl, Program, Ref, ref_index_names
 from .optim import OPTIMIZERS, Optimizer, make_optimizer
 
 Array = np.ndarray
@@ -240,6 +240,24 @@ def evaluate(
     """The loss, and the metric when given, on all of `data` in one forward pass."""
     vals = model.forward(**{**data, **params})
     return float(vals[loss]), (metric(vals, data) if metric is not None else None)
+
+
+def check_loss(program: Program, loss: str) -> None:
+    """Refuse a loss the program does not define, or one with indices: training needs one number."""
+    if loss not in program.defined():
+        raise IndexgradError(
+            f"loss '{loss}' is not defined by the program; defined tensors: "
+            + (", ".join(program.defined()) or "none")
+        )
+    target = next(s.target for s in program.statements if s.target.name == loss)
+    if target.indices:
+        raise IndexgradError(
+            f"the loss '{loss}' must be a scalar to train on, but it has indices; "
+            f"reduce it to one number, e.g. {loss} = mean[b](...)",
+            target.span,
+            program.filename,
+            program.source,
+        )
 
 
 def _check_params(params: Mapping[str, Any]) -> None:
@@ -480,6 +498,7 @@ def fit(
     from tqdm.auto import tqdm
 
     _check_params(params)
+    check_loss(model.program, loss)
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise IndexgradError(f"seed must be a non-negative integer, got {seed!r}")
     opt = make_optimizer(optimizer, lr)
@@ -557,9 +576,34 @@ def log_epochs(epochs: int, every: int = 1) -> Callable[[int, History], None]:
     return on_epoch
 
 
+def plot_formats() -> list[str]:
+    """The file extensions a plot can have: matplotlib's formats but pgf, which needs a TeX install."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(set(FigureCanvasBase.get_supported_filetypes()) - {"pgf"})
+
+
+def check_plot_path(path: str | Path) -> None:
+    """Refuse a plot path whose extension names no format matplotlib writes, or whose directory is missing."""
+    target = Path(path)
+    formats = plot_formats()
+    if target.suffix[1:].lower() not in formats:
+        has = f"the extension '{target.suffix}'" if target.suffix else "no extension"
+        raise IndexgradError(
+            f"cannot plot to {target}: it has {has}, and the extension picks the image format; "
+            "use one of " + ", ".join(f".{f}" for f in formats)
+        )
+    if not target.parent.is_dir():
+        raise IndexgradError(f"cannot plot to {target}: no such directory")
+    if target.is_dir():
+        raise IndexgradError(f"cannot plot to {target}: it is a directory")
+
+
 def plot_history(history: History, path: str | Path, metric_name: str = "accuracy") -> None:
-    """Write a PNG of the loss (training and held-out) and the held-out metric per epoch."""
+    """Write an image (PNG, PDF, SVG, ... by the extension) of the losses and held-out metric per epoch."""
     from matplotlib.figure import Figure  # no pyplot: no global backend, nothing left open
+
+    check_plot_path(path)
 
     fig = Figure(figsize=(9, 3.5), layout="constrained")
     left, right = fig.subplots(1, 2)
@@ -574,4 +618,7 @@ def plot_history(history: History, path: str | Path, metric_name: str = "accurac
         right.plot(epochs, history.valid_metric, color="C1")
     right.set(xlabel="epoch", ylabel=metric_name, title=f"held-out {metric_name}")
     right.grid(alpha=0.3)
-    fig.savefig(path, dpi=100)
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as e:
+        raise IndexgradError(f"cannot write {path}: {e.strerror or e}", filename=str(path)) from None

@@ -40,6 +40,7 @@ from hypothesis import strategies as st
 import indexgrad as ig
 from indexgrad.cli import main as cli_main
 from indexgrad.shapes import infer_shapes, random_inputs
+from indexgrad.tools import index_names
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.idx"))
@@ -293,9 +294,28 @@ def assert_vjp_matches_jvp(model: ig.Model, vals: dict, grads: dict, loss: str, 
         raise Finding("vjp-jvp", "values", found)
 
 
+def _dims_used(data: bytes, dims: str) -> str:
+    """The entries of `dims` naming an index the program uses (check refuses the others), or all
+    of them when the program does not parse (check stops at the syntax error first)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            used = set(index_names(ig.parse(data.decode("utf-8"))))
+    except (ig.IndexgradError, UnicodeDecodeError, RecursionError):
+        return dims
+    return ",".join(d for d in dims.split(",") if d.split("=")[0] in used)
+
+
+def _with_dims(cmd: tuple[str, ...], dims: str) -> tuple[str, ...]:
+    return (*cmd, "--dims", dims) if dims else cmd
+
+
 def run_cli(source: bytes | str, commands=(("grad",), ("check", "--dims", "b=2,i=2"), ("fmt",))) -> list[int]:
     """Each command on the source in a temporary file: exit 0/1/2, never a traceback."""
     data = source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source
+    commands = tuple(
+        _with_dims(c[:-2], _dims_used(data, c[-1])) if c[-2:-1] == ("--dims",) else c for c in commands
+    )
     codes = []
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "fuzz.idx"

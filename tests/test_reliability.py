@@ -698,3 +698,117 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path: Path) -> None
     )  # fmt: skip
     assert bad.returncode == 2 and "bad.idx:1:" in bad.stderr, bad.stderr
     assert_no_crash_text(bad.stdout + bad.stderr)
+
+
+# ---- outputs never overwrite what a command reads; flag and program mistakes are user errors ------
+
+
+@pytest.mark.parametrize(
+    "out, needle",
+    [
+        ("in.npz", "is the inputs file"),
+        ("sub/../in.npz", "is the inputs file"),
+        ("link.npz", "is the program file"),  # a symlink to the program
+        ("affine.idx", "must end in .npz"),
+        ("result.txt", "must end in .npz"),
+    ],
+)
+def test_run_out_never_overwrites_the_program_or_the_inputs(
+    affine: Path, tmp_path: Path, out: str, needle: str
+) -> None:
+    inputs = good_inputs(tmp_path / "in.npz")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.npz").symlink_to(affine)
+    before = {p: p.read_bytes() for p in (affine, inputs)}
+    err = run_error(["run", str(affine), "--inputs", str(inputs), "--out", str(tmp_path / out)])
+    assert err.startswith("indexgrad run: error: --out") and needle in err, err
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (tmp_path / "result.txt").exists()
+
+
+@pytest.fixture
+def mlp(tmp_path: Path) -> Path:
+    p = tmp_path / "mlp.idx"
+    shutil.copy(EXAMPLES / "mlp.idx", p)
+    return p
+
+
+TRAIN = ["--epochs", "1", "--hidden", "8"]
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--save", "mlp.idx"], "--save"),
+        (["--save", "link.npz"], "--save"),
+        (["--plot", "link.png"], "--plot"),
+        (["--plot", "out.xyz", "--save", "c.npz"], "'.xyz'"),  # refused before any training
+        (["--plot", "nowhere/h.png", "--save", "c.npz"], "no such directory"),
+    ],
+)
+def test_train_outputs_never_overwrite_the_program_and_are_checked_first(
+    mlp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str], needle: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link.npz").symlink_to(mlp)
+    (tmp_path / "link.png").symlink_to(mlp)
+    before = mlp.read_bytes()
+    code, out, err = run_cli(["train", str(mlp), *TRAIN, *flags])
+    assert code == 2 and err.startswith("indexgrad train: error:") and needle in err, (code, err)
+    assert_no_crash_text(out + err)
+    assert "epoch" not in out and not (tmp_path / "c.npz").exists()  # nothing was trained
+    assert mlp.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--seed", "-1"], "--seed must be a non-negative integer"),
+        (["--loss", "nope"], "loss 'nope' is not defined by the program; defined tensors: y"),
+        (["--loss", "x"], "loss 'x' is not defined by the program"),  # an input, as grad says
+        (["--tolerance", "nan"], "--tolerance must be a positive number"),
+        (["--tolerance", "-1"], "--tolerance must be a positive number"),
+        (["--dims", "b=3,b=4"], "--dims gives 'b' twice"),
+        (["--dims", "b=3,q=3"], "'q', which is not an index of the program; its indices: j, i, b"),
+    ],
+)
+def test_check_flag_mistakes_are_user_errors(affine: Path, flags: list[str], needle: str) -> None:
+    err = run_error(["check", str(affine), *flags])
+    assert err.startswith("indexgrad check: error:") and needle in err, err
+
+
+def test_cost_refuses_dims_that_are_no_index(affine: Path) -> None:
+    err = run_error(["cost", str(affine), "--dims", "b=2,q=3,z=1"])
+    assert err.startswith("indexgrad cost: error: --dims sizes 'q', 'z', which are not indices"), err
+
+
+def test_train_says_what_a_program_needs(affine: Path, tmp_path: Path) -> None:
+    err = run_error(["train", str(affine), *TRAIN])  # no labels Y
+    assert err.startswith(f"{affine}: error: train fits a classifier") and "Y[b,c]" in err, err
+    vector = tmp_path / "vector.idx"
+    vector.write_text("param W[d,c]\ninput x[b,d], Y[b,c]\nz[b,c] = x[b,d] W[d,c]\n")
+    err = run_error(["train", str(vector), *TRAIN])
+    assert err.startswith(f"{vector}:3:1: error: the loss 'z' must be a scalar"), err
+    assert "\n  z[b,c] = x[b,d] W[d,c]\n  ^" in err
+
+
+@pytest.mark.parametrize("command", ["check", "cost"])
+@pytest.mark.parametrize("rank, size", [(65, 1), (2000, 1), (2000, None)])
+def test_too_many_indices_is_a_user_error(tmp_path: Path, command: str, rank: int, size: int | None) -> None:
+    """Sizes of 1 pass the memory guard (numpy refuses the array); 3 ** 2000 bytes overflow a float."""
+    prog = tmp_path / "wide.idx"
+    prog.write_text(f"y = a[{','.join(f'i{k}' for k in range(rank))}]\n")
+    dims = ["--dims", ",".join(f"i{k}={size}" for k in range(rank))] if size else []
+    err = run_error([command, str(prog), *dims])
+    assert err.startswith(f"{prog}:1:5: error: 'a' has {rank} indices: too many dimensions"), err
+
+
+def test_run_of_a_tensor_with_too_many_indices_is_a_user_error(tmp_path: Path) -> None:
+    """Inputs of 32 and 33 axes are fine for numpy; their 65-axis outer product is not."""
+    names = [f"i{k}" for k in range(65)]
+    prog = tmp_path / "outer.idx"
+    prog.write_text(f"y[{','.join(names)}] = a[{','.join(names[:32])}] b[{','.join(names[32:])}]\n")
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, a=np.ones((1,) * 32), b=np.ones((1,) * 33))
+    err = run_error(["run", str(prog), "--inputs", str(inputs)])
+    assert err.startswith(f"{prog}:1:1: error: 'y' has 65 indices: too many dimensions"), err
