@@ -19,6 +19,7 @@ from .errors import IndexgradError, IndexgradWarning
 from .gcpause import gc_paused
 from .lower import (
     Contract,
+    Elementwise,
     Prim,
     absorb_scales,
     inline_broadcasts,
@@ -27,7 +28,7 @@ from .lower import (
     split_products,
 )
 from .nodes import Program, Ref, refs_in_statement
-from .run import Executor, _signature
+from .run import Executor, _signature, read_steps_of_outputs, relu_outputs
 from .syntax import parse_syntax
 
 Array = np.ndarray
@@ -122,14 +123,38 @@ class Model:
         self._kinds = [(n, "iu" if n in self.labels else "f") for n in self._order]
         self._shape_sources = {base for n in self.program.defined() if (base := sized_like(n)) is not None}
 
-    def _keep(self, prims: list[Prim]) -> set[str]:
-        """What forward() keeps: the program's own tensors and what any derivative reads
-        (temporaries included, such as a relu's argument, so the derived program can run on them)."""
-        return set(self.program.defined()) | derivative_reads(prims)
+    def _keep(self, prims: list[Prim]) -> tuple[set[str], dict[str, str]]:
+        """What forward() keeps: the program's own tensors and what any derivative reads.
+
+        Also the relu arguments u (of `y = relu(u)`) that derivatives read only as step(u):
+        they read step(y) instead (the same values), so u need not be kept. Returns the names
+        to keep and those `u -> y`.
+        """
+        gates = relu_outputs(prims)
+        if not gates:
+            return set(self.program.defined()) | derivative_reads(prims), {}
+        def gated(p: Prim) -> bool:
+            return (
+                isinstance(p, Elementwise)
+                and p.func == "relu"
+                and isinstance(p.args[0], Ref)
+                and gates.get(p.args[0].name) == p.out.name
+            )
+
+        stand_in: list[Prim] = [
+            Contract(p.out, p.op, 1.0, ((p.args[0], 1.0),), p.span) if gated(p) else p  # type: ignore[union-attr]
+            for p in prims
+        ]
+        keep = set(self.program.defined()) | derivative_reads(stand_in)
+        gates = {u: y for u, y in gates.items() if u not in keep}
+        return keep | set(gates.values()), gates
 
     def _forward_executor(self, prims: list[Prim], program: Program) -> Executor:
-        keep, made_up = self._keep(prims), _made_up(prims, program)
-        return Executor(absorb_scales(prims, keep), program.filename, program.source, keep, made_up)
+        keep, gates = self._keep(prims)
+        made_up = _made_up(prims, program)
+        ex = Executor(absorb_scales(prims, keep), program.filename, program.source, keep, made_up)
+        ex.relu_gates = gates  # type: ignore[attr-defined]
+        return ex
 
     def _error(self, msg: str, name: str | None = None) -> IndexgradError:
         """A user error, placed at the first reference to `name` when there is one."""
@@ -233,7 +258,7 @@ class Model:
         loss = self.program.statements[-1].target.name
         rows = _plan_rows(ex.prims, vals, "forward")
         if np.ndim(vals[loss]) == 0:
-            _, derived_ex = self._derived(program, (loss,), None)
+            _, derived_ex = self._derived(program, (loss,), None, ex.relu_gates)
             back = Executor(derived_ex.prims, self.program.filename, self.program.source)
             env2 = dict(vals)
             env2[self._grad[loss]] = np.ones_like(np.asarray(vals[loss]))
@@ -284,13 +309,17 @@ class Model:
         program: Program,
         losses: tuple[str, ...],
         wrt: tuple[str, ...] | None,
+        gates: dict[str, str] | None = None,
     ) -> tuple[Program, Executor]:
-        """The vector-Jacobian program and its executor, which drops every temporary once dead."""
+        """The vector-Jacobian program and its executor, which drops every temporary once dead.
+
+        `gates` are the forward's relu arguments that were not kept (read step(y) for step(u)).
+        """
         key = ("vjp", id(program), losses, wrt)
         hit = self._cache.get(key)
         if hit is None:
             with gc_paused():
-                hit = self._derive_executor(program, losses, wrt)
+                hit = self._derive_executor(program, losses, wrt, gates)
             self._cache[key] = hit
         return hit
 
@@ -299,13 +328,14 @@ class Model:
         program: Program,
         losses: tuple[str, ...],
         wrt: tuple[str, ...] | None,
+        gates: dict[str, str] | None,
     ) -> tuple[Program, Executor]:
         known = self.prims if program is self.program else None
         # derive() and the tests validate derivations; here only the sums are attached
         d = derive_for(program, list(losses), list(wrt) if wrt is not None else None, known, validate=False)
         returned = {self._grad.get(n, n) for n in (wrt if wrt is not None else self.inputs)}
         seeded = {self._grad[n] for n in losses}  # given, so `+=` adds to them: never inlined
-        prims = inline_broadcasts(lower(d), returned | seeded)
+        prims = inline_broadcasts(read_steps_of_outputs(lower(d), gates or {}), returned | seeded)
         prims = absorb_scales(prims, returned | seeded)
         return d, Executor(prims, self.program.filename, self.program.source, returned, _made_up(prims, d))
 
@@ -365,7 +395,7 @@ class Model:
         ex = self._cache.get(run_key) if key is not None else None
         if ex is None:
             program, fex = self._execution(env)
-            ex = self._derived(program, tuple(seeds), wrt_t)[1]
+            ex = self._derived(program, tuple(seeds), wrt_t, fex.relu_gates)[1]
             if key is not None:
                 self._cache[run_key] = ex
         owned: set[str] = set()
@@ -406,11 +436,12 @@ class Model:
         for n in tangents:
             if n not in self.inputs:
                 raise self._error(f"tangent given for '{n}', which is not an input")
-        key = ("jvp", tuple(tangents))
+        gates = {u: y for u, y in relu_outputs(self.prims).items() if u not in vals and y in vals}
+        key = ("jvp", tuple(tangents), tuple(sorted(gates)))
         hit = self._cache.get(key)
         if hit is None:
             d = derive_jvp(self.program, list(tangents))
-            prims = lower(d)
+            prims = read_steps_of_outputs(lower(d), gates)
             made_up = _made_up(prims, d)
             hit = (d, Executor(prims, self.program.filename, self.program.source, temporaries=made_up))
             self._cache[key] = hit
@@ -586,8 +617,8 @@ class PlanReport:
 
 
 def _plan_rows(prims: list[Prim], vals: Mapping[str, Array], which: str) -> list[dict[str, Any]]:
-    from .lower import prim_statement
-    from .nodes import ref_index_names
+    from .lower import Contract, prim_statement
+    from .nodes import Ref, ref_index_names
     from .plan import plan_contraction
     from .printer import format_statement
 

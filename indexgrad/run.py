@@ -775,3 +775,43 @@ def _gate_fits(p: Prim, env: dict[str, Array], partner: str) -> bool:
     if a is None or g is None:
         return False
     return a.dtype.kind == "f" and g.dtype.kind == "f" and np.result_type(g, a) == g.dtype
+
+
+def relu_outputs(prims: list[Prim]) -> dict[str, str]:
+    """`u -> y` for every `y = relu(u)` whose y is written once, with u's axes in y's order.
+
+    step(u) = step(y) exactly (relu keeps the positive entries, NaN included: both give 0), so a
+    derivative may read y in place of u, and forward need not keep u alive.
+    """
+    writes: dict[str, int] = {}
+    for p in prims:
+        writes[p.out.name] = writes.get(p.out.name, 0) + 1
+    out: dict[str, str] = {}
+    for p in prims:
+        if (
+            isinstance(p, Elementwise)
+            and p.func == "relu"
+            and p.op == "="
+            and writes[p.out.name] == 1
+            and isinstance(p.args[0], Ref)
+            and is_plain(p.out)
+            and is_plain(p.args[0])
+            and ref_index_names(p.args[0]) == ref_index_names(p.out)
+            and p.args[0].name != p.out.name
+        ):
+            out[p.args[0].name] = p.out.name
+    return out
+
+
+def read_steps_of_outputs(prims: list[Prim], gates: dict[str, str]) -> list[Prim]:
+    """prims with each `step(u)` for a relu argument u in `gates` reading `step(y)` instead."""
+    if not gates:
+        return prims
+    out: list[Prim] = []
+    for p in prims:
+        if isinstance(p, Elementwise) and p.func == "step" and isinstance(p.args[0], Ref):
+            a = p.args[0]
+            if a.name in gates:
+                p = Elementwise(p.out, p.op, p.func, (Ref(gates[a.name], a.indices, a.span),), p.span)
+        out.append(p)
+    return out
