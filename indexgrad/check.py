@@ -393,7 +393,7 @@ def _place_sizeofs(e: Expr, lhs: set[str], top: str) -> None:
                 f = f.arg if isinstance(f, Neg) else f.base
             if isinstance(f, Ref):
                 refs.append(f)
-        plain = {i.plain for r in refs for i in r.indices if isinstance(i, Affine)}
+        plain = {n for r in refs for i in r.indices if isinstance(i, Affine) for _, n in i.terms}
         # a term `2 size[k]` stays a term of the statement; any other product becomes a temporary
         others = [d for f, d in zip(e.factors, e.divide) if not isinstance(f, Num)]
         scaled = others == [False]

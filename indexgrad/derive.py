@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .check import check, scoped
+from .check import check, scoped, sized_like
 from .errors import IndexgradError
 from .functions import FUNCTIONS
 from .gcpause import gc_paused
@@ -405,7 +405,9 @@ def derive_jvp(program: Program, wrt: list[str] | None = None) -> Program:
 def forward_statements(program: Program, reader: Program | None = None) -> list[Statement]:
     """The lowered forward statements that define temporaries (printed before a derived program).
 
-    With `reader`, only those it reads, directly or through other temporaries.
+    With `reader`, only those it reads, directly or through other temporaries, and those whose
+    gradient it writes along an index nothing it reads has (`y.sum.grad[b,k] += y.grad[b]` takes
+    its shape from y.sum).
     """
     from .lower import prim_statement
 
@@ -414,12 +416,44 @@ def forward_statements(program: Program, reader: Program | None = None) -> list[
     if reader is None:
         return temps
     reads = {r.name for s in reader.statements for r in refs_in_statement(s)}
+    reads |= _shapeless_gradients(reader, reads)
     kept: list[Statement] = []
     for s in reversed(temps):
         if s.target.name in reads:
             kept.append(s)
             reads.update(r.name for r in refs_in_statement(s))
     return kept[::-1]
+
+
+def _shapeless_gradients(reader: Program, reads: set[str]) -> set[str]:
+    """The tensors whose shape a gradient of `reader` needs and cannot get from the arrays reader is
+    given (nor from the temporaries in `reads`, defined before it):
+    in `y.sum.grad[b,k] += y.grad[b]`, k meets no array (its other uses write gradients only), so
+    the printout must define y.sum. Axes are joined through index names within each statement."""
+    parent: dict[tuple, tuple] = {}
+
+    def find(x: tuple) -> tuple:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for k, s in enumerate(reader.statements):
+        for r in [s.target, *refs_in_statement(s)]:
+            like = sized_like(r.name)
+            for axis, i in enumerate(r.indices):
+                if isinstance(i, Affine) and i.plain is not None:
+                    parent[find(("T", r.name, axis))] = find(("I", k, i.plain))
+                if like is not None:
+                    parent[find(("T", r.name, axis))] = find(("T", like, axis))
+    given = set(reader.inputs())  # arrays the printout is run on; everything else it computes
+    sized = {find(key) for key in parent if key[0] == "T" and key[1] in given}
+    out: set[str] = set()
+    for s in reader.statements:
+        base = sized_like(s.target.name)
+        if base is not None and base not in reads and base not in given:
+            if any(find(("T", s.target.name, axis)) not in sized for axis in range(len(s.target.indices))):
+                out.add(base)
+    return out
 
 
 def gather_form(s: Statement, program: Program | None = None) -> Statement | None:

@@ -428,3 +428,14 @@ def test_the_printed_gradient_program_runs_on_the_programs_own_tensors(path: Pat
     for n, g in model.backward(vals).items():
         if f"{n}.grad" in got:
             np.testing.assert_allclose(got[f"{n}.grad"], g, rtol=1e-10, atol=1e-12, err_msg=n)
+
+
+@pytest.mark.parametrize("text", ["y[b] = x[b,k] + 1\nl = sum[b](y[b]^2)\n", "l = x[i] + w[j]\n"])
+def test_a_printed_gradient_sized_only_by_a_temporary_defines_it(text: str, tmp_path: Path, capsys) -> None:
+    """`y.sum.grad[b,k] += y.grad[b]` reads nothing indexed by k: the printout defines y.sum first."""
+    src = tmp_path / "p.idx"
+    src.write_text(text)
+    assert main(["grad", str(src)]) == 0
+    printed = tmp_path / "g.idx"
+    printed.write_text(capsys.readouterr().out)
+    assert main(["check", str(printed)]) == 0, capsys.readouterr().err

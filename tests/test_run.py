@@ -911,6 +911,7 @@ def test_derive_takes_program_text() -> None:
         ("y[j] = w[k] x[2*j+k]\nloss = sum[j](y[j]^2)", {"w": (2,), "x": (7,)}),  # 2 does not divide 7-2
         ("y[j] = w[k] x[j-k+2]\nloss = sum[j](y[j]^2)", {"w": (3,), "x": (7,)}),
         ("t[k] = w[k] + a[j] x[j+k]\nloss = sum[k](t[k]^2)", {"w": (2,), "a": (3,), "x": (7,)}),
+        ("y[j] = x[j+k] w[k] / size[k]\nloss = sum[j](y[j]^2)", {"w": (3,), "x": (7,)}),
     ],
 )
 def test_hvp_of_index_arithmetic_against_differences_of_gradients(text: str, shapes: dict) -> None:
