@@ -236,7 +236,10 @@ class Model:
         Inf into a located error."""
         check_finite = False
         if "check_finite" in arrays and "check_finite" not in self._input_set:
-            check_finite = bool(arrays.pop("check_finite"))
+            check_finite = arrays.pop("check_finite")
+            if not isinstance(check_finite, (bool, np.bool_)) and check_finite is not None:
+                raise self._error(f"check_finite must be True or False, not {type(check_finite).__name__}")
+            check_finite = bool(check_finite)
         plain = self._plain_inputs(arrays)
         if plain is not None:
             env, key = plain
@@ -369,14 +372,15 @@ class Model:
         else:
             seeds = {}
             for name, g in seed.items():
-                if name not in vals:
-                    raise self._error(f"seed names '{name}', which is not a defined tensor")
-                g = np.asarray(g)
+                if name not in vals or name in self._input_set:
+                    raise self._error(
+                        f"seed names '{name}', which is not a tensor the program defines; a seed is "
+                        "the gradient of a defined tensor: " + ", ".join(self.program.defined())
+                    )
+                g = self._value(name, g, "seed for")
                 want = np.shape(vals[name])
                 if g.shape != want:
                     raise self._error(f"seed for '{name}' has shape {g.shape}, but '{name}' has shape {want}")
-                if g.dtype.kind not in "biuf":
-                    raise self._error(f"seed for '{name}' must hold real numbers, but has dtype {g.dtype}")
                 like = np.asarray(vals[name]).dtype  # the seed takes the dtype of what it seeds
                 seeds[name] = g.astype(like if like.kind == "f" else np.float64, copy=False)
         wrt = wrt_names(wrt)
@@ -421,14 +425,15 @@ class Model:
             out[name] = g
         return out
 
-    def _value(self, name: str, v: Any) -> Array:
-        """A value of vals as an array of numbers, or a located error."""
+    def _value(self, name: str, v: Any, what: str = "the value of") -> Array:
+        """A value for `name` (in vals, a seed, a tangent) as an array of numbers, or a located error."""
+        where = f"{what} '{name}'" + (" in vals" if what == "the value of" else "")
         try:
             a = np.asarray(v)
         except Exception as e:  # ragged lists and the like
-            raise self._error(f"the value of '{name}' in vals is not an array: {e}", name) from None
+            raise self._error(f"{where} is not an array: {e}", name) from None
         if a.dtype.kind not in "biuf":
-            raise self._error(f"the value of '{name}' in vals must hold real numbers, not {a.dtype}", name)
+            raise self._error(f"{where} must hold real numbers, not {a.dtype}", name)
         return a
 
     def jvp(self, vals: Mapping[str, Array], tangents: Mapping[str, Any]) -> dict[str, Array]:
@@ -446,9 +451,9 @@ class Model:
             hit = (d, Executor(prims, self.program.filename, self.program.source, temporaries=made_up))
             self._cache[key] = hit
         _, ex = hit
-        env = dict(vals)
+        env = {n: v if type(v) is np.ndarray else self._value(n, v) for n, v in vals.items()}
         for n, t in tangents.items():
-            t = np.asarray(t)
+            t = self._value(n, t, "tangent for")
             if t.shape != np.shape(vals[n]):
                 raise self._error(f"tangent for '{n}' has shape {t.shape}, not {np.shape(vals[n])}")
             env[self._tan.get(n)] = t
@@ -497,7 +502,7 @@ class Model:
         env = {n: np.asarray(vals[n]) for n in self.inputs + self.labels}
         env[self._grad.get(loss)] = np.ones_like(np.asarray(vals[loss]))
         for n, t in v.items():
-            env[tan_name(both, n)] = np.asarray(t)
+            env[tan_name(both, n)] = self._value(n, t, "v for")
         env = ex.run(env)
         out = {}
         for n in self.inputs:

@@ -403,9 +403,6 @@ class Executor:
                 _size_ref(sz, env, p.out, target, p.span)
                 pairs.append((p.out, target))
                 _size_affine(sz, pairs, p.span)
-        if needed - set(sz.size):  # sizes from where later statements use the result
-            self._size_from_uses(p, env, sz)
-            _size_affine(sz, pairs, p.span)
         for n in sorted(needed - set(sz.size)):
             raise IndexgradError(f"the size of index '{n}' cannot be worked out here", p.span)
         for r, a in pairs:
@@ -413,9 +410,15 @@ class Executor:
         return sz
 
     def _size_from_uses(self, p: Prim, env: dict[str, Array], sz: Sizes) -> None:
-        """Sizes of p's unsized output indices from the statements that read its result: in
-        `t[j,k] = tanh(x[j+k])`, k from `y[j] = t[j,k] w[k]` (j then gets the valid size)."""
-        uses = _shape_from_uses(self.prims, p.out.name, env)
+        """Sizes of temporary p's unsized output indices from the rest of its statement: for
+        `y[j] = tanh(x[j+k]) w[k]`, in `y.tanh[j,k] = tanh(x[j+k])` k from `y[j] = y.tanh[j,k] w[k]`
+        (j then gets the valid size). Index names are the statement's own, so the search stops at
+        the primitive that writes the statement's target."""
+        start = next(k for k, q in enumerate(self.prims) if q is p)
+        end = start
+        while end + 1 < len(self.prims) and self.prims[end].out.name in self.temporaries:
+            end += 1
+        uses = _shape_from_uses(self.prims[start : end + 1], p.out.name, env)
         for i, d in zip(p.out.indices, uses):
             if isinstance(i, Affine) and i.plain is not None and i.plain not in sz.size and d is not None:
                 sz.note(i.plain, d, f"the use of '{p.out.name}'", p.span)

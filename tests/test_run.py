@@ -313,6 +313,25 @@ def test_a_size_from_the_statement_comes_before_the_valid_size() -> None:
     assert ig.gradcheck(t, arrays).ok
 
 
+@pytest.mark.parametrize(
+    "text, arrays, message",
+    [
+        (
+            "y[j] = tanh(x[j+k]) w[k]\nloss = sum[j](y[j] t[j])",
+            {"x": 7, "w": 3, "t": 2},
+            "index 'j' has size 5 from y[j] (axis 0) but size 2 from t[j] (axis 0)",
+        ),
+        ("y[j] = x[j+k] / size[k]\nz[j] = y[j] t[j]", {"x": 7, "t": 2}, "the size of index 'j' cannot"),
+        ("y[j,k] = x[j+k]\nz[j] = y[j,k] t[k]", {"x": 7, "t": 2}, "the size of index 'j' cannot"),
+    ],
+)
+def test_a_later_statement_never_sizes_an_earlier_one(text: str, arrays: dict, message: str) -> None:
+    """Index names are local to a statement: a valid size stays valid, or it is an error."""
+    with pytest.raises(ig.IndexgradError) as info:
+        ig.compile(text).forward(**{n: np.ones(size) for n, size in arrays.items()})
+    assert info.value.message.startswith(message)
+
+
 def test_mis_shaped_seed_and_tangent() -> None:
     m = ig.compile(ERR)
     vals = m.forward(A=np.ones((3, 2)), x=np.ones(3), w=np.ones(2))
@@ -867,7 +886,9 @@ def test_reductions_over_an_empty_range() -> None:
         (None, {}, "vals must be the dict forward() returned, not NoneType"),
         ({"x": "ab", "l": 5.0}, {}, "the value of 'x' in vals must hold real numbers"),
         ("ok", {"seed": [("l", 1.0)]}, "seed must be a dict from tensor names to arrays, not list"),
-        ("ok", {"seed": {"l": 1j}}, "seed for 'l' must hold real numbers, but has dtype complex128"),
+        ("ok", {"seed": {"l": 1j}}, "seed for 'l' must hold real numbers, not complex128"),
+        ("ok", {"seed": {"l": [[1], [1, 2]]}}, "seed for 'l' is not an array"),
+        ("ok", {"seed": {"x": np.ones(3)}}, "seed names 'x', which is not a tensor the program defines"),
     ],
 )
 def test_backward_says_what_is_wrong_with_its_arguments(vals, kwargs: dict, message: str) -> None:
@@ -924,3 +945,15 @@ def test_hvp_of_index_arithmetic_against_differences_of_gradients(text: str, sha
     minus = model.backward(model.forward(**{n: a - eps * v[n] for n, a in arrays.items()}))
     for n in arrays:
         np.testing.assert_allclose(hv[n], (plus[n] - minus[n]) / (2 * eps), rtol=1e-6, atol=1e-7, err_msg=n)
+
+
+def test_jvp_hvp_and_forward_say_what_is_wrong_with_their_arguments() -> None:
+    model = ig.compile("loss = sum[i](x[i]^3)")
+    vals = model.forward(x=np.ones(3))
+    with pytest.raises(ig.IndexgradError, match="v for 'x' is not an array"):
+        model.hvp(vals, v={"x": [[1.0], [1.0, 1.0]]})
+    with pytest.raises(ig.IndexgradError, match="tangent for 'x' must hold real numbers"):
+        model.jvp(vals, {"x": np.array(["a", "b", "c"])})
+    with pytest.raises(ig.IndexgradError, match="check_finite must be True or False, not ndarray"):
+        model.forward(x=np.ones(3), check_finite=np.array([1, 0]))
+    assert model.jvp({"x": [1.0, 2.0, 3.0], "loss": 36.0}, {"x": np.ones(3)})["loss"] == 3 * (1 + 4 + 9)
