@@ -42,6 +42,7 @@ from .nodes import (
     refs_in,
     refs_in_statement,
 )
+from .shapes import axis_classes
 
 
 def derived_names(program: Program, suffix: str) -> dict[str, str]:
@@ -430,28 +431,14 @@ def _shapeless_gradients(reader: Program, reads: set[str]) -> set[str]:
     given (nor from the temporaries in `reads`, defined before it):
     in `y.sum.grad[b,k] += y.grad[b]`, k meets no array (its other uses write gradients only), so
     the printout must define y.sum. Axes are joined through index names within each statement."""
-    parent: dict[tuple, tuple] = {}
-
-    def find(x: tuple) -> tuple:
-        while parent.setdefault(x, x) != x:
-            x = parent[x]
-        return x
-
-    for k, s in enumerate(reader.statements):
-        for r in [s.target, *refs_in_statement(s)]:
-            like = sized_like(r.name)
-            for axis, i in enumerate(r.indices):
-                if isinstance(i, Affine) and i.plain is not None:
-                    parent[find(("T", r.name, axis))] = find(("I", k, i.plain))
-                if like is not None:
-                    parent[find(("T", r.name, axis))] = find(("T", like, axis))
+    uf = axis_classes([s.target, *refs_in_statement(s)] for s in reader.statements)
     given = set(reader.inputs())  # arrays the printout is run on; everything else it computes
-    sized = {find(key) for key in parent if key[0] == "T" and key[1] in given}
+    sized = {uf.find(key) for key in list(uf.parent) if key[0] == "T" and key[1] in given}
     out: set[str] = set()
     for s in reader.statements:
         base = sized_like(s.target.name)
         if base is not None and base not in reads and base not in given:
-            if any(find(("T", s.target.name, axis)) not in sized for axis in range(len(s.target.indices))):
+            if any(uf.find(("T", s.target.name, axis)) not in sized for axis in range(len(s.target.indices))):
                 out.add(base)
     return out
 

@@ -21,7 +21,7 @@ from .lower import Contract, Elementwise, Prim, Reduction, Terms, prim_refs
 from .nodes import Affine, Gather, Ref, Span, is_plain, ref_index_names
 from .plan import plan_contraction
 from .printer import format_ref
-from .shapes import valid_extent
+from .shapes import axis_classes, valid_extent
 
 Array = np.ndarray
 
@@ -684,30 +684,14 @@ def _signature(env: dict[str, Array]) -> tuple[Any, ...] | None:
 def _shape_from_uses(prims: list[Prim], name: str, env: dict[str, Array]) -> list[int | None]:
     """The sizes of `name`'s axes from the arrays they meet in any statement (by index name);
     None for an axis that meets none."""
-    parent: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-
-    def find(x: tuple[Any, ...]) -> tuple[Any, ...]:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for k, p in enumerate(prims):
-        for r in [p.out, *prim_refs(p)]:
-            like = sized_like(r.name)  # x.grad has x's shape
-            for axis, i in enumerate(r.indices):
-                if isinstance(i, Affine) and i.plain is not None:
-                    parent[find(("T", r.name, axis))] = find(("I", k, i.plain))
-                if like is not None:
-                    parent[find(("T", r.name, axis))] = find(("T", like, axis))
+    uf = axis_classes([p.out, *prim_refs(p)] for p in prims)
     size: dict[tuple[Any, ...], int] = {}
     for n, a in env.items():
         for axis, d in enumerate(np.shape(a)):
-            if ("T", n, axis) in parent:
-                size.setdefault(find(("T", n, axis)), d)
+            if ("T", n, axis) in uf.parent:
+                size.setdefault(uf.find(("T", n, axis)), d)
     rank = next((len(r.indices) for p in prims for r in [p.out, *prim_refs(p)] if r.name == name), 0)
-    return [size.get(find(("T", name, axis))) for axis in range(rank)]
+    return [size.get(uf.find(("T", name, axis))) for axis in range(rank)]
 
 
 def _releases(prims: list[Prim], keep: set[str]) -> list[list[str]]:

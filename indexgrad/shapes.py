@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from .check import sized_like
 from .errors import IndexgradError
 from .functions import FUNCTIONS
 from .nodes import Affine, Call, Expr, Gather, Program, Ref, children, refs_in
@@ -29,6 +30,21 @@ class _Classes:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[ra] = rb
+
+
+def axis_classes(groups: Iterable[Sequence[Ref]]) -> _Classes:
+    """Tensor axes ("T", name, axis) joined through the index names they share within a group (the
+    references of one statement: index names are local to it), and the axes of `x.grad` with x's."""
+    uf = _Classes()
+    for k, refs in enumerate(groups):
+        for r in refs:
+            like = sized_like(r.name)
+            for axis, i in enumerate(r.indices):
+                if isinstance(i, Affine) and i.plain is not None:
+                    uf.union(("T", r.name, axis), ("I", k, i.plain))
+                if like is not None:
+                    uf.union(("T", r.name, axis), ("T", like, axis))
+    return uf
 
 
 def parse_dims(text: str | None) -> dict[str, int]:
