@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .derive import default_loss, derive_for, derive_jvp, forward_statements, gather_form
+from .derive import default_loss, defined_loss, derive_for, derive_jvp, forward_statements, gather_form
 from .errors import IndexgradError, IndexgradWarning, render
 from .files import load_npz, refuse_overwrite, save_npz_atomic
 from .lower import lower, prim_statement
@@ -185,17 +185,6 @@ def _check_flags(a: argparse.Namespace) -> None:
         raise IndexgradError(f"--tolerance must be a positive number, got {a.tolerance}")
 
 
-def _defined_loss(p: Program, loss: str | None) -> str:
-    """The loss to check: --loss, which must be a tensor the program defines, else the last one."""
-    if loss is None:
-        return default_loss(p)
-    if loss not in p.defined():
-        raise IndexgradError(
-            f"loss '{loss}' is not defined by the program; defined tensors: " + ", ".join(p.defined())
-        )
-    return loss
-
-
 def cmd_check(a: argparse.Namespace) -> int:
     _check_flags(a)
     dims = parse_dims(a.dims)
@@ -203,7 +192,7 @@ def cmd_check(a: argparse.Namespace) -> int:
     _warn(p, "text")
     check_ranks(p)
     check_dims(p, dims)
-    loss = _defined_loss(p, a.loss)
+    loss = defined_loss(p, a.loss)
     model = Model(p)
     rng = np.random.default_rng(a.seed)
     arrays: dict[str, np.ndarray] = {}

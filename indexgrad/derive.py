@@ -156,6 +156,18 @@ def default_loss(program: Program) -> str:
     return program.statements[-1].target.name
 
 
+def defined_loss(program: Program, loss: str | None) -> str:
+    """`loss`, which must be a tensor the program defines; the last one defined when None."""
+    if loss is None:
+        return default_loss(program)
+    if loss not in program.defined():
+        raise IndexgradError(
+            f"loss '{loss}' is not defined by the program; defined tensors: "
+            + (", ".join(program.defined()) or "none")
+        )
+    return loss
+
+
 def wrt_names(wrt: str | list[str] | tuple[str, ...] | None) -> list[str] | None:
     """`wrt` as a list of names: one name, or several separated by commas, may come as a string."""
     if isinstance(wrt, str):
@@ -308,14 +320,7 @@ def _name_temporaries(names: dict[str, str], prims: list[Prim], program: Program
 def _loss_and_sources(
     program: Program, losses: list[str], wrt: list[str] | None
 ) -> tuple[list[str], set[str]]:
-    losses = losses or [default_loss(program)]
-    defined = set(program.defined())
-    for loss in losses:
-        if loss not in defined:
-            raise IndexgradError(
-                f"loss '{loss}' is not defined by the program; defined tensors: "
-                + ", ".join(program.defined())
-            )
+    losses = [defined_loss(program, loss) for loss in losses] or [default_loss(program)]
     labels = set(program.integer_inputs())
     inputs = [n for n in program.inputs() if n not in labels]
     if wrt is None:

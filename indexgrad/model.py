@@ -357,12 +357,7 @@ class Model:
         if seed is not None and loss is not None:
             raise self._error("give either loss= or seed=, not both")
         if seed is None:
-            loss = loss or self.program.statements[-1].target.name if self.program.statements else loss
-            if loss is None:
-                raise self._error("the program defines nothing to differentiate")
-            if loss not in vals:
-                raise self._error(f"'{loss}' is not among the values; run forward() first")
-            value = np.asarray(vals[loss])
+            loss, value = self._loss_value(vals, loss)
             if value.ndim != 0:
                 raise self._error(
                     f"loss '{loss}' has shape {value.shape}, not a scalar; pass "
@@ -385,9 +380,7 @@ class Model:
                 seeds[name] = g.astype(like if like.kind == "f" else np.float64, copy=False)
         wrt = wrt_names(wrt)
         wrt_t = tuple(wrt) if wrt is not None else None
-        if not self._input_set <= vals.keys():
-            missing = [n for n in self._order if n not in vals]
-            raise self._error("vals lacks input " + ", ".join(missing) + "; pass what forward() returned")
+        self._require_inputs(vals)
         env = dict(vals)
         for name, g in seeds.items():
             env[self._grad.get(name)] = g
@@ -424,6 +417,20 @@ class Model:
                     taken.add(owner)
             out[name] = g
         return out
+
+    def _loss_value(self, vals: Mapping[str, Any], loss: str | None) -> tuple[str, Array]:
+        """The loss (the last defined tensor unless named) and its value among vals."""
+        loss = loss or (self.program.statements[-1].target.name if self.program.statements else None)
+        if loss is None:
+            raise self._error("the program defines nothing to differentiate")
+        if loss not in vals:
+            raise self._error(f"'{loss}' is not among the values; run forward() first")
+        return loss, np.asarray(vals[loss])
+
+    def _require_inputs(self, vals: Mapping[str, Any]) -> None:
+        if not self._input_set <= vals.keys():
+            missing = [n for n in self._order if n not in vals]
+            raise self._error("vals lacks input " + ", ".join(missing) + "; pass what forward() returned")
 
     def _value(self, name: str, v: Any, what: str = "the value of") -> Array:
         """A value for `name` (in vals, a seed, a tangent) as an array of numbers, or a located error."""
@@ -469,19 +476,15 @@ class Model:
     ) -> dict[str, Array]:
         """Hessian-vector products by forward-over-reverse, returned like backward()."""
         v = dict(v or {})
-        loss = loss or (self.program.statements[-1].target.name if self.program.statements else None)
         for n in v:
             if n not in self.inputs:
                 raise self._error(
                     f"v names '{n}', which is not an input of the program; inputs: " + ", ".join(self.inputs)
                 )
-        missing = [n for n in self._order if n not in vals]
-        if missing:
-            raise self._error("vals lacks input " + ", ".join(missing) + "; pass what forward() returned")
-        if loss is None or loss not in vals:
-            raise self._error(f"'{loss}' is not among the values; run forward() first")
-        if np.ndim(vals[loss]) != 0:
-            raise self._error(f"loss '{loss}' has shape {np.shape(vals[loss])}, not a scalar")
+        self._require_inputs(vals)
+        loss, value = self._loss_value(vals, loss)
+        if value.ndim != 0:
+            raise self._error(f"loss '{loss}' has shape {value.shape}, not a scalar")
         key = ("hvp", loss, tuple(v))
         hit = self._cache.get(key)
         if hit is None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .derive import defined_loss
 from .errors import IndexgradError, lookup
 from .files import load_npz, save_npz_atomic
 from .lower import Contract
@@ -244,11 +245,7 @@ def evaluate(
 
 def check_loss(program: Program, loss: str) -> None:
     """Refuse a loss the program does not define, or one with indices: training needs one number."""
-    if loss not in program.defined():
-        raise IndexgradError(
-            f"loss '{loss}' is not defined by the program; defined tensors: "
-            + (", ".join(program.defined()) or "none")
-        )
+    defined_loss(program, loss)
     target = next(s.target for s in program.statements if s.target.name == loss)
     if target.indices:
         raise IndexgradError(
