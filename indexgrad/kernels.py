@@ -20,7 +20,7 @@ import numpy as np
 from .functions import FUNCTIONS, REDUCTIONS, relu
 from .lower import Contract, Elementwise, Operand, Prim, Reduction, Terms, prim_refs
 from .nodes import Num, Ref, SizeOf, is_plain, ref_index_names
-from .plan import pairwise, plan_contraction
+from .plan import matrix_layout, pairwise, plan_contraction
 
 Array = np.ndarray
 Kernel = Callable[[dict[str, Array], set[str]], None]
@@ -133,12 +133,15 @@ def kernel_for(
     env: dict[str, Array],
     dead: set[str] | None = None,
     gate: str | None = None,
+    release: tuple[str, ...] = (),
 ) -> Kernel | None:
     """A closure that computes and writes p without re-checking sizes, or None to stay generic.
 
-    `dead` names temporaries dropped after p, whose buffers p may reuse. `gate` (for a `step`
-    statement whose only reader multiplies it by that operand) asks for a boolean mask instead
-    of a float array of 0s and 1s: the product then has the same values and dtype.
+    `dead` names temporaries dropped after p, whose buffers p may reuse; the kernel itself drops
+    those in `release`. `gate` (for a `step` statement whose only reader multiplies it by that
+    operand) asks for a boolean mask instead of a float array of 0s and 1s: the product then has
+    the same values and dtype. `env` is the state p runs in, which every run for the same
+    signature repeats: a `+=` into a name it does not hold yet is built as a plain write.
     """
     if not all(is_plain(r) for r in [p.out, *prim_refs(p)]):
         return None
@@ -151,7 +154,8 @@ def kernel_for(
     fresh = fresh and len(shape) > 0
     small = 0 < len(shape) and math.prod(shape) <= 4096
     reads = tuple({r.name for r in prim_refs(p)})
-    return _runner(compute, p.out.name, reads, shape, fresh, small, p.op == "+=")
+    accumulate = p.op == "+=" and p.out.name in env
+    return _runner(compute, p.out.name, reads, shape, fresh, small, accumulate, release)
 
 
 def _runner(
@@ -162,30 +166,46 @@ def _runner(
     fresh: bool,
     small: bool,
     accumulate: bool,
+    release: tuple[str, ...],
 ) -> Kernel:
-    """The kernel: compute, then write (or add) the result under `name`, the common case first.
+    """The kernel: compute, write (or add) the result under `name`, then drop `release`.
 
     When the result may be an operand's buffer (not `fresh`), no name that holds it is owned."""
-    if fresh:
+    ndarray = np.ndarray
+    if accumulate:
 
         def run(env: dict[str, Array], owned: set[str]) -> None:
             r = compute(env, owned)
-            if type(r) is np.ndarray and r.shape == shape and (not accumulate or name not in env):
+            if not fresh:
+                owned.difference_update(reads)
+            _write(r, env, owned, name, shape, fresh, small, True)
+            for n in release:
+                del env[n]
+
+    elif fresh:
+
+        def run(env: dict[str, Array], owned: set[str]) -> None:
+            r = compute(env, owned)
+            if type(r) is ndarray and r.shape == shape:
                 env[name] = r
                 owned.add(name)
             else:
-                _write(r, env, owned, name, shape, fresh, small, accumulate)
+                _write(r, env, owned, name, shape, fresh, small, False)
+            for n in release:
+                del env[n]
 
     else:
 
         def run(env: dict[str, Array], owned: set[str]) -> None:
             r = compute(env, owned)
             owned.difference_update(reads)
-            if type(r) is np.ndarray and r.shape == shape and (not accumulate or name not in env):
+            if type(r) is ndarray and r.shape == shape:
                 env[name] = r
                 owned.discard(name)
             else:
-                _write(r, env, owned, name, shape, fresh, small, accumulate)
+                _write(r, env, owned, name, shape, fresh, small, False)
+            for n in release:
+                del env[n]
 
     return run
 
@@ -250,12 +270,19 @@ def _compute_kernel(
         return _terms_kernel(p, sizes, env, out, shape, dead)
     assert isinstance(p, Reduction)
     full = out + tuple(p.indices)
+    red = _FAST_REDUCTIONS.get(p.reducer, REDUCTIONS[p.reducer])
+    if p.reducer == "logsumexp":
+        red = _logsumexp_to(shape)
     return _reduce_body(
-        _FAST_REDUCTIONS.get(p.reducer, REDUCTIONS[p.reducer]),
+        red,
         p.arg.name,
         aligner(ref_index_names(p.arg), full, sizes),
         tuple(range(len(out), len(full))),
     ), True
+
+
+def _logsumexp_to(shape: tuple[int, ...]) -> Callable[[Array, tuple[int, ...]], Array]:
+    return lambda x, axes: _logsumexp(x, axes, shape)
 
 
 def _reduce_body(red: Callable[[Array, tuple[int, ...]], Array], arg: str, align: Any, axes: Any) -> Compute:
@@ -301,7 +328,11 @@ def _contract_kernel(
         scale = _scale_kernel(ops, env, out, shape, dead, coef) if kept == out else None
         if scale is not None:
             return scale, False  # it may hand back its operand itself: never updated in place
-        body = _pair_body(pairwise(nm0, nm1, kept, env[n0].shape, env[n1].shape), n0, k0, n1, k1)
+        layout = matrix_layout(nm0, nm1, kept) if k0 == k1 == 1 else None
+        if layout is not None:
+            body = _matmul_body(n0, n1, *layout)
+        else:
+            body = _pair_body(pairwise(nm0, nm1, kept, env[n0].shape, env[n1].shape), n0, k0, n1, k1)
     else:
         plan = plan_contraction([nm for _, nm, _ in ops], kept, [env[n].shape for n, _, _ in ops])
         body = _expression_body(plan.expression, ops)
@@ -331,6 +362,19 @@ def _sum_body(n0: str, k0: float, align0: Callable[[Array], Array], axes: tuple[
         return align0(np.add.reduce(a, axis=axes) if axes else a)
 
     return body
+
+
+def _matmul_body(n0: str, n1: str, swap: bool, ta: bool, tb: bool) -> Compute:
+    """One np.matmul of two operands or their transposed views (plan.matrix_layout's layout)."""
+    x, y = (n1, n0) if swap else (n0, n1)
+    mm = np.matmul
+    if ta and tb:
+        return lambda env, owned: mm(env[x].T, env[y].T)
+    if ta:
+        return lambda env, owned: mm(env[x].T, env[y])
+    if tb:
+        return lambda env, owned: mm(env[x], env[y].T)
+    return lambda env, owned: mm(env[x], env[y])
 
 
 def _pair_body(pw: Callable[[Array, Array], Array], n0: str, k0: float, n1: str, k1: float) -> Compute:
@@ -502,6 +546,8 @@ def _mean(x: Array, axes: tuple[int, ...]) -> Array:
     """np.mean's own steps (sum, then true division by the count as np.intp) without its wrappers."""
     if x.dtype.kind != "f" or x.dtype.itemsize < 4:
         return np.mean(x, axis=axes)  # integers and float16 take numpy's other paths
+    if len(axes) == x.ndim and x.size and x.dtype.itemsize <= 8:  # the sum over the count in float64
+        return np.array(float(np.add.reduce(x, axis=axes)) / x.size, x.dtype)
     count = np.intp(math.prod([x.shape[a] for a in axes]))
     whole = len(axes) == x.ndim  # a 0-d array, not a numpy scalar: the same value
     s = np.add.reduce(x, axis=axes, keepdims=whole)
@@ -509,17 +555,20 @@ def _mean(x: Array, axes: tuple[int, ...]) -> Array:
     return s.reshape(()) if whole else s
 
 
-def _logsumexp(x: Array, axes: tuple[int, ...]) -> Array:
+def _logsumexp(x: Array, axes: tuple[int, ...], shape: tuple[int, ...] | None = None) -> Array:
     """functions._logsumexp's ufunc calls, in its order, without numpy's Python wrappers.
 
     When every maximum is finite, the maxima are used as they are and nothing can divide by
-    zero, so that case skips the masking and the error-state switch.
+    zero, so that case skips the masking and the error-state switch. `shape`, the result's,
+    is worked out when not given.
     """
-    if any(x.shape[a] == 0 for a in axes):  # log of an empty sum
-        return np.full([d for k, d in enumerate(x.shape) if k not in axes], -np.inf, x.dtype)
+    if shape is None:
+        shape = tuple(d for k, d in enumerate(x.shape) if k not in axes)
+    if not x.size:  # log of an empty sum (or nothing to compute)
+        return np.full(shape, -np.inf, x.dtype)
     m = np.maximum.reduce(x, axis=axes, keepdims=True)
-    shape = [d for k, d in enumerate(m.shape) if k not in axes]
-    if x.dtype.kind != "f" or not np.logical_and.reduce(np.isfinite(m), axis=None):
+    # a sum of the maxima is finite when all are (and when one overflows, the general case is right)
+    if x.dtype.kind != "f" or not math.isfinite(np.add.reduce(m, axis=None)):
         m = np.where(np.isfinite(m), m, 0)
         with np.errstate(divide="ignore"):
             return (np.log(np.add.reduce(np.exp(x - m), axis=axes, keepdims=True)) + m).reshape(shape)

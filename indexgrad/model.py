@@ -121,6 +121,7 @@ class Model:
         self._input_set = set(self.inputs) | set(self.labels)
         self._order = self.inputs + self.labels
         self._kinds = [(n, "iu" if n in self.labels else "f") for n in self._order]
+        self._plain: set[tuple[Any, ...]] = set()  # input signatures whose dtypes were checked
         self._shape_sources = {base for n in self.program.defined() if (base := sized_like(n)) is not None}
 
     def _keep(self, prims: list[Prim]) -> tuple[set[str], dict[str, str]]:
@@ -172,17 +173,25 @@ class Model:
     def _plain_inputs(self, arrays: Mapping[str, Any]) -> tuple[dict[str, Array], tuple[Any, ...]] | None:
         """The common case, checked cheaply: exactly the inputs, as arrays of the right kinds.
         Returns them in order, with their signature; None sends the call to `_inputs`."""
-        if len(arrays) != len(self._order):
+        order = self._order
+        if len(arrays) != len(order):
             return None
-        env = {}
-        sig = []
-        for n, kinds in self._kinds:
-            a = arrays.get(n)
-            if type(a) is not np.ndarray or a.dtype.kind not in kinds:
-                return None
-            env[n] = a
-            sig.append((n, a.shape, a.dtype))
-        return env, tuple(sig)
+        try:
+            env = {n: arrays[n] for n in order}
+        except KeyError:
+            return None
+        ndarray = np.ndarray
+        sig = tuple([(n, a.shape, a.dtype) for n, a in env.items() if type(a) is ndarray])
+        if len(sig) != len(order) or sig not in self._plain and not self._right_kinds(sig):
+            return None
+        return env, sig
+
+    def _right_kinds(self, sig: tuple[Any, ...]) -> bool:
+        """Whether a signature's dtypes are those of the inputs (remembered once true)."""
+        if any(dtype.kind not in kinds for (_, _, dtype), (_, kinds) in zip(sig, self._kinds)):
+            return False
+        self._plain.add(sig)
+        return True
 
     def _inputs(self, arrays: Mapping[str, Any], allow_extra: bool = False) -> dict[str, Array]:
         plain = self._plain_inputs(arrays)

@@ -162,11 +162,12 @@ def pairwise(
     return matmul_t
 
 
-def _matrix_product(
+def matrix_layout(
     a_names: tuple[str, ...], b_names: tuple[str, ...], out: tuple[str, ...]
-) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
-    """`out[l,r] = a b` for two matrices that share one summed index: one np.matmul of the
-    operands or their transposed views, the operand holding l first."""
+) -> tuple[bool, bool, bool] | None:
+    """For `out[l,r] = a b` of two matrices that share one summed index: (operands swapped, first
+    transposed, second transposed) of the one np.matmul that computes it, the operand holding l
+    first; None for any other contraction."""
     if not len(a_names) == len(b_names) == len(out) == 2 or len(set(out)) != 2:
         return None
     shared = set(a_names) & set(b_names)
@@ -182,7 +183,14 @@ def _matrix_product(
         swap, x_names, y_names = True, b_names, a_names
     else:
         return None
-    return _MATMULS[swap, x_names == (k, left), y_names == (right, k)]
+    return swap, x_names == (k, left), y_names == (right, k)
+
+
+def _matrix_product(
+    a_names: tuple[str, ...], b_names: tuple[str, ...], out: tuple[str, ...]
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    layout = matrix_layout(a_names, b_names, out)
+    return None if layout is None else _MATMULS[layout]
 
 
 # (operands swapped, first transposed, second transposed) -> the product

@@ -302,6 +302,7 @@ class Executor:
     ) -> None:
         """`temporaries` are the names lowering made up: a size error traces them to what the user wrote."""
         self._kernels: dict[Any, list[tuple[Kernel | None, Prim, list[str]]]] = {}
+        self._fast: dict[Any, list[Kernel]] = {}  # per signature: what a planned run calls
         self.temporaries = temporaries or set()
         self._limit: int | None = None
         self.prims = prims
@@ -330,29 +331,38 @@ class Executor:
             key = None
         elif key is None:
             key = _signature(env)
-        steps = self._kernels.get(key) if key is not None else None
-        if steps is not None:
-            for k, p, dead in steps:
-                if k is not None:
-                    k(env, owned)
-                else:
-                    self._guarded(p, env, owned, False, {}, set())
-                if dead:
-                    for n in dead:
-                        del env[n]
+        fast = self._fast.get(key) if key is not None else None
+        if fast is not None:
+            for kernel in fast:
+                kernel(env, owned)
             return env
         built: list[Kernel | None] = []
         self._limit = memory_limit()
         gates = self._gates
         with gc_paused() if key is not None else contextlib.nullcontext():  # planning, not every call
             for k, (p, dead) in enumerate(zip(self.prims, self.release)):
-                gate = gates.get(k)
-                built.append(self._guarded(p, env, owned, check_finite, dims or {}, set(dead), gate))
+                release = tuple(dead) if key is not None else ()  # a kept kernel drops them itself
+                built.append(
+                    self._guarded(p, env, owned, check_finite, dims or {}, set(dead), gates.get(k), release)
+                )
                 for n in dead:
-                    del env[n]
+                    env.pop(n, None)
         if key is not None:
-            self._kernels[key] = list(zip(built, self.prims, self.release))
+            self._kernels[key] = steps = list(zip(built, self.prims, self.release))
+            self._fast[key] = self.compose(steps)
         return env
+
+    def compose(self, steps: list[tuple[Kernel | None, Prim, list[str]]]) -> list[Kernel]:
+        """The kernels a planned run calls in order; a statement without one runs generically."""
+        return [k if k is not None else self._generic(p, tuple(dead)) for k, p, dead in steps]
+
+    def _generic(self, p: Prim, release: tuple[str, ...]) -> Kernel:
+        def run(env: dict[str, Array], owned: set[str]) -> None:
+            self._guarded(p, env, owned, False, {}, set())
+            for n in release:
+                del env[n]
+
+        return run
 
     def _guarded(
         self,
@@ -363,9 +373,10 @@ class Executor:
         dims: dict[str, int],
         dead: set[str],
         gate: str | None = None,
+        release: tuple[str, ...] = (),
     ) -> Kernel | None:
         try:
-            return self.step(p, env, owned, check_finite, dims, dead, gate)
+            return self.step(p, env, owned, check_finite, dims, dead, gate, release)
         except IndexgradError as e:
             if e.span is None:
                 e.span = p.span if p.span.line else None
@@ -499,11 +510,13 @@ class Executor:
         dims: dict[str, int],
         dead: set[str],
         gate: str | None = None,
+        release: tuple[str, ...] = (),
     ) -> Kernel | None:
         """Check sizes and memory, then run p by its planned kernel (returned) or generically.
 
         The first call runs the same kernel later calls reuse, so repeated calls agree bit for bit.
-        `gate` names the other factor of the product that is the only reader of this `step`.
+        `gate` names the other factor of the product that is the only reader of this `step`;
+        `release` names what the returned kernel drops from env after writing.
         """
         sizes = self.sizes(p, env, dims).size
         if isinstance(p, Reduction) and p.reducer in ("max", "min"):
@@ -513,7 +526,7 @@ class Executor:
         self.guard_memory(p, env, sizes)
         if gate is not None and not _gate_fits(p, env, gate):
             gate = None
-        kernel = kernel_for(p, sizes, env, dead, gate)
+        kernel = kernel_for(p, sizes, env, dead, gate, release)
         if kernel is not None:
             kernel(env, owned)
         else:

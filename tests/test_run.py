@@ -776,6 +776,43 @@ def test_relu_is_numpys_maximum_with_zero_bit_for_bit(dtype, shape) -> None:
     assert np.array_equal(x, np.resize(special, shape), equal_nan=True)  # the input is untouched
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.longdouble])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (64, 10), (3, 300)])
+@pytest.mark.parametrize("special", [None, np.inf, -np.inf, np.nan])
+def test_planned_mean_and_logsumexp_give_the_reference_values_bit_for_bit(dtype, shape, special) -> None:
+    """The planned kernels' leaner mean and logsumexp against np.mean and functions.REDUCTIONS."""
+    from indexgrad.functions import REDUCTIONS
+
+    x = (rng(4).standard_normal(shape) * 30).astype(dtype)
+    if special is not None:
+        x[0, -1] = special
+    model = ig.compile("m = mean[i,j](x[i,j])\nr[j] = mean[i](x[i,j])\nl[i] = logsumexp[j](x[i,j])")
+    with np.errstate(all="ignore"):
+        want = {"m": np.mean(x), "r": np.mean(x, axis=0), "l": REDUCTIONS["logsumexp"](x, (1,))}
+        for _ in range(2):  # the planning call and a planned one
+            vals = model.forward(x=x)
+            for name, w in want.items():
+                got = vals[name]
+                assert got.dtype == np.asarray(w).dtype and got.shape == np.shape(w), name
+                if x.dtype.itemsize <= 8:  # a long double's padding bytes are not its value
+                    assert np.asarray(got).tobytes() == np.asarray(w).tobytes(), name
+                assert np.array_equal(got, w, equal_nan=True), name
+
+
+def test_accumulating_into_a_name_first_written_by_the_accumulation() -> None:
+    """`+=` into a name nothing wrote yet is a plain write, planned as one; into a defined name, an add."""
+    x, w = rng(5).standard_normal((4, 3)), rng(6).standard_normal(3)
+    model = ig.compile("t[i,j] += x[i,j] w[j]\nt[i,j] += x[i,j]\ny[i] = sum[j](t[i,j])\ny[i] += 1")
+    want_t = x * w + x
+    for _ in range(3):
+        vals = model.forward(x=x, w=w)
+        np.testing.assert_array_equal(vals["t"], want_t)
+        np.testing.assert_array_equal(vals["y"], want_t.sum(axis=1) + 1)
+    assert ig.compile("t[i,j] += x[i,j] w[j]").forward(x=x, w=w, check_finite=True)["t"].tobytes() == (
+        x * w
+    ).tobytes()
+
+
 # ---- index arithmetic read inside a function: the valid size from the rest of the statement ----
 
 def _correlate(f, step: int = 1):
