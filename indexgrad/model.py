@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -121,7 +122,6 @@ class Model:
         self._input_set = set(self.inputs) | set(self.labels)
         self._order = self.inputs + self.labels
         self._kinds = [(n, "iu" if n in self.labels else "f") for n in self._order]
-        self._plain: set[tuple[Any, ...]] = set()  # input signatures whose dtypes were checked
         self._shape_sources = {base for n in self.program.defined() if (base := sized_like(n)) is not None}
 
     def _keep(self, prims: list[Prim]) -> tuple[set[str], dict[str, str]]:
@@ -171,8 +171,9 @@ class Model:
         return IndexgradError(msg, span, self.program.filename, self.program.source)
 
     def _plain_inputs(self, arrays: Mapping[str, Any]) -> tuple[dict[str, Array], tuple[Any, ...]] | None:
-        """The common case, checked cheaply: exactly the inputs, as arrays of the right kinds.
-        Returns them in order, with their signature; None sends the call to `_inputs`."""
+        """The common case, checked cheaply: exactly the inputs, as numpy arrays (their dtypes are
+        checked by `_right_kinds`). Returns them in order, with their signature; None sends the
+        call to `_inputs`."""
         order = self._order
         if len(arrays) != len(order):
             return None
@@ -182,20 +183,15 @@ class Model:
             return None
         ndarray = np.ndarray
         sig = tuple([(n, a.shape, a.dtype) for n, a in env.items() if type(a) is ndarray])
-        if len(sig) != len(order) or sig not in self._plain and not self._right_kinds(sig):
-            return None
-        return env, sig
+        return (env, sig) if len(sig) == len(order) else None
 
     def _right_kinds(self, sig: tuple[Any, ...]) -> bool:
-        """Whether a signature's dtypes are those of the inputs (remembered once true)."""
-        if any(dtype.kind not in kinds for (_, _, dtype), (_, kinds) in zip(sig, self._kinds)):
-            return False
-        self._plain.add(sig)
-        return True
+        """Whether a signature's dtypes are those of the inputs: floats, and integer labels."""
+        return all(dtype.kind in kinds for (_, _, dtype), (_, kinds) in zip(sig, self._kinds))
 
     def _inputs(self, arrays: Mapping[str, Any], allow_extra: bool = False) -> dict[str, Array]:
         plain = self._plain_inputs(arrays)
-        if plain is not None:
+        if plain is not None and self._right_kinds(plain[1]):
             return plain[0]
         env = {}
         known = set(self.inputs) | set(self.labels)
@@ -250,12 +246,16 @@ class Model:
                 raise self._error(f"check_finite must be True or False, not {type(check_finite).__name__}")
             check_finite = bool(check_finite)
         plain = self._plain_inputs(arrays)
-        if plain is not None:
+        ex = None
+        if plain is not None:  # the planned executor of inputs already checked, by one lookup
             env, key = plain
-        else:
+            ex = self._cache.get(("plain", key))
+            if ex is None and self._right_kinds(key):
+                ex = self._cache["plain", key] = self._execution(env, key, True)[1]
+        if ex is None:
             env = self._inputs(arrays)
             key = _signature(env)
-        program, ex = self._execution(env, key, len(env) == len(self._order))
+            ex = self._execution(env, key, len(env) == len(self._order))[1]
         if check_finite:  # the first NaN or Inf becomes a located error, not numpy's warnings
             with np.errstate(all="ignore"):
                 return ex.run(env, check_finite=True, key=key)
@@ -359,7 +359,7 @@ class Model:
         seed: Mapping[str, Any] | None = None,
     ) -> dict[str, Array]:
         """Gradients of a scalar loss, or the vector-Jacobian product with `seed`, per input."""
-        if not isinstance(vals, Mapping):
+        if type(vals) is not dict and not isinstance(vals, Mapping):
             raise self._error(f"vals must be the dict forward() returned, not {type(vals).__name__}")
         if seed is not None and not isinstance(seed, Mapping):
             raise self._error(f"seed must be a dict from tensor names to arrays, not {type(seed).__name__}")
@@ -372,7 +372,7 @@ class Model:
                     f"loss '{loss}' has shape {value.shape}, not a scalar; pass "
                     f"seed={{'{loss}': ...}} for a vector-Jacobian product"
                 )
-            seeds = {loss: np.array(1, value.dtype)}
+            seeds = {loss: _one(value.dtype)}
         else:
             seeds = {}
             for name, g in seed.items():
@@ -521,6 +521,14 @@ class Model:
             t = env.get(tan_name(both, self._grad.get(n)))
             out[n] = np.zeros_like(np.asarray(vals[n])) if t is None else t
         return out
+
+
+@functools.cache
+def _one(dtype: np.dtype) -> Array:
+    """The seed 1 of a scalar loss of this dtype: one read-only array, shared by every call."""
+    one = np.array(1, dtype)
+    one.setflags(write=False)
+    return one
 
 
 def _made_up(prims: list[Prim], *programs: Program) -> set[str]:
