@@ -319,7 +319,12 @@ def _contract_kernel(
         axes = tuple(i for i, n in enumerate(nm0) if n not in kept)
         align0 = aligner(tuple(n for n in nm0 if n in kept), kept, sizes)
         fresh = bool(axes) or k0 != 1 or coef != 1
-        body = _copy_body(n0, align0) if not axes and k0 == 1 else _sum_body(n0, k0, align0, axes)
+        if not axes and k0 == 1:
+            body = _copy_body(n0, align0)
+        elif k0 == 1 and align0 is _same and (ones := _ones_sum_body(n0, axes, env[n0])) is not None:
+            body = ones  # a bias gradient: one BLAS product with a vector of ones
+        else:
+            body = _sum_body(n0, k0, align0, axes)
     elif len(ops) == 2:
         (n0, nm0, k0), (n1, nm1, k1) = ops
         product = _product_kernel(ops, sizes, env, out, shape, dead, coef) if kept == out else None
@@ -351,6 +356,29 @@ def _dot_body(n0: str) -> Compute:
 
 def _copy_body(n0: str, align0: Callable[[Array], Array]) -> Compute:
     return lambda env, owned: align0(env[n0])
+
+
+def _ones_sum_body(n0: str, axes: tuple[int, ...], a: Array) -> Compute | None:
+    """A sum over the leading (or trailing) axes of a float32/float64 array as a matrix-vector
+    product with ones, which BLAS runs about twice as fast as np.add.reduce (a bias gradient)."""
+    shape, nd = a.shape, a.ndim
+    if a.dtype not in (np.float32, np.float64) or nd < 2 or len(axes) >= nd or 0 in shape:
+        return None
+    k = len(axes)
+    mm = np.matmul
+    if axes == tuple(range(k)):  # leading axes: ones @ a
+        ones = np.ones(math.prod(shape[:k]), a.dtype)
+        if nd == 2:
+            return lambda env, owned: mm(ones, env[n0])
+        rows, rest = len(ones), shape[k:]
+        return lambda env, owned: mm(ones, env[n0].reshape(rows, -1)).reshape(rest)
+    if axes == tuple(range(nd - k, nd)):  # trailing axes: a @ ones
+        ones = np.ones(math.prod(shape[nd - k :]), a.dtype)
+        if nd == 2:
+            return lambda env, owned: mm(env[n0], ones)
+        cols, lead = len(ones), shape[: nd - k]
+        return lambda env, owned: mm(env[n0].reshape(-1, cols), ones).reshape(lead)
+    return None
 
 
 def _sum_body(n0: str, k0: float, align0: Callable[[Array], Array], axes: tuple[int, ...]) -> Compute:

@@ -799,6 +799,37 @@ def test_planned_mean_and_logsumexp_give_the_reference_values_bit_for_bit(dtype,
                 assert np.array_equal(got, w, equal_nan=True), name
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize(
+    "text, axes",
+    [
+        ("y[j] = x[b,j]", (0,)),
+        ("y[b] = x[b,j]", (1,)),
+        ("y[k] = x[a,b,k]", (0, 1)),
+        ("y[a] = x[a,b,k]", (1, 2)),
+        ("y[a,k] = x[a,b,k]", (1,)),
+        ("y[k,a] = x[a,b,k]", (1,)),
+    ],
+)
+def test_sums_over_leading_or_trailing_axes_match_numpy(text: str, axes, dtype) -> None:
+    """Plain sums (bias gradients) run as a product with ones; values, NaN and Inf as np.sum's."""
+    shape = (6, 5) if text.count(",") == 1 else (4, 3, 5)
+    x = rng(7).standard_normal(shape).astype(dtype)
+    for a in (x, np.asfortranarray(x)):  # contiguous and not
+        want = np.sum(a, axis=axes)
+        if text.startswith("y[k,a]"):
+            want = want.T
+        got = ig.compile(text).forward(x=a)["y"]
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-2 if dtype == np.float16 else 1e-6, atol=1e-6)
+    bad = x.copy()
+    bad.flat[0], bad.flat[-1] = np.nan, np.inf
+    got = ig.compile(text).forward(x=bad)["y"]
+    want = np.sum(bad, axis=axes)
+    assert np.array_equal(np.isnan(got), np.isnan(want.T if text.startswith("y[k,a]") else want))
+    assert np.array_equal(np.isinf(got), np.isinf(want.T if text.startswith("y[k,a]") else want))
+
+
 def test_accumulating_into_a_name_first_written_by_the_accumulation() -> None:
     """`+=` into a name nothing wrote yet is a plain write, planned as one; into a defined name, an add."""
     x, w = rng(5).standard_normal((4, 3)), rng(6).standard_normal(3)
