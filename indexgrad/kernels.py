@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -153,9 +154,108 @@ def kernel_for(
     compute, fresh = built
     fresh = fresh and len(shape) > 0
     small = 0 < len(shape) and math.prod(shape) <= 4096
-    reads = tuple({r.name for r in prim_refs(p)})
+    operands = tuple(r.name for r in prim_refs(p))
     accumulate = p.op == "+=" and p.out.name in env
-    return _runner(compute, p.out.name, reads, shape, fresh, small, accumulate, release)
+    run = _runner(compute, p.out.name, tuple(set(operands)), shape, fresh, small, accumulate, release)
+    in_place = getattr(compute, "in_place", None)
+    run.parts = Parts(compute, p.out.name, operands, shape, fresh, small, accumulate, release, in_place)  # type: ignore[attr-defined]
+    return run
+
+
+@dataclass(frozen=True)
+class InPlace:
+    """How a kernel computes its result in the buffer of an operand that dies at it (`donor`):
+    `step(buffer, env)`, for a buffer this run owns that holds the donor's value."""
+
+    donor: str
+    step: Callable[[Array, dict[str, Array]], Array]
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What a kernel is made of, for `fuse_chains`."""
+
+    compute: Compute
+    name: str
+    operands: tuple[str, ...]
+    shape: tuple[int, ...]
+    fresh: bool
+    small: bool
+    accumulate: bool
+    release: tuple[str, ...]
+    in_place: InPlace | None
+
+
+def _continues(compute: Compute, donor: str, step: Callable[[Array, dict[str, Array]], Array]) -> Compute:
+    compute.in_place = InPlace(donor, step)  # type: ignore[attr-defined]
+    return compute
+
+
+def fuse_chains(kernels: list[Kernel]) -> list[Kernel]:
+    """Kernels with each chain of statements that pass a fresh buffer along (`h.prod = x W`,
+    `h.sum = h.prod + B` into h.prod's buffer, `h = relu(h.sum)` into it again) made one kernel:
+    the same numpy calls on the same buffer, without writing, owning and dropping the temporaries
+    in between. Values are those of the kernels one by one."""
+    out: list[Kernel] = []
+    i = 0
+    while i < len(kernels):
+        first: Parts | None = getattr(kernels[i], "parts", None)
+        links: list[Parts] = []
+        if first is not None and first.fresh and not first.accumulate:
+            prev = first
+            for k in kernels[i + 1 :]:
+                q: Parts | None = getattr(k, "parts", None)
+                if (
+                    q is None
+                    or q.in_place is None
+                    or q.in_place.donor != prev.name
+                    or q.operands.count(prev.name) != 1
+                    or prev.name not in q.release
+                    or prev.name in prev.release
+                    or q.name == prev.name
+                    or q.shape != first.shape
+                ):
+                    break
+                links.append(q)
+                prev = q
+        if links:
+            out.append(_chain(first, links, kernels[i : i + 1 + len(links)]))  # type: ignore[arg-type]
+        else:
+            out.append(kernels[i])
+        i += 1 + len(links)
+    return out
+
+
+def _chain(first: Parts, links: list[Parts], one_by_one: list[Kernel]) -> Kernel:
+    compute0, name0, shape = first.compute, first.name, first.shape
+    steps = tuple(q.in_place.step for q in links)  # type: ignore[union-attr]
+    last = links[-1]
+    name, small, accumulate = last.name, last.small, last.accumulate
+    passed = {first.name, *(q.name for q in links[:-1])}
+    release = tuple(dict.fromkeys(n for q in (first, *links) for n in q.release if n not in passed))
+    rest = one_by_one[1:]
+    ndarray = np.ndarray
+
+    def run(env: dict[str, Array], owned: set[str]) -> None:
+        a = compute0(env, owned)
+        if type(a) is not ndarray or a.shape != shape:  # not a buffer of the full shape: one by one
+            _write(a, env, owned, name0, shape, True, first.small, False)
+            for n in first.release:
+                del env[n]
+            for k in rest:
+                k(env, owned)
+            return
+        for step in steps:
+            a = step(a, env)
+        if accumulate:
+            _write(a, env, owned, name, shape, True, small, True)
+        else:
+            env[name] = a
+            owned.add(name)
+        for n in release:
+            del env[n]
+
+    return run
 
 
 def _runner(
@@ -464,7 +564,7 @@ def _unary_into_body(fn: Any, into: Callable[[Array], Array], n0: str, shape: tu
             return into(a)  # overwrite the dying argument's buffer
         return fn(a)
 
-    return unary
+    return _continues(unary, n0, lambda a, env: into(a) if a.dtype.kind == "f" else fn(a))
 
 
 def _unary_body(fn: Any, n0: str, align0: Callable[[Array], Array]) -> Compute:
@@ -548,7 +648,7 @@ def _terms_body(
                 total = total + g(env) * c
         return total
 
-    return terms
+    return terms if donor is None else _continues(terms, donor, add_into)
 
 
 def _two_terms_body(
@@ -567,7 +667,7 @@ def _two_terms_body(
             return op(a, second(env), out=a)
         return op(first(env), second(env))
 
-    return two
+    return _continues(two, donor, lambda a, env: op(a, second(env), out=a))
 
 
 def _mean(x: Array, axes: tuple[int, ...]) -> Array:
@@ -650,7 +750,7 @@ def _product_kernel(
             return np.multiply(a, align_other(env[other]), out=a)
         return np.multiply(align0(env[n0]), align1(env[n1]))
 
-    return body
+    return _continues(body, donor, lambda a, env: np.multiply(a, align_other(env[other]), out=a))
 
 
 def _scale_kernel(
@@ -685,7 +785,15 @@ def _scale_kernel(
             return np.multiply(t, factor, out=t)
         return np.multiply(t, factor)
 
-    return body
+    if not dies:
+        return body
+
+    def scale_into(t: Array, env: dict[str, Array]) -> Array:
+        s = env[s_name]
+        factor = s * coef if coef != 1 else s
+        return t if factor == 1 else np.multiply(t, factor, out=t)
+
+    return _continues(body, t_name, scale_into)
 
 
 def _getter(name: str, align: Callable[[Array], Array]) -> Callable[[dict[str, Array]], Array]:

@@ -16,7 +16,7 @@ from .check import sized_like
 from .errors import IndexgradError
 from .functions import FUNCTIONS, REDUCTIONS
 from .gcpause import gc_paused
-from .kernels import Kernel, aligner, kernel_for, operand_value, power, raised
+from .kernels import Kernel, aligner, fuse_chains, kernel_for, operand_value, power, raised
 from .lower import Contract, Elementwise, Prim, Reduction, Terms, prim_refs
 from .nodes import Affine, Gather, Ref, Span, is_plain, ref_index_names
 from .plan import plan_contraction
@@ -354,7 +354,7 @@ class Executor:
 
     def compose(self, steps: list[tuple[Kernel | None, Prim, list[str]]]) -> list[Kernel]:
         """The kernels a planned run calls in order; a statement without one runs generically."""
-        return [k if k is not None else self._generic(p, tuple(dead)) for k, p, dead in steps]
+        return fuse_chains([k if k is not None else self._generic(p, tuple(dead)) for k, p, dead in steps])
 
     def _generic(self, p: Prim, release: tuple[str, ...]) -> Kernel:
         def run(env: dict[str, Array], owned: set[str]) -> None:

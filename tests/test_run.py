@@ -830,6 +830,52 @@ def test_sums_over_leading_or_trailing_axes_match_numpy(text: str, axes, dtype) 
     assert np.array_equal(np.isinf(got), np.isinf(want.T if text.startswith("y[k,a]") else want))
 
 
+def _kernel(compute, name, operands, shape, release=(), accumulate=False, in_place=None):
+    from indexgrad.kernels import Parts, _runner
+
+    run = _runner(compute, name, tuple(set(operands)), shape, True, True, accumulate, release)
+    run.parts = Parts(compute, name, operands, shape, True, True, accumulate, release, in_place)
+    return run
+
+
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_a_chain_of_kernels_passing_one_buffer_along_runs_as_one(broadcast: bool) -> None:
+    """t1 = 2x; t2 = t1 + b (in t1's buffer); y += exp(t2) (in t2's): one kernel, the same values
+    and the same names left behind as the three one by one, also when the first result is not
+    of the full shape (then they do run one by one)."""
+    from indexgrad.kernels import InPlace, fuse_chains
+
+    x, b = rng(8).standard_normal((3, 4)), rng(9).standard_normal((3, 4))
+    first = (lambda env, owned: 2 * env["x"][:, :1]) if broadcast else (lambda env, owned: 2 * env["x"])
+
+    def add_b(env, owned):
+        return env["t1"] + env["b"]
+
+    def exp_t2(env, owned):
+        return np.exp(env["t2"])
+
+    add_into = InPlace("t1", lambda a, env: np.add(a, env["b"], out=a))
+    exp_into = InPlace("t2", lambda a, env: np.exp(a, out=a))
+    kernels = [
+        _kernel(first, "t1", ("x",), (3, 4)),
+        _kernel(add_b, "t2", ("t1", "b"), (3, 4), ("t1",), in_place=add_into),
+        _kernel(exp_t2, "y", ("t2",), (3, 4), ("t2",), accumulate=True, in_place=exp_into),
+    ]
+    fused = fuse_chains(kernels)
+    assert len(fused) == 1
+    results = []
+    for run in (kernels, fused):
+        env, owned = {"x": x, "b": b, "y": np.ones((3, 4))}, {"y"}
+        for k in run:
+            k(env, owned)
+        results.append(env)
+    one_by_one, together = results
+    assert sorted(together) == sorted(one_by_one) == ["b", "x", "y"]
+    assert together["y"].tobytes() == one_by_one["y"].tobytes()
+    np.testing.assert_allclose(together["y"], 1 + np.exp(2 * (x[:, :1] if broadcast else x) + b))
+    assert np.array_equal(x, rng(8).standard_normal((3, 4)))  # operands untouched
+
+
 def test_accumulating_into_a_name_first_written_by_the_accumulation() -> None:
     """`+=` into a name nothing wrote yet is a plain write, planned as one; into a defined name, an add."""
     x, w = rng(5).standard_normal((4, 3)), rng(6).standard_normal(3)
