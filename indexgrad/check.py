@@ -313,7 +313,7 @@ class _Checker:
                 break
         rhs_names = free | set(summed)
         used = lhs_set | {n for r in refs_in(expr) for n in ref_index_names(r)}
-        for sz in _sizeofs(expr):
+        for sz in sizeofs(expr):
             if sz.index not in used:
                 raise _err(f"size[{sz.index}] names an index this statement does not use", sz.span)
         _place_sizeofs(expr, lhs_set, top="whole")
@@ -359,10 +359,10 @@ def _reduces(e: Expr, k: str) -> bool:
     return any(_reduces(c, k) for c in children(e))
 
 
-def _sizeofs(e: Expr) -> list[SizeOf]:
+def sizeofs(e: Expr) -> list[SizeOf]:
     if isinstance(e, SizeOf):
         return [e]
-    return [s for c in children(e) for s in _sizeofs(c)]
+    return [s for c in children(e) for s in sizeofs(c)]
 
 
 def _place_sizeofs(e: Expr, lhs: set[str], top: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .check import check, scoped, sized_like
+from .check import check, scoped, sized_like, sizeofs
 from .errors import IndexgradError
 from .functions import FUNCTIONS
 from .gcpause import gc_paused
@@ -340,8 +340,9 @@ def _recheck(derived: Program, source: Program) -> Program:
         raise IndexgradError(f"internal error in a derived statement: {e.message}", e.span) from e
 
 
-def tangent(p: Prim, has_tan: set[str], names: dict[str, str]) -> Statement | None:
-    """The tangent rule: the output's tangent is each input's tangent swapped into its place."""
+def tangent(p: Prim, has_tan: set[str], names: dict[str, str]) -> list[Statement]:
+    """The tangent rule: the output's tangent is each input's tangent swapped into its place
+    (one statement, or one per term when a term must stand as a whole right side)."""
     terms: list[Expr] = []
     if isinstance(p, Contract):
         for m, (a, k) in enumerate(p.factors):
@@ -379,9 +380,21 @@ def tangent(p: Prim, has_tan: set[str], names: dict[str, str]) -> Statement | No
         red = "mean" if p.reducer == "mean" else "sum"
         terms.append(Reduce(red, p.indices, body))
     if not terms:
-        return None
-    expr = sum_of(terms)
-    return Statement(_tan(names, p.out), p.op, expr, (), p.span)
+        return []
+    target = _tan(names, p.out)
+    lhs = set(ref_index_names(p.out)) | {n for i in p.out.indices for n in i.names()}
+    if len(terms) > 1 and any(_sizes_only_the_left(t, lhs) for t in terms):
+        # `x.grad.tan[j+k] += a[j] / size[k] + b[j] / size[k]`: size[k] would land in a term that
+        # becomes a temporary without k; as one statement per term, each is the whole right side
+        ops = [p.op] + ["+="] * (len(terms) - 1)
+        return [Statement(target, op, t, (), p.span) for op, t in zip(ops, terms)]
+    return [Statement(target, p.op, sum_of(terms), (), p.span)]
+
+
+def _sizes_only_the_left(e: Expr, lhs: set[str]) -> bool:
+    """Whether e holds size[k] for some k of the left side that no tensor in e is indexed by."""
+    read = {n for r in refs_in(e) for i in r.indices for n in i.names()}
+    return any(sz.index in lhs and sz.index not in read for sz in sizeofs(e))
 
 
 def derive_jvp(program: Program, wrt: list[str] | None = None) -> Program:
@@ -400,9 +413,9 @@ def derive_jvp(program: Program, wrt: list[str] | None = None) -> Program:
     _name_temporaries(names, prims, program, ".tan")
     stmts: list[Statement] = []
     for p in prims:
-        s = tangent(p, has_tan, names)
-        if s is not None:
-            stmts.append(s)
+        made = tangent(p, has_tan, names)
+        if made:
+            stmts.extend(made)
             has_tan.add(p.out.name)
     derived = Program((), tuple(stmts), filename=program.filename, source=program.source)
     return _recheck(derived, program)
@@ -483,6 +496,8 @@ def gather_form(s: Statement, program: Program | None = None) -> Statement | Non
         return None
     if any(n in subst for i in positions if isinstance(i, Affine) for n in i.names()):
         return None
+    if any(sz.index in subst for sz in sizeofs(s.expr)):
+        return None  # size[k] of an index the gather renames away has no name to print
 
     def at(i: Index) -> Index:
         if not isinstance(i, Affine) or not any(n in subst for n in i.names()):

@@ -429,6 +429,11 @@ class Model:
 
     def _loss_value(self, vals: Mapping[str, Any], loss: str | None) -> tuple[str, Array]:
         """The loss (the last defined tensor unless named) and its value among vals."""
+        if loss is not None and not isinstance(loss, str):
+            raise self._error(
+                f"loss must be the name of a defined tensor, not {type(loss).__name__}"
+                + ("; pass directions as v=..." if isinstance(loss, Mapping) else "")
+            )
         loss = loss or (self.program.statements[-1].target.name if self.program.statements else None)
         if loss is None:
             raise self._error("the program defines nothing to differentiate")

@@ -389,6 +389,19 @@ def test_reverse_over_reverse_on_examples(name: str, capsys: pytest.CaptureFixtu
             np.testing.assert_allclose(got[k], w, rtol=1e-7, atol=1e-10, err_msg=k)
 
 
+def test_no_gather_reading_names_the_size_of_an_index_it_renames_away() -> None:
+    """`x.grad[j+k] += y.grad[j] w[j] / size[k]` has no gather reading that can say size[k]."""
+    from indexgrad.derive import gather_form
+    from indexgrad.printer import format_statement
+
+    prog = ig.derive("y[j] = x[j+k] w[j] / size[k]\nloss = sum[j](y[j]^2)", wrt=["x"])
+    (scatter,) = [s for s in prog.statements if s.target.name == "x.grad"]
+    assert gather_form(scatter) is None
+    prog = ig.derive("y[j] = x[j+k] w[k] / size[j]\nloss = sum[j](y[j]^2)", wrt=["x"])
+    (scatter,) = [s for s in prog.statements if s.target.name == "x.grad"]
+    assert format_statement(gather_form(scatter)) == "x.grad[k2] += y.grad[j] w[k2-j] / size[j]"  # j stays
+
+
 def test_correlation_gradient_reads_as_the_seeds_gather(capsys) -> None:
     """x.grad[j+k] += y.grad[j] w[k] is printed with its reading x.grad[i] += y.grad[j] w[i-j],
     and that reading (positions in range) is numpy's full convolution of y.grad with w."""

@@ -355,8 +355,7 @@ def _tangent_reads_within_kept(text: str) -> None:
     tans = {n: n + ".tan" for n in every}
     kept = derivative_reads(prims)
     for q in prims:
-        t = tangent(q, every, tans)
-        if t is not None:
+        for t in tangent(q, every, tans):
             read = {r.name for r in refs_in_statement(t)} & every
             assert read <= kept, (q, read - kept)
 

@@ -1047,6 +1047,7 @@ def test_derive_takes_program_text() -> None:
         ("y[j] = w[k] x[j-k+2]\nloss = sum[j](y[j]^2)", {"w": (3,), "x": (7,)}),
         ("t[k] = w[k] + a[j] x[j+k]\nloss = sum[k](t[k]^2)", {"w": (2,), "a": (3,), "x": (7,)}),
         ("y[j] = x[j+k] w[k] / size[k]\nloss = sum[j](y[j]^2)", {"w": (3,), "x": (7,)}),
+        ("y[j] = x[j+k] w[j] / size[k]\nloss = sum[j](y[j]^2)", {"w": (5,), "x": (7,)}),
     ],
 )
 def test_hvp_of_index_arithmetic_against_differences_of_gradients(text: str, shapes: dict) -> None:
@@ -1071,3 +1072,7 @@ def test_jvp_hvp_and_forward_say_what_is_wrong_with_their_arguments() -> None:
     with pytest.raises(ig.IndexgradError, match="check_finite must be True or False, not ndarray"):
         model.forward(x=np.ones(3), check_finite=np.array([1, 0]))
     assert model.jvp({"x": [1.0, 2.0, 3.0], "loss": 36.0}, {"x": np.ones(3)})["loss"] == 3 * (1 + 4 + 9)
+    with pytest.raises(ig.IndexgradError, match="loss must be the name of a defined tensor, not dict; pass"):
+        model.hvp(vals, {"x": np.ones(3)})  # the directions given where the loss's name goes
+    with pytest.raises(ig.IndexgradError, match="loss must be the name of a defined tensor, not list"):
+        model.backward(vals, ["x"])
