@@ -121,7 +121,10 @@ def infer_shapes(program: Program, dims: dict[str, int], default: int = 3) -> di
     gathers = [any(isinstance(i, Gather) for i in r.indices) for _, r in refs]
     plain_first = [kr for kr, g in zip(refs, gathers) if not g] + [kr for kr, g in zip(refs, gathers) if g]
     for k, r in plain_first:  # a gathered axis takes its size from a plain read of it, if any
-        if r.name not in wanted or r.name in shapes:
+        name = r.name
+        if name not in wanted and any(isinstance(i, Affine) and i.plain is None for i in r.indices):
+            name = sized_like(name) or name  # `x.grad[j+k] += ...` reaches as far into x as x[j+k]
+        if name not in wanted or name in shapes:
             continue
         shape = []
         for axis, i in enumerate(r.indices):
@@ -133,7 +136,7 @@ def infer_shapes(program: Program, dims: dict[str, int], default: int = 3) -> di
                 shape.append(size.get(root, dims.get(f"{r.name}{axis}", default + 1)))
             else:
                 shape.append(size.get(root, dims.get(i.plain or "", default)))
-        shapes[r.name] = tuple(shape)
+        shapes[name] = tuple(shape)
     for d in program.decls:  # declared but unread
         if d.ref.name not in shapes:
             shapes[d.ref.name] = tuple(dims.get(i.plain or "", default) for i in d.ref.indices)  # type: ignore[union-attr]

@@ -443,6 +443,20 @@ def test_the_printed_gradient_program_runs_on_the_programs_own_tensors(path: Pat
             np.testing.assert_allclose(got[f"{n}.grad"], g, rtol=1e-10, atol=1e-12, err_msg=n)
 
 
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_the_printed_gradient_program_passes_check(path: Path, tmp_path, capsys) -> None:
+    """`indexgrad check` sizes a printed gradient program by itself (a scatter `x.grad[j+k] += ...`
+    reaches as far into x as x[j+k] would), for every input and for each input alone."""
+    printed = tmp_path / "g.idx"
+    prog = ig.load(path)
+    for wrt in [[], *(["--wrt", n] for n in prog.inputs() if n not in prog.integer_inputs())]:
+        assert main(["grad", str(path), *wrt]) == 0
+        printed.write_text(capsys.readouterr().out)
+        status = main(["check", str(printed)])
+        assert status == 0, (wrt, capsys.readouterr().err)
+        capsys.readouterr()
+
+
 @pytest.mark.parametrize("text", ["y[b] = x[b,k] + 1\nl = sum[b](y[b]^2)\n", "l = x[i] + w[j]\n"])
 def test_a_printed_gradient_sized_only_by_a_temporary_defines_it(text: str, tmp_path: Path, capsys) -> None:
     """`y.sum.grad[b,k] += y.grad[b]` reads nothing indexed by k: the printout defines y.sum first."""
