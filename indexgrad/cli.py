@@ -138,7 +138,7 @@ def cmd_fmt(a: argparse.Namespace) -> int:
         else:
             if len(a.file) > 1:
                 print(("\n" if n else "") + f"# file: {path}")
-            print(str(p), end="")
+            print(format_program(p, comments=True), end="")
     return EXIT_USAGE if failed else EXIT_OK
 
 

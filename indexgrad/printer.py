@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from .errors import source_lines
 from .nodes import (
     Call,
     Decl,
@@ -134,20 +135,44 @@ def format_statement(s: Statement) -> str:
     return f"{format_ref(s.target)} {s.op} {format_expr(s.expr)}"
 
 
-def _format_decls(decls: tuple[Decl, ...]) -> list[str]:
-    lines: list[str] = []
-    role, group = "", []  # type: ignore[var-annotated]
+def _decl_lines(decls: tuple[Decl, ...]) -> list[tuple[int, str]]:
+    """One `param`/`input` line per run of declarations with the same role, with the source line
+    of the run's first declaration."""
+    runs: list[list[Decl]] = []
     for d in decls:
-        if d.role != role and group:
-            lines.append(f"{role} {', '.join(format_ref(r) for r in group)}")
-            group = []
-        role = d.role
-        group.append(d.ref)
-    if group:
-        lines.append(f"{role} {', '.join(format_ref(r) for r in group)}")
-    return lines
+        if runs and runs[-1][0].role == d.role:
+            runs[-1].append(d)
+        else:
+            runs.append([d])
+    return [(run[0].span.line, f"{run[0].role} {', '.join(format_ref(d.ref) for d in run)}") for run in runs]
 
 
-def format_program(p: Program) -> str:
-    lines = _format_decls(p.decls) + [format_statement(s) for s in p.statements]
-    return "".join(line + "\n" for line in lines)
+def format_program(p: Program, comments: bool = False) -> str:
+    """The canonical text of a program; with `comments`, its source's comments kept in place: a
+    comment on a line of its own before the line that follows it, one after code at the end of
+    that code's line."""
+    items = _decl_lines(p.decls) + [(s.span.line, format_statement(s)) for s in p.statements]
+    if not comments or not p.source:
+        return "".join(text + "\n" for _, text in items)
+    own: list[tuple[int, str]] = []  # comments on lines of their own
+    after: dict[int, list[str]] = {}  # item index -> comments after its code
+    starts = sorted(range(len(items)), key=lambda k: (items[k][0], k))
+    for number, line in enumerate(source_lines(p.source), 1):
+        at = line.find("#")
+        if at < 0:
+            continue
+        if not line[:at].strip():
+            own.append((number, line[at:].rstrip()))
+            continue
+        owner = [k for k in starts if items[k][0] <= number]  # the code's statement: the last begun
+        if owner:
+            after.setdefault(owner[-1], []).append(line[at:].rstrip())
+        else:
+            own.append((number, line[at:].rstrip()))
+    out: list[str] = []
+    for k, (number, text) in enumerate(items):
+        while own and own[0][0] < number:
+            out.append(own.pop(0)[1])
+        out.append("  ".join([text, *after.get(k, [])]))
+    out.extend(text for _, text in own)
+    return "".join(line + "\n" for line in out)

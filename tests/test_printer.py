@@ -336,3 +336,45 @@ def test_random_programs_print_canonically(source: str) -> None:
     text = str(ig.parse(source))
     assert text.endswith("\n") or text == ""
     assert "\r" not in text and ";" not in text and "\\" not in text and "#" not in text
+
+
+def _comments(text: str) -> list[str]:
+    from indexgrad.errors import source_lines
+
+    return [line[line.index("#") :].rstrip() for line in source_lines(text) if "#" in line]
+
+
+def fmt_keeps_comments(source: str) -> None:
+    from indexgrad.printer import format_program
+
+    p = ig.parse(source)
+    out = format_program(p, comments=True)
+    assert ig.parse(out) == p  # the same program
+    assert _comments(out) == _comments(source)  # every comment, in order
+    assert format_program(ig.parse(out), comments=True) == out  # and once is enough
+    assert format_program(p) == str(p)  # without comments: the canonical text, as before
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_fmt_keeps_the_examples_comments(path: Path) -> None:
+    fmt_keeps_comments(path.read_text())
+
+
+def test_fmt_puts_each_comment_where_it_was() -> None:
+    from indexgrad.printer import format_program
+
+    source = (
+        "# head\nparam W[j,i]  # weights\ninput x[b,j]\n# the layer\n"
+        "y[b,i] = x[b,j] W[j,i]; y[b,i] += 1  # bias\nz[b] = sum[i](y[b,i] \\\n   y[b,i])  # sq\n# tail\n"
+    )
+    assert format_program(ig.parse(source), comments=True) == (
+        "# head\nparam W[j,i]  # weights\ninput x[b,j]\n# the layer\n"
+        "y[b,i] = x[b,j] W[j,i]\ny[b,i] += 1  # bias\nz[b] = sum[i](y[b,i] y[b,i])  # sq\n# tail\n"
+    )
+    fmt_keeps_comments(source)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=30)
+@given(program())
+def test_random_programs_keep_their_comments(source: str) -> None:
+    fmt_keeps_comments(source)
