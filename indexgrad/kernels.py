@@ -218,6 +218,8 @@ def fuse_chains(kernels: list[Kernel]) -> list[Kernel]:
                     break
                 links.append(q)
                 prev = q
+                if q.accumulate:  # it adds to what its target holds: the chain's last link
+                    break
         if links:
             out.append(_chain(first, links, kernels[i : i + 1 + len(links)]))  # type: ignore[arg-type]
         else:
@@ -695,8 +697,7 @@ def _logsumexp(x: Array, axes: tuple[int, ...], shape: tuple[int, ...] | None = 
     if not x.size:  # log of an empty sum (or nothing to compute)
         return np.full(shape, -np.inf, x.dtype)
     m = np.maximum.reduce(x, axis=axes, keepdims=True)
-    # a sum of the maxima is finite when all are (and when one overflows, the general case is right)
-    if x.dtype.kind != "f" or not math.isfinite(np.add.reduce(m, axis=None)):
+    if x.dtype.kind != "f" or not np.logical_and.reduce(np.isfinite(m), axis=None):
         m = np.where(np.isfinite(m), m, 0)
         with np.errstate(divide="ignore"):
             return (np.log(np.add.reduce(np.exp(x - m), axis=axes, keepdims=True)) + m).reshape(shape)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from .errors import source_lines
 from .nodes import (
@@ -135,12 +135,15 @@ def format_statement(s: Statement) -> str:
     return f"{format_ref(s.target)} {s.op} {format_expr(s.expr)}"
 
 
-def _decl_lines(decls: tuple[Decl, ...]) -> list[tuple[int, str]]:
+def _decl_lines(decls: tuple[Decl, ...], breaks: Collection[int] = ()) -> list[tuple[int, str]]:
     """One `param`/`input` line per run of declarations with the same role, with the source line
-    of the run's first declaration."""
+    of the run's first declaration; a run also ends before a declaration that has a line of
+    `breaks` (lines with comments) at or after the previous one's line."""
     runs: list[list[Decl]] = []
     for d in decls:
-        if runs and runs[-1][0].role == d.role:
+        prev = runs[-1][-1] if runs else None
+        joined = prev is not None and prev.role == d.role
+        if joined and not any(prev.span.line <= n < d.span.line for n in breaks):  # type: ignore[union-attr]
             runs[-1].append(d)
         else:
             runs.append([d])
@@ -150,25 +153,21 @@ def _decl_lines(decls: tuple[Decl, ...]) -> list[tuple[int, str]]:
 def format_program(p: Program, comments: bool = False) -> str:
     """The canonical text of a program; with `comments`, its source's comments kept in place: a
     comment on a line of its own before the line that follows it, one after code at the end of
-    that code's line."""
-    items = _decl_lines(p.decls) + [(s.span.line, format_statement(s)) for s in p.statements]
-    if not comments or not p.source:
+    that code's line (declarations on lines with comments between them are not joined)."""
+    notes = _comments(p.source) if comments else []
+    items = _decl_lines(p.decls, {n for n, _, _ in notes})
+    items += [(s.span.line, format_statement(s)) for s in p.statements]
+    if not notes:
         return "".join(text + "\n" for _, text in items)
     own: list[tuple[int, str]] = []  # comments on lines of their own
     after: dict[int, list[str]] = {}  # item index -> comments after its code
     starts = sorted(range(len(items)), key=lambda k: (items[k][0], k))
-    for number, line in enumerate(source_lines(p.source), 1):
-        at = line.find("#")
-        if at < 0:
-            continue
-        if not line[:at].strip():
-            own.append((number, line[at:].rstrip()))
-            continue
+    for number, text, alone in notes:
         owner = [k for k in starts if items[k][0] <= number]  # the code's statement: the last begun
-        if owner:
-            after.setdefault(owner[-1], []).append(line[at:].rstrip())
+        if alone or not owner:
+            own.append((number, text))
         else:
-            own.append((number, line[at:].rstrip()))
+            after.setdefault(owner[-1], []).append(text)
     out: list[str] = []
     for k, (number, text) in enumerate(items):
         while own and own[0][0] < number:
@@ -176,3 +175,13 @@ def format_program(p: Program, comments: bool = False) -> str:
         out.append("  ".join([text, *after.get(k, [])]))
     out.extend(text for _, text in own)
     return "".join(line + "\n" for line in out)
+
+
+def _comments(source: str) -> list[tuple[int, str, bool]]:
+    """(line, comment, whether it has the line to itself) for each comment in a program's source."""
+    out = []
+    for number, line in enumerate(source_lines(source), 1):
+        at = line.find("#")
+        if at >= 0:
+            out.append((number, line[at:].rstrip(), not line[:at].strip()))
+    return out

@@ -249,6 +249,8 @@ def run_pipeline(
             model.jvp(vals, {n: np.ones_like(arrays[n]) for n in model.inputs[:2]})
             stage = "values"
             assert_vjp_matches_jvp(model, vals, grads, loss, seed)
+            stage = "repeat"
+            assert_planned_calls_repeat(model, arrays, grads, loss, value.ndim == 0)
             return "ok"
         except ig.IndexgradError as e:
             from_source = ("parse", "load", "inputs", "forward", "backward", "jvp", "compile")
@@ -270,6 +272,23 @@ def run_pipeline(
             if known is None:
                 raise
             return f"known:{known}"
+
+
+def assert_planned_calls_repeat(model: ig.Model, arrays: dict, grads: dict, loss: str, scalar: bool) -> None:
+    """A planned call (the same shapes again: fused kernels, no size checks) gives the first call's
+    bits, for every input and for the first input alone (a pruned program, planned anew)."""
+    for wrt in (None, model.inputs[:1]):
+        want = grads if wrt is None else None
+        for _ in range(2):
+            vals = model.forward(**arrays)
+            seed = None if scalar else {loss: np.ones_like(np.asarray(vals[loss]))}
+            got = model.backward(vals, wrt=wrt, seed=seed)
+            if want is None:
+                want = got
+                continue
+            for n, g in want.items():
+                same = np.asarray(got[n]).tobytes() == np.asarray(g).tobytes()
+                assert same, f"a planned call gives other values for {n}.grad"
 
 
 def assert_vjp_matches_jvp(model: ig.Model, vals: dict, grads: dict, loss: str, seed: int) -> None:
@@ -715,6 +734,17 @@ def test_fuzz_mutants_full(m: tuple[str, str], size: int) -> None:
 def test_fuzz_cli(src: str | bytes) -> None:
     CASES["cli"] += 1
     run_cli(src)
+
+
+@pytest.mark.fuzz
+@long_only
+@given(seed=st.integers(40, 2**32))
+@budget(2_000)
+def test_fuzz_planned_calls_repeat(seed: int) -> None:
+    """Layered programs: planned (fused) calls give the first call's bits (see test_run)."""
+    from test_run import planned_calls_repeat
+
+    planned_calls_repeat(seed)
 
 
 @pytest.mark.fuzz

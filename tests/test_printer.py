@@ -372,6 +372,12 @@ def test_fmt_puts_each_comment_where_it_was() -> None:
         "y[b,i] = x[b,j] W[j,i]\ny[b,i] += 1  # bias\nz[b] = sum[i](y[b,i] y[b,i])  # sq\n# tail\n"
     )
     fmt_keeps_comments(source)
+    heads = "param W[j,i]  # weights\nparam B[i]  # bias\n# the input\n"
+    source = heads + "input x[b,j]\ninput z[b]\ny[b,i] = x[b,j] W[j,i] z[b]\n"
+    assert format_program(ig.parse(source), comments=True) == (  # declarations split at comments
+        heads + "input x[b,j], z[b]\ny[b,i] = x[b,j] W[j,i] z[b]\n"
+    )
+    fmt_keeps_comments(source)
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow], max_examples=30)

@@ -3,6 +3,7 @@ input errors, gathers, index arithmetic, convolutions, max/min ties, stability a
 
 from __future__ import annotations
 
+import random
 import warnings
 from pathlib import Path
 
@@ -874,6 +875,73 @@ def test_a_chain_of_kernels_passing_one_buffer_along_runs_as_one(broadcast: bool
     assert together["y"].tobytes() == one_by_one["y"].tobytes()
     np.testing.assert_allclose(together["y"], 1 + np.exp(2 * (x[:, :1] if broadcast else x) + b))
     assert np.array_equal(x, rng(8).standard_normal((3, 4)))  # operands untouched
+
+
+def _layered_program(r: random.Random) -> str:
+    """A few layers over (b,i) tensors mixing products, sums, functions and `+=`, then a loss."""
+    names = ["x", "c", "d"]
+    lines = []
+    for k in range(r.randint(2, 6)):
+        t, a, b2, f = f"t{k}", r.choice(names), r.choice(names), r.choice(["relu", "exp", "tanh", "sin"])
+        lines.append(
+            r.choice(
+                [
+                    f"{t}[b,i] = {a}[b,k] W[k,i] + B[i]",
+                    f"{t}[b,i] = {f}({a}[b,k] W[k,i] + B[i])",
+                    f"{t}[b,i] = {f}({a}[b,i] {b2}[b,i])",
+                    f"{t}[b,i] = {a}[b,i] {b2}[b,i] c[b,i]",
+                    f"{t}[b,i] = {a}[b,i] + {b2}[b,i] d[b,i]",
+                    f"{t}[b,i] = 2 {a}[b,i] s + {b2}[b,i]",
+                    f"{t}[b,i] = {f}({a}[b,k] W[k,i]) d[b,i]",
+                    f"{t}[b,i] = {a}[b,i] + {b2}[b,i]\n{t}[b,i] += {f}({a}[b,k] W[k,i])",
+                ]
+            )
+        )
+        names.append(t)
+    loss = " + ".join(f"sum[b,i]({u}[b,i]^2)" for u in r.sample(names, 3))
+    lines += [f"y[b,j] = {names[-1]}[b,i] V[i,j]", f"loss = sum[b,j](y[b,j]^2) + {loss}"]
+    return "param W[i,k], V[i,j], B[i], s\ninput x[b,i], c[b,i], d[b,i]\n" + "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_planned_calls_give_the_first_calls_values(seed: int) -> None:
+    planned_calls_repeat(seed)
+
+
+def planned_calls_repeat(seed: int) -> None:
+    """The calls after the first for the same shapes run planned (fused) kernels: the same bits as
+    the first call, for every input, for one or two of them (pruned programs), and with seeds.
+    (`make fuzz` runs this on many more seeds.)"""
+    r = random.Random(seed)
+    model = ig.compile(_layered_program(r))
+    g = rng(seed)
+    arrays = {n: g.standard_normal(s) for n, s in [("x", (5, 4)), ("c", (5, 4)), ("d", (5, 4))]}
+    arrays |= {"W": 0.5 * g.standard_normal((4, 4)), "V": g.standard_normal((4, 3))}
+    arrays |= {"B": g.standard_normal(4), "s": np.array(g.standard_normal())}
+    inputs = sorted(arrays)
+    for wrt in [None, *([n] for n in inputs), r.sample(inputs, 2)]:
+        for seeds in (None, {"y": np.ones((5, 3)), "t1": np.ones((5, 4))}):
+            calls = [model.backward(model.forward(**arrays), wrt=wrt, seed=seeds) for _ in range(3)]
+            for later in calls[1:]:
+                for n, v in calls[0].items():
+                    assert later[n].tobytes() == v.tobytes(), (wrt, seeds is not None, n)
+
+
+def test_a_chain_ends_at_a_statement_that_adds_to_its_target() -> None:
+    """`u.grad += a.grad c` adds to what u.grad holds: a chain through it would drop that."""
+    text = (
+        "input x[b,i], c[b,i], d[b,i], V[i,o]\nu[b,i] = x[b,i] d[b,i]\n"
+        "y[b,o] = u[b,i] c[b,i] V[i,o]\nloss = sum[b,o](y[b,o]^2) + sum[b,i](u[b,i]^2)\n"
+    )
+    g = rng(3)
+    arrays = {n: g.standard_normal((5, 4)) for n in "xcd"} | {"V": g.standard_normal((4, 3))}
+    model = ig.compile(text)
+    want = None
+    for _ in range(3):
+        got = model.backward(model.forward(**arrays), wrt=["x"])["x"]
+        want = got if want is None else want
+        np.testing.assert_array_equal(got, want)
+    assert ig.gradcheck(model, arrays, wrt=["x"]).ok
 
 
 def test_accumulating_into_a_name_first_written_by_the_accumulation() -> None:
