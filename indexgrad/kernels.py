@@ -373,7 +373,7 @@ def _compute_kernel(
     assert isinstance(p, Reduction)
     full = out + tuple(p.indices)
     red = _FAST_REDUCTIONS.get(p.reducer, REDUCTIONS[p.reducer])
-    if p.reducer == "logsumexp":
+    if p.reducer == "logsumexp":  # (functions.REDUCTIONS' values: see _logsumexp)
         red = _logsumexp_to(shape)
     return _reduce_body(
         red,
@@ -709,11 +709,11 @@ def _logsumexp(x: Array, axes: tuple[int, ...], shape: tuple[int, ...] | None = 
     return s.reshape(shape)
 
 
-# Reductions run by planned kernels: the same values as functions.REDUCTIONS, fewer Python layers.
+# Reductions run by planned kernels (and logsumexp, above): the same values as
+# functions.REDUCTIONS, fewer Python layers.
 _FAST_REDUCTIONS: dict[str, Callable[[Array, tuple[int, ...]], Array]] = {
     "sum": lambda x, axes: np.add.reduce(x, axis=axes),
     "mean": _mean,
-    "logsumexp": _logsumexp,
 }
 
 
