@@ -921,7 +921,8 @@ def planned_calls_repeat(seed: int) -> None:
     inputs = sorted(arrays)
     for wrt in [None, *([n] for n in inputs), r.sample(inputs, 2)]:
         for seeds in (None, {"y": np.ones((5, 3)), "t1": np.ones((5, 4))}):
-            calls = [model.backward(model.forward(**arrays), wrt=wrt, seed=seeds) for _ in range(3)]
+            with np.errstate(all="ignore"):  # some layers overflow: the same inf and NaN each call
+                calls = [model.backward(model.forward(**arrays), wrt=wrt, seed=seeds) for _ in range(3)]
             for later in calls[1:]:
                 for n, v in calls[0].items():
                     assert later[n].tobytes() == v.tobytes(), (wrt, seeds is not None, n)
