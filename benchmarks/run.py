@@ -465,11 +465,11 @@ def plot(out: dict[str, Any], path: Path) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--reps", type=int, default=50, help="timed repetitions per workload (default 50)")
+    p.add_argument("--reps", type=int, default=200, help="timed repetitions per workload (default 200)")
     p.add_argument("--min-reps", type=int, default=20, help="never fewer repetitions than this (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds before timing (default 3)")
     p.add_argument(
-        "--budget", type=float, default=60.0, help="seconds of timing per workload before --reps is cut"
+        "--budget", type=float, default=10.0, help="seconds of timing per workload before --reps is cut (10)"
     )
     p.add_argument("--only", default="", help="comma-separated workload keys: " + ",".join(ALL_KEYS))
     p.add_argument("--no-torch", action="store_true")
