@@ -27,6 +27,7 @@ from .nodes import (
     children,
     ref_index_names,
     refs_in,
+    refs_in_statement,
 )
 
 _DERIVED = re.compile(r"^(.+)\.(grad|tan)\d*$")
@@ -439,8 +440,9 @@ def check(program: Program) -> Program:
 
 
 def all_refs(program: Program) -> list[Ref]:
-    out: list[Ref] = []
+    """Every tensor reference of a program, declarations first, then statement by statement
+    (labels read in a target's index positions included)."""
+    out = [d.ref for d in program.decls]
     for s in program.statements:
-        out.append(s.target)
-        out.extend(refs_in(s.expr))
+        out += [s.target, *refs_in_statement(s)]
     return out

@@ -685,15 +685,13 @@ def _mean(x: Array, axes: tuple[int, ...]) -> Array:
     return s.reshape(()) if whole else s
 
 
-def _logsumexp(x: Array, axes: tuple[int, ...], shape: tuple[int, ...] | None = None) -> Array:
-    """functions._logsumexp's ufunc calls, in its order, without numpy's Python wrappers.
+def _logsumexp(x: Array, axes: tuple[int, ...], shape: tuple[int, ...]) -> Array:
+    """functions._logsumexp's ufunc calls, in its order, without numpy's Python wrappers; `shape`
+    is the result's.
 
     When every maximum is finite, the maxima are used as they are and nothing can divide by
-    zero, so that case skips the masking and the error-state switch. `shape`, the result's,
-    is worked out when not given.
+    zero, so that case skips the masking and the error-state switch.
     """
-    if shape is None:
-        shape = tuple(d for k, d in enumerate(x.shape) if k not in axes)
     if not x.size:  # log of an empty sum (or nothing to compute)
         return np.full(shape, -np.inf, x.dtype)
     m = np.maximum.reduce(x, axis=axes, keepdims=True)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import opt_einsum as oe
 
-from .check import sized_like
+from .check import all_refs, sized_like
 from .derive import derive_for
 from .errors import IndexgradError
 from .files import refuse_overwrite
@@ -31,7 +31,6 @@ from .nodes import (
     Statement,
     children,
     ref_index_names,
-    refs_in_statement,
 )
 from .plan import plan_contraction
 from .printer import format_index, format_number, format_ref, format_statement
@@ -370,14 +369,6 @@ def cmd_graph(a: argparse.Namespace) -> int:
 MAX_RANK = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32  # numpy's most axes
 
 
-def _all_refs(program: Program) -> list[Ref]:
-    """Every tensor reference of a program, declarations first, then statement by statement."""
-    out = [d.ref for d in program.decls]
-    for s in program.statements:
-        out += [s.target, *refs_in_statement(s)]
-    return out
-
-
 def index_names(program: Program) -> list[str]:
     """Every index name a program mentions, in order of first appearance."""
     names: dict[str, None] = {}
@@ -390,7 +381,7 @@ def index_names(program: Program) -> list[str]:
         for c in children(e):
             visit(c)
 
-    for r in _all_refs(program):
+    for r in all_refs(program):
         names.update(dict.fromkeys(ref_index_names(r)))
     for s in program.statements:
         visit(s.expr)
@@ -401,7 +392,7 @@ def check_dims(program: Program, dims: dict[str, int]) -> None:
     """Refuse a --dims name that is no index of the program: a misspelt name would size nothing."""
     known = index_names(program)
     # infer_shapes also reads NAMEaxis (`P1`) for the size of a gathered axis
-    refs = _all_refs(program)
+    refs = all_refs(program)
     gathered = {f"{r.name}{k}" for r in refs for k, i in enumerate(r.indices) if isinstance(i, Gather)}
     unknown = [n for n in dims if n not in known and n not in gathered]
     if unknown:
@@ -414,7 +405,7 @@ def check_dims(program: Program, dims: dict[str, int]) -> None:
 
 def check_ranks(program: Program) -> None:
     """Refuse a tensor with more indices than a numpy array has axes, at its first reference."""
-    for r in _all_refs(program):
+    for r in all_refs(program):
         if len(r.indices) > MAX_RANK:
             raise IndexgradError(
                 f"'{r.name}' has {len(r.indices)} indices: too many dimensions, numpy arrays have at "
