@@ -58,20 +58,25 @@ def _exp(x: Array) -> Array:
 _ZERO_ROWS: dict[tuple[int, np.dtype], Array] = {}
 
 
+def zero_row(n: int, dtype: np.dtype) -> Array:
+    """A read-only row of n zeros of this dtype (cached up to 65536 entries)."""
+    key = (n, dtype)
+    zeros = _ZERO_ROWS.get(key)
+    if zeros is None:
+        zeros = np.zeros(n, dtype)
+        zeros.flags.writeable = False
+        if n <= 1 << 16:
+            _ZERO_ROWS[key] = zeros
+    return zeros
+
+
 def relu(x: Array, out: Array | None = None) -> Array:
     """max(x, 0). A float array whose last axis has 16 or more entries is compared against a
-    (cached, read-only) row of zeros rather than the scalar 0: numpy's loop for an array operand
-    is several times faster than its loop for a scalar one, and gives the same values bit for bit
+    row of zeros (`zero_row`) rather than the scalar 0: numpy's loop for an array operand is
+    several times faster than its loop for a scalar one, and gives the same values bit for bit
     (NaNs and signed zeros included)."""
     if type(x) is np.ndarray and x.ndim and x.dtype.kind == "f" and x.shape[-1] >= 16:
-        key = (x.shape[-1], x.dtype)
-        zeros = _ZERO_ROWS.get(key)
-        if zeros is None:
-            zeros = np.zeros(x.shape[-1], x.dtype)
-            zeros.flags.writeable = False
-            if x.shape[-1] <= 1 << 16:
-                _ZERO_ROWS[key] = zeros
-        return np.maximum(x, zeros, out=out)
+        return np.maximum(x, zero_row(x.shape[-1], x.dtype), out=out)
     return np.maximum(x, 0, out=out)
 
 

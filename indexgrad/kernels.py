@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .functions import FUNCTIONS, REDUCTIONS, relu
+from .functions import FUNCTIONS, REDUCTIONS, relu, zero_row
 from .lower import Contract, Elementwise, Operand, Prim, Reduction, Terms, prim_refs
 from .nodes import Num, Ref, SizeOf, is_plain, ref_index_names
 from .plan import matrix_layout, pairwise, plan_contraction
@@ -94,6 +94,10 @@ def _relu_into(a: Array) -> Array:
     return relu(a, out=a)
 
 
+def _relu_row_into(zeros: Array) -> Callable[[Array], Array]:
+    return lambda a: np.maximum(a, zeros, out=a)  # relu's values for an array of zeros' dtype
+
+
 def _sigmoid_into(a: Array) -> Array:  # 0.5 * (1 + tanh(0.5 a)), as functions.py computes it
     np.multiply(a, 0.5, out=a)
     np.tanh(a, out=a)
@@ -156,7 +160,8 @@ def kernel_for(
     small = 0 < len(shape) and math.prod(shape) <= 4096
     operands = tuple(r.name for r in prim_refs(p))
     accumulate = p.op == "+=" and p.out.name in env
-    run = _runner(compute, p.out.name, tuple(set(operands)), shape, fresh, small, accumulate, release)
+    exact = fresh and getattr(compute, "exact", False)
+    run = _runner(compute, p.out.name, tuple(set(operands)), shape, fresh, small, accumulate, release, exact)
     in_place = getattr(compute, "in_place", None)
     run.parts = Parts(compute, p.out.name, operands, shape, fresh, small, accumulate, release, in_place)  # type: ignore[attr-defined]
     return run
@@ -269,12 +274,25 @@ def _runner(
     small: bool,
     accumulate: bool,
     release: tuple[str, ...],
+    exact: bool = False,
 ) -> Kernel:
     """The kernel: compute, write (or add) the result under `name`, then drop `release`.
 
-    When the result may be an operand's buffer (not `fresh`), no name that holds it is owned."""
+    When the result may be an operand's buffer (not `fresh`), no name that holds it is owned.
+    An `exact` compute returns a new array of the planned shape for ndarray operands: an ndarray
+    result is written without checking its shape."""
     ndarray = np.ndarray
-    if accumulate:
+    if exact and not accumulate and not release:
+
+        def run(env: dict[str, Array], owned: set[str]) -> None:
+            r = compute(env, owned)
+            if type(r) is ndarray:
+                env[name] = r
+                owned.add(name)
+            else:  # a subclass of ndarray given by the caller (np.matrix) makes its own kind
+                _write(r, env, owned, name, shape, fresh, small, False)
+
+    elif accumulate:
 
         def run(env: dict[str, Array], owned: set[str]) -> None:
             r = compute(env, owned)
@@ -288,7 +306,7 @@ def _runner(
 
         def run(env: dict[str, Array], owned: set[str]) -> None:
             r = compute(env, owned)
-            if type(r) is ndarray and r.shape == shape:
+            if type(r) is ndarray and (exact or r.shape == shape):
                 env[name] = r
                 owned.add(name)
             else:
@@ -342,7 +360,7 @@ def _write(
             owned.discard(name)
         return
     t = env[name]
-    if name in owned and t.ndim and t.dtype == np.result_type(t, r):
+    if name in owned and t.ndim and (t.dtype == r.dtype or t.dtype == np.result_type(t, r)):
         np.add(t, r, out=t)
     else:
         env[name] = t + r
@@ -367,7 +385,7 @@ def _compute_kernel(
     if isinstance(p, Contract):
         return _contract_kernel(p, sizes, env, out, shape, dead)
     if isinstance(p, Elementwise):
-        return _elementwise_kernel(p, sizes, out, shape, dead, gate)
+        return _elementwise_kernel(p, sizes, env, out, shape, dead, gate)
     if isinstance(p, Terms):
         return _terms_kernel(p, sizes, env, out, shape, dead)
     assert isinstance(p, Reduction)
@@ -471,15 +489,15 @@ def _ones_sum_body(n0: str, axes: tuple[int, ...], a: Array) -> Compute | None:
     if axes == tuple(range(k)):  # leading axes: ones @ a
         ones = np.ones(math.prod(shape[:k]), a.dtype)
         if nd == 2:
-            return lambda env, owned: mm(ones, env[n0])
+            return _exact(lambda env, owned: mm(ones, env[n0]))
         rows, rest = len(ones), shape[k:]
-        return lambda env, owned: mm(ones, env[n0].reshape(rows, -1)).reshape(rest)
+        return _exact(lambda env, owned: mm(ones, env[n0].reshape(rows, -1)).reshape(rest))
     if axes == tuple(range(nd - k, nd)):  # trailing axes: a @ ones
         ones = np.ones(math.prod(shape[nd - k :]), a.dtype)
         if nd == 2:
-            return lambda env, owned: mm(env[n0], ones)
+            return _exact(lambda env, owned: mm(env[n0], ones))
         cols, lead = len(ones), shape[: nd - k]
-        return lambda env, owned: mm(env[n0].reshape(-1, cols), ones).reshape(lead)
+        return _exact(lambda env, owned: mm(env[n0].reshape(-1, cols), ones).reshape(lead))
     return None
 
 
@@ -499,12 +517,12 @@ def _matmul_body(n0: str, n1: str, swap: bool, ta: bool, tb: bool) -> Compute:
     x, y = (n1, n0) if swap else (n0, n1)
     mm = np.matmul
     if ta and tb:
-        return lambda env, owned: mm(env[x].T, env[y].T)
+        return _exact(lambda env, owned: mm(env[x].T, env[y].T))
     if ta:
-        return lambda env, owned: mm(env[x].T, env[y])
+        return _exact(lambda env, owned: mm(env[x].T, env[y]))
     if tb:
-        return lambda env, owned: mm(env[x], env[y].T)
-    return lambda env, owned: mm(env[x], env[y])
+        return _exact(lambda env, owned: mm(env[x], env[y].T))
+    return _exact(lambda env, owned: mm(env[x], env[y]))
 
 
 def _pair_body(pw: Callable[[Array, Array], Array], n0: str, k0: float, n1: str, k1: float) -> Compute:
@@ -528,6 +546,7 @@ def _widened(body: Compute, widen: Callable[[Array], Array], coef: float) -> Com
 def _elementwise_kernel(
     p: Elementwise,
     sizes: dict[str, int],
+    env: dict[str, Array],
     out: tuple[str, ...],
     shape: tuple[int, ...],
     dead: set[str],
@@ -544,6 +563,8 @@ def _elementwise_kernel(
         n0 = a0.name
         align0 = aligner(ref_index_names(a0), out, sizes)
         if into is not None and n0 in dead and n0 != p.out.name and align0 is _same:
+            if p.func == "relu" and env[n0].dtype.kind == "f" and shape and shape[-1] >= 16:
+                into = _relu_row_into(zero_row(shape[-1], env[n0].dtype))  # relu's row, found once
             return _unary_into_body(fn, into, n0, shape), True  # the argument dies here
         return _unary_body(fn, n0, align0), True
     getters: list[Callable[[dict[str, Array]], Any]] = []
@@ -556,7 +577,13 @@ def _elementwise_kernel(
 
 
 def _mask_body(un: str) -> Compute:
-    return lambda env, owned: np.greater(env[un], 0)
+    return _exact(lambda env, owned: np.greater(env[un], 0))
+
+
+def _exact(compute: Compute) -> Compute:
+    """Mark a compute that always returns a new array of its statement's shape (see `_runner`)."""
+    compute.exact = True  # type: ignore[attr-defined]
+    return compute
 
 
 def _unary_into_body(fn: Any, into: Callable[[Array], Array], n0: str, shape: tuple[int, ...]) -> Compute:
@@ -617,8 +644,8 @@ def _terms_body(
     shape: tuple[int, ...],
 ) -> Compute:
     rest = parts[1:]
-    if donor is not None and len(parts) == 2 and parts[1][1] is not None and parts[1][0] in (1, -1):
-        return _two_terms_body(donor, parts[0][1], parts[1][1], parts[1][0], shape)  # type: ignore[arg-type]
+    if len(parts) == 2 and parts[0][0] == 1 and parts[0][1] and parts[1][1] and parts[1][0] in (1, -1):
+        return _two_terms_body(donor, parts[0][1], parts[1][1], parts[1][0], shape)
 
     def add_into(total: Array, env: dict[str, Array]) -> Array:
         for c, g, v in rest:
@@ -654,14 +681,17 @@ def _terms_body(
 
 
 def _two_terms_body(
-    donor: str,
+    donor: str | None,
     first: Callable[[dict[str, Array]], Any],
     second: Callable[[dict[str, Array]], Any],
     sign: float,
     shape: tuple[int, ...],
 ) -> Compute:
-    """`a ± u` where a dies here: into a's buffer when this run owns it (a bias added in place)."""
+    """`a ± u`; when a (the donor) dies here, into a's buffer if this run owns it (a bias added
+    in place)."""
     op = np.add if sign == 1 else np.subtract
+    if donor is None:
+        return lambda env, owned: op(first(env), second(env))
 
     def two(env: dict[str, Array], owned: set[str]) -> Array:
         a = env[donor]
@@ -764,6 +794,7 @@ def _scale_kernel(
     when it dies here); when the factor comes to exactly 1 (`y.grad = 2 (0.5) y` for a loss of
     ½Σy²) the tensor itself, as a hand-written backward pass reuses y as its own gradient."""
     (n0, nm0, k0), (n1, nm1, k1) = ops
+    ndarray = np.ndarray
     if k0 != 1 or k1 != 1 or n0 == n1:
         return None
     if nm0 == () and nm1 == out:
@@ -775,9 +806,16 @@ def _scale_kernel(
     keeps = np.result_type(env[t_name].dtype, env[s_name].dtype) == env[t_name].dtype  # t's dtype
     dies = keeps and t_name in dead
 
+    def scalar(env: dict[str, Array]) -> Any:
+        """The factor as a numpy scalar, whose arithmetic gives a 0-d array's values, faster."""
+        s = env[s_name]
+        if type(s) is ndarray:
+            s = s[()]
+        return s * coef if coef != 1 else s
+
     def body(env: dict[str, Array], owned: set[str]) -> Array:
-        t, s = env[t_name], env[s_name]
-        factor = s * coef if coef != 1 else s
+        t = env[t_name]
+        factor = scalar(env)
         if keeps and factor == 1:
             return t
         if dies and t_name in owned and t.shape == shape:
@@ -788,8 +826,7 @@ def _scale_kernel(
         return body
 
     def scale_into(t: Array, env: dict[str, Array]) -> Array:
-        s = env[s_name]
-        factor = s * coef if coef != 1 else s
+        factor = scalar(env)
         return t if factor == 1 else np.multiply(t, factor, out=t)
 
     return _continues(body, t_name, scale_into)

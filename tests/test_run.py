@@ -1083,6 +1083,38 @@ def test_backward_says_what_is_wrong_with_its_arguments(vals, kwargs: dict, mess
     assert info.value.message.startswith(message)
 
 
+def test_backward_calls_follow_changes_to_vals_wrt_and_loss() -> None:
+    """A call like an earlier one reuses its plan; any change of names, shapes, dtypes, wrt or
+    loss is planned (or refused) as on a first call."""
+    model = ig.compile(
+        "input x[b,i], W[i,j]\ny[b,j] = x[b,i] W[i,j]\nl2 = sum[b,j](y[b,j])\nloss = sum[b,j](y[b,j]^2)"
+    )
+    g = rng(5)
+    for _ in range(2):
+        for b, i, j, dtype in [(2, 3, 4, np.float64), (5, 3, 2, np.float64), (2, 3, 4, np.float32)]:
+            x, W = g.standard_normal((b, i)).astype(dtype), g.standard_normal((i, j)).astype(dtype)
+            vals = model.forward(x=x, W=W)
+            dy = 2 * (x @ W)
+            for wrt in (None, ["W"], ("x", "W"), "W", "x, W"):
+                grads = model.backward(vals, wrt=wrt)
+                names = ["W"] if wrt in ("W", ["W"]) else ["x", "W"]
+                assert list(grads) == names and all(grads[n].dtype == dtype for n in names)
+                want = {"x": dy @ W.T, "W": x.T @ dy}
+                for n in names:
+                    np.testing.assert_allclose(grads[n], want[n], rtol=1e-5)
+            ones = model.backward(vals, loss="l2", wrt=["x"])["x"]
+            np.testing.assert_allclose(ones, np.ones((b, j)) @ W.T, rtol=1e-5)
+            vals["x"] = 2 * x  # another array under the same name and shape: its values are used
+            np.testing.assert_allclose(model.backward(vals, wrt=["W"])["W"], 2 * x.T @ dy, rtol=1e-5)
+            vals["extra"] = np.ones(7)  # a name more: planned again, the same gradients
+            np.testing.assert_allclose(model.backward(vals, wrt="W")["W"], 2 * x.T @ dy, rtol=1e-5)
+            del vals["y"]  # a derivative reads y: refused, as on a first call
+            with pytest.raises(ig.IndexgradError):
+                model.backward(vals, wrt=["x"])
+    with pytest.raises(ig.IndexgradError, match="loss must be the name"):
+        model.backward(model.forward(x=np.ones((1, 3)), W=np.ones((3, 2))), ["W"])
+
+
 def test_backward_takes_lists_and_numbers_for_vals() -> None:
     model = ig.compile("l = x[i] x[i]")
     assert model.backward({"x": [1.0, 2.0], "l": 5.0})["x"].tolist() == [2.0, 4.0]
