@@ -200,7 +200,8 @@ def fuse_chains(kernels: list[Kernel]) -> list[Kernel]:
     """Kernels with each chain of statements that pass a fresh buffer along (`h.prod = x W`,
     `h.sum = h.prod + B` into h.prod's buffer, `h = relu(h.sum)` into it again) made one kernel:
     the same numpy calls on the same buffer, without writing, owning and dropping the temporaries
-    in between. Values are those of the kernels one by one."""
+    in between. Then each `step` mask is computed in the call of the kernel that reads it
+    (`_gated`). Values are those of the kernels one by one."""
     out: list[Kernel] = []
     i = 0
     while i < len(kernels):
@@ -230,7 +231,40 @@ def fuse_chains(kernels: list[Kernel]) -> list[Kernel]:
         else:
             out.append(kernels[i])
         i += 1 + len(links)
+    return _fuse_masks(out)
+
+
+def _fuse_masks(kernels: list[Kernel]) -> list[Kernel]:
+    """Kernels with each `step` mask that only the next kernel reads (and drops) made part of
+    that kernel's call."""
+    out: list[Kernel] = []
+    i = 0
+    while i < len(kernels):
+        p: Parts | None = getattr(kernels[i], "parts", None)
+        u = getattr(p.compute, "mask_of", None) if p is not None else None
+        q: Parts | None = getattr(kernels[i + 1], "parts", None) if u and i + 1 < len(kernels) else None
+        if p and q and not p.release and p.name in q.release and q.operands.count(p.name) == 1:
+            out.append(_gated(u, p.name, kernels[i], kernels[i + 1]))  # type: ignore[arg-type]
+            i += 2
+        else:
+            out.append(kernels[i])
+            i += 1
     return out
+
+
+def _gated(u: str, name: str, mask_kernel: Kernel, then: Kernel) -> Kernel:
+    """`name = step(u)` as a boolean mask, then the kernel that reads and drops it, in one call."""
+    greater, ndarray = np.greater, np.ndarray
+
+    def run(env: dict[str, Array], owned: set[str]) -> None:
+        m = greater(env[u], 0)
+        if type(m) is ndarray:
+            env[name] = m
+        else:  # a subclass of ndarray: written as the mask's own kernel writes it
+            mask_kernel(env, owned)
+        then(env, owned)
+
+    return run
 
 
 def _chain(first: Parts, links: list[Parts], one_by_one: list[Kernel]) -> Kernel:
@@ -262,6 +296,7 @@ def _chain(first: Parts, links: list[Parts], one_by_one: list[Kernel]) -> Kernel
         for n in release:
             del env[n]
 
+    run.parts = first  # type: ignore[attr-defined]  # what reads a chain's operands: its first link
     return run
 
 
@@ -577,7 +612,9 @@ def _elementwise_kernel(
 
 
 def _mask_body(un: str) -> Compute:
-    return _exact(lambda env, owned: np.greater(env[un], 0))
+    mask = _exact(lambda env, owned: np.greater(env[un], 0))
+    mask.mask_of = un  # type: ignore[attr-defined]  # for _fuse_masks
+    return mask
 
 
 def _exact(compute: Compute) -> Compute:
@@ -635,6 +672,12 @@ def _terms_kernel(
         if any(np.result_type(dt, env[u.name]) != dt for _, u in p.terms[1:] if isinstance(u, Ref)):
             donor = None
     fresh = len(parts) > 1 or parts[0][0] != 1 or parts[0][1] is None
+    if donor is None and len(parts) == 2 and parts[0][0] == 1 and parts[1][0] in (1, -1):
+        (_, a), (_, b) = p.terms
+        if isinstance(a, Ref) and isinstance(b, Ref) and b.name in dead and a.name != b.name:
+            dt = env[b.name].dtype
+            if ref_index_names(b) == out and np.result_type(dt, env[a.name]) == dt:
+                return _into_second_body(b.name, parts[0][1], parts[1][1], parts[1][0], shape), True  # type: ignore[arg-type]
     return _terms_body(parts, donor, shape), fresh
 
 
@@ -700,6 +743,25 @@ def _two_terms_body(
         return op(first(env), second(env))
 
     return _continues(two, donor, lambda a, env: op(a, second(env), out=a))
+
+
+def _into_second_body(
+    donor: str,
+    first: Callable[[dict[str, Array]], Any],
+    second: Callable[[dict[str, Array]], Any],
+    sign: float,
+    shape: tuple[int, ...],
+) -> Compute:
+    """`u ± b` where b dies here: into b's buffer when this run owns it."""
+    op = np.add if sign == 1 else np.subtract
+
+    def two(env: dict[str, Array], owned: set[str]) -> Array:
+        b = env[donor]
+        if donor in owned and b.shape == shape:
+            return op(first(env), b, out=b)
+        return op(first(env), second(env))
+
+    return _continues(two, donor, lambda b, env: op(first(env), b, out=b))
 
 
 def _mean(x: Array, axes: tuple[int, ...]) -> Array:

@@ -249,24 +249,20 @@ class Model:
                 raise self._error(f"check_finite must be True or False, not {type(check_finite).__name__}")
             check_finite = bool(check_finite)
         plain = self._plain_inputs(arrays)
-        ex = None
-        if plain is not None:  # the planned executor of inputs already checked, by one lookup
-            values, shapes = plain
-            env = dict(zip(self._order, values))
-            hit = self._cache.get(("plain", shapes))
-            if hit is None and self._right_kinds(shapes):
-                key = _signature(env)
-                hit = self._cache["plain", shapes] = (self._execution(env, key, True)[1], key)
-            if hit is not None:
-                ex, key = hit
-        if ex is None:
-            env = self._inputs(arrays)
-            key = _signature(env)
-            ex = self._execution(env, key, len(env) == len(self._order))[1]
+        if plain is not None and not check_finite:
+            hit = self._cache.get(("plain", plain[1]))
+            if hit is not None:  # inputs as a call before gave them: its planned kernels, at once
+                return hit[0].run_planned(hit[1], dict(zip(self._order, plain[0])), set())
+        env = self._inputs(arrays)
+        key = _signature(env)
+        ex = self._execution(env, key, len(env) == len(self._order))[1]
         if check_finite:  # the first NaN or Inf becomes a located error, not numpy's warnings
             with np.errstate(all="ignore"):
                 return ex.run(env, check_finite=True, key=key)
-        return ex.run(env, key=key)
+        vals = ex.run(env, key=key)
+        if plain is not None and self._right_kinds(plain[1]):  # env holds the arrays as given
+            self._cache["plain", plain[1]] = (ex, ex.planned(key))
+        return vals
 
     def plan(self, /, **arrays: Any) -> PlanReport:
         """How the forward and backward programs run on arrays of these shapes, and planning time."""
@@ -378,11 +374,11 @@ class Model:
             except TypeError:  # a name that is not a string: the checks below say what is wrong
                 hit = fast_key = None
             if hit is not None:
-                ex, key, gloss, one, pairs = hit
+                ex, kernels, gloss, one, pairs = hit
                 env = dict(vals)
                 env[gloss] = one
                 owned: set[str] = set()
-                return self._gradients(ex.run(env, key=key, owned=owned), owned, vals, (one,), pairs)
+                return self._gradients(ex.run_planned(kernels, env, owned), owned, vals, (one,), pairs)
         if type(vals) is not dict and not isinstance(vals, Mapping):
             raise self._error(f"vals must be the dict forward() returned, not {type(vals).__name__}")
         if seed is not None and not isinstance(seed, Mapping):
@@ -429,11 +425,12 @@ class Model:
             ex = self._derived(program, tuple(seeds), wrt_t, fex.relu_gates)[1]
             self._cache[run_key] = ex
         pairs = tuple((n, self._grad.get(n)) for n in (wrt if wrt is not None else self.inputs))
+        owned = set()
+        env = ex.run(env, key=key, owned=owned)
         if fast_key is not None:  # a later call with this signature takes the single lookup above
             ((gloss, one),) = ((self._grad[n], g) for n, g in seeds.items())
-            self._cache[fast_key] = (ex, key, gloss, one, pairs)
-        owned = set()
-        return self._gradients(ex.run(env, key=key, owned=owned), owned, vals, seeds.values(), pairs)
+            self._cache[fast_key] = (ex, ex.planned(key), gloss, one, pairs)
+        return self._gradients(env, owned, vals, seeds.values(), pairs)
 
     def _gradients(
         self,

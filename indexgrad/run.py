@@ -333,9 +333,7 @@ class Executor:
             key = _signature(env)
         fast = self._fast.get(key) if key is not None else None
         if fast is not None:
-            for kernel in fast:
-                kernel(env, owned)
-            return env
+            return self.run_planned(fast, env, owned)
         built: list[Kernel | None] = []
         self._limit = memory_limit()
         gates = self._gates
@@ -350,6 +348,16 @@ class Executor:
         if key is not None:
             self._kernels[key] = steps = list(zip(built, self.prims, self.release))
             self._fast[key] = self.compose(steps)
+        return env
+
+    def planned(self, key: Any) -> list[Kernel] | None:
+        """The kernels a run with this signature calls, once a run has planned them."""
+        return self._fast.get(key)
+
+    def run_planned(self, kernels: list[Kernel], env: dict[str, Array], owned: set[str]) -> dict[str, Array]:
+        """A planned run: `planned(key)`'s kernels on an env of that signature."""
+        for kernel in kernels:
+            kernel(env, owned)
         return env
 
     def compose(self, steps: list[tuple[Kernel | None, Prim, list[str]]]) -> list[Kernel]:

@@ -891,6 +891,7 @@ def _layered_program(r: random.Random) -> str:
                     f"{t}[b,i] = {f}({a}[b,i] {b2}[b,i])",
                     f"{t}[b,i] = {a}[b,i] {b2}[b,i] c[b,i]",
                     f"{t}[b,i] = {a}[b,i] + {b2}[b,i] d[b,i]",
+                    f"{t}[b,i] = {a}[b,i] - {b2}[b,i] d[b,i]",
                     f"{t}[b,i] = 2 {a}[b,i] s + {b2}[b,i]",
                     f"{t}[b,i] = {f}({a}[b,k] W[k,i]) d[b,i]",
                     f"{t}[b,i] = {a}[b,i] + {b2}[b,i]\n{t}[b,i] += {f}({a}[b,k] W[k,i])",
