@@ -124,6 +124,8 @@ def pairwise(
         return lambda a, b: swapped(b, a)
     a_perm = [a_rest.index(n) for n in batch + left + inner]
     b_perm = [b_rest.index(n) for n in batch + inner + right]
+    if batch and not left and not right and _VECDOT is not None:  # one dot product per batch entry
+        return _batched_dot(a_only, a_perm, b_only, b_perm, a_rest, b_rest, size, batch, inner)
     nb = math.prod(size[n] for n in batch)
     nl = math.prod(size[n] for n in left)
     nr = math.prod(size[n] for n in right)
@@ -204,6 +206,38 @@ _MATMULS: dict[tuple[bool, bool, bool], Callable[[np.ndarray, np.ndarray], np.nd
     (True, False, True): lambda a, b: np.matmul(b, a.T),
     (True, True, True): lambda a, b: np.matmul(b.T, a.T),
 }
+
+
+_VECDOT = getattr(np, "vecdot", None)  # numpy >= 2.0
+
+
+def _batched_dot(
+    a_only: tuple[int, ...],
+    a_perm: list[int],
+    b_only: tuple[int, ...],
+    b_perm: list[int],
+    a_rest: tuple[str, ...],
+    b_rest: tuple[str, ...],
+    size: dict[str, int],
+    batch: list[str],
+    inner: list[str],
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """`out[b] = a[b,k] b[b,k]` summed over k (the batch in out's order) as np.vecdot of two
+    matrices, which costs less than a batch of 1x1 matrix products."""
+    shape2 = (math.prod(size[n] for n in batch), math.prod(size[n] for n in inner))
+    a_move = _mover(a_only, a_perm, tuple(size[n] for n in a_rest), shape2)
+    b_move = _mover(b_only, b_perm, tuple(size[n] for n in b_rest), shape2)
+    res = tuple(size[n] for n in batch)
+    vecdot = _VECDOT
+
+    def dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if a_move is not None:
+            a = a_move(a)
+        if b_move is not None:
+            b = b_move(b)
+        return vecdot(a, b).reshape(res)
+
+    return dot
 
 
 def _mover(
