@@ -468,7 +468,9 @@ def _contract_kernel(
     fresh = True
     body: Compute
     if len(ops) == 1 and not kept and ops[0][2] == 2:
-        body = _dot_body(ops[0][0])  # a sum of squares: one BLAS dot product
+        if not out:  # a scalar sum of squares (a loss): one BLAS dot product, times coef
+            return _dot_body(ops[0][0], coef), False
+        body = _dot_body(ops[0][0], 1.0)
     elif len(ops) == 1:
         ((n0, nm0, k0),) = ops
         axes = tuple(i for i, n in enumerate(nm0) if n not in kept)
@@ -501,10 +503,14 @@ def _contract_kernel(
     return _widened(body, aligner(kept, out, sizes), coef), fresh or coef != 1
 
 
-def _dot_body(n0: str) -> Compute:
+def _dot_body(n0: str, coef: float) -> Compute:
+    """Σ a² as np.dot of a with itself; the coefficient multiplies the numpy scalar it returns,
+    whose arithmetic gives a 0-d array's values without the ufunc machinery."""
+
     def body(env: dict[str, Array], owned: set[str]) -> Array:
         a = env[n0].ravel()
-        return np.asarray(np.dot(a, a))
+        d = np.dot(a, a)
+        return np.asarray(d * coef if coef != 1 else d)
 
     return body
 
