@@ -90,35 +90,38 @@ def _same(a: Array) -> Array:
     return a
 
 
-def _relu_into(a: Array) -> Array:
+def _broadcaster(
+    names: tuple[str, ...], out: tuple[str, ...], sizes: dict[str, int]
+) -> Callable[[Array], Array]:
+    """`aligner`, except that an array whose axes are the last of `out`, in order, is left as it
+    is: numpy's broadcasting lines it up (a bias B[h] added to h[b,h])."""
+    return _same if names == out[len(out) - len(names) :] else aligner(names, out, sizes)
+
+
+def _relu_into(a: Array, env: Any = None) -> Array:
     return relu(a, out=a)
 
 
-def _relu_row_into(zeros: Array) -> Callable[[Array], Array]:
-    return lambda a: np.maximum(a, zeros, out=a)  # relu's values for an array of zeros' dtype
+def _relu_row_into(zeros: Array) -> Callable[..., Array]:
+    return lambda a, env=None: np.maximum(a, zeros, out=a)  # relu's values for zeros' dtype
 
 
-def _sigmoid_into(a: Array) -> Array:  # 0.5 * (1 + tanh(0.5 a)), as functions.py computes it
+def _sigmoid_into(a: Array, env: Any = None) -> Array:  # 0.5 (1 + tanh(0.5 a)), as functions.py
     np.multiply(a, 0.5, out=a)
     np.tanh(a, out=a)
     np.add(a, 1.0, out=a)
     return np.multiply(a, 0.5, out=a)
 
 
-def _ufunc_into(f: Any, **errstate: str) -> Callable[[Array], Array]:
-    if not errstate:
-        return lambda a: f(a, out=a)
-
-    def into(a: Array) -> Array:
-        with np.errstate(**errstate):
-            return f(a, out=a)
-
-    return into
+def _ufunc_into(f: Any, **errstate: str) -> Callable[..., Array]:
+    into = lambda a, env=None: f(a, out=a)  # noqa: E731
+    return np.errstate(**errstate)(into) if errstate else into  # as a decorator: one frame, not three
 
 
 # Elementwise functions that can overwrite their argument's buffer: the same ufuncs, in the same
-# order, as their FUNCTIONS entry, so the values are those of the allocating version.
-_IN_PLACE: dict[str, Callable[[Array], Array]] = {
+# order, as their FUNCTIONS entry, so the values are those of the allocating version. Each takes
+# (and ignores) an env too, to serve as a chain's in-place step (InPlace.step) itself.
+_IN_PLACE: dict[str, Callable[..., Array]] = {
     "relu": _relu_into,
     "sigmoid": _sigmoid_into,
     "tanh": _ufunc_into(np.tanh),
@@ -275,7 +278,7 @@ def _chain(first: Parts, links: list[Parts], one_by_one: list[Kernel]) -> Kernel
     passed = {first.name, *(q.name for q in links[:-1])}
     release = tuple(dict.fromkeys(n for q in (first, *links) for n in q.release if n not in passed))
     rest = one_by_one[1:]
-    ndarray = np.ndarray
+    ndarray, add = np.ndarray, np.add
 
     def run(env: dict[str, Array], owned: set[str]) -> None:
         a = compute0(env, owned)
@@ -289,7 +292,11 @@ def _chain(first: Parts, links: list[Parts], one_by_one: list[Kernel]) -> Kernel
         for step in steps:
             a = step(a, env)
         if accumulate:
-            _write(a, env, owned, name, shape, True, small, True)
+            t = env.get(name)
+            if t is not None and name in owned and t.ndim and t.dtype == a.dtype:
+                add(t, a, out=t)  # _write's own step for this case
+            else:
+                _write(a, env, owned, name, shape, True, small, True)
         else:
             env[name] = a
             owned.add(name)
@@ -606,7 +613,7 @@ def _elementwise_kernel(
         if into is not None and n0 in dead and n0 != p.out.name and align0 is _same:
             if p.func == "relu" and env[n0].dtype.kind == "f" and shape and shape[-1] >= 16:
                 into = _relu_row_into(zero_row(shape[-1], env[n0].dtype))  # relu's row, found once
-            return _unary_into_body(fn, into, n0, shape), True  # the argument dies here
+            return _unary_into_body(fn, into, n0, shape, env[n0].dtype.kind == "f"), True  # dies here
         return _unary_body(fn, n0, align0), True
     getters: list[Callable[[dict[str, Array]], Any]] = []
     for a in p.args:
@@ -629,14 +636,19 @@ def _exact(compute: Compute) -> Compute:
     return compute
 
 
-def _unary_into_body(fn: Any, into: Callable[[Array], Array], n0: str, shape: tuple[int, ...]) -> Compute:
+def _unary_into_body(
+    fn: Any, into: Callable[..., Array], n0: str, shape: tuple[int, ...], floats: bool
+) -> Compute:
+    """fn of an argument that dies here, into its buffer when this run owns it; `floats` says
+    whether the argument's dtype (the signature's) is a float one."""
+
     def unary(env: dict[str, Array], owned: set[str]) -> Array:
         a = env[n0]
-        if n0 in owned and a.dtype.kind == "f" and a.shape == shape:
+        if floats and n0 in owned and a.shape == shape:
             return into(a)  # overwrite the dying argument's buffer
         return fn(a)
 
-    return _continues(unary, n0, lambda a, env: into(a) if a.dtype.kind == "f" else fn(a))
+    return _continues(unary, n0, into if floats else lambda a, env: fn(a))
 
 
 def _unary_body(fn: Any, n0: str, align0: Callable[[Array], Array]) -> Compute:
@@ -666,7 +678,7 @@ def _terms_kernel(
     parts: list[tuple[float, Callable[[dict[str, Array]], Any] | None, float]] = []
     for c, u in p.terms:
         if isinstance(u, Ref):
-            parts.append((c, _getter(u.name, aligner(ref_index_names(u), out, sizes)), 0.0))
+            parts.append((c, _getter(u.name, _broadcaster(ref_index_names(u), out, sizes)), 0.0))
         else:
             parts.append((c, None, operand_value(u, sizes)))
     first = p.terms[0][1]
@@ -678,12 +690,16 @@ def _terms_kernel(
         if any(np.result_type(dt, env[u.name]) != dt for _, u in p.terms[1:] if isinstance(u, Ref)):
             donor = None
     fresh = len(parts) > 1 or parts[0][0] != 1 or parts[0][1] is None
-    if donor is None and len(parts) == 2 and parts[0][0] == 1 and parts[1][0] in (1, -1):
-        (_, a), (_, b) = p.terms
-        if isinstance(a, Ref) and isinstance(b, Ref) and b.name in dead and a.name != b.name:
+    (c0, a), *rest = p.terms
+    b = rest[0][1] if len(rest) == 1 and rest[0][0] in (1, -1) else None
+    if c0 == 1 and isinstance(a, Ref) and isinstance(b, Ref):  # `a ± b`: one ufunc call
+        sign = rest[0][0]
+        al0, al1 = (_broadcaster(ref_index_names(r), out, sizes) for r in (a, b))
+        if donor is None and b.name in dead and a.name != b.name and ref_index_names(b) == out:
             dt = env[b.name].dtype
-            if ref_index_names(b) == out and np.result_type(dt, env[a.name]) == dt:
-                return _into_second_body(b.name, parts[0][1], parts[1][1], parts[1][0], shape), True  # type: ignore[arg-type]
+            if np.result_type(dt, env[a.name]) == dt:
+                return _into_second_body(a.name, al0, b.name, sign, shape), True
+        return _two_terms_body(donor, a.name, al0, b.name, al1, sign, shape), True
     return _terms_body(parts, donor, shape), fresh
 
 
@@ -693,8 +709,6 @@ def _terms_body(
     shape: tuple[int, ...],
 ) -> Compute:
     rest = parts[1:]
-    if len(parts) == 2 and parts[0][0] == 1 and parts[0][1] and parts[1][1] and parts[1][0] in (1, -1):
-        return _two_terms_body(donor, parts[0][1], parts[1][1], parts[1][0], shape)
 
     def add_into(total: Array, env: dict[str, Array]) -> Array:
         for c, g, v in rest:
@@ -731,43 +745,45 @@ def _terms_body(
 
 def _two_terms_body(
     donor: str | None,
-    first: Callable[[dict[str, Array]], Any],
-    second: Callable[[dict[str, Array]], Any],
+    n0: str,
+    al0: Callable[[Array], Array],
+    n1: str,
+    al1: Callable[[Array], Array],
     sign: float,
     shape: tuple[int, ...],
 ) -> Compute:
-    """`a ± u`; when a (the donor) dies here, into a's buffer if this run owns it (a bias added
-    in place)."""
+    """`a ± b`; when a (the donor, with the result's axes) dies here, into a's buffer if this run
+    owns it (a bias added in place)."""
     op = np.add if sign == 1 else np.subtract
     if donor is None:
-        return lambda env, owned: op(first(env), second(env))
+        if al0 is _same and al1 is _same:
+            return lambda env, owned: op(env[n0], env[n1])
+        return lambda env, owned: op(al0(env[n0]), al1(env[n1]))
 
     def two(env: dict[str, Array], owned: set[str]) -> Array:
-        a = env[donor]
-        if donor in owned and a.shape == shape:
-            return op(a, second(env), out=a)
-        return op(first(env), second(env))
+        a = env[n0]
+        if n0 in owned and a.shape == shape:
+            return op(a, al1(env[n1]), out=a)
+        return op(a, al1(env[n1]))
 
-    return _continues(two, donor, lambda a, env: op(a, second(env), out=a))
+    if al1 is _same:
+        return _continues(two, n0, lambda a, env: op(a, env[n1], out=a))
+    return _continues(two, n0, lambda a, env: op(a, al1(env[n1]), out=a))
 
 
 def _into_second_body(
-    donor: str,
-    first: Callable[[dict[str, Array]], Any],
-    second: Callable[[dict[str, Array]], Any],
-    sign: float,
-    shape: tuple[int, ...],
+    n0: str, al0: Callable[[Array], Array], n1: str, sign: float, shape: tuple[int, ...]
 ) -> Compute:
-    """`u ± b` where b dies here: into b's buffer when this run owns it."""
+    """`u ± b` where b (with the result's axes) dies here: into b's buffer when this run owns it."""
     op = np.add if sign == 1 else np.subtract
 
     def two(env: dict[str, Array], owned: set[str]) -> Array:
-        b = env[donor]
-        if donor in owned and b.shape == shape:
-            return op(first(env), b, out=b)
-        return op(first(env), second(env))
+        b = env[n1]
+        if n1 in owned and b.shape == shape:
+            return op(al0(env[n0]), b, out=b)
+        return op(al0(env[n0]), b)
 
-    return _continues(two, donor, lambda b, env: op(first(env), b, out=b))
+    return _continues(two, n1, lambda b, env: op(al0(env[n0]), b, out=b))
 
 
 def _mean(x: Array, axes: tuple[int, ...]) -> Array:
@@ -862,7 +878,6 @@ def _scale_kernel(
     when it dies here); when the factor comes to exactly 1 (`y.grad = 2 (0.5) y` for a loss of
     ½Σy²) the tensor itself, as a hand-written backward pass reuses y as its own gradient."""
     (n0, nm0, k0), (n1, nm1, k1) = ops
-    ndarray = np.ndarray
     if k0 != 1 or k1 != 1 or n0 == n1:
         return None
     if nm0 == () and nm1 == out:
@@ -874,16 +889,11 @@ def _scale_kernel(
     keeps = np.result_type(env[t_name].dtype, env[s_name].dtype) == env[t_name].dtype  # t's dtype
     dies = keeps and t_name in dead
 
-    def scalar(env: dict[str, Array]) -> Any:
-        """The factor as a numpy scalar, whose arithmetic gives a 0-d array's values, faster."""
-        s = env[s_name]
-        if type(s) is ndarray:
-            s = s[()]
-        return s * coef if coef != 1 else s
+    # the factor as a numpy scalar (s[()]), whose arithmetic gives a 0-d array's values, faster
 
     def body(env: dict[str, Array], owned: set[str]) -> Array:
         t = env[t_name]
-        factor = scalar(env)
+        factor = env[s_name][()] * coef if coef != 1 else env[s_name][()]
         if keeps and factor == 1:
             return t
         if dies and t_name in owned and t.shape == shape:
@@ -894,7 +904,7 @@ def _scale_kernel(
         return body
 
     def scale_into(t: Array, env: dict[str, Array]) -> Array:
-        factor = scalar(env)
+        factor = env[s_name][()] * coef if coef != 1 else env[s_name][()]
         return t if factor == 1 else np.multiply(t, factor, out=t)
 
     return _continues(body, t_name, scale_into)
