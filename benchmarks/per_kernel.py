@@ -8,7 +8,7 @@ the two alone, then with PyTorch's and JAX's steps in the rotation (when install
 median time of each kernel in both rotations, the time indexgrad spends outside its kernels
 (forward() and backward() themselves, and the loop between kernels), and each step's median. The
 timers add about a quarter of a microsecond per kernel to indexgrad's step, and each kernel runs
-on its own: the chains that a planned run fuses into one kernel (kernels.fuse_chains) run unfused.
+on its own: the chains and relu masks that a planned run fuses (kernels.fuse_chains) run unfused.
 """
 
 from __future__ import annotations

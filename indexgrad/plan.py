@@ -124,7 +124,7 @@ def pairwise(
         return lambda a, b: swapped(b, a)
     a_perm = [a_rest.index(n) for n in batch + left + inner]
     b_perm = [b_rest.index(n) for n in batch + inner + right]
-    if batch and not left and not right and _VECDOT is not None:  # one dot product per batch entry
+    if batch and not left and not right:  # one dot product per batch entry
         return _batched_dot(a_only, a_perm, b_only, b_perm, a_rest, b_rest, size, batch, inner)
     nb = math.prod(size[n] for n in batch)
     nl = math.prod(size[n] for n in left)
@@ -208,9 +208,6 @@ _MATMULS: dict[tuple[bool, bool, bool], Callable[[np.ndarray, np.ndarray], np.nd
 }
 
 
-_VECDOT = getattr(np, "vecdot", None)  # numpy >= 2.0
-
-
 def _batched_dot(
     a_only: tuple[int, ...],
     a_perm: list[int],
@@ -228,7 +225,7 @@ def _batched_dot(
     a_move = _mover(a_only, a_perm, tuple(size[n] for n in a_rest), shape2)
     b_move = _mover(b_only, b_perm, tuple(size[n] for n in b_rest), shape2)
     res = tuple(size[n] for n in batch)
-    vecdot = _VECDOT
+    vecdot = np.vecdot
 
     def dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if a_move is not None:
