@@ -125,7 +125,10 @@ def pairwise(
     a_perm = [a_rest.index(n) for n in batch + left + inner]
     b_perm = [b_rest.index(n) for n in batch + inner + right]
     if batch and not left and not right:  # one dot product per batch entry
-        return _batched_dot(a_only, a_perm, b_only, b_perm, a_rest, b_rest, size, batch, inner)
+        rows = (math.prod(size[n] for n in batch), math.prod(size[n] for n in inner))
+        a_rows = _mover(a_only, a_perm, tuple(size[n] for n in a_rest), rows)
+        b_rows = _mover(b_only, b_perm, tuple(size[n] for n in b_rest), rows)
+        return _batched_dot(a_rows, b_rows, tuple(size[n] for n in batch))
     nb = math.prod(size[n] for n in batch)
     nl = math.prod(size[n] for n in left)
     nr = math.prod(size[n] for n in right)
@@ -209,22 +212,12 @@ _MATMULS: dict[tuple[bool, bool, bool], Callable[[np.ndarray, np.ndarray], np.nd
 
 
 def _batched_dot(
-    a_only: tuple[int, ...],
-    a_perm: list[int],
-    b_only: tuple[int, ...],
-    b_perm: list[int],
-    a_rest: tuple[str, ...],
-    b_rest: tuple[str, ...],
-    size: dict[str, int],
-    batch: list[str],
-    inner: list[str],
+    a_move: Callable[[np.ndarray], np.ndarray] | None,
+    b_move: Callable[[np.ndarray], np.ndarray] | None,
+    res: tuple[int, ...],
 ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """`out[b] = a[b,k] b[b,k]` summed over k (the batch in out's order) as np.vecdot of two
-    matrices, which costs less than a batch of 1x1 matrix products."""
-    shape2 = (math.prod(size[n] for n in batch), math.prod(size[n] for n in inner))
-    a_move = _mover(a_only, a_perm, tuple(size[n] for n in a_rest), shape2)
-    b_move = _mover(b_only, b_perm, tuple(size[n] for n in b_rest), shape2)
-    res = tuple(size[n] for n in batch)
+    """`out[b] = a[b,k] c[b,k]` summed over k as np.vecdot of the two operands as matrices (one
+    row per b, by `a_move` and `b_move`), which costs less than a batch of 1x1 matrix products."""
     vecdot = np.vecdot
 
     def dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:

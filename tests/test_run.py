@@ -701,6 +701,28 @@ def test_every_product_of_two_matrices_against_einsum(a: str, b: str) -> None:
             np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13, err_msg=f"{a},{b}->{out}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("b_size", [3, 0])
+def test_batched_dot_products_against_einsum(dtype, b_size: int) -> None:
+    """`out[b,c] = x[...] y[...]` summed over the rest (np.vecdot of two matrices): operands with
+    two kept and two summed indices in every order, one summed index only one operand has."""
+    from itertools import permutations
+
+    from indexgrad.plan import pairwise
+
+    size = {"b": b_size, "c": 2, "j": 3, "k": 4, "e": 2}
+    g = rng(2)
+    for a in ["bcjk", "kjcb", "jbkc"]:
+        for b in ["cbkj", "jkbce"]:
+            x = g.standard_normal([size[n] for n in a]).astype(dtype)
+            y = g.standard_normal([size[n] for n in b]).astype(dtype)
+            for out in permutations("bc"):
+                want = np.einsum(f"{a},{b}->{''.join(out)}", x, y)
+                got = pairwise(tuple(a), tuple(b), tuple(out), x.shape, y.shape)(x, y)
+                assert got.dtype == want.dtype and got.shape == want.shape
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{a},{b}->{out}")
+
+
 @pytest.mark.parametrize(
     "text, scalars",
     [
