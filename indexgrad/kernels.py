@@ -889,10 +889,9 @@ def _scale_kernel(
     keeps = np.result_type(env[t_name].dtype, env[s_name].dtype) == env[t_name].dtype  # t's dtype
     dies = keeps and t_name in dead
 
-    # the factor as a numpy scalar (s[()]), whose arithmetic gives a 0-d array's values, faster
-
     def body(env: dict[str, Array], owned: set[str]) -> Array:
         t = env[t_name]
+        # the factor as a numpy scalar, whose arithmetic gives a 0-d array's values, faster
         factor = env[s_name][()] * coef if coef != 1 else env[s_name][()]
         if keeps and factor == 1:
             return t
