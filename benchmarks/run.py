@@ -469,7 +469,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--min-reps", type=int, default=20, help="never fewer repetitions than this (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds before timing (default 3)")
     p.add_argument(
-        "--budget", type=float, default=10.0, help="seconds of timing per workload before --reps is cut (10)"
+        "--budget", type=float, default=30.0, help="seconds of timing per workload before --reps is cut (30)"
     )
     p.add_argument("--only", default="", help="comma-separated workload keys: " + ",".join(ALL_KEYS))
     p.add_argument("--no-torch", action="store_true")
