@@ -128,7 +128,7 @@ def pairwise(
         rows = (math.prod(size[n] for n in batch), math.prod(size[n] for n in inner))
         a_rows = _mover(a_only, a_perm, tuple(size[n] for n in a_rest), rows)
         b_rows = _mover(b_only, b_perm, tuple(size[n] for n in b_rest), rows)
-        return _batched_dot(a_rows, b_rows, tuple(size[n] for n in batch))
+        return _moved(np.vecdot, a_rows, b_rows, tuple(size[n] for n in batch), None)
     nb = math.prod(size[n] for n in batch)
     nl = math.prod(size[n] for n in left)
     nr = math.prod(size[n] for n in right)
@@ -142,29 +142,10 @@ def pairwise(
 
     a_move = _mover(a_only, a_perm, tuple(size[n] for n in a_rest), a3)
     b_move = _mover(b_only, b_perm, tuple(size[n] for n in b_rest), b3)
-    matmul_ = np.matmul
     res_t = tuple(res_shape)
     if a_move is None and b_move is None and identity and res_t == a3[:-1] + b3[-1:]:
-        return matmul_
-    if identity:
-
-        def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            if a_move is not None:
-                a = a_move(a)
-            if b_move is not None:
-                b = b_move(b)
-            return matmul_(a, b).reshape(res_t)
-
-        return matmul
-
-    def matmul_t(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        if a_move is not None:
-            a = a_move(a)
-        if b_move is not None:
-            b = b_move(b)
-        return matmul_(a, b).reshape(res_t).transpose(res_perm)
-
-    return matmul_t
+        return np.matmul
+    return _moved(np.matmul, a_move, b_move, res_t, None if identity else res_perm)
 
 
 def matrix_layout(
@@ -211,23 +192,26 @@ _MATMULS: dict[tuple[bool, bool, bool], Callable[[np.ndarray, np.ndarray], np.nd
 }
 
 
-def _batched_dot(
+def _moved(
+    product: Callable[[np.ndarray, np.ndarray], np.ndarray],
     a_move: Callable[[np.ndarray], np.ndarray] | None,
     b_move: Callable[[np.ndarray], np.ndarray] | None,
     res: tuple[int, ...],
+    perm: list[int] | None,
 ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """`out[b] = a[b,k] c[b,k]` summed over k as np.vecdot of the two operands as matrices (one
-    row per b, by `a_move` and `b_move`), which costs less than a batch of 1x1 matrix products."""
-    vecdot = np.vecdot
+    """`product` (np.matmul of matrices or batches of them; np.vecdot of rows, one dot product per
+    batch entry, cheaper than a batch of 1x1 matrix products) of the operands as `a_move` and
+    `b_move` lay them out, reshaped to `res` and, given `perm`, transposed into the output's order."""
 
-    def dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def run(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if a_move is not None:
             a = a_move(a)
         if b_move is not None:
             b = b_move(b)
-        return vecdot(a, b).reshape(res)
+        r = product(a, b).reshape(res)
+        return r if perm is None else r.transpose(perm)
 
-    return dot
+    return run
 
 
 def _mover(
