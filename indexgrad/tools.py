@@ -366,7 +366,7 @@ def cmd_graph(a: argparse.Namespace) -> int:
 
 # ---- checks of a program against the commands that invent its arrays -------------------------
 
-MAX_RANK = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32  # numpy's most axes
+MAX_RANK = 64  # numpy's most axes (numpy >= 2.0, which the package requires)
 
 
 def index_names(program: Program) -> list[str]:
