@@ -278,7 +278,7 @@ def _chain(first: Parts, links: list[Parts], one_by_one: list[Kernel]) -> Kernel
     passed = {first.name, *(q.name for q in links[:-1])}
     release = tuple(dict.fromkeys(n for q in (first, *links) for n in q.release if n not in passed))
     rest = one_by_one[1:]
-    ndarray, add = np.ndarray, np.add
+    ndarray = np.ndarray
 
     def run(env: dict[str, Array], owned: set[str]) -> None:
         a = compute0(env, owned)
@@ -292,11 +292,7 @@ def _chain(first: Parts, links: list[Parts], one_by_one: list[Kernel]) -> Kernel
         for step in steps:
             a = step(a, env)
         if accumulate:
-            t = env.get(name)
-            if t is not None and name in owned and t.ndim and t.dtype == a.dtype:
-                add(t, a, out=t)  # _write's own step for this case
-            else:
-                _write(a, env, owned, name, shape, True, small, True)
+            _write(a, env, owned, name, shape, True, small, True)
         else:
             env[name] = a
             owned.add(name)
@@ -324,17 +320,7 @@ def _runner(
     An `exact` compute returns a new array of the planned shape for ndarray operands: an ndarray
     result is written without checking its shape."""
     ndarray = np.ndarray
-    if exact and not accumulate and not release:
-
-        def run(env: dict[str, Array], owned: set[str]) -> None:
-            r = compute(env, owned)
-            if type(r) is ndarray:
-                env[name] = r
-                owned.add(name)
-            else:  # a subclass of ndarray given by the caller (np.matrix) makes its own kind
-                _write(r, env, owned, name, shape, fresh, small, False)
-
-    elif accumulate:
+    if accumulate:
 
         def run(env: dict[str, Array], owned: set[str]) -> None:
             r = compute(env, owned)
@@ -351,7 +337,7 @@ def _runner(
             if type(r) is ndarray and (exact or r.shape == shape):
                 env[name] = r
                 owned.add(name)
-            else:
+            else:  # a broadcast, a scalar, or a subclass of ndarray the caller gave (np.matrix)
                 _write(r, env, owned, name, shape, fresh, small, False)
             for n in release:
                 del env[n]
