@@ -661,12 +661,6 @@ def _terms_kernel(
 ) -> tuple[Compute, bool] | None:
     if not any(isinstance(u, Ref) for _, u in p.terms):
         return None
-    parts: list[tuple[float, Callable[[dict[str, Array]], Any] | None, float]] = []
-    for c, u in p.terms:
-        if isinstance(u, Ref):
-            parts.append((c, _getter(u.name, _broadcaster(ref_index_names(u), out, sizes)), 0.0))
-        else:
-            parts.append((c, None, operand_value(u, sizes)))
     first = p.terms[0][1]
     donor = first.name if isinstance(first, Ref) and first.name in dead else None
     if donor is not None and (p.terms[0][0] != 1 or ref_index_names(first) != out):
@@ -675,7 +669,6 @@ def _terms_kernel(
         dt = env[donor].dtype
         if any(np.result_type(dt, env[u.name]) != dt for _, u in p.terms[1:] if isinstance(u, Ref)):
             donor = None
-    fresh = len(parts) > 1 or parts[0][0] != 1 or parts[0][1] is None
     (c0, a), *rest = p.terms
     b = rest[0][1] if len(rest) == 1 and rest[0][0] in (1, -1) else None
     if c0 == 1 and isinstance(a, Ref) and isinstance(b, Ref):  # `a ± b`: one ufunc call
@@ -686,6 +679,13 @@ def _terms_kernel(
             if np.result_type(dt, env[a.name]) == dt:
                 return _into_second_body(a.name, al0, b.name, sign, shape), True
         return _two_terms_body(donor, a.name, al0, b.name, al1, sign, shape), True
+    parts: list[tuple[float, Callable[[dict[str, Array]], Any] | None, float]] = []
+    for c, u in p.terms:
+        if isinstance(u, Ref):
+            parts.append((c, _getter(u.name, _broadcaster(ref_index_names(u), out, sizes)), 0.0))
+        else:
+            parts.append((c, None, operand_value(u, sizes)))
+    fresh = len(parts) > 1 or parts[0][0] != 1 or parts[0][1] is None
     return _terms_body(parts, donor, shape), fresh
 
 
