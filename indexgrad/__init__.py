@@ -2,9 +2,11 @@
 
 from .derive import derive, derive_jvp
 from .errors import IndexgradError, IndexgradWarning
-from .model import GradcheckReport, Model, compile, gradcheck, load, parse
+from .gradcheck import GradcheckReport, gradcheck
+from .memory import memory_limit, set_memory_limit
+from .model import Model, compile
 from .nodes import Program
-from .run import memory_limit, set_memory_limit
+from .syntax import load, parse
 
 __all__ = [
     "GradcheckReport",

@@ -15,11 +15,13 @@ import numpy as np
 from .derive import default_loss, defined_loss, derive_for, derive_jvp, forward_statements, gather_form
 from .errors import IndexgradError, IndexgradWarning, render
 from .files import load_npz, refuse_overwrite, save_npz_atomic
+from .gradcheck import gradcheck
 from .lower import lower, prim_statement
-from .model import Model, gradcheck, load
+from .model import Model
 from .nodes import Program, Statement, ref_index_names, refs_in
 from .printer import format_program, format_statement
 from .shapes import parse_dims, parse_names, random_inputs
+from .syntax import load
 from .tools import check_dims, check_ranks
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -209,7 +211,7 @@ def cmd_check(a: argparse.Namespace) -> int:
         # a vector output: check the scalar <seed, output> instead
         g = rng.standard_normal(value.shape)
         text = str(p) + f"check.dot = {_dot(p, loss, value.ndim)}\n"
-        from .model import parse
+        from .syntax import parse
 
         p2 = parse(text, p.filename)
         arrays["check.seed"] = g

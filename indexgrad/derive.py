@@ -43,6 +43,7 @@ from .nodes import (
     refs_in_statement,
 )
 from .shapes import axis_classes
+from .syntax import as_program
 
 
 def derived_names(program: Program, suffix: str) -> dict[str, str]:
@@ -178,15 +179,6 @@ def wrt_names(wrt: str | list[str] | tuple[str, ...] | None) -> list[str] | None
 def derive(program: Program, loss: str | None = None, wrt: list[str] | None = None) -> Program:
     """The reverse-mode program: gradient statements by the swap rule, in reverse order (SPEC 2.2)."""
     return derive_for(as_program(program), [loss] if loss else [], wrt_names(wrt))
-
-
-def as_program(program: Program | str) -> Program:
-    """A Program, parsing (or loading) it first when given as .idx text (or a path), as compile does."""
-    if isinstance(program, Program):
-        return program
-    from .model import _as_program  # model imports this module
-
-    return _as_program(program)
 
 
 def derive_for(

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import functools
-import math
 import operator
-import sys
 import time
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .check import check, sized_like
 from .derive import derivative_reads, derive_for, derive_jvp, derived_names, tan_name, wrt_names
-from .errors import IndexgradError, IndexgradWarning
+from .errors import IndexgradError
 from .gcpause import gc_paused
 from .lower import (
     Contract,
@@ -31,63 +27,10 @@ from .lower import (
 )
 from .nodes import Program, Ref, refs_in_statement
 from .run import Executor, _signature, read_steps_of_outputs, relu_outputs
-from .syntax import parse_syntax
+from .syntax import as_program
 
 Array = np.ndarray
 _SHAPE_DTYPE = operator.attrgetter("shape", "dtype")
-
-
-def parse(text: str, filename: str = "<string>") -> Program:
-    """Parse and check .idx text; `str(program)` is its canonical form."""
-    if not isinstance(text, str):
-        raise IndexgradError(f"parse() takes the program text as a string, got {type(text).__name__}")
-    with gc_paused():
-        program = check(parse_syntax(text, filename))
-    for w in program.warnings:  # SPEC 1.4: said as a Python warning too (the CLI prints its own)
-        where = f"{filename}:{w.span.line}:{w.span.column}: " if w.span and w.span.line else f"{filename}: "
-        warnings.warn(IndexgradWarning(where + w.message), stacklevel=_caller_level())
-    return program
-
-
-def _caller_level() -> int:
-    """The warnings stack level of the first frame outside this package (the user's call)."""
-    here = str(Path(__file__).parent)
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(here):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
-def load(path: str | Path) -> Program:
-    """Parse and check an .idx file."""
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise IndexgradError(f"cannot read {p}: {e.strerror or e}", filename=str(p)) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        line_start = raw.rfind(b"\n", 0, e.start) + 1
-        col = len(raw[line_start : e.start].decode("utf-8", errors="replace")) + 1
-        from .nodes import Span
-
-        raise IndexgradError(
-            f"the file is not valid UTF-8 (byte 0x{raw[e.start]:02x})",
-            Span(line, col, line, col + 1),
-            str(p),
-            raw.decode("utf-8", errors="replace"),
-        ) from None
-    return parse(text.removeprefix("\ufeff"), str(p))  # a byte-order mark is not part of the text
-
-
-def _as_program(x: str | Program) -> Program:
-    if isinstance(x, Program):
-        return x
-    if isinstance(x, Path) or (isinstance(x, str) and x.endswith(".idx") and "\n" not in x):
-        return load(x)
-    return parse(x)
 
 
 def _python_number(v: Any) -> bool:
@@ -587,79 +530,7 @@ def _owner(a: Array) -> int:
 
 def compile(program: str | Program, backend: str = "numpy") -> Model:  # noqa: A001
     """A Model for .idx text, a path to an .idx file, or a parsed Program."""
-    return Model(_as_program(program), backend)
-
-
-@dataclass
-class GradcheckReport:
-    """Per input: the largest relative error between derived and finite-difference gradients."""
-
-    errors: dict[str, float]
-    tolerance: float
-
-    @property
-    def ok(self) -> bool:
-        return all(e <= self.tolerance for e in self.errors.values())
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-    def __str__(self) -> str:
-        rows = [f"{n}: relative error {e:.2e}" for n, e in self.errors.items()]
-        return "\n".join(rows + [("ok" if self.ok else "FAILED") + f" (tolerance {self.tolerance:g})"])
-
-
-def gradcheck(
-    model: Model | Program | str,
-    arrays: Mapping[str, Any],
-    loss: str | None = None,
-    eps: float = 1e-6,
-    tolerance: float = 1e-5,
-    directions: int = 3,
-    seed: int = 0,
-    wrt: list[str] | None = None,
-) -> GradcheckReport:
-    """Compare backward() with symmetric finite differences in float64 along random directions.
-
-    Each input (each of `wrt`, when given) is checked on its own along `directions` random
-    directions; more than `JOINT_AFTER` of them are checked along random directions in all at
-    once (as JAX's check_grads does), reported under one key, so the cost stays a few forward passes.
-    `model` may also be a program (text, path or Program), compiled here.
-    """
-    if not isinstance(model, Model):
-        model = compile(model)
-    wrt = wrt_names(wrt)
-    if not eps > 0 or not math.isfinite(eps):
-        raise IndexgradError(f"gradcheck needs a positive step eps, got {eps}")
-    arr = {
-        n: (np.asarray(a, dtype=np.float64) if n not in model.labels else np.asarray(a))
-        for n, a in arrays.items()
-    }
-    vals = model.forward(**arr)
-    loss = loss or model.program.statements[-1].target.name
-    names = list(model.inputs) if wrt is None else list(wrt)
-    grads = model.backward(vals, loss=loss, wrt=names)
-    rng = np.random.default_rng(seed)
-    groups = [[n] for n in names]
-    if len(groups) > JOINT_AFTER:
-        groups = [names]
-    errors: dict[str, float] = {}
-    for group in groups:
-        worst = 0.0
-        for _ in range(directions):
-            d = {n: rng.standard_normal(np.shape(arr[n])) for n in group}
-            plus = dict(arr, **{n: arr[n] + eps * d[n] for n in group})
-            minus = dict(arr, **{n: arr[n] - eps * d[n] for n in group})
-            fd = (float(model.forward(**plus)[loss]) - float(model.forward(**minus)[loss])) / (2 * eps)
-            an = float(sum(np.sum(grads[n] * d[n]) for n in group))
-            err = abs(fd - an) / max(1.0, abs(fd), abs(an))
-            worst = max(worst, err)
-        key = group[0] if len(group) == 1 else f"all {len(group)} inputs together"
-        errors[key] = worst
-    return GradcheckReport(errors, tolerance)
-
-
-JOINT_AFTER = 64
+    return Model(as_program(program), backend)
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -18,51 +17,13 @@ from .functions import FUNCTIONS, REDUCTIONS
 from .gcpause import gc_paused
 from .kernels import Kernel, aligner, fuse_chains, kernel_for, operand_value, power, raised
 from .lower import Contract, Elementwise, Prim, Reduction, Terms, prim_refs
+from .memory import human_bytes, memory_limit
 from .nodes import Affine, Gather, Ref, Span, is_plain, ref_index_names
 from .plan import plan_contraction
 from .printer import format_ref
 from .shapes import axis_classes, valid_extent
 
 Array = np.ndarray
-
-
-_LIMIT: list[int | None] = [None]
-
-
-def set_memory_limit(nbytes: int | None) -> None:
-    """Largest array or intermediate (in bytes) a statement may create; None restores the default."""
-    _LIMIT[0] = nbytes
-
-
-def memory_limit() -> int:
-    """The limit in force: set_memory_limit(), else INDEXGRAD_MEMORY_LIMIT, else 80% of free memory."""
-    if _LIMIT[0] is not None:
-        return _LIMIT[0]
-    env = os.environ.get("INDEXGRAD_MEMORY_LIMIT")
-    if env:
-        try:
-            return int(float(env))
-        except ValueError:
-            raise IndexgradError(f"INDEXGRAD_MEMORY_LIMIT must be a number of bytes, got '{env}'") from None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(int(line.split()[1]) * 1024 * 0.8)
-    except OSError:
-        pass
-    return 8 << 30
-
-
-def _human(n: int) -> str:
-    """A byte count for people: '3.5 GiB'; any size, however large, without overflowing a float."""
-    for k, unit in enumerate(("bytes", "KiB", "MiB", "GiB", "TiB")):
-        if n < 1024 ** (k + 1) or unit == "TiB":
-            if unit == "bytes":
-                return f"{n} bytes"
-            whole, rest = divmod((n * 10 + 1024**k // 2) // 1024**k, 10)  # rounded, in integers
-            return f"{whole}.{rest} {unit}"
-    return str(n)
 
 
 def _ref_place(r: Ref, fallback: Span) -> Span:
@@ -503,8 +464,8 @@ class Executor:
         limit = self._limit if self._limit is not None else memory_limit()
         if need > limit:
             raise IndexgradError(
-                f"this statement would need {_human(need)} for '{p.out.name}' or an intermediate, "
-                f"over the memory limit of {_human(limit)}; use smaller sizes, or raise the limit "
+                f"this statement would need {human_bytes(need)} for '{p.out.name}' or an intermediate, "
+                f"over the memory limit of {human_bytes(limit)}; use smaller sizes, or raise the limit "
                 "with indexgrad.set_memory_limit() or INDEXGRAD_MEMORY_LIMIT",
                 p.span,
             )

@@ -10,6 +10,7 @@ import numpy as np
 from .check import sized_like
 from .errors import IndexgradError
 from .functions import FUNCTIONS
+from .memory import human_bytes, memory_limit
 from .nodes import Affine, Call, Expr, Gather, Program, Ref, children, refs_in
 
 
@@ -218,8 +219,6 @@ def random_inputs(
             for axis, i in enumerate(r.indices):
                 if isinstance(i, Gather) and r.name in shapes:
                     limits[i.ref.name] = min(limits.get(i.ref.name, 10**9), shapes[r.name][axis])
-    from .run import _human, memory_limit  # run imports this module
-
     out: dict[str, np.ndarray] = {}
     limit = memory_limit()
     for name, shape in shapes.items():
@@ -228,8 +227,8 @@ def random_inputs(
             reads = (r for st in program.statements for r in refs_in(st.expr))
             place = next((r.span for r in reads if r.name == name), None)
             raise IndexgradError(
-                f"a random '{name}' of shape {shape} would need {_human(need)}, over the memory limit "
-                f"of {_human(limit)}; use smaller --dims",
+                f"a random '{name}' of shape {shape} would need {human_bytes(need)}, over the memory limit "
+                f"of {human_bytes(limit)}; use smaller --dims",
                 place,
                 program.filename,
                 program.source,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -12,7 +14,9 @@ from typing import Any
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput
 
-from .errors import IndexgradError, source_lines
+from .check import check
+from .errors import IndexgradError, IndexgradWarning, source_lines
+from .gcpause import gc_paused
 from .nodes import (
     Affine,
     Call,
@@ -476,3 +480,55 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> IndexgradErro
     else:
         span = Span(line, column, line, column + 1)
     return IndexgradError(msg, span, filename, text)
+
+
+def parse(text: str, filename: str = "<string>") -> Program:
+    """Parse and check .idx text; `str(program)` is its canonical form."""
+    if not isinstance(text, str):
+        raise IndexgradError(f"parse() takes the program text as a string, got {type(text).__name__}")
+    with gc_paused():
+        program = check(parse_syntax(text, filename))
+    for w in program.warnings:  # SPEC 1.4: said as a Python warning too (the CLI prints its own)
+        where = f"{filename}:{w.span.line}:{w.span.column}: " if w.span and w.span.line else f"{filename}: "
+        warnings.warn(IndexgradWarning(where + w.message), stacklevel=_caller_level())
+    return program
+
+
+def _caller_level() -> int:
+    """The warnings stack level of the first frame outside this package (the user's call)."""
+    here = str(Path(__file__).parent)
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(here):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def load(path: str | Path) -> Program:
+    """Parse and check an .idx file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise IndexgradError(f"cannot read {p}: {e.strerror or e}", filename=str(p)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        line_start = raw.rfind(b"\n", 0, e.start) + 1
+        col = len(raw[line_start : e.start].decode("utf-8", errors="replace")) + 1
+        raise IndexgradError(
+            f"the file is not valid UTF-8 (byte 0x{raw[e.start]:02x})",
+            Span(line, col, line, col + 1),
+            str(p),
+            raw.decode("utf-8", errors="replace"),
+        ) from None
+    return parse(text.removeprefix("\ufeff"), str(p))  # a byte-order mark is not part of the text
+
+
+def as_program(x: str | Path | Program) -> Program:
+    """A Program from a Program, a path to an .idx file, or .idx text."""
+    if isinstance(x, Program):
+        return x
+    if isinstance(x, Path) or (isinstance(x, str) and x.endswith(".idx") and "\n" not in x):
+        return load(x)
+    return parse(x)

@@ -19,7 +19,6 @@ from .derive import derive_for
 from .errors import IndexgradError
 from .files import refuse_overwrite
 from .lower import Contract, Elementwise, Prim, Reduction, Terms, label_refs, lower, prim_refs, prim_statement
-from .model import load
 from .nodes import (
     Affine,
     Expr,
@@ -36,6 +35,7 @@ from .plan import plan_contraction
 from .printer import format_index, format_number, format_ref, format_statement
 from .run import Executor
 from .shapes import parse_dims, parse_names, random_inputs
+from .syntax import load
 
 # ---- the computation graph -------------------------------------------------------------------
 
