@@ -269,6 +269,22 @@ def cmd_train(a: argparse.Namespace) -> int:
     )
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    try:
+        from .serve import serve
+    except ImportError as e:
+        raise IndexgradError(
+            f"indexgrad serve needs Starlette and Uvicorn ({e}); install them with "
+            "pip install 'indexgrad[serve]'"
+        ) from None
+    if not 0 <= a.port <= 65535:
+        raise IndexgradError(f"--port must be between 0 and 65535, got {a.port}")
+    if a.workers < 1 or not (math.isfinite(a.timeout) and a.timeout > 0):
+        raise IndexgradError("--workers must be at least 1 and --timeout a positive number of seconds")
+    serve(a.host, a.port, a.workers, a.timeout)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(
         prog="indexgrad",
@@ -324,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save", metavar="CKPT", help="write a checkpoint (.npz) after every epoch")
     t.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint up to --epochs")
     t.set_defaults(func=cmd_train, format="text")
+
+    s = sub.add_parser("serve", help="the playground: a web page that derives, draws and checks as you type")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=2, help="processes that answer requests")
+    s.add_argument("--timeout", type=float, default=10.0, help="seconds a request may run")
+    s.set_defaults(func=cmd_serve, format="text")
 
     from . import tools
 
