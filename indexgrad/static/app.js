@@ -195,11 +195,11 @@ async function ask(kind, body, mine) {
     return { diagnostics: [{ line: null, column: null, severity: "error", message: "cannot reach the playground's server" }] };
   } finally {
     if (pending[kind] === control) delete pending[kind];
-    busy();
+    showWorking();
   }
 }
 
-function busy() {
+function showWorking() {
   $("status").textContent = Object.keys(pending).length ? "working…" : "";
 }
 
@@ -235,27 +235,36 @@ function update() {
   const base = { source: s.src };
   const wrt = s.wrt || undefined;
   const loss = s.loss || undefined;
-  busy();
+  showWorking();
   const jvp = s.mode === "jvp";
   $("derived-title").textContent = jvp ? "Tangent (forward mode)" : "Gradient (the swap rule)";
   $("derived-cmd").textContent = jvp ? "jvp" : "grad";
   $("loss").disabled = jvp;
 
-  ask("derive", { ...base, mode: s.mode, loss: jvp ? undefined : loss, wrt }, mine).then((r) => {
+  const derived = ask("derive", { ...base, mode: s.mode, loss: jvp ? undefined : loss, wrt }, mine).then((r) => {
     if (!r) return;
     showDiagnostics(r.diagnostics);
     typeset($("source-math"), r.source_latex);
     typeset($("derived-math"), r.latex);
     $("derived-idx").textContent = r.idx;
-    if (hasError(r)) $("derived-math").replaceChildren();
+    if (hasError(r)) {
+      const note = document.createElement("p");
+      note.className = "empty";
+      note.textContent = "the program has an error: see beside it";
+      $("source-math").replaceChildren(note);
+      $("derived-math").replaceChildren();
+    }
   });
-  ask("graph", { ...base, grad: s.backward === "1", loss, wrt }, mine).then((r) => {
+  const drawn = ask("graph", { ...base, grad: s.backward === "1", loss, wrt }, mine).then((r) => {
     if (!r) return;
     if (hasError(r)) return failure($("graph"), r);
     $("graph").innerHTML = r.svg; // drawn by the server from the program, every text escaped
   });
-  ask("check", { ...base, dims: s.dims, loss }, mine).then((r) => r && drawCheck(r));
-  ask("cost", { ...base, dims: s.dims, loss, wrt }, mine).then((r) => r && drawCost(r));
+  const checked = ask("check", { ...base, dims: s.dims, loss }, mine).then((r) => r && drawCheck(r));
+  const costed = ask("cost", { ...base, dims: s.dims, loss, wrt }, mine).then((r) => r && drawCost(r));
+  Promise.all([derived, drawn, checked, costed]).then(() => {
+    if (mine === generation) delete document.body.dataset.busy; // everything shown is for this text
+  });
 }
 
 function cell(row, text, className) {
@@ -341,6 +350,7 @@ function drawCost(r) {
 let timer = null;
 
 function changed(now) {
+  document.body.dataset.busy = "1";
   drawGutter();
   markExample();
   writeURL();
