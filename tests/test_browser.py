@@ -82,7 +82,9 @@ def typeset(page: Any, selector: str) -> str:
     return page.eval_on_selector(f"{selector} annotation", "a => a.textContent")
 
 
-def test_an_example_is_one_click_away_and_its_gradient_is_typeset(page: Any, url: str, tmp_path: Path) -> None:
+def test_an_example_is_one_click_away_and_its_gradient_is_typeset(
+    page: Any, url: str, tmp_path: Path
+) -> None:
     page.goto(url)
     settled(page)
     page.click("#examples button[data-name=mlp]")

@@ -3,6 +3,7 @@ under load and abuse: oversized bodies, huge dims, file paths, slow requests."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import io
@@ -415,3 +416,25 @@ def test_page_refers_only_to_files_it_ships() -> None:
     css = (STATIC / "katex" / "katex.min.css").read_text()
     fonts = set(re.findall(r"url\((fonts/[^)]+\.woff2)\)", css))
     assert fonts and all((STATIC / "katex" / f).is_file() for f in fonts)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS as Linux counts it")
+def test_what_the_guard_lets_through_is_held_by_the_address_space_limit() -> None:
+    """Eight 60 MiB inputs pass a 64 MiB-per-array guard one by one, but not the worker's address
+    space cap (4 x 64 MiB above its start): a MemoryError, answered as a diagnostic; the same
+    worker then answers the next request."""
+    from indexgrad.pool import Pool
+
+    async def go() -> tuple[Any, Any]:
+        pool = Pool(1, timeout=60, memory=64 << 20)
+        await pool.start()
+        try:
+            src = "loss = a[i,j] b[i,j] c[i,j] d[i,j] e[i,j] f[i,j] g[i,j] h[i,j]"
+            big = await pool.run("check", {"source": src, "dims": "i=2800,j=2800"})
+            return big, await pool.run("check", {"source": "loss = x[i] x[i]"})
+        finally:
+            await pool.close()
+
+    (status, big), (status2, small) = asyncio.run(go())
+    assert status == 200 and "more memory than the playground allows" in big["diagnostics"][0]["message"]
+    assert status2 == 200 and small["ok"] is True
