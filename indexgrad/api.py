@@ -149,8 +149,11 @@ def cost(body: dict[str, Any]) -> dict[str, Any]:
 
 def graph(body: dict[str, Any]) -> dict[str, Any]:
     """The computation graph as SVG; with `grad`, the backward program overlaid."""
+    grad = body.get("grad", False)
+    if not isinstance(grad, bool):
+        raise RequestError("'grad' must be true or false")
     p = parse(body["source"], FILENAME)
-    g = computation_graph(p, bool(body.get("grad")), _text(body, "loss"), _wrt(body))
+    g = computation_graph(p, grad, _text(body, "loss"), _wrt(body))
     return {"svg": graph_svg(g), "diagnostics": _warnings(p)}
 
 

@@ -95,7 +95,7 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"the request body is over {self.limit // 1024} KiB; send a shorter program"
-        response = JSONResponse({"error": message}, 413, headers={"Connection": "close", **HEADERS})
+        response = JSONResponse({"error": message}, 413, headers={"Connection": "close"})
         await response(scope, receive, send)
 
 

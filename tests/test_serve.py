@@ -189,10 +189,13 @@ def test_examples_are_listed_from_the_package(client: Client) -> None:
         (json.dumps({"source": "y = x[i]", "file": "/etc/passwd"}).encode(), "unknown field 'file'"),
         (json.dumps({"source": "y = x[i]", "mode": "hessian"}).encode(), "'mode'"),
         (json.dumps({"source": "y = x[i]", "wrt": [1]}).encode(), "'wrt'"),
+        (json.dumps({"source": "y = x[i]", "grad": "no"}).encode(), "'grad'"),
+        (json.dumps({"source": "y = x[i]", "seed": -1}).encode(), "'seed'"),
     ],
 )
 def test_malformed_requests_are_400_with_a_reason(client: Client, body: bytes, needle: str) -> None:
-    status, data, _ = client.request("POST", "/api/derive", body, {"Content-Type": "application/json"})
+    kind = "graph" if b'"grad"' in body else "check" if b'"seed"' in body else "derive"
+    status, data, _ = client.request("POST", f"/api/{kind}", body, {"Content-Type": "application/json"})
     assert status == 400 and needle in json.loads(data)["error"]
 
 
