@@ -20,11 +20,10 @@ def _style(kind: str) -> dict[str, str]:
     return dict(part.split(":", 1) for part in KINDS[kind][2].split(","))
 
 
-@dataclass
+@dataclass(eq=False)
 class _Slot:
-    """A node, or a bend point of an edge that crosses a column (a dummy), in its column."""
+    """A node, or the point where an edge crosses a column between its ends (width 0)."""
 
-    key: str | tuple[int, int]  # node name, or (edge number, column) for a dummy
     layer: int
     width: float
     y: float = 0.0
@@ -143,11 +142,11 @@ def graph_svg(g: Graph) -> str:
     """The graph as a standalone SVG: tensors as boxes coloured by kind (as `indexgrad graph`
     colours them), each operand an arrow labelled with its operation; backward arrows dashed red."""
     layer = _layers(g)
-    slots = {n: _Slot(n, layer[n], max(40.0, CHAR * len(node.text) + 2 * PAD)) for n, node in g.nodes.items()}
+    slots = {n: _Slot(layer[n], max(40.0, CHAR * len(node.text) + 2 * PAD)) for n, node in g.nodes.items()}
     paths: list[list[_Slot]] = []  # per edge: its source, its dummies, its target
-    for k, e in enumerate(g.edges):
+    for e in g.edges:
         a, b = slots[e.source], slots[e.target]
-        paths.append([a, *(_Slot((k, c), c, 0.0) for c in range(a.layer + 1, b.layer)), b])
+        paths.append([a, *(_Slot(c, 0.0) for c in range(a.layer + 1, b.layer)), b])
     depth = max(layer.values(), default=-1) + 1
     columns: list[list[_Slot]] = [[] for _ in range(depth)]
     for s in slots.values():
