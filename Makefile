@@ -4,11 +4,23 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo bench fuzz clean
+.PHONY: test test-browser serve screenshot demo bench fuzz clean
 
 test: $(STAMP)
 	$(BIN)/ruff check indexgrad tests
+	@test -x /usr/bin/chromium || echo "make test: no /usr/bin/chromium, so the browser tests are skipped (apt-get install chromium, then make test-browser)"
 	$(BIN)/python -m pytest
+
+# the playground in headless Chromium (Debian's chromium package); fails rather than skips without it
+test-browser: $(STAMP)
+	INDEXGRAD_BROWSER_TESTS=required $(BIN)/python -m pytest -m browser
+
+serve: $(STAMP)
+	$(BIN)/indexgrad serve
+
+# the README's picture of the playground
+screenshot: $(STAMP)
+	$(BIN)/python tests/playground_screenshot.py docs/playground.png
 
 demo: $(STAMP)
 	$(BIN)/indexgrad grad examples/mlp.idx --wrt W1,B1,W2,B2

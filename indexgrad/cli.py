@@ -12,15 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from .derive import default_loss, defined_loss, derive_for, derive_jvp, forward_statements, gather_form
+from .derive import default_loss, derive_for, derive_jvp, forward_statements, gather_form
 from .errors import IndexgradError, IndexgradWarning, render
 from .files import load_npz, refuse_overwrite, save_npz_atomic
-from .gradcheck import gradcheck
+from .gradcheck import check_program
 from .lower import lower, prim_statement
 from .model import Model
 from .nodes import Program, Statement, ref_index_names, refs_in
 from .printer import format_program, format_statement
-from .shapes import parse_dims, parse_names, random_inputs
+from .shapes import parse_dims, parse_names
 from .syntax import load
 from .tools import check_dims, check_ranks
 
@@ -72,32 +72,27 @@ def _statements_json(stmts: Sequence[Statement]) -> list[dict[str, Any]]:
     ]
 
 
-def _print_program(
+def program_text(
     forward: list[Statement],
     derived: Program,
     fmt: str,
     title: str,
     head: str = "forward temporaries",
     source: Program | None = None,
-) -> None:
+) -> str:
+    """What `indexgrad grad` / `jvp` print for a derived program in the format `fmt`."""
     if fmt == "json":
-        print(
-            json.dumps(
-                {"forward": _statements_json(forward), title: _statements_json(derived.statements)},
-                indent=2,
-            )
-        )
-        return
+        data = {"forward": _statements_json(forward), title: _statements_json(derived.statements)}
+        return json.dumps(data, indent=2) + "\n"
     if fmt == "latex":
         from .latex import program_latex
 
-        print(program_latex(forward, derived.statements))
-        return
+        return program_latex(forward, derived.statements) + "\n"
+    out: list[str] = []
     if forward:
-        print(f"# {head}")
-        for s in forward:
-            print(format_statement(s))
-        print(f"# {title}")
+        out.append(f"# {head}")
+        out.extend(format_statement(s) for s in forward)
+        out.append(f"# {title}")
     readings = {}  # a scatter-add is followed by its reading as a gather
     for s in derived.statements:
         g = gather_form(s, source)
@@ -109,9 +104,10 @@ def _print_program(
                 f"#   that is {format_statement(g)}, summing over {', '.join(over)} in range"
             )
     for line in format_program(derived).splitlines():
-        print(line)
+        out.append(line)
         if line in readings:
-            print(readings[line])
+            out.append(readings[line])
+    return "".join(line + "\n" for line in out)
 
 
 def cmd_fmt(a: argparse.Namespace) -> int:
@@ -160,14 +156,15 @@ def cmd_grad(a: argparse.Namespace) -> int:
         both = check(both)
         d = derive_jvp(both, wrt)
         forward = [prim_statement(q) for q in lower(both)]
-        _print_program(
+        text = program_text(
             forward, d, a.format, "tangents of the gradients: Hessian-vector products",
             "forward and gradient statements",
         )
+        print(text, end="")
         return EXIT_OK
     if a.order != 1:
         raise IndexgradError("--order must be 1 or 2")
-    _print_program(forward, d, a.format, "gradients", source=p)
+    print(program_text(forward, d, a.format, "gradients", source=p), end="")
     return EXIT_OK
 
 
@@ -175,7 +172,7 @@ def cmd_jvp(a: argparse.Namespace) -> int:
     p = load(a.file)
     _warn(p, a.format)
     d = derive_jvp(p, parse_names(a.wrt))
-    _print_program([], d, a.format, "tangents")
+    print(program_text([], d, a.format, "tangents"), end="")
     return EXIT_OK
 
 
@@ -192,47 +189,15 @@ def cmd_check(a: argparse.Namespace) -> int:
     dims = parse_dims(a.dims)
     p = load(a.file)
     _warn(p, "text")
-    check_ranks(p)
-    check_dims(p, dims)
-    loss = defined_loss(p, a.loss)
-    model = Model(p)
-    rng = np.random.default_rng(a.seed)
-    arrays: dict[str, np.ndarray] = {}
-    for attempt in range(20):
-        arrays = random_inputs(p, dims, rng, positive=attempt > 0)
-        with np.errstate(all="ignore"):
-            vals = model.forward(**arrays)
-        if np.all(np.isfinite(vals[loss])):
-            break
-    else:
-        raise IndexgradError(f"could not find random inputs for which '{loss}' is finite")
-    value = np.asarray(vals[loss])
-    if value.ndim != 0:
-        # a vector output: check the scalar <seed, output> instead
-        g = rng.standard_normal(value.shape)
-        text = str(p) + f"check.dot = {_dot(p, loss, value.ndim)}\n"
-        from .syntax import parse
-
-        p2 = parse(text, p.filename)
-        arrays["check.seed"] = g
-        model = Model(p2)
-        loss = "check.dot"
-    wrt = [n for n in model.inputs if n != "check.seed"]  # the seed is the check's, not the program's
-    report = gradcheck(model, arrays, loss=loss, tolerance=a.tolerance, wrt=wrt)
+    report, checked = check_program(p, dims, a.loss, a.seed, a.tolerance)
     for name, err in report.errors.items():
         status = "ok" if err <= report.tolerance else "MISMATCH"
         print(f"{name}: relative error {err:.2e}  {status}")
-    checked = len(wrt)
     print(
         f"{'passed' if report.ok else 'FAILED'}: "
         f"{checked} input{'' if checked == 1 else 's'} checked against finite differences"
     )
     return EXIT_OK if report.ok else EXIT_FAIL
-
-
-def _dot(p: Program, name: str, rank: int) -> str:
-    idx = ",".join(f"i{k}" for k in range(rank))
-    return f"{name}[{idx}] check.seed[{idx}]"
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -304,6 +269,22 @@ def cmd_train(a: argparse.Namespace) -> int:
     )
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    try:
+        from .serve import serve
+    except ImportError as e:
+        raise IndexgradError(
+            f"indexgrad serve needs Starlette and Uvicorn ({e}); install them with "
+            "pip install 'indexgrad[serve]'"
+        ) from None
+    if not 0 <= a.port <= 65535:
+        raise IndexgradError(f"--port must be between 0 and 65535, got {a.port}")
+    if a.workers < 1 or not (math.isfinite(a.timeout) and a.timeout > 0):
+        raise IndexgradError("--workers must be at least 1 and --timeout a positive number of seconds")
+    serve(a.host, a.port, a.workers, a.timeout)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(
         prog="indexgrad",
@@ -359,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save", metavar="CKPT", help="write a checkpoint (.npz) after every epoch")
     t.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint up to --epochs")
     t.set_defaults(func=cmd_train, format="text")
+
+    s = sub.add_parser("serve", help="the playground: a web page that derives, draws and checks as you type")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=2, help="processes that answer requests")
+    s.add_argument("--timeout", type=float, default=10.0, help="seconds a request may run")
+    s.set_defaults(func=cmd_serve, format="text")
 
     from . import tools
 

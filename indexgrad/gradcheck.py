@@ -9,10 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from .derive import wrt_names
+from .derive import defined_loss, wrt_names
 from .errors import IndexgradError
 from .model import Model, compile
 from .nodes import Program
+from .shapes import random_inputs
+from .syntax import parse
+from .tools import check_dims, check_ranks
 
 
 @dataclass
@@ -85,3 +88,39 @@ def gradcheck(
 
 
 JOINT_AFTER = 64
+
+
+def check_program(
+    program: Program,
+    dims: dict[str, int],
+    loss: str | None = None,
+    seed: int = 0,
+    tolerance: float = 1e-5,
+) -> tuple[GradcheckReport, int]:
+    """`indexgrad check`: gradcheck on random inputs sized by `dims`; the report and how many
+    inputs it checked. A loss that is not scalar is checked through <seed, loss> for a random seed."""
+    check_ranks(program)
+    check_dims(program, dims)
+    loss = defined_loss(program, loss)
+    model = Model(program)
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {}
+    for attempt in range(20):
+        arrays = random_inputs(program, dims, rng, positive=attempt > 0)
+        with np.errstate(all="ignore"):
+            vals = model.forward(**arrays)
+        if np.all(np.isfinite(vals[loss])):
+            break
+    else:
+        raise IndexgradError(f"could not find random inputs for which '{loss}' is finite")
+    value = np.asarray(vals[loss])
+    if value.ndim != 0:
+        # a vector output: check the scalar <seed, output> instead
+        g = rng.standard_normal(value.shape)
+        idx = ",".join(f"i{k}" for k in range(value.ndim))
+        text = str(program) + f"check.dot = {loss}[{idx}] check.seed[{idx}]\n"
+        arrays["check.seed"] = g
+        model = Model(parse(text, program.filename))
+        loss = "check.dot"
+    wrt = [n for n in model.inputs if n != "check.seed"]  # the seed is the check's, not the program's
+    return gradcheck(model, arrays, loss=loss, tolerance=tolerance, wrt=wrt), len(wrt)
