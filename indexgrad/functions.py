@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,7 +28,10 @@ def _half_sign(a: Expr, b: Expr, sign: int) -> Expr:
 
 @dataclass(frozen=True)
 class Function:
-    """An elementwise function: forward on arrays, and d f / d arg_n written from args and output y."""
+    """An elementwise function: its numpy forward, and d f / d arg_n written from args and output y.
+
+    A one-argument forward takes `out=` too, so that a planned step may write the result into
+    its argument's buffer with the same numpy calls, in the same order (the same values)."""
 
     name: str
     arity: int
@@ -36,23 +40,28 @@ class Function:
     positive_domain: bool = False  # check and random inputs keep its argument positive
 
 
-def _sigmoid(x: Array) -> Array:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # never overflows
+def _sigmoid(x: Array, out: Array | None = None) -> Array:
+    if out is None:
+        return 0.5 * (1.0 + np.tanh(0.5 * x))  # never overflows
+    np.multiply(x, 0.5, out=out)
+    np.tanh(out, out=out)
+    np.add(out, 1.0, out=out)
+    return np.multiply(out, 0.5, out=out)
 
 
-def _log(x: Array) -> Array:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log(x)  # log 0 = -inf on purpose
+@np.errstate(divide="ignore", invalid="ignore")  # log 0 = -inf on purpose
+def _log(x: Array, out: Array | None = None) -> Array:
+    return np.log(x, out=out)
 
 
-def _sqrt(x: Array) -> Array:
-    with np.errstate(invalid="ignore"):
-        return np.sqrt(x)
+@np.errstate(invalid="ignore")
+def _sqrt(x: Array, out: Array | None = None) -> Array:
+    return np.sqrt(x, out=out)
 
 
-def _exp(x: Array) -> Array:
-    with np.errstate(over="ignore"):
-        return np.exp(x)
+@np.errstate(over="ignore")
+def _exp(x: Array, out: Array | None = None) -> Array:
+    return np.exp(x, out=out)
 
 
 _ZERO_ROWS: dict[tuple[int, np.dtype], Array] = {}
@@ -80,8 +89,10 @@ def relu(x: Array, out: Array | None = None) -> Array:
     return np.maximum(x, 0, out=out)
 
 
-def _step(x: Array) -> Array:
+def _step(x: Array, out: Array | None = None) -> Array:
     x = np.asarray(x)
+    if out is not None:
+        return np.greater(x, 0, out=out, casting="unsafe")
     return (x > 0).astype(x.dtype if x.dtype.kind == "f" else np.float64)
 
 
@@ -108,7 +119,11 @@ register(Function("sqrt", 1, _sqrt, lambda u, y: (_mul(Num(0.5), Power(y, -1)),)
 register(Function("sin", 1, np.sin, lambda u, y: (Call("cos", (u,)),)))
 register(Function("cos", 1, np.cos, lambda u, y: (_mul(Num(-1), Call("sin", (u,))),)))
 register(Function("abs", 1, np.abs, lambda u, y: (Call("sign", (u,)),)))
-register(Function("softplus", 1, lambda x: np.logaddexp(0, x), lambda u, y: (Call("sigmoid", (u,)),)))
+def _softplus(x: Array, out: Array | None = None) -> Array:
+    return np.logaddexp(0, x, out=out)
+
+
+register(Function("softplus", 1, _softplus, lambda u, y: (Call("sigmoid", (u,)),)))
 register(Function("step", 1, _step, lambda u, y: (None,)))
 register(Function("sign", 1, np.sign, lambda u, y: (None,)))
 register(
@@ -130,21 +145,45 @@ register(
 register(Function("eq", 2, _eq, lambda a, b, y: (None, None)))
 
 
-def _logsumexp(x: Array, axis: tuple[int, ...]) -> Array:
-    if any(x.shape[a] == 0 for a in axis):  # log of an empty sum
-        return np.full([d for k, d in enumerate(x.shape) if k not in axis], -np.inf, x.dtype)
-    m = np.max(x, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0)
-    with np.errstate(divide="ignore"):
-        out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
-    return np.squeeze(out, axis=axis)
+def _mean(x: Array, axes: tuple[int, ...]) -> Array:
+    """np.mean's own steps (sum, then true division by the count as np.intp) without its wrappers."""
+    if x.dtype.kind != "f" or x.dtype.itemsize < 4:
+        return np.mean(x, axis=axes)  # integers and float16 take numpy's other paths
+    if len(axes) == x.ndim and x.size and x.dtype.itemsize <= 8:  # the sum over the count in float64
+        return np.array(float(np.add.reduce(x, axis=axes)) / x.size, x.dtype)
+    count = np.intp(math.prod([x.shape[a] for a in axes]))
+    whole = len(axes) == x.ndim  # a 0-d array, not a numpy scalar: the same value
+    s = np.add.reduce(x, axis=axes, keepdims=whole)
+    np.true_divide(s, count, out=s, casting="unsafe")
+    return s.reshape(()) if whole else s
+
+
+def _logsumexp(x: Array, axes: tuple[int, ...]) -> Array:
+    """log Σ exp over `axes`, shifted by the maximum so that it never overflows.
+
+    When every maximum is finite, the maxima are used as they are and nothing can divide by
+    zero, so that case skips the masking and the error-state switch."""
+    shape = tuple(d for k, d in enumerate(x.shape) if k not in axes)
+    if not x.size:  # log of an empty sum (or nothing to compute)
+        return np.full(shape, -np.inf, x.dtype)
+    m = np.maximum.reduce(x, axis=axes, keepdims=True)
+    if x.dtype.kind != "f" or not np.logical_and.reduce(np.isfinite(m), axis=None):
+        m = np.where(np.isfinite(m), m, 0)
+        with np.errstate(divide="ignore"):
+            return (np.log(np.add.reduce(np.exp(x - m), axis=axes, keepdims=True)) + m).reshape(shape)
+    e = np.subtract(x, m)
+    np.exp(e, out=e)
+    s = np.add.reduce(e, axis=axes, keepdims=True)
+    np.log(s, out=s)
+    s += m
+    return s.reshape(shape)
 
 
 REDUCTIONS: dict[str, Callable[[Array, tuple[int, ...]], Array]] = {
-    "sum": lambda x, axis: np.sum(x, axis=axis),
-    "mean": lambda x, axis: np.mean(x, axis=axis),
-    "max": lambda x, axis: np.max(x, axis=axis),
-    "min": lambda x, axis: np.min(x, axis=axis),
+    "sum": lambda x, axes: np.add.reduce(x, axis=axes),
+    "mean": _mean,
+    "max": lambda x, axes: np.maximum.reduce(x, axis=axes),
+    "min": lambda x, axes: np.minimum.reduce(x, axis=axes),
     "logsumexp": _logsumexp,
 }
 

@@ -1,36 +1,75 @@
-"""The Python API's compiled model: forward, backward (gradients and VJPs), jvp, hvp and gradcheck."""
+"""The Python API's compiled model: forward, backward (gradients and VJPs), jvp, hvp and plan.
+
+Each call finds its Plan in one cache keyed by (mode, what is seeded, wrt, the arrays' signature),
+planning it on the first call of that signature, and runs it on the model's backend.
+"""
 
 from __future__ import annotations
 
-import functools
 import operator
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from .backends import Backend, Executor, get_backend
 from .check import check, sized_like
 from .derive import derivative_reads, derive_for, derive_jvp, derived_names, tan_name, wrt_names
 from .errors import IndexgradError
 from .gcpause import gc_paused
-from .lower import (
-    Contract,
-    Elementwise,
-    Prim,
+from .lower import Contract, Elementwise, Prim, lower, prim_statement
+from .nodes import Num, Program, Ref, refs_in_statement
+from .plan import Plan, make_plan, shapes_after
+from .rewrite import (
     absorb_scales,
     inline_broadcasts,
-    lower,
-    prim_statement,
+    read_steps_of_outputs,
+    relu_outputs,
     split_products,
 )
-from .nodes import Program, Ref, refs_in_statement
-from .run import Executor, _signature, read_steps_of_outputs, relu_outputs
 from .syntax import as_program
 
-Array = np.ndarray
+Array = Any  # an array of the model's backend
+Shape = tuple[int, ...]
+Signature = tuple[tuple[str, Shape, np.dtype], ...]
 _SHAPE_DTYPE = operator.attrgetter("shape", "dtype")
+
+
+class PlanKey(NamedTuple):
+    """What a plan depends on, beyond the program: the mode, the names seeded (or given tangents),
+    the gradients asked for, and the names, shapes and dtypes of the arrays it runs on."""
+
+    mode: str
+    seeds: tuple[str, ...]
+    wrt: tuple[str, ...] | None
+    signature: Signature
+
+
+@dataclass
+class Compiled:
+    """A plan and its executor; for derivatives, the (input, derivative name) pairs returned, and
+    the seeds every run is given (the 1 of a scalar loss)."""
+
+    plan: Plan
+    executor: Executor
+    pairs: tuple[tuple[str, str], ...] = ()
+    seeds: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Forward:
+    """The forward program as run for one input signature: long products split along
+    opt_einsum's path (so that gradients share partial products), the names forward() keeps,
+    and the relu arguments u whose derivatives read step(y) instead (`u -> y`)."""
+
+    program: Program
+    prims: list[Prim]
+    keep: set[str]
+    gates: dict[str, str]
+    shapes: dict[str, Shape]
+    dtypes: dict[str, np.dtype]
 
 
 def _python_number(v: Any) -> bool:
@@ -40,86 +79,53 @@ def _python_number(v: Any) -> bool:
 
 @dataclass
 class Model:
-    """A compiled program: its primitive statements and cached derived programs."""
+    """A compiled program: its primitive statements and, per signature, its plans."""
 
     program: Program
     backend: str = "numpy"
-    prims: list[Prim] = field(init=False)
-    # plans and derived programs; a dict get or set is atomic, so threads share it without a
-    # lock (two threads planning the same signature at once both build it, and one is kept)
-    _cache: dict[Any, Any] = field(init=False, default_factory=dict, repr=False)
+    options: dict[str, Any] = field(default_factory=dict, repr=False)
+    prims: list[Prim] = field(init=False, repr=False)
+    # plans; a dict get or set is atomic, so threads share it without a lock (two threads
+    # planning the same signature at once both build it, and one is kept)
+    _plans: dict[PlanKey, Compiled] = field(init=False, default_factory=dict, repr=False)
+    _forwards: dict[Signature, _Forward] = field(init=False, default_factory=dict, repr=False)
+    _second: dict[tuple[str, tuple[str, ...]], tuple[Program, Program, Program]] = field(
+        init=False, default_factory=dict, repr=False
+    )
 
     def __post_init__(self) -> None:
         start = time.perf_counter()
-        if self.backend != "numpy":
-            raise IndexgradError(f"unknown backend '{self.backend}'; available: numpy")
+        self.engine: Backend = get_backend(self.backend, **self.options)
         with gc_paused():
-            self._build()
-        self.compile_seconds = time.perf_counter() - start
-
-    def _build(self) -> None:
-        self.prims = lower(self.program)
-        self.inputs = [n for n in self.program.inputs() if n not in self.program.integer_inputs()]
+            self.prims = lower(self.program)
+        labels = set(self.program.integer_inputs())
+        self.inputs = [n for n in self.program.inputs() if n not in labels]
         self.labels = list(self.program.integer_inputs())
-        self._forward = self._forward_executor(self.prims, self.program)
         self._grad = derived_names(self.program, ".grad")
         self._tan = derived_names(self.program, ".tan")
-        self._input_set = set(self.inputs) | set(self.labels)
         self._order = self.inputs + self.labels
-        self._kinds = ["iu" if n in self.labels else "f" for n in self._order]
-        self._ndarrays = (np.ndarray,) * len(self._order)
-        self._shape_sources = {base for n in self.program.defined() if (base := sized_like(n)) is not None}
+        self._input_set = set(self._order)
+        self._kinds = ["iu" if n in labels else "f" for n in self._order]
+        self._types = self.engine.array_types
+        self._shape_sources = {b for n in self.program.defined() if (b := sized_like(n)) is not None}
+        self.compile_seconds = time.perf_counter() - start
 
-    def _keep(self, prims: list[Prim]) -> tuple[set[str], dict[str, str]]:
-        """What forward() keeps: the program's own tensors and what any derivative reads.
-
-        Also the relu arguments u (of `y = relu(u)`) that derivatives read only as step(u):
-        they read step(y) instead (the same values), so u need not be kept. Returns the names
-        to keep and those `u -> y`.
-        """
-        gates = relu_outputs(prims)
-        if not gates:
-            return set(self.program.defined()) | derivative_reads(prims), {}
-        def gated(p: Prim) -> bool:
-            return (
-                isinstance(p, Elementwise)
-                and p.func == "relu"
-                and isinstance(p.args[0], Ref)
-                and gates.get(p.args[0].name) == p.out.name
-            )
-
-        stand_in: list[Prim] = [
-            Contract(p.out, p.op, 1.0, ((p.args[0], 1.0),), p.span) if gated(p) else p  # type: ignore[union-attr]
-            for p in prims
-        ]
-        keep = set(self.program.defined()) | derivative_reads(stand_in)
-        gates = {u: y for u, y in gates.items() if u not in keep}
-        return keep | set(gates.values()), gates
-
-    def _forward_executor(self, prims: list[Prim], program: Program) -> Executor:
-        keep, gates = self._keep(prims)
-        made_up = _made_up(prims, program)
-        ex = Executor(absorb_scales(prims, keep), program.filename, program.source, keep, made_up)
-        ex.relu_gates = gates  # type: ignore[attr-defined]
-        return ex
+    # ---- errors and arguments
 
     def _error(self, msg: str, name: str | None = None) -> IndexgradError:
         """A user error, placed at the first reference to `name` when there is one."""
         span = None
         if name is not None:
-            for st in self.program.statements:
-                for r in refs_in_statement(st):
-                    if r.name == name and r.span.line:
-                        span = r.span
-                        break
-                if span is not None:
-                    break
+            span = next(
+                (r.span for st in self.program.statements for r in refs_in_statement(st) if r.name == name and r.span.line),
+                None,
+            )
         return IndexgradError(msg, span, self.program.filename, self.program.source)
 
-    def _plain_inputs(self, arrays: Mapping[str, Any]) -> tuple[tuple[Array, ...], tuple[Any, ...]] | None:
-        """The common case, checked cheaply: exactly the inputs, as numpy arrays (their dtypes are
-        checked by `_right_kinds`). Returns their values in input order, and the values' shapes
-        and dtypes; None sends the call to `_inputs`."""
+    def _plain_inputs(self, arrays: Mapping[str, Any]) -> tuple[tuple[Array, ...], Signature] | None:
+        """The common case, checked cheaply: exactly the inputs, as the backend's arrays of the right
+        kinds of dtype. Returns their values in input order and their signature; None sends the
+        call to `_inputs`."""
         order = self._order
         if len(arrays) != len(order):
             return None
@@ -127,64 +133,159 @@ class Model:
             values = tuple(map(arrays.__getitem__, order))
         except KeyError:
             return None
-        if tuple(map(type, values)) != self._ndarrays:
+        if not all(type(v) in self._types for v in values):
             return None
-        return values, tuple(map(_SHAPE_DTYPE, values))
+        described = tuple(map(self.engine.describe, values))
+        if not all(d.kind in kinds for (_, d), kinds in zip(described, self._kinds)):
+            return None
+        return values, tuple((n, s, d) for n, (s, d) in zip(order, described))
 
-    def _right_kinds(self, shapes: tuple[Any, ...]) -> bool:
-        """Whether the inputs' dtypes are the right kinds: floats, and integer labels."""
-        return all(dtype.kind in kinds for (_, dtype), kinds in zip(shapes, self._kinds))
+    def _value(self, name: str, v: Any, what: str = "the value of") -> Array:
+        """A value for `name` (in vals, a seed, a tangent) as an array of numbers, or a located error."""
+        where = f"{what} '{name}'" + (" in vals" if what == "the value of" else "")
+        try:
+            a = self.engine.asarray(v)
+        except Exception as e:  # ragged lists and the like
+            raise self._error(f"{where} is not an array: {e}", name) from None
+        if self.engine.describe(a)[1].kind not in "biuf":
+            raise self._error(f"{where} must hold real numbers, not {self.engine.describe(a)[1]}", name)
+        return a
 
     def _inputs(self, arrays: Mapping[str, Any], allow_extra: bool = False) -> dict[str, Array]:
-        plain = self._plain_inputs(arrays)
-        if plain is not None and self._right_kinds(plain[1]):
-            return dict(zip(self._order, plain[0]))
-        env = {}
-        known = set(self.inputs) | set(self.labels)
+        """The inputs as the backend's arrays: floats (integers become float64, Python numbers take
+        the arrays' float dtype) and integer labels, in input order; extra names are refused
+        unless they give a gradient its shape."""
+        env: dict[str, Array] = {}
         for name, value in arrays.items():
-            if name not in known:
+            if name not in self._input_set:
                 if allow_extra or name in self._shape_sources:
-                    env[name] = np.asarray(value)  # gives `name.grad` its shape
+                    env[name] = self.engine.asarray(value)  # gives `name.grad` its shape
                     continue
                 raise self._error(
-                    f"'{name}' is not an input of the program; inputs: "
-                    + ", ".join(self.inputs + self.labels)
+                    f"'{name}' is not an input of the program; inputs: " + ", ".join(self._order)
                 )
-            try:
-                a = np.asarray(value)
-            except Exception as e:  # ragged lists and the like
-                raise self._error(f"the value given for '{name}' is not an array: {e}", name) from None
+            a = self._value(name, value, "the value given for")
+            dtype = self.engine.describe(a)[1]
             if name in self.labels:
-                if a.dtype.kind not in "iu":
-                    raise self._error(
-                        f"'{name}' holds integer labels, but its array has dtype {a.dtype}", name
-                    )
-            elif a.dtype.kind in "biu":
-                a = a.astype(np.float64)
-            elif a.dtype.kind not in "f":
-                raise self._error(f"'{name}' must hold real numbers, but has dtype {a.dtype}", name)
+                if dtype.kind not in "iu":
+                    raise self._error(f"'{name}' holds integer labels, but its array has dtype {dtype}", name)
+            elif dtype.kind in "biu":
+                a = self.engine.asarray(a, np.float64)
             env[name] = a
         weak = [n for n, v in arrays.items() if _python_number(v) and n in self.inputs]
         if weak:  # Python numbers take the arrays' float dtype, as in JAX and PyTorch: no upcast
-            kinds = {a.dtype for n, a in env.items() if n not in weak and n in self.inputs}
+            kinds = {self.engine.describe(a)[1] for n, a in env.items() if n not in weak and n in self.inputs}
             if len(kinds) == 1:
                 (dtype,) = kinds
                 for n in weak:
-                    env[n] = env[n].astype(dtype)
-        missing = [n for n in self.inputs + self.labels if n not in env]
+                    env[n] = self.engine.asarray(env[n], dtype)
+        missing = [n for n in self._order if n not in env]
         if missing:
-            raise self._error(
-                "no array was given for input " + ", ".join(f"'{m}'" for m in missing), missing[0]
-            )
-        ordered = {n: env[n] for n in self.inputs + self.labels}  # one signature per shapes
+            raise self._error("no array was given for input " + ", ".join(f"'{m}'" for m in missing), missing[0])
+        ordered = {n: env[n] for n in self._order}  # one signature per shapes
         ordered.update((n, a) for n, a in env.items() if n not in ordered)
         return ordered
 
-    def forward(self, /, **arrays: Any) -> dict[str, Array]:
-        """Every defined tensor (temporaries included), from arrays for every input.
+    def _signature(self, env: Mapping[str, Array]) -> Signature:
+        describe = self.engine.describe
+        return tuple((n, *describe(a)) for n, a in env.items())  # type: ignore[misc]
 
-        `check_finite=True` (unless the program has an input of that name) turns the first NaN or
-        Inf into a located error."""
+    # ---- the forward program for a signature
+
+    def _forward(self, signature: Signature) -> _Forward:
+        """The forward program for inputs of this signature (inputs in input order, then any
+        arrays that give gradients their shapes)."""
+        key = tuple(e for e in signature if e[0] in self._input_set or e[0] in self._shape_sources)
+        hit = self._forwards.get(key)
+        if hit is None:
+            with gc_paused():
+                hit = self._plan_forward(key)
+            self._forwards[key] = hit
+        return hit
+
+    def _plan_forward(self, signature: Signature) -> _Forward:
+        shapes = {n: s for n, s, _ in signature}
+        dtypes = {n: d for n, _, d in signature}
+        temps = _made_up(self.prims, self.program)
+        try:
+            every, _, _ = shapes_after(self.prims, shapes, dtypes, temps)
+        except IndexgradError as e:
+            raise e.located(self.program.filename, self.program.source) from None
+        prims = split_products(self.prims, every)
+        program = self.program
+        if prims is not self.prims:
+            program = check(
+                Program(
+                    self.program.decls,
+                    tuple(prim_statement(p) for p in prims),
+                    filename=self.program.filename,
+                    source=self.program.source,
+                )
+            )
+            every, _, _ = shapes_after(prims, shapes, dtypes, _made_up(prims, program))
+        keep, gates = self._keep(prims, program)
+        prims = absorb_scales(prims, keep)
+        all_shapes, all_dtypes, _ = shapes_after(prims, shapes, dtypes, _made_up(prims, program))
+        return _Forward(program, prims, keep, gates, all_shapes, all_dtypes)
+
+    def _keep(self, prims: list[Prim], program: Program) -> tuple[set[str], dict[str, str]]:
+        """What forward() keeps: the program's own tensors and what any derivative reads.
+
+        Also the relu arguments u (of `y = relu(u)`) that derivatives read only as step(u): they
+        read step(y) instead (the same values), so u need not be kept. Returns the names to keep
+        and those `u -> y`."""
+        gates = relu_outputs(prims)
+        defined = set(program.defined())
+        if not gates:
+            return defined | derivative_reads(prims), {}
+        stand_in: list[Prim] = [
+            Contract(p.out, p.op, 1.0, ((p.args[0], 1.0),), p.span) if _gated(p, gates) else p
+            for p in prims
+        ]
+        keep = defined | derivative_reads(stand_in)
+        gates = {u: y for u, y in gates.items() if u not in keep}
+        return keep | set(gates.values()), gates
+
+    def _compile(self, key: PlanKey, build: Any, seeds: dict[str, Any] | None = None) -> Compiled:
+        """The compiled plan for key, built (by `build()` -> plan, pairs) on the first call."""
+        hit = self._plans.get(key)
+        if hit is None:
+            with gc_paused():
+                plan, pairs = build()
+                hit = Compiled(plan, self.engine.executor(plan), pairs, seeds or {})
+            self._plans[key] = hit
+        return hit
+
+    def _make_plan(
+        self,
+        prims: list[Prim],
+        env_sig: Signature,
+        keep: set[str],
+        mode: str,
+        *programs: Program,
+        constants: set[str] = frozenset(),  # type: ignore[assignment]
+    ) -> Plan:
+        """The plan for prims on arrays of env_sig; `constants` are seeds that are always 1."""
+        return make_plan(
+            prims,
+            {n: s for n, s, _ in env_sig},
+            {n: d for n, _, d in env_sig},
+            keep,
+            mode=mode,
+            temporaries=_made_up(prims, self.program, *programs),
+            backend=self.engine.name,
+            in_place=self.engine.in_place,
+            constants=dict.fromkeys(constants, 1.0),
+            filename=self.program.filename,
+            source=self.program.source,
+        )
+
+    # ---- forward
+
+    def forward(self, /, **arrays: Any) -> dict[str, Array]:
+        """Every defined tensor (temporaries a derivative reads included), and the inputs, from
+        arrays for every input. `check_finite=True` (unless the program has an input of that
+        name) turns the first NaN or Inf into a located error."""
         check_finite = False
         if "check_finite" in arrays and "check_finite" not in self._input_set:
             check_finite = arrays.pop("check_finite")
@@ -192,222 +293,131 @@ class Model:
                 raise self._error(f"check_finite must be True or False, not {type(check_finite).__name__}")
             check_finite = bool(check_finite)
         plain = self._plain_inputs(arrays)
-        if plain is not None and not check_finite:
-            hit = self._cache.get(("plain", plain[1]))
-            if hit is not None:  # inputs as a call before gave them: its planned kernels, at once
-                return hit[0].run_planned(hit[1], dict(zip(self._order, plain[0])), set())
-        env = self._inputs(arrays)
-        key = _signature(env)
-        ex = self._execution(env, key, len(env) == len(self._order))[1]
-        if check_finite:  # the first NaN or Inf becomes a located error, not numpy's warnings
-            with np.errstate(all="ignore"):
-                return ex.run(env, check_finite=True, key=key)
-        vals = ex.run(env, key=key)
-        if plain is not None and self._right_kinds(plain[1]):  # env holds the arrays as given
-            self._cache["plain", plain[1]] = (ex, ex.planned(key))
-        return vals
+        if plain is not None:
+            hit = self._plans.get(PlanKey("forward", (), None, plain[1]))
+            if hit is not None:
+                return hit.executor.run(dict(zip(self._order, plain[0])), check_finite)
+            env = dict(zip(self._order, plain[0]))
+        else:
+            env = self._inputs(arrays)  # in input order, then arrays that give gradients their shapes
+        sig = self._signature(env)
 
-    def plan(self, /, **arrays: Any) -> PlanReport:
-        """How the forward and backward programs run on arrays of these shapes, and planning time."""
-        env = self._inputs(arrays)
-        start = time.perf_counter()
-        program, ex = self._execution(env)
-        vals = ex.run(dict(env))
-        loss = self.program.statements[-1].target.name
-        rows = _plan_rows(ex.prims, vals, "forward")
-        if np.ndim(vals[loss]) == 0:
-            _, derived_ex = self._derived(program, (loss,), None, ex.relu_gates)
-            back = Executor(derived_ex.prims, self.program.filename, self.program.source)
-            env2 = dict(vals)
-            env2[self._grad[loss]] = np.ones_like(np.asarray(vals[loss]))
-            rows += _plan_rows(back.prims, back.run(env2), "backward")
-        return PlanReport(self.compile_seconds, time.perf_counter() - start, rows)
+        def build() -> tuple[Plan, tuple[()]]:
+            fw = self._forward(sig)
+            return self._make_plan(fw.prims, sig, fw.keep | self._input_set, "forward", fw.program), ()
 
-    def _execution(
-        self, env: Mapping[str, Array], key: Any = None, inputs_only: bool = False
-    ) -> tuple[Program, Executor]:
-        """The program as run for these input shapes: long products split along opt_einsum's path.
+        compiled = self._compile(PlanKey("forward", (), None, sig), build)
+        return compiled.executor.run(env, check_finite)
 
-        Splitting `y = x A B C` into pairwise steps lets the gradients share partial products,
-        as a hand-written backward pass does.
-        """
-        if key is None:
-            try:  # the inputs' signature, in the order forward() builds it
-                key = tuple([(n, env[n].shape, env[n].dtype) for n in self._order])
-            except AttributeError:
-                key = _signature({n: np.asarray(env[n]) for n in self._order})
-            inputs_only = True
-        if not inputs_only:
-            key = tuple(k for k in key if k[0] in self._input_set)
-        hit = self._cache.get(("exec", key))
-        if hit is None:
-            with gc_paused():
-                hit = self._plan_execution(env)
-            self._cache[("exec", key)] = hit
-        return hit
-
-    def _plan_execution(self, env: Mapping[str, Array]) -> tuple[Program, Executor]:
-        with np.errstate(all="ignore"):  # a look at the shapes; the real run warns if it must
-            probe = self._forward.run({n: env[n] for n in self.inputs + self.labels})
-        prims = split_products(self.prims, {n: np.shape(a) for n, a in probe.items()})
-        if prims is self.prims:
-            return self.program, self._forward
-        program = check(
-            Program(
-                self.program.decls,
-                tuple(prim_statement(p) for p in prims),
-                filename=self.program.filename,
-                source=self.program.source,
-            )
-        )
-        return program, self._forward_executor(prims, program)
-
-    def _derived(
-        self,
-        program: Program,
-        losses: tuple[str, ...],
-        wrt: tuple[str, ...] | None,
-        gates: dict[str, str] | None = None,
-    ) -> tuple[Program, Executor]:
-        """The vector-Jacobian program and its executor, which drops every temporary once dead.
-
-        `gates` are the forward's relu arguments that were not kept (read step(y) for step(u)).
-        """
-        key = ("vjp", id(program), losses, wrt)
-        hit = self._cache.get(key)
-        if hit is None:
-            with gc_paused():
-                hit = self._derive_executor(program, losses, wrt, gates)
-            self._cache[key] = hit
-        return hit
-
-    def _derive_executor(
-        self,
-        program: Program,
-        losses: tuple[str, ...],
-        wrt: tuple[str, ...] | None,
-        gates: dict[str, str] | None,
-    ) -> tuple[Program, Executor]:
-        known = self.prims if program is self.program else None
-        # derive() and the tests validate derivations; here only the sums are attached
-        d = derive_for(program, list(losses), list(wrt) if wrt is not None else None, known, validate=False)
-        returned = {self._grad.get(n, n) for n in (wrt if wrt is not None else self.inputs)}
-        seeded = {self._grad[n] for n in losses}  # given, so `+=` adds to them: never inlined
-        prims = inline_broadcasts(read_steps_of_outputs(lower(d), gates or {}), returned | seeded)
-        prims = absorb_scales(prims, returned | seeded)
-        return d, Executor(prims, self.program.filename, self.program.source, returned, _made_up(prims, d))
+    # ---- backward
 
     def backward(
         self,
         vals: Mapping[str, Array],
         loss: str | None = None,
-        wrt: list[str] | None = None,
+        wrt: list[str] | str | None = None,
         seed: Mapping[str, Any] | None = None,
     ) -> dict[str, Array]:
         """Gradients of a scalar loss, or the vector-Jacobian product with `seed`, per input."""
-        fast_key = None
         if seed is None and type(vals) is dict and (loss is None or type(loss) is str):
-            plain = wrt is None or type(wrt) is str
-            names = tuple(wrt) if type(wrt) in (list, tuple) else wrt if plain else ()
-            sig = _signature(vals)
-            if names != () and sig is not None:  # a call like an earlier one: one lookup
-                fast_key = ("backward", loss, names, sig)
-            try:
-                hit = self._cache.get(fast_key) if fast_key is not None else None
-            except TypeError:  # a name that is not a string: the checks below say what is wrong
-                hit = fast_key = None
+            try:  # a call like an earlier one: one lookup
+                hit = self._plans.get(PlanKey("backward", (loss or "",), _wrt_key(wrt), self._signature(vals)))
+            except (AttributeError, TypeError):  # values that are not arrays, names that are not strings
+                hit = None
             if hit is not None:
-                ex, kernels, gloss, one, pairs = hit
                 env = dict(vals)
-                env[gloss] = one
-                owned: set[str] = set()
-                return self._gradients(ex.run_planned(kernels, env, owned), owned, vals, (one,), pairs)
-        if type(vals) is not dict and not isinstance(vals, Mapping):
+                env.update(hit.seeds)
+                return self._gradients(hit, hit.executor.run(env), vals)
+        return self._backward(vals, loss, wrt, seed)
+
+    def _backward(self, vals: Any, loss: Any, wrt: Any, seed: Any) -> dict[str, Array]:
+        if not isinstance(vals, Mapping):
             raise self._error(f"vals must be the dict forward() returned, not {type(vals).__name__}")
         if seed is not None and not isinstance(seed, Mapping):
             raise self._error(f"seed must be a dict from tensor names to arrays, not {type(seed).__name__}")
         if seed is not None and loss is not None:
             raise self._error("give either loss= or seed=, not both")
-        if seed is None:
-            loss, value = self._loss_value(vals, loss)
-            if value.ndim != 0:
-                raise self._error(
-                    f"loss '{loss}' has shape {value.shape}, not a scalar; pass "
-                    f"seed={{'{loss}': ...}} for a vector-Jacobian product"
-                )
-            seeds = {loss: _one(value.dtype)}
-        else:
-            seeds = {}
-            for name, g in seed.items():
-                if name not in vals or name in self._input_set:
-                    raise self._error(
-                        f"seed names '{name}', which is not a tensor the program defines; a seed is "
-                        "the gradient of a defined tensor: " + ", ".join(self.program.defined())
-                    )
-                g = self._value(name, g, "seed for")
-                want = np.shape(vals[name])
-                if g.shape != want:
-                    raise self._error(f"seed for '{name}' has shape {g.shape}, but '{name}' has shape {want}")
-                like = np.asarray(vals[name]).dtype  # the seed takes the dtype of what it seeds
-                seeds[name] = g.astype(like if like.kind == "f" else np.float64, copy=False)
-        wrt = wrt_names(wrt)
-        wrt_t = tuple(wrt) if wrt is not None else None
+        wrt_list = self._wrt(wrt)
         self._require_inputs(vals)
-        env = dict(vals)
+        env = {n: self._value(n, v) for n, v in vals.items()}
+        given = loss
+        if seed is None:
+            loss, value = self._loss_value(env, loss)
+            shape, dtype = self.engine.describe(value)
+            if shape != ():
+                raise self._error(
+                    f"loss '{loss}' has shape {shape}, not a scalar; pass seed={{'{loss}': ...}} for a "
+                    "vector-Jacobian product"
+                )
+            seeds = {loss: self.engine.one(dtype if dtype.kind == "f" else np.dtype(np.float64))}
+            key = PlanKey("backward", (given or "",), _wrt_key(wrt_list), self._signature(env))
+        else:
+            seeds = self._seeds(env, seed)
+            key = PlanKey("backward seeded", tuple(seeds), _wrt_key(wrt_list), self._signature(env))
+        constants = {self._grad[n]: g for n, g in seeds.items()} if seed is None else {}
         for name, g in seeds.items():
-            env[self._grad.get(name)] = g
-        key = _signature(env)  # names, shapes and dtypes of everything the derived program reads
-        if key is None:  # some value is not an array: vals were not forward()'s own
-            env = {n: self._value(n, v) for n, v in env.items()}
-            key = _signature(env)
-            fast_key = None
-        run_key = ("vjp run", tuple(seeds), wrt_t, key)
-        ex = self._cache.get(run_key)
-        if ex is None:
-            program, fex = self._execution(env)
-            ex = self._derived(program, tuple(seeds), wrt_t, fex.relu_gates)[1]
-            self._cache[run_key] = ex
-        pairs = tuple((n, self._grad.get(n)) for n in (wrt if wrt is not None else self.inputs))
-        owned = set()
-        env = ex.run(env, key=key, owned=owned)
-        if fast_key is not None:  # a later call with this signature takes the single lookup above
-            ((gloss, one),) = ((self._grad[n], g) for n, g in seeds.items())
-            self._cache[fast_key] = (ex, ex.planned(key), gloss, one, pairs)
-        return self._gradients(env, owned, vals, seeds.values(), pairs)
+            env[self._grad[name]] = g
+        sig = self._signature(env)
 
-    def _gradients(
-        self,
-        env: dict[str, Array],
-        owned: set[str],
-        vals: Mapping[str, Array],
-        seeds: Any,
-        pairs: tuple[tuple[str, str | None], ...],
-    ) -> dict[str, Array]:
-        """The gradients `pairs` names (input, gradient) from a run's env, each in a buffer of its own.
+        def build() -> tuple[Plan, tuple[tuple[str, str], ...]]:
+            fw = self._forward(sig)
+            d = derive_for(fw.program, list(seeds), wrt_list, fw.prims, validate=False)
+            names = wrt_list if wrt_list is not None else self.inputs
+            returned = {self._grad[n] for n in names}
+            seeded = {self._grad[n] for n in seeds}  # given, so `+=` adds to them: never inlined
+            prims = read_steps_of_outputs(lower(d), fw.gates)
+            prims = absorb_scales(inline_broadcasts(prims, returned | seeded), returned | seeded)
+            plan = self._make_plan(prims, sig, returned, "backward", fw.program, d, constants=set(constants))
+            return plan, tuple((n, self._grad[n]) for n in names)
 
-        A gradient this run did not allocate (`y = x` passes y.grad through) is copied when the
-        caller holds its buffer (in vals or the seeds) or another returned gradient has it."""
-        taken: set[int] | None = None
+        compiled = self._compile(key, build, constants)
+        return self._gradients(compiled, compiled.executor.run(env), vals)
+
+    def _wrt(self, wrt: Any) -> list[str] | None:
+        if wrt is not None and not isinstance(wrt, (str, list, tuple)):
+            raise self._error(f"wrt must be a name or a list of names, not {type(wrt).__name__}")
+        names = wrt_names(wrt)
+        if names is None:
+            return None
+        for w in names:
+            if not isinstance(w, str):
+                raise self._error(f"wrt must list names as strings, not {type(w).__name__}")
+            if w not in self.inputs:
+                raise self._error(
+                    f"wrt names '{w}', which is not an input of the program; inputs: " + ", ".join(self.inputs)
+                )
+        return names
+
+    def _seeds(self, env: dict[str, Array], seed: Mapping[str, Any]) -> dict[str, Array]:
+        seeds = {}
+        for name, g in seed.items():
+            if name not in env or name in self._input_set:
+                raise self._error(
+                    f"seed names '{name}', which is not a tensor the program defines; a seed is "
+                    "the gradient of a defined tensor: " + ", ".join(self.program.defined())
+                )
+            g = self._value(name, g, "seed for")
+            want, like = self.engine.describe(env[name])
+            got = self.engine.describe(g)[0]
+            if got != want:
+                raise self._error(f"seed for '{name}' has shape {got}, but '{name}' has shape {want}")
+            seeds[name] = self.engine.asarray(g, like if like.kind == "f" else np.float64)  # what it seeds
+        return seeds
+
+    def _gradients(self, compiled: Compiled, env: dict[str, Array], vals: Mapping[str, Array]) -> dict[str, Array]:
+        """The gradients the plan's pairs name, each in a buffer of its own: a gradient in a buffer
+        the plan did not make for it alone (`y = x` passes y.grad through) is copied."""
+        fresh = compiled.plan.fresh
         out = {}
-        for name, gname in pairs:
-            g = env.get(gname)  # type: ignore[arg-type]
+        for name, gname in compiled.pairs:
+            g = env.get(gname)
             if g is None:
-                out[name] = np.zeros_like(vals[name])
-                continue
-            if gname not in owned or not g.flags.c_contiguous:  # not a buffer of this run's own
-                g = np.asarray(g, order="C")
-                if taken is None:
-                    arrays = [*vals.values(), *seeds]
-                    taken = {_owner(a) for a in arrays if isinstance(a, np.ndarray)}
-                owner = _owner(g)
-                if owner in taken:  # `y = x` passes y.grad through; `y = a + b` gives a and b one
-                    g = g.copy()
-                else:
-                    taken.add(owner)
-            out[name] = g
+                out[name] = self.engine.zeros_like(vals[name])
+            else:
+                out[name] = self.engine.contiguous(g) if gname in fresh else self.engine.copy(g)
         return out
 
-    def _loss_value(self, vals: Mapping[str, Any], loss: str | None) -> tuple[str, Array]:
+    def _loss_value(self, vals: Mapping[str, Any], loss: Any) -> tuple[str, Array]:
         """The loss (the last defined tensor unless named) and its value among vals."""
         if loss is not None and not isinstance(loss, str):
             raise self._error(
@@ -417,103 +427,175 @@ class Model:
         loss = loss or (self.program.statements[-1].target.name if self.program.statements else None)
         if loss is None:
             raise self._error("the program defines nothing to differentiate")
+        if loss not in self.program.defined():
+            raise self._error(
+                f"loss '{loss}' is not defined by the program; defined tensors: " + ", ".join(self.program.defined())
+            )
         if loss not in vals:
             raise self._error(f"'{loss}' is not among the values; run forward() first")
-        return loss, np.asarray(vals[loss])
+        return loss, vals[loss]
 
     def _require_inputs(self, vals: Mapping[str, Any]) -> None:
         if not self._input_set <= vals.keys():
             missing = [n for n in self._order if n not in vals]
             raise self._error("vals lacks input " + ", ".join(missing) + "; pass what forward() returned")
 
-    def _value(self, name: str, v: Any, what: str = "the value of") -> Array:
-        """A value for `name` (in vals, a seed, a tangent) as an array of numbers, or a located error."""
-        where = f"{what} '{name}'" + (" in vals" if what == "the value of" else "")
-        try:
-            a = np.asarray(v)
-        except Exception as e:  # ragged lists and the like
-            raise self._error(f"{where} is not an array: {e}", name) from None
-        if a.dtype.kind not in "biuf":
-            raise self._error(f"{where} must hold real numbers, not {a.dtype}", name)
-        return a
+    def _directions(self, given: Any, what: str) -> dict[str, Any]:
+        if not isinstance(given, Mapping):
+            raise self._error(f"{what} must be a dict from input names to arrays, not {type(given).__name__}")
+        for n in given:
+            if n not in self.inputs:
+                raise self._error(
+                    f"{what} names '{n}', which is not an input of the program; inputs: " + ", ".join(self.inputs)
+                )
+        return dict(given)
+
+    # ---- forward mode and second order
 
     def jvp(self, vals: Mapping[str, Array], tangents: Mapping[str, Any]) -> dict[str, Array]:
         """Tangents of every defined tensor, given tangents of some inputs (forward mode)."""
-        for n in tangents:
-            if n not in self.inputs:
-                raise self._error(f"tangent given for '{n}', which is not an input")
-        gates = {u: y for u, y in relu_outputs(self.prims).items() if u not in vals and y in vals}
-        key = ("jvp", tuple(tangents), tuple(sorted(gates)))
-        hit = self._cache.get(key)
-        if hit is None:
-            d = derive_jvp(self.program, list(tangents))
-            prims = read_steps_of_outputs(lower(d), gates)
-            made_up = _made_up(prims, d)
-            hit = (d, Executor(prims, self.program.filename, self.program.source, temporaries=made_up))
-            self._cache[key] = hit
-        _, ex = hit
-        env = {n: v if type(v) is np.ndarray else self._value(n, v) for n, v in vals.items()}
+        if not isinstance(vals, Mapping):
+            raise self._error(f"vals must be the dict forward() returned, not {type(vals).__name__}")
+        tangents = self._directions(tangents, "tangents")
+        self._require_inputs(vals)
+        env = {n: self._value(n, v) for n, v in vals.items()}
         for n, t in tangents.items():
             t = self._value(n, t, "tangent for")
-            if t.shape != np.shape(vals[n]):
-                raise self._error(f"tangent for '{n}' has shape {t.shape}, not {np.shape(vals[n])}")
-            env[self._tan.get(n)] = t
-        env = ex.run(env)
-        out = {}
-        for n in self.program.defined():
-            t = env.get(self._tan.get(n))
-            out[n] = np.zeros_like(vals[n]) if t is None else t
-        return out
+            want, like = self.engine.describe(env[n])
+            if self.engine.describe(t)[0] != want:
+                raise self._error(f"tangent for '{n}' has shape {self.engine.describe(t)[0]}, not {want}")
+            env[self._tan[n]] = self.engine.asarray(t, like)
+        sig = self._signature(env)
 
-    def hvp(
-        self, vals: Mapping[str, Array], loss: str | None = None, v: Mapping[str, Any] | None = None
-    ) -> dict[str, Array]:
+        def build() -> tuple[Plan, tuple[tuple[str, str], ...]]:
+            d = derive_jvp(self.program, list(tangents))
+            gates = {u: y for u, y in relu_outputs(self.prims).items() if u not in vals and y in vals}
+            prims = read_steps_of_outputs(lower(d), gates)
+            pairs = tuple((n, self._tan[n]) for n in self.program.defined())
+            return self._make_plan(prims, sig, {t for _, t in pairs}, "jvp", d), pairs
+
+        compiled = self._compile(PlanKey("jvp", tuple(tangents), None, sig), build)
+        env = compiled.executor.run(env)
+        return {n: env[t] if t in env else self.engine.zeros_like(vals[n]) for n, t in compiled.pairs}
+
+    def hvp(self, vals: Mapping[str, Array], loss: str | None = None, v: Mapping[str, Any] | None = None) -> dict[str, Array]:
         """Hessian-vector products by forward-over-reverse, returned like backward()."""
-        v = dict(v or {})
-        for n in v:
-            if n not in self.inputs:
-                raise self._error(
-                    f"v names '{n}', which is not an input of the program; inputs: " + ", ".join(self.inputs)
-                )
+        if not isinstance(vals, Mapping):
+            raise self._error(f"vals must be the dict forward() returned, not {type(vals).__name__}")
+        v = self._directions(v if v is not None else {}, "v")
         self._require_inputs(vals)
         loss, value = self._loss_value(vals, loss)
-        if value.ndim != 0:
-            raise self._error(f"loss '{loss}' has shape {value.shape}, not a scalar")
-        key = ("hvp", loss, tuple(v))
-        hit = self._cache.get(key)
+        shape, dtype = self.engine.describe(self._value(loss, value))
+        if shape != ():
+            raise self._error(f"loss '{loss}' has shape {shape}, not a scalar")
+        env = {n: self._value(n, vals[n]) for n in self._order}
+        env[self._grad[loss]] = self.engine.one(dtype if dtype.kind == "f" else np.dtype(np.float64))
+        both, back, tan = self._second_order(loss, tuple(v))
+        for n, t in v.items():
+            t = self._value(n, t, "v for")
+            want, like = self.engine.describe(env[n])
+            if self.engine.describe(t)[0] != want:
+                raise self._error(f"v for '{n}' has shape {self.engine.describe(t)[0]}, not {want}")
+            env[tan_name(both, n)] = self.engine.asarray(t, like)
+        sig = self._signature(env)
+
+        def build() -> tuple[Plan, tuple[tuple[str, str], ...]]:
+            prims = lower(both) + lower(tan)
+            pairs = tuple((n, tan_name(both, self._grad[n])) for n in self.inputs)
+            # the forward's temporaries are both's: their sizes come from the rest of their statement
+            return self._make_plan(prims, sig, {t for _, t in pairs}, "hvp", back, tan), pairs
+
+        compiled = self._compile(PlanKey("hvp", (loss, *v), None, sig), build)
+        env = compiled.executor.run(env)
+        return {n: env[t] if t in env else self.engine.zeros_like(vals[n]) for n, t in compiled.pairs}
+
+    def _second_order(self, loss: str, v: tuple[str, ...]) -> tuple[Program, Program, Program]:
+        """The forward and gradient statements as one program, the gradient program alone, and the
+        tangent program of the first along v."""
+        hit = self._second.get((loss, v))
         if hit is None:
             back = derive_for(self.program, [loss], None, self.prims)
-            both = Program(
-                self.program.decls,
-                tuple(prim_statement(p) for p in self.prims) + back.statements,
-                filename=self.program.filename,
-                source=self.program.source,
+            both = check(
+                Program(
+                    self.program.decls,
+                    tuple(prim_statement(p) for p in self.prims) + back.statements,
+                    filename=self.program.filename,
+                    source=self.program.source,
+                )
             )
-            both = check(both)
-            tan = derive_jvp(both, list(v))
-            prims = lower(both) + lower(tan)
-            made_up = _made_up(prims, self.program, back, tan)  # the forward's temporaries are both's
-            hit = (both, tan, Executor(prims, both.filename, both.source, temporaries=made_up))
-            self._cache[key] = hit
-        both, tan, ex = hit
-        env = {n: np.asarray(vals[n]) for n in self.inputs + self.labels}
-        env[self._grad.get(loss)] = np.ones_like(np.asarray(vals[loss]))
-        for n, t in v.items():
-            env[tan_name(both, n)] = self._value(n, t, "v for")
-        env = ex.run(env)
-        out = {}
-        for n in self.inputs:
-            t = env.get(tan_name(both, self._grad.get(n)))
-            out[n] = np.zeros_like(np.asarray(vals[n])) if t is None else t
-        return out
+            hit = self._second[loss, v] = (both, back, derive_jvp(both, list(v)))
+        return hit
+
+    # ---- plans as data
+
+    def plan(
+        self,
+        vals_or_shapes: Mapping[str, Any],
+        mode: str = "forward",
+        loss: str | None = None,
+        wrt: list[str] | str | None = None,
+    ) -> Plan:
+        """The Plan a call of `mode` (forward, backward, jvp or hvp) runs on arrays like these:
+        arrays, or shapes (tuples; float64 then, labels int64) for the inputs."""
+        if mode not in ("forward", "backward", "jvp", "hvp"):
+            raise self._error(f"mode must be forward, backward, jvp or hvp, not {mode!r}")
+        if not isinstance(vals_or_shapes, Mapping):
+            raise self._error(f"plan() takes a dict of arrays or shapes, not {type(vals_or_shapes).__name__}")
+        sig = []
+        for n in self._order:
+            if n not in vals_or_shapes:
+                raise self._error(f"no array or shape was given for input '{n}'", n)
+            x = vals_or_shapes[n]
+            if isinstance(x, tuple) and all(isinstance(d, int) and d >= 0 for d in x):
+                sig.append((n, x, np.dtype(np.int64 if n in self.labels else np.float64)))
+            else:
+                sig.append((n, *self.engine.describe(self._value(n, x))))
+        sig_t: Signature = tuple(sig)  # type: ignore[arg-type]
+        fw = self._forward(sig_t)
+        if mode == "forward":
+            return self._make_plan(fw.prims, sig_t, fw.keep | self._input_set, "forward", fw.program)
+        kept = [n for n in fw.shapes if n in fw.keep and n not in self._input_set]
+        vals_sig = tuple((n, fw.shapes[n], fw.dtypes[n]) for n in [*self._order, *kept])
+        loss_name = loss or self.program.statements[-1].target.name
+        if mode == "backward":
+            if fw.shapes.get(loss_name, ()) != ():
+                raise self._error(f"loss '{loss_name}' is not a scalar; plan a backward pass of a scalar loss")
+            wrt_list = self._wrt(wrt)
+            d = derive_for(fw.program, [loss_name], wrt_list, fw.prims, validate=False)
+            seed = self._grad[loss_name]
+            returned = {self._grad[n] for n in (wrt_list if wrt_list is not None else self.inputs)}
+            prims = read_steps_of_outputs(lower(d), fw.gates)
+            prims = absorb_scales(inline_broadcasts(prims, returned | {seed}), returned | {seed})
+            env_sig = (*vals_sig, (seed, (), fw.dtypes[loss_name]))
+            return self._make_plan(prims, env_sig, returned, "backward", fw.program, d, constants={seed})
+        if mode == "jvp":
+            names = self._wrt(wrt) or list(self.inputs)
+            d = derive_jvp(self.program, names)
+            env_sig = (*vals_sig, *((self._tan[n], fw.shapes[n], fw.dtypes[n]) for n in names))
+            keep = {self._tan[n] for n in self.program.defined()}
+            return self._make_plan(lower(d), env_sig, keep, "jvp", d)
+        names = self._wrt(wrt) or list(self.inputs)
+        both, back, tan = self._second_order(loss_name, tuple(names))
+        env_sig = (
+            *((n, fw.shapes[n], fw.dtypes[n]) for n in self._order),
+            (self._grad[loss_name], (), fw.dtypes[loss_name]),
+            *((tan_name(both, n), fw.shapes[n], fw.dtypes[n]) for n in names),
+        )
+        keep = {tan_name(both, self._grad[n]) for n in self.inputs}
+        return self._make_plan(lower(both) + lower(tan), env_sig, keep, "hvp", back, tan)
 
 
-@functools.cache
-def _one(dtype: np.dtype) -> Array:
-    """The seed 1 of a scalar loss of this dtype: one read-only array, shared by every call."""
-    one = np.array(1, dtype)
-    one.setflags(write=False)
-    return one
+def _gated(p: Prim, gates: dict[str, str]) -> bool:
+    """p is `y = relu(u)` with u -> y among the gates."""
+    if not (isinstance(p, Elementwise) and p.func == "relu" and isinstance(p.args[0], Ref)):
+        return False
+    return gates.get(p.args[0].name) == p.out.name
+
+
+def _wrt_key(wrt: Any) -> tuple[str, ...] | None:
+    """wrt as part of a plan's key: None, or the names (one string may list several)."""
+    names = wrt_names(wrt)
+    return None if names is None else tuple(names)
 
 
 def _made_up(prims: list[Prim], *programs: Program) -> set[str]:
@@ -521,68 +603,12 @@ def _made_up(prims: list[Prim], *programs: Program) -> set[str]:
     return {p.out.name for p in prims}.difference(*(q.defined() for q in programs))
 
 
-def _owner(a: Array) -> int:
-    """The identity of the buffer an array (or the array it views) owns."""
-    while isinstance(a.base, np.ndarray):
-        a = a.base
-    return id(a if a.base is None else a.base)
+def compile(  # noqa: A001
+    program: str | Program, backend: str = "numpy", device: Any = None, dtype: Any = None
+) -> Model:
+    """A Model for .idx text, a path to an .idx file, or a parsed Program, on an array library."""
+    options = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    return Model(as_program(program), backend, options)
 
 
-def compile(program: str | Program, backend: str = "numpy") -> Model:  # noqa: A001
-    """A Model for .idx text, a path to an .idx file, or a parsed Program."""
-    return Model(as_program(program), backend)
-
-
-@dataclass
-class PlanReport:
-    """Per contraction: its statement, einsum equation, opt_einsum path and FLOPs."""
-
-    compile_seconds: float
-    planning_seconds: float
-    rows: list[dict[str, Any]]
-
-    def __str__(self) -> str:
-        lines = [
-            f"compiled in {self.compile_seconds * 1e3:.1f} ms; "
-            f"planned for these shapes in {self.planning_seconds * 1e3:.1f} ms"
-        ]
-        for r in self.rows:
-            lines.append(
-                f"{r['pass']:8s} {r['statement']}\n{'':9s}{r['equation']}  path {r['path']}  "
-                f"{r['flops']:,} flops (naive {r['naive_flops']:,})"
-            )
-        return "\n".join(lines)
-
-
-def _plan_rows(prims: list[Prim], vals: Mapping[str, Array], which: str) -> list[dict[str, Any]]:
-    from .lower import Contract, prim_statement
-    from .nodes import Ref, ref_index_names
-    from .plan import plan_contraction
-    from .printer import format_statement
-
-    rows = []
-    for p in prims:
-        if not isinstance(p, Contract):
-            continue
-        refs = [f for f, _ in p.factors if isinstance(f, Ref)]
-        if not refs or not all(f.name in vals for f in refs):
-            continue
-        names = [ref_index_names(r) for r in refs]
-        present = {n for nm in names for n in nm}
-        kept = tuple(n for n in ref_index_names(p.out) if n in present)
-        shapes = [tuple(np.shape(vals[r.name])) for r in refs]
-        if any(len(s) != len(nm) for s, nm in zip(shapes, names)):
-            continue  # reads through index arithmetic or labels: no einsum of its own
-        plan = plan_contraction(names, kept, shapes)
-        rows.append(
-            {
-                "pass": which,
-                "statement": format_statement(prim_statement(p)),
-                "equation": plan.equation,
-                "path": plan.path,
-                "flops": plan.flops,
-                "naive_flops": plan.naive_flops,
-                "largest_intermediate": plan.largest_intermediate,
-            }
-        )
-    return rows
+__all__ = ["Compiled", "Model", "Num", "PlanKey", "Ref", "compile"]

@@ -1,16 +1,166 @@
-"""Contraction planning: index names to einsum symbols, opt_einsum paths found once per shape and cached."""
+"""The plan: primitive statements and the inputs' shapes made into an ordered list of Steps, plain records.
+
+Every decision about how a program runs is a field of a Step: the library call and its operands'
+layout, the contraction order, the dead buffer a result is written into, the steps that hand one
+buffer along (a group), the names dropped after each step. `str(plan)` prints them one per line;
+each backend (indexgrad/backends/) turns the same Steps into calls of its array library.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cache
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import opt_einsum as oe
+
+from .errors import IndexgradError
+from .functions import FUNCTIONS
+from .lower import Contract, Elementwise, Prim, Reduction, Terms, prim_statement
+from .lower import Operand as Factor
+from .memory import human_bytes, memory_limit
+from .nodes import NOSPAN, Affine, Gather, Num, Ref, SizeOf, Span, is_plain, ref_index_names
+from .printer import format_number, format_ref, format_statement
+from .sizes import Shape, Sizer
+
+# ---- the records -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A tensor a step reads: its name, the index names of its axes, its shape, and its power."""
+
+    name: str
+    axes: tuple[str, ...]
+    shape: Shape
+    dtype: str
+    power: float = 1.0
+
+    def __str__(self) -> str:
+        text = f"{self.name}[{','.join(self.axes)}]" if self.axes else self.name
+        return text if self.power == 1 else f"{text}^{format_number(self.power)}"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One call of the array library.
+
+    kind: contract, elementwise, terms, reduce, fill, view, gather or scatter. call: the library
+    call chosen (matmul, vecdot, einsum, sum, a function's name, add, ...), with its settings in
+    `args`. `into` names an operand that dies here and lends its buffer to the result; steps that
+    hand one buffer along share a `group`; `release` names what is dropped after the step.
+    """
+
+    kind: str
+    call: str
+    out: str
+    axes: tuple[str, ...]
+    shape: Shape
+    dtype: str
+    inputs: tuple[Operand, ...] = ()
+    args: dict[str, Any] = field(default_factory=dict)
+    accumulate: bool = False
+    into: str | None = None
+    group: int | None = None
+    release: tuple[str, ...] = ()
+    text: str = ""
+    span: Span = field(default=NOSPAN, compare=False, repr=False)
+
+    @property
+    def donor(self) -> str | None:
+        """The operand whose buffer the call overwrites with its result (`into`, unless that is the
+        step's own target, which a `+=` updates in place)."""
+        return self.into if self.into != self.out else None
+
+    def describe(self) -> str:
+        """The call as a reader would write it: `matmul(x.T, W)`, `relu(h.sum)`, `sum(y, over b)`."""
+        return _DESCRIBE.get(self.kind, _describe_call)(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "call": self.call,
+            "text": self.text,
+            "out": self.out,
+            "axes": list(self.axes),
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "inputs": [
+                {"name": o.name, "axes": list(o.axes), "shape": list(o.shape), "dtype": o.dtype, "power": o.power}
+                for o in self.inputs
+            ],
+            "args": _jsonable(self.args),
+            "accumulate": self.accumulate,
+            "into": self.into,
+            "group": self.group,
+            "release": list(self.release),
+            "line": self.span.line or None,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The steps that run a program on inputs of one signature, and what the run returns."""
+
+    mode: str
+    inputs: tuple[tuple[str, Shape, str], ...]
+    steps: tuple[Step, ...]
+    outputs: tuple[str, ...]
+    fresh: tuple[str, ...]  # the outputs in buffers the plan made for them alone
+    peak_bytes: int
+    backend: str = "numpy"
+    filename: str = field(default="<string>", compare=False)
+    source: str = field(default="", compare=False, repr=False)
+
+    def __str__(self) -> str:
+        sig = ", ".join(f"{n}: {d}[{','.join(map(str, s))}]" for n, s, d in self.inputs)
+        lines = [f"{self.mode} plan ({self.backend}) for {sig or 'no inputs'}; peak {human_bytes(self.peak_bytes)}"]
+        width = max((len(s.text) for s in self.steps), default=0)
+        for k, s in enumerate(self.steps, 1):
+            notes = []
+            if s.into:
+                notes.append(f"into {s.into}")
+            if s.group is not None:
+                notes.append(f"group {s.group}")
+            if s.release:
+                notes.append("frees " + " ".join(s.release))
+            shape = f"{s.dtype}[{','.join(map(str, s.shape))}]"
+            line = f"{k:3d}  {s.text:<{width}}  {s.kind:<11} {s.describe()} -> {shape}"
+            lines.append(line + (f"  ({'; '.join(notes)})" if notes else ""))
+        lines.append("returns " + (", ".join(self.outputs) or "nothing"))
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "mode": self.mode,
+                "backend": self.backend,
+                "inputs": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in self.inputs],
+                "steps": [s.to_dict() for s in self.steps],
+                "outputs": list(self.outputs),
+                "peak_bytes": self.peak_bytes,
+            },
+            indent=1,
+        )
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (np.integer, np.floating)):
+        return v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+# ---- contraction orders (opt_einsum) ---------------------------------------------------------
 
 
 def symbols(names: list[str]) -> dict[str, str]:
@@ -20,212 +170,753 @@ def symbols(names: list[str]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ContractionPlan:
-    """A planned contraction: its equation, the opt_einsum expression and path, and its cost."""
+    """A planned contraction: its equation, opt_einsum's path, and its cost."""
 
     equation: str
-    expression: Callable[..., Any]
     path: list[tuple[int, ...]]
     flops: int
     naive_flops: int
     largest_intermediate: int
 
 
-_CACHE: dict[tuple[Any, ...], ContractionPlan] = {}
+_PATHS: dict[tuple[Any, ...], ContractionPlan] = {}
 _LOCK = threading.Lock()
 
 
 def plan_contraction(
-    operand_names: list[tuple[str, ...]],
-    out_names: tuple[str, ...],
-    shapes: list[tuple[int, ...]],
+    operand_names: list[tuple[str, ...]], out_names: tuple[str, ...], shapes: list[Shape]
 ) -> ContractionPlan:
-    """The cached plan for one contraction on operands with these index names and shapes."""
+    """opt_einsum's path for one contraction on operands with these index names and shapes (cached)."""
     key = (tuple(operand_names), out_names, tuple(shapes))
-    hit = _CACHE.get(key)
+    hit = _PATHS.get(key)
     if hit is not None:
         return hit
-    every: dict[str, None] = {}
-    for names in operand_names:
-        for n in names:
-            every.setdefault(n, None)
-    for n in out_names:
-        every.setdefault(n, None)
-    sym = symbols(list(every))
+    sym = symbols(list(dict.fromkeys([n for names in operand_names for n in names] + list(out_names))))
     eq = ",".join("".join(sym[n] for n in names) for names in operand_names)
     eq += "->" + "".join(sym[n] for n in out_names)
     if len(shapes) == 1:
-        path: list[tuple[int, ...]] = [(0,)]
-        flops = naive = int(np.prod(shapes[0], dtype=np.int64)) if shapes[0] else 1
-        largest = flops
+        flops = int(np.prod(shapes[0], dtype=np.int64)) if shapes[0] else 1
+        plan = ContractionPlan(eq, [(0,)], flops, flops, flops)
     else:
         path, info = oe.contract_path(eq, *shapes, shapes=True, optimize="auto")
-        flops = int(info.opt_cost)
-        naive = int(info.naive_cost)
-        largest = int(info.largest_intermediate)
-    expr = oe.contract_expression(eq, *shapes, optimize=path if len(shapes) > 1 else "auto")
-    plan = ContractionPlan(eq, expr, list(path), flops, naive, largest)
+        plan = ContractionPlan(
+            eq, list(path), int(info.opt_cost), int(info.naive_cost), int(info.largest_intermediate)
+        )
     with _LOCK:
-        _CACHE[key] = plan
+        _PATHS[key] = plan
     return plan
 
 
 def clear_cache() -> None:
     with _LOCK:
-        _CACHE.clear()
-    pairwise.cache_clear()
+        _PATHS.clear()
 
 
-@cache
-def pairwise(
-    a_names: tuple[str, ...],
-    b_names: tuple[str, ...],
-    out: tuple[str, ...],
-    a_shape: tuple[int, ...],
-    b_shape: tuple[int, ...],
-) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """A two-operand contraction as one BLAS matmul (or a broadcast product), planned once.
+# ---- how two operands meet in one library call -----------------------------------------------
 
-    The result's axes are `out`; every name in `out` must appear in an operand. Cached per
-    names and shapes (the functions returned keep no state).
+
+def pair_layout(
+    a: tuple[str, ...], b: tuple[str, ...], out: tuple[str, ...], size: dict[str, int]
+) -> tuple[str, dict[str, Any]]:
+    """The call that contracts two operands (axes `a` and `b`) into `out`, and how it lays them out.
+
+    Returns (call, args): call is matmul (a matrix or a batch of matrices), vecdot (one dot
+    product per batch entry) or multiply (nothing summed between them: a broadcast product).
+    args: `swap` (multiply b by a), per operand `*_sum` (axes summed before the call, which
+    only that operand has), `*_perm` and `*_shape` (the transpose and reshape that follow), and
+    `res_shape`, `res_perm` for the result. Every name in `out` must be in a or b.
     """
-    matrix = _matrix_product(a_names, b_names, out)
-    if matrix is not None:
-        return matrix
-    size = dict(zip(a_names, a_shape)) | dict(zip(b_names, b_shape))
-    a_set, b_set, o_set = set(a_names), set(b_names), set(out)
+    a_set, b_set, o_set = set(a), set(b), set(out)
     batch = [n for n in out if n in a_set and n in b_set]
     left = [n for n in out if n in a_set and n not in b_set]
     right = [n for n in out if n in b_set and n not in a_set]
-    inner = [n for n in a_names if n in b_set and n not in o_set]
-    a_only = tuple(k for k, n in enumerate(a_names) if n not in b_set and n not in o_set)
-    b_only = tuple(k for k, n in enumerate(b_names) if n not in a_set and n not in o_set)
-    a_rest = tuple(n for n in a_names if n in b_set or n in o_set)
-    b_rest = tuple(n for n in b_names if n in a_set or n in o_set)
+    inner = [n for n in a if n in b_set and n not in o_set]
+    if inner and batch + right + left == list(out) and batch + left + right != list(out):
+        # C = A B would come out transposed: compute it as B^T A^T, born in order
+        call, args = pair_layout(b, a, out, size)
+        return call, {**args, "swap": not args["swap"]}
+    a_sum = tuple(k for k, n in enumerate(a) if n not in b_set and n not in o_set)
+    b_sum = tuple(k for k, n in enumerate(b) if n not in a_set and n not in o_set)
+    a_rest = [n for n in a if n in b_set or n in o_set]
+    b_rest = [n for n in b if n in a_set or n in o_set]
 
-    def prep(x: np.ndarray, only: tuple[int, ...]) -> np.ndarray:
-        return x.sum(axis=only) if only else x
+    def prep(rest: list[str], order: list[str], shape: tuple[int, ...]) -> tuple[Any, Any]:
+        perm = tuple(rest.index(n) for n in order)
+        moved = tuple(size[rest[k]] for k in perm)
+        return (None if perm == tuple(range(len(perm))) else perm), (None if moved == shape else shape)
 
-    if not inner:  # no sum between the operands: a broadcast product
-        a_perm = [a_rest.index(n) for n in out if n in a_set]
-        b_perm = [b_rest.index(n) for n in out if n in b_set]
-        a_shape2 = [size[n] if n in a_set else 1 for n in out]
-        b_shape2 = [size[n] if n in b_set else 1 for n in out]
-
-        def product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            a = prep(a, a_only).transpose(a_perm).reshape(a_shape2)
-            b = prep(b, b_only).transpose(b_perm).reshape(b_shape2)
-            return a * b
-
-        return product
-
-    if batch + right + left == list(out) and batch + left + right != list(out):
-        # C = A B would come out transposed; compute it as (B^T A^T) so it is born in order
-        swapped = pairwise(b_names, a_names, out, b_shape, a_shape)
-        return lambda a, b: swapped(b, a)
-    a_perm = [a_rest.index(n) for n in batch + left + inner]
-    b_perm = [b_rest.index(n) for n in batch + inner + right]
-    if batch and not left and not right:  # one dot product per batch entry
-        rows = (math.prod(size[n] for n in batch), math.prod(size[n] for n in inner))
-        a_rows = _mover(a_only, a_perm, tuple(size[n] for n in a_rest), rows)
-        b_rows = _mover(b_only, b_perm, tuple(size[n] for n in b_rest), rows)
-        return _moved(np.vecdot, a_rows, b_rows, tuple(size[n] for n in batch), None)
-    nb = math.prod(size[n] for n in batch)
-    nl = math.prod(size[n] for n in left)
-    nr = math.prod(size[n] for n in right)
-    nk = math.prod(size[n] for n in inner)
+    if not inner:  # a broadcast product
+        a_perm, a_shape = prep(a_rest, [n for n in out if n in a_set], tuple(size[n] if n in a_set else 1 for n in out))
+        b_perm, b_shape = prep(b_rest, [n for n in out if n in b_set], tuple(size[n] if n in b_set else 1 for n in out))
+        return "multiply", {
+            "swap": False, "a_sum": a_sum, "a_perm": a_perm, "a_shape": a_shape,
+            "b_sum": b_sum, "b_perm": b_perm, "b_shape": b_shape, "res_shape": None, "res_perm": None,
+        }  # fmt: skip
+    nb, nl, nr, nk = (math.prod(size[n] for n in g) for g in (batch, left, right, inner))
+    if batch and not left and not right:
+        a_perm, a_shape = prep(a_rest, batch + inner, (nb, nk))
+        b_perm, b_shape = prep(b_rest, batch + inner, (nb, nk))
+        res = tuple(size[n] for n in batch)
+        return "vecdot", {
+            "swap": False, "a_sum": a_sum, "a_perm": a_perm, "a_shape": a_shape,
+            "b_sum": b_sum, "b_perm": b_perm, "b_shape": b_shape,
+            "res_shape": None if len(batch) == 1 else res, "res_perm": None,
+        }  # fmt: skip
+    a_perm, a_shape = prep(a_rest, batch + left + inner, (nb, nl, nk) if batch else (nl, nk))
+    b_perm, b_shape = prep(b_rest, batch + inner + right, (nb, nk, nr) if batch else (nk, nr))
     mid = batch + left + right
-    res_shape = [size[n] for n in mid]
-    res_perm = [mid.index(n) for n in out]
-    identity = res_perm == list(range(len(res_perm)))
-    a3 = (nb, nl, nk) if batch else (nl, nk)
-    b3 = (nb, nk, nr) if batch else (nk, nr)
-
-    a_move = _mover(a_only, a_perm, tuple(size[n] for n in a_rest), a3)
-    b_move = _mover(b_only, b_perm, tuple(size[n] for n in b_rest), b3)
-    res_t = tuple(res_shape)
-    if a_move is None and b_move is None and identity and res_t == a3[:-1] + b3[-1:]:
-        return np.matmul
-    return _moved(np.matmul, a_move, b_move, res_t, None if identity else res_perm)
+    res_shape = tuple(size[n] for n in mid)
+    natural = ((nb,) if batch else ()) + (nl, nr)
+    res_perm = tuple(mid.index(n) for n in out)
+    return "matmul", {
+        "swap": False, "a_sum": a_sum, "a_perm": a_perm, "a_shape": a_shape,
+        "b_sum": b_sum, "b_perm": b_perm, "b_shape": b_shape,
+        "res_shape": None if res_shape == natural else res_shape,
+        "res_perm": None if res_perm == tuple(range(len(res_perm))) else res_perm,
+    }  # fmt: skip
 
 
-def matrix_layout(
-    a_names: tuple[str, ...], b_names: tuple[str, ...], out: tuple[str, ...]
-) -> tuple[bool, bool, bool] | None:
-    """For `out[l,r] = a b` of two matrices that share one summed index: (operands swapped, first
-    transposed, second transposed) of the one np.matmul that computes it, the operand holding l
-    first; None for any other contraction."""
-    if not len(a_names) == len(b_names) == len(out) == 2 or len(set(out)) != 2:
+# ---- the planner -------------------------------------------------------------------------------
+
+
+Dtypes = dict[str, np.dtype]
+
+
+def make_plan(
+    prims: list[Prim],
+    shapes: dict[str, Shape],
+    dtypes: Dtypes,
+    keep: set[str],
+    *,
+    mode: str = "forward",
+    temporaries: set[str] | None = None,
+    backend: str = "numpy",
+    in_place: bool = True,
+    constants: dict[str, float] | None = None,
+    filename: str = "<string>",
+    source: str = "",
+) -> Plan:
+    """The Plan that runs `prims` on inputs of these shapes and dtypes, returning the names in `keep`.
+
+    Sizes every statement (a size error is located at what the user wrote), chooses each step's
+    call, then decides what is dropped when, which dead buffers results are written into
+    (`in_place`: whether the backend updates arrays in place), and refuses a plan whose peak
+    memory exceeds the limit. `constants` are scalar inputs whose value every run gives (the seed
+    1 of a scalar loss): steps fold them in as numbers of the input's dtype.
+    """
+    try:
+        planner = _Planner(prims, dict(shapes), dict(dtypes), temporaries or set(), constants)
+        steps = planner.steps()
+        steps = _masks(steps)
+        steps, peak, fresh = _buffers(steps, set(shapes), keep, in_place)
+    except IndexgradError as e:
+        raise e.located(filename, source) from None
+    inputs = tuple((n, tuple(s), str(dtypes[n])) for n, s in shapes.items())
+    outputs = tuple(n for n in dict.fromkeys([*shapes, *(s.out for s in steps)]) if n in keep)
+    plan = Plan(mode, inputs, tuple(steps), outputs, tuple(n for n in outputs if n in fresh), peak, backend,
+                filename, source)
+    _guard_memory(plan)
+    return plan
+
+
+def shapes_after(
+    prims: list[Prim], shapes: dict[str, Shape], dtypes: Dtypes, temporaries: set[str] | None = None
+) -> tuple[dict[str, Shape], Dtypes, list[dict[str, int]]]:
+    """The shape and dtype of every name once `prims` have run on inputs of these shapes and
+    dtypes, and each primitive's index sizes."""
+    planner = _Planner(prims, dict(shapes), dict(dtypes), temporaries or set())
+    planner.steps()
+    return planner.shapes, planner.dtypes, planner.sized
+
+
+def _result_dtype(dtypes: list[np.dtype]) -> np.dtype:
+    floats = [d for d in dtypes if d.kind in "fc"]
+    return np.result_type(*floats) if floats else np.dtype(np.float64)
+
+
+class _Planner:
+    """Turns primitive statements into steps, keeping the shape and dtype of every name."""
+
+    def __init__(
+        self,
+        prims: list[Prim],
+        shapes: dict[str, Shape],
+        dtypes: Dtypes,
+        temps: set[str],
+        constants: dict[str, float] | None = None,
+    ) -> None:
+        self.prims = prims
+        self.constants = constants or {}
+        self.folded: list[np.dtype] = []
+        self.shapes = shapes
+        self.dtypes = dtypes
+        self.sizer = Sizer(prims, temps)
+        self.sized: list[dict[str, int]] = []
+        self.out: list[Step] = []
+
+    def steps(self) -> list[Step]:
+        for k, p in enumerate(self.prims):
+            try:
+                self.prim(k, p)
+            except IndexgradError as e:
+                if e.span is None and p.span.line:
+                    e.span = p.span
+                raise
+        return self.out
+
+    def prim(self, k: int, p: Prim) -> None:
+        sizes = self.sizer.sizes(k, self.shapes, self.dtypes)
+        self.sizes = sizes
+        self.folded = []
+        self.sized.append(sizes)
+        self.span = p.span
+        self.text = format_statement(prim_statement(p))
+        out_axes = ref_index_names(p.out)
+        shape = tuple(sizes[n] for n in out_axes)
+        if isinstance(p, Reduction) and p.reducer in ("max", "min"):
+            for n in p.indices:
+                if sizes[n] == 0:
+                    raise IndexgradError(f"{p.reducer}[{n}] over an empty range: '{n}' has size 0", p.span)
+        scatter = not is_plain(p.out)
+        target_shape = self.sizer.out_shape(k, self.shapes, sizes) if scatter else shape
+        name = format_ref(p.out) if scatter else p.out.name
+        accumulate = p.op == "+=" and p.out.name in self.shapes and not scatter
+        if isinstance(p, Contract):
+            step = self.contract(p, name, out_axes, shape)
+        elif isinstance(p, Elementwise):
+            step = self.elementwise(p, name, out_axes, shape)
+        elif isinstance(p, Terms):
+            step = self.terms(p, name, out_axes, shape)
+        else:
+            arg = self.read(p.arg)
+            args = {"over": tuple(p.indices), "order": out_axes + tuple(p.indices)}
+            step = self.step("reduce", p.reducer, name, out_axes, shape, self.dtype([arg]), (arg,), args)
+        step = replace(step, accumulate=accumulate)
+        self.emit(step)
+        if scatter:
+            self.scatter(p, step, target_shape)
+
+    # ---- building steps
+
+    def step(
+        self,
+        kind: str,
+        call: str,
+        out: str,
+        axes: tuple[str, ...],
+        shape: Shape,
+        dtype: np.dtype,
+        inputs: tuple[Operand, ...] = (),
+        args: dict[str, Any] | None = None,
+    ) -> Step:
+        return Step(kind, call, out, axes, shape, str(dtype), inputs, args or {}, text=self.text, span=self.span)
+
+    def emit(self, step: Step) -> None:
+        self.out.append(step)
+        if step.accumulate:
+            old = self.dtypes[step.out]
+            self.dtypes[step.out] = np.result_type(old, np.dtype(step.dtype))
+            self.out[-1] = replace(step, dtype=str(self.dtypes[step.out]))
+        else:
+            self.dtypes[step.out] = np.dtype(step.dtype)
+        self.shapes[step.out] = step.shape
+
+    def operand(self, name: str, axes: tuple[str, ...], power: float = 1.0) -> Operand:
+        return Operand(name, axes, self.shapes[name], str(self.dtypes[name]), power)
+
+    def read(self, r: Ref, power: float = 1.0) -> Operand:
+        """An operand for r: the array itself when every position is a plain name, else a view or
+        a gather made by a step of its own (its name is r's text)."""
+        axes = ref_index_names(r)
+        if is_plain(r):
+            return self.operand(r.name, axes, power)
+        name = format_ref(r)
+        shape = tuple(self.sizes[n] for n in axes)
+        source = self.operand(r.name, tuple(f"{r.name}{a}" for a in range(len(r.indices))))
+        gather = any(isinstance(i, Gather) for i in r.indices)
+        labels = tuple(
+            self.operand(i.ref.name, ref_index_names(i.ref))
+            for i in r.indices
+            if isinstance(i, Gather)
+        )
+        step = Step(
+            "gather" if gather else "view",
+            "take" if gather else "strided",
+            name,
+            axes,
+            shape,
+            str(self.dtypes[r.name]),
+            (source, *labels),
+            {"positions": _positions(r)},
+            text=f"{name} = {format_ref(r)}",
+            span=r.span if r.span.line else self.span,
+        )
+        self.emit(step)
+        return self.operand(name, axes, power)
+
+    def scatter(self, p: Prim, value: Step, shape: Shape) -> None:
+        """`x.grad[j+k] += value`: a scatter-add into x.grad (zeros first, when it holds nothing)."""
+        target = p.out.name
+        labels = tuple(
+            self.operand(i.ref.name, ref_index_names(i.ref))
+            for i in p.out.indices
+            if isinstance(i, Gather)
+        )
+        exists = target in self.shapes
+        dtype = np.dtype(value.dtype)
+        base = p.out.name.rsplit(".", 1)[0]
+        if not exists and base in self.dtypes:
+            dtype = np.result_type(self.dtypes[base], dtype)  # as `x + value` would be
+        elif exists:
+            dtype = np.result_type(self.dtypes[target], dtype)
+        step = Step(
+            "scatter",
+            "add_at",
+            target,
+            tuple(f"{target}{a}" for a in range(len(shape))),
+            shape,
+            str(dtype),
+            (self.operand(value.out, value.axes), *labels),
+            {"positions": _positions(p.out), "fresh": not exists},
+            accumulate=exists,
+            text=self.text,
+            span=self.span,
+        )
+        self.out.append(step)
+        self.shapes[target] = shape
+        self.dtypes[target] = dtype
+
+    def constant(self, f: Factor) -> float | None:
+        """f's value when it is known while planning: a number, a size, or a constant tensor (the
+        seed 1 of a scalar loss), whose dtype then joins the step's; None for a tensor."""
+        if isinstance(f, Num):
+            return f.value
+        if isinstance(f, SizeOf):
+            return float(self.sizes[f.index])
+        if f.name in self.constants and not f.indices:
+            self.folded.append(self.dtypes[f.name])
+            return self.constants[f.name]
         return None
-    shared = set(a_names) & set(b_names)
-    if len(shared) != 1 or len(set(a_names)) != 2 or len(set(b_names)) != 2:
-        return None
-    (k,) = shared
-    left, right = out
-    if k in out:
-        return None
-    if left in a_names and right in b_names:
-        swap, x_names, y_names = False, a_names, b_names
-    elif left in b_names and right in a_names:
-        swap, x_names, y_names = True, b_names, a_names
-    else:
-        return None
-    return swap, x_names == (k, left), y_names == (right, k)
+
+    def dtype(self, ops: list[Operand]) -> np.dtype:
+        return _result_dtype([np.dtype(o.dtype) for o in ops] + self.folded)
+
+    def fill(self, name: str, axes: tuple[str, ...], shape: Shape, value: float) -> Step:
+        return self.step("fill", "full", name, axes, shape, self.dtype([]), (), {"value": value})
+
+    def contract(self, p: Contract, name: str, out: tuple[str, ...], shape: Shape) -> Step:
+        coef = p.coef
+        ops: list[Operand] = []
+        for f, k in p.factors:
+            v = self.constant(f)
+            if v is None:
+                ops.append(self.read(f, k))  # type: ignore[arg-type]
+            else:
+                coef *= _power(v, k)
+        if not ops:
+            return self.fill(name, out, shape, coef)
+        dtype = self.dtype(ops)
+        present = {n for o in ops for n in o.axes}
+        kept = tuple(n for n in out if n in present)
+        args: dict[str, Any] = {"coef": coef, "kept": kept}
+
+        def make(call: str, **more: Any) -> Step:
+            return self.step("contract", call, name, out, shape, dtype, tuple(ops), args | more)
+
+        if len(ops) == 1:
+            (o,) = ops
+            summed = tuple(k for k, n in enumerate(o.axes) if n not in kept)
+            rest = [n for n in o.axes if n in kept]
+            perm = tuple(rest.index(n) for n in kept)
+            if o.power == 2 and not kept:
+                return make("dot")
+            if not summed:
+                return make("copy", perm=perm)
+            if o.power == 1 and perm == tuple(range(len(perm))) and _ones_sum(o, summed, dtype):
+                return make("ones_sum", over=summed)
+            return make("sum", over=summed, perm=perm)
+        if len(ops) == 2:
+            a, b = ops
+            if kept == out and a.power == b.power == 1 and a.name != b.name:
+                if not a.axes and b.axes == out or not b.axes and a.axes == out:
+                    return make("scale", scalar=0 if not a.axes else 1)
+            call, layout = pair_layout(a.axes, b.axes, kept, self.sizes)
+            return make(call, **layout)
+        cp = plan_contraction([o.axes for o in ops], kept, [o.shape for o in ops])
+        return make("einsum", equation=cp.equation, path=cp.path)
+
+    def elementwise(self, p: Elementwise, name: str, out: tuple[str, ...], shape: Shape) -> Step:
+        ops: list[Operand] = []
+        consts: list[float | None] = []
+        for a in p.args:
+            v = self.constant(a)
+            if v is None:
+                ops.append(self.read(a))  # type: ignore[arg-type]
+            consts.append(v)
+        dtype = self.dtype(ops)
+        args = {"constants": tuple(consts)}
+        return self.step("elementwise", p.func, name, out, shape, dtype, tuple(ops), args)
+
+    def terms(self, p: Terms, name: str, out: tuple[str, ...], shape: Shape) -> Step:
+        ops: list[Operand] = []
+        coefs: list[float] = []
+        const = 0.0
+        for c, u in p.terms:
+            v = self.constant(u)
+            if v is None:
+                ops.append(self.read(u))  # type: ignore[arg-type]
+                coefs.append(c)
+            else:
+                const += c * v
+        if not ops:
+            return self.fill(name, out, shape, const)
+        call = "add" if len(ops) == 2 and coefs[0] == 1 and coefs[1] in (1, -1) and const == 0 else "terms"
+        if call == "add" and coefs[1] == -1:
+            call = "subtract"
+        args = {"coefs": tuple(coefs), "constant": const}
+        return self.step("terms", call, name, out, shape, self.dtype(ops), tuple(ops), args)
 
 
-def _matrix_product(
-    a_names: tuple[str, ...], b_names: tuple[str, ...], out: tuple[str, ...]
-) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
-    layout = matrix_layout(a_names, b_names, out)
-    return None if layout is None else _MATMULS[layout]
+def _power(v: float, k: float) -> float:
+    """v**k for a number, with IEEE results where Python raises: 0**-1 is inf (a size of 0)."""
+    try:
+        return v**k
+    except ZeroDivisionError:
+        return math.inf
 
 
-# (operands swapped, first transposed, second transposed) -> the product
-_MATMULS: dict[tuple[bool, bool, bool], Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    (False, False, False): np.matmul,
-    (False, True, False): lambda a, b: np.matmul(a.T, b),
-    (False, False, True): lambda a, b: np.matmul(a, b.T),
-    (False, True, True): lambda a, b: np.matmul(a.T, b.T),
-    (True, False, False): lambda a, b: np.matmul(b, a),
-    (True, True, False): lambda a, b: np.matmul(b.T, a),
-    (True, False, True): lambda a, b: np.matmul(b, a.T),
-    (True, True, True): lambda a, b: np.matmul(b.T, a.T),
-}
+def _ones_sum(o: Operand, summed: tuple[int, ...], dtype: np.dtype) -> bool:
+    """A sum over the leading or trailing axes of a float32/float64 array of two or more axes: one
+    BLAS product with a vector of ones (about twice as fast as a reduction)."""
+    nd, k = len(o.shape), len(summed)
+    if dtype not in (np.float32, np.float64) or nd < 2 or k >= nd or 0 in o.shape:
+        return False
+    return summed in (tuple(range(k)), tuple(range(nd - k, nd)))
 
 
-def _moved(
-    product: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    a_move: Callable[[np.ndarray], np.ndarray] | None,
-    b_move: Callable[[np.ndarray], np.ndarray] | None,
-    res: tuple[int, ...],
-    perm: list[int] | None,
-) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """`product` (np.matmul of matrices or batches of them; np.vecdot of rows, one dot product per
-    batch entry, cheaper than a batch of 1x1 matrix products) of the operands as `a_move` and
-    `b_move` lay them out, reshaped to `res` and, given `perm`, transposed into the output's order."""
-
-    def run(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        if a_move is not None:
-            a = a_move(a)
-        if b_move is not None:
-            b = b_move(b)
-        r = product(a, b).reshape(res)
-        return r if perm is None else r.transpose(perm)
-
-    return run
+def _positions(r: Ref) -> tuple[Any, ...]:
+    """Per axis of r: ("affine", const, ((coef, name), ...)) or ("label", label name, its axes)."""
+    out: list[Any] = []
+    for i in r.indices:
+        if isinstance(i, Gather):
+            out.append(("label", i.ref.name, ref_index_names(i.ref)))
+        else:
+            assert isinstance(i, Affine)
+            out.append(("affine", i.const, i.terms))
+    return tuple(out)
 
 
-def _mover(
-    only: tuple[int, ...], perm: list[int], rest_shape: tuple[int, ...], shape3: tuple[int, ...]
-) -> Callable[[np.ndarray], np.ndarray] | None:
-    """What turns an operand into its matrix (or batch of matrices), with no step that does nothing."""
-    transpose = perm != sorted(perm)
-    reshape = tuple(rest_shape[k] for k in perm) != shape3
-    if not only and not transpose and not reshape:
-        return None
-    if not only and not transpose:
-        return lambda x: x.reshape(shape3)
-    if not only and not reshape:
-        return (lambda x: x.T) if perm == [1, 0] else (lambda x: x.transpose(perm))
-    if not only:
-        return lambda x: x.transpose(perm).reshape(shape3)
-    return lambda x: x.sum(axis=only).transpose(perm).reshape(shape3)
+# ---- passes over steps -------------------------------------------------------------------------
+
+
+def _masks(steps: list[Step]) -> list[Step]:
+    """`T = step(u)` whose only reader is the next step, a product `g T` with nothing summed, made a
+    boolean mask (`u > 0`): the product then has the same values and dtype, without the array of
+    0s and 1s. g must be a float array at least as wide as u."""
+    reads: dict[str, int] = {}
+    for s in steps:
+        for o in s.inputs:
+            reads[o.name] = reads.get(o.name, 0) + 1
+    out = list(steps)
+    for k, s in enumerate(steps[:-1]):
+        nxt = steps[k + 1]
+        if not (s.kind == "elementwise" and s.call == "step" and len(s.inputs) == 1 and not s.accumulate):
+            continue
+        if not (nxt.kind == "contract" and nxt.call in ("multiply", "scale") and len(nxt.inputs) == 2):
+            continue
+        names = [o.name for o in nxt.inputs]
+        if names.count(s.out) != 1 or reads.get(s.out) != 1 or nxt.accumulate:
+            continue
+        g, u = nxt.inputs[1 - names.index(s.out)], s.inputs[0]
+        if any(o.power != 1 for o in nxt.inputs) or u.axes != s.axes:
+            continue
+        if np.dtype(g.dtype).kind == "f" and np.result_type(g.dtype, u.dtype) == np.dtype(g.dtype):
+            out[k] = replace(s, call="mask", dtype="bool")
+            out[k + 1] = replace(nxt, inputs=tuple(replace(o, dtype="bool") if o.name == s.out else o for o in nxt.inputs))
+    return out
+
+
+# Calls whose result is always a new buffer of the step's shape (not an operand, not a broadcast)
+_FRESH = {"matmul", "vecdot", "einsum", "sum", "ones_sum", "dot", "multiply", "scale", "add", "subtract",
+          "terms", "take", "add_at"}  # fmt: skip
+# Calls that can write their result into the buffer of an operand of the same shape and dtype
+_IN_PLACE = {"multiply", "scale", "add", "subtract", "terms"}
+
+
+def _may_lend(s: Step) -> bool:
+    """Whether s can compute its result in the buffer of one of its operands: the products and
+    sums above, and every one-argument function (its numpy forward takes `out=`)."""
+    if s.accumulate or s.kind == "scatter":
+        return False
+    if s.kind == "elementwise":
+        return s.call != "mask" and len(s.inputs) == 1 and FUNCTIONS[s.call].arity == 1
+    return s.call in _IN_PLACE
+
+
+def _fresh(s: Step) -> bool:
+    """Whether the step's result is a new writeable buffer of its full shape (not an operand, a
+    view of one, or a broadcast)."""
+    if s.kind == "fill":
+        return math.prod(s.shape) <= 4096  # small fills are made; large ones broadcast one value
+    if _shares(s):
+        return False
+    if s.kind in ("reduce", "elementwise", "terms"):
+        return _covers(s)
+    if s.kind == "contract" and s.args["kept"] != s.axes:
+        return False  # broadcast along an index no operand has
+    return s.call in _FRESH
+
+
+def _shares(s: Step) -> bool:
+    """Whether the step's result is its first operand's memory (itself, a transpose, a broadcast or
+    a strided view of it)."""
+    if s.kind == "view":
+        return True
+    if s.call == "copy":
+        return s.args["coef"] == 1 and s.inputs[0].power == 1
+    if s.kind == "terms" and len(s.inputs) == 1:
+        return s.args["coefs"][0] == 1 and s.args["constant"] == 0
+    return False
+
+
+def _alias(s: Step) -> bool:
+    """A step whose result is an operand itself, or a transpose of it: its whole buffer, writeable."""
+    return _shares(s) and s.kind != "view" and all(n in s.inputs[0].axes for n in s.axes)
+
+
+def _covers(s: Step) -> bool:
+    """Whether the step's operands hold every axis of its result (so the result is not a broadcast)."""
+    present = {n for o in s.inputs for n in o.axes}
+    return all(n in present for n in s.axes) and len(s.inputs) > 0
+
+
+class _Buffers:
+    """Which buffer each name holds while the steps run, who else holds it, and the bytes alive."""
+
+    def __init__(self, inputs: set[str]) -> None:
+        self.of: dict[str, int] = {n: -1 - k for k, n in enumerate(inputs)}  # inputs: negative ids
+        self.holders: dict[int, set[str]] = {b: {n} for n, b in self.of.items()}
+        self.nbytes: dict[int, int] = {}
+        self.owned: set[int] = set()  # buffers the plan allocated, which nobody outside holds
+        self.writable: set[str] = set()  # names holding their buffer whole (not a view or a broadcast)
+        self.live = 0
+
+    def new(self, bid: int, nbytes: int, owned: bool) -> None:
+        self.nbytes[bid] = nbytes
+        self.live += nbytes
+        if owned:
+            self.owned.add(bid)
+
+    def bind(self, name: str, bid: int, writable: bool) -> None:
+        old = self.of.get(name)
+        if old is not None and old != bid:
+            self.unbind(name)
+        self.of[name] = bid
+        self.holders.setdefault(bid, set()).add(name)
+        if writable:
+            self.writable.add(name)
+        else:
+            self.writable.discard(name)
+
+    def unbind(self, name: str) -> None:
+        self.writable.discard(name)
+        bid = self.of.pop(name)
+        names = self.holders[bid]
+        names.discard(name)
+        if not names:
+            self.live -= self.nbytes.pop(bid, 0)
+            self.owned.discard(bid)
+            del self.holders[bid]
+
+
+def _buffers(
+    steps: list[Step], inputs: set[str], keep: set[str], in_place: bool
+) -> tuple[list[Step], int, set[str]]:
+    """Release lists, buffers lent to results (`into`), groups, and the plan's peak memory.
+
+    A buffer is lent only when the plan made it (never an input or anything aliasing one), no
+    name holding it is read later or kept, and it has the result's axes, shape and dtype. Also
+    returns the kept names whose buffer the plan made for them alone (safe to hand out)."""
+    last: dict[str, int] = {}
+    for k, s in enumerate(steps):
+        for o in s.inputs:
+            last[o.name] = k
+        last.setdefault(s.out, k)
+        last[s.out] = max(last[s.out], k)
+    bufs = _Buffers(inputs)
+    dtype_of: dict[str, str] = {}
+    peak = 0
+    out: list[Step] = []
+    groups = 0
+    for k, s in enumerate(steps):
+        into = _donor(s, k, bufs, last, keep) if in_place and _may_lend(s) else None
+        if in_place and s.accumulate and dtype_of.get(s.out) == s.dtype and _alone(s.out, k, bufs, last, keep):
+            into = s.out  # `+=` (or a scatter-add) into a buffer of the plan's own
+        size = math.prod(s.shape) * np.dtype(s.dtype).itemsize
+        peak = max(peak, bufs.live + (0 if into else size) + _scratch(s))
+        writable = True
+        if into is not None:
+            bid = bufs.of[into]
+        elif _shares(s):
+            bid = bufs.of[s.inputs[0].name]  # the same memory under another name
+            writable = _alias(s) and s.inputs[0].name in bufs.writable
+        else:
+            bid = k
+            writable = bool(s.shape) and (_fresh(s) or s.accumulate or s.kind == "scatter")
+            bufs.new(bid, size, writable)
+        dtype_of[s.out] = s.dtype
+        bufs.bind(s.out, bid, writable)
+        group = None
+        if into is not None and out and out[-1].out == into:
+            group = out[-1].group
+            if group is None:
+                groups += 1
+                group = groups
+                out[-1] = replace(out[-1], group=group)
+        release = tuple(
+            n for n in dict.fromkeys([*(o.name for o in s.inputs), s.out])
+            if last.get(n) == k and n not in keep and n not in inputs and n in bufs.of
+        )  # fmt: skip
+        for n in release:
+            bufs.unbind(n)
+        out.append(replace(s, into=into, group=group, release=release))
+    fresh = {
+        n for n in keep
+        if (b := bufs.of.get(n)) is not None and b in bufs.owned and len(bufs.holders[b] & keep) == 1
+    }  # fmt: skip
+    return out, peak, fresh
+
+
+def _alone(name: str, k: int, bufs: _Buffers, last: dict[str, int], keep: set[str]) -> bool:
+    """Whether name holds a whole buffer of the plan's own that no other name read after step k,
+    or kept, holds too: then step k may overwrite it."""
+    bid = bufs.of.get(name)
+    if bid is None or bid not in bufs.owned or name not in bufs.writable:
+        return False
+    return all(n == name or (last.get(n, -1) <= k and n not in keep) for n in bufs.holders[bid])
+
+
+def _donor(s: Step, k: int, bufs: _Buffers, last: dict[str, int], keep: set[str]) -> str | None:
+    """An operand of s whose buffer s may overwrite with its result."""
+    names = [o.name for o in s.inputs]
+    candidates = list(s.inputs)
+    if s.call == "terms":
+        candidates = candidates[:1] if s.args["coefs"][0] == 1 else []
+    for o in candidates:
+        if names.count(o.name) != 1 or o.power != 1 or o.name in keep or last.get(o.name, -1) > k:
+            continue
+        if o.axes != s.axes or o.shape != s.shape or o.dtype != s.dtype or not s.shape:
+            continue
+        if _alone(o.name, k, bufs, last, keep):
+            return o.name
+    return None
+
+
+def _scratch(s: Step) -> int:
+    """Bytes a step needs beyond its result: opt_einsum's largest intermediate."""
+    if s.call != "einsum":
+        return 0
+    cp = plan_contraction([o.axes for o in s.inputs], s.args["kept"], [o.shape for o in s.inputs])
+    return cp.largest_intermediate * np.dtype(s.dtype).itemsize
+
+
+def _guard_memory(plan: Plan) -> None:
+    """Refuse a plan whose arrays would not fit at once (SPEC: a clear error, never an OOM)."""
+    limit = memory_limit()
+    for s in plan.steps:
+        need = math.prod(s.shape) * np.dtype(s.dtype).itemsize + _scratch(s)
+        if need > limit:
+            raise IndexgradError(
+                f"this statement would need {human_bytes(need)} for '{s.out}' or an intermediate, "
+                f"over the memory limit of {human_bytes(limit)}; use smaller sizes, or raise the limit "
+                "with indexgrad.set_memory_limit() or INDEXGRAD_MEMORY_LIMIT",
+                s.span,
+                plan.filename,
+                plan.source,
+            )
+    if plan.peak_bytes > limit:
+        raise IndexgradError(
+            f"this program would hold {human_bytes(plan.peak_bytes)} of arrays at once, over the memory "
+            f"limit of {human_bytes(limit)}; use smaller sizes, or raise the limit with "
+            "indexgrad.set_memory_limit() or INDEXGRAD_MEMORY_LIMIT",
+            None,
+            plan.filename,
+            plan.source,
+        )
+
+
+# ---- how steps read in a printed plan --------------------------------------------------------
+
+
+def _operand_text(o: Operand, perm: Any = None, shape: Any = None, summed: Any = ()) -> str:
+    text = o.name
+    if summed:
+        text = f"sum({text}, over {','.join(o.axes[k] for k in summed)})"
+    if perm == (1, 0) and shape is None:
+        return text + ".T"
+    if perm is not None:
+        text = f"{text}.transpose{tuple(perm)}"
+    if shape is not None:
+        text = f"{text}.reshape{tuple(shape)}"
+    return text
+
+
+def _describe_call(s: Step) -> str:
+    args = s.args
+    ops = list(s.inputs)
+    coef = args.get("coef", 1)
+    tail = f" * {format_number(coef)}" if coef != 1 else ""
+    if s.call in ("matmul", "vecdot", "multiply") and len(ops) == 2:
+        a, b = (ops[1], ops[0]) if args["swap"] else (ops[0], ops[1])
+        x = _operand_text(a, args["a_perm"], args["a_shape"], args["a_sum"])
+        y = _operand_text(b, args["b_perm"], args["b_shape"], args["b_sum"])
+        text = f"{s.call}({x}, {y})"
+        if args.get("res_shape") is not None:
+            text += f".reshape{tuple(args['res_shape'])}"
+        if args.get("res_perm") is not None:
+            text += f".transpose{tuple(args['res_perm'])}"
+        return text + tail
+    if s.call == "einsum":
+        order = _order(args["path"], [o.name for o in ops])
+        return f"einsum({', '.join(map(str, ops))} -> [{','.join(args['kept'])}]; order {order})" + tail
+    if s.call in ("sum", "ones_sum"):
+        over = ",".join(ops[0].axes[k] for k in args["over"])
+        return f"{s.call}({ops[0]}, over {over})" + tail
+    if s.kind == "terms":
+        parts = []
+        for c, o in zip(args["coefs"], ops):
+            parts.append(f"{'-' if c < 0 else '+'} {'' if abs(c) == 1 else format_number(abs(c)) + ' '}{o}")
+        if args["constant"]:
+            parts.append(f"+ {format_number(args['constant'])}")
+        text = " ".join(parts).removeprefix("+ ")
+        return f"{s.call}({', '.join(map(str, ops))})" if s.call != "terms" else f"terms({text})"
+    if s.kind == "elementwise":
+        names = iter(ops)
+        shown = [str(next(names)) if c is None else format_number(c) for c in args["constants"]]
+        return f"{'greater' if s.call == 'mask' else s.call}({', '.join(shown)}{', 0' if s.call == 'mask' else ''})"
+    if s.kind == "reduce":
+        return f"{s.call}({ops[0]}, over {','.join(args['over'])})"
+    if s.kind == "fill":
+        return f"full({format_number(args['value'])})"
+    return f"{s.call}({', '.join(map(str, ops))})" + tail
+
+
+def _order(path: list[tuple[int, ...]], labels: list[str]) -> str:
+    """A contraction path as nested groups of operand names: `((x W1) W2)`."""
+    work = list(labels)
+    for step in path:
+        picked = [work.pop(i) for i in sorted(step, reverse=True)][::-1]
+        work.append("(" + " ".join(picked) + ")" if len(picked) > 1 else picked[0])
+    return " ".join(work)
+
+
+def _describe_access(s: Step) -> str:
+    src = s.inputs[0].name
+    verb = "strided view of" if s.kind == "view" else "gather from" if s.kind == "gather" else "scatter-add into"
+    what = s.inputs[0].name if s.kind == "scatter" else src
+    return f"{verb} {what}" if s.kind != "scatter" else f"add_at({s.out}, {what})"
+
+
+_DESCRIBE: dict[str, Callable[[Step], str]] = {"view": _describe_access, "gather": _describe_access, "scatter": _describe_access}
+
+__all__ = ["FUNCTIONS", "Operand", "Plan", "Step", "make_plan", "pair_layout", "plan_contraction"]

@@ -31,10 +31,9 @@ from .nodes import (
     children,
     ref_index_names,
 )
-from .plan import plan_contraction
+from .plan import plan_contraction, shapes_after
 from .printer import format_index, format_number, format_ref, format_statement
-from .run import Executor
-from .shapes import parse_dims, parse_names, random_inputs
+from .shapes import infer_shapes, parse_dims, parse_names
 from .syntax import load
 
 # ---- the computation graph -------------------------------------------------------------------
@@ -497,14 +496,16 @@ def prim_cost(p: Prim, sizes: dict[str, int]) -> dict[str, Any]:
     return row | {"kind": "reduction", "flops": _size(ref_index_names(p.arg), sizes)}
 
 
-def _run_all(
-    prims: list[Prim], env: dict[str, np.ndarray], program: Program
-) -> list[dict[str, int]]:
-    """Run prims keeping every tensor, and return each primitive's index sizes."""
-    ex = Executor(prims, program.filename, program.source)
-    with np.errstate(all="ignore"):
-        vals = ex.run(env)
-    return [ex.sizes(p, vals, {}).size for p in prims]
+def _sized(
+    prims: list[Prim], shapes: dict[str, tuple[int, ...]], dtypes: dict[str, np.dtype], program: Program
+) -> tuple[dict[str, tuple[int, ...]], list[dict[str, int]]]:
+    """Every name's shape and each primitive's index sizes, on inputs of these shapes."""
+    temps = {p.out.name for p in prims} - set(program.defined())
+    try:
+        every, _, sizes = shapes_after(prims, shapes, dtypes, temps)
+    except IndexgradError as e:
+        raise e.located(program.filename, program.source) from None
+    return every, sizes
 
 
 def cost_report(
@@ -512,16 +513,18 @@ def cost_report(
 ) -> dict[str, Any]:
     """Forward and backward FLOPs per statement for the sizes in `dims` (docs/format.md)."""
     prims = lower(program)
-    env = random_inputs(program, dims, np.random.default_rng(0))
-    fwd_sizes = _run_all(prims, env, program)
+    shapes = infer_shapes(program, dims)
+    labels = set(program.integer_inputs())
+    dtypes = {n: np.dtype(np.int64 if n in labels else np.float64) for n in shapes}
+    every, fwd_sizes = _sized(prims, shapes, dtypes, program)
     derived = derive_for(program, [loss] if loss else [], wrt)
     back = lower(derived)
-    env2 = dict(env)
+    shapes2 = dict(every)
     for n in derived.inputs():
         base = sized_like(n)
-        if n not in env2 and base is not None and base in env:
-            env2[n] = np.ones_like(env[base])
-    back_sizes = _run_all(back, env2, derived)
+        if n not in shapes2 and base is not None and base in every:
+            shapes2[n] = every[base]
+    _, back_sizes = _sized(back, shapes2, dict.fromkeys(shapes2, np.dtype(np.float64)) | dtypes, derived)
     rows: dict[tuple[int, int], dict[str, Any]] = {}
     every: dict[str, set[int]] = {}
     for s in program.statements:

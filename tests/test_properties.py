@@ -407,18 +407,14 @@ def test_models_derivation_of_the_examples_equals_the_checked_one(path) -> None:
 
 
 def _gradients_without_inlining(text: str, arrays: dict) -> tuple[dict, dict]:
-    """Model.backward's gradients, and those of the same derived program run with every
-    broadcast temporary made (no `inline_broadcasts`)."""
-    from indexgrad.lower import lower
-    from indexgrad.run import Executor
-
+    """Model.backward's gradients, and those of the same derived program run as a program of its
+    own (its forward pass: every broadcast temporary made, no `inline_broadcasts`)."""
     model = ig.compile(text)
     vals = model.forward(**arrays)
     got = model.backward(vals, loss="loss")
-    d = ig.derive(ig.parse(text), loss="loss")
-    env = dict(vals)
-    env["loss.grad"] = np.ones_like(np.asarray(vals["loss"]))
-    env = Executor(lower(d), d.filename, d.source).run(env)
+    d = ig.compile(ig.derive(ig.parse(text), loss="loss"))
+    given = dict(vals, **{"loss.grad": np.ones_like(np.asarray(vals["loss"]))})
+    env = d.forward(**{n: a for n, a in given.items() if n in d.inputs + d.labels or n in d._shape_sources})
     want = {n: env.get(f"{n}.grad", np.zeros_like(np.asarray(a))) for n, a in arrays.items()}
     return got, want
 

@@ -646,9 +646,9 @@ def test_the_gradient_of_a_mean_is_not_filled_into_a_vector() -> None:
     """`loss.sum.grad[b] += loss.grad / size[b]` holds one value; the products read it directly."""
     m = ig.compile("loss = mean[b](x[b,c] W[c])")
     x, w = rng().standard_normal((4, 3)), rng(1).standard_normal(3)
-    report = str(m.plan(x=x, W=w))
+    report = str(m.plan({"x": x, "W": w}, mode="backward"))
     assert "W.grad[c] += loss.grad x[b,c] / size[b]" in report
-    assert "loss.grad / size[b]\n" not in report and ".grad[b] +=" not in report
+    assert ".grad[b] +=" not in report  # no step writes the one value into a vector
     g = m.backward(m.forward(x=x, W=w), loss="loss")
     np.testing.assert_allclose(g["W"], x.mean(axis=0), rtol=1e-14)
     np.testing.assert_allclose(g["x"], np.broadcast_to(w / 4, (4, 3)), rtol=1e-14)
@@ -666,8 +666,8 @@ def test_a_scale_outside_a_sum_is_one_product() -> None:
     """`0.5 sum[b,i](y^2)` runs as the one product `0.5 y[b,i]^2`, with no temporary."""
     m = ig.compile("loss = 0.5 sum[b,i](y[b,i]^2)")
     y = rng().standard_normal((3, 4))
-    report = str(m.plan(y=y))
-    assert "forward  loss = 0.5 y[b,i]^2\n" in report and "loss.sum" not in report
+    report = str(m.plan({"y": y}))
+    assert "  loss = 0.5 y[b,i]^2  " in report and "loss.sum" not in report
     assert float(m.forward(y=y)["loss"]) == pytest.approx(0.5 * float(np.sum(y * y)), rel=1e-14)
 
 
@@ -681,14 +681,20 @@ def test_scales_outside_sums_accumulate_into_their_target() -> None:
     np.testing.assert_allclose(g["z"], -3 * 2 * want[:, None] * x, rtol=1e-12)
 
 
+def _product(a: str, b: str, out: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, str]:
+    """`z[out] = x[a] y[b]` run by a compiled model: its value and the call its plan chose."""
+    ix = lambda s: f"[{','.join(s)}]" if s else ""  # noqa: E731
+    m = ig.compile(f"z{ix(out)} = x{ix(a)} y{ix(b)}")
+    (step,) = [s for s in m.plan({"x": x, "y": y}).steps if s.out == "z"]
+    return m.forward(x=x, y=y)["z"], step.call
+
+
 @pytest.mark.parametrize("a", ["ij", "ji", "ik", "ki", "jk", "kj"])
 @pytest.mark.parametrize("b", ["ij", "ji", "ik", "ki", "jk", "kj"])
 def test_every_product_of_two_matrices_against_einsum(a: str, b: str) -> None:
     """Two-operand contractions run as one matmul of (transposed) views, or a broadcast product:
     every output order of every pair of matrices over three indices."""
     from itertools import permutations
-
-    from indexgrad.plan import pairwise
 
     size = {"i": 2, "j": 3, "k": 4}
     x = rng().standard_normal([size[c] for c in a])
@@ -697,7 +703,8 @@ def test_every_product_of_two_matrices_against_einsum(a: str, b: str) -> None:
     for r in range(3):
         for out in permutations(used, r):
             want = np.einsum(f"{a},{b}->{''.join(out)}", x, y)
-            got = pairwise(tuple(a), tuple(b), tuple(out), x.shape, y.shape)(x, y)
+            got, call = _product(a, b, "".join(out), x, y)
+            assert call in ("matmul", "vecdot", "multiply", "scale", "dot"), (a, b, out, call)
             np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13, err_msg=f"{a},{b}->{out}")
 
 
@@ -708,8 +715,6 @@ def test_batched_dot_products_against_einsum(dtype, b_size: int) -> None:
     two kept and two summed indices in every order, one summed index only one operand has."""
     from itertools import permutations
 
-    from indexgrad.plan import pairwise
-
     size = {"b": b_size, "c": 2, "j": 3, "k": 4, "e": 2}
     g = rng(2)
     for a in ["bcjk", "kjcb", "jbkc"]:
@@ -718,8 +723,8 @@ def test_batched_dot_products_against_einsum(dtype, b_size: int) -> None:
             y = g.standard_normal([size[n] for n in b]).astype(dtype)
             for out in permutations("bc"):
                 want = np.einsum(f"{a},{b}->{''.join(out)}", x, y)
-                got = pairwise(tuple(a), tuple(b), tuple(out), x.shape, y.shape)(x, y)
-                assert got.dtype == want.dtype and got.shape == want.shape
+                got, call = _product(a, b, "".join(out), x, y)
+                assert call == "vecdot" and got.dtype == want.dtype and got.shape == want.shape
                 np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{a},{b}->{out}")
 
 
@@ -763,8 +768,9 @@ def test_a_gradient_handed_to_another_name_is_never_written_in_place(text: str, 
 def test_broadcast_values_stay_made_when_inlining_them_would_drop_a_summed_index() -> None:
     """`y = t1[b] t2[b]` sums over b, which only the two one-value temporaries carry: inlining
     both would leave b to no tensor (and lose the factor size[b]), so both are kept."""
-    from indexgrad.lower import Contract, inline_broadcasts
+    from indexgrad.lower import Contract
     from indexgrad.nodes import Ref, Span, idx
+    from indexgrad.rewrite import inline_broadcasts
 
     span = Span()
     t1, t2 = Ref("t1", (idx("b"),)), Ref("t2", (idx("b"),))
@@ -853,50 +859,19 @@ def test_sums_over_leading_or_trailing_axes_match_numpy(text: str, axes, dtype) 
     assert np.array_equal(np.isinf(got), np.isinf(want.T if text.startswith("y[k,a]") else want))
 
 
-def _kernel(compute, name, operands, shape, release=(), accumulate=False, in_place=None):
-    from indexgrad.kernels import Parts, _runner
-
-    run = _runner(compute, name, tuple(set(operands)), shape, True, True, accumulate, release)
-    run.parts = Parts(compute, name, operands, shape, True, True, accumulate, release, in_place)
-    return run
-
-
-@pytest.mark.parametrize("broadcast", [False, True])
-def test_a_chain_of_kernels_passing_one_buffer_along_runs_as_one(broadcast: bool) -> None:
-    """t1 = 2x; t2 = t1 + b (in t1's buffer); y += exp(t2) (in t2's): one kernel, the same values
-    and the same names left behind as the three one by one, also when the first result is not
-    of the full shape (then they do run one by one)."""
-    from indexgrad.kernels import InPlace, fuse_chains
-
-    x, b = rng(8).standard_normal((3, 4)), rng(9).standard_normal((3, 4))
-    first = (lambda env, owned: 2 * env["x"][:, :1]) if broadcast else (lambda env, owned: 2 * env["x"])
-
-    def add_b(env, owned):
-        return env["t1"] + env["b"]
-
-    def exp_t2(env, owned):
-        return np.exp(env["t2"])
-
-    add_into = InPlace("t1", lambda a, env: np.add(a, env["b"], out=a))
-    exp_into = InPlace("t2", lambda a, env: np.exp(a, out=a))
-    kernels = [
-        _kernel(first, "t1", ("x",), (3, 4)),
-        _kernel(add_b, "t2", ("t1", "b"), (3, 4), ("t1",), in_place=add_into),
-        _kernel(exp_t2, "y", ("t2",), (3, 4), ("t2",), accumulate=True, in_place=exp_into),
-    ]
-    fused = fuse_chains(kernels)
-    assert len(fused) == 1
-    results = []
-    for run in (kernels, fused):
-        env, owned = {"x": x, "b": b, "y": np.ones((3, 4))}, {"y"}
-        for k in run:
-            k(env, owned)
-        results.append(env)
-    one_by_one, together = results
-    assert sorted(together) == sorted(one_by_one) == ["b", "x", "y"]
-    assert together["y"].tobytes() == one_by_one["y"].tobytes()
-    np.testing.assert_allclose(together["y"], 1 + np.exp(2 * (x[:, :1] if broadcast else x) + b))
-    assert np.array_equal(x, rng(8).standard_normal((3, 4)))  # operands untouched
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_layer_hands_one_buffer_along(dtype) -> None:
+    """h = relu(x W + B): the matmul makes a buffer, the bias is added into it and relu runs in it
+    (one group, two `into`s), and the values are numpy's."""
+    m = ig.compile("h[b,i] = relu(x[b,j] W[j,i] + B[i])")
+    x, w, b = (rng(k).standard_normal(s).astype(dtype) for k, s in enumerate([(5, 3), (3, 4), (4,)]))
+    steps = m.plan({"x": x, "W": w, "B": b}).steps
+    assert [(s.call, s.into) for s in steps] == [("matmul", None), ("add", "h.prod"), ("relu", "h.sum")]
+    assert steps[0].group == steps[1].group == steps[2].group is not None
+    assert steps[1].release == ("h.prod",) and steps[2].release == ("h.sum",)
+    h = m.forward(x=x, W=w, B=b)["h"]
+    assert h.dtype == dtype and h.tobytes() == np.maximum(x @ w + b, 0).tobytes()
+    assert np.array_equal(x, rng(0).standard_normal((5, 3)).astype(dtype))  # operands untouched
 
 
 def _layered_program(r: random.Random) -> str:
@@ -1049,7 +1024,7 @@ def test_gradcheck_takes_program_text() -> None:
     [
         ({"v": {"y": np.ones(3)}}, "v names 'y', which is not an input"),
         ({"loss": "y", "v": {"x": np.ones(3)}}, "not a scalar"),
-        ({"loss": "nope", "v": {"x": np.ones(3)}}, "'nope' is not among the values"),
+        ({"loss": "nope", "v": {"x": np.ones(3)}}, "loss 'nope' is not defined by the program"),
     ],
 )
 def test_hvp_says_what_is_wrong_with_its_arguments(kwargs: dict, message: str) -> None:

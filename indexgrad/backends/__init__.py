@@ -1,0 +1,91 @@
+"""Array libraries that run Plans: a registry by name, each backend's module imported on first use."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import IndexgradError
+from ..plan import Plan, Step
+
+Env = dict[str, Any]
+Runner = Callable[[Env], None]
+Builder = Callable[[Step], Runner]
+
+
+class Executor(Protocol):
+    """A Plan made runnable: `run(env)` adds what the steps define to env (and drops what they free)."""
+
+    plan: Plan
+
+    def run(self, env: Env, check_finite: bool = False) -> Env: ...
+
+
+class Backend(Protocol):
+    """What the Model needs of an array library."""
+
+    name: str
+    in_place: bool  # whether steps may write into the buffers of operands that die
+    array_types: tuple[type, ...]  # what forward() takes as that library's arrays, unconverted
+
+    def executor(self, plan: Plan) -> Executor: ...
+
+    def asarray(self, value: Any, dtype: Any = None) -> Any: ...
+
+    def describe(self, a: Any) -> tuple[tuple[int, ...], np.dtype]: ...
+
+    def to_numpy(self, a: Any) -> np.ndarray: ...
+
+    def zeros_like(self, a: Any) -> Any: ...
+
+    def contiguous(self, a: Any) -> Any: ...
+
+    def copy(self, a: Any) -> Any: ...
+
+    def one(self, dtype: np.dtype) -> Any: ...
+
+
+# name -> (module, the package it needs, how to install that package)
+_KNOWN: dict[str, tuple[str, str, str]] = {
+    "numpy": ("indexgrad.backends.numpy", "numpy", "pip install numpy"),
+    "torch": ("indexgrad.backends.torch", "torch", "pip install torch"),
+    "jax": ("indexgrad.backends.jax", "jax", "pip install jax"),
+}
+_LOADED: dict[str, Backend] = {}
+
+
+def get_backend(name: str, **options: Any) -> Backend:
+    """The backend called `name` (options such as device= go to its constructor); a clear error
+    names the known backends, or says what to install."""
+    if not isinstance(name, str) or name not in _KNOWN:
+        raise IndexgradError(f"unknown backend {name!r}; available: " + ", ".join(sorted(_KNOWN)))
+    module, package, install = _KNOWN[name]
+    if importlib.util.find_spec(package) is None:
+        raise IndexgradError(f"the {name} backend needs the '{package}' package, which is not installed: {install}")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            raise IndexgradError(f"the {name} backend is not available in this version of indexgrad") from None
+        raise
+    if options:
+        return mod.make_backend(**options)  # type: ignore[no-any-return]
+    hit = _LOADED.get(name)
+    if hit is None:
+        hit = _LOADED[name] = mod.make_backend()
+    return hit
+
+
+def builder_for(table: Mapping[str, Builder], step: Step, backend: str) -> Builder:
+    """The builder for a step's kind, or an error listing the kinds this backend builds."""
+    b = table.get(step.kind)
+    if b is None:
+        raise IndexgradError(
+            f"the {backend} backend has no builder for steps of kind '{step.kind}'; it builds: "
+            + ", ".join(sorted(table))
+        )
+    return b
