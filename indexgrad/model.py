@@ -33,7 +33,7 @@ from .syntax import as_program
 
 Array = Any  # an array of the model's backend
 Shape = tuple[int, ...]
-Signature = tuple[tuple[str, Shape, np.dtype], ...]
+Signature = tuple[tuple[str, ...], tuple[tuple[Shape, np.dtype], ...]]  # names; their shapes and dtypes
 _SHAPE_DTYPE = operator.attrgetter("shape", "dtype")
 
 
@@ -56,6 +56,9 @@ class Compiled:
     executor: Executor
     pairs: tuple[tuple[str, str], ...] = ()
     seeds: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.fresh = frozenset(self.plan.fresh)
 
 
 @dataclass
@@ -104,9 +107,9 @@ class Model:
         self._grad = derived_names(self.program, ".grad")
         self._tan = derived_names(self.program, ".tan")
         self._order = self.inputs + self.labels
+        self._order_t = tuple(self._order)
         self._input_set = set(self._order)
-        self._kinds = ["iu" if n in labels else "f" for n in self._order]
-        self._types = self.engine.array_types
+        self._types = frozenset(self.engine.array_types)
         self._shape_sources = {b for n in self.program.defined() if (b := sized_like(n)) is not None}
         self.compile_seconds = time.perf_counter() - start
 
@@ -123,22 +126,18 @@ class Model:
         return IndexgradError(msg, span, self.program.filename, self.program.source)
 
     def _plain_inputs(self, arrays: Mapping[str, Any]) -> tuple[tuple[Array, ...], Signature] | None:
-        """The common case, checked cheaply: exactly the inputs, as the backend's arrays of the right
-        kinds of dtype. Returns their values in input order and their signature; None sends the
-        call to `_inputs`."""
-        order = self._order
-        if len(arrays) != len(order):
+        """The common case, checked cheaply: exactly the inputs, as the backend's arrays. Returns
+        their values in input order and their signature (whose dtypes a plan found by it has
+        checked); None sends the call to `_inputs`."""
+        if len(arrays) != len(self._order):
             return None
         try:
-            values = tuple(map(arrays.__getitem__, order))
+            values = tuple(map(arrays.__getitem__, self._order))
         except KeyError:
             return None
-        if not all(type(v) in self._types for v in values):
+        if not self._types.issuperset(map(type, values)):
             return None
-        described = tuple(map(self.engine.describe, values))
-        if not all(d.kind in kinds for (_, d), kinds in zip(described, self._kinds)):
-            return None
-        return values, tuple((n, s, d) for n, (s, d) in zip(order, described))
+        return values, (self._order_t, tuple(map(self.engine.describe, values)))
 
     def _value(self, name: str, v: Any, what: str = "the value of") -> Array:
         """A value for `name` (in vals, a seed, a tangent) as an array of numbers, or a located error."""
@@ -187,15 +186,17 @@ class Model:
         return ordered
 
     def _signature(self, env: Mapping[str, Array]) -> Signature:
-        describe = self.engine.describe
-        return tuple((n, *describe(a)) for n, a in env.items())  # type: ignore[misc]
+        """The names in env, and their arrays' shapes and dtypes."""
+        return tuple(env), tuple(map(self.engine.describe, env.values()))
 
     # ---- the forward program for a signature
 
     def _forward(self, signature: Signature) -> _Forward:
         """The forward program for inputs of this signature (inputs in input order, then any
         arrays that give gradients their shapes)."""
-        key = tuple(e for e in signature if e[0] in self._input_set or e[0] in self._shape_sources)
+        names, described = signature
+        pick = [k for k, n in enumerate(names) if n in self._input_set or n in self._shape_sources]
+        key = (tuple(names[k] for k in pick), tuple(described[k] for k in pick))
         hit = self._forwards.get(key)
         if hit is None:
             with gc_paused():
@@ -204,8 +205,7 @@ class Model:
         return hit
 
     def _plan_forward(self, signature: Signature) -> _Forward:
-        shapes = {n: s for n, s, _ in signature}
-        dtypes = {n: d for n, _, d in signature}
+        shapes, dtypes = _shapes_dtypes(signature)
         temps = _made_up(self.prims, self.program)
         try:
             every, _, _ = shapes_after(self.prims, shapes, dtypes, temps)
@@ -266,10 +266,11 @@ class Model:
         constants: set[str] = frozenset(),  # type: ignore[assignment]
     ) -> Plan:
         """The plan for prims on arrays of env_sig; `constants` are seeds that are always 1."""
+        shapes, dtypes = _shapes_dtypes(env_sig)
         return make_plan(
             prims,
-            {n: s for n, s, _ in env_sig},
-            {n: d for n, _, d in env_sig},
+            shapes,
+            dtypes,
             keep,
             mode=mode,
             temporaries=_made_up(prims, self.program, *programs),
@@ -297,9 +298,7 @@ class Model:
             hit = self._plans.get(PlanKey("forward", (), None, plain[1]))
             if hit is not None:
                 return hit.executor.run(dict(zip(self._order, plain[0])), check_finite)
-            env = dict(zip(self._order, plain[0]))
-        else:
-            env = self._inputs(arrays)  # in input order, then arrays that give gradients their shapes
+        env = self._inputs(arrays)  # in input order, then arrays that give gradients their shapes
         sig = self._signature(env)
 
         def build() -> tuple[Plan, tuple[()]]:
@@ -407,7 +406,7 @@ class Model:
     def _gradients(self, compiled: Compiled, env: dict[str, Array], vals: Mapping[str, Array]) -> dict[str, Array]:
         """The gradients the plan's pairs name, each in a buffer of its own: a gradient in a buffer
         the plan did not make for it alone (`y = x` passes y.grad through) is copied."""
-        fresh = compiled.plan.fresh
+        fresh = compiled.fresh
         out = {}
         for name, gname in compiled.pairs:
             g = env.get(gname)
@@ -541,21 +540,25 @@ class Model:
             raise self._error(f"mode must be forward, backward, jvp or hvp, not {mode!r}")
         if not isinstance(vals_or_shapes, Mapping):
             raise self._error(f"plan() takes a dict of arrays or shapes, not {type(vals_or_shapes).__name__}")
-        sig = []
+        described = []
         for n in self._order:
             if n not in vals_or_shapes:
                 raise self._error(f"no array or shape was given for input '{n}'", n)
             x = vals_or_shapes[n]
             if isinstance(x, tuple) and all(isinstance(d, int) and d >= 0 for d in x):
-                sig.append((n, x, np.dtype(np.int64 if n in self.labels else np.float64)))
+                described.append((x, np.dtype(np.int64 if n in self.labels else np.float64)))
             else:
-                sig.append((n, *self.engine.describe(self._value(n, x))))
-        sig_t: Signature = tuple(sig)  # type: ignore[arg-type]
+                described.append(self.engine.describe(self._value(n, x)))
+        sig_t: Signature = (self._order_t, tuple(described))
         fw = self._forward(sig_t)
         if mode == "forward":
             return self._make_plan(fw.prims, sig_t, fw.keep | self._input_set, "forward", fw.program)
         kept = [n for n in fw.shapes if n in fw.keep and n not in self._input_set]
-        vals_sig = tuple((n, fw.shapes[n], fw.dtypes[n]) for n in [*self._order, *kept])
+
+        def sig_of(*extra: tuple[str, Shape, np.dtype], names: list[str] = [*self._order, *kept]) -> Signature:
+            entries = [(n, fw.shapes[n], fw.dtypes[n]) for n in names] + list(extra)
+            return tuple(n for n, _, _ in entries), tuple((s, d) for _, s, d in entries)
+
         loss_name = loss or self.program.statements[-1].target.name
         if mode == "backward":
             if fw.shapes.get(loss_name, ()) != ():
@@ -566,23 +569,28 @@ class Model:
             returned = {self._grad[n] for n in (wrt_list if wrt_list is not None else self.inputs)}
             prims = read_steps_of_outputs(lower(d), fw.gates)
             prims = absorb_scales(inline_broadcasts(prims, returned | {seed}), returned | {seed})
-            env_sig = (*vals_sig, (seed, (), fw.dtypes[loss_name]))
+            env_sig = sig_of((seed, (), fw.dtypes[loss_name]))
             return self._make_plan(prims, env_sig, returned, "backward", fw.program, d, constants={seed})
         if mode == "jvp":
             names = self._wrt(wrt) or list(self.inputs)
             d = derive_jvp(self.program, names)
-            env_sig = (*vals_sig, *((self._tan[n], fw.shapes[n], fw.dtypes[n]) for n in names))
+            env_sig = sig_of(*((self._tan[n], fw.shapes[n], fw.dtypes[n]) for n in names))
             keep = {self._tan[n] for n in self.program.defined()}
             return self._make_plan(lower(d), env_sig, keep, "jvp", d)
         names = self._wrt(wrt) or list(self.inputs)
         both, back, tan = self._second_order(loss_name, tuple(names))
-        env_sig = (
-            *((n, fw.shapes[n], fw.dtypes[n]) for n in self._order),
+        env_sig = sig_of(
             (self._grad[loss_name], (), fw.dtypes[loss_name]),
             *((tan_name(both, n), fw.shapes[n], fw.dtypes[n]) for n in names),
+            names=list(self._order),
         )
         keep = {tan_name(both, self._grad[n]) for n in self.inputs}
         return self._make_plan(lower(both) + lower(tan), env_sig, keep, "hvp", back, tan)
+
+
+def _shapes_dtypes(signature: Signature) -> tuple[dict[str, Shape], dict[str, np.dtype]]:
+    names, described = signature
+    return dict(zip(names, (s for s, _ in described))), dict(zip(names, (d for _, d in described)))
 
 
 def _gated(p: Prim, gates: dict[str, str]) -> bool:

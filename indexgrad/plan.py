@@ -636,9 +636,6 @@ def _masks(steps: list[Step]) -> list[Step]:
     return out
 
 
-# Calls whose result is always a new buffer of the step's shape (not an operand, not a broadcast)
-_FRESH = {"matmul", "vecdot", "einsum", "sum", "ones_sum", "dot", "multiply", "scale", "add", "subtract",
-          "terms", "take", "add_at"}  # fmt: skip
 # Calls that can write their result into the buffer of an operand of the same shape and dtype
 _IN_PLACE = {"multiply", "scale", "add", "subtract", "terms"}
 
@@ -662,9 +659,9 @@ def _fresh(s: Step) -> bool:
         return False
     if s.kind in ("reduce", "elementwise", "terms"):
         return _covers(s)
-    if s.kind == "contract" and s.args["kept"] != s.axes:
-        return False  # broadcast along an index no operand has
-    return s.call in _FRESH
+    if s.kind == "contract":
+        return s.args["kept"] == s.axes  # else broadcast along an index no operand has
+    return True  # gathers and scatters
 
 
 def _shares(s: Step) -> bool:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Callable
+from functools import partial
+from operator import attrgetter, itemgetter, methodcaller
 from typing import Any
 
 import numpy as np
@@ -19,29 +22,22 @@ from numpy.lib.stride_tricks import as_strided
 from ..errors import IndexgradError
 from ..functions import FUNCTIONS, REDUCTIONS
 from ..plan import Operand, Plan, Step
-from . import Builder, Env, Runner, builder_for
+from . import Builder, Env, builder_for
 
 Array = np.ndarray
 Compute = Callable[[Env], Any]
 
 
-def _same(a: Array) -> Array:
-    return a
-
-
-def aligner(names: tuple[str, ...], out: tuple[str, ...], size: dict[str, int]) -> Callable[[Array], Array]:
-    """A function putting an array's axes (named `names`) in the order of `out`, with length-1 axes
-    for the names it lacks (numpy then broadcasts it)."""
+def aligner(names: tuple[str, ...], out: tuple[str, ...], size: dict[str, int]) -> Callable[[Array], Array] | None:
+    """What puts an array's axes (named `names`) in the order of `out`, with length-1 axes for the
+    names it lacks (numpy then broadcasts it); None when nothing needs doing."""
     if names == out or names == out[len(out) - len(names) :]:
-        return _same  # already in order, or the trailing axes: broadcasting lines it up
-    order = [names.index(n) for n in out if n in names]
-    identity = order == list(range(len(order)))
+        return None  # already in order, or the trailing axes: broadcasting lines it up
+    order = tuple(names.index(n) for n in out if n in names)
+    transpose = None if order == tuple(range(len(order))) else methodcaller("transpose", order)
     if len(order) == len(out):
-        return _same if identity else (lambda a: a.transpose(order))
-    shape = tuple(size[n] if n in names else 1 for n in out)
-    if identity:
-        return lambda a: a.reshape(shape)
-    return lambda a: a.transpose(order).reshape(shape)
+        return transpose
+    return _then(transpose, methodcaller("reshape", tuple(size[n] if n in names else 1 for n in out)))
 
 
 def _sizes(step: Step) -> dict[str, int]:
@@ -51,45 +47,48 @@ def _sizes(step: Step) -> dict[str, int]:
     return size
 
 
-def _raised(k: float) -> Callable[[Array], Array] | None:
+def _raised(k: float, dtype: str) -> Callable[[Array], Array] | None:
     """a**k by its cheapest ufunc, without warnings (IEEE results); None for k = 1."""
     if k == 1:
         return None
     if k == 2:
-        return lambda a: a * a
-    if k == -1:
-        return np.errstate(divide="ignore")(lambda a: np.reciprocal(a) if a.dtype.kind == "f" else 1.0 / a)
+        return np.square  # x * x, exactly
+    if k == -1 and np.dtype(dtype).kind == "f":
+        return np.errstate(divide="ignore")(np.reciprocal)
     if k == 0.5:
         return np.errstate(invalid="ignore")(np.sqrt)
     return np.errstate(divide="ignore", invalid="ignore", over="ignore")(lambda a: np.power(a, k))
 
 
-def _get(o: Operand) -> Callable[[Env], Array]:
-    """Reads an operand from env, raised to its power."""
-    name, raise_ = o.name, _raised(o.power)
-    if raise_ is None:
-        return lambda env: env[name]
-    return lambda env: raise_(env[name])
+def _then(f: Callable[[Array], Array] | None, g: Callable[[Array], Array] | None) -> Callable[[Array], Array] | None:
+    """g after f, either of which may be None (nothing to do)."""
+    if f is None or g is None:
+        return f if g is None else g
+    return lambda a: g(f(a))
 
 
 def _mover(sum_axes: tuple[int, ...], perm: Any, shape: Any) -> Callable[[Array], Array] | None:
-    """What lays an operand out for its call: a sum over the axes only it has, a transpose, a reshape."""
-    if not sum_axes and perm is None and shape is None:
-        return None
-    if not sum_axes and shape is None:
-        return (lambda x: x.T) if perm == (1, 0) else (lambda x: x.transpose(perm))
-    if not sum_axes and perm is None:
-        return lambda x: x.reshape(shape)
-    if not sum_axes:
-        return lambda x: x.transpose(perm).reshape(shape)
+    """What lays an operand out for its call: a sum over the axes only it has, a transpose, a
+    reshape; each alone is one C-level call."""
+    steps: list[Callable[[Array], Array]] = []
+    if sum_axes:
+        steps.append(partial(np.add.reduce, axis=sum_axes))
+    if perm is not None:
+        steps.append(attrgetter("T") if perm == (1, 0) else methodcaller("transpose", perm))
+    if shape is not None:
+        steps.append(methodcaller("reshape", shape))
+    out = None
+    for f in steps:
+        out = _then(out, f)
+    return out
 
-    def move(x: Array) -> Array:
-        x = np.add.reduce(x, axis=sum_axes)
-        if perm is not None:
-            x = x.transpose(perm)
-        return x if shape is None else x.reshape(shape)
 
-    return move
+def _reader(o: Operand, move: Callable[[Array], Array] | None = None) -> Callable[[Env], Array]:
+    """Reads an operand from env, raised to its power, then laid out by `move`."""
+    name, prep = o.name, _then(_raised(o.power, o.dtype), move)
+    if prep is None:
+        return itemgetter(name)
+    return lambda env: prep(env[name])
 
 
 def _finish(step: Step, body: Compute) -> Compute:
@@ -99,10 +98,14 @@ def _finish(step: Step, body: Compute) -> Compute:
     kept = step.args.get("kept", step.axes)
     if kept == step.axes:
         return body if coef == 1 else (lambda env: body(env) * coef)
-    widen, shape = aligner(kept, step.axes, _sizes(step)), step.shape
+    widen, shape = aligner(kept, step.axes, _sizes(step)) or _same, step.shape
     if coef == 1:
         return lambda env: np.broadcast_to(widen(body(env)), shape)
     return lambda env: np.broadcast_to(widen(body(env) * coef), shape)
+
+
+def _same(a: Array) -> Array:
+    return a
 
 
 # ---- contractions ----------------------------------------------------------------------------
@@ -114,27 +117,19 @@ def _pairwise(step: Step) -> Compute:
     args = step.args
     first, second = step.inputs[::-1] if args["swap"] else step.inputs
     call = {"matmul": np.matmul, "vecdot": np.vecdot, "multiply": np.multiply}[step.call]
-    ga, gb = _get(first), _get(second)
     ma = _mover(args["a_sum"], args["a_perm"], args["a_shape"])
     mb = _mover(args["b_sum"], args["b_perm"], args["b_shape"])
-    res_shape, res_perm = args["res_shape"], args["res_perm"]
     donor = step.donor
     if donor is not None:  # a product into the buffer of the operand that dies here
-        other, move = (gb, mb) if donor == first.name else (ga, ma)
-        if move is None:
-            return lambda env: np.multiply(env[donor], other(env), out=env[donor])
-        return lambda env: np.multiply(env[donor], move(other(env)), out=env[donor])
-    if ma is None and mb is None and res_shape is None and res_perm is None:
-        return lambda env: call(ga(env), gb(env))
-
-    def product(env: Env) -> Array:
-        x, y = ga(env), gb(env)
-        r = call(x if ma is None else ma(x), y if mb is None else mb(y))
-        if res_shape is not None:
-            r = r.reshape(res_shape)
-        return r if res_perm is None else r.transpose(res_perm)
-
-    return product
+        read = _reader(*((second, mb) if donor == first.name else (first, ma)))
+        return lambda env: np.multiply(env[donor], read(env), out=env[donor])
+    ra, rb = _reader(first, ma), _reader(second, mb)
+    res_shape, res_perm = args["res_shape"], args["res_perm"]
+    finish = _then(None if res_shape is None else methodcaller("reshape", res_shape),
+                   None if res_perm is None else methodcaller("transpose", res_perm))  # fmt: skip
+    if finish is None:
+        return lambda env: call(ra(env), rb(env))
+    return lambda env: finish(call(ra(env), rb(env)))
 
 
 def _scale(step: Step) -> Compute:
@@ -155,25 +150,23 @@ def _dot(step: Step) -> Compute:
         a = env[name].ravel()
         return np.asarray(np.dot(a, a) * coef)
 
-    widen = aligner((), step.axes, _sizes(step))
     if not step.axes:
         return dot
-    return lambda env: np.broadcast_to(widen(dot(env)), step.shape)
+    shape = step.shape
+    return lambda env: np.broadcast_to(dot(env), shape)
 
 
 def _copy(step: Step) -> Compute:
     (o,) = step.inputs
-    get, perm = _get(o), step.args["perm"]
-    body = get if perm == tuple(range(len(perm))) else (lambda env: get(env).transpose(perm))
-    return _finish(step, body)
+    perm = step.args["perm"]
+    return _finish(step, _reader(o, None if perm == tuple(range(len(perm))) else methodcaller("transpose", perm)))
 
 
 def _sum(step: Step) -> Compute:
     (o,) = step.inputs
-    get, over, perm = _get(o), step.args["over"], step.args["perm"]
-    if perm == tuple(range(len(perm))):
-        return _finish(step, lambda env: np.add.reduce(get(env), axis=over))
-    return _finish(step, lambda env: np.add.reduce(get(env), axis=over).transpose(perm))
+    perm = step.args["perm"]
+    read = _reader(o, _mover(step.args["over"], None if perm == tuple(range(len(perm))) else perm, None))
+    return _finish(step, read)
 
 
 def _ones_sum(step: Step) -> Compute:
@@ -196,8 +189,8 @@ def _ones_sum(step: Step) -> Compute:
 
 def _einsum(step: Step) -> Compute:
     expression = oe.contract_expression(step.args["equation"], *[o.shape for o in step.inputs], optimize=step.args["path"])
-    gets = [_get(o) for o in step.inputs]
-    return lambda env: expression(*[g(env) for g in gets])
+    reads = [_reader(o) for o in step.inputs]
+    return lambda env: expression(*[r(env) for r in reads])
 
 
 _CONTRACTIONS: dict[str, Callable[[Step], Compute]] = {
@@ -243,15 +236,15 @@ def elementwise(step: Step) -> Compute:
             getters.append(lambda env, c=c: c)  # a Python float keeps float32 float32
     if len(getters) == 1:
         (g,) = getters
+        if isinstance(g, itemgetter):
+            name = step.inputs[0].name
+            return _full(step, lambda env: fn(env[name]))
         return _full(step, lambda env: fn(g(env)))
     return _full(step, lambda env: fn(*[g(env) for g in getters]))
 
 
 def _aligned(o: Operand, out: tuple[str, ...], size: dict[str, int]) -> Callable[[Env], Array]:
-    align, name = aligner(o.axes, out, size), o.name
-    if align is _same:
-        return lambda env: env[name]
-    return lambda env: align(env[name])
+    return _reader(o, aligner(o.axes, out, size))
 
 
 def _full(step: Step, body: Compute) -> Compute:
@@ -305,18 +298,18 @@ def terms(step: Step) -> Compute:
 def reduce(step: Step) -> Compute:
     (o,) = step.inputs
     order = step.args["order"]
-    align = aligner(o.axes, order, _sizes(step))
+    read = _reader(o, aligner(o.axes, order, _sizes(step)))
     axes = tuple(range(len(step.axes), len(order)))
-    red, name = REDUCTIONS[step.call], o.name
-    return lambda env: red(align(env[name]), axes)
+    red = REDUCTIONS[step.call]
+    return lambda env: red(read(env), axes)
 
 
 def fill(step: Step) -> Compute:
-    value, shape = step.args["value"], step.shape
+    shape, dtype = step.shape, np.dtype(step.dtype)
+    value = dtype.type(step.args["value"])
     if math.prod(shape) <= 4096:
-        return lambda env: np.full(shape, value)
-    one = np.float64(value)
-    return lambda env: np.broadcast_to(one, shape)
+        return lambda env: np.full(shape, value, dtype)
+    return lambda env: np.broadcast_to(value, shape)
 
 
 # ---- reads and writes through index arithmetic and labels -----------------------------------
@@ -357,7 +350,7 @@ def _index_arrays(step: Step, names: tuple[str, ...], shape: tuple[int, ...], ex
                 v = v + c * np.arange(size[n]).reshape(along)
             fixed.append(v)
         else:
-            fixed.append((p[1], aligner(p[2], names, size), axis))
+            fixed.append((p[1], aligner(p[2], names, size) or _same, axis))
     if all(isinstance(f, np.ndarray) for f in fixed):
         result = tuple(fixed)
         return lambda env: result
@@ -471,72 +464,54 @@ BUILDERS: dict[str, Callable[[Step], Compute]] = {
 # ---- the executor ------------------------------------------------------------------------------
 
 
-def runner(step: Step) -> Runner:
-    """A step's compute, then its write: assign, add into the target (in place when `into` is the
-    target itself), then drop what dies here."""
+# how a step's result is written: assigned, added into its target in place, or added anew
+_ASSIGN, _ADD_INTO, _ADD = 0, 1, 2
+
+
+def _entry(step: Step) -> tuple[Compute, str, int, tuple[str, ...]]:
+    """A step as the executor runs it: its compute, its target, how it writes, what it frees."""
     compute = builder_for(BUILDERS, step, "numpy")(step)  # type: ignore[arg-type]
-    out, release = step.out, step.release
-    scalar = step.shape == ()
+    if step.shape == () and step.kind != "scatter":  # a 0-d array, never a numpy scalar
+        body = compute
+        compute = lambda env: np.asarray(body(env))  # noqa: E731
+    write = _ASSIGN
     if step.accumulate and step.kind != "scatter":
-        in_place = step.into == out
-
-        def run(env: Env) -> None:
-            r = compute(env)
-            if in_place:
-                t = env[out]
-                np.add(t, r, out=t)
-            else:
-                env[out] = np.asarray(env[out] + r)
-            for n in release:
-                del env[n]
-
-        return run
-    if scalar:
-
-        def run_scalar(env: Env) -> None:
-            env[out] = np.asarray(compute(env))
-            for n in release:
-                del env[n]
-
-        return run_scalar
-    if not release:
-
-        def run_plain(env: Env) -> None:
-            env[out] = compute(env)
-
-        return run_plain
-
-    def run_release(env: Env) -> None:
-        env[out] = compute(env)
-        for n in release:
-            del env[n]
-
-    return run_release
+        write = _ADD_INTO if step.into == step.out else _ADD
+    return compute, step.out, write, step.release
 
 
 class NumpyExecutor:
-    """A Plan made runnable on numpy arrays."""
+    """A Plan made runnable on numpy arrays: a loop over its steps' computes."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.runners = [runner(s) for s in plan.steps]
+        self.entries = [_entry(s) for s in plan.steps]
 
     def run(self, env: Env, check_finite: bool = False) -> Env:
+        """Run the steps on env; with `check_finite`, the first NaN or Inf is an error at its statement."""
         try:
             if not check_finite:
-                for r in self.runners:
-                    r(env)
-                return env
+                return self._loop(env, False)
             with np.errstate(all="ignore"):
-                for s, r in zip(self.plan.steps, self.runners):
-                    r(env)
-                    value = env[s.out]
-                    if s.dtype != "bool" and not np.all(np.isfinite(value)):
-                        bad = "NaN" if np.isnan(value).any() else "Inf"
-                        raise IndexgradError(f"this statement produced {bad} in '{s.out}'", s.span)
-            return env
+                return self._loop(env, True)
         except IndexgradError as e:
             raise e.located(self.plan.filename, self.plan.source) from None
+
+    def _loop(self, env: Env, check: bool) -> Env:
+        for k, (compute, out, write, release) in enumerate(self.entries):
+            if write == _ASSIGN:
+                env[out] = compute(env)
+            elif write == _ADD_INTO:
+                t = env[out]
+                np.add(t, compute(env), out=t)
+            else:
+                env[out] = np.asarray(env[out] + compute(env))
+            if check and self.plan.steps[k].dtype != "bool" and not np.all(np.isfinite(env[out])):
+                bad = "NaN" if np.isnan(env[out]).any() else "Inf"
+                raise IndexgradError(f"this statement produced {bad} in '{out}'", self.plan.steps[k].span)
+            for n in release:
+                del env[n]
+        return env
 
 
 class NumpyBackend:
@@ -550,8 +525,7 @@ class NumpyBackend:
     def asarray(self, value: Any, dtype: Any = None) -> Array:
         return np.asarray(value, dtype=dtype)
 
-    def describe(self, a: Array) -> tuple[tuple[int, ...], np.dtype]:
-        return a.shape, a.dtype
+    describe = staticmethod(operator.attrgetter("shape", "dtype"))  # (shape, dtype) of an array
 
     def to_numpy(self, a: Array) -> Array:
         return a
@@ -560,7 +534,7 @@ class NumpyBackend:
         return np.zeros_like(a)
 
     def contiguous(self, a: Array) -> Array:
-        return np.ascontiguousarray(a)
+        return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
     def copy(self, a: Array) -> Array:
         return np.array(a, order="C", copy=True)
