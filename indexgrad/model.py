@@ -120,7 +120,12 @@ class Model:
         span = None
         if name is not None:
             span = next(
-                (r.span for st in self.program.statements for r in refs_in_statement(st) if r.name == name and r.span.line),
+                (
+                    r.span
+                    for st in self.program.statements
+                    for r in refs_in_statement(st)
+                    if r.name == name and r.span.line
+                ),
                 None,
             )
         return IndexgradError(msg, span, self.program.filename, self.program.source)
@@ -180,7 +185,9 @@ class Model:
                     env[n] = self.engine.asarray(env[n], dtype)
         missing = [n for n in self._order if n not in env]
         if missing:
-            raise self._error("no array was given for input " + ", ".join(f"'{m}'" for m in missing), missing[0])
+            raise self._error(
+                "no array was given for input " + ", ".join(f"'{m}'" for m in missing), missing[0]
+            )
         ordered = {n: env[n] for n in self._order}  # one signature per shapes
         ordered.update((n, a) for n, a in env.items() if n not in ordered)
         return ordered
@@ -239,8 +246,7 @@ class Model:
         if not gates:
             return defined | derivative_reads(prims), {}
         stand_in: list[Prim] = [
-            Contract(p.out, p.op, 1.0, ((p.args[0], 1.0),), p.span) if _gated(p, gates) else p
-            for p in prims
+            Contract(p.out, p.op, 1.0, ((p.args[0], 1.0),), p.span) if _gated(p, gates) else p for p in prims
         ]
         keep = defined | derivative_reads(stand_in)
         gates = {u: y for u, y in gates.items() if u not in keep}
@@ -320,7 +326,9 @@ class Model:
         """Gradients of a scalar loss, or the vector-Jacobian product with `seed`, per input."""
         if seed is None and type(vals) is dict and (loss is None or type(loss) is str):
             try:  # a call like an earlier one: one lookup
-                hit = self._plans.get(PlanKey("backward", (loss or "",), _wrt_key(wrt), self._signature(vals)))
+                hit = self._plans.get(
+                    PlanKey("backward", (loss or "",), _wrt_key(wrt), self._signature(vals))
+                )
             except (AttributeError, TypeError):  # values that are not arrays, names that are not strings
                 hit = None
             if hit is not None:
@@ -383,7 +391,8 @@ class Model:
                 raise self._error(f"wrt must list names as strings, not {type(w).__name__}")
             if w not in self.inputs:
                 raise self._error(
-                    f"wrt names '{w}', which is not an input of the program; inputs: " + ", ".join(self.inputs)
+                    f"wrt names '{w}', which is not an input of the program; inputs: "
+                    + ", ".join(self.inputs)
                 )
         return names
 
@@ -403,7 +412,9 @@ class Model:
             seeds[name] = self.engine.asarray(g, like if like.kind == "f" else np.float64)  # what it seeds
         return seeds
 
-    def _gradients(self, compiled: Compiled, env: dict[str, Array], vals: Mapping[str, Array]) -> dict[str, Array]:
+    def _gradients(
+        self, compiled: Compiled, env: dict[str, Array], vals: Mapping[str, Array]
+    ) -> dict[str, Array]:
         """The gradients the plan's pairs name, each in a buffer of its own: a gradient in a buffer
         the plan did not make for it alone (`y = x` passes y.grad through) is copied."""
         fresh = compiled.fresh
@@ -428,7 +439,8 @@ class Model:
             raise self._error("the program defines nothing to differentiate")
         if loss not in self.program.defined():
             raise self._error(
-                f"loss '{loss}' is not defined by the program; defined tensors: " + ", ".join(self.program.defined())
+                f"loss '{loss}' is not defined by the program; defined tensors: "
+                + ", ".join(self.program.defined())
             )
         if loss not in vals:
             raise self._error(f"'{loss}' is not among the values; run forward() first")
@@ -445,7 +457,8 @@ class Model:
         for n in given:
             if n not in self.inputs:
                 raise self._error(
-                    f"{what} names '{n}', which is not an input of the program; inputs: " + ", ".join(self.inputs)
+                    f"{what} names '{n}', which is not an input of the program; inputs: "
+                    + ", ".join(self.inputs)
                 )
         return dict(given)
 
@@ -477,7 +490,9 @@ class Model:
         env = compiled.executor.run(env)
         return {n: env[t] if t in env else self.engine.zeros_like(vals[n]) for n, t in compiled.pairs}
 
-    def hvp(self, vals: Mapping[str, Array], loss: str | None = None, v: Mapping[str, Any] | None = None) -> dict[str, Array]:
+    def hvp(
+        self, vals: Mapping[str, Array], loss: str | None = None, v: Mapping[str, Any] | None = None
+    ) -> dict[str, Array]:
         """Hessian-vector products by forward-over-reverse, returned like backward()."""
         if not isinstance(vals, Mapping):
             raise self._error(f"vals must be the dict forward() returned, not {type(vals).__name__}")
@@ -555,14 +570,18 @@ class Model:
             return self._make_plan(fw.prims, sig_t, fw.keep | self._input_set, "forward", fw.program)
         kept = [n for n in fw.shapes if n in fw.keep and n not in self._input_set]
 
-        def sig_of(*extra: tuple[str, Shape, np.dtype], names: list[str] = [*self._order, *kept]) -> Signature:
-            entries = [(n, fw.shapes[n], fw.dtypes[n]) for n in names] + list(extra)
+        def sig_of(*extra: tuple[str, Shape, np.dtype], names: list[str] | None = None) -> Signature:
+            """The signature of the values forward() returns (or of `names`), then `extra`."""
+            given = [*self._order, *kept] if names is None else names
+            entries = [(n, fw.shapes[n], fw.dtypes[n]) for n in given] + list(extra)
             return tuple(n for n, _, _ in entries), tuple((s, d) for _, s, d in entries)
 
         loss_name = loss or self.program.statements[-1].target.name
         if mode == "backward":
             if fw.shapes.get(loss_name, ()) != ():
-                raise self._error(f"loss '{loss_name}' is not a scalar; plan a backward pass of a scalar loss")
+                raise self._error(
+                    f"loss '{loss_name}' is not a scalar; plan a backward pass of a scalar loss"
+                )
             wrt_list = self._wrt(wrt)
             d = derive_for(fw.program, [loss_name], wrt_list, fw.prims, validate=False)
             seed = self._grad[loss_name]

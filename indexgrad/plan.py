@@ -90,7 +90,13 @@ class Step:
             "shape": list(self.shape),
             "dtype": self.dtype,
             "inputs": [
-                {"name": o.name, "axes": list(o.axes), "shape": list(o.shape), "dtype": o.dtype, "power": o.power}
+                {
+                    "name": o.name,
+                    "axes": list(o.axes),
+                    "shape": list(o.shape),
+                    "dtype": o.dtype,
+                    "power": o.power,
+                }
                 for o in self.inputs
             ],
             "args": _jsonable(self.args),
@@ -113,12 +119,17 @@ class Plan:
     fresh: tuple[str, ...]  # the outputs in buffers the plan made for them alone
     peak_bytes: int
     backend: str = "numpy"
+    constants: tuple[tuple[str, float], ...] = ()  # inputs every run gives this value, folded in
     filename: str = field(default="<string>", compare=False)
     source: str = field(default="", compare=False, repr=False)
 
     def __str__(self) -> str:
         sig = ", ".join(f"{n}: {d}[{','.join(map(str, s))}]" for n, s, d in self.inputs)
-        lines = [f"{self.mode} plan ({self.backend}) for {sig or 'no inputs'}; peak {human_bytes(self.peak_bytes)}"]
+        head = (
+            f"{self.mode} plan ({self.backend}) for {sig or 'no inputs'}; peak {human_bytes(self.peak_bytes)}"
+        )
+        folded = "".join(f"; {n} = {format_number(v)}" for n, v in self.constants)
+        lines = [head + folded]
         width = max((len(s.text) for s in self.steps), default=0)
         for k, s in enumerate(self.steps, 1):
             notes = []
@@ -142,6 +153,7 @@ class Plan:
                 "inputs": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in self.inputs],
                 "steps": [s.to_dict() for s in self.steps],
                 "outputs": list(self.outputs),
+                "constants": dict(self.constants),
                 "peak_bytes": self.peak_bytes,
             },
             indent=1,
@@ -246,8 +258,12 @@ def pair_layout(
         return (None if perm == tuple(range(len(perm))) else perm), (None if moved == shape else shape)
 
     if not inner:  # a broadcast product
-        a_perm, a_shape = prep(a_rest, [n for n in out if n in a_set], tuple(size[n] if n in a_set else 1 for n in out))
-        b_perm, b_shape = prep(b_rest, [n for n in out if n in b_set], tuple(size[n] if n in b_set else 1 for n in out))
+        a_perm, a_shape = prep(
+            a_rest, [n for n in out if n in a_set], tuple(size[n] if n in a_set else 1 for n in out)
+        )
+        b_perm, b_shape = prep(
+            b_rest, [n for n in out if n in b_set], tuple(size[n] if n in b_set else 1 for n in out)
+        )
         return "multiply", {
             "swap": False, "a_sum": a_sum, "a_perm": a_perm, "a_shape": a_shape,
             "b_sum": b_sum, "b_perm": b_perm, "b_shape": b_shape, "res_shape": None, "res_perm": None,
@@ -313,8 +329,9 @@ def make_plan(
         raise e.located(filename, source) from None
     inputs = tuple((n, tuple(s), str(dtypes[n])) for n, s in shapes.items())
     outputs = tuple(n for n in dict.fromkeys([*shapes, *(s.out for s in steps)]) if n in keep)
-    plan = Plan(mode, inputs, tuple(steps), outputs, tuple(n for n in outputs if n in fresh), peak, backend,
-                filename, source)
+    fresh_outputs = tuple(n for n in outputs if n in fresh)
+    folded = tuple((constants or {}).items())
+    plan = Plan(mode, inputs, tuple(steps), outputs, fresh_outputs, peak, backend, folded, filename, source)
     _guard_memory(plan)
     return plan
 
@@ -409,7 +426,9 @@ class _Planner:
         inputs: tuple[Operand, ...] = (),
         args: dict[str, Any] | None = None,
     ) -> Step:
-        return Step(kind, call, out, axes, shape, str(dtype), inputs, args or {}, text=self.text, span=self.span)
+        return Step(
+            kind, call, out, axes, shape, str(dtype), inputs, args or {}, text=self.text, span=self.span
+        )
 
     def emit(self, step: Step) -> None:
         self.out.append(step)
@@ -435,9 +454,7 @@ class _Planner:
         source = self.operand(r.name, tuple(f"{r.name}{a}" for a in range(len(r.indices))))
         gather = any(isinstance(i, Gather) for i in r.indices)
         labels = tuple(
-            self.operand(i.ref.name, ref_index_names(i.ref))
-            for i in r.indices
-            if isinstance(i, Gather)
+            self.operand(i.ref.name, ref_index_names(i.ref)) for i in r.indices if isinstance(i, Gather)
         )
         step = Step(
             "gather" if gather else "view",
@@ -458,9 +475,7 @@ class _Planner:
         """`x.grad[j+k] += value`: a scatter-add into x.grad (zeros first, when it holds nothing)."""
         target = p.out.name
         labels = tuple(
-            self.operand(i.ref.name, ref_index_names(i.ref))
-            for i in p.out.indices
-            if isinstance(i, Gather)
+            self.operand(i.ref.name, ref_index_names(i.ref)) for i in p.out.indices if isinstance(i, Gather)
         )
         exists = target in self.shapes
         dtype = np.dtype(value.dtype)
@@ -632,7 +647,9 @@ def _masks(steps: list[Step]) -> list[Step]:
             continue
         if np.dtype(g.dtype).kind == "f" and np.result_type(g.dtype, u.dtype) == np.dtype(g.dtype):
             out[k] = replace(s, call="mask", dtype="bool")
-            out[k + 1] = replace(nxt, inputs=tuple(replace(o, dtype="bool") if o.name == s.out else o for o in nxt.inputs))
+            out[k + 1] = replace(
+                nxt, inputs=tuple(replace(o, dtype="bool") if o.name == s.out else o for o in nxt.inputs)
+            )
     return out
 
 
@@ -747,7 +764,12 @@ def _buffers(
     groups = 0
     for k, s in enumerate(steps):
         into = _donor(s, k, bufs, last, keep) if in_place and _may_lend(s) else None
-        if in_place and s.accumulate and dtype_of.get(s.out) == s.dtype and _alone(s.out, k, bufs, last, keep):
+        if (
+            in_place
+            and s.accumulate
+            and dtype_of.get(s.out) == s.dtype
+            and _alone(s.out, k, bufs, last, keep)
+        ):
             into = s.out  # `+=` (or a scatter-add) into a buffer of the plan's own
         size = math.prod(s.shape) * np.dtype(s.dtype).itemsize
         peak = max(peak, bufs.live + (0 if into else size) + _scratch(s))
@@ -846,7 +868,7 @@ def _guard_memory(plan: Plan) -> None:
 
 
 def _operand_text(o: Operand, perm: Any = None, shape: Any = None, summed: Any = ()) -> str:
-    text = o.name
+    text = str(o)
     if summed:
         text = f"sum({text}, over {','.join(o.axes[k] for k in summed)})"
     if perm == (1, 0) and shape is None:
@@ -888,9 +910,11 @@ def _describe_call(s: Step) -> str:
         text = " ".join(parts).removeprefix("+ ")
         return f"{s.call}({', '.join(map(str, ops))})" if s.call != "terms" else f"terms({text})"
     if s.kind == "elementwise":
+        if s.call == "mask":
+            return f"greater({ops[0]}, 0)"
         names = iter(ops)
         shown = [str(next(names)) if c is None else format_number(c) for c in args["constants"]]
-        return f"{'greater' if s.call == 'mask' else s.call}({', '.join(shown)}{', 0' if s.call == 'mask' else ''})"
+        return f"{s.call}({', '.join(shown)})"
     if s.kind == "reduce":
         return f"{s.call}({ops[0]}, over {','.join(args['over'])})"
     if s.kind == "fill":
@@ -909,11 +933,17 @@ def _order(path: list[tuple[int, ...]], labels: list[str]) -> str:
 
 def _describe_access(s: Step) -> str:
     src = s.inputs[0].name
-    verb = "strided view of" if s.kind == "view" else "gather from" if s.kind == "gather" else "scatter-add into"
+    verb = (
+        "strided view of" if s.kind == "view" else "gather from" if s.kind == "gather" else "scatter-add into"
+    )
     what = s.inputs[0].name if s.kind == "scatter" else src
     return f"{verb} {what}" if s.kind != "scatter" else f"add_at({s.out}, {what})"
 
 
-_DESCRIBE: dict[str, Callable[[Step], str]] = {"view": _describe_access, "gather": _describe_access, "scatter": _describe_access}
+_DESCRIBE: dict[str, Callable[[Step], str]] = {
+    "view": _describe_access,
+    "gather": _describe_access,
+    "scatter": _describe_access,
+}
 
 __all__ = ["FUNCTIONS", "Operand", "Plan", "Step", "make_plan", "pair_layout", "plan_contraction"]

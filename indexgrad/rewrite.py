@@ -19,11 +19,7 @@ def split_products(prims: list[Prim], shapes: dict[str, tuple[int, ...]]) -> lis
     changed = False
     for p in prims:
         refs = [(f, k) for f, k in p.factors if isinstance(f, Ref)] if isinstance(p, Contract) else []
-        if (
-            len(refs) < 3
-            or not all(is_plain(r) and r.name in shapes for r, _ in refs)
-            or not is_plain(p.out)
-        ):
+        if len(refs) < 3 or not all(is_plain(r) and r.name in shapes for r, _ in refs) or not is_plain(p.out):
             out.append(p)
             continue
         assert isinstance(p, Contract)
@@ -228,8 +224,6 @@ def absorb_scales(prims: list[Prim], keep: set[str]) -> list[Prim]:
     return [merged.get(k, p) for k, p in enumerate(prims) if k not in drop]
 
 
-
-
 def relu_outputs(prims: list[Prim]) -> dict[str, str]:
     """`u -> y` for every `y = relu(u)` whose y is written once, with u's axes in y's order.
 
@@ -268,4 +262,3 @@ def read_steps_of_outputs(prims: list[Prim], gates: dict[str, str]) -> list[Prim
                 p = Elementwise(p.out, p.op, p.func, (Ref(gates[a.name], a.indices, a.span),), p.span)
         out.append(p)
     return out
-

@@ -664,6 +664,22 @@ def cmd_cost(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(a: argparse.Namespace) -> int:
+    """`indexgrad plan`: the steps a forward (or, with --grad, backward) call runs for these sizes."""
+    from .model import compile as compile_model
+
+    program = load(a.file)
+    dims = parse_dims(a.dims)
+    check_ranks(program)
+    check_dims(program, dims)
+    model = compile_model(program, backend=a.backend)
+    shapes = {n: s for n, s in infer_shapes(program, dims).items() if n in model.inputs + model.labels}
+    mode = "backward" if a.grad else "forward"
+    plan = model.plan(shapes, mode=mode, loss=a.loss, wrt=parse_names(a.wrt))
+    print(plan.to_json() if a.format == "json" else plan)
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the reader-tool subcommands."""
     g = sub.add_parser("graph", help="print the computation graph (DOT or Mermaid)")
@@ -684,3 +700,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     c.add_argument("--wrt", help="comma-separated inputs whose gradients count (default: all)")
     c.add_argument("--format", choices=["text", "json"], default="text")
     c.set_defaults(func=cmd_cost)
+
+    p = sub.add_parser("plan", help="the steps a call runs: library calls, buffers reused, what is freed")
+    p.add_argument("file")
+    p.add_argument("--dims", help="index sizes, e.g. b=64,d=784 (others are 3)")
+    p.add_argument("--grad", action="store_true", help="the backward pass of the loss (default: forward)")
+    p.add_argument("--loss", help="the loss for --grad (default: the last defined tensor)")
+    p.add_argument("--wrt", help="comma-separated inputs whose gradients --grad computes (default: all)")
+    p.add_argument("--backend", default="numpy", help="numpy, torch or jax")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_plan)

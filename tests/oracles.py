@@ -14,6 +14,8 @@ import autograd
 import autograd.numpy as anp
 import numpy as np
 
+import indexgrad as ig
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 Arrays = dict[str, np.ndarray]
@@ -411,3 +413,24 @@ def _self_test() -> None:
 
 if __name__ == "__main__":
     _self_test()
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def vjp(model: ig.Model, arrays: dict, out: str, seed: np.ndarray) -> dict[str, np.ndarray]:
+    return model.backward(model.forward(**arrays), seed={out: seed})
+
+
+def assert_grads(got: dict, fun, arrays: dict, seed=None, rtol: float = 1e-10) -> None:
+    """got[k] equals autograd's gradient of sum(fun(**arrays) * seed) for every key of got."""
+    keys = sorted(got)
+
+    def scalar(*xs):
+        y = fun(**dict(arrays, **dict(zip(keys, xs))))
+        return y if seed is None else anp.sum(y * seed)
+
+    for n, k in enumerate(keys):
+        want = autograd.grad(scalar, n)(*(arrays[k] for k in keys))
+        np.testing.assert_allclose(got[k], want, rtol=rtol, atol=1e-12, err_msg=k)

@@ -741,8 +741,8 @@ def test_fuzz_cli(src: str | bytes) -> None:
 @given(seed=st.integers(40, 2**32))
 @budget(2_000)
 def test_fuzz_planned_calls_repeat(seed: int) -> None:
-    """Layered programs: planned (fused) calls give the first call's bits (see test_run)."""
-    from test_run import planned_calls_repeat
+    """Layered programs: planned (fused) calls give the first call's bits (see test_plan)."""
+    from test_plan import planned_calls_repeat
 
     planned_calls_repeat(seed)
 

@@ -65,12 +65,16 @@ def get_backend(name: str, **options: Any) -> Backend:
         raise IndexgradError(f"unknown backend {name!r}; available: " + ", ".join(sorted(_KNOWN)))
     module, package, install = _KNOWN[name]
     if importlib.util.find_spec(package) is None:
-        raise IndexgradError(f"the {name} backend needs the '{package}' package, which is not installed: {install}")
+        raise IndexgradError(
+            f"the {name} backend needs the '{package}' package, which is not installed: {install}"
+        )
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
         if e.name == module:
-            raise IndexgradError(f"the {name} backend is not available in this version of indexgrad") from None
+            raise IndexgradError(
+                f"the {name} backend is not available in this version of indexgrad"
+            ) from None
         raise
     if options:
         return mod.make_backend(**options)  # type: ignore[no-any-return]

@@ -28,7 +28,9 @@ Array = np.ndarray
 Compute = Callable[[Env], Any]
 
 
-def aligner(names: tuple[str, ...], out: tuple[str, ...], size: dict[str, int]) -> Callable[[Array], Array] | None:
+def aligner(
+    names: tuple[str, ...], out: tuple[str, ...], size: dict[str, int]
+) -> Callable[[Array], Array] | None:
     """What puts an array's axes (named `names`) in the order of `out`, with length-1 axes for the
     names it lacks (numpy then broadcasts it); None when nothing needs doing."""
     if names == out or names == out[len(out) - len(names) :]:
@@ -60,7 +62,9 @@ def _raised(k: float, dtype: str) -> Callable[[Array], Array] | None:
     return np.errstate(divide="ignore", invalid="ignore", over="ignore")(lambda a: np.power(a, k))
 
 
-def _then(f: Callable[[Array], Array] | None, g: Callable[[Array], Array] | None) -> Callable[[Array], Array] | None:
+def _then(
+    f: Callable[[Array], Array] | None, g: Callable[[Array], Array] | None
+) -> Callable[[Array], Array] | None:
     """g after f, either of which may be None (nothing to do)."""
     if f is None or g is None:
         return f if g is None else g
@@ -159,7 +163,9 @@ def _dot(step: Step) -> Compute:
 def _copy(step: Step) -> Compute:
     (o,) = step.inputs
     perm = step.args["perm"]
-    return _finish(step, _reader(o, None if perm == tuple(range(len(perm))) else methodcaller("transpose", perm)))
+    return _finish(
+        step, _reader(o, None if perm == tuple(range(len(perm))) else methodcaller("transpose", perm))
+    )
 
 
 def _sum(step: Step) -> Compute:
@@ -179,16 +185,26 @@ def _ones_sum(step: Step) -> Compute:
     if over == tuple(range(k)):
         ones = np.ones(math.prod(shape[:k]), step.dtype)
         rest = shape[k:]
-        body = (lambda env: mm(ones, env[name])) if nd == 2 else (lambda env: mm(ones, env[name].reshape(len(ones), -1)).reshape(rest))
+        body = (
+            (lambda env: mm(ones, env[name]))
+            if nd == 2
+            else (lambda env: mm(ones, env[name].reshape(len(ones), -1)).reshape(rest))
+        )
     else:
         ones = np.ones(math.prod(shape[nd - k :]), step.dtype)
         lead = shape[: nd - k]
-        body = (lambda env: mm(env[name], ones)) if nd == 2 else (lambda env: mm(env[name].reshape(-1, len(ones)), ones).reshape(lead))
+        body = (
+            (lambda env: mm(env[name], ones))
+            if nd == 2
+            else (lambda env: mm(env[name].reshape(-1, len(ones)), ones).reshape(lead))
+        )
     return _finish(step, body)
 
 
 def _einsum(step: Step) -> Compute:
-    expression = oe.contract_expression(step.args["equation"], *[o.shape for o in step.inputs], optimize=step.args["path"])
+    expression = oe.contract_expression(
+        step.args["equation"], *[o.shape for o in step.inputs], optimize=step.args["path"]
+    )
     reads = [_reader(o) for o in step.inputs]
     return lambda env: expression(*[r(env) for r in reads])
 
@@ -336,7 +352,9 @@ def view(step: Step) -> Compute:
     return read
 
 
-def _index_arrays(step: Step, names: tuple[str, ...], shape: tuple[int, ...], extents: tuple[int, ...]) -> Callable[[Env], tuple[Array, ...]]:
+def _index_arrays(
+    step: Step, names: tuple[str, ...], shape: tuple[int, ...], extents: tuple[int, ...]
+) -> Callable[[Env], tuple[Array, ...]]:
     """Per axis of the tensor read or written, an integer array broadcast over `names`."""
     nd = len(names)
     size = dict(zip(names, shape))
@@ -366,9 +384,10 @@ def _index_arrays(step: Step, names: tuple[str, ...], shape: tuple[int, ...], ex
             lab = align(env[label])
             if lab.size and (lab.min() < 0 or lab.max() >= extents[axis]):
                 bad = lab.min() if lab.min() < 0 else lab.max()
+                into = step.inputs[0].name if step.kind == "gather" else step.out
                 raise IndexgradError(
                     f"label {int(bad)} in '{label}' is out of range for axis {axis} of "
-                    f"'{step.inputs[0].name if step.kind == 'gather' else step.out}', which has size {extents[axis]}",
+                    f"'{into}', which has size {extents[axis]}",
                     span,
                 )
             out.append(lab)

@@ -1,0 +1,181 @@
+"""The Python API (SPEC 4): arguments of forward, backward, jvp, hvp and gradcheck, and their errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from oracles import rng
+
+import indexgrad as ig
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_mis_shaped_seed_and_tangent() -> None:
+    m = ig.compile("y[i,j] = A[i,j] x[i]\nz[k] = y[k,l] w[l]")
+    vals = m.forward(A=np.ones((3, 2)), x=np.ones(3), w=np.ones(2))
+    with pytest.raises(ig.IndexgradError, match="z"):
+        m.backward(vals, seed={"z": np.ones(4)})
+    with pytest.raises(ig.IndexgradError, match="x"):
+        m.jvp(vals, tangents={"x": np.ones(2)})
+    with pytest.raises(ig.IndexgradError, match="z"):
+        m.backward(vals, loss="z")  # not a scalar
+
+
+def test_a_python_number_takes_the_arrays_float32_instead_of_upcasting() -> None:
+    model = ig.compile("y[i] = s x[i] + t\nloss = sum[i](y[i]^2)")
+    x = rng().standard_normal(4).astype(np.float32)
+    vals = model.forward(x=x, s=2.0, t=1)
+    assert vals["y"].dtype == vals["loss"].dtype == np.float32
+    np.testing.assert_allclose(vals["y"], 2 * x + 1, rtol=1e-6)
+    assert {n: g.dtype for n, g in model.backward(vals).items()} == dict.fromkeys("xst", np.float32)
+    assert model.forward(x=x, s=np.float64(2.0), t=1)["y"].dtype == np.float64  # numpy's own scalar
+    assert model.forward(x=x.astype(np.float64), s=2.0, t=1)["y"].dtype == np.float64
+
+
+def test_tensors_may_be_called_like_the_methods_keywords() -> None:
+    model = ig.compile("y[i] = self[i] check_finite[i]\nloss = sum[i](y[i])")
+    a, b = rng(1).standard_normal(3), rng(2).standard_normal(3)
+    vals = model.forward(self=a, check_finite=b)
+    np.testing.assert_allclose(vals["y"], a * b)
+    with pytest.raises(ig.IndexgradError, match="NaN"):
+        ig.compile("y[i] = log(x[i])").forward(x=-np.ones(2), check_finite=True)
+
+
+def test_wrt_may_be_one_name_or_a_comma_separated_string() -> None:
+    model = ig.compile("loss = sum[i](a[i] b[i] c[i])")
+    arrays = {n: rng(k).standard_normal(3) for k, n in enumerate("abc")}
+    vals = model.forward(**arrays)
+    assert list(model.backward(vals, wrt="b")) == ["b"]
+    assert list(model.backward(vals, wrt="c, a")) == ["c", "a"]
+    assert {s.target.name for s in ig.derive(model.program, wrt="a").statements} == {"a.grad"}
+
+
+def test_gradcheck_takes_program_text() -> None:
+    assert ig.gradcheck("loss = sum[i](x[i]^3)", {"x": rng().standard_normal(4)}).ok
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"v": {"y": np.ones(3)}}, "v names 'y', which is not an input"),
+        ({"loss": "y", "v": {"x": np.ones(3)}}, "not a scalar"),
+        ({"loss": "nope", "v": {"x": np.ones(3)}}, "loss 'nope' is not defined by the program"),
+    ],
+)
+def test_hvp_says_what_is_wrong_with_its_arguments(kwargs: dict, message: str) -> None:
+    model = ig.compile("y[i] = x[i]^2\nloss = sum[i](y[i])")
+    vals = model.forward(x=np.ones(3))
+    with pytest.raises(ig.IndexgradError, match=message):
+        model.hvp(vals, **kwargs)
+    with pytest.raises(ig.IndexgradError, match="vals lacks input x"):
+        model.hvp({"loss": vals["loss"]}, v={"x": np.ones(3)})
+
+
+@pytest.mark.parametrize(
+    "vals, kwargs, message",
+    [
+        (None, {}, "vals must be the dict forward() returned, not NoneType"),
+        ({"x": "ab", "l": 5.0}, {}, "the value of 'x' in vals must hold real numbers"),
+        ("ok", {"seed": [("l", 1.0)]}, "seed must be a dict from tensor names to arrays, not list"),
+        ("ok", {"seed": {"l": 1j}}, "seed for 'l' must hold real numbers, not complex128"),
+        ("ok", {"seed": {"l": [[1], [1, 2]]}}, "seed for 'l' is not an array"),
+        ("ok", {"seed": {"x": np.ones(3)}}, "seed names 'x', which is not a tensor the program defines"),
+    ],
+)
+def test_backward_says_what_is_wrong_with_its_arguments(vals, kwargs: dict, message: str) -> None:
+    model = ig.compile("l = x[i] x[i]")
+    if vals == "ok":
+        vals = model.forward(x=np.ones(3))
+    with pytest.raises(ig.IndexgradError) as info:
+        model.backward(vals, **kwargs)
+    assert info.value.message.startswith(message)
+
+
+def test_backward_calls_follow_changes_to_vals_wrt_and_loss() -> None:
+    """A call like an earlier one reuses its plan; any change of names, shapes, dtypes, wrt or
+    loss is planned (or refused) as on a first call."""
+    model = ig.compile(
+        "input x[b,i], W[i,j]\ny[b,j] = x[b,i] W[i,j]\nl2 = sum[b,j](y[b,j])\nloss = sum[b,j](y[b,j]^2)"
+    )
+    g = rng(5)
+    for _ in range(2):
+        for b, i, j, dtype in [(2, 3, 4, np.float64), (5, 3, 2, np.float64), (2, 3, 4, np.float32)]:
+            x, W = g.standard_normal((b, i)).astype(dtype), g.standard_normal((i, j)).astype(dtype)
+            vals = model.forward(x=x, W=W)
+            dy = 2 * (x @ W)
+            for wrt in (None, ["W"], ("x", "W"), "W", "x, W"):
+                grads = model.backward(vals, wrt=wrt)
+                names = ["W"] if wrt in ("W", ["W"]) else ["x", "W"]
+                assert list(grads) == names and all(grads[n].dtype == dtype for n in names)
+                want = {"x": dy @ W.T, "W": x.T @ dy}
+                for n in names:
+                    np.testing.assert_allclose(grads[n], want[n], rtol=1e-5)
+            ones = model.backward(vals, loss="l2", wrt=["x"])["x"]
+            np.testing.assert_allclose(ones, np.ones((b, j)) @ W.T, rtol=1e-5)
+            vals["x"] = 2 * x  # another array under the same name and shape: its values are used
+            np.testing.assert_allclose(model.backward(vals, wrt=["W"])["W"], 2 * x.T @ dy, rtol=1e-5)
+            vals["extra"] = np.ones(7)  # a name more: planned again, the same gradients
+            np.testing.assert_allclose(model.backward(vals, wrt="W")["W"], 2 * x.T @ dy, rtol=1e-5)
+            del vals["y"]  # a derivative reads y: refused, as on a first call
+            with pytest.raises(ig.IndexgradError):
+                model.backward(vals, wrt=["x"])
+    with pytest.raises(ig.IndexgradError, match="loss must be the name"):
+        model.backward(model.forward(x=np.ones((1, 3)), W=np.ones((3, 2))), ["W"])
+
+
+def test_backward_takes_lists_and_numbers_for_vals() -> None:
+    model = ig.compile("l = x[i] x[i]")
+    assert model.backward({"x": [1.0, 2.0], "l": 5.0})["x"].tolist() == [2.0, 4.0]
+
+
+@pytest.mark.parametrize("seed_dtype", [np.int64, np.float32, np.bool_])
+def test_a_seed_takes_the_dtype_of_what_it_seeds(seed_dtype) -> None:
+    model = ig.compile(EXAMPLES / "affine.idx")
+    vals = model.forward(x=rng(1).standard_normal((2, 3)), W=rng(2).standard_normal((3, 4)), B=np.ones(4))
+    seed = np.ones((2, 4), seed_dtype)
+    grads = model.backward(vals, seed={"y": seed})
+    assert {g.dtype for g in grads.values()} == {np.dtype(np.float64)}
+    np.testing.assert_allclose(grads["B"], [2.0] * 4)
+
+
+def test_gradcheck_refuses_a_step_that_is_not_positive() -> None:
+    for eps in (0.0, -1e-6, float("nan")):
+        with pytest.raises(ig.IndexgradError, match="positive step"):
+            ig.gradcheck("l = x[i] x[i]", {"x": np.ones(3)}, eps=eps)
+
+
+def test_derive_takes_program_text() -> None:
+    assert str(ig.derive("l = x[i] x[i]")) == str(ig.derive(ig.parse("l = x[i] x[i]")))
+    assert str(ig.derive_jvp("l = x[i] x[i]")) == str(ig.derive_jvp(ig.parse("l = x[i] x[i]")))
+
+
+def test_jvp_hvp_and_forward_say_what_is_wrong_with_their_arguments() -> None:
+    model = ig.compile("loss = sum[i](x[i]^3)")
+    vals = model.forward(x=np.ones(3))
+    with pytest.raises(ig.IndexgradError, match="v for 'x' is not an array"):
+        model.hvp(vals, v={"x": [[1.0], [1.0, 1.0]]})
+    with pytest.raises(ig.IndexgradError, match="tangent for 'x' must hold real numbers"):
+        model.jvp(vals, {"x": np.array(["a", "b", "c"])})
+    with pytest.raises(ig.IndexgradError, match="check_finite must be True or False, not ndarray"):
+        model.forward(x=np.ones(3), check_finite=np.array([1, 0]))
+    assert model.jvp({"x": [1.0, 2.0, 3.0], "loss": 36.0}, {"x": np.ones(3)})["loss"] == 3 * (1 + 4 + 9)
+    with pytest.raises(ig.IndexgradError, match="loss must be the name of a defined tensor, not dict; pass"):
+        model.hvp(vals, {"x": np.ones(3)})  # the directions given where the loss's name goes
+    with pytest.raises(ig.IndexgradError, match="loss must be the name of a defined tensor, not list"):
+        model.backward(vals, ["x"])
+
+
+def test_integer_arrays_for_float_inputs_become_float64() -> None:
+    m = ig.compile("y[i] = x[i] / 2")
+    y = m.forward(x=np.array([1, 2, 3]))["y"]
+    assert y.dtype == np.float64
+    np.testing.assert_array_equal(y, [0.5, 1.0, 1.5])
+
+
+def test_forward_returns_every_defined_tensor() -> None:
+    m = ig.compile("h[i] = relu(x[i] + 1)\nloss = sum[i](h[i] w[i])")
+    vals = m.forward(x=np.ones(2), w=np.ones(2))
+    assert {"x", "w", "h", "loss"} <= set(vals)

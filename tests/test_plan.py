@@ -1,0 +1,288 @@
+"""The planner: which steps a program yields (calls, buffers lent, groups, what is freed), and planned
+calls giving the first call's values bit for bit."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from oracles import rng
+
+import indexgrad as ig
+
+
+def test_the_gradient_of_a_mean_is_not_filled_into_a_vector() -> None:
+    """`loss.sum.grad[b] += loss.grad / size[b]` holds one value; the products read it directly."""
+    m = ig.compile("loss = mean[b](x[b,c] W[c])")
+    x, w = rng().standard_normal((4, 3)), rng(1).standard_normal(3)
+    report = str(m.plan({"x": x, "W": w}, mode="backward"))
+    assert "W.grad[c] += loss.grad x[b,c] / size[b]" in report
+    assert ".grad[b] +=" not in report  # no step writes the one value into a vector
+    g = m.backward(m.forward(x=x, W=w), loss="loss")
+    np.testing.assert_allclose(g["W"], x.mean(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(g["x"], np.broadcast_to(w / 4, (4, 3)), rtol=1e-14)
+
+
+def test_a_seeded_gradient_that_also_receives_a_mean_gradient_keeps_its_seed() -> None:
+    m = ig.compile("s[b] = mean[c](x[b,c])\nloss = mean[b](s[b])")
+    x, g = rng().standard_normal((4, 3)), rng(1).standard_normal(4)
+    vals = m.forward(x=x)
+    got = m.backward(vals, seed={"loss": np.array(1.0), "s": g})["x"]
+    np.testing.assert_allclose(got, np.broadcast_to(((1 / 4 + g) / 3)[:, None], (4, 3)), rtol=1e-14)
+
+
+def test_a_scale_outside_a_sum_is_one_product() -> None:
+    """`0.5 sum[b,i](y^2)` runs as the one product `0.5 y[b,i]^2`, with no temporary."""
+    m = ig.compile("loss = 0.5 sum[b,i](y[b,i]^2)")
+    y = rng().standard_normal((3, 4))
+    report = str(m.plan({"y": y}))
+    assert "  loss = 0.5 y[b,i]^2  " in report and "loss.sum" not in report
+    assert float(m.forward(y=y)["loss"]) == pytest.approx(0.5 * float(np.sum(y * y)), rel=1e-14)
+
+
+def test_scales_outside_sums_accumulate_into_their_target() -> None:
+    m = ig.compile("y[b] = 2 sum[i](x[b,i])\ny[b] += -3 sum[i](z[b,i] x[b,i])\nloss = sum[b](y[b] y[b])")
+    x, z = rng().standard_normal((3, 4)), rng(1).standard_normal((3, 4))
+    vals = m.forward(x=x, z=z)
+    want = 2 * x.sum(1) - 3 * (z * x).sum(1)
+    np.testing.assert_allclose(vals["y"], want, rtol=1e-13)
+    g = m.backward(vals, loss="loss")
+    np.testing.assert_allclose(g["z"], -3 * 2 * want[:, None] * x, rtol=1e-12)
+
+
+def _product(a: str, b: str, out: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, str]:
+    """`z[out] = x[a] y[b]` run by a compiled model: its value and the call its plan chose."""
+    ix = lambda s: f"[{','.join(s)}]" if s else ""  # noqa: E731
+    m = ig.compile(f"z{ix(out)} = x{ix(a)} y{ix(b)}")
+    (step,) = [s for s in m.plan({"x": x, "y": y}).steps if s.out == "z"]
+    return m.forward(x=x, y=y)["z"], step.call
+
+
+@pytest.mark.parametrize("a", ["ij", "ji", "ik", "ki", "jk", "kj"])
+@pytest.mark.parametrize("b", ["ij", "ji", "ik", "ki", "jk", "kj"])
+def test_every_product_of_two_matrices_against_einsum(a: str, b: str) -> None:
+    """Two-operand contractions run as one matmul of (transposed) views, or a broadcast product:
+    every output order of every pair of matrices over three indices."""
+    from itertools import permutations
+
+    size = {"i": 2, "j": 3, "k": 4}
+    x = rng().standard_normal([size[c] for c in a])
+    y = rng(1).standard_normal([size[c] for c in b])
+    used = sorted(set(a) | set(b))
+    for r in range(3):
+        for out in permutations(used, r):
+            want = np.einsum(f"{a},{b}->{''.join(out)}", x, y)
+            got, call = _product(a, b, "".join(out), x, y)
+            assert call in ("matmul", "vecdot", "multiply", "scale", "dot"), (a, b, out, call)
+            np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13, err_msg=f"{a},{b}->{out}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("b_size", [3, 0])
+def test_batched_dot_products_against_einsum(dtype, b_size: int) -> None:
+    """`out[b,c] = x[...] y[...]` summed over the rest (np.vecdot of two matrices): operands with
+    two kept and two summed indices in every order, one summed index only one operand has."""
+    from itertools import permutations
+
+    size = {"b": b_size, "c": 2, "j": 3, "k": 4, "e": 2}
+    g = rng(2)
+    for a in ["bcjk", "kjcb", "jbkc"]:
+        for b in ["cbkj", "jkbce"]:
+            x = g.standard_normal([size[n] for n in a]).astype(dtype)
+            y = g.standard_normal([size[n] for n in b]).astype(dtype)
+            for out in permutations("bc"):
+                want = np.einsum(f"{a},{b}->{''.join(out)}", x, y)
+                got, call = _product(a, b, "".join(out), x, y)
+                assert call == "vecdot" and got.dtype == want.dtype and got.shape == want.shape
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{a},{b}->{out}")
+
+
+@pytest.mark.parametrize(
+    "text, scalars",
+    [
+        # a.grad passes y.grad through (a copy that is no copy); y.grad is then scaled where it dies
+        ("y[i] = 2 c e[i]\ny[i] += a[i]\nloss = sum[i](d[i] y[i]^2)", {"c": 0.7}),
+        # a scale by exactly 1 hands y.grad over as it is
+        ("y[i] = 2 c e[i]\ny[i] += s a[i]\nloss = sum[i](d[i] y[i]^2)", {"c": 3.0, "s": 1.0}),
+        # y.grad is later the buffer a product is written into
+        ("y[i] = b[i] e[i]\ny[i] += a[i]\nloss = sum[i](d[i] y[i]^2)", {}),
+        (
+            "y[i] = s2 e[i]\ny[i] += s a[i]\nz[i] = relu(y[i])\nloss = sum[i](z[i] d[i])",
+            {"s": 1.0, "s2": 3.0},
+        ),
+    ],
+)
+def test_a_gradient_handed_to_another_name_is_never_written_in_place(text: str, scalars: dict) -> None:
+    """A kernel whose result may be its operand's buffer makes the buffer shared: no later
+    statement may update it in place through either name."""
+    m = ig.compile(text)
+    arrays = {n: rng(k).standard_normal(6) for k, n in enumerate(m.inputs) if n not in scalars}
+    arrays |= {n: np.array(v) for n, v in scalars.items()}
+    for _ in range(2):  # the first call plans the kernels, the second runs them
+        grads = m.backward(m.forward(**arrays), loss="loss")
+        for n in arrays:
+            e = 1e-6
+            want = []
+            for i in np.ndindex(arrays[n].shape):
+                up = {k: v.copy() for k, v in arrays.items()}
+                down = {k: v.copy() for k, v in arrays.items()}
+                up[n][i] += e
+                down[n][i] -= e
+                want.append((float(m.forward(**up)["loss"]) - float(m.forward(**down)["loss"])) / (2 * e))
+            np.testing.assert_allclose(grads[n].ravel(), want, rtol=1e-6, atol=1e-8, err_msg=n)
+        for p, q in [(p, q) for p in grads for q in grads if p < q]:
+            assert not np.shares_memory(grads[p], grads[q]), (p, q)
+
+
+def test_broadcast_values_stay_made_when_inlining_them_would_drop_a_summed_index() -> None:
+    """`y = t1[b] t2[b]` sums over b, which only the two one-value temporaries carry: inlining
+    both would leave b to no tensor (and lose the factor size[b]), so both are kept."""
+    from indexgrad.lower import Contract
+    from indexgrad.nodes import Ref, Span, idx
+    from indexgrad.rewrite import inline_broadcasts
+
+    span = Span()
+    t1, t2 = Ref("t1", (idx("b"),)), Ref("t2", (idx("b"),))
+    prims = [
+        Contract(t1, "=", 1.0, ((Ref("s", ()), 1.0),), span),
+        Contract(t2, "=", 2.0, ((Ref("r", ()), 1.0),), span),
+        Contract(Ref("y", ()), "=", 1.0, ((t1, 1.0), (t2, 1.0)), span),
+    ]
+    assert inline_broadcasts(prims, {"y"}) == prims
+    # with a tensor that carries b, both are inlined
+    x = Ref("x", (idx("b"),))
+    prims[2] = Contract(Ref("y", ()), "=", 1.0, ((t1, 1.0), (t2, 1.0), (x, 1.0)), span)
+    (only,) = inline_broadcasts(prims, {"y"})
+    assert isinstance(only, Contract) and only.coef == 2.0
+    assert [f.name for f, _ in only.factors] == ["s", "r", "x"]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize(
+    "text, axes",
+    [
+        ("y[j] = x[b,j]", (0,)),
+        ("y[b] = x[b,j]", (1,)),
+        ("y[k] = x[a,b,k]", (0, 1)),
+        ("y[a] = x[a,b,k]", (1, 2)),
+        ("y[a,k] = x[a,b,k]", (1,)),
+        ("y[k,a] = x[a,b,k]", (1,)),
+    ],
+)
+def test_sums_over_leading_or_trailing_axes_match_numpy(text: str, axes, dtype) -> None:
+    """Plain sums (bias gradients) run as a product with ones; values, NaN and Inf as np.sum's."""
+    shape = (6, 5) if text.count(",") == 1 else (4, 3, 5)
+    x = rng(7).standard_normal(shape).astype(dtype)
+    for a in (x, np.asfortranarray(x)):  # contiguous and not
+        want = np.sum(a, axis=axes)
+        if text.startswith("y[k,a]"):
+            want = want.T
+        got = ig.compile(text).forward(x=a)["y"]
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-2 if dtype == np.float16 else 1e-6, atol=1e-6)
+    bad = x.copy()
+    bad.flat[0], bad.flat[-1] = np.nan, np.inf
+    got = ig.compile(text).forward(x=bad)["y"]
+    want = np.sum(bad, axis=axes)
+    assert np.array_equal(np.isnan(got), np.isnan(want.T if text.startswith("y[k,a]") else want))
+    assert np.array_equal(np.isinf(got), np.isinf(want.T if text.startswith("y[k,a]") else want))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_layer_hands_one_buffer_along(dtype) -> None:
+    """h = relu(x W + B): the matmul makes a buffer, the bias is added into it and relu runs in it
+    (one group, two `into`s), and the values are numpy's."""
+    m = ig.compile("h[b,i] = relu(x[b,j] W[j,i] + B[i])")
+    x, w, b = (rng(k).standard_normal(s).astype(dtype) for k, s in enumerate([(5, 3), (3, 4), (4,)]))
+    steps = m.plan({"x": x, "W": w, "B": b}).steps
+    assert [(s.call, s.into) for s in steps] == [("matmul", None), ("add", "h.prod"), ("relu", "h.sum")]
+    assert steps[0].group == steps[1].group == steps[2].group is not None
+    assert steps[1].release == ("h.prod",) and steps[2].release == ("h.sum",)
+    h = m.forward(x=x, W=w, B=b)["h"]
+    assert h.dtype == dtype and h.tobytes() == np.maximum(x @ w + b, 0).tobytes()
+    assert np.array_equal(x, rng(0).standard_normal((5, 3)).astype(dtype))  # operands untouched
+
+
+def _layered_program(r: random.Random) -> str:
+    """A few layers over (b,i) tensors mixing products, sums, functions and `+=`, then a loss."""
+    names = ["x", "c", "d"]
+    lines = []
+    for k in range(r.randint(2, 6)):
+        t, a, b2, f = f"t{k}", r.choice(names), r.choice(names), r.choice(["relu", "exp", "tanh", "sin"])
+        lines.append(
+            r.choice(
+                [
+                    f"{t}[b,i] = {a}[b,k] W[k,i] + B[i]",
+                    f"{t}[b,i] = {f}({a}[b,k] W[k,i] + B[i])",
+                    f"{t}[b,i] = {f}({a}[b,i] {b2}[b,i])",
+                    f"{t}[b,i] = {a}[b,i] {b2}[b,i] c[b,i]",
+                    f"{t}[b,i] = {a}[b,i] + {b2}[b,i] d[b,i]",
+                    f"{t}[b,i] = {a}[b,i] - {b2}[b,i] d[b,i]",
+                    f"{t}[b,i] = 2 {a}[b,i] s + {b2}[b,i]",
+                    f"{t}[b,i] = {f}({a}[b,k] W[k,i]) d[b,i]",
+                    f"{t}[b,i] = {a}[b,i] + {b2}[b,i]\n{t}[b,i] += {f}({a}[b,k] W[k,i])",
+                ]
+            )
+        )
+        names.append(t)
+    loss = " + ".join(f"sum[b,i]({u}[b,i]^2)" for u in r.sample(names, 3))
+    lines += [f"y[b,j] = {names[-1]}[b,i] V[i,j]", f"loss = sum[b,j](y[b,j]^2) + {loss}"]
+    return "param W[i,k], V[i,j], B[i], s\ninput x[b,i], c[b,i], d[b,i]\n" + "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_planned_calls_give_the_first_calls_values(seed: int) -> None:
+    planned_calls_repeat(seed)
+
+
+def planned_calls_repeat(seed: int) -> None:
+    """The calls after the first for the same shapes run planned (fused) kernels: the same bits as
+    the first call, for every input, for one or two of them (pruned programs), and with seeds.
+    (`make fuzz` runs this on many more seeds.)"""
+    r = random.Random(seed)
+    model = ig.compile(_layered_program(r))
+    g = rng(seed)
+    arrays = {n: g.standard_normal(s) for n, s in [("x", (5, 4)), ("c", (5, 4)), ("d", (5, 4))]}
+    arrays |= {"W": 0.5 * g.standard_normal((4, 4)), "V": g.standard_normal((4, 3))}
+    arrays |= {"B": g.standard_normal(4), "s": np.array(g.standard_normal())}
+    inputs = sorted(arrays)
+    for wrt in [None, *([n] for n in inputs), r.sample(inputs, 2)]:
+        for seeds in (None, {"y": np.ones((5, 3)), "t1": np.ones((5, 4))}):
+            with np.errstate(all="ignore"):  # some layers overflow: the same inf and NaN each call
+                calls = [model.backward(model.forward(**arrays), wrt=wrt, seed=seeds) for _ in range(3)]
+            for later in calls[1:]:
+                for n, v in calls[0].items():
+                    assert later[n].tobytes() == v.tobytes(), (wrt, seeds is not None, n)
+
+
+def test_a_chain_ends_at_a_statement_that_adds_to_its_target() -> None:
+    """`u.grad += a.grad c` adds to what u.grad holds: a chain through it would drop that."""
+    text = (
+        "input x[b,i], c[b,i], d[b,i], V[i,o]\nu[b,i] = x[b,i] d[b,i]\n"
+        "y[b,o] = u[b,i] c[b,i] V[i,o]\nloss = sum[b,o](y[b,o]^2) + sum[b,i](u[b,i]^2)\n"
+    )
+    g = rng(3)
+    arrays = {n: g.standard_normal((5, 4)) for n in "xcd"} | {"V": g.standard_normal((4, 3))}
+    model = ig.compile(text)
+    want = None
+    for _ in range(3):
+        got = model.backward(model.forward(**arrays), wrt=["x"])["x"]
+        want = got if want is None else want
+        np.testing.assert_array_equal(got, want)
+    assert ig.gradcheck(model, arrays, wrt=["x"]).ok
+
+
+def test_accumulating_into_a_name_first_written_by_the_accumulation() -> None:
+    """`+=` into a name nothing wrote yet is a plain write, planned as one; into a defined name, an add."""
+    x, w = rng(5).standard_normal((4, 3)), rng(6).standard_normal(3)
+    model = ig.compile("t[i,j] += x[i,j] w[j]\nt[i,j] += x[i,j]\ny[i] = sum[j](t[i,j])\ny[i] += 1")
+    want_t = x * w + x
+    for _ in range(3):
+        vals = model.forward(x=x, w=w)
+        np.testing.assert_array_equal(vals["t"], want_t)
+        np.testing.assert_array_equal(vals["y"], want_t.sum(axis=1) + 1)
+    assert (
+        ig.compile("t[i,j] += x[i,j] w[j]").forward(x=x, w=w, check_finite=True)["t"].tobytes()
+        == (x * w).tobytes()
+    )
