@@ -58,6 +58,11 @@ def _err(message: str, span: Span) -> IndexgradError:
     return IndexgradError(message, span)
 
 
+def _made(item: Decl | Statement | Use) -> list[Ref]:
+    """The tensors an item declares or writes: names a use's fresh names must not take."""
+    return [item.ref] if isinstance(item, Decl) else _written(item)
+
+
 def _names(item: Decl | Statement | Use) -> list[Ref]:
     """The tensor references an item writes and reads."""
     if isinstance(item, Decl):
@@ -77,7 +82,7 @@ class _Inliner:
     def run(self) -> Program:
         decls: list[Decl] = []
         stmts: list[Statement] = []
-        taken = {r.name for it in self.p.written if not isinstance(it, Def) for r in _names(it)}
+        taken = {r.name for it in self.p.written if not isinstance(it, Def) for r in _made(it)}
         for it in self.p.written:
             if isinstance(it, Def):
                 self.define(it)
