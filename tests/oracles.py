@@ -393,9 +393,11 @@ def _lstm_inputs(rng, dtype):
         h0=_normal(rng, dtype, b, i),
         c0=_normal(rng, dtype, b, i),
         Y=_one_hot(rng, dtype, b, c),
-        Wx=_normal(rng, dtype, j, 4, i),
-        Wh=_normal(rng, dtype, i, 4, i) / 2,
-        B=_normal(rng, dtype, 4, i),
+        W=_normal(rng, dtype, j, 3, i),
+        U=_normal(rng, dtype, i, 3, i) / 2,
+        B=_normal(rng, dtype, 3, i),
+        Wc=_normal(rng, dtype, j, i),
+        Uc=_normal(rng, dtype, i, i) / 2,
         V=_normal(rng, dtype, i, c),
     )
     return a
@@ -403,10 +405,12 @@ def _lstm_inputs(rng, dtype):
 
 def _lstm(a):
     h, c = a["h0"], a["c0"]
-    for s in range(1, 5):  # gates: input, forget, output, candidate
-        z = anp.einsum("bj,jgi->bgi", a[f"x{s}"], a["Wx"]) + anp.einsum("bk,kgi->bgi", h, a["Wh"]) + a["B"]
-        c = _sigmoid(z[:, 1]) * c + _sigmoid(z[:, 0]) * anp.tanh(z[:, 3])
-        h = _sigmoid(z[:, 2]) * anp.tanh(c)
+    for s in range(1, 5):
+        x = a[f"x{s}"]
+        gates = _sigmoid(anp.einsum("bj,jgi->bgi", x, a["W"]) + anp.einsum("bk,kgi->bgi", h, a["U"]) + a["B"])
+        candidate = anp.tanh(anp.dot(x, a["Wc"]) + anp.dot(h, a["Uc"]))
+        c = gates[:, 1] * c + gates[:, 0] * candidate  # forget, input
+        h = gates[:, 2] * anp.tanh(c)  # output
     z = anp.dot(h, a["V"])
     return anp.mean(_logsumexp_last(z)[:, 0] - anp.sum(a["Y"] * z, axis=1))
 
