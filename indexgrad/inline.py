@@ -112,6 +112,8 @@ class _Inliner:
         if d.name in self.defs:
             sp = self.defs[d.name].definition.span
             raise _err(f"'{d.name}' is already defined at {sp.line}:{sp.column}; choose another name", d.span)
+        if not d.args:  # a use reads `f(x[...])`: a call has one argument at least
+            raise _err(f"'{d.name}' takes at least one argument, a tensor like x[b,j]", d.span)
         header: dict[str, Ref] = {}
         for r in (*d.args, *d.outputs):
             if plain_names(r) is None:
