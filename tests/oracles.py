@@ -249,6 +249,17 @@ def _mlp(a):
     return anp.mean(lse - anp.sum(a["Y"] * z, axis=1))
 
 
+DENSE_DEFS = {"W1": "u.W", "B1": "u.B", "W2": "z.W", "B2": "z.B"}  # mlp.idx's params in dense_defs.idx
+
+
+def _dense_defs_inputs(rng, dtype):
+    return {DENSE_DEFS.get(k, k): v for k, v in _mlp_inputs(rng, dtype).items()}
+
+
+def _dense_defs(a):
+    return _mlp({k: a[DENSE_DEFS.get(k, k)] for k in ("x", "Y", *DENSE_DEFS)})
+
+
 def _windows(x, kh: int, kw: int, out_h: int, out_w: int, stride: int = 1, dilation: int = 1):
     """x[b,ch,row,col] -> patches[b,ch,r,u,c,v] = x[b,ch,stride*r+dilation*u,stride*c+dilation*v]."""
     rows = stride * np.arange(out_h)[:, None] + dilation * np.arange(kh)[None, :]
@@ -431,6 +442,7 @@ ORACLES: dict[str, Oracle] = {
     "losses": Oracle("loss", _losses_inputs, _losses),
     "correlation": Oracle("loss", _correlation_inputs, _correlation),
     "mlp": Oracle("loss", _mlp_inputs, _mlp),
+    "dense_defs": Oracle("loss", _dense_defs_inputs, _dense_defs),
     "transformer": Oracle("loss", _transformer_inputs, _transformer),
     "lstm": Oracle("loss", _lstm_inputs, _lstm),
 }
