@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from .check import check
 from .errors import IndexgradError
-from .functions import FUNCTIONS, REDUCTIONS, RESERVED
+from .functions import RESERVED, reserved_kind
 from .nodes import (
     Affine,
     Call,
@@ -107,7 +107,7 @@ class _Inliner:
 
     def define(self, d: Def) -> None:
         if d.name in RESERVED:
-            kind = "function" if d.name in FUNCTIONS else "reduction" if d.name in REDUCTIONS else "reserved"
+            kind = reserved_kind(d.name)
             raise _err(f"'{d.name}' is a built-in {kind} name; give the definition another name", d.span)
         if d.name in self.defs:
             sp = self.defs[d.name].definition.span
@@ -128,12 +128,12 @@ class _Inliner:
         args = {r.name for r in d.args}
         outputs = {r.name: r for r in d.outputs}
         params = {it.ref.name for it in d.body if isinstance(it, Decl) and it.role == "param"}
-        known = args | params | {r.name for it in d.body if not isinstance(it, Decl) for r in _written(it)}
+        made = {r.name for it in d.body if not isinstance(it, Decl) for r in _written(it)}
+        known = args | params | made
         for it in d.body:
             self.body_item(d, it, args, outputs, known)
-        defined = {r.name for it in d.body if not isinstance(it, Decl) for r in _written(it)}
         for out in d.outputs:
-            if out.name not in defined:
+            if out.name not in made:
                 raise _err(f"the output '{out.name}' of '{d.name}' is not defined in its body", out.span)
         decls: list[Decl] = []
         stmts: list[Statement] = []
