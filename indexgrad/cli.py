@@ -108,14 +108,15 @@ def program_text(
     title: str,
     head: str = "forward temporaries",
     source: Program | None = None,
-    gather_decls: bool = True,
+    uses: Program | None = None,
 ) -> str:
-    """What `indexgrad grad` / `jvp` print for a derived program in the format `fmt`; `source` is
-    the program it is derived from (its uses label the statements they wrote; with `gather_decls`,
-    its declarations name the positions of a scatter's reading as a gather)."""
+    """What `indexgrad grad` / `jvp` print for a derived program in the format `fmt`. The uses of
+    `uses` (by default `source`, the program derived from) label the statements they wrote; the
+    declarations of `source` name the positions of a scatter's reading as a gather."""
+    uses = uses or source
     if fmt == "json":
         both = {"forward": forward, title: derived.statements}
-        return json.dumps({k: _statements_json(v, source) for k, v in both.items()}, indent=2) + "\n"
+        return json.dumps({k: _statements_json(v, uses) for k, v in both.items()}, indent=2) + "\n"
     if fmt == "latex":
         from .latex import program_latex
 
@@ -123,11 +124,11 @@ def program_text(
     out: list[str] = []
     if forward:
         out.append(f"# {head}")
-        out.extend(_grouped(forward, source, {}))
+        out.extend(_grouped(forward, uses, {}))
         out.append(f"# {title}")
     readings = {}  # a scatter-add is followed by its reading as a gather
     for s in derived.statements:
-        g = gather_form(s, source if gather_decls else None)
+        g = gather_form(s, source)
         if g is not None:
             kept = {n for r in refs_in(g.expr) for n in ref_index_names(r)}
             new = ref_index_names(g.target)
@@ -136,7 +137,7 @@ def program_text(
                 f"#   that is {format_statement(g)}, summing over {', '.join(over)} in range"
             )
     out.extend(format_program(replace(derived, statements=())).splitlines())  # its declarations
-    out.extend(_grouped(derived.statements, source, readings))
+    out.extend(_grouped(derived.statements, uses, readings))
     return "".join(line + "\n" for line in out)
 
 
@@ -188,7 +189,7 @@ def cmd_grad(a: argparse.Namespace) -> int:
         forward = [prim_statement(q) for q in lower(both)]
         text = program_text(
             forward, d, a.format, "tangents of the gradients: Hessian-vector products",
-            "forward and gradient statements", source=p, gather_decls=False,
+            "forward and gradient statements", uses=p,
         )
         print(text, end="")
         return EXIT_OK
@@ -202,7 +203,7 @@ def cmd_jvp(a: argparse.Namespace) -> int:
     p = load(a.file)
     _warn(p, a.format)
     d = derive_jvp(p, parse_names(a.wrt))
-    print(program_text([], d, a.format, "tangents", source=p, gather_decls=False), end="")
+    print(program_text([], d, a.format, "tangents", uses=p), end="")
     return EXIT_OK
 
 
