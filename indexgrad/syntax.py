@@ -359,6 +359,9 @@ _LONE_CR = re.compile(r"\r(?!\n)")
 def parse_syntax(text: str, filename: str = "<string>") -> Program:
     """Parse text into an unchecked Program; raises IndexgradError on bad syntax.
 
+    A program with definitions holds its items as written in `written`, and only its own
+    declarations and statements in `decls` and `statements` until `inline` adds its uses'.
+
     A lone carriage return ends a line as CRLF and LF do; it becomes LF first (same offsets) so
     that every line number counts it.
     """
@@ -419,7 +422,6 @@ _TOKEN_WORDS = {
     "DEF": "'def'",
     "ARROW": "'->'",
     "COLON": "':'",
-    "_INDENT": "an indented line",
     "_DEDENT": "the end of the definition",
 }
 
