@@ -23,7 +23,7 @@ from indexgrad.train import fit, infer_sizes, init_params, log_epochs, plot_hist
 HERE = Path(__file__).resolve().parent
 DIGITS, SEP = 8, 10  # sequences of 8 digits; token 10 separates them from the sorted digits
 SIZES = {"c": 11, "d": 32, "h": 4, "e": 8, "f": 64}  # tokens, width, heads, head width, MLP width
-EPOCHS, BATCH, LR, SEED, TRAIN, TEST = 10, 64, 2e-3, 0, 12_000, 1_000
+EPOCHS, BATCH, LR, SEED, TRAIN, TEST = 8, 64, 2e-3, 0, 12_000, 1_000
 
 
 def sequences(digits: np.ndarray) -> dict[str, np.ndarray]:
