@@ -136,7 +136,7 @@ def program_text(
             readings[format_statement(s)] = (
                 f"#   that is {format_statement(g)}, summing over {', '.join(over)} in range"
             )
-    out.extend(format_program(replace(derived, statements=())).splitlines())  # its declarations
+    out.extend(format_program(replace(derived, statements=(), written=())).splitlines())  # its declarations
     out.extend(_grouped(derived.statements, uses, readings))
     return "".join(line + "\n" for line in out)
 
