@@ -286,3 +286,17 @@ def test_runtime_errors_in_an_inlined_statement_name_the_use() -> None:
     with pytest.raises(ig.IndexgradError) as info:
         m.forward(u=np.ones((2, 3)), **{"h.W": np.ones((4, 5))})
     assert "used at 5:1" in info.value.message, info.value.message
+
+
+def test_the_language_references_example_means_what_it_says() -> None:
+    """docs/language.md's example of a definition parses, and its uses declare the params it names."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "language.md").read_text()
+    section = doc.split("## Definitions\n", 1)[1].split("\n- ", 1)[0]
+    text = "".join(line[4:] + "\n" for line in section.splitlines() if line.startswith("    ") or not line)
+    p = ig.parse(text)
+    assert [format_program(ig.Program(decls=(d,))).strip() for d in p.decls if d.role == "param"] == [
+        "param h1.W[d,h]", "param h1.B[h]", "param h2.W[h,k]", "param h2.B[k]"
+    ]
+    assert ig.parse(str(p)) == p
