@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(BIN)/indexgrad grad examples/mlp.idx --wrt W1,B1,W2,B2
 	$(BIN)/python examples/train_digits.py
 	$(BIN)/python examples/train_cnn.py
+	$(BIN)/python examples/train_transformer.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

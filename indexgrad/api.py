@@ -111,7 +111,7 @@ def derive(body: dict[str, Any]) -> dict[str, Any]:
         idx = program_text(forward, d, "idx", "gradients", source=p)
     else:
         d, forward = derive_jvp(p, wrt), []
-        idx = program_text([], d, "idx", "tangents")
+        idx = program_text([], d, "idx", "tangents", uses=p)
     return {
         "idx": idx,
         "latex": program_latex(forward, d.statements),

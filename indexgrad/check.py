@@ -6,7 +6,7 @@ import re
 from dataclasses import replace
 
 from .errors import IndexgradError
-from .functions import FUNCTIONS, REDUCTIONS, RESERVED
+from .functions import FUNCTIONS, REDUCTIONS, RESERVED, reserved_kind
 from .nodes import (
     Affine,
     Call,
@@ -152,7 +152,7 @@ class _Checker:
     def name(self, r: Ref) -> None:
         base = r.name.split(".")[0]
         if r.name in RESERVED or base in RESERVED:
-            kind = "function" if base in FUNCTIONS else "reduction" if base in REDUCTIONS else "reserved"
+            kind = reserved_kind(base)
             raise _err(f"'{base}' is a {kind} name and cannot name a tensor; {_usage(base)}", r.span)
         seen = self.rank.get(r.name)
         if seen is None:

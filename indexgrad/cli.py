@@ -7,7 +7,8 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -18,8 +19,8 @@ from .files import load_npz, refuse_overwrite, save_npz_atomic
 from .gradcheck import check_program
 from .lower import lower, prim_statement
 from .model import Model
-from .nodes import Program, Statement, ref_index_names, refs_in
-from .printer import format_program, format_statement
+from .nodes import Program, Statement, Use, ref_index_names, refs_in
+from .printer import format_program, format_statement, format_use
 from .shapes import parse_dims, parse_names
 from .syntax import load
 from .tools import check_dims, check_ranks
@@ -60,16 +61,44 @@ def _warn(program: Program, fmt: str) -> None:
             )
 
 
-def _statements_json(stmts: Sequence[Statement]) -> list[dict[str, Any]]:
-    return [
-        {
-            "text": format_statement(s),
-            "target": s.target.name,
-            "op": s.op,
-            "line": s.span.line or None,
-        }
-        for s in stmts
-    ]
+def _statements_json(stmts: Sequence[Statement], source: Program | None = None) -> list[dict[str, Any]]:
+    label = _use_of(source)
+    out = []
+    for s in stmts:
+        item = {"text": format_statement(s), "target": s.target.name, "op": s.op, "line": s.span.line or None}
+        use = label(s)
+        if use is not None:
+            item["in"] = use  # the use whose inlining wrote it
+        out.append(item)
+    return out
+
+
+def _use_of(program: Program | None) -> Callable[[Statement], str | None]:
+    """For a statement of (or derived from) the program, the text of the use it was inlined by
+    (the outermost, as written in the program), or None for one of the program's own."""
+    uses = {u.span: format_use(u) for u in (program.written if program else ()) if isinstance(u, Use)}
+
+    def label(s: Statement) -> str | None:
+        chain = s.span.uses()
+        return uses.get(chain[-1]) if chain else None
+
+    return label
+
+
+def _grouped(stmts: Sequence[Statement], source: Program | None, readings: dict[str, str]) -> list[str]:
+    """One line per statement, a `# in USE` line before each run of statements inlined by one use."""
+    label, current = _use_of(source), None
+    out = []
+    for s in stmts:
+        use = label(s)
+        if use != current:
+            out.append(f"# in {use}" if use else "# outside definitions")
+            current = use
+        text = format_statement(s)
+        out.append(text)
+        if text in readings:
+            out.append(readings[text])
+    return out
 
 
 def program_text(
@@ -79,11 +108,15 @@ def program_text(
     title: str,
     head: str = "forward temporaries",
     source: Program | None = None,
+    uses: Program | None = None,
 ) -> str:
-    """What `indexgrad grad` / `jvp` print for a derived program in the format `fmt`."""
+    """What `indexgrad grad` / `jvp` print for a derived program in the format `fmt`. The uses of
+    `uses` (by default `source`, the program derived from) label the statements they wrote; the
+    declarations of `source` name the positions of a scatter's reading as a gather."""
+    uses = uses or source
     if fmt == "json":
-        data = {"forward": _statements_json(forward), title: _statements_json(derived.statements)}
-        return json.dumps(data, indent=2) + "\n"
+        both = {"forward": forward, title: derived.statements}
+        return json.dumps({k: _statements_json(v, uses) for k, v in both.items()}, indent=2) + "\n"
     if fmt == "latex":
         from .latex import program_latex
 
@@ -91,7 +124,7 @@ def program_text(
     out: list[str] = []
     if forward:
         out.append(f"# {head}")
-        out.extend(format_statement(s) for s in forward)
+        out.extend(_grouped(forward, uses, {}))
         out.append(f"# {title}")
     readings = {}  # a scatter-add is followed by its reading as a gather
     for s in derived.statements:
@@ -103,10 +136,8 @@ def program_text(
             readings[format_statement(s)] = (
                 f"#   that is {format_statement(g)}, summing over {', '.join(over)} in range"
             )
-    for line in format_program(derived).splitlines():
-        out.append(line)
-        if line in readings:
-            out.append(readings[line])
+    out.extend(format_program(replace(derived, statements=(), written=())).splitlines())  # its declarations
+    out.extend(_grouped(derived.statements, uses, readings))
     return "".join(line + "\n" for line in out)
 
 
@@ -128,7 +159,7 @@ def cmd_fmt(a: argparse.Namespace) -> int:
         _warn(p, a.format)
         if a.format == "json":
             data: dict[str, Any] = {"file": path} if len(a.file) > 1 else {}
-            print(json.dumps({**data, "statements": _statements_json(p.statements)}, indent=2))
+            print(json.dumps({**data, "statements": _statements_json(p.statements, p)}, indent=2))
         elif a.format == "latex":
             from .latex import program_latex
 
@@ -158,7 +189,7 @@ def cmd_grad(a: argparse.Namespace) -> int:
         forward = [prim_statement(q) for q in lower(both)]
         text = program_text(
             forward, d, a.format, "tangents of the gradients: Hessian-vector products",
-            "forward and gradient statements",
+            "forward and gradient statements", uses=p,
         )
         print(text, end="")
         return EXIT_OK
@@ -172,7 +203,7 @@ def cmd_jvp(a: argparse.Namespace) -> int:
     p = load(a.file)
     _warn(p, a.format)
     d = derive_jvp(p, parse_names(a.wrt))
-    print(program_text([], d, a.format, "tangents"), end="")
+    print(program_text([], d, a.format, "tangents", uses=p), end="")
     return EXIT_OK
 
 

@@ -225,7 +225,8 @@ def _derive_for(program: Program, losses: list[str], wrt: list[str] | None, prim
 
 
 def _shape_inputs(stmts: list[Statement], back_name: dict[str, str], program: Program) -> tuple[Decl, ...]:
-    """`input x[...]` for each tensor whose gradient needs x's shape but never reads x.
+    """`input x[...]` (or `param x[...]`, as the program declares x) for each tensor whose gradient
+    needs x's shape but never reads x.
 
     That happens when a gradient broadcasts (`x.grad[i] += loss.grad / size[i]`) or scatters:
     the derived program then names the forward input x so that it runs on its own. (A tensor
@@ -244,7 +245,8 @@ def _shape_inputs(stmts: list[Statement], back_name: dict[str, str], program: Pr
         if plain is not None and set(plain) <= rhs:
             continue
         names = _index_names_of(program, base, len(t.indices))
-        out[base] = Decl("input", Ref(base, tuple(idx(n) for n in names)))
+        role = next((d.role for d in program.decls if d.ref.name == base), "input")
+        out[base] = Decl(role, Ref(base, tuple(idx(n) for n in names)))
     return tuple(out.values())
 
 

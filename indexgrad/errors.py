@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from .nodes import Span
@@ -19,9 +20,11 @@ class IndexgradError(Exception):
         filename: str | None = None,
         source: str | None = None,
     ) -> None:
+        self.span = span if span is not None and span.line > 0 else None
+        if self.span is not None and self.span.via is not None and not message.endswith(_uses(self.span)):
+            message += _uses(self.span)  # the place in a definition's body, and where it is used
         super().__init__(message)
         self.message = message
-        self.span = span if span is not None and span.line > 0 else None
         self.filename = filename
         self.source = source
 
@@ -67,7 +70,16 @@ def render(
     if span.end_line == span.line and span.end_column > span.column:
         width = span.end_column - span.column
     width = max(1, min(width, len(text) - span.column + 1))
-    return f"{head}\n  {text}\n  {' ' * (span.column - 1)}^{'~' * (width - 1)}"
+    shown = f"{head}\n  {text}\n  {' ' * (span.column - 1)}^{'~' * (width - 1)}"
+    for use in span.uses():
+        note = render("in this use of the definition", replace(use, via=None), filename, source, "note")
+        shown += "\n" + note
+    return shown
+
+
+def _uses(span: Span) -> str:
+    """Where a place in a definition's body is used: `; in the definition used at 9:1`."""
+    return "".join(f"; in the definition used at {u.line}:{u.column}" for u in span.uses())
 
 
 def source_lines(source: str) -> list[str]:

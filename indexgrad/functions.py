@@ -188,3 +188,8 @@ REDUCTIONS: dict[str, Callable[[Array, tuple[int, ...]], Array]] = {
 }
 
 RESERVED = frozenset(FUNCTIONS) | frozenset(REDUCTIONS) | {"size"}
+
+
+def reserved_kind(name: str) -> str:
+    """What a reserved name is, in words: a "function", a "reduction", or just "reserved"."""
+    return "function" if name in FUNCTIONS else "reduction" if name in REDUCTIONS else "reserved"

@@ -26,6 +26,8 @@ class IdxLexer(RegexLexer):
             (r"#[^\r\n]*", Comment.Single),
             # `param` / `input` start a declaration only when a name follows (as in the grammar)
             (r"(param|input)(?=[ \t]+[A-Za-z_])", Keyword.Declaration),
+            # `def NAME(`: a definition's header (SPEC 10)
+            (rf"(def)([ \t]+)({_NAME})(?=[ \t]*\()", bygroups(Keyword, Whitespace, Name.Function)),
             (words(tuple(sorted(REDUCTIONS)), suffix=r"(?=[ \t]*\[)"), Name.Builtin),
             (r"size(?=[ \t]*\[)", Name.Builtin),
             (words(tuple(sorted(FUNCTIONS)), suffix=r"(?=[ \t]*\()"), Name.Function),
@@ -35,8 +37,8 @@ class IdxLexer(RegexLexer):
             ),
             (rf"{_NAME}(?:\.{_NAME})*", Name.Variable),
             (r"(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", Number),
-            (r"\+=|\*\*|[=+\-*/^]", Operator),
-            (r"[\[\](),;]", Punctuation),
+            (r"->|\+=|\*\*|[=+\-*/^]", Operator),
+            (r"[\[\](),;:]", Punctuation),
         ],
     }
 

@@ -10,12 +10,22 @@ from typing import Any, Union
 
 @dataclass(frozen=True)
 class Span:
-    """A place in a source text: 1-based line and column of the start and end."""
+    """A place in a source text: 1-based line and column of the start and end; `via` is the place
+    of the use that inlined it, when it lies in a definition's body (as MLIR's call-site locations)."""
 
     line: int = 0
     column: int = 0
     end_line: int = 0
     end_column: int = 0
+    via: Span | None = None
+
+    def uses(self) -> list[Span]:
+        """The places of the uses this place was inlined through, innermost first."""
+        out, at = [], self.via
+        while at is not None:
+            out.append(at)
+            at = at.via
+        return out
 
 
 NOSPAN = Span()
@@ -174,6 +184,30 @@ class Decl:
 
 
 @dataclass(frozen=True)
+class Use:
+    """`h1[b,h] = dense(x[b,d])`: a definition applied to tensors, its outputs bound to `targets`."""
+
+    targets: tuple[Ref, ...]
+    name: str
+    args: tuple[Ref, ...]
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
+class Def:
+    """`def NAME(args) -> outputs:` and its indented body of declarations, statements and uses."""
+
+    name: str
+    args: tuple[Ref, ...]
+    outputs: tuple[Ref, ...]
+    body: tuple[Decl | Statement | Use, ...]
+    span: Span = _span()
+
+
+Item = Union[Decl, Statement, Use, Def]
+
+
+@dataclass(frozen=True)
 class Warning_:
     """A diagnostic that does not stop the program."""
 
@@ -183,13 +217,19 @@ class Warning_:
 
 @dataclass(frozen=True)
 class Program:
-    """A sequence of declarations and statements."""
+    """A sequence of declarations and statements.
+
+    A program with definitions also keeps itself as written in `written` (declarations,
+    definitions, statements and uses in their order), which is what it prints as; `decls` and
+    `statements` are then what runs, every use inlined (indexgrad/inline.py).
+    """
 
     decls: tuple[Decl, ...] = ()
     statements: tuple[Statement, ...] = ()
     filename: str = field(default="<string>", compare=False)
     source: str = field(default="", compare=False, repr=False)
     warnings: tuple[Warning_, ...] = field(default=(), compare=False, repr=False)
+    written: tuple[Item, ...] = ()
 
     def __str__(self) -> str:
         from .printer import format_program
@@ -208,6 +248,10 @@ class Program:
 
     def params(self) -> tuple[str, ...]:
         return tuple(d.ref.name for d in self.decls if d.role == "param")
+
+    def defs(self) -> tuple[Def, ...]:
+        """The definitions, in their order."""
+        return tuple(d for d in self.written if isinstance(d, Def))
 
     def defined(self) -> tuple[str, ...]:
         """Names defined by statements, in order of first definition."""

@@ -9,6 +9,7 @@ from .errors import source_lines
 from .nodes import (
     Call,
     Decl,
+    Def,
     Expr,
     Gather,
     Index,
@@ -22,7 +23,10 @@ from .nodes import (
     SizeOf,
     Statement,
     Sum,
+    Use,
 )
+
+INDENT = "    "  # a definition's body
 
 # precedence levels, loosest first: sum < product < unary < power < atom
 _SUM, _PRODUCT, _UNARY, _POWER, _ATOM = range(5)
@@ -135,6 +139,15 @@ def format_statement(s: Statement) -> str:
     return f"{format_ref(s.target)} {s.op} {format_expr(s.expr)}"
 
 
+def format_use(u: Use) -> str:
+    """`h1[b,h] = dense(x[b,d])`, `h[b,i], c[b,i] = lstm(...)`."""
+    return f"{', '.join(map(format_ref, u.targets))} = {u.name}({', '.join(map(format_ref, u.args))})"
+
+
+def format_header(d: Def) -> str:
+    return f"def {d.name}({', '.join(map(format_ref, d.args))}) -> {', '.join(map(format_ref, d.outputs))}:"
+
+
 def _decl_lines(decls: tuple[Decl, ...], breaks: Collection[int] = ()) -> list[tuple[int, str]]:
     """One `param`/`input` line per run of declarations with the same role, with the source line
     of the run's first declaration; a run also ends before a declaration that has a line of
@@ -150,15 +163,45 @@ def _decl_lines(decls: tuple[Decl, ...], breaks: Collection[int] = ()) -> list[t
     return [(run[0].span.line, f"{run[0].role} {', '.join(format_ref(d.ref) for d in run)}") for run in runs]
 
 
+def _written_lines(
+    items: tuple[Decl | Def | Statement | Use, ...], breaks: Collection[int], indent: str = ""
+) -> tuple[list[tuple[int, str]], set[int]]:
+    """(source line, text) per line of a program as written, and the lines a blank line precedes:
+    a definition, and what follows one. Declarations in a row join as `_decl_lines` joins them."""
+    lines: list[tuple[int, str]] = []
+    gaps: set[int] = set()
+    run: list[Decl] = []
+    for it in (*items, None):
+        if isinstance(it, Decl):
+            run.append(it)
+            continue
+        lines += [(n, indent + text) for n, text in _decl_lines(tuple(run), breaks)]
+        run = []
+        if isinstance(it, Def):
+            gaps.add(len(lines))
+            lines.append((it.span.line, indent + format_header(it)))
+            body, _ = _written_lines(it.body, breaks, indent + INDENT)
+            lines += body
+            gaps.add(len(lines))
+        elif isinstance(it, Statement):
+            lines.append((it.span.line, indent + format_statement(it)))
+        elif isinstance(it, Use):
+            lines.append((it.span.line, indent + format_use(it)))
+    return lines, gaps
+
+
 def format_program(p: Program, comments: bool = False) -> str:
-    """The canonical text of a program; with `comments`, its source's comments kept in place: a
-    comment on a line of its own before the line that follows it, one after code at the end of
-    that code's line (declarations on lines with comments between them are not joined)."""
+    """The canonical text of a program, its definitions as written; with `comments`, its source's
+    comments kept in place: a comment on a line of its own before the line that follows it (and
+    indented like it), one after code at the end of that code's line (declarations on lines with
+    comments between them are not joined). A blank line sets each definition apart."""
     notes = _comments(p.source) if comments else []
-    items = _decl_lines(p.decls, {n for n, _, _ in notes})
-    items += [(s.span.line, format_statement(s)) for s in p.statements]
-    if not notes:
-        return "".join(text + "\n" for _, text in items)
+    breaks = {n for n, _, _ in notes}
+    if p.written:
+        items, gaps = _written_lines(p.written, breaks)
+    else:
+        items, gaps = _decl_lines(p.decls, breaks), set()
+        items += [(s.span.line, format_statement(s)) for s in p.statements]
     own: list[tuple[int, str]] = []  # comments on lines of their own
     after: dict[int, list[str]] = {}  # item index -> comments after its code
     starts = sorted(range(len(items)), key=lambda k: (items[k][0], k))
@@ -170,8 +213,11 @@ def format_program(p: Program, comments: bool = False) -> str:
             after.setdefault(owner[-1], []).append(text)
     out: list[str] = []
     for k, (number, text) in enumerate(items):
+        if k in gaps and out and out[-1]:
+            out.append("")
+        indent = text[: len(text) - len(text.lstrip(" "))]
         while own and own[0][0] < number:
-            out.append(own.pop(0)[1])
+            out.append(indent + own.pop(0)[1])
         out.append("  ".join([text, *after.get(k, [])]))
     out.extend(text for _, text in own)
     return "".join(line + "\n" for line in out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -13,14 +14,18 @@ from typing import Any
 
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput
+from lark.lark import PostLex
 
 from .check import check
 from .errors import IndexgradError, IndexgradWarning, source_lines
+from .functions import FUNCTIONS
 from .gcpause import gc_paused
+from .inline import inline
 from .nodes import (
     Affine,
     Call,
     Decl,
+    Def,
     Expr,
     Gather,
     Neg,
@@ -34,6 +39,7 @@ from .nodes import (
     Span,
     Statement,
     Sum,
+    Use,
 )
 
 MAX_DEPTH = 200  # brackets deeper than this are refused before parsing
@@ -88,20 +94,134 @@ def _tok_span(t: Token) -> Span:
     return Span(t.line or 0, t.column or 0, t.end_line or 0, t.end_column or 0)
 
 
+class _Blocks(PostLex):
+    """Postlexer: `_DEDENT` ends a definition's body before the first line indented no deeper than
+    its `def` line (or at the end). Indentation means nothing elsewhere, so programs without
+    definitions read as before. The token borrows the place of the token it precedes, so every
+    span stays a place in the text; and since the lines of a body are lexed in the same parser
+    states as any other line, the contextual lexer reads them alike."""
+
+    always_accept = ()
+
+    def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        header: Token | None = None  # the `def` whose body is open or about to open
+        body = False  # its body has begun
+        opening = False  # its ':' is read: the body starts on the next line
+        starts = True  # the next token begins a line
+        last: Token | None = None
+        for tok in stream:
+            if tok.type == "_NEWLINE":
+                starts = True
+            elif starts and header is not None:
+                starts = False
+                deeper = (tok.column or 0) > (header.column or 0)
+                if opening and not deeper:
+                    raise _no_body(header, tok)
+                if body and not deeper:
+                    body = False
+                    yield Token.new_borrow_pos("_DEDENT", "", tok)
+                elif opening:
+                    body, opening = True, False
+            else:
+                starts = False
+            if tok.type == "DEF" and body:
+                raise IndexgradError(
+                    "a definition cannot be inside another: define it above and use it in the body",
+                    _tok_span(tok),
+                )
+            if tok.type == "DEF":
+                header = tok
+            elif tok.type == "COLON" and header is not None and not body:
+                opening = True
+            last = tok
+            yield tok
+        if opening and header is not None:
+            raise _no_body(header, None)
+        if body and last is not None:
+            if last.type != "_NEWLINE":
+                yield Token.new_borrow_pos("_NEWLINE", "", last)
+            yield Token.new_borrow_pos("_DEDENT", "", last)
+
+
+def _no_body(header: Token, tok: Token | None) -> IndexgradError:
+    place = _tok_span(tok) if tok is not None else _tok_span(header)
+    return IndexgradError(
+        f"the body of a definition goes on the lines below its def line (line {header.line}), "
+        "each indented deeper than the def",
+        place,
+    )
+
+
+def _items(children: list[Any]) -> list[Any]:
+    """Lines' items in order, declarations of one line spread out, empty lines dropped."""
+    out: list[Any] = []
+    for it in children:
+        if isinstance(it, list):
+            out.extend(it)
+        elif it is not None:
+            out.append(it)
+    return out
+
+
+def _use(targets: tuple[Ref, ...], op: str, e: Any, span: Span) -> Use:
+    """A use of a definition: one or several targets `=` a call whose arguments are tensors."""
+    if not isinstance(e, Call) or e.func in FUNCTIONS:
+        raise IndexgradError(
+            "several tensors are defined at once only by a definition's use, like "
+            "h[b,i], c[b,i] = cell(x[b,j], ...); give each its own statement",
+            span,
+        )
+    if op != "=":
+        raise IndexgradError(
+            f"a use of '{e.func}' defines its outputs with '='; to add the result into a tensor, "
+            f"write t[...] = {e.func}(...) and then add t",
+            span,
+        )
+    for a in e.args:
+        if not isinstance(a, Ref):
+            raise IndexgradError(
+                f"an argument of '{e.func}' is a tensor, like x[b,d]; to pass an expression, "
+                "define it first (t[b,d] = ...) and pass t[b,d]",
+                getattr(a, "span", span),
+            )
+    return Use(targets, e.func, tuple(e.args), span)
+
+
+def _with_uses(items: list[Any], defs: set[str]) -> list[Any]:
+    """Items with each statement `t = NAME(...)` that calls a definition made a Use."""
+    out = []
+    for it in items:
+        call = it.expr if isinstance(it, Statement) else None
+        if isinstance(call, Call) and call.func in defs and call.func not in FUNCTIONS:
+            it = _use((it.target,), it.op, call, it.span)  # type: ignore[union-attr]
+        elif isinstance(it, Def):
+            it = Def(it.name, it.args, it.outputs, tuple(_with_uses(list(it.body), defs)), it.span)
+        out.append(it)
+    return out
+
+
 class _Build(Transformer):
     """Builds nodes while the LALR parser reduces (no recursion, so long chains are fine)."""
 
-    def start(self, items: list[Any]) -> tuple[list[Any], list[Any]]:
-        items = [it for it in items if it is not None]
-        decls = [d for it in items if isinstance(it, list) for d in it]
-        stmts = [s for s in items if isinstance(s, Statement)]
-        return decls, stmts
+    def start(self, items: list[Any]) -> list[Any]:
+        return _items(items)
 
     def line(self, items: list[Any]) -> Any:
         return items[0] if items else None
 
     def statement(self, c: list[Any]) -> Statement:
         return Statement(c[0], str(c[1]), _unwrap(c[2]), (), _span_of(c))
+
+    def use(self, c: list[Any]) -> Use:
+        return _use(tuple(c[:-2]), str(c[-2]), _unwrap(c[-1]), _span_of(c))
+
+    def refs(self, c: list[Any]) -> tuple[Ref, ...]:
+        return tuple(c)
+
+    def definition(self, c: list[Any]) -> Def:
+        name, args, outputs, colon = c[1], c[2] or (), c[5], c[6]
+        span = Span(c[0].line, c[0].column, colon.end_line, colon.end_column)
+        return Def(str(name), args, outputs, tuple(_items(c[7:])), span)
 
     def declaration(self, c: list[Any]) -> list[Decl]:
         role = str(c[0])
@@ -228,6 +348,7 @@ def _parser() -> Lark:
         parser="lalr",
         propagate_positions=False,
         transformer=_Build(),
+        postlex=_Blocks(),
         maybe_placeholders=True,
     )
 
@@ -238,6 +359,9 @@ _LONE_CR = re.compile(r"\r(?!\n)")
 def parse_syntax(text: str, filename: str = "<string>") -> Program:
     """Parse text into an unchecked Program; raises IndexgradError on bad syntax.
 
+    A program with definitions holds its items as written in `written`, and only its own
+    declarations and statements in `decls` and `statements` until `inline` adds its uses'.
+
     A lone carriage return ends a line as CRLF and LF do; it becomes LF first (same offsets) so
     that every line number counts it.
     """
@@ -245,7 +369,7 @@ def parse_syntax(text: str, filename: str = "<string>") -> Program:
     _check_depth(text, filename)
     _check_numbers(text, filename)
     try:
-        decls, stmts = _parser().parse(text)
+        items = _parser().parse(text)
     except UnexpectedInput as e:
         raise _syntax_error(e, text, filename) from None
     except IndexgradError as e:
@@ -255,7 +379,15 @@ def parse_syntax(text: str, filename: str = "<string>") -> Program:
         if isinstance(inner, IndexgradError):
             raise inner.located(filename, text) from None
         raise
-    return Program(tuple(decls), tuple(stmts), filename=filename, source=text)
+    names = {it.name for it in items if isinstance(it, Def)}
+    try:
+        items = _with_uses(items, names)
+    except IndexgradError as e:
+        raise e.located(filename, text) from None
+    decls = tuple(it for it in items if isinstance(it, Decl))
+    stmts = tuple(it for it in items if isinstance(it, Statement))
+    written = tuple(items) if any(isinstance(it, (Def, Use)) for it in items) else ()
+    return Program(decls, stmts, filename=filename, source=text, written=written)
 
 
 # ---- syntax errors ----------------------------------------------------------------------------
@@ -287,6 +419,10 @@ _TOKEN_WORDS = {
     "ADDOP": "'+' or '-'",
     "DECL_KW": "'param' or 'input'",
     "SIZE": "'size'",
+    "DEF": "'def'",
+    "ARROW": "'->'",
+    "COLON": "':'",
+    "_DEDENT": "the end of the definition",
 }
 
 
@@ -429,7 +565,16 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> IndexgradErro
     where = f"{stack[-1][1]}:{stack[-1][2]}" if stack else ""
     ends = {"_NEWLINE", "$END", "RPAR", "RSQB", "COMMA", "PLUS", "SEMICOLON"}
     needs_expr = "NAME" in expected and not expected & ends
-    if expected == {"LPAR"}:
+    in_header = re.match(r"[ \t]*def[ \t]+[A-Za-z_]", text[start:pos]) is not None
+    if in_header and expected == {"_NEWLINE"}:
+        msg = "a definition's body starts on the next line, indented deeper than its def line"
+    elif in_header and expected == {"FUNC"}:
+        msg = f"expected the definition's name and its arguments, as in def f(x[i]) -> y[i]:, got {got}"
+    elif in_header and "ARROW" in expected:
+        msg = f"expected '->' and the outputs after the arguments, as in def f(x[i]) -> y[i]:, got {got}"
+    elif in_header and "COLON" in expected and not stack:
+        msg = f"expected ':' at the end of the def line, got {got}"
+    elif expected == {"LPAR"}:
         msg = f"expected '(' after the reduction's index list, got {got}"
     elif expected == {"NAME"} and ttype in ("RSQB", "COMMA"):
         msg = f"expected an index name before {got}"
@@ -458,7 +603,7 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> IndexgradErro
         msg = "a statement has one '=' (or '+='); start the next statement on a new line or after ';'"
     elif expected and expected <= {"SIGN", "NUMBER", "LPAR"} and "NUMBER" in expected:
         msg = f"the exponent after '^' must be a number, got {got}"
-    elif expected and expected <= {"ASSIGN", "LSQB"} | {"__ANON_0"}:
+    elif expected and expected <= {"ASSIGN", "LSQB", "COMMA"} | {"__ANON_0"}:
         msg = f"expected '=' or '+=' after the tensor name, got {got}"
     elif "ASSIGN" in expected and not stack:
         msg = f"expected '=' or '+=' after the left side, got {got}"
@@ -467,7 +612,8 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> IndexgradErro
     elif expected and expected <= {"NAME", "INT", "ADDOP", "RSQB"}:
         msg = f"expected an index (a name like i, or j+k), got {got}"
     elif expected:
-        words = sorted({_TOKEN_WORDS.get(t, t.lower()) for t in expected})
+        # a line may also start a definition or end one, which is seldom what was meant
+        words = sorted({_TOKEN_WORDS.get(t, t.lower()) for t in expected - {"DEF", "_DEDENT"}})
         if len(words) > 4:
             msg = f"unexpected {got}"
         else:
@@ -487,7 +633,7 @@ def parse(text: str, filename: str = "<string>") -> Program:
     if not isinstance(text, str):
         raise IndexgradError(f"parse() takes the program text as a string, got {type(text).__name__}")
     with gc_paused():
-        program = check(parse_syntax(text, filename))
+        program = check(inline(parse_syntax(text, filename)))
     for w in program.warnings:  # SPEC 1.4: said as a Python warning too (the CLI prints its own)
         where = f"{filename}:{w.span.line}:{w.span.column}: " if w.span and w.span.line else f"{filename}: "
         warnings.warn(IndexgradWarning(where + w.message), stacklevel=_caller_level())

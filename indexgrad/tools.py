@@ -27,6 +27,7 @@ from .nodes import (
     Reduce,
     Ref,
     SizeOf,
+    Span,
     Statement,
     children,
     ref_index_names,
@@ -525,16 +526,16 @@ def cost_report(
         if n not in shapes2 and base is not None and base in every:
             shapes2[n] = every[base]
     _, back_sizes = _sized(back, shapes2, dict.fromkeys(shapes2, np.dtype(np.float64)) | dtypes, derived)
-    rows: dict[tuple[int, int], dict[str, Any]] = {}
+    rows: dict[Span, dict[str, Any]] = {}  # by place: each use of a definition has rows of its own
     every: dict[str, set[int]] = {}
     for s in program.statements:
-        rows.setdefault(_key(s), _row(s))
+        rows.setdefault(s.span, _row(s))
     for which, ps, szs in (("forward", prims, fwd_sizes), ("backward", back, back_sizes)):
         written: set[str] = set()
         for p, sz in zip(ps, szs):
             for n, v in sz.items():
                 every.setdefault(n, set()).add(v)
-            row = rows.setdefault((p.span.line, p.span.column), _other_row())
+            row = rows.setdefault(p.span, _other_row())
             c = {"pass": which} | prim_cost(p, sz)
             # '+=' into a tensor that holds values, or a scatter-add, adds once per element written
             adds = p.op == "+=" and (p.out.name in written or not _plain(p.out))
@@ -552,10 +553,6 @@ def cost_report(
         "statements": list(rows.values()),
         "totals": {"forward_flops": fwd, "backward_flops": bwd, "ratio": _ratio(bwd, fwd)},
     }
-
-
-def _key(s: Statement) -> tuple[int, int]:
-    return (s.span.line, s.span.column)
 
 
 def _row(s: Statement) -> dict[str, Any]:

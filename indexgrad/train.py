@@ -237,9 +237,10 @@ def evaluate(
     data: Data,
     loss: str = "loss",
     metric: Metric | None = None,
+    fixed: Data | None = None,
 ) -> tuple[float, float | None]:
-    """The loss, and the metric when given, on all of `data` in one forward pass."""
-    vals = model.forward(**{**data, **params})
+    """The loss, and the metric when given, on all of `data` (and the `fixed` arrays) in one forward pass."""
+    vals = model.forward(**{**(fixed or {}), **data, **params})
     return float(vals[loss]), (metric(vals, data) if metric is not None else None)
 
 
@@ -471,6 +472,7 @@ def fit(
     on_epoch: Callable[[int, History], None] | None = None,
     checkpoint: str | Path | None = None,
     resume: str | Path | None = None,
+    fixed: Data | None = None,
 ) -> History:
     """Train `params` in place by minibatch gradient descent on `data`; returns the History.
 
@@ -478,7 +480,8 @@ def fit(
     only, then the optimizer (a name in OPTIMIZERS or an object with `.step`) updates them. A
     tqdm bar shows the running loss unless progress=False. The epoch's loss is the batch losses'
     mean weighted by batch size. After each epoch, `valid` is evaluated when given and
-    `on_epoch(epoch, history)` is called (epochs count from 1).
+    `on_epoch(epoch, history)` is called (epochs count from 1). `fixed` arrays (a mask, a
+    table of weights) are read by every step as they are: neither split into batches nor trained.
 
     Randomness: epoch e shuffles the rows with `np.random.default_rng([seed, e])`, so the same
     seed gives the same run, bit for bit, and a run can resume at any epoch with no generator
@@ -523,7 +526,7 @@ def fit(
             total, rows = 0.0, 0
             rng = np.random.default_rng([int(seed), epoch])
             for b in minibatches(data, batch, rng):
-                vals = model.forward(**{**b, **params})
+                vals = model.forward(**{**(fixed or {}), **b, **params})
                 value = float(vals[loss])
                 if not math.isfinite(value):
                     raise IndexgradError(
@@ -538,7 +541,7 @@ def fit(
                 bar.update()
             history.loss.append(total / rows)
             if valid is not None:
-                valid_loss, valid_metric = evaluate(model, params, valid, loss, metric)
+                valid_loss, valid_metric = evaluate(model, params, valid, loss, metric, fixed)
                 history.valid_loss.append(valid_loss)
                 if valid_metric is not None:
                     history.valid_metric.append(valid_metric)

@@ -251,6 +251,17 @@ def _mlp(a):
     return anp.mean(lse - anp.sum(a["Y"] * z, axis=1))
 
 
+DENSE_DEFS = {"W1": "u.W", "B1": "u.B", "W2": "z.W", "B2": "z.B"}  # mlp.idx's params in dense_defs.idx
+
+
+def _dense_defs_inputs(rng, dtype):
+    return {DENSE_DEFS.get(k, k): v for k, v in _mlp_inputs(rng, dtype).items()}
+
+
+def _dense_defs(a):
+    return _mlp({k: a[DENSE_DEFS.get(k, k)] for k in ("x", "Y", *DENSE_DEFS)})
+
+
 def _windows(x, kh: int, kw: int, out_h: int, out_w: int, stride: int = 1, dilation: int = 1):
     """x[b,ch,row,col] -> patches[b,ch,r,u,c,v] = x[b,ch,stride*r+dilation*u,stride*c+dilation*v]."""
     rows = stride * np.arange(out_h)[:, None] + dilation * np.arange(kh)[None, :]
@@ -333,6 +344,90 @@ def _logloss(a):
     return anp.mean(-anp.log(q[np.arange(len(a["y"])), a["y"]]))
 
 
+def _logsumexp_last(z):
+    top = anp.max(z, axis=-1, keepdims=True)
+    return top + anp.log(anp.sum(anp.exp(z - top), axis=-1, keepdims=True))
+
+
+BLOCKS = ("x1", "x2", "x3", "x4")  # the uses of `block` in examples/transformer.idx, in order
+
+
+def _transformer_inputs(rng, dtype):
+    b, t, d, h, e, f, c = 2, 3, 4, 2, 5, 6, 7
+    a = {
+        "tok": rng.integers(0, c, (b, t)),
+        "next": rng.integers(0, c, (b, t)),
+        "M": _normal(rng, dtype, t, t),  # any additive bias on the scores, not only a causal mask
+        "w": _uniform(rng, dtype, 0.1, 1.0, t),
+        "E": _normal(rng, dtype, c, d),
+        "P": _normal(rng, dtype, t, d),
+        "U": _normal(rng, dtype, d, c),
+        "f.G": _uniform(rng, dtype, 0.5, 1.5, d),
+        "f.S": _normal(rng, dtype, d),
+    }
+    for u in BLOCKS:
+        for w in ("Q", "K", "V"):
+            a[f"{u}.{w}"] = _normal(rng, dtype, d, h, e) / 2
+        a[f"{u}.O"] = _normal(rng, dtype, h, e, d) / 2
+        a[f"{u}.W1"], a[f"{u}.B1"] = _normal(rng, dtype, d, f) / 2, _normal(rng, dtype, f)
+        a[f"{u}.W2"], a[f"{u}.B2"] = _normal(rng, dtype, f, d) / 2, _normal(rng, dtype, d)
+        for n in ("n", "m"):
+            a[f"{u}.{n}.G"] = _uniform(rng, dtype, 0.5, 1.5, d)
+            a[f"{u}.{n}.S"] = _normal(rng, dtype, d)
+    return a
+
+
+def _layer_norm(x, gain, shift):
+    c = x - anp.mean(x, axis=-1, keepdims=True)
+    return c / anp.sqrt(anp.mean(c**2, axis=-1, keepdims=True) + 1e-5) * gain + shift
+
+
+def _transformer(a):
+    x = a["E"][a["tok"]] + a["P"]
+    for u in BLOCKS:
+        n = _layer_norm(x, a[f"{u}.n.G"], a[f"{u}.n.S"])
+        q, k, v = (anp.einsum("btd,dhe->bthe", n, a[f"{u}.{w}"]) for w in ("Q", "K", "V"))
+        scores = anp.einsum("bthe,bshe->bhts", q, k) / q.shape[-1] ** 0.5 + a["M"]
+        p = anp.exp(scores - _logsumexp_last(scores))
+        heads = anp.einsum("bhts,bshe->bthe", p, v)
+        r = x + anp.einsum("bthe,hed->btd", heads, a[f"{u}.O"])
+        m = _layer_norm(r, a[f"{u}.m.G"], a[f"{u}.m.S"])
+        x = r + anp.dot(_relu(anp.dot(m, a[f"{u}.W1"]) + a[f"{u}.B1"]), a[f"{u}.W2"]) + a[f"{u}.B2"]
+    z = anp.dot(_layer_norm(x, a["f.G"], a["f.S"]), a["U"])
+    b, t = a["next"].shape
+    picked = z[np.arange(b)[:, None], np.arange(t)[None, :], a["next"]]
+    return anp.mean(anp.sum(a["w"] * (_logsumexp_last(z)[..., 0] - picked), axis=1))
+
+
+def _lstm_inputs(rng, dtype):
+    b, j, i, c = 3, 2, 4, 5
+    a = {f"x{s}": _normal(rng, dtype, b, j) for s in range(1, 5)}
+    a.update(
+        h0=_normal(rng, dtype, b, i),
+        c0=_normal(rng, dtype, b, i),
+        Y=_one_hot(rng, dtype, b, c),
+        W=_normal(rng, dtype, j, 3, i),
+        U=_normal(rng, dtype, i, 3, i) / 2,
+        B=_normal(rng, dtype, 3, i),
+        Wc=_normal(rng, dtype, j, i),
+        Uc=_normal(rng, dtype, i, i) / 2,
+        V=_normal(rng, dtype, i, c),
+    )
+    return a
+
+
+def _lstm(a):
+    h, c = a["h0"], a["c0"]
+    for s in range(1, 5):
+        x = a[f"x{s}"]
+        gates = _sigmoid(anp.einsum("bj,jgi->bgi", x, a["W"]) + anp.einsum("bk,kgi->bgi", h, a["U"]) + a["B"])
+        candidate = anp.tanh(anp.dot(x, a["Wc"]) + anp.dot(h, a["Uc"]))
+        c = gates[:, 1] * c + gates[:, 0] * candidate  # forget, input
+        h = gates[:, 2] * anp.tanh(c)  # output
+    z = anp.dot(h, a["V"])
+    return anp.mean(_logsumexp_last(z)[:, 0] - anp.sum(a["Y"] * z, axis=1))
+
+
 ORACLES: dict[str, Oracle] = {
     "conv2d": Oracle("loss", _conv2d_inputs, _conv2d),
     "strided_conv": Oracle("loss", _strided_conv_inputs, _strided_conv),
@@ -349,6 +444,9 @@ ORACLES: dict[str, Oracle] = {
     "losses": Oracle("loss", _losses_inputs, _losses),
     "correlation": Oracle("loss", _correlation_inputs, _correlation),
     "mlp": Oracle("loss", _mlp_inputs, _mlp),
+    "dense_defs": Oracle("loss", _dense_defs_inputs, _dense_defs),
+    "transformer": Oracle("loss", _transformer_inputs, _transformer),
+    "lstm": Oracle("loss", _lstm_inputs, _lstm),
 }
 
 

@@ -397,6 +397,10 @@ class Gen:
     def chance(self, p: float) -> bool:
         return self.draw(st.integers(0, 999)) < p * 1000
 
+    def rarely(self, p: float) -> bool:
+        """A chance p that, unlike `chance`, is not taken by the draws hypothesis starts from (zeros)."""
+        return self.draw(st.integers(0, 999)) >= (1 - p) * 1000
+
     def rank_of(self, name: str) -> int:
         if name not in self.ranks or self.chance(0.03):
             self.ranks.setdefault(name, self.draw(st.integers(0, 3)))
@@ -526,6 +530,60 @@ class Gen:
         return f"{role} {', '.join(refs)}"
 
 
+    def definition(self) -> str:
+        """A definition (SPEC 10) whose body is drawn like a program, its arguments what the body
+        reads, and uses of it; some with a name, a count or a rank that is wrong, or a body line
+        that is not indented, to probe those errors."""
+        inner = Gen(self.draw)
+        body = [inner.statement() for _ in range(self.draw(st.integers(1, 3)))]
+        outputs = inner.defined[-self.draw(st.integers(1, 2)) :]
+        reads = sorted(n for n in inner.read if n not in inner.defined)
+        params = [n for n in reads if self.chance(0.3)]
+        labels = [n for n in LABEL_NAMES if any(f"{n}[" in line for line in body)]
+        inner.ranks.update({n: 1 for n in labels})  # read as lab[i] in index positions
+        args = [n for n in reads if n not in params] + labels or [self.pick(TENSOR_NAMES)]
+        written = {}  # an output's header is written as the body first defines it
+        for line in reversed(body):
+            target = line.split(" = ", 1)[0].split(" += ", 1)[0]
+            written[target.split("[", 1)[0]] = target.replace(" ", "")
+
+        def header_ref(n: str) -> str:
+            if n in written and n in outputs:
+                return written[n]
+            rank = inner.ranks.get(n, 0)
+            return f"{n}[{','.join(INDEX_NAMES[:rank])}]" if rank else n
+
+        name = self.pick(DEF_NAMES)
+        indent = self.pick(["  ", "    ", "\t", "        "])
+        lines = [f"def {name}({', '.join(map(header_ref, args))}) -> {', '.join(map(header_ref, outputs))}:"]
+        if params:
+            lines.append(indent + "param " + ", ".join(map(header_ref, params)))
+        lines += [("" if self.rarely(0.03) else indent) + line for line in body]
+        for u in range(self.draw(st.integers(1, 2))):
+            passed = []
+            for n in args[: len(args) - (1 if self.rarely(0.03) else 0)]:
+                rank = inner.ranks.get(n, 0) + (1 if self.rarely(0.03) else 0)
+                names = self.draw(st.permutations(USE_INDEX_NAMES))[:rank]
+                passed.append(self.ref(list(names), list(names)) if self.rarely(0.2) else f"{n}{_idx(names)}")
+            targets = []
+            for k, n in enumerate(outputs):
+                names = self.draw(st.permutations(USE_INDEX_NAMES))[: inner.ranks.get(n, 0)]
+                target = f"u{u}{'abc'[k]}"
+                self.ranks[target] = len(names)
+                self.defined.append(target)
+                targets.append(f"{target}{_idx(names)}")
+            lines.append(f"{', '.join(targets)} = {name}({', '.join(passed)})")
+        return "\n" + "\n".join(lines) + "\n"
+
+
+DEF_NAMES = ["layer", "layer", "layer", "cell", "f", "relu"]
+USE_INDEX_NAMES = ["b", "i", "j", "k", "d", "h"]
+
+
+def _idx(names: list[str]) -> str:
+    return f"[{','.join(names)}]" if names else ""
+
+
 @st.composite
 def programs(draw) -> str:
     g = Gen(draw)
@@ -534,6 +592,8 @@ def programs(draw) -> str:
         items.append("# a random program")
     for _ in range(draw(st.integers(0, 2))):
         items.append(g.declaration())
+    if draw(st.integers(0, 3)) == 0:
+        items.append(g.definition())
     for _ in range(draw(st.integers(1, 5))):
         items.append(g.statement())
     text = ""

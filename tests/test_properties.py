@@ -450,3 +450,81 @@ def test_inlined_broadcasts_on_chosen_programs(text: str, arrays: dict) -> None:
     got, want = _gradients_without_inlining(text, given_arrays)
     for k in given_arrays:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+# ---- random programs written with a definition -------------------------------------------------
+
+ARG_REFS = {"x": "x[i]", "z": "z[j]", "W": "W[i,j]", "s": "s"}
+INDENTS = ["  ", "    ", "\t", "        ", " \t "]
+USE_NAMES = ["a", "b", "i", "j", "k", "n"]  # may take the body's own names (i, j) the other way round
+
+
+@dataclass
+class Defined:
+    """A random program of `programs()` made a definition's body, and a program that uses it."""
+
+    text: str  # the program with the definition
+    flat: str  # the same program written out: the body's statements, then the loss
+    arrays: dict[str, np.ndarray]  # for `text`
+    flat_arrays: dict[str, np.ndarray]  # the same arrays under the flat program's names
+
+
+@st.composite
+def defined_programs(draw) -> Defined:
+    p, arrays = draw(programs())
+    body, out = p.lines[:-1], list(p.kinds)[-2]  # the last tensor before the loss
+    kind = p.kinds[out]
+    used = [n for n in ARG_REFS if n in arrays]
+    params = [n for n in used if n != "s" and draw(st.booleans())]  # declared in the body instead
+    args = [n for n in used if n not in params] or []
+    if not args:  # a definition takes one argument at least: pass a param back
+        args, params = params[:1], params[1:]
+    out_ref = _ref(out, kind)
+    indent = draw(st.sampled_from(INDENTS))
+    lines = [f"def layer({', '.join(ARG_REFS[n] for n in args)}) -> {out_ref}:"]
+    if params:
+        lines.append(indent + "param " + ", ".join(ARG_REFS[n] for n in params))
+    for line in body:
+        if draw(st.integers(0, 4)) == 0:
+            lines.append(draw(st.sampled_from(["", "# a note", indent + "# a note", indent * 2 + "# x"])))
+        lines.append(indent + line + draw(st.sampled_from(["", "", "  # why"])))
+    lines.append(draw(st.sampled_from(["", "# after the body"])))
+    i, j = draw(st.permutations(USE_NAMES).map(lambda names: names[:2]))
+    at = {"n": f"[{i}]", "m": f"[{j}]", "nm": f"[{i},{j}]", "s": ""}
+    given = {"x": "X", "z": "Z", "W": "V", "s": "c"}
+    uses = [f"{given[n]}{at[INPUT_KINDS[n]]}" for n in args]
+    lines.append(f"o{at[kind]} = layer({', '.join(uses)})")
+    loss = "loss = o" if kind == "s" else f"loss = 0.5 sum[{at[kind][1:-1]}](o{at[kind]}^2)"
+    lines.append(loss)
+    flat_loss = f"loss = {out}" if kind == "s" else f"loss = 0.5 sum[{LETTER[kind]}]({out_ref}^2)"
+    defined_arrays = {given[n] if n in args else f"o.{n}": arrays[n] for n in used}
+    flat_arrays = {n: arrays[n] for n in used}
+    return Defined("\n".join(lines) + "\n", "\n".join([*body, flat_loss]) + "\n", defined_arrays, flat_arrays)
+
+
+@budget(60)
+@given(defined_programs())
+def test_programs_with_a_definition_print_back_as_written(case: Defined) -> None:
+    from indexgrad.printer import format_program
+
+    prog = ig.parse(case.text)
+    assert prog.defs() and ig.parse(str(prog)) == prog
+    assert str(ig.parse(str(prog))) == str(prog)
+    kept = format_program(prog, comments=True)
+    assert ig.parse(kept) == prog and format_program(ig.parse(kept), comments=True) == kept
+    assert kept.count("#") == case.text.count("#")
+    # what runs is a program of ordinary statements, which prints and parses to the same
+    plain = ig.Program(prog.decls, prog.statements)
+    assert ig.parse(str(plain)).statements == prog.statements
+
+
+@budget(60)
+@given(defined_programs())
+def test_programs_with_a_definition_equal_the_program_written_out(case: Defined) -> None:
+    model, flat = ig.compile(case.text), ig.compile(case.flat)
+    vals, flat_vals = model.forward(**case.arrays), flat.forward(**case.flat_arrays)
+    assert close(float(vals["loss"]), float(flat_vals["loss"]), 1e-12)
+    grads, flat_grads = model.backward(vals, loss="loss"), flat.backward(flat_vals, loss="loss")
+    names = dict(zip(case.arrays, case.flat_arrays))  # the same arrays, in the same order
+    for mine, theirs in names.items():
+        np.testing.assert_allclose(grads[mine], flat_grads[theirs], rtol=1e-12, atol=1e-14, err_msg=mine)

@@ -562,3 +562,40 @@ def test_cnn_loss_decreases_with_fit(digits) -> None:
     end = float(model.forward(**images, **params)["loss"])
     assert history.loss[1] < history.loss[0]
     assert end < 0.8 * start
+
+
+def test_fit_reads_fixed_arrays_whole_in_every_step() -> None:
+    """`fixed` arrays (here a weight per feature) go unsplit into every step and are not trained:
+    fit's params are those of the same loop written by hand, bit for bit."""
+    m = ig.compile("param W[d]\ninput x[b,d], y[b], s[d]\nloss = mean[b]((x[b,d] s[d] W[d] - y[b])^2)\n")
+    rng = np.random.default_rng(0)
+    data = {"x": rng.standard_normal((10, 3)), "y": rng.standard_normal(10)}
+    fixed = {"s": np.array([1.0, -2.0, 0.5])}
+    params = {"W": rng.standard_normal(3)}
+    by_hand = {"W": params["W"].copy()}
+    fit(m, params, data, epochs=2, batch=4, optimizer="sgd", lr=0.1, fixed=fixed, progress=False)
+    opt = make_optimizer("sgd", 0.1)
+    for epoch in (1, 2):
+        for b in minibatches(data, 4, np.random.default_rng([0, epoch])):
+            vals = m.forward(**b, **fixed, **by_hand)
+            opt.step(by_hand, m.backward(vals, loss="loss", wrt=["W"]))
+    assert np.array_equal(params["W"], by_hand["W"])
+    assert list(params) == ["W"] and np.array_equal(fixed["s"], [1.0, -2.0, 0.5])
+
+
+def test_a_short_transformer_run_learns_to_sort(tmp_path: Path) -> None:
+    """examples/train_transformer.py, two epochs on 3,000 sequences: well past chance (10%) on the
+    answer digits, with and without the right digits given, and a plot written."""
+    import importlib.util
+
+    from threadpoolctl import threadpool_limits
+
+    spec = importlib.util.spec_from_file_location("train_transformer", EXAMPLES / "train_transformer.py")
+    script = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(script)  # type: ignore[union-attr]
+    with threadpool_limits(1):  # as the script asks when run on its own (numpy is loaded here already)
+        history, right = script.main(epochs=2, train_size=3_000, plot=tmp_path / "t.png")
+    assert history.loss[-1] < history.loss[0] < 2.5
+    assert history.valid_metric[-1] > 0.8  # teacher forcing
+    assert right.mean() > 0.7  # greedy decoding
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
