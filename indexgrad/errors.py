@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .nodes import Span
+if TYPE_CHECKING:
+    from .nodes import Span
 
 
 class IndexgradError(Exception):

@@ -38,11 +38,12 @@ _SHAPE_DTYPE = operator.attrgetter("shape", "dtype")
 
 
 class PlanKey(NamedTuple):
-    """What a plan depends on, beyond the program: the mode, the names seeded (or given tangents),
-    the gradients asked for, and the names, shapes and dtypes of the arrays it runs on."""
+    """What a plan depends on, beyond the program: the mode (forward, backward, vjp, jvp, hvp),
+    the names it differentiates (the loss as given, the seeds, the directions), the gradients
+    asked for, and the names, shapes and dtypes of the arrays the call is given."""
 
     mode: str
-    seeds: tuple[str, ...]
+    names: tuple[str, ...]
     wrt: tuple[str, ...] | None
     signature: Signature
 
@@ -50,7 +51,7 @@ class PlanKey(NamedTuple):
 @dataclass
 class Compiled:
     """A plan and its executor; for derivatives, the (input, derivative name) pairs returned, and
-    the seeds every run is given (the 1 of a scalar loss)."""
+    the constant seeds every run is given (the 1 of a scalar loss)."""
 
     plan: Plan
     executor: Executor
@@ -70,7 +71,7 @@ class _Forward:
     program: Program
     prims: list[Prim]
     keep: set[str]
-    gates: dict[str, str]
+    relus: dict[str, str]
     shapes: dict[str, Shape]
     dtypes: dict[str, np.dtype]
 
@@ -99,6 +100,13 @@ class Model:
     def __post_init__(self) -> None:
         start = time.perf_counter()
         self.engine: Backend = get_backend(self.backend, **self.options)
+        self._builders = {
+            "forward": self._build_forward,
+            "backward": self._build_backward,
+            "vjp": self._build_vjp,
+            "jvp": self._build_jvp,
+            "hvp": self._build_hvp,
+        }
         with gc_paused():
             self.prims = lower(self.program)
         labels = set(self.program.integer_inputs())
@@ -230,10 +238,10 @@ class Model:
                 )
             )
             every, _, _ = shapes_after(prims, shapes, dtypes, _made_up(prims, program))
-        keep, gates = self._keep(prims, program)
+        keep, relus = self._keep(prims, program)
         prims = absorb_scales(prims, keep)
         all_shapes, all_dtypes, _ = shapes_after(prims, shapes, dtypes, _made_up(prims, program))
-        return _Forward(program, prims, keep, gates, all_shapes, all_dtypes)
+        return _Forward(program, prims, keep, relus, all_shapes, all_dtypes)
 
     def _keep(self, prims: list[Prim], program: Program) -> tuple[set[str], dict[str, str]]:
         """What forward() keeps: the program's own tensors and what any derivative reads.
@@ -241,24 +249,24 @@ class Model:
         Also the relu arguments u (of `y = relu(u)`) that derivatives read only as step(u): they
         read step(y) instead (the same values), so u need not be kept. Returns the names to keep
         and those `u -> y`."""
-        gates = relu_outputs(prims)
+        relus = relu_outputs(prims)
         defined = set(program.defined())
-        if not gates:
+        if not relus:
             return defined | derivative_reads(prims), {}
         stand_in: list[Prim] = [
-            Contract(p.out, p.op, 1.0, ((p.args[0], 1.0),), p.span) if _gated(p, gates) else p for p in prims
+            Contract(p.out, p.op, 1.0, ((p.args[0], 1.0),), p.span) if _relu_of(p, relus) else p
+            for p in prims
         ]
         keep = defined | derivative_reads(stand_in)
-        gates = {u: y for u, y in gates.items() if u not in keep}
-        return keep | set(gates.values()), gates
+        relus = {u: y for u, y in relus.items() if u not in keep}
+        return keep | set(relus.values()), relus
 
-    def _compile(self, key: PlanKey, build: Any, seeds: dict[str, Any] | None = None) -> Compiled:
-        """The compiled plan for key, built (by `build()` -> plan, pairs) on the first call."""
+    def _compile(self, key: PlanKey) -> Compiled:
+        """The compiled plan for key, built by the builder of its mode on the first call."""
         hit = self._plans.get(key)
         if hit is None:
             with gc_paused():
-                plan, pairs = build()
-                hit = Compiled(plan, self.engine.executor(plan), pairs, seeds or {})
+                hit = self._builders[key.mode](key)
             self._plans[key] = hit
         return hit
 
@@ -287,6 +295,63 @@ class Model:
             source=self.program.source,
         )
 
+    # ---- one builder per mode: a key (mode, names, wrt, signature of the arrays given) -> Compiled
+
+    def _build_forward(self, key: PlanKey) -> Compiled:
+        fw = self._forward(key.signature)
+        plan = self._make_plan(fw.prims, key.signature, fw.keep | self._input_set, "forward", fw.program)
+        return Compiled(plan, self.engine.executor(plan))
+
+    def _build_backward(self, key: PlanKey) -> Compiled:
+        """Gradients of a scalar loss (names: the loss as given, "" for the default): its seed is the
+        constant 1, given to every run and folded into the plan."""
+        fw = self._forward(key.signature)
+        loss = key.names[0] or self.program.statements[-1].target.name
+        seed = self._grad[loss]
+        one = self.engine.one(fw.dtypes[loss])
+        sig = _extended(key.signature, (seed, (), fw.dtypes[loss]))
+        plan, pairs = self._vjp_plan(fw, sig, [loss], key.wrt, {seed})
+        return Compiled(plan, self.engine.executor(plan), pairs, {seed: one})
+
+    def _build_vjp(self, key: PlanKey) -> Compiled:
+        """A vector-Jacobian product: the seeds (names) are arrays among those given."""
+        fw = self._forward(key.signature)
+        plan, pairs = self._vjp_plan(fw, key.signature, list(key.names), key.wrt, set())
+        return Compiled(plan, self.engine.executor(plan), pairs)
+
+    def _vjp_plan(
+        self, fw: _Forward, sig: Signature, seeds: list[str], wrt: tuple[str, ...] | None, constants: set[str]
+    ) -> tuple[Plan, tuple[tuple[str, str], ...]]:
+        d = derive_for(fw.program, seeds, list(wrt) if wrt is not None else None, fw.prims, validate=False)
+        names = list(wrt) if wrt is not None else self.inputs
+        returned = {self._grad[n] for n in names}
+        seeded = {self._grad[n] for n in seeds}  # given, so `+=` adds to them: never inlined
+        prims = read_steps_of_outputs(lower(d), fw.relus)
+        prims = absorb_scales(inline_broadcasts(prims, returned | seeded), returned | seeded)
+        plan = self._make_plan(prims, sig, returned, "backward", fw.program, d, constants=constants)
+        return plan, tuple((n, self._grad[n]) for n in names)
+
+    def _build_jvp(self, key: PlanKey) -> Compiled:
+        """Tangents (names: the inputs given tangents) of every defined tensor."""
+        d = derive_jvp(self.program, list(key.names))
+        given = set(key.signature[0])
+        relus = {u: y for u, y in relu_outputs(self.prims).items() if u not in given and y in given}
+        prims = read_steps_of_outputs(lower(d), relus)
+        pairs = tuple((n, self._tan[n]) for n in self.program.defined())
+        plan = self._make_plan(prims, key.signature, {t for _, t in pairs}, "jvp", d)
+        return Compiled(plan, self.engine.executor(plan), pairs)
+
+    def _build_hvp(self, key: PlanKey) -> Compiled:
+        """Hessian-vector products (names: the loss, then the inputs given directions)."""
+        loss, v = key.names[0], key.names[1:]
+        both, back, tan = self._second_order(loss, v)
+        pairs = tuple((n, tan_name(both, self._grad[n])) for n in self.inputs)
+        # the forward's temporaries are both's: their sizes come from the rest of their statement
+        plan = self._make_plan(
+            lower(both) + lower(tan), key.signature, {t for _, t in pairs}, "hvp", back, tan
+        )
+        return Compiled(plan, self.engine.executor(plan), pairs)
+
     # ---- forward
 
     def forward(self, /, **arrays: Any) -> dict[str, Array]:
@@ -305,13 +370,7 @@ class Model:
             if hit is not None:
                 return hit.executor.run(dict(zip(self._order, plain[0])), check_finite)
         env = self._inputs(arrays)  # in input order, then arrays that give gradients their shapes
-        sig = self._signature(env)
-
-        def build() -> tuple[Plan, tuple[()]]:
-            fw = self._forward(sig)
-            return self._make_plan(fw.prims, sig, fw.keep | self._input_set, "forward", fw.program), ()
-
-        compiled = self._compile(PlanKey("forward", (), None, sig), build)
+        compiled = self._compile(PlanKey("forward", (), None, self._signature(env)))
         return compiled.executor.run(env, check_finite)
 
     # ---- backward
@@ -335,49 +394,29 @@ class Model:
                 env = dict(vals)
                 env.update(hit.seeds)
                 return self._gradients(hit, hit.executor.run(env), vals)
-        return self._backward(vals, loss, wrt, seed)
-
-    def _backward(self, vals: Any, loss: Any, wrt: Any, seed: Any) -> dict[str, Array]:
         if not isinstance(vals, Mapping):
             raise self._error(f"vals must be the dict forward() returned, not {type(vals).__name__}")
         if seed is not None and not isinstance(seed, Mapping):
             raise self._error(f"seed must be a dict from tensor names to arrays, not {type(seed).__name__}")
         if seed is not None and loss is not None:
             raise self._error("give either loss= or seed=, not both")
-        wrt_list = self._wrt(wrt)
+        wrt_t = _wrt_key(self._wrt(wrt))
         self._require_inputs(vals)
         env = {n: self._value(n, v) for n, v in vals.items()}
-        given = loss
         if seed is None:
-            loss, value = self._loss_value(env, loss)
-            shape, dtype = self.engine.describe(value)
+            name, value = self._loss_value(env, loss)
+            shape = self.engine.describe(value)[0]
             if shape != ():
                 raise self._error(
-                    f"loss '{loss}' has shape {shape}, not a scalar; pass seed={{'{loss}': ...}} for a "
+                    f"loss '{name}' has shape {shape}, not a scalar; pass seed={{'{name}': ...}} for a "
                     "vector-Jacobian product"
                 )
-            seeds = {loss: self.engine.one(dtype if dtype.kind == "f" else np.dtype(np.float64))}
-            key = PlanKey("backward", (given or "",), _wrt_key(wrt_list), self._signature(env))
+            compiled = self._compile(PlanKey("backward", (loss or "",), wrt_t, self._signature(env)))
+            env.update(compiled.seeds)
         else:
             seeds = self._seeds(env, seed)
-            key = PlanKey("backward seeded", tuple(seeds), _wrt_key(wrt_list), self._signature(env))
-        constants = {self._grad[n]: g for n, g in seeds.items()} if seed is None else {}
-        for name, g in seeds.items():
-            env[self._grad[name]] = g
-        sig = self._signature(env)
-
-        def build() -> tuple[Plan, tuple[tuple[str, str], ...]]:
-            fw = self._forward(sig)
-            d = derive_for(fw.program, list(seeds), wrt_list, fw.prims, validate=False)
-            names = wrt_list if wrt_list is not None else self.inputs
-            returned = {self._grad[n] for n in names}
-            seeded = {self._grad[n] for n in seeds}  # given, so `+=` adds to them: never inlined
-            prims = read_steps_of_outputs(lower(d), fw.gates)
-            prims = absorb_scales(inline_broadcasts(prims, returned | seeded), returned | seeded)
-            plan = self._make_plan(prims, sig, returned, "backward", fw.program, d, constants=set(constants))
-            return plan, tuple((n, self._grad[n]) for n in names)
-
-        compiled = self._compile(key, build, constants)
+            env.update((self._grad[n], g) for n, g in seeds.items())
+            compiled = self._compile(PlanKey("vjp", tuple(seeds), wrt_t, self._signature(env)))
         return self._gradients(compiled, compiled.executor.run(env), vals)
 
     def _wrt(self, wrt: Any) -> list[str] | None:
@@ -471,22 +510,8 @@ class Model:
         tangents = self._directions(tangents, "tangents")
         self._require_inputs(vals)
         env = {n: self._value(n, v) for n, v in vals.items()}
-        for n, t in tangents.items():
-            t = self._value(n, t, "tangent for")
-            want, like = self.engine.describe(env[n])
-            if self.engine.describe(t)[0] != want:
-                raise self._error(f"tangent for '{n}' has shape {self.engine.describe(t)[0]}, not {want}")
-            env[self._tan[n]] = self.engine.asarray(t, like)
-        sig = self._signature(env)
-
-        def build() -> tuple[Plan, tuple[tuple[str, str], ...]]:
-            d = derive_jvp(self.program, list(tangents))
-            gates = {u: y for u, y in relu_outputs(self.prims).items() if u not in vals and y in vals}
-            prims = read_steps_of_outputs(lower(d), gates)
-            pairs = tuple((n, self._tan[n]) for n in self.program.defined())
-            return self._make_plan(prims, sig, {t for _, t in pairs}, "jvp", d), pairs
-
-        compiled = self._compile(PlanKey("jvp", tuple(tangents), None, sig), build)
+        env.update(self._along(env, tangents, self._tan, "tangent for"))
+        compiled = self._compile(PlanKey("jvp", tuple(tangents), None, self._signature(env)))
         env = compiled.executor.run(env)
         return {n: env[t] if t in env else self.engine.zeros_like(vals[n]) for n, t in compiled.pairs}
 
@@ -504,24 +529,25 @@ class Model:
             raise self._error(f"loss '{loss}' has shape {shape}, not a scalar")
         env = {n: self._value(n, vals[n]) for n in self._order}
         env[self._grad[loss]] = self.engine.one(dtype if dtype.kind == "f" else np.dtype(np.float64))
-        both, back, tan = self._second_order(loss, tuple(v))
-        for n, t in v.items():
-            t = self._value(n, t, "v for")
-            want, like = self.engine.describe(env[n])
-            if self.engine.describe(t)[0] != want:
-                raise self._error(f"v for '{n}' has shape {self.engine.describe(t)[0]}, not {want}")
-            env[tan_name(both, n)] = self.engine.asarray(t, like)
-        sig = self._signature(env)
-
-        def build() -> tuple[Plan, tuple[tuple[str, str], ...]]:
-            prims = lower(both) + lower(tan)
-            pairs = tuple((n, tan_name(both, self._grad[n])) for n in self.inputs)
-            # the forward's temporaries are both's: their sizes come from the rest of their statement
-            return self._make_plan(prims, sig, {t for _, t in pairs}, "hvp", back, tan), pairs
-
-        compiled = self._compile(PlanKey("hvp", (loss, *v), None, sig), build)
+        both = self._second_order(loss, tuple(v))[0]
+        env.update(self._along(env, v, {n: tan_name(both, n) for n in v}, "v for"))
+        compiled = self._compile(PlanKey("hvp", (loss, *v), None, self._signature(env)))
         env = compiled.executor.run(env)
         return {n: env[t] if t in env else self.engine.zeros_like(vals[n]) for n, t in compiled.pairs}
+
+    def _along(
+        self, env: dict[str, Array], given: dict[str, Any], names: dict[str, str], what: str
+    ) -> dict[str, Array]:
+        """Directions for inputs (tangents, v) under their derived names, in their inputs' dtypes."""
+        out = {}
+        for n, t in given.items():
+            t = self._value(n, t, what)
+            want, like = self.engine.describe(env[n])
+            got = self.engine.describe(t)[0]
+            if got != want:
+                raise self._error(f"{what} '{n}' has shape {got}, not {want}")
+            out[names[n]] = self.engine.asarray(t, like)
+        return out
 
     def _second_order(self, loss: str, v: tuple[str, ...]) -> tuple[Program, Program, Program]:
         """The forward and gradient statements as one program, the gradient program alone, and the
@@ -549,8 +575,9 @@ class Model:
         loss: str | None = None,
         wrt: list[str] | str | None = None,
     ) -> Plan:
-        """The Plan a call of `mode` (forward, backward, jvp or hvp) runs on arrays like these:
-        arrays, or shapes (tuples; float64 then, labels int64) for the inputs."""
+        """The Plan a call of `mode` (forward, backward, jvp or hvp) runs on inputs like these:
+        arrays, or shapes (tuples; float64 then, labels int64). backward is of a scalar loss; jvp
+        and hvp take directions for `wrt` (all inputs by default)."""
         if mode not in ("forward", "backward", "jvp", "hvp"):
             raise self._error(f"mode must be forward, backward, jvp or hvp, not {mode!r}")
         if not isinstance(vals_or_shapes, Mapping):
@@ -564,47 +591,32 @@ class Model:
                 described.append((x, np.dtype(np.int64 if n in self.labels else np.float64)))
             else:
                 described.append(self.engine.describe(self._value(n, x)))
-        sig_t: Signature = (self._order_t, tuple(described))
-        fw = self._forward(sig_t)
+        inputs: Signature = (self._order_t, tuple(described))
+        fw_key = PlanKey("forward", (), None, inputs)
         if mode == "forward":
-            return self._make_plan(fw.prims, sig_t, fw.keep | self._input_set, "forward", fw.program)
-        kept = [n for n in fw.shapes if n in fw.keep and n not in self._input_set]
-
-        def sig_of(*extra: tuple[str, Shape, np.dtype], names: list[str] | None = None) -> Signature:
-            """The signature of the values forward() returns (or of `names`), then `extra`."""
-            given = [*self._order, *kept] if names is None else names
-            entries = [(n, fw.shapes[n], fw.dtypes[n]) for n in given] + list(extra)
-            return tuple(n for n, _, _ in entries), tuple((s, d) for _, s, d in entries)
-
+            return self._compile(fw_key).plan
+        fw = self._forward(inputs)
+        returned = self._compile(fw_key).plan.outputs  # what forward() returns, in its order
+        vals = (returned, tuple((fw.shapes[n], fw.dtypes[n]) for n in returned))
         loss_name = loss or self.program.statements[-1].target.name
+        wrt_t = _wrt_key(self._wrt(wrt))
+        if mode in ("backward", "hvp") and fw.shapes.get(loss_name, ()) != ():
+            raise self._error(f"loss '{loss_name}' is not a scalar; plan a {mode} pass of a scalar loss")
         if mode == "backward":
-            if fw.shapes.get(loss_name, ()) != ():
-                raise self._error(
-                    f"loss '{loss_name}' is not a scalar; plan a backward pass of a scalar loss"
-                )
-            wrt_list = self._wrt(wrt)
-            d = derive_for(fw.program, [loss_name], wrt_list, fw.prims, validate=False)
-            seed = self._grad[loss_name]
-            returned = {self._grad[n] for n in (wrt_list if wrt_list is not None else self.inputs)}
-            prims = read_steps_of_outputs(lower(d), fw.gates)
-            prims = absorb_scales(inline_broadcasts(prims, returned | {seed}), returned | {seed})
-            env_sig = sig_of((seed, (), fw.dtypes[loss_name]))
-            return self._make_plan(prims, env_sig, returned, "backward", fw.program, d, constants={seed})
+            return self._compile(PlanKey("backward", (loss or "",), wrt_t, vals)).plan
+        names = wrt_t if wrt_t is not None else tuple(self.inputs)
         if mode == "jvp":
-            names = self._wrt(wrt) or list(self.inputs)
-            d = derive_jvp(self.program, names)
-            env_sig = sig_of(*((self._tan[n], fw.shapes[n], fw.dtypes[n]) for n in names))
-            keep = {self._tan[n] for n in self.program.defined()}
-            return self._make_plan(lower(d), env_sig, keep, "jvp", d)
-        names = self._wrt(wrt) or list(self.inputs)
-        both, back, tan = self._second_order(loss_name, tuple(names))
-        env_sig = sig_of(
-            (self._grad[loss_name], (), fw.dtypes[loss_name]),
-            *((tan_name(both, n), fw.shapes[n], fw.dtypes[n]) for n in names),
-            names=list(self._order),
-        )
-        keep = {tan_name(both, self._grad[n]) for n in self.inputs}
-        return self._make_plan(lower(both) + lower(tan), env_sig, keep, "hvp", back, tan)
+            extra = [(self._tan[n], fw.shapes[n], fw.dtypes[n]) for n in names]
+            return self._compile(PlanKey("jvp", names, None, _extended(vals, *extra))).plan
+        both = self._second_order(loss_name, names)[0]
+        extra = [(self._grad[loss_name], (), fw.dtypes[loss_name])]
+        extra += [(tan_name(both, n), fw.shapes[n], fw.dtypes[n]) for n in names]
+        return self._compile(PlanKey("hvp", (loss_name, *names), None, _extended(inputs, *extra))).plan
+
+
+def _extended(sig: Signature, *extra: tuple[str, Shape, np.dtype]) -> Signature:
+    """sig with more arrays after its own."""
+    return (sig[0] + tuple(n for n, _, _ in extra), sig[1] + tuple((s, d) for _, s, d in extra))
 
 
 def _shapes_dtypes(signature: Signature) -> tuple[dict[str, Shape], dict[str, np.dtype]]:
@@ -612,11 +624,11 @@ def _shapes_dtypes(signature: Signature) -> tuple[dict[str, Shape], dict[str, np
     return dict(zip(names, (s for s, _ in described))), dict(zip(names, (d for _, d in described)))
 
 
-def _gated(p: Prim, gates: dict[str, str]) -> bool:
-    """p is `y = relu(u)` with u -> y among the gates."""
+def _relu_of(p: Prim, relus: dict[str, str]) -> bool:
+    """p is `y = relu(u)` with u -> y among relus."""
     if not (isinstance(p, Elementwise) and p.func == "relu" and isinstance(p.args[0], Ref)):
         return False
-    return gates.get(p.args[0].name) == p.out.name
+    return relus.get(p.args[0].name) == p.out.name
 
 
 def _wrt_key(wrt: Any) -> tuple[str, ...] | None:

@@ -250,15 +250,15 @@ def relu_outputs(prims: list[Prim]) -> dict[str, str]:
     return out
 
 
-def read_steps_of_outputs(prims: list[Prim], gates: dict[str, str]) -> list[Prim]:
-    """prims with each `step(u)` for a relu argument u in `gates` reading `step(y)` instead."""
-    if not gates:
+def read_steps_of_outputs(prims: list[Prim], relus: dict[str, str]) -> list[Prim]:
+    """prims with each `step(u)` for a relu argument u in `relus` (u -> y) reading `step(y)` instead."""
+    if not relus:
         return prims
     out: list[Prim] = []
     for p in prims:
         if isinstance(p, Elementwise) and p.func == "step" and isinstance(p.args[0], Ref):
             a = p.args[0]
-            if a.name in gates:
-                p = Elementwise(p.out, p.op, p.func, (Ref(gates[a.name], a.indices, a.span),), p.span)
+            if a.name in relus:
+                p = Elementwise(p.out, p.op, p.func, (Ref(relus[a.name], a.indices, a.span),), p.span)
         out.append(p)
     return out
