@@ -269,14 +269,15 @@ def pair_layout(
             "b_sum": b_sum, "b_perm": b_perm, "b_shape": b_shape, "res_shape": None, "res_perm": None,
         }  # fmt: skip
     nb, nl, nr, nk = (math.prod(size[n] for n in g) for g in (batch, left, right, inner))
-    if batch and not left and not right:
-        a_perm, a_shape = prep(a_rest, batch + inner, (nb, nk))
-        b_perm, b_shape = prep(b_rest, batch + inner, (nb, nk))
+    if not left and not right:  # one dot product (per batch entry)
+        rows = (nb, nk) if batch else (nk,)
+        a_perm, a_shape = prep(a_rest, batch + inner, rows)
+        b_perm, b_shape = prep(b_rest, batch + inner, rows)
         res = tuple(size[n] for n in batch)
         return "vecdot", {
             "swap": False, "a_sum": a_sum, "a_perm": a_perm, "a_shape": a_shape,
             "b_sum": b_sum, "b_perm": b_perm, "b_shape": b_shape,
-            "res_shape": None if len(batch) == 1 else res, "res_perm": None,
+            "res_shape": None if len(batch) <= 1 else res, "res_perm": None,
         }  # fmt: skip
     a_perm, a_shape = prep(a_rest, batch + left + inner, (nb, nl, nk) if batch else (nl, nk))
     b_perm, b_shape = prep(b_rest, batch + inner + right, (nb, nk, nr) if batch else (nk, nr))

@@ -3,13 +3,17 @@ calls giving the first call's values bit for bit."""
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 from oracles import rng
 
 import indexgrad as ig
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def test_the_gradient_of_a_mean_is_not_filled_into_a_vector() -> None:
@@ -286,3 +290,105 @@ def test_accumulating_into_a_name_first_written_by_the_accumulation() -> None:
         ig.compile("t[i,j] += x[i,j] w[j]").forward(x=x, w=w, check_finite=True)["t"].tobytes()
         == (x * w).tobytes()
     )
+
+
+# ---- the planner's decisions, program by program ---------------------------------------------
+
+
+def _steps(text: str, shapes: dict, mode: str = "forward", **kw) -> list:
+    return list(ig.compile(text).plan(shapes, mode=mode, **kw).steps)
+
+
+def test_a_bias_gradient_is_a_product_with_ones_and_a_relu_gradient_a_boolean_mask() -> None:
+    steps = _steps(
+        "h[b,i] = relu(x[b,j] W[j,i] + B[i])\nloss = sum[b,i](h[b,i] Y[b,i])",
+        {"x": (8, 3), "W": (3, 4), "B": (4,), "Y": (8, 4)},
+        "backward",
+    )
+    by_out = {s.out: s for s in steps}
+    assert by_out["B.grad"].call == "ones_sum"
+    (mask,) = [s for s in steps if s.call == "mask"]
+    assert mask.dtype == "bool" and mask.inputs[0].name == "h"  # step(h) for step(h.sum): h.sum is not kept
+    reader = steps[steps.index(mask) + 1]
+    assert mask.out in [o.name for o in reader.inputs] and mask.out in reader.release
+
+
+def test_an_input_or_anything_sharing_its_memory_is_never_written_into() -> None:
+    """exp(x) does not reuse x's buffer (the caller's), nor relu(y) that of y = x (the same array)."""
+    for text in ["y[i] = exp(x[i])", "y[i] = x[i]\nz[i] = relu(y[i])", "y[i] = x[i] + 0\nz[i] = exp(y[i])"]:
+        for s in _steps(text, {"x": (5,)}):
+            assert s.into is None, (text, s)
+
+
+def test_a_dead_temporary_lends_its_buffer_and_a_kept_one_does_not() -> None:
+    """tanh's derivative reads its output, so y.sum dies at tanh and lends it its buffer; t and y
+    are the program's own tensors, which forward returns: `t + 1` makes a buffer of its own."""
+    steps = _steps("t[i] = exp(x[i])\ny[i] = tanh(t[i] + 1)", {"x": (5,)})
+    assert [(s.call, s.into) for s in steps] == [("exp", None), ("terms", None), ("tanh", "y.sum")]
+    sin = _steps("t[i] = exp(x[i])\ny[i] = sin(t[i] + 1)", {"x": (5,)})
+    assert sin[2].into is None  # sin's derivative reads cos(y.sum): forward keeps y.sum
+
+
+def test_reads_through_index_arithmetic_and_labels_are_steps_of_their_own() -> None:
+    corr = "param w[k]\ny[j] = w[k] x[j+k]\nloss = sum[j](y[j]^2)"
+    fwd = _steps(corr, {"w": (3,), "x": (10,)})
+    assert [s.kind for s in fwd][:2] == ["view", "contract"] and fwd[0].out == "x[j+k]"
+    assert fwd[0].shape == (8, 3)
+    back = _steps(corr, {"w": (3,), "x": (10,)}, "backward")
+    (scatter,) = [s for s in back if s.kind == "scatter"]
+    assert scatter.out == "x.grad" and scatter.shape == (10,) and scatter.args["fresh"]
+    labels = _steps("ell[b] = -log(P[b, y[b]])", {"P": (4, 3), "y": (4,)})
+    assert labels[0].kind == "gather" and labels[0].inputs[1].name == "y"
+
+
+def test_the_peak_counts_what_is_alive_at_once() -> None:
+    """a and b are kept (forward returns them), and so is the partial product b b that the
+    gradients share; when the loss is made, all three and the loss (8 bytes) are alive."""
+    steps_text = "a[i] = exp(x[i])\nb[i] = sin(a[i])\nloss = sum[i](b[i] b[i] a[i])"
+    plan = ig.compile(steps_text).plan({"x": (1000,)})
+    assert plan.peak_bytes == 3 * 8000 + 8
+    assert "peak 23.4 KiB" in str(plan).splitlines()[0]
+
+
+def test_a_plan_whose_arrays_would_not_fit_at_once_is_refused_before_running() -> None:
+    """Eight 200 MB tensors pass a 300 MB limit one by one, but forward keeps them all."""
+    text = (
+        "\n".join(f"a{k}[i] = exp(x[i])" for k in range(8))
+        + "\nloss = "
+        + " + ".join(f"sum[i](a{k}[i])" for k in range(8))
+    )
+    m = ig.compile(text)
+    ig.set_memory_limit(300_000_000)
+    try:
+        with pytest.raises(ig.IndexgradError, match="would hold 1.5 GiB of arrays at once"):
+            m.plan({"x": (25_000_000,)})
+        with pytest.raises(ig.IndexgradError, match="would need"):  # one array over the limit
+            m.plan({"x": (50_000_000,)})
+    finally:
+        ig.set_memory_limit(None)
+
+
+def test_the_plan_backward_runs_is_the_one_plan_prints() -> None:
+    m = ig.compile((EXAMPLES / "mlp.idx").read_text())
+    rng_ = np.random.default_rng(0)
+    shapes = {"x": (6, 5), "Y": (6, 3), "W1": (5, 4), "B1": (4,), "W2": (4, 3), "B2": (3,)}
+    arrays = {n: rng_.standard_normal(s) for n, s in shapes.items()}
+    m.backward(m.forward(**arrays), loss="loss")
+    printed = m.plan(arrays, mode="backward", loss="loss")
+    (used,) = [c.plan for k, c in m._plans.items() if k.mode == "backward"]
+    assert printed is used
+    assert str(printed).splitlines()[0].endswith("loss.grad = 1")  # the seed folded in as a number
+    text = str(printed).splitlines()
+    assert len(text) == len(printed.steps) + 2 and text[-1].startswith("returns ")
+    data = json.loads(printed.to_json())
+    assert [s["call"] for s in data["steps"]] == [s.call for s in printed.steps]
+    assert data["constants"] == {"loss.grad": 1.0}
+
+
+@pytest.mark.parametrize("mode", ["forward", "backward", "jvp", "hvp"])
+def test_every_mode_plans_from_shapes_alone(mode: str) -> None:
+    m = ig.compile((EXAMPLES / "softmax_xent.idx").read_text())
+    shapes = {n: (3, 4) if n == "W" else (4,) if n == "x" else (3,) for n in m.inputs}
+    plan = m.plan(shapes, mode=mode)
+    assert plan.mode == mode and plan.steps
+    assert all(s.dtype in ("float64", "bool") for s in plan.steps)
