@@ -32,7 +32,7 @@ def load_digits_data(
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError:
-        message = "the digits data set needs scikit-learn: pip install scikit-learn"
+        message = "the digits data set needs scikit-learn: pip install 'indexgrad[train]'"
         raise IndexgradError(message) from None
     digits = load_digits()
     x = (digits.data / 16.0).astype(dtype)

@@ -495,8 +495,6 @@ def fit(
     `epochs=4, resume=c` ends with the very params and History (but seconds) of `epochs=4`.
     The optimizer's hyperparameters (lr, momentum, ...) come from this call, not the checkpoint.
     """
-    from tqdm.auto import tqdm
-
     _check_params(params)
     check_loss(model.program, loss)
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
@@ -513,7 +511,7 @@ def fit(
     if resume is not None:
         done, history = restore_checkpoint(resume, params, opt, seed=int(seed))
     steps = -(-n // max(batch, 1))
-    bar = tqdm(
+    bar = _progress_bar()(
         total=max(epochs, done) * steps,
         initial=done * steps,
         disable=not progress,
@@ -569,16 +567,49 @@ def log_epochs(epochs: int, every: int = 1) -> Callable[[int, History], None]:
 
     def on_epoch(epoch: int, history: History) -> None:
         if epoch % every == 0 or epoch == epochs:
-            from tqdm.auto import tqdm
-
-            tqdm.write(epoch_line(epoch, history, epochs))
+            _progress_bar().write(epoch_line(epoch, history, epochs))
 
     return on_epoch
 
 
+class _Quiet:
+    """A progress bar that shows nothing, where tqdm (the `train` extra) is not installed."""
+
+    def __init__(self, **_: object) -> None:
+        pass
+
+    def __enter__(self) -> _Quiet:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+    def set_postfix_str(self, *_: object, **__: object) -> None:
+        pass
+
+    def update(self) -> None:
+        pass
+
+    @staticmethod
+    def write(line: str) -> None:
+        print(line)
+
+
+def _progress_bar() -> Any:
+    """tqdm's bar class where tqdm is installed, else a quiet stand-in: the core install needs neither."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _Quiet
+    return tqdm
+
+
 def plot_formats() -> list[str]:
     """The file extensions a plot can have: matplotlib's formats but pgf, which needs a TeX install."""
-    from matplotlib.backend_bases import FigureCanvasBase
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise IndexgradError("plots need matplotlib: pip install 'indexgrad[train]'") from None
 
     return sorted(set(FigureCanvasBase.get_supported_filetypes()) - {"pgf"})
 
@@ -601,9 +632,8 @@ def check_plot_path(path: str | Path) -> None:
 
 def plot_history(history: History, path: str | Path, metric_name: str = "accuracy") -> None:
     """Write an image (PNG, PDF, SVG, ... by the extension) of the losses and held-out metric per epoch."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend, nothing left open
-
     check_plot_path(path)
+    from matplotlib.figure import Figure  # no pyplot: no global backend, nothing left open
 
     fig = Figure(figsize=(9, 3.5), layout="constrained")
     left, right = fig.subplots(1, 2)

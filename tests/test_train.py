@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -599,3 +601,39 @@ def test_a_short_transformer_run_learns_to_sort(tmp_path: Path) -> None:
     assert history.valid_metric[-1] > 0.8  # teacher forcing
     assert right.mean() > 0.7  # greedy decoding
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_core_install_trains_without_the_train_extra() -> None:
+    """Without tqdm, matplotlib and scikit-learn (the `train` extra), fit trains quietly, and a plot
+    or the digits data is refused with the extra to install."""
+    script = """
+import sys
+for name in ("tqdm", "tqdm.auto", "matplotlib", "matplotlib.figure", "matplotlib.backend_bases",
+             "sklearn", "sklearn.datasets", "sklearn.model_selection"):
+    sys.modules[name] = None
+import numpy as np
+import indexgrad as ig
+from indexgrad.digits import load_digits_data
+from indexgrad.train import fit, log_epochs, plot_history
+m = ig.compile("param w[i]\\nloss = (x[b,i] w[i] - t[b])^2")
+rng = np.random.default_rng(0)
+x = rng.normal(size=(32, 3))
+params = {"w": np.zeros(3)}
+h = fit(m, params, {"x": x, "t": x @ np.array([1.0, -2.0, 0.5])}, loss="loss", epochs=40, batch=8,
+        lr=0.01, optimizer="sgd", on_epoch=log_epochs(40, every=20))
+print(round(float(h.loss[-1]), 6), np.round(params["w"], 3).tolist())
+for call in (lambda: plot_history(h, "p.png"), lambda: load_digits_data()):
+    try:
+        call()
+    except ig.IndexgradError as e:
+        print(e)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("epoch 20/40") and lines[1].startswith("epoch 40/40")
+    assert float(lines[2].split()[0]) < 1e-6 and lines[2].endswith("[1.0, -2.0, 0.5]")
+    assert lines[3:] == [
+        "plots need matplotlib: pip install 'indexgrad[train]'",
+        "the digits data set needs scikit-learn: pip install 'indexgrad[train]'",
+    ]
+    assert out.stderr == ""
