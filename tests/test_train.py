@@ -633,7 +633,7 @@ for call in (lambda: plot_history(h, "p.png"), lambda: load_digits_data()):
     assert lines[0].startswith("epoch 20/40") and lines[1].startswith("epoch 40/40")
     assert float(lines[2].split()[0]) < 1e-6 and lines[2].endswith("[1.0, -2.0, 0.5]")
     assert lines[3:] == [
-        "plots need matplotlib: pip install 'indexgrad[train]'",
-        "the digits data set needs scikit-learn: pip install 'indexgrad[train]'",
+        "<input>: error: plots need matplotlib: pip install 'indexgrad[train]'",
+        "<input>: error: the digits data set needs scikit-learn: pip install 'indexgrad[train]'",
     ]
     assert out.stderr == ""
