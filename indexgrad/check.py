@@ -6,10 +6,14 @@ import re
 from dataclasses import replace
 
 from .errors import IndexgradError
-from .functions import FUNCTIONS, REDUCTIONS, RESERVED, reserved_kind
+from .functions import CALLS, FUNCTIONS, REDUCTIONS, RESERVED, reserved_kind
 from .nodes import (
+    DELTA,
+    MODES,
     Affine,
     Call,
+    Compare,
+    Decl,
     Expr,
     Gather,
     Neg,
@@ -29,6 +33,8 @@ from .nodes import (
     refs_in,
     refs_in_statement,
 )
+from .positions import axes_of, solve
+from .printer import format_index, format_ref
 
 _DERIVED = re.compile(r"^(.+)\.(grad|tan)\d*$")
 
@@ -110,6 +116,8 @@ def _attach(e: Expr, total: dict[str, int], keep: frozenset[str]) -> tuple[Expr,
         return Sum(tuple(new), e.signs, e.span), occ
     if t is Power:
         return Power(new[0], e.exponent, e.span), occ
+    if t is Compare:
+        return Compare(e.op, new[0], new[1], e.span), occ
     assert t is Call
     return Call(e.func, tuple(new), e.span), occ
 
@@ -144,13 +152,17 @@ class _Checker:
         self.read_at: dict[str, Span] = {}
         self.role: dict[str, tuple[str, Span]] = {}
         self.warnings: list[Warning_] = []
+        self.dims: dict[str, tuple[int, Span]] = {}
         later = {}
         for s in program.statements:
             later.setdefault(s.target.name, s.span)
         self.first_def = later
 
-    def name(self, r: Ref) -> None:
+    def name(self, r: Ref, reading: bool = False) -> None:
         base = r.name.split(".")[0]
+        if r.name == DELTA and reading:
+            self.delta(r)
+            return
         if r.name in RESERVED or base in RESERVED:
             kind = reserved_kind(base)
             raise _err(f"'{base}' is a {kind} name and cannot name a tensor; {_usage(base)}", r.span)
@@ -168,11 +180,19 @@ class _Checker:
                 g = i.ref
                 self.name(g)
                 for j in g.indices:
-                    if not (isinstance(j, Affine) and j.plain):
+                    if isinstance(j, Gather):
                         raise _err(
-                            f"the label tensor '{g.name}' must be indexed by plain index names",
+                            f"the label tensor '{g.name}' is indexed by index names or their arithmetic, "
+                            "not by other labels",
                             j.span or g.span,
                         )
+                    if j.mode == "pad":
+                        raise _err(
+                            "pad(...) reads 0 outside the labels, and 0 is a label; "
+                            "write clamp(...) or wrap(...) in a label's position",
+                            j.span or g.span,
+                        )
+                    self.position(j, g)
                 if g.name in self.defined_at or g.name in self.first_def:
                     raise _err(
                         f"'{g.name}' is used as integer labels, so it must be an input, "
@@ -181,9 +201,46 @@ class _Checker:
                     )
                 if self.role.get(g.name, ("",))[0] == "param":
                     raise _err(f"'{g.name}' holds integer labels and cannot be a param", g.span)
+            else:
+                self.position(i, r)
+
+    def position(self, i: Affine, r: Ref) -> None:
+        """A boundary mode is one of MODES; a position without one never reads below 0."""
+        place = i.span if i.span.line else r.span
+        if i.mode is not None and i.mode not in MODES:
+            raise _err(
+                f"'{i.mode}(...)' is no boundary mode; an index position reads through "
+                "pad(...) (0 outside), clamp(...) (the nearest edge) or wrap(...) (around)",
+                place,
+            )
+        if i.mode is None and _below_zero(i):
+            text = format_index(i)
+            raise _err(
+                f"{format_ref(r)} reads below position 0, for index names count from 0; shift the "
+                f"other reads instead (x[r+1] - x[r], not x[r] - x[r-1]), or read through "
+                f"pad({text}), clamp({text}) or wrap({text})",
+                place,
+            )
+
+    def delta(self, r: Ref) -> None:
+        """`delta[i,j]`: the identity, read with two positions that hold index arithmetic."""
+        if len(r.indices) != 2:
+            raise _err(f"delta takes two indices, delta[i,j], got {len(r.indices)}", r.span)
+        for i in r.indices:
+            if not isinstance(i, Affine) or i.mode is not None:
+                raise _err(
+                    "delta[i,j] compares index names or their arithmetic; labels and boundary modes "
+                    "do not stand in it",
+                    (i.span if i.span.line else None) or r.span,
+                )
 
     def decls(self) -> None:
         for d in self.p.decls:
+            if d.role == "dim":
+                self.dim(d)
+                continue
+            if d.ref.name == DELTA:
+                raise _err("'delta' is the identity, delta[i,j], and needs no declaration", d.ref.span)
             self.name(d.ref)
             for i in d.ref.indices:
                 if not (isinstance(i, Affine) and i.plain):
@@ -196,17 +253,31 @@ class _Checker:
                 )
             self.role[d.ref.name] = (d.role, d.span)
 
+    def dim(self, d: Decl) -> None:
+        name = d.ref.name
+        if "." in name:
+            raise _err(f"'{name}' is no index name: an index name has no dots", d.ref.span)
+        old = self.dims.get(name)
+        if old is not None and old[0] != d.size:
+            raise _err(
+                f"'{name}' is declared dim {name}={d.size} here but {name}={old[0]} at "
+                f"{old[1].line}:{old[1].column}",
+                d.span,
+            )
+        self.dims[name] = (d.size, d.span)
+
     def expr(self, e: Expr, lhs: set[str], bound: frozenset[str]) -> None:
         if isinstance(e, Ref):
-            self.name(e)
-            self.read(e)
+            self.name(e, reading=True)
+            if e.name != DELTA:
+                self.read(e)
             return
         if isinstance(e, Call):
-            f = FUNCTIONS.get(e.func)
+            f = FUNCTIONS.get(e.func) if e.func in CALLS else None
             if f is None:
                 if e.func in RESERVED:
                     raise _err(f"'{e.func}' is not called like this; {_usage(e.func)}", e.span)
-                known = ", ".join(sorted(FUNCTIONS))
+                known = ", ".join(CALLS)
                 raise _err(
                     f"unknown function '{e.func}'; known functions: {known}. "
                     f"To multiply '{e.func}' by a group, write {e.func} * (...)",
@@ -312,21 +383,100 @@ class _Checker:
                     )
                 )
                 break
-        rhs_names = free | set(summed)
+        self.warn_inside_calls(expr, summed, s.span)
         used = lhs_set | {n for r in refs_in(expr) for n in ref_index_names(r)}
         for sz in sizeofs(expr):
             if sz.index not in used:
                 raise _err(f"size[{sz.index}] names an index this statement does not use", sz.span)
-        _place_sizeofs(expr, lhs_set, top="whole")
-        if s.op == "=" or name not in self.defined_before_this:
-            for i in t.indices:
-                for n in i.names():
-                    if n not in rhs_names and sized_like(name) is None and not isinstance(i, Gather):
-                        raise _err(
-                            f"index '{n}' of '{name}' gets no size: it does not appear on the right side",
-                            i.span or t.span,
-                        )
+        _place_numbers(expr, set(self.dims), lhs_set)
+        self.sizes(s, expr)
         return Statement(s.target, s.op, expr, summed, s.span)
+
+    def warn_inside_calls(self, expr: Expr, summed: tuple[str, ...], span: Span) -> None:
+        """SPEC 9: a whole-right-side sum over an index that occurs only inside a call sums the
+        call's value (`log(exp(x[b,k]))` is the sum over k of log(exp(x[b,k])))."""
+        for k in summed:
+            call = _only_inside_call(expr, k)
+            if call is not None and not any(w.span == call.span for w in self.warnings):
+                f = call.func
+                self.warnings.append(
+                    Warning_(
+                        f"'{k}' occurs only inside {f}(...), and is summed over the whole right side: "
+                        f"this adds {f}(...) once per value of '{k}'; to sum inside the call write "
+                        f"{f}(sum[{k}](…)), or write sum[{k}]({f}(…)) to keep this meaning",
+                        call.span if call.span.line else span,
+                    )
+                )
+
+    def sizes(self, s: Statement, expr: Expr) -> None:
+        """SPEC 9: every index of the statement gets a size from what it reads, a `dim`, or index
+        arithmetic (the rules of positions.solve), so that nothing is found unsized at run time."""
+        t = s.target
+        known = s.op == "+=" and (t.name in self.defined_before_this or sized_like(t.name) is not None)
+        axes = []
+        for r in [*refs_in(expr), *(i.ref for i in t.indices if isinstance(i, Gather))]:
+            axes += axes_of(r, None if r.name == DELTA else [None] * len(r.indices), s.span)
+        if known:
+            axes += axes_of(t, [None] * len(t.indices), s.span)
+        size: dict[str, int | None] = {n: None for n in self.dims}
+        solve(axes, size, set(self.dims), lambda n, extent, ax: size.setdefault(n, None))
+        lhs = {n for i in t.indices for n in i.names()}
+        wanted: dict[str, None] = {}
+        for r in refs_in(expr):
+            for n in ref_index_names(r):
+                wanted.setdefault(n, None)
+        for n in _reduced(expr):
+            wanted.setdefault(n, None)
+        for n in [n for n in wanted if n not in lhs] + [n for i in t.indices for n in i.names()]:
+            if n not in size:
+                raise self.unsized(n, s, expr)
+        if s.op == "+=" and not known:  # it defines t: each axis as far as it writes
+            for i in t.indices:
+                if isinstance(i, Gather) or i.mode is not None:
+                    what = "labels" if isinstance(i, Gather) else f"{i.mode}(...)"
+                    raise _err(
+                        f"this '+=' defines '{t.name}', whose extent along a position written through "
+                        f"{what} is not known; define '{t.name}' first, or write a product with "
+                        "delta[c, ...] over an index c that `dim` sizes",
+                        i.span or t.span,
+                    )
+
+    def unsized(self, n: str, s: Statement, expr: Expr) -> IndexgradError:
+        """Why index n of statement s gets no size, and what to write."""
+        t = s.target
+        reads = [r for r in refs_in(expr) if n in ref_index_names(r)]
+        hint = f"declare its extent with `dim {n}=...`"
+        if not reads:
+            where = next((i for i in t.indices if n in i.names()), None)
+            return _err(
+                f"index '{n}' of '{t.name}' gets no size: it does not appear on the right side; "
+                f"use it there, or {hint}",
+                (where.span if where is not None and where.span.line else None) or t.span,
+            )
+        r = reads[0]
+        if all(x.name == DELTA for x in reads):
+            return _err(f"index '{n}' gets no size: delta[i,j] compares indices but does not size them; "
+                        f"read a tensor indexed by '{n}', or {hint}", r.span)
+        for x in reads:
+            for i in x.indices:
+                if isinstance(i, Affine) and n in i.names() and i.plain is None:
+                    text = format_ref(x)
+                    if i.mode is not None:
+                        why = (
+                            f"{i.mode}(...) gives its axis's extent to one unknown index, "
+                            "a term with a positive coefficient"
+                        )
+                    elif n not in {m for _, m in i.terms}:
+                        why = f"'{n}' is inside '//' or '%', which read in range for many values of '{n}'"
+                    else:
+                        others = [m for m in i.names() if m != n]
+                        why = (
+                            "index arithmetic sizes one unknown index of a position at a time, and here "
+                            + " and ".join(f"'{m}'" for m in [n, *others])
+                            + " have no other size"
+                        )
+                    return _err(f"index '{n}' gets no size: in {text}, {why}; {hint}", x.span)
+        return _err(f"index '{n}' gets no size; {hint}", r.span)
 
     def run(self) -> Program:
         self.decls()
@@ -350,6 +500,12 @@ def _usage(name: str) -> str:
         return f"write {name}(a, b) for the elementwise {name}, or {name}[k](...) to reduce over k"
     if name in REDUCTIONS:
         return f"write {name}[k](...) to reduce over index k"
+    if name in MODES:
+        return f"{name}(...) is a boundary mode of an index position, as in x[{name}(r+u-1)]"
+    if name == DELTA:
+        return "delta[i,j] is the identity: 1 where i equals j, else 0"
+    if name in ("fix", "solve"):
+        return f"{name}(...) is reserved for implicit layers, which this version does not run yet"
     return f"call it as {name}(...)"
 
 
@@ -366,51 +522,88 @@ def sizeofs(e: Expr) -> list[SizeOf]:
     return [s for c in children(e) for s in sizeofs(c)]
 
 
-def _place_sizeofs(e: Expr, lhs: set[str], top: str) -> None:
-    """size[k] stands where its statement's arrays size k: as a factor next to a tensor indexed by
-    k, or, for k on the left side, in the right side itself, in one of its terms, or in a product
-    that is the whole right side (`top` is "whole", "term" or "" for deeper)."""
+def _is_number(e: Expr) -> bool:
+    """e holds no tensor: numbers and sizes, combined by arithmetic and functions."""
+    return not refs_in(e)
 
-    def refuse(sz: SizeOf) -> IndexgradError:
-        return _err(
-            f"size[{sz.index}] must be a factor next to a tensor indexed by '{sz.index}' "
-            f"(like x[{sz.index}] / size[{sz.index}]), or a term of the right side when "
-            f"'{sz.index}' is on the left side",
-            sz.span,
-        )
 
-    if isinstance(e, SizeOf):
-        if not (top and e.index in lhs):
-            raise refuse(e)
-    elif isinstance(e, Neg):
-        _place_sizeofs(e.arg, lhs, top)
-    elif isinstance(e, Sum):
-        for t in e.terms:
-            _place_sizeofs(t, lhs, "term" if top else "")
-    elif isinstance(e, Product):
-        refs = []
-        for f in e.factors:
-            while isinstance(f, (Neg, Power)):  # `-x[k]^2 size[k]`: sign and power do not hide x
-                f = f.arg if isinstance(f, Neg) else f.base
-            if isinstance(f, Ref):
-                refs.append(f)
-        plain = {n for r in refs for i in r.indices if isinstance(i, Affine) for _, n in i.terms}
-        # a term `2 size[k]` stays a term of the statement; any other product becomes a temporary
-        others = [d for f, d in zip(e.factors, e.divide) if not isinstance(f, Num)]
-        scaled = others == [False]
-        by_lhs = top == "whole" or (top == "term" and scaled)
-        for f in e.factors:
-            base = f
-            while isinstance(base, (Neg, Power)):  # `-size[k]^2 x[k]`: the sign and power keep its place
-                base = base.arg if isinstance(base, Neg) else base.base
-            if isinstance(base, SizeOf):
-                if not (base.index in plain or (by_lhs and base.index in lhs)):
-                    raise refuse(base)
-            else:
-                _place_sizeofs(f, lhs, "")
-    else:
-        for c in children(e):
-            _place_sizeofs(c, lhs, "")
+def _reduced(e: Expr) -> list[str]:
+    if isinstance(e, Reduce):
+        return list(e.indices) + _reduced(e.body)
+    return [n for c in children(e) for n in _reduced(c)]
+
+
+def _place_numbers(
+    e: Expr, fixed: set[str], lhs: set[str], top: bool = True, outer: frozenset[str] = frozenset()
+) -> None:
+    """size[k] stands wherever a number can, as long as the primitive statement it lands in sizes
+    k: each part of e that holds no tensor (`sqrt(size[e])`) must stand next to something indexed
+    by k (a factor of its product, a term of its sum, an argument of its call), or k is `dim`-sized,
+    or it stands in the whole right side's product (or is all of it) and k is on the left side."""
+    kids = children(e)
+    if top and _is_number(e):
+        missing = {sz.index for sz in sizeofs(e)} - fixed - lhs
+        if missing:
+            raise _misplaced(next(sz for sz in sizeofs(e) if sz.index in missing))
+        return
+    if isinstance(e, (Product, Sum, Call, Compare)):
+        for c in kids:
+            have = set().union(*(free_indices(d) for d in kids if d is not c and not _is_number(d)))
+            if isinstance(e, Product):
+                have |= set(e.summed) | (lhs if top else set())  # the whole right side writes lhs
+            if isinstance(e, Sum):  # a sum's terms join the sum around it (lowering's _terms_of)
+                have |= outer | (lhs if top else set())
+            if not _is_number(c):
+                inner = c.arg if isinstance(c, Neg) else c
+                into = frozenset(have) if isinstance(e, Sum) and isinstance(inner, Sum) else frozenset()
+                _place_numbers(c, fixed, lhs, False, into)
+                continue
+            missing = {sz.index for sz in sizeofs(c)} - fixed - have
+            if missing:
+                raise _misplaced(next(sz for sz in sizeofs(c) if sz.index in missing))
+        return
+    for c in kids:
+        _place_numbers(c, fixed, lhs, top and isinstance(e, Neg), outer if isinstance(e, Neg) else frozenset())
+
+
+def _misplaced(sz: SizeOf) -> IndexgradError:
+    k = sz.index
+    return _err(
+        f"size[{k}] must stand next to something indexed by '{k}' (like x[{k}] / sqrt(size[{k}]), "
+        f"or inside sum[{k}](...) when '{k}' is summed there), or '{k}' must be sized by `dim {k}=...`",
+        sz.span,
+    )
+
+
+def _only_inside_call(e: Expr, k: str) -> Call | None:
+    """The outermost call holding every occurrence of k in e, when no occurrence is outside calls."""
+    if isinstance(e, Call):
+        return e if any(k in ref_index_names(r) for r in refs_in(e)) else None
+    if isinstance(e, Ref):
+        return None if k in ref_index_names(e) else _NO_K
+    if isinstance(e, Reduce) and k in e.indices:
+        return _NO_K
+    found: Call | None = _NO_K
+    for c in children(e):
+        inner = _only_inside_call(c, k)
+        if inner is None:
+            return None
+        if inner is not _NO_K:
+            if found is not _NO_K:
+                return found  # in two calls: the first one shows the point
+            found = inner
+    return found
+
+
+_NO_K = Call("", ())  # marks a subexpression without k
+
+
+def _below_zero(i: Affine) -> bool:
+    """A position without a boundary mode whose value is below 0 where all its names are 0: it
+    reads outside its array whatever the sizes (negative coefficients are checked with sizes)."""
+    at_zero = i.const + sum(c * (f.inner.const // f.divisor if f.op == "//" else f.inner.const % f.divisor)
+                            for c, f in i.parts)
+    return at_zero < 0
 
 
 def _scope(e: Expr, lhs: set[str]) -> tuple[Expr, set[str], tuple[str, ...]]:

@@ -217,7 +217,7 @@ def _derive_for(program: Program, losses: list[str], wrt: list[str] | None, prim
     temps = {names[p.out.name] for p in prims} - {names[n] for n in program.defined()}
     stmts = _forward_copies(stmts, temps)
     return Program(
-        _shape_inputs(stmts, back_name, program),
+        dim_decls(program) + _shape_inputs(stmts, back_name, program),
         tuple(stmts),
         filename=program.filename,
         source=program.source,
@@ -250,9 +250,15 @@ def _shape_inputs(stmts: list[Statement], back_name: dict[str, str], program: Pr
     return tuple(out.values())
 
 
+def dim_decls(program: Program) -> tuple[Decl, ...]:
+    """The program's `dim` declarations, which a derived program keeps (its index names are the
+    forward statements' own)."""
+    return tuple(d for d in program.decls if d.role == "dim")
+
+
 def _index_names_of(program: Program, name: str, rank: int) -> list[str]:
     """Index names the forward program uses for `name` (its declaration or a plain reference)."""
-    refs = [d.ref for d in program.decls] + [
+    refs = [d.ref for d in program.tensor_decls()] + [
         r for st in program.statements for r in [st.target, *refs_in_statement(st)]
     ]
     for r in refs:
@@ -411,7 +417,7 @@ def derive_jvp(program: Program, wrt: list[str] | None = None) -> Program:
         if made:
             stmts.extend(made)
             has_tan.add(p.out.name)
-    derived = Program((), tuple(stmts), filename=program.filename, source=program.source)
+    derived = Program(dim_decls(program), tuple(stmts), filename=program.filename, source=program.source)
     return _recheck(derived, program)
 
 
@@ -466,13 +472,15 @@ def gather_form(s: Statement, program: Program | None = None) -> Statement | Non
     declared = {}
     if program is not None:
         base = t.name.rsplit(".", 1)[0]
-        for d in program.decls:
+        for d in program.tensor_decls():
             if d.ref.name == base:
                 declared = {a: i.plain for a, i in enumerate(d.ref.indices) if isinstance(i, Affine)}
     subst: dict[str, Affine] = {}
     positions: list[Index] = []
     for axis, pos in enumerate(t.indices):
-        if not isinstance(pos, Affine) or pos.plain is not None:
+        if isinstance(pos, Affine) and not pos.linear():
+            return None  # a boundary mode or `//`: the scatter form is the one to read
+        if not isinstance(pos, Affine) or pos.plain is not None or pos.shifted:
             positions.append(pos)
             continue
         ones = [n for c, n in pos.terms if c == 1 and n not in subst]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .nodes import Call, Expr, Num, Power, Product, Sum
+from .nodes import MODES, Call, Expr, Num, Power, Product, Sum
 
 Array = np.ndarray
 
@@ -145,6 +145,42 @@ register(
 register(Function("eq", 2, _eq, lambda a, b, y: (None, None)))
 
 
+def _where(c: Array, a: Array, b: Array) -> Array:
+    return np.where(np.not_equal(c, 0), a, b)
+
+
+# where(c, a, b): the gradient follows the chosen branch; the condition gets none
+register(
+    Function(
+        "where",
+        3,
+        _where,
+        lambda c, a, b, y: (None, Call("where", (c, Num(1), Num(0))), Call("where", (c, Num(0), Num(1)))),
+    )
+)
+
+
+def _comparison(test: Callable[[Array, Array], Array]) -> Callable[[Array, Array], Array]:
+    def compare(a: Array, b: Array) -> Array:
+        dtype = np.result_type(a, b)
+        return np.asarray(test(a, b)).astype(dtype if dtype.kind == "f" else np.float64)
+
+    return compare
+
+
+# comparisons `a < b` ...: 1 where they hold, else 0, and no gradient (written infix, see Compare)
+COMPARISONS = {
+    "<": np.less,
+    "<=": np.less_equal,
+    ">": np.greater,
+    ">=": np.greater_equal,
+    "==": np.equal,
+    "!=": np.not_equal,
+}
+for _op, _test in COMPARISONS.items():
+    register(Function(_op, 2, _comparison(_test), lambda a, b, y: (None, None)))
+
+
 def _mean(x: Array, axes: tuple[int, ...]) -> Array:
     """np.mean's own steps (sum, then true division by the count as np.intp) without its wrappers."""
     if x.dtype.kind != "f" or x.dtype.itemsize < 4:
@@ -187,7 +223,9 @@ REDUCTIONS: dict[str, Callable[[Array, tuple[int, ...]], Array]] = {
     "logsumexp": _logsumexp,
 }
 
-RESERVED = frozenset(FUNCTIONS) | frozenset(REDUCTIONS) | {"size"}
+CALLS = tuple(sorted(n for n in FUNCTIONS if n not in COMPARISONS))  # the names a call may use
+IMPLICIT = ("fix", "solve")  # reserved for implicit layers
+RESERVED = frozenset(CALLS) | frozenset(REDUCTIONS) | {"size", "delta", *MODES, *IMPLICIT}
 
 
 def reserved_kind(name: str) -> str:

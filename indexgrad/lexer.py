@@ -5,7 +5,7 @@ from __future__ import annotations
 from pygments.lexer import RegexLexer, bygroups, words
 from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation, Whitespace
 
-from .functions import FUNCTIONS, REDUCTIONS
+from .functions import CALLS, MODES, REDUCTIONS
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 
@@ -30,14 +30,16 @@ class IdxLexer(RegexLexer):
             (rf"(def)([ \t]+)({_NAME})(?=[ \t]*\()", bygroups(Keyword, Whitespace, Name.Function)),
             (words(tuple(sorted(REDUCTIONS)), suffix=r"(?=[ \t]*\[)"), Name.Builtin),
             (r"size(?=[ \t]*\[)", Name.Builtin),
-            (words(tuple(sorted(FUNCTIONS)), suffix=r"(?=[ \t]*\()"), Name.Function),
+            (words(CALLS + MODES, suffix=r"(?=[ \t]*\()"), Name.Function),
+            (r"(dim)(?=[ \t]+[A-Za-z_][A-Za-z0-9_]*[ \t]*=)", Keyword.Declaration),
+            (r"delta(?=[ \t]*\[)", Name.Builtin),
             (
                 rf"({_NAME})((?:\.{_NAME})*?)(\.(?:grad|tan)\d*(?:\.(?:grad|tan)\d*)*)\b",
                 bygroups(Name.Variable, Name.Variable, Name.Attribute),
             ),
             (rf"{_NAME}(?:\.{_NAME})*", Name.Variable),
             (r"(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", Number),
-            (r"->|\+=|\*\*|[=+\-*/^]", Operator),
+            (r"->|\+=|\*\*|//|<=|>=|==|!=|[=+\-*/^%<>]", Operator),
             (r"[\[\](),;:]", Punctuation),
         ],
     }

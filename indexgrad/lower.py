@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
+
+import numpy as np
 
 from .check import free_indices, sized_like
 from .errors import IndexgradError
+from .functions import COMPARISONS, FUNCTIONS
 from .nodes import (
     Affine,
     Call,
+    Compare,
     Expr,
     Gather,
+    Index,
     Neg,
     Num,
     Power,
@@ -26,9 +31,11 @@ from .nodes import (
     Sum,
     children,
     idx,
+    map_expr,
     ref_index_names,
     refs_in,
 )
+from .positions import shift_name
 
 Operand = Union[Ref, Num, SizeOf]
 
@@ -42,6 +49,7 @@ class Contract:
     coef: float
     factors: tuple[tuple[Operand, float], ...]
     span: Span
+    dims: tuple[tuple[str, int], ...] = ()  # extents `dim` fixes for its index names
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class Elementwise:
     func: str
     args: tuple[Operand, ...]
     span: Span
+    dims: tuple[tuple[str, int], ...] = ()  # extents `dim` fixes for its index names
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,7 @@ class Terms:
     op: str
     terms: tuple[tuple[float, Operand], ...]
     span: Span
+    dims: tuple[tuple[str, int], ...] = ()  # extents `dim` fixes for its index names
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,7 @@ class Reduction:
     indices: tuple[str, ...]
     arg: Ref
     span: Span
+    dims: tuple[tuple[str, int], ...] = ()  # extents `dim` fixes for its index names
 
 
 Prim = Union[Contract, Elementwise, Terms, Reduction]
@@ -177,6 +188,8 @@ def prim_expr(p: Prim) -> Expr:
     if isinstance(p, Contract):
         return product([powered(f, k) for f, k in p.factors], p.coef)
     if isinstance(p, Elementwise):
+        if p.func in COMPARISONS:
+            return Compare(p.func, *p.args)
         return Call(p.func, p.args)
     if isinstance(p, Reduction):
         return Reduce(p.reducer, p.indices, p.arg)
@@ -197,6 +210,9 @@ class _Lowerer:
         self.out: list[Prim] = []
         self.span = Span()
         self.lhs: list[str] = []
+        self.all_dims = program.dims()
+        self.dims: tuple[tuple[str, int], ...] = ()
+        self.shrunk: set[str] = set()
 
     def fresh(self, base: str, kind: str) -> str:
         name = f"{base}.{kind}"
@@ -208,17 +224,22 @@ class _Lowerer:
         return name
 
     def operand(self, e: Expr, base: str) -> Operand:
-        """e as an operand: itself when it is a reference or constant, else a new temporary."""
-        if isinstance(e, (Ref, Num, SizeOf)):
-            return e
+        """e as an operand: itself when it is a reference or holds no tensor (`sqrt(size[e])`, a
+        number the executor works out once it knows the sizes), else a new temporary."""
         if isinstance(e, Neg) and isinstance(e.arg, Num):
             return Num(-e.arg.value)
+        if isinstance(e, Ref) or not refs_in(e):
+            return e
         free = ordered_free(e)
         first = [n for n in self.lhs if n in free]  # the statement's own order reads best
         names = first + [n for n in free if n not in first]
         target = Ref(self.fresh(base, _kind(e)), tuple(idx(n) for n in names), e_span(e))
         self.emit(target, "=", e, (), base)
-        return target
+        return _shifted(target, self.shrunk)
+
+    def add(self, p: Prim) -> None:
+        """Emit p with the extents `dim` fixes for the statement's index names."""
+        self.out.append(replace(p, dims=self.dims) if self.dims else p)
 
     def emit(self, target: Ref, op: str, e: Expr, summed: tuple[str, ...], base: str) -> None:
         span = self.span
@@ -229,36 +250,40 @@ class _Lowerer:
             e = self.operand(e, base)
         if _is_productish(e) or isinstance(e, (Ref, SizeOf)):
             coef, factors = self.factors(e, base)
-            self.out.append(Contract(target, op, coef, tuple(factors), span))
+            self.add(Contract(target, op, coef, tuple(factors), span))
             return
         if isinstance(e, Num):
-            self.out.append(Terms(target, op, ((e.value, Num(1)),), span))
+            self.add(Terms(target, op, ((e.value, Num(1)),), span))
             return
         if isinstance(e, Sum):
             terms = []
             for t, sign in _terms_of(e, 1):
                 c, u = self.scaled(t, base)
                 terms.append((sign * c, u))
-            self.out.append(Terms(target, op, tuple(terms), span))
+            self.add(Terms(target, op, tuple(terms), span))
             return
         if isinstance(e, Reduce) and e.op == "sum":
             self.emit(target, op, e.body, summed + e.indices, base)
             return
         if needs_temp:  # derivatives of these read their output, which '+=' would change
             tmp = self.operand(e, base)
-            self.out.append(Contract(target, op, 1.0, ((tmp, 1.0),), span))
+            self.add(Contract(target, op, 1.0, ((tmp, 1.0),), span))
             return
         if isinstance(e, Call):
             args = tuple(self.operand(a, base) for a in e.args)
-            self.out.append(Elementwise(target, op, e.func, args, span))
+            self.add(Elementwise(target, op, e.func, args, span))
+            return
+        if isinstance(e, Compare):
+            pair = (self.operand(e.left, base), self.operand(e.right, base))
+            self.add(Elementwise(target, op, e.op, pair, span))
             return
         if isinstance(e, Reduce):
             arg = self.operand(e.body, base)
             if e.op == "sum":
-                self.out.append(Contract(target, op, 1.0, ((arg, 1.0),), span))
+                self.add(Contract(target, op, 1.0, ((arg, 1.0),), span))
             else:
                 assert isinstance(arg, Ref)
-                self.out.append(Reduction(target, op, e.op, e.indices, arg, span))
+                self.add(Reduction(target, op, e.op, e.indices, arg, span))
             return
         raise TypeError(f"cannot lower {e!r}")
 
@@ -313,7 +338,115 @@ class _Lowerer:
     def statement(self, s: Statement) -> None:
         self.span = s.span
         self.lhs = list(ref_index_names(s.target))
-        self.emit(s.target, s.op, s.expr, s.summed, s.target.name)
+        refs = [*refs_in(s.expr), *([s.target] if s.op == "+=" else [])]
+        self.shrunk = shrunk(refs)
+        used = {n for r in [s.target, *refs] for n in ref_index_names(r)}
+        used |= _reduced_names(s.expr) | size_names(s.expr)
+        self.dims = tuple((n, k) for n, k in self.all_dims.items() if n in used)
+        target = _shifted(s.target, self.shrunk) if s.op == "+=" else s.target
+        self.emit(target, s.op, _mark(s.expr, self.shrunk), s.summed, s.target.name)
+
+
+def shrunk(refs: list[Ref]) -> set[str]:
+    """The index names that these references (of one statement) read both plainly and through a
+    one-name shift (`x[r,c]` and `x[r+1,c]`): each ranges where every read is in range, so its plain
+    reads are read as shifts by 0 (`x[r+0,c]`), which bound it without fixing its size."""
+    plain: set[str] = set()
+    shifts: set[str] = set()
+    for r in refs:
+        for i in [*r.indices, *(j for g in r.indices if isinstance(g, Gather) for j in g.ref.indices)]:
+            if isinstance(i, Affine):
+                if i.plain is not None:
+                    plain.add(i.plain)
+                elif (n := shift_name(i)) is not None:
+                    shifts.add(n)
+    return plain & shifts
+
+
+def _shifted(r: Ref, names: set[str]) -> Ref:
+    """r with its plain positions of `names` read as shifts by 0, labels' positions too."""
+    if not names or not any(n in names for n in ref_index_names(r)):
+        return r
+
+    def at(i: Index) -> Index:
+        if isinstance(i, Gather):
+            return Gather(_shifted(i.ref, names), i.span)
+        if i.plain in names:
+            return Affine(i.terms, 0, i.span, shifted=True)
+        return i
+
+    return Ref(r.name, tuple(at(i) for i in r.indices), r.span)
+
+
+def _mark(e: Expr, names: set[str]) -> Expr:
+    if not names:
+        return e
+    return map_expr(e, lambda x: _shifted(x, names) if isinstance(x, Ref) else x)
+
+
+def _reduced_names(e: Expr) -> set[str]:
+    """The names reductions in e bind."""
+    out = set(e.indices) if isinstance(e, Reduce) else set()
+    for c in children(e):
+        out |= _reduced_names(c)
+    return out
+
+
+def size_names(e: Expr) -> set[str]:
+    """The index names whose sizes a number expression reads."""
+    if isinstance(e, SizeOf):
+        return {e.index}
+    return {n for c in children(e) for n in size_names(c)}
+
+
+def number_value(e: Expr, sizes: dict[str, int]) -> float:
+    """The value of an expression without tensors (numbers and sizes) for these index sizes."""
+    if isinstance(e, Num):
+        return e.value
+    if isinstance(e, SizeOf):
+        return float(sizes[e.index])
+    if isinstance(e, Neg):
+        return -number_value(e.arg, sizes)
+    if isinstance(e, Power):
+        base = number_value(e.base, sizes)
+        with np.errstate(all="ignore"):
+            return float(np.power(np.float64(base), e.exponent))
+    args = [np.float64(number_value(c, sizes)) for c in children(e)]
+    with np.errstate(all="ignore"):
+        if isinstance(e, Product):
+            out = np.float64(1.0)
+            for a, d in zip(args, e.divide):
+                out = out / a if d else out * a
+            return float(out)
+        if isinstance(e, Sum):
+            return float(sum(a * sign for a, sign in zip(args, e.signs)))
+        if isinstance(e, Call):
+            return float(FUNCTIONS[e.func].forward(*args))
+        if isinstance(e, Compare):
+            return float(FUNCTIONS[e.op].forward(*args))
+    raise TypeError(f"not a number expression: {e!r}")
+
+
+def fold_numbers(p: Prim, sizes: dict[str, int]) -> Prim:
+    """p with each operand that holds no tensor but more than a number or one size
+    (`sqrt(size[e])`) replaced by its value for these sizes; p itself when it has none."""
+
+    def fold(o: Operand) -> Operand:
+        return o if isinstance(o, (Ref, Num, SizeOf)) else Num(number_value(o, sizes))
+
+    if isinstance(p, Contract):
+        if all(isinstance(f, (Ref, Num, SizeOf)) for f, _ in p.factors):
+            return p
+        return replace(p, factors=tuple((fold(f), k) for f, k in p.factors))
+    if isinstance(p, Elementwise):
+        if all(isinstance(a, (Ref, Num, SizeOf)) for a in p.args):
+            return p
+        return replace(p, args=tuple(fold(a) for a in p.args))
+    if isinstance(p, Terms):
+        if all(isinstance(u, (Ref, Num, SizeOf)) for _, u in p.terms):
+            return p
+        return replace(p, terms=tuple((c, fold(u)) for c, u in p.terms))
+    return p
 
 
 def _terms_of(e: Sum, sign: int) -> list[tuple[Expr, int]]:
@@ -365,9 +498,14 @@ def _is_productish(e: Expr) -> bool:
     return isinstance(e, Neg) and not isinstance(e.arg, Sum)
 
 
+_COMPARE_KINDS = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
+
+
 def _kind(e: Expr) -> str:
     if isinstance(e, Call):
         return e.func
+    if isinstance(e, Compare):
+        return _COMPARE_KINDS[e.op]
     if isinstance(e, Reduce):
         return e.op
     if isinstance(e, Sum):

@@ -39,20 +39,59 @@ def _span() -> Span:
 
 
 @dataclass(frozen=True)
+class Floor:
+    """`(a) // k` or `(a) % k` inside an index position: an affine position divided by a positive
+    integer k, rounded down, or its remainder."""
+
+    inner: Affine
+    op: str  # "//" or "%"
+    divisor: int
+
+    def names(self) -> tuple[str, ...]:
+        return self.inner.names()
+
+
+MODES = ("pad", "clamp", "wrap")  # boundary modes of an index position: read 0, the edge, or around
+
+
+@dataclass(frozen=True)
 class Affine:
-    """An index position: a sum of integer multiples of index names plus a constant (`j`, `2*j+k`)."""
+    """An index position: a sum of integer multiples of index names, of `//` and `%` parts, and a
+    constant (`j`, `2*j+k`, `r//2`, `4*g+j%4`), read through a boundary mode (`pad(r+u-1)`) or not.
+
+    `shifted` marks a one-name position written with a constant of 0 (`r+0`): a read through
+    index arithmetic, which does not fix r's size (derived programs write one for a plain read of
+    an index that a shifted read of the same statement shortens).
+    """
 
     terms: tuple[tuple[int, str], ...]
     const: int = 0
     span: Span = _span()
+    mode: str | None = None
+    parts: tuple[tuple[int, Floor], ...] = ()
+    shifted: bool = False
     plain: str | None = field(init=False, compare=False, repr=False)  # the name when just one name
 
     def __post_init__(self) -> None:
-        one = self.const == 0 and len(self.terms) == 1 and self.terms[0][0] == 1
+        one = (
+            self.const == 0
+            and len(self.terms) == 1
+            and self.terms[0][0] == 1
+            and self.mode is None
+            and not self.parts
+            and not self.shifted
+        )
         object.__setattr__(self, "plain", self.terms[0][1] if one else None)
 
     def names(self) -> tuple[str, ...]:
-        return tuple(n for _, n in self.terms)
+        out = tuple(n for _, n in self.terms)
+        for _, f in self.parts:
+            out += tuple(n for n in f.names() if n not in out)
+        return out
+
+    def linear(self) -> bool:
+        """A plain affine position: no boundary mode and no `//` or `%`."""
+        return self.mode is None and not self.parts
 
 
 @dataclass(frozen=True)
@@ -157,7 +196,19 @@ class Reduce:
     span: Span = _span()
 
 
-Expr = Union[Ref, Num, SizeOf, Neg, Product, Sum, Power, Call, Reduce]
+@dataclass(frozen=True)
+class Compare:
+    """A comparison `a < b` (`<= > >= == !=`): 1 where it holds, else 0, with no gradient."""
+
+    op: str
+    left: Expr
+    right: Expr
+    span: Span = _span()
+
+
+Expr = Union[Ref, Num, SizeOf, Neg, Product, Sum, Power, Call, Reduce, Compare]
+
+DELTA = "delta"  # the identity `delta[i,j]`: a tensor that needs no array
 
 
 # ---- statements and programs -----------------------------------------------------------------
@@ -176,11 +227,13 @@ class Statement:
 
 @dataclass(frozen=True)
 class Decl:
-    """A `param` or `input` declaration of one tensor."""
+    """A `param` or `input` declaration of one tensor, or a `dim` declaration of one index name's
+    extent (`dim u=2`: role "dim", ref `u`, size 2)."""
 
     role: str
     ref: Ref
     span: Span = _span()
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -253,6 +306,14 @@ class Program:
         """The definitions, in their order."""
         return tuple(d for d in self.written if isinstance(d, Def))
 
+    def dims(self) -> dict[str, int]:
+        """The extents `dim` declarations fix, by index name."""
+        return {d.ref.name: d.size for d in self.decls if d.role == "dim"}
+
+    def tensor_decls(self) -> tuple[Decl, ...]:
+        """The `param` and `input` declarations."""
+        return tuple(d for d in self.decls if d.role != "dim")
+
     def defined(self) -> tuple[str, ...]:
         """Names defined by statements, in order of first definition."""
         return self._names[0]
@@ -271,13 +332,13 @@ class Program:
         for s in self.statements:
             defined.setdefault(s.target.name, None)
         inputs: dict[str, None] = {}
-        for d in self.decls:
+        for d in self.tensor_decls():
             if d.ref.name not in defined:
                 inputs.setdefault(d.ref.name, None)
         labels: dict[str, None] = {}
         for s in self.statements:
             for r in refs_in_statement(s):
-                if r.name not in defined:
+                if r.name not in defined and r.name != DELTA:
                     inputs.setdefault(r.name, None)
             for r in [s.target, *refs_in(s.expr)]:
                 for i in r.indices:
@@ -296,6 +357,7 @@ _KIDS: dict[type, Callable[[Any], tuple[Expr, ...]]] = {
     Power: lambda e: (e.base,),
     Call: lambda e: e.args,
     Reduce: lambda e: (e.body,),
+    Compare: lambda e: (e.left, e.right),
 }
 
 
@@ -382,4 +444,6 @@ def map_expr(e: Expr, f) -> Expr:  # type: ignore[no-untyped-def]
         e = Call(e.func, tuple(map_expr(c, f) for c in e.args), e.span)
     elif t is Reduce:
         e = Reduce(e.op, e.indices, map_expr(e.body, f), e.span)
+    elif t is Compare:
+        e = Compare(e.op, map_expr(e.left, f), map_expr(e.right, f), e.span)
     return f(e)

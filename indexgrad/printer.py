@@ -8,6 +8,7 @@ from collections.abc import Callable, Collection
 from .errors import source_lines
 from .nodes import (
     Call,
+    Compare,
     Decl,
     Def,
     Expr,
@@ -28,8 +29,8 @@ from .nodes import (
 
 INDENT = "    "  # a definition's body
 
-# precedence levels, loosest first: sum < product < unary < power < atom
-_SUM, _PRODUCT, _UNARY, _POWER, _ATOM = range(5)
+# precedence levels, loosest first: comparison < sum < product < unary < power < atom
+_COMPARE, _SUM, _PRODUCT, _UNARY, _POWER, _ATOM = range(6)
 
 
 def format_number(v: float) -> str:
@@ -39,21 +40,31 @@ def format_number(v: float) -> str:
 
 
 def format_index(i: Index, name: Callable[[str], str] = str, times: str = "*") -> str:
-    """An index position as text: `j`, `2*j+k`, `i-1`; `name` and `times` let LaTeX reuse it."""
+    """An index position as text: `j`, `2*j+k`, `i-1`, `r//2`, `pad(r+u-1)`; `name` and `times` let
+    LaTeX reuse it."""
     if isinstance(i, Gather):
         return format_ref(i.ref) if i.ref.indices else f"{i.ref.name}[]"
     parts: list[str] = []
-    for k, n in i.terms:
+
+    def add(k: int, text: str, bare: bool) -> None:
         mag = abs(k)
-        text = name(n) if mag == 1 else f"{mag}{times}{name(n)}"
-        if not parts:
-            parts.append(("-" if k < 0 else "") + text)
-        else:
-            parts.append(("-" if k < 0 else "+") + text)
-    if i.const or not parts:
+        if mag != 1:
+            text = f"{mag}{times}{text if bare else '(' + text + ')'}"
+        elif not bare and k < 0:
+            text = f"({text})"
+        parts.append(("-" if k < 0 else "") + text if not parts else ("-" if k < 0 else "+") + text)
+
+    for k, n in i.terms:
+        add(k, name(n), True)
+    for k, f in i.parts:
+        inner = format_index(f.inner, name, times)
+        text = (inner if f.inner.plain is not None else f"({inner})") + f.op + str(f.divisor)
+        add(k, text, False)
+    if i.const or not parts or i.shifted:
         c = i.const
-        parts.append(str(c) if not parts else (f"+{c}" if c > 0 else str(c)))
-    return "".join(parts)
+        parts.append(str(c) if not parts else (f"+{c}" if c >= 0 else str(c)))
+    text = "".join(parts)
+    return f"{i.mode}({text})" if i.mode else text
 
 
 def format_ref(r: Ref) -> str:
@@ -63,6 +74,8 @@ def format_ref(r: Ref) -> str:
 
 
 def _level(e: Expr) -> int:
+    if isinstance(e, Compare):
+        return _COMPARE
     if isinstance(e, Sum):
         return _SUM
     if isinstance(e, Product):
@@ -94,6 +107,9 @@ def format_expr(e: Expr) -> str:
         return f"{_wrap(e.base, _level(e.base) == _ATOM)}^{format_number(e.exponent)}"
     if isinstance(e, Call):
         return f"{e.func}({', '.join(format_expr(a) for a in e.args)})"
+    if isinstance(e, Compare):
+        left, right = (_wrap(x, _level(x) > _COMPARE) for x in (e.left, e.right))
+        return f"{left} {e.op} {right}"
     if isinstance(e, Reduce):
         return f"{e.op}[{','.join(e.indices)}]({format_expr(e.body)})"
     if isinstance(e, Product):
@@ -120,7 +136,7 @@ def format_expr(e: Expr) -> str:
         for n, (t, sign) in enumerate(zip(e.terms, e.signs)):
             lvl = _level(t)
             if n == 0:
-                out = _wrap(t, lvl >= _PRODUCT or (lvl == _UNARY))
+                out = _wrap(t, lvl >= _PRODUCT)
             else:
                 out += (" + " if sign > 0 else " - ") + _wrap(t, lvl >= _PRODUCT)
         return out
@@ -160,7 +176,11 @@ def _decl_lines(decls: tuple[Decl, ...], breaks: Collection[int] = ()) -> list[t
             runs[-1].append(d)
         else:
             runs.append([d])
-    return [(run[0].span.line, f"{run[0].role} {', '.join(format_ref(d.ref) for d in run)}") for run in runs]
+    return [(run[0].span.line, f"{run[0].role} {', '.join(_decl_text(d) for d in run)}") for run in runs]
+
+
+def _decl_text(d: Decl) -> str:
+    return f"{d.ref.name}={d.size}" if d.role == "dim" else format_ref(d.ref)
 
 
 def _written_lines(

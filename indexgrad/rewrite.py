@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .lower import Contract, Elementwise, Operand, Prim, prim_refs
-from .nodes import Gather, Ref, SizeOf, idx, is_plain, ref_index_names
+from .lower import Contract, Elementwise, Operand, Prim, prim_refs, size_names
+from .nodes import Gather, Num, Ref, SizeOf, idx, is_plain, ref_index_names
 
 
 def split_products(prims: list[Prim], shapes: dict[str, tuple[int, ...]]) -> list[Prim]:
@@ -25,7 +25,7 @@ def split_products(prims: list[Prim], shapes: dict[str, tuple[int, ...]]) -> lis
         assert isinstance(p, Contract)
         consts = [(f, k) for f, k in p.factors if not isinstance(f, Ref)]
         final = ref_index_names(p.out)
-        if any(isinstance(f, SizeOf) and f.index not in final for f, _ in consts):
+        if any(size_names(f) - set(final) for f, _ in consts):
             out.append(p)  # size[j] of a summed j stays with the tensors that size j
             continue
         ops: list[tuple[Operand, float]] = list(refs)
@@ -45,10 +45,10 @@ def split_products(prims: list[Prim], shapes: dict[str, tuple[int, ...]]) -> lis
                 tmp_name, k = f"{p.out.name}.part{k}", k + 1
             taken.add(tmp_name)
             tmp = Ref(tmp_name, tuple(idx(n) for n in keep))
-            out.append(Contract(tmp, "=", 1.0, tuple(chosen), p.span))
+            out.append(Contract(tmp, "=", 1.0, tuple(chosen), p.span, p.dims))
             ops.append((tmp, 1.0))
             names.append(tuple(keep))
-        out.append(Contract(p.out, p.op, p.coef, tuple(ops) + tuple(consts), p.span))
+        out.append(Contract(p.out, p.op, p.coef, tuple(ops) + tuple(consts), p.span, p.dims))
         changed = True
     return out if changed else prims
 
@@ -79,6 +79,8 @@ def _one_value(p: Prim, keep: set[str]) -> bool:
             return False
         if isinstance(f, SizeOf) and f.index not in ref_index_names(p.out):
             return False
+        if not isinstance(f, (Ref, Num, SizeOf)):
+            return False  # a number expression is not renamed into the products that read it
     return True
 
 
@@ -155,7 +157,7 @@ def _inline_once(
                 coef *= v.coef
                 for g, gp in v.factors:
                     factors.append((SizeOf(rename[g.index], g.span) if isinstance(g, SizeOf) else g, gp))
-            q = Contract(p.out, p.op, coef, tuple(factors), p.span)
+            q = Contract(p.out, p.op, coef, tuple(factors), p.span, p.dims)
             if _indexed(q) != _indexed(p):
                 lost |= used
             p = q
@@ -218,7 +220,8 @@ def absorb_scales(prims: list[Prim], keep: set[str]) -> list[Prim]:
         if p.out.name in read or any(prims[m].out.name in read for m in range(j + 1, k)):
             continue
         drop.add(j)
-        merged[k] = Contract(p.out, p.op, p.coef * q.coef, q.factors, q.span)
+        dims = tuple(dict(q.dims + p.dims).items())
+        merged[k] = Contract(p.out, p.op, p.coef * q.coef, q.factors, q.span, dims)
     if not merged:
         return prims
     return [merged.get(k, p) for k, p in enumerate(prims) if k not in drop]
@@ -259,6 +262,6 @@ def read_steps_of_outputs(prims: list[Prim], relus: dict[str, str]) -> list[Prim
         if isinstance(p, Elementwise) and p.func == "step" and isinstance(p.args[0], Ref):
             a = p.args[0]
             if a.name in relus:
-                p = Elementwise(p.out, p.op, p.func, (Ref(relus[a.name], a.indices, a.span),), p.span)
+                p = Elementwise(p.out, p.op, p.func, (Ref(relus[a.name], a.indices, a.span),), p.span, p.dims)
         out.append(p)
     return out

@@ -6,7 +6,7 @@ import re
 import sys
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -24,9 +24,11 @@ from .inline import inline
 from .nodes import (
     Affine,
     Call,
+    Compare,
     Decl,
     Def,
     Expr,
+    Floor,
     Gather,
     Neg,
     Num,
@@ -227,6 +229,20 @@ class _Build(Transformer):
         role = str(c[0])
         return [Decl(role, r, r.span) for r in c[1:]]
 
+    def dim_declaration(self, c: list[Any]) -> list[Decl]:
+        return list(c[1:])
+
+    def dim_entry(self, c: list[Any]) -> Decl:
+        name, assign, size = c
+        span = _span_of(c)
+        if str(assign) != "=":
+            raise IndexgradError(
+                "a dim declaration gives each index its extent with '=': dim u=2", _tok_span(assign)
+            )
+        if int(size) < 1:
+            raise IndexgradError(f"the extent of '{name}' must be at least 1, got {size}", _tok_span(size))
+        return Decl("dim", Ref(str(name), (), _tok_span(name)), span, int(size))
+
     # ---- expressions
     def _chain_sum(self, c: list[Any], sign: int) -> Sum:
         left, right = c
@@ -275,6 +291,9 @@ class _Build(Transformer):
     def number(self, c: list[Any]) -> Num:
         return Num(_number(c[0]), _span_of(c))
 
+    def compare(self, c: list[Any]) -> Compare:
+        return Compare(str(c[1]), _unwrap(c[0]), _unwrap(c[2]), _span_of(c))
+
     def call(self, c: list[Any]) -> Call:
         return Call(str(c[0]), tuple(_unwrap(a) for a in c[1:-1]), _span_of(c))
 
@@ -302,21 +321,94 @@ class _Build(Transformer):
         indices = tuple(c[1]) if len(c) > 2 and c[1] is not None else ()
         return Gather(Ref(str(c[0]), indices, _span_of(c)), _span_of(c))
 
+    def moded(self, c: list[Any]) -> Affine:
+        return replace(c[1], mode=str(c[0]), span=_span_of(c))
+
+    # index arithmetic: each rule gives a _Lin, and `affine` the position it spells
     def affine(self, c: list[Any]) -> Affine:
-        if len(c) == 1 and c[0][1] is not None and c[0][0] != 0:  # one term, `j` or `2*j`
-            k, name, span = c[0]
-            return Affine(((k, name),), 0, span)
-        return _affine([Token("ADDOP", "+")] + list(c))
+        return c[0].affine()
 
-    def affine_signed(self, c: list[Any]) -> Affine:
-        return _affine(list(c))
+    def ix_name(self, c: list[Any]) -> _Lin:
+        return _Lin({str(c[0]): 1}, [], 0, False, _tok_span(c[0]))
 
-    def affine_term(self, c: list[Any]) -> tuple[int, str | None, Span]:
-        span = _span_of(c)
-        if len(c) == 1:
-            return (int(c[0]), None, span) if c[0].type == "INT" else (1, str(c[0]), span)
+    def ix_int(self, c: list[Any]) -> _Lin:
+        return _Lin({}, [], int(c[0]), True, _tok_span(c[0]))
+
+    def ix_group(self, c: list[Any]) -> _Lin:
+        return replace(c[1], span=_span_of(c))
+
+    def ix_sign(self, c: list[Any]) -> _Lin:
+        lin = c[1].scaled(-1 if str(c[0]) == "-" else 1)
+        return replace(lin, span=_span_of(c))
+
+    def ix_add(self, c: list[Any]) -> _Lin:
+        return c[0].plus(c[2].scaled(-1 if str(c[1]) == "-" else 1), _span_of(c))
+
+    def ix_mul(self, c: list[Any]) -> _Lin:
         a, b = c
-        return (int(a), str(b), span) if a.type == "INT" else (int(b), str(a), span)
+        if b.constant():
+            return replace(a.scaled(b.const), span=_span_of(c))
+        if a.constant():
+            return replace(b.scaled(a.const), span=_span_of(c))
+        raise IndexgradError(
+            "an index position is linear in its index names: multiply a name by a whole number "
+            "(2*j), not by another name",
+            _span_of(c),
+        )
+
+    def ix_floor(self, c: list[Any]) -> _Lin:
+        a, op, k = c[0], str(c[1]), int(c[2])
+        span = _span_of(c)
+        if k <= 0:
+            raise IndexgradError(
+                f"'{op}' in an index position takes a positive whole number, got {k}", _tok_span(c[2])
+            )
+        if a.constant():
+            return _Lin({}, [], a.const // k if op == "//" else a.const % k, True, span)
+        return _Lin({}, [(1, Floor(a.affine(), op, k))], 0, False, span)
+
+
+@dataclass(frozen=True)
+class _Lin:
+    """Integer arithmetic of index names while parsing: coefficients, `//` and `%` parts, a constant,
+    and whether a constant was written (`r+0` is a shifted position, `r` a plain one)."""
+
+    coefs: dict[str, int]
+    parts: list[tuple[int, Floor]]
+    const: int
+    written: bool
+    span: Span
+
+    def constant(self) -> bool:
+        return not self.coefs and not self.parts
+
+    def scaled(self, k: int) -> _Lin:
+        return _Lin(
+            {n: k * c for n, c in self.coefs.items()},
+            [(k * c, f) for c, f in self.parts],
+            k * self.const,
+            self.written,
+            self.span,
+        )
+
+    def plus(self, other: _Lin, span: Span) -> _Lin:
+        coefs = dict(self.coefs)
+        for n, c in other.coefs.items():
+            coefs[n] = coefs.get(n, 0) + c
+        parts = list(self.parts)
+        for c, f in other.parts:
+            at = next((k for k, (_, g) in enumerate(parts) if g == f), None)
+            if at is None:
+                parts.append((c, f))
+            else:
+                parts[at] = (parts[at][0] + c, f)
+        return _Lin(coefs, parts, self.const + other.const, self.written or other.written, span)
+
+    def affine(self) -> Affine:
+        terms = tuple((k, n) for n, k in sorted(self.coefs.items()) if k != 0)  # canonical: by name
+        parts = tuple((k, f) for k, f in self.parts if k != 0)
+        shifted = self.written and self.const == 0 and len(terms) == 1 and terms[0][0] == 1 and not parts
+        return Affine(terms, self.const, self.span, None, parts, shifted)
 
 
 def _number(t: Token) -> float:
@@ -325,20 +417,6 @@ def _number(t: Token) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         raise IndexgradError(f"number {text} is too large", _tok_span(t))
     return value
-
-
-def _affine(c: list[Any]) -> Affine:
-    coefs: dict[str, int] = {}
-    const = 0
-    for sign_tok, (k, name, _) in zip(c[0::2], c[1::2]):
-        k = -k if str(sign_tok) == "-" else k
-        if name is None:
-            const += k
-        else:
-            coefs[name] = coefs.get(name, 0) + k
-    terms = tuple((k, n) for n, k in sorted(coefs.items()) if k != 0)  # canonical: by name
-    first, last = c[1][2], c[-1][2]
-    return Affine(terms, const, Span(first.line, first.column, last.end_line, last.end_column))
 
 
 @lru_cache(maxsize=1)
@@ -595,6 +673,8 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> IndexgradErro
         ttype in ("_NEWLINE", "$END", "SEMICOLON", "RPAR", "RSQB", "ASSIGN") or closer in expected
     ):
         msg = f"expected {opener}{where}, got {got}"
+    elif ttype == "ASSIGN" and "DECL_KW" in expected:
+        msg = f"expected a tensor name, got {got}"
     elif in_decl and ttype == "ASSIGN":
         msg = "a declaration only names tensors; write the definition on its own line"
     elif in_decl and "NAME" in expected:

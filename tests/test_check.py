@@ -104,7 +104,7 @@ CHECK_ERRORS = [
         "'l' is used as integer labels, so it must be an input",
     ),
     ("param l[b]\ny[b] = P[b, l[b]]\n", 2, 13, "'l' holds integer labels and cannot be a param"),
-    ("y[b] = P[b, l[b+1]]\n", 1, 15, "the label tensor 'l' must be indexed by plain index names"),
+    ("y[b] = P[b, l[m[b]]]\n", 1, 15, "not by other labels"),
     # size[k] names an index of the statement
     ("y[i] = x[i] size[k]\n", 1, 13, "size[k] names an index this statement does not use"),
     ("y = size[k]\n", 1, 5, "size[k] names an index this statement does not use"),
@@ -138,7 +138,7 @@ GOOD = [
     "y[i,j] = x[i] z[j]\ny[i,j] += w[j,i]\n",
     "y[i] += x[i]\ny[i] += x[i]\nz = y[i]\n",
     "x.grad[i] += 1\n",  # a derived name takes its shape from x
-    "y[b, l[b]] += x[b]\n",  # a scatter-add writes through labels
+    "P.grad[b, l[b]] += x[b]\n",  # a scatter-add writes through labels into P.grad, shaped like P
     "y[b] = P[b, l[b]] Q[l[b]]\n",
     "y[i] = A[i,i]\n",
     "y[k] = sum[j](x[j]) x[k]\n",
@@ -303,11 +303,12 @@ def test_warning_for_a_term_added_once_per_value(source: str, index: str, column
 
 
 NOT_WARNED = [
-    "y[b] = exp(x[b,k] + 1)\n",
+    "y[b] = sum[k](exp(x[b,k] + 1))\n",
     "y[b] = sum[k](x[b,k]) + 1\n",
     "y[b] = sum[k](x[b,k] + 1)\n",
     "y[b,i] = x[b,j] W[j,i] + B[i]\n",
-    "Z[b] = exp(L[b,c])\n",
+    "Z[b] = sum[c](exp(L[b,c]))\n",
+    "lse[b] = log(sum[k](exp(x[b,k])))\n",
     "loss = (yhat[b] - y[b])^2\n",
     "z[b] = x[b,k] y[k] + w[k]\n",
 ]

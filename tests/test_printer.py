@@ -92,7 +92,7 @@ TRICKY = [
     "y = " + " + ".join(f"x{n}" for n in range(3000)) + "\n",
     "y = " + "exp(" * 100 + "x" + ")" * 100 + "\n",
     "y[b] = P[b, lab[b]] Q[lab[b]]\n",
-    "y[i] = x[i-1] + x[-i+2]\n",
+    "y[i] = x[i+1] + x[-i+2] + x[pad(i-1)] + x[i+0]\n",
     "param W\nx.grad = W\ny = 1\nparam V\ninput V2\n",
     "y = -a * (b + c)\n",
     "y[b] = P[b, l[]]\n",
@@ -160,7 +160,8 @@ def at_least(g: Gen, level: int) -> Gen:
 
 @st.composite
 def index_position(draw: st.DrawFn) -> tuple[str, frozenset[str]]:
-    kind = draw(st.sampled_from(["plain"] * 6 + ["affine", "stride", "shift", "gather"]))
+    kinds = ["plain"] * 6 + ["affine", "stride", "shift", "mode", "floor", "gather"]
+    kind = draw(st.sampled_from(kinds))
     a, b = draw(st.lists(st.sampled_from(INDICES), min_size=2, max_size=2, unique=True))
     if kind == "affine":
         return f"{a}+{b}", frozenset({a, b})
@@ -169,9 +170,17 @@ def index_position(draw: st.DrawFn) -> tuple[str, frozenset[str]]:
             {a, b}
         )
     if kind == "shift":
-        return draw(st.sampled_from([f"{a}-1", f"{a}+1", f"1+{a}"])), frozenset({a})
+        text = draw(st.sampled_from([f"{a}+1", f"1+{a}", f"{a}+0", f"{b}-{a}+2"]))
+    elif kind == "mode":
+        mode = draw(st.sampled_from(["pad", "clamp", "wrap"]))
+        text = f"{mode}({draw(st.sampled_from([f'{a}-1', f'{a}+{b}-1', f'2*{a}+1', a]))})"
+    elif kind == "floor":
+        text = draw(st.sampled_from([f"{a}//2", f"({a}+{b})%3", f"2*({a}%2)+{b}//2", f"{a} // 3 + 1"]))
+    if kind in ("shift", "mode", "floor"):
+        arithmetic = text.partition("(")[2] if kind == "mode" else text  # not the mode's own letters
+        return text, frozenset(n for n in (a, b) if n in arithmetic)
     if kind == "gather":
-        return f"lab[{a}]", frozenset({a})
+        return draw(st.sampled_from([f"lab[{a}]", f"lab[{a}+1]", f"lab[clamp({a}-1)]"])), frozenset({a})
     return a, frozenset({a})
 
 
@@ -189,12 +198,17 @@ def ref(draw: st.DrawFn, env: Env) -> Gen:
 
 @st.composite
 def expr(draw: st.DrawFn, env: Env, depth: int) -> Gen:
-    kinds = ["ref", "ref", "number"]
+    kinds = ["ref", "ref", "number", "delta"]
     if depth > 0:
-        kinds += ["neg", "power", "product", "product", "sum", "sum", "call", "reduce", "group"]
+        kinds += ["neg", "power", "product", "product", "sum", "sum", "call", "reduce", "group", "compare"]
     kind = draw(st.sampled_from(kinds))
     if kind == "ref":
         return draw(ref(env))
+    if kind == "delta":
+        (a, fa), (b, fb) = draw(index_position()), draw(index_position())
+        if "[" in a + b or "(" in a + b:  # labels and boundary modes do not stand in delta
+            return draw(ref(env))
+        return Gen(f"delta[{a},{b}]", ATOM, fa | fb)
     if kind == "number":
         return Gen(draw(st.sampled_from(NUMBERS)), ATOM, frozenset())
     sub = expr(env, depth - 1)
@@ -239,9 +253,14 @@ def expr(draw: st.DrawFn, env: Env, depth: int) -> Gen:
             frozenset().union(*(g.free for g in parts)),
             frozenset().union(*(g.reduced for g in parts)),
         )
+    if kind == "compare":
+        left, right = draw(sub), draw(sub)
+        op = draw(st.sampled_from(["<", "<=", ">", ">=", "==", "!="]))
+        text = f"{at_least(left, SUM).text} {op} {at_least(right, SUM).text}"
+        return Gen(f"({text})", ATOM, left.free | right.free, left.reduced | right.reduced)
     if kind == "call":
-        func = draw(st.sampled_from(UNARY + BINARY))
-        args = [draw(sub) for _ in range(2 if func in BINARY else 1)]
+        func = draw(st.sampled_from(UNARY + BINARY + ("where",)))
+        args = [draw(sub) for _ in range(3 if func == "where" else 2 if func in BINARY else 1)]
         return Gen(
             f"{func}({', '.join(a.text for a in args)})",
             ATOM,
@@ -304,6 +323,8 @@ def program(draw: st.DrawFn) -> str:
             inputs = [n for n in inputs if n not in declared]
     if draw(st.booleans()):
         lines.append("input lab[n]")
+    # every index name sized, so that any index arithmetic passes the sizing check (SPEC 9)
+    lines.insert(0, "dim " + ", ".join(f"{n}={draw(st.integers(1, 3))}" for n in INDICES))
     for n in range(draw(st.integers(1, 5))):
         target = draw(st.sampled_from([f"t{n}", f"h{n}.pre", f"g{n}.grad"]))
         op = "+=" if target.endswith(".grad") and draw(st.booleans()) else "="

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import indexgrad as ig
+from indexgrad.syntax import parse_syntax
 from indexgrad.nodes import Affine, Call, Decl, Gather, Neg, Num, Power, Product, Reduce, Ref, Sum
 
 
@@ -94,7 +95,7 @@ SYNTAX_ERRORS = [
     ("y = x..grad\n", 1, 6, "unexpected character '.'"),
     ("y = 'a'\n", 1, 5, 'unexpected character "\'"'),
     ("y = 3 +* 2\n", 1, 8, "expected an expression, got '*'"),
-    ("y == x\n", 1, 4, "expected an expression, got '='"),
+    ("y == x\n", 1, 3, "expected '=' or '+=' after the tensor name, got '=='"),
     ("y += = x\n", 1, 6, "expected an expression, got '='"),
     ("y = [x]\n", 1, 5, "expected an expression, got '['"),
     ("= x\n", 1, 1, "got '='"),
@@ -336,7 +337,8 @@ VALID = [
     "y[j] = x[j*2+k] w[k]\n",
     "y[j] = w[k] x[j+k] + b[j]\n",
     "y[b,o,r,c] = x[b,ch,r+u,c+v] w[o,ch,u,v]\n",
-    "y[i] = x[i-1] + x[i+1]\n",
+    "y[i] = x[i+2] + x[i+1]\n",
+    "y[i] = x[pad(i-1)] + x[clamp(i+1)] + x[wrap(i-2)]\n",
     "ell[b] = -log(P[b, y[b]])\n",
     "param W[j,i], B[i]\ninput x[b,j]\ny[b,i] = x[b,j] W[j,i] + B[i]\n",
     "input = param + 1\n",
@@ -425,7 +427,7 @@ def test_affine_index_positions() -> None:
     assert stride.indices == (Affine(((2, "j"), (1, "k"))),)
     dilate = ig.parse("y[j] = x[j+2*k] w[k]\n").statements[0].expr.factors[0]
     assert dilate.indices == (Affine(((1, "j"), (2, "k"))),)
-    shifted = ig.parse("y[i] = x[i-1]\n").statements[0].expr
+    shifted = parse_syntax("y[i] = x[i-1]\n").statements[0].expr  # checked, x[i-1] reads x[-1]
     assert shifted.indices == (Affine(((1, "i"),), -1),)
 
 

@@ -1,0 +1,363 @@
+"""The integer positions an index position reads, per boundary mode, and the sizes index positions imply.
+
+An index position (`Affine`) is a sum of integer multiples of index names, of `//` and `%` parts
+and a constant, read through a boundary mode or not. Given the sizes of its names, its values form
+an integer array broadcast over the reference's index names; a boundary mode then maps values that
+fall outside the axis: `pad` keeps them and masks them out (they read 0, and writes there are
+dropped), `clamp` moves them to the nearest edge, `wrap` takes them modulo the axis's extent.
+
+The sizing rules of a statement live here too, in `solve`: the compile-time check runs them with
+extents known only by name (None), the executor with the arrays' extents, and `--dims` with the
+sizes a user gives. Sizes come from, in order: `dim` declarations and plain positions of arrays
+(which must agree); the "valid" extent of a linear position with one unsized name (all its values
+in range); the "same" extent of a position with a boundary mode (its axis's extent); and an index
+read plainly and through a one-name shift (`x[r+1] - x[r]`) ranges where every read is in range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import IndexgradError
+from .nodes import Affine, Floor, Gather, Index, Ref, Span
+
+Array = np.ndarray
+
+
+# ---- values of a position ----------------------------------------------------------------------
+
+
+def value_range(i: Affine, sizes: Mapping[str, int]) -> tuple[int, int]:
+    """The lowest and highest value i's arithmetic takes over its names' ranges, before any
+    boundary mode (an empty range of a name counts as its single value 0)."""
+    lo = hi = i.const
+    for c, n in i.terms:
+        ext = c * max(sizes[n] - 1, 0)
+        lo, hi = lo + min(ext, 0), hi + max(ext, 0)
+    for c, f in i.parts:
+        flo, fhi = _part_range(f, sizes)
+        lo, hi = lo + min(c * flo, c * fhi), hi + max(c * flo, c * fhi)
+    return lo, hi
+
+
+def _part_range(f: Floor, sizes: Mapping[str, int]) -> tuple[int, int]:
+    lo, hi = value_range(f.inner, sizes)
+    k = f.divisor
+    if f.op == "//":
+        return lo // k, hi // k
+    if lo // k == hi // k:  # the remainders do not come round
+        return lo % k, hi % k
+    return 0, k - 1
+
+
+def empty(i: Affine, sizes: Mapping[str, int]) -> bool:
+    """Whether some name of i has no values (a size of 0), so that i reads nothing."""
+    return any(sizes[n] == 0 for n in i.names())
+
+
+def values(i: Affine, names: tuple[str, ...], sizes: Mapping[str, int]) -> Array:
+    """i's value for every combination of `names`' values, before any boundary mode: an integer
+    array with one axis per name (length 1 where i does not use the name)."""
+    v: Any = np.full([1] * len(names), i.const, dtype=np.intp)
+    for c, n in i.terms:
+        v = v + c * _along(n, names, sizes)
+    for c, f in i.parts:
+        inner = values(f.inner, names, sizes)
+        v = v + c * (inner // f.divisor if f.op == "//" else inner % f.divisor)
+    return v
+
+
+def _along(n: str, names: tuple[str, ...], sizes: Mapping[str, int]) -> Array:
+    shape = [1] * len(names)
+    shape[names.index(n)] = sizes[n]
+    return np.arange(sizes[n], dtype=np.intp).reshape(shape)
+
+
+def bounded(v: Array, mode: str | None, extent: int) -> tuple[Array, Array | None]:
+    """Positions v on an axis of `extent` after a boundary mode, and for `pad` the mask of those
+    inside (the others are moved to the edge so that indexing with them is valid)."""
+    if mode is None:
+        return v, None
+    if extent == 0:
+        if mode == "pad":
+            return np.zeros_like(v), np.zeros(v.shape, bool)
+        raise IndexgradError(f"{mode}(...) reads an axis of size 0")
+    if mode == "clamp":
+        return np.clip(v, 0, extent - 1), None
+    if mode == "wrap":
+        return v % extent, None
+    inside = (v >= 0) & (v < extent)
+    return np.clip(v, 0, extent - 1), (None if inside.all() else inside)
+
+
+def index_arrays(
+    r: Ref,
+    shape: tuple[int, ...],
+    names: tuple[str, ...],
+    sizes: Mapping[str, int],
+    labels: Callable[[Ref, tuple[str, ...]], Array],
+) -> tuple[tuple[Array, ...], Array | None]:
+    """Per-axis integer arrays broadcast over `names` (r's positions after their boundary modes),
+    and the mask of the entries a `pad` position reads inside the array (None: all of them).
+    `labels(g, names)` gives the values of the label tensor reference g broadcast over names."""
+    out = []
+    mask = None
+    for axis, i in enumerate(r.indices):
+        if isinstance(i, Gather):
+            out.append(labels(i.ref, names))
+            continue
+        v, inside = bounded(values(i, names, sizes), i.mode, shape[axis])
+        out.append(v)
+        if inside is not None:
+            mask = inside if mask is None else mask & inside
+    return tuple(out), mask
+
+
+# ---- boundary modes of linear positions, by padding ----------------------------------------------
+
+
+def margins(i: Affine, sizes: Mapping[str, int], extent: int) -> tuple[int, int]:
+    """How far a position reaches before 0 and past the end of an axis of `extent`."""
+    lo, hi = value_range(i, sizes)
+    if empty(i, sizes):
+        return 0, 0
+    return max(0, -lo), max(0, hi - extent + 1)
+
+
+_NUMPY_MODE = {"pad": "constant", "clamp": "edge", "wrap": "wrap"}
+
+
+def padded(a: Array, axis: int, before: int, after: int, mode: str) -> Array:
+    """a extended along `axis` as the boundary mode reads outside it: zeros, the edge, or around."""
+    if before == after == 0:
+        return a
+    if a.shape[axis] == 0 and mode != "pad":
+        raise IndexgradError(f"{mode}(...) reads an axis of size 0")
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (before, after)
+    return np.pad(a, widths, mode=_NUMPY_MODE[mode])  # type: ignore[call-overload]
+
+
+def folded(a: Array, axis: int, before: int, after: int, mode: str) -> Array:
+    """The adjoint of `padded`: what was written to the extended axis, added back into the axis
+    (dropped outside for pad, piled on the edges for clamp, wrapped around for wrap)."""
+    if before == after == 0:
+        return a
+    length = a.shape[axis] - before - after
+    inner = np.take(a, range(before, before + length), axis=axis)
+    if mode == "pad":
+        return inner
+    out = np.array(inner, copy=True)
+    moved = np.moveaxis(out, axis, 0)
+    source = np.moveaxis(a, axis, 0)
+    if mode == "clamp":
+        moved[0] += source[:before].sum(axis=0)
+        moved[-1] += source[before + length :].sum(axis=0)
+    else:
+        outside = np.r_[0:before, before + length : before + length + after]
+        np.add.at(moved, (outside - before) % length, source[outside])
+    return out
+
+
+def unmoded(i: Affine, before: int) -> Affine:
+    """i without its boundary mode, on its axis extended by `before` positions at the start."""
+    return Affine(i.terms, i.const + before, i.span, None, i.parts, i.shifted)
+
+
+def delta_values(r: Ref, names: tuple[str, ...], sizes: Mapping[str, int]) -> Array:
+    """`delta[i,j]` over `names`: True where its two positions hold the same value."""
+    first, second = (values(i, names, sizes) for i in r.indices)  # type: ignore[arg-type]
+    return np.broadcast_to(np.equal(first, second), tuple(sizes[n] for n in names))
+
+
+# ---- sizing rules --------------------------------------------------------------------------------
+
+
+def _known(*sizes: int | None) -> bool:
+    return all(s is not None for s in sizes)
+
+
+def _rest_high(i: Affine, n: str, size: Mapping[str, int | None]) -> int | None:
+    """The highest value of i without its terms in n (every other name sized), or None when a
+    size is known only to exist."""
+    others = [(c, m) for c, m in i.terms if m != n]
+    if not _known(*(size[m] for _, m in others), *(size[m] for _, f in i.parts for m in f.names())):
+        return None
+    rest = Affine(tuple(others), i.const, parts=i.parts)
+    return value_range(rest, size)[1]  # type: ignore[arg-type]
+
+
+def sizable(i: Affine, sized: Callable[[str], bool]) -> tuple[str, int] | None:
+    """(name, coefficient) when i has exactly one unsized name, and it is a term with a positive
+    coefficient (so that i's largest value grows with it); else None."""
+    unknown = [n for n in i.names() if not sized(n)]
+    if len(unknown) != 1:
+        return None
+    n = unknown[0]
+    coef = next((c for c, m in i.terms if m == n), 0)
+    if coef <= 0:
+        return None
+    return n, coef
+
+
+Found = "tuple[str, int | None] | None"
+
+
+def valid_extent(i: Affine, extent: int | None, size: Mapping[str, int | None]) -> Found:
+    """(name, size) for the one unsized name of a linear position whose axis has `extent`: the most
+    values that keep every value inside the axis (the "valid" extent |x| - |u| + 1 of r in x[r+u]),
+    below 1 when there is none. A `//` part counts: r in x[r//2] gets 2|x|. None unless one name is
+    unsized and its largest value bounds the position."""
+    found = sizable(i, size.__contains__)
+    if found is not None:
+        n, c = found
+        high = _rest_high(i, n, size)
+        if extent is None or high is None:
+            return n, None
+        return n, (extent - 1 - high) // c + 1
+    unknown = [n for n in i.names() if n not in size]
+    parts = [(c, f) for c, f in i.parts if c > 0 and f.op == "//" and set(unknown) <= set(f.names())]
+    if len(unknown) != 1 or len(parts) != 1 or any(unknown[0] == m for _, m in i.terms):
+        return None
+    c, f = parts[0]
+    rest = Affine(i.terms, i.const, parts=tuple(p for p in i.parts if p is not parts[0]))
+    if extent is None or not _known(*(size[m] for m in rest.names())):
+        inner_extent = None
+    else:  # c * (inner // k) <= extent - 1 - high  <=>  inner <= k * ((extent - 1 - high) // c) + k - 1
+        high = value_range(rest, size)[1]  # type: ignore[arg-type]
+        inner_extent = f.divisor * ((extent - 1 - high) // c + 1)
+    return valid_extent(f.inner, inner_extent, size)
+
+
+def same_extent(i: Affine, extent: int | None, size: Mapping[str, int | None]) -> Found:
+    """(name, size) for the one unsized name of a position read through a boundary mode: the
+    axis's extent ("same"), divided by its coefficient and rounded up (`pad(2*r+u)` gives r half
+    the axis, as TensorFlow's "SAME" padding with stride 2). None unless one name is unsized and
+    it is a term with a positive coefficient."""
+    found = sizable(i, size.__contains__)
+    if found is None:
+        return None
+    n, c = found
+    return n, None if extent is None else -(-extent // c)
+
+
+def shift_name(i: Affine) -> str | None:
+    """The name of a one-name shift `x[r+1]`, `x[2*r]`, `x[r+0]` (linear, positive coefficient, not
+    plain): a read that bounds r where r is also read plainly; else None."""
+    if i.plain is not None or not i.linear() or len(i.terms) != 1 or i.terms[0][0] <= 0 or i.const < 0:
+        return None
+    return i.terms[0][1]
+
+
+def shift_extent(i: Affine, extent: int | None) -> int | None:
+    """The values of r that keep a one-name shift c*r + d inside an axis of `extent`."""
+    if extent is None:
+        return None
+    c, _ = i.terms[0]
+    return max(0, (extent - 1 - i.const) // c + 1)
+
+
+def written_extent(i: Index, sizes: Mapping[str, int | None]) -> int | None:
+    """The extent a `+=` that defines its tensor gives an axis it writes through i: its largest
+    position plus one. None when that is known only to exist."""
+    assert isinstance(i, Affine)
+    if not _known(*(sizes[n] for n in i.names())):
+        return None
+    if empty(i, sizes):  # type: ignore[arg-type]
+        return 0
+    return max(value_range(i, sizes)[1] + 1, 0)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Axis:
+    """An axis of a reference as sizing sees it: its position, the axis's extent (None: known to
+    exist only), whether it has one (the target of a `+=` that defines its tensor, and `delta`,
+    have none), and what to name in a message."""
+
+    position: Affine
+    extent: int | None
+    has_extent: bool
+    ref: Ref
+    axis: int
+    span: Span
+
+
+def axes_of(r: Ref, shape: Sequence[int | None] | None, span: Span) -> list[Axis]:
+    """The sizing axes of a reference with this shape (None: it has no extents); label positions
+    have none (the label tensor is a reference of its own)."""
+    out = []
+    for axis, i in enumerate(r.indices):
+        if isinstance(i, Affine):
+            ext = shape[axis] if shape is not None else None
+            out.append(Axis(i, ext, shape is not None, r, axis, r.span if r.span.line else span))
+    return out
+
+
+def solve(
+    axes: Sequence[Axis],
+    size: dict[str, int | None],
+    fixed: set[str],
+    note: Callable[[str, int | None, Axis], None],
+) -> None:
+    """Size the index names of one statement from its axes, into `size` (which may hold sizes
+    already: `dim` declarations, in `fixed`, and what the caller knows).
+
+    `note(name, extent, axis)` records the extent a plain position gives (and refuses one that
+    disagrees). Then, until nothing more follows: each linear position with one unsized name
+    gives it the valid extent (the smallest, when several do at once); failing that, each
+    position with a boundary mode gives its one unsized name the same extent. Every name sized
+    by an array, not by `dim`, ranges where each one-name shift of it (`x[r+1]`) is in range.
+    An index with no valid positions is an error at the reference that leaves it none.
+    """
+    for ax in axes:
+        if ax.position.plain is not None and ax.has_extent:
+            note(ax.position.plain, ax.extent, ax)
+    shifts: dict[str, list[Axis]] = {}
+    for ax in axes:
+        n = shift_name(ax.position)
+        if n is not None and ax.has_extent:
+            shifts.setdefault(n, []).append(ax)
+
+    def settle(n: str, value: int | None, by: Axis | None) -> None:
+        given = value
+        if n not in fixed:
+            for sh in shifts.get(n, ()):
+                bound = shift_extent(sh.position, sh.extent)
+                if value is not None and bound is not None and bound < value:
+                    value, by = bound, sh
+        if value is not None and value < 1 and given != 0 and by is not None:
+            from .printer import format_ref
+
+            raise IndexgradError(
+                f"index '{n}' in {format_ref(by.ref)} has no valid positions: "
+                f"{by.ref.name} has size {by.extent} along axis {by.axis}",
+                by.span,
+            )
+        size[n] = value
+
+    for n in list(size):
+        if n not in fixed and n in shifts:
+            settle(n, size[n], None)
+    linear = [ax for ax in axes if ax.has_extent and ax.position.plain is None and ax.position.mode is None]
+    moded = [ax for ax in axes if ax.has_extent and ax.position.mode is not None]
+    while True:
+        for rule, group in ((valid_extent, linear), (same_extent, moded)):
+            found: dict[str, tuple[int | None, Axis]] = {}
+            for ax in group:
+                got = rule(ax.position, ax.extent, size)
+                if got is None:
+                    continue
+                n, value = got
+                old = found.get(n)
+                if old is None or (value is not None and (old[0] is None or value < old[0])):
+                    found[n] = (value, ax)
+            if found:
+                for n, (value, ax) in found.items():
+                    settle(n, value, ax)
+                break
+        else:
+            return
