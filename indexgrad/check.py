@@ -412,7 +412,8 @@ class _Checker:
         """SPEC 9: every index of the statement gets a size from what it reads, a `dim`, or index
         arithmetic (the rules of positions.solve), so that nothing is found unsized at run time."""
         t = s.target
-        known = s.op == "+=" and (t.name in self.defined_before_this or sized_like(t.name) is not None)
+        # the target has extents when a '+=' adds into it, or it is a gradient or tangent (N's shape)
+        known = (s.op == "+=" and t.name in self.defined_before_this) or sized_like(t.name) is not None
         axes = []
         for r in [*refs_in(expr), *(i.ref for i in t.indices if isinstance(i, Gather))]:
             axes += axes_of(r, None if r.name == DELTA else [None] * len(r.indices), s.span)
@@ -547,13 +548,20 @@ def _place_numbers(
             raise _misplaced(next(sz for sz in sizeofs(e) if sz.index in missing))
         return
     if isinstance(e, (Product, Sum, Call, Compare)):
-        for c in kids:
-            have = set().union(*(free_indices(d) for d in kids if d is not c and not _is_number(d)))
-            if isinstance(e, Product):
-                have |= set(e.summed) | (lhs if top else set())  # the whole right side writes lhs
-            if isinstance(e, Sum):  # a sum's terms join the sum around it (lowering's _terms_of)
-                have |= outer | (lhs if top else set())
-            if not _is_number(c):
+        numbers = [_is_number(c) for c in kids]
+        if not any(numbers) and not any(_sizes_inside(c) for c in kids):
+            return
+        free = [set() if number else free_indices(c) for c, number in zip(kids, numbers)]
+        counts: dict[str, int] = {}
+        for f in free:
+            for n in f:
+                counts[n] = counts.get(n, 0) + 1
+        around = set(e.summed) | (lhs if top else set()) if isinstance(e, Product) else set()
+        if isinstance(e, Sum):  # a sum's terms join the sum around it (lowering's _terms_of)
+            around = outer | (lhs if top else set())
+        for c, number, mine in zip(kids, numbers, free):
+            have = {n for n, k in counts.items() if k > (n in mine)} | around  # the other kids'
+            if not number:
                 inner = c.arg if isinstance(c, Neg) else c
                 into = frozenset(have) if isinstance(e, Sum) and isinstance(inner, Sum) else frozenset()
                 _place_numbers(c, fixed, lhs, False, into)
@@ -562,8 +570,13 @@ def _place_numbers(
             if missing:
                 raise _misplaced(next(sz for sz in sizeofs(c) if sz.index in missing))
         return
+    neg = isinstance(e, Neg)
     for c in kids:
-        _place_numbers(c, fixed, lhs, top and isinstance(e, Neg), outer if isinstance(e, Neg) else frozenset())
+        _place_numbers(c, fixed, lhs, top and neg, outer if neg else frozenset())
+
+
+def _sizes_inside(e: Expr) -> bool:
+    return isinstance(e, SizeOf) or any(_sizes_inside(c) for c in children(e))
 
 
 def _misplaced(sz: SizeOf) -> IndexgradError:

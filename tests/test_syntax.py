@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import indexgrad as ig
-from indexgrad.syntax import parse_syntax
 from indexgrad.nodes import Affine, Call, Decl, Gather, Neg, Num, Power, Product, Reduce, Ref, Sum
+from indexgrad.syntax import parse_syntax
 
 
 def regression(reason: str, *case: object) -> object:
