@@ -133,9 +133,8 @@ def program_text(
             kept = {n for r in refs_in(g.expr) for n in ref_index_names(r)}
             new = ref_index_names(g.target)
             over = [n for n in dict.fromkeys(ref_index_names(s.target)) if n not in new and n in kept]
-            readings[format_statement(s)] = (
-                f"#   that is {format_statement(g)}, summing over {', '.join(over)} in range"
-            )
+            summing = f"summing over {', '.join(over)} in range" if over else "where in range"
+            readings[format_statement(s)] = f"#   that is {format_statement(g)}, {summing}"
     out.extend(format_program(replace(derived, statements=(), written=())).splitlines())  # its declarations
     out.extend(_grouped(derived.statements, uses, readings))
     return "".join(line + "\n" for line in out)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -11,7 +11,8 @@ from .check import sized_like
 from .errors import IndexgradError
 from .functions import FUNCTIONS
 from .memory import human_bytes, memory_limit
-from .nodes import Affine, Call, Expr, Gather, Program, Ref, children, refs_in
+from .nodes import DELTA, Affine, Call, Expr, Gather, Program, Ref, children, refs_in
+from .positions import same_extent, valid_extent, written_extent
 
 
 class _Classes:
@@ -39,6 +40,8 @@ def axis_classes(groups: Iterable[Sequence[Ref]]) -> _Classes:
     uf = _Classes()
     for k, refs in enumerate(groups):
         for r in refs:
+            if r.name == DELTA:  # delta's axes take their sizes, they give none
+                continue
             like = sized_like(r.name)
             for axis, i in enumerate(r.indices):
                 if isinstance(i, Affine) and i.plain is not None:
@@ -86,15 +89,22 @@ def parse_names(text: str | None) -> list[str] | None:
 
 
 def infer_shapes(program: Program, dims: dict[str, int], default: int = 3) -> dict[str, tuple[int, ...]]:
-    """Shapes for every input (labels included), sized from dims by index name, else `default`."""
+    """Shapes for every input (labels included), sized from dims by index name, else `default`.
+
+    The program's own `dim` declarations come first; a --dims size for such an index must agree."""
+    fixed = program.dims()
+    for n, v in dims.items():
+        if n in fixed and fixed[n] != v:
+            raise IndexgradError(f"--dims gives {n}={v}, but the program declares dim {n}={fixed[n]}")
+    dims = {**dims, **fixed}
     uf = _Classes()
     names_of: dict[tuple, set[str]] = {}
     refs: list[tuple[int, Ref]] = []
     for k, s in enumerate(program.statements):
         refs.append((k, s.target))
-        refs.extend((k, r) for r in refs_in(s.expr))
+        refs.extend((k, r) for r in refs_in(s.expr) if r.name != DELTA)
         refs.extend((k, i.ref) for i in s.target.indices if isinstance(i, Gather))
-    for d in program.decls:  # last, so a reference with index arithmetic sizes the input
+    for d in program.tensor_decls():  # last, so a reference with index arithmetic sizes the input
         refs.append((-1 - len(refs), d.ref))
     for k, r in refs:
         for axis, i in enumerate(r.indices):
@@ -107,9 +117,14 @@ def infer_shapes(program: Program, dims: dict[str, int], default: int = 3) -> di
         for n in ns:
             if n in dims:
                 size.setdefault(root, dims[n])
+    for k, r in refs:  # a name only index arithmetic reads still takes its --dims or dim size
+        for i in r.indices:
+            for n in i.names() if isinstance(i, Affine) else ():
+                if n in dims:
+                    size.setdefault(uf.find(("I", k, n)), dims[n])
 
     targets = {
-        k: {i.plain for i in s.target.indices if isinstance(i, Affine)}
+        k: {n for i in s.target.indices if isinstance(i, Affine) for n in i.names()}
         for k, s in enumerate(program.statements)
     }
     _solve_affine(uf, size, refs, targets, default)
@@ -131,40 +146,52 @@ def infer_shapes(program: Program, dims: dict[str, int], default: int = 3) -> di
         for axis, i in enumerate(r.indices):
             root = uf.find(("T", r.name, axis))
             if isinstance(i, Affine) and i.plain is None:
-                ext = i.const + sum(max(c, 0) * (index_size(k, n) - 1) for c, n in i.terms) + 1
-                shape.append(size.get(root, max(ext, 1)))  # B[-1] is refused when it runs
+                sizes = {n: index_size(k, n) for n in i.names()}
+                if i.mode is not None:  # the axis whose "same" extent the position has
+                    ext = max((c * sizes[n] for c, n in i.terms if c > 0), default=1)
+                else:
+                    ext = written_extent(i, sizes) or 1  # x[-1] is refused when it runs
+                shape.append(size.get(root, max(ext, 1)))
             elif isinstance(i, Gather):
                 shape.append(size.get(root, dims.get(f"{r.name}{axis}", default + 1)))
             else:
                 shape.append(size.get(root, dims.get(i.plain or "", default)))
         shapes[name] = tuple(shape)
-    for d in program.decls:  # declared but unread
+    for d in program.tensor_decls():  # declared but unread
         if d.ref.name not in shapes:
             shapes[d.ref.name] = tuple(dims.get(i.plain or "", default) for i in d.ref.indices)  # type: ignore[union-attr]
     return shapes
 
 
-def valid_extent(i: Affine, extent: int, size_of: Callable[[str], int | None]) -> tuple[str, int] | None:
-    """(name, size) for the one unsized name of an affine position whose axis has `extent`: the
-    most values that keep the position inside the axis (the "valid" extent |x| - |u| + 1 of r in
-    x[r+u]); below 1 when there is none. None unless exactly one name, with a positive
-    coefficient, is unsized."""
-    unknown = [(c, n) for c, n in i.terms if size_of(n) is None]
-    if len(unknown) != 1 or unknown[0][0] <= 0:
-        return None
-    c, n = unknown[0]
-    top = extent - 1 - i.const - sum(max(c2, 0) * (size_of(n2) - 1) for c2, n2 in i.terms if n2 != n)  # type: ignore[operator]
-    return n, top // c + 1
+class _Named(Mapping[str, int]):
+    """The sizes found so far of statement k's index names, looked up by name (for positions'
+    rules, which ask `n in sizes` and `sizes[n]`)."""
+
+    def __init__(self, uf: _Classes, size: dict[tuple, int], k: int) -> None:
+        self.uf, self.size, self.k = uf, size, k
+
+    def __getitem__(self, n: str) -> int:
+        return self.size[self.uf.find(("I", self.k, n))]
+
+    def __contains__(self, n: object) -> bool:
+        return self.uf.find(("I", self.k, n)) in self.size
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
 
 
 def _solve_affine(
     uf: _Classes,
     size: dict[tuple, int],
     refs: list[tuple[int, Ref]],
-    targets: dict[int, set[str | None]],
+    targets: dict[int, set[str]],
     default: int,
 ) -> None:
-    """Sizes that index arithmetic implies (see valid_extent), until nothing more follows.
+    """Sizes that index arithmetic implies (positions' valid and same extents), until nothing
+    more follows.
 
     A sized position with several unsized names (x[r+u] with only x's size given) gives the
     names its statement sums over (u) the default size, so that the one on the left side (r)
@@ -173,16 +200,18 @@ def _solve_affine(
         changed = False
         stuck: list[tuple[int, str]] = []
         for k, r in refs:
+            named = _Named(uf, size, k)
             for axis, i in enumerate(r.indices):
                 extent = size.get(uf.find(("T", r.name, axis)))
                 if not isinstance(i, Affine) or i.plain is not None or extent is None:
                     continue
-                found = valid_extent(i, extent, lambda n, k=k: size.get(uf.find(("I", k, n))))
-                if found is not None and found[1] >= 1:
+                rule = same_extent if i.mode is not None else valid_extent
+                found = rule(i, extent, named)
+                if found is not None and found[1] is not None and found[1] >= 1:
                     size[uf.find(("I", k, found[0]))] = found[1]
                     changed = True
                 elif found is None:
-                    unknown = [n for _, n in i.terms if size.get(uf.find(("I", k, n))) is None]
+                    unknown = [n for n in i.names() if n not in named]
                     stuck += [(k, n) for n in unknown if len(unknown) > 1 and n not in targets.get(k, ())]
         if not changed:
             if not stuck:
