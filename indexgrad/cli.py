@@ -106,7 +106,7 @@ def program_text(
     derived: Program,
     fmt: str,
     title: str,
-    head: str = "forward temporaries",
+    head: str = "forward statements the gradients read",
     source: Program | None = None,
     uses: Program | None = None,
 ) -> str:
@@ -123,6 +123,8 @@ def program_text(
         return program_latex(forward, derived.statements) + "\n"
     out: list[str] = []
     if forward:
+        out.extend(format_program(Program(derived.decls)).splitlines())  # they hold for it all
+        derived = Program((), derived.statements)
         out.append(f"# {head}")
         out.extend(_grouped(forward, uses, {}))
         out.append(f"# {title}")

@@ -422,22 +422,24 @@ def derive_jvp(program: Program, wrt: list[str] | None = None) -> Program:
 
 
 def forward_statements(program: Program, reader: Program | None = None) -> list[Statement]:
-    """The lowered forward statements that define temporaries (printed before a derived program).
+    """The lowered forward statements printed before a derived program: without `reader`, those
+    that define temporaries.
 
-    With `reader`, only those it reads, directly or through other temporaries, and those whose
-    gradient it writes along an index nothing it reads has (`y.sum.grad[b,k] += y.grad[b]` takes
-    its shape from y.sum).
+    With `reader`, every lowered statement that defines what it reads (the program's own tensors
+    too, so that the printout runs given the forward inputs and the seeds; SPEC 9), directly or
+    through other forward statements, and those whose gradient it writes along an index nothing
+    it reads has (`y.sum.grad[b,k] += y.grad[b]` takes its shape from y.sum).
     """
     from .lower import prim_statement
 
     user = set(program.defined())
-    temps = [prim_statement(p) for p in lower(program) if p.out.name not in user]
+    every = [prim_statement(p) for p in lower(program)]
     if reader is None:
-        return temps
+        return [s for s in every if s.target.name not in user]
     reads = {r.name for s in reader.statements for r in refs_in_statement(s)}
     reads |= _shapeless_gradients(reader, reads)
     kept: list[Statement] = []
-    for s in reversed(temps):
+    for s in reversed(every):
         if s.target.name in reads:
             kept.append(s)
             reads.update(r.name for r in refs_in_statement(s))

@@ -223,10 +223,10 @@ def statement_latex(s: Statement) -> str:
 
 
 def program_latex(forward: Sequence[Statement], statements: Sequence[Statement]) -> str:
-    """An `aligned` environment with one row per statement, forward temporaries first."""
+    """An `aligned` environment with one row per statement, the forward statements first."""
     rows: list[str] = []
     if forward:
-        rows.append("% forward temporaries")
+        rows.append("% forward statements")
     for n, s in enumerate([*forward, *statements]):
         if forward and n == len(forward):
             rows.append("% derived statements")
