@@ -419,18 +419,14 @@ class _Checker:
             axes += axes_of(r, None if r.name == DELTA else [None] * len(r.indices), s.span)
         if known:
             axes += axes_of(t, [None] * len(t.indices), s.span)
-        size: dict[str, int | None] = {n: None for n in self.dims}
-        solve(axes, size, set(self.dims), lambda n, extent, ax: size.setdefault(n, None))
-        lhs = {n for i in t.indices for n in i.names()}
-        wanted: dict[str, None] = {}
-        for r in refs_in(expr):
-            for n in ref_index_names(r):
-                wanted.setdefault(n, None)
-        for n in _reduced(expr):
-            wanted.setdefault(n, None)
-        for n in [n for n in wanted if n not in lhs] + [n for i in t.indices for n in i.names()]:
-            if n not in size:
-                raise self.unsized(n, s, expr)
+        self.solved.append((s, expr, axes))
+        unsized = self.unsized_names(s, expr, axes, set())
+        if unsized:
+            plain = {i.plain for i in t.indices if isinstance(i, Affine)}
+            if s.op == "=" and set(unsized) <= plain:  # a later statement that reads t may size them
+                self.pending.append(len(self.solved) - 1)
+            else:
+                raise self.unsized(unsized[0], s, expr)
         if s.op == "+=" and not known:  # it defines t: each axis as far as it writes
             for i in t.indices:
                 if isinstance(i, Gather) or i.mode is not None:
@@ -441,6 +437,41 @@ class _Checker:
                         "delta[c, ...] over an index c that `dim` sizes",
                         i.span or t.span,
                     )
+
+    def unsized_names(self, s: Statement, expr: Expr, axes: list, given: set[str]) -> list[str]:
+        """The index names of s that its axes, `dim` and `given` leave unsized: the names only the
+        right side has first (they are the ones to declare), then the left side's."""
+        size: dict[str, int | None] = {n: None for n in [*self.dims, *given]}
+        solve(axes, size, set(self.dims), lambda n, extent, ax: size.setdefault(n, None))
+        lhs = [n for i in s.target.indices for n in i.names()]
+        wanted: dict[str, None] = {}
+        for r in refs_in(expr):
+            for n in ref_index_names(r):
+                wanted.setdefault(n, None)
+        for n in _reduced(expr):
+            wanted.setdefault(n, None)
+        return [n for n in [*(n for n in wanted if n not in lhs), *lhs] if n not in size]
+
+    def sized_by_later_reads(self) -> None:
+        """The language's one reach across statements: an index of a tensor's definition that the
+        definition leaves unsized (`t[j,k] = tanh(x[j+k])`) takes its size from a later statement
+        that reads t with a plain name there which another of its arrays, or a `dim`, sizes
+        (`y[j] = t[j,k] w[k]`); the executor finds it the same way."""
+        for k in self.pending:
+            s, expr, axes = self.solved[k]
+            t = s.target
+            given: set[str] = set()
+            for _, later, _ in self.solved[k + 1 :]:
+                reads = refs_in(later)
+                others = [x for x in reads if x.name not in (t.name, DELTA)]
+                sized = set(self.dims) | {i.plain for x in others for i in x.indices if isinstance(i, Affine)}
+                for r in reads:
+                    for axis, i in enumerate(r.indices if r.name == t.name else ()):
+                        if isinstance(i, Affine) and i.plain in sized:
+                            given.add(t.indices[axis].plain)  # type: ignore[union-attr, arg-type]
+            unsized = self.unsized_names(s, expr, axes, given)
+            if unsized:
+                raise self.unsized(unsized[0], s, expr)
 
     def unsized(self, n: str, s: Statement, expr: Expr) -> IndexgradError:
         """Why index n of statement s gets no size, and what to write."""
@@ -483,9 +514,12 @@ class _Checker:
         self.decls()
         out = []
         self.defined_before_this: set[str] = set()
+        self.solved: list[tuple[Statement, Expr, list]] = []
+        self.pending: list[int] = []
         for s in self.p.statements:
             out.append(self.statement(s))
             self.defined_before_this.add(s.target.name)
+        self.sized_by_later_reads()
         return replace(self.p, statements=tuple(out), warnings=tuple(self.warnings))
 
 

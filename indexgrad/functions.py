@@ -146,7 +146,11 @@ register(Function("eq", 2, _eq, lambda a, b, y: (None, None)))
 
 
 def _where(c: Array, a: Array, b: Array) -> Array:
-    return np.where(np.not_equal(c, 0), a, b)
+    out = np.where(np.not_equal(c, 0), a, b)
+    if out.dtype.kind != "f":  # two numbers, as in the derivative's where(c, 1, 0): c's float dtype
+        dtype = np.asarray(c).dtype
+        out = out.astype(dtype if dtype.kind == "f" else np.float64)
+    return out
 
 
 # where(c, a, b): the gradient follows the chosen branch; the condition gets none

@@ -12,6 +12,7 @@ from .check import free_indices, sized_like
 from .errors import IndexgradError
 from .functions import COMPARISONS, FUNCTIONS
 from .nodes import (
+    DELTA,
     Affine,
     Call,
     Compare,
@@ -354,6 +355,8 @@ def shrunk(refs: list[Ref]) -> set[str]:
     plain: set[str] = set()
     shifts: set[str] = set()
     for r in refs:
+        if r.name == DELTA:  # delta has no extent to keep a read inside
+            continue
         for i in [*r.indices, *(j for g in r.indices if isinstance(g, Gather) for j in g.ref.indices)]:
             if isinstance(i, Affine):
                 if i.plain is not None:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import IndexgradError
-from .nodes import Affine, Floor, Gather, Index, Ref, Span
+from .nodes import DELTA, Affine, Floor, Gather, Index, Ref, Span
 
 Array = np.ndarray
 
@@ -220,11 +220,13 @@ def valid_extent(i: Affine, extent: int | None, size: Mapping[str, int | None]) 
             return n, None
         return n, (extent - 1 - high) // c + 1
     unknown = [n for n in i.names() if n not in size]
-    parts = [(c, f) for c, f in i.parts if c > 0 and f.op == "//" and set(unknown) <= set(f.names())]
+    parts = [
+        k for k, (c, f) in enumerate(i.parts) if c > 0 and f.op == "//" and set(unknown) <= set(f.names())
+    ]
     if len(unknown) != 1 or len(parts) != 1 or any(unknown[0] == m for _, m in i.terms):
         return None
-    c, f = parts[0]
-    rest = Affine(i.terms, i.const, parts=tuple(p for p in i.parts if p is not parts[0]))
+    c, f = i.parts[parts[0]]
+    rest = Affine(i.terms, i.const, parts=i.parts[: parts[0]] + i.parts[parts[0] + 1 :])
     if extent is None or not _known(*(size[m] for m in rest.names())):
         inner_extent = None
     else:  # c * (inner // k) <= extent - 1 - high  <=>  inner <= k * ((extent - 1 - high) // c) + k - 1
@@ -272,6 +274,15 @@ def written_extent(i: Index, sizes: Mapping[str, int | None]) -> int | None:
     return max(value_range(i, sizes)[1] + 1, 0)  # type: ignore[arg-type]
 
 
+def _square(ax: Axis, size: Mapping[str, int | None]) -> tuple[str, int | None] | None:
+    """An unsized name of `delta[i,j]` whose other position is a sized name takes its size: the
+    identity is square."""
+    other = ax.ref.indices[1 - ax.axis]
+    if ax.position.plain in size or not isinstance(other, Affine) or other.plain not in size:
+        return None
+    return ax.position.plain, size[other.plain]  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class Axis:
     """An axis of a reference as sizing sees it: its position, the axis's extent (None: known to
@@ -309,7 +320,8 @@ def solve(
     `note(name, extent, axis)` records the extent a plain position gives (and refuses one that
     disagrees). Then, until nothing more follows: each linear position with one unsized name
     gives it the valid extent (the smallest, when several do at once); failing that, each
-    position with a boundary mode gives its one unsized name the same extent. Every name sized
+    position with a boundary mode gives its one unsized name the same extent; failing that, an
+    unsized name of `delta[i,j]` takes the other's size (the identity is square). Every name sized
     by an array, not by `dim`, ranges where each one-name shift of it (`x[r+1]`) is in range.
     An index with no valid positions is an error at the reference that leaves it none.
     """
@@ -344,11 +356,17 @@ def solve(
             settle(n, size[n], None)
     linear = [ax for ax in axes if ax.has_extent and ax.position.plain is None and ax.position.mode is None]
     moded = [ax for ax in axes if ax.has_extent and ax.position.mode is not None]
+    square = [ax for ax in axes if ax.ref.name == DELTA and ax.position.plain is not None]
+    rules: list[tuple[Callable[[Axis], Any], list[Axis]]] = [
+        (lambda ax: valid_extent(ax.position, ax.extent, size), linear),
+        (lambda ax: same_extent(ax.position, ax.extent, size), moded),
+        (lambda ax: _square(ax, size), square),
+    ]
     while True:
-        for rule, group in ((valid_extent, linear), (same_extent, moded)):
+        for rule, group in rules:
             found: dict[str, tuple[int | None, Axis]] = {}
             for ax in group:
-                got = rule(ax.position, ax.extent, size)
+                got = rule(ax)
                 if got is None:
                     continue
                 n, value = got
