@@ -335,13 +335,13 @@ def solve(
             shifts.setdefault(n, []).append(ax)
 
     def settle(n: str, value: int | None, by: Axis | None) -> None:
-        given = value
         if n not in fixed:
             for sh in shifts.get(n, ()):
                 bound = shift_extent(sh.position, sh.extent)
                 if value is not None and bound is not None and bound < value:
                     value, by = bound, sh
-        if value is not None and value < 1 and given != 0 and by is not None:
+        # an empty array reads nothing, quietly; a read that fits nowhere in a nonempty one is an error
+        if value is not None and value < 1 and by is not None and by.extent:
             from .printer import format_ref
 
             raise IndexgradError(
@@ -349,7 +349,7 @@ def solve(
                 f"{by.ref.name} has size {by.extent} along axis {by.axis}",
                 by.span,
             )
-        size[n] = value
+        size[n] = None if value is None else max(value, 0)
 
     for n in list(size):
         if n not in fixed and n in shifts:

@@ -501,7 +501,13 @@ _TOKEN_WORDS = {
     "ARROW": "'->'",
     "COLON": "':'",
     "_DEDENT": "the end of the definition",
+    "COMPARE": "a comparison",
+    "FLOOROP": "'//' or '%'",
+    "DIM_KW": "'dim'",
 }
+
+
+_ARITHMETIC = {"ADDOP", "PLUS", "MINUS", "STAR", "FLOOROP", "SLASH"}
 
 
 def _bracket_stack(text: str, upto: int) -> list[tuple[str, int, int]]:
@@ -643,6 +649,9 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> IndexgradErro
     where = f"{stack[-1][1]}:{stack[-1][2]}" if stack else ""
     ends = {"_NEWLINE", "$END", "RPAR", "RSQB", "COMMA", "PLUS", "SEMICOLON"}
     needs_expr = "NAME" in expected and not expected & ends
+    before = text[start:pos]
+    line_text = re.split(r"[\r\n;]", text[start:], maxsplit=1)[0]
+    division = ttype == "FLOOROP" or (ttype == "SLASH" and text[pos - 1 : pos] == "/")
     in_header = re.match(r"[ \t]*def[ \t]+[A-Za-z_]", text[start:pos]) is not None
     if in_header and expected == {"_NEWLINE"}:
         msg = "a definition's body starts on the next line, indented deeper than its def line"
@@ -652,6 +661,17 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> IndexgradErro
         msg = f"expected '->' and the outputs after the arguments, as in def f(x[i]) -> y[i]:, got {got}"
     elif in_header and "COLON" in expected and not stack:
         msg = f"expected ':' at the end of the def line, got {got}"
+    elif re.match(r"[ \t]*dim[ \t]+[A-Za-z_]", line_text) and not stack:
+        msg = "a dim declaration gives index names whole-number extents: dim u=2, v=3"
+    elif division and "INT" not in expected:
+        op = "%" if str(tok) == "%" else "//"
+        msg = f"'{op}' divides index positions (x[r{op}2]); to divide values write a / b"
+    elif expected == {"INT"} and re.search(r"(//|%)[ \t]*$", before):
+        msg = f"'//' and '%' in an index position take a whole number, as in r//2; got {got}"
+    elif ttype == "COMPARE" and re.search(r"[<>]|==|!=", before):
+        msg = "comparisons do not chain: write (a < b) (b < c) for a < b < c"
+    elif re.search(r"\b(pad|clamp|wrap)\([^()\[\]]*\)[ \t]*$", before) and ttype in _ARITHMETIC:
+        msg = "a boundary mode holds the whole index position: write pad(i+1), not pad(i)+1"
     elif expected == {"LPAR"}:
         msg = f"expected '(' after the reduction's index list, got {got}"
     elif expected == {"NAME"} and ttype in ("RSQB", "COMMA"):

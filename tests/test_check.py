@@ -105,6 +105,39 @@ CHECK_ERRORS = [
     ),
     ("param l[b]\ny[b] = P[b, l[b]]\n", 2, 13, "'l' holds integer labels and cannot be a param"),
     ("y[b] = P[b, l[m[b]]]\n", 1, 15, "not by other labels"),
+    # SPEC 9: boundary modes, positions below 0, reserved names
+    ("y[i] = x[foo(i)]\n", 1, 10, "'foo(...)' is no boundary mode; an index position reads through pad(...)"),
+    ("y[i] = x[i-1]\n", 1, 10, "x[i-1] reads below position 0, for index names count from 0; shift the"),
+    ("y[i] = x[(i-2)//2]\n", 1, 10, "reads below position 0"),
+    ("y[i] = x[i+1] - x[i-1]\n", 1, 19, "or read through pad(i-1), clamp(i-1) or wrap(i-1)"),
+    ("pad = x\n", 1, 1, "'pad' is a reserved name and cannot name a tensor; pad(...) is a boundary mode"),
+    ("y[i] = wrap[i]\n", 1, 8, "'wrap' is a reserved name"),
+    ("y = pad(x)\n", 1, 5, "'pad' is not called like this; pad(...) is a boundary mode of an index position"),
+    ("y = solve(x)\n", 1, 5, "'solve' is not called like this; solve(...) is reserved for implicit layers"),
+    ("where = x\n", 1, 1, "'where' is a function name and cannot name a tensor"),
+    ("y[i] = where(x[i], 1)\n", 1, 8, "where takes 3 arguments, got 2"),
+    # delta is the identity
+    ("delta[i,j] = x[i,j]\n", 1, 1, "'delta' is a reserved name and cannot name a tensor; delta[i,j] is the"),
+    ("param delta[i]\n", 1, 7, "'delta' is the identity, delta[i,j], and needs no declaration"),
+    ("y[i] = delta[i] x[i]\n", 1, 8, "delta takes two indices, delta[i,j], got 1"),
+    ("y[i,j] = delta[i,pad(j)] x[i,j]\n", 1, 18, "labels and boundary modes do not stand in it"),
+    ("y[i,j] = delta[i,j]\n", 1, 10, "index 'i' gets no size: delta[i,j] compares indices but does not size"),
+    # dim
+    ("dim u=2\ndim u=3\ny[u] = x[u]\n", 2, 5, "'u' is declared dim u=3 here but u=2 at 1:5"),
+    ("dim u.v=2\n", 1, 5, "a dim declaration"),
+    # every index sized at compile time, with what to write instead
+    ("y[b,r] = max[u](x[b,2*r+u])\n", 1, 17, "index 'u' gets no size: in x[b,2*r+u], index arithmetic sizes"),
+    ("y[b,r] = max[u](x[b,2*r+u])\n", 1, 17, "declare its extent with `dim u=...`"),
+    ("y[r] = x[r % 2]\n", 1, 8, "index 'r' gets no size: in x[r%2], 'r' is inside '//' or '%'"),
+    ("y[r] = x[pad(r//2)]\n", 1, 8, "index 'r' gets no size: in x[pad(r//2)], pad(...) gives its axis's extent"),
+    ("e[b,t,d] = E[ids[b,t+w], d]\n", 1, 14, "index 'w' gets no size: in ids[b,t+w]"),
+    ("y[i] = 1\n", 1, 3, "or declare its extent with `dim i=...`"),
+    ("y[b, l[b]] += x[b]\n", 1, 6, "this '+=' defines 'y', whose extent along a position written through labels"),
+    ("y[pad(i)] += x[i]\n", 1, 3, "this '+=' defines 'y', whose extent along a position written through pad"),
+    ("y[b,t,d] = E[ids[b,pad(t)],d]\n", 1, 20, "pad(...) reads 0 outside the labels, and 0 is a label; write clamp"),
+    # size[k] stands wherever a number can, next to what sizes k
+    ("y = sum[k](x[k]) / sqrt(size[k])\n", 1, 25, "size[k] must stand next to something indexed by 'k'"),
+    ("y[b] = q[b] / (z + size[b])\n", 1, 20, "size[b] must stand next to something indexed by 'b'"),
     # size[k] names an index of the statement
     ("y[i] = x[i] size[k]\n", 1, 13, "size[k] names an index this statement does not use"),
     ("y = size[k]\n", 1, 5, "size[k] names an index this statement does not use"),
@@ -300,6 +333,26 @@ def test_warning_for_a_term_added_once_per_value(source: str, index: str, column
     w = mentions[0]
     assert f"sum[{index}](" in w.message
     assert (w.span.line, w.span.column) == (1, column)  # at the term added once per value
+
+
+INSIDE_CALLS = [
+    ("lse[b] = log(exp(x[b,k]))\n", "k", 10, "log(sum[k](…))"),
+    ("Z[b] = exp(L[b,c])\n", "c", 8, "exp(sum[c](…))"),
+    ("y = softplus(-z[b]) + tanh(v[b])\n", "b", 5, "softplus(sum[b](…))"),
+]
+
+
+@pytest.mark.parametrize("source, index, column, shows", INSIDE_CALLS)
+def test_warning_for_an_index_summed_outside_the_only_call_holding_it(
+    source: str, index: str, column: int, shows: str
+) -> None:
+    """SPEC 9: `log(exp(x[b,k]))` sums log(exp(.)) over k; the warning names k and shows where a
+    sum inside the call goes."""
+    with pytest.warns(ig.IndexgradWarning, match=f"<string>:1:{column}: '{index}' occurs only inside"):
+        p = ig.parse(source)
+    (w,) = [w for w in p.warnings if f"'{index}'" in w.message]
+    assert shows in w.message and f"sum[{index}](" in w.message
+    assert (w.span.line, w.span.column) == (1, column)
 
 
 NOT_WARNED = [

@@ -385,3 +385,54 @@ def test_derived_programs_round_trip(name: str) -> None:
     assert ig.parse(str(p)) == p
     for d in (ig.derive(p), ig.derive_jvp(p)):
         assert ig.parse(str(d)) == d
+
+
+# ---- misuse the arrays reveal: FILE:LINE:COL, a caret, what to write ---------------------------------
+
+BAD_ARRAYS = [
+    ("dim k=3\ny[i] = x[i,k]\n", {"x": np.ones((2, 4))}, 2, 8, "index 'k' has size 3 from dim k=3 but size 4"),
+    (
+        "dim w=3\ne[b,t,w,d] = E[ids[b,t+w], d]\n",
+        {"E": np.ones((5, 2)), "ids": np.array([[0, 1, 7, 2]])},
+        2,
+        14,
+        "label 7 in 'ids' is out of range for axis 0 of 'E', which has size 5",
+    ),
+    ("y[r] = x[r+1] - x[r]\n", {"x": np.ones(1)}, 1, 8, "index 'r' in x[r+1] has no valid positions"),
+    ("y[b,r] = x[b,r//2] + z[b,r]\n", {"x": np.ones((2, 3)), "z": np.ones((2, 7))}, 1, 10, "x[b,r//2] reaches"),
+    (
+        "y[i] = x[i] + z[i]\n",
+        {"x": np.ones(3), "z": np.ones(4)},
+        1,
+        15,
+        "index 'i' has size 3 from x[i] (axis 0) but size 4 from z[i] (axis 0)",
+    ),
+]
+
+
+@pytest.mark.parametrize("text, given, line, column, message", BAD_ARRAYS)
+def test_bad_arrays_are_placed(text: str, given: Arrays, line: int, column: int, message: str) -> None:
+    with pytest.raises(ig.IndexgradError) as info:
+        ig.compile(ig.parse(text, filename="t.idx")).forward(**given)
+    err = info.value
+    assert (err.line, err.column) == (line, column), str(err)
+    assert message in err.message
+    shown = str(err).splitlines()
+    assert shown[0].startswith(f"t.idx:{line}:{column}: error: ")
+    assert shown[2].index("^") == 2 + column - 1
+
+
+def test_an_empty_array_read_shifted_gives_an_empty_result() -> None:
+    m = ig.compile("y[r] = x[r+1] - x[r]\nl = sum[r](y[r]^2)\n")
+    vals = m.forward(x=np.ones(0))
+    assert vals["y"].shape == (0,) and m.backward(vals)["x"].shape == (0,)
+
+
+def test_dim_fixes_a_size_everywhere_and_the_cli_says_so(tmp_path, capsys) -> None:
+    from indexgrad.cli import main
+
+    f = tmp_path / "pool.idx"
+    f.write_text(CASES["max_pool2d"].text + "l = sum[b,ch,r,c](y[b,ch,r,c]^2)\n")
+    assert main(["check", str(f), "--dims", "b=2,ch=1,r=3,c=2"]) == 0
+    assert main(["check", str(f), "--dims", "u=3"]) == 2
+    assert "the program declares dim u=2" in capsys.readouterr().err

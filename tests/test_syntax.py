@@ -167,6 +167,21 @@ SYNTAX_ERRORS = [
     # numbers
     ("y = 1e999\n", 1, 5, "number 1e999 is too large"),
     ("y = x^1e400\n", 1, 7, "number 1e400 is too large"),
+    # SPEC 9: dim declarations, index arithmetic, boundary modes and comparisons
+    ("dim u=2.5\n", 1, 8, "a dim declaration gives index names whole-number extents: dim u=2"),
+    ("dim u\n", 1, 5, "a dim declaration gives index names whole-number extents"),
+    ("dim u+=2\n", 1, 5, "a dim declaration gives index names whole-number extents"),
+    ("dim u=2, v\n", 1, 11, "a dim declaration gives index names whole-number extents"),
+    ("dim u=0\n", 1, 7, "the extent of 'u' must be at least 1, got 0"),
+    ("y[i] = x[i*j]\n", 1, 10, "an index position is linear in its index names: multiply a name by a whole"),
+    ("y[i] = x[i//0]\n", 1, 13, "'//' in an index position takes a positive whole number, got 0"),
+    ("y[i] = x[i%0]\n", 1, 12, "'%' in an index position takes a positive whole number, got 0"),
+    ("y[i] = x[i//j]\n", 1, 13, "'//' and '%' in an index position take a whole number, as in r//2"),
+    ("y = a // b\n", 1, 8, "'//' divides index positions (x[r//2]); to divide values write a / b"),
+    ("y = a % b\n", 1, 7, "'%' divides index positions (x[r%2]); to divide values write a / b"),
+    ("y = a < b < c\n", 1, 11, "comparisons do not chain: write (a < b) (b < c)"),
+    ("y[i] = x[pad(i)+1]\n", 1, 16, "a boundary mode holds the whole index position: write pad(i+1)"),
+    ("y[i] = x[clamp(i) - 1]\n", 1, 19, "a boundary mode holds the whole index position"),
     # deep nesting is refused with a message, not a RecursionError
     (NEST, 1, 205, "nested more than"),
     ("y = x\nz = " + "(" * 300 + "x" + ")" * 300 + "\n", 2, 205, "nested more than"),
