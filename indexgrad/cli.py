@@ -19,7 +19,7 @@ from .files import load_npz, refuse_overwrite, save_npz_atomic
 from .gradcheck import check_program
 from .lower import lower, prim_statement
 from .model import Model
-from .nodes import Program, Statement, Use, ref_index_names, refs_in
+from .nodes import Program, Statement, Use, ref_index_names, refs_in, refs_in_statement
 from .printer import format_program, format_statement, format_use
 from .shapes import parse_dims, parse_names
 from .syntax import load
@@ -122,8 +122,13 @@ def program_text(
 
         return program_latex(forward, derived.statements) + "\n"
     out: list[str] = []
-    if forward:
-        out.extend(format_program(Program(derived.decls)).splitlines())  # they hold for it all
+    if forward:  # a printout that runs alone declares what it reads as the program does
+        read = {r.name for s in [*forward, *derived.statements] for r in refs_in_statement(s)}
+        own = tuple(d for d in (source.tensor_decls() if source else ()) if d.ref.name in read)
+        dims = tuple(d for d in derived.decls if d.role == "dim")
+        named = {d.ref.name for d in own}
+        rest = tuple(d for d in derived.decls if d.role != "dim" and d.ref.name not in named)
+        out.extend(format_program(Program(dims + own + rest)).splitlines())
         derived = Program((), derived.statements)
         out.append(f"# {head}")
         out.extend(_grouped(forward, uses, {}))

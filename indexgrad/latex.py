@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 from .check import _occurrences, attach_sums, free_indices
 from .nodes import (
+    Affine,
     Call,
+    Compare,
     Expr,
     Gather,
     Index,
@@ -63,10 +65,25 @@ def _narrow(tex: str) -> bool:
 
 
 def index_latex(i: Index) -> str:
-    """One index position: `j`, `j+k`, `2j+k`, or a label reference `y_{b}`."""
+    """One index position: `j`, `j+k`, `2j+k`, `\\lfloor r/2 \rfloor`, `\\operatorname{pad}(r+u-1)`, or
+    a label reference `y_{b}`."""
     if isinstance(i, Gather):
         return ref_latex(i.ref)
-    return format_index(i, _word, "")
+    if not i.parts:
+        text = format_index(Affine(i.terms, i.const, shifted=i.shifted), _word, "")
+    else:
+        text = format_index(Affine(i.terms, 0), _word, "") if i.terms else ""
+        for k, f in i.parts:
+            inner = index_latex(f.inner)
+            if f.op == "//":
+                part = rf"\lfloor {inner}/{f.divisor} \rfloor"
+            else:
+                part = rf"({inner} \bmod {f.divisor})"
+            sign = "-" if k < 0 else ("+" if text else "")
+            text += sign + (str(abs(k)) if abs(k) != 1 else "") + part
+        if i.const:
+            text += f"{i.const:+d}"
+    return rf"\operatorname{{{i.mode}}}({text})" if i.mode else text
 
 
 def ref_latex(r: Ref) -> str:
@@ -83,6 +100,9 @@ def number_latex(v: float) -> str:
         mant, exp = text.split("e")
         text = rf"{mant} \times 10^{{{int(exp)}}}" if mant != "1.0" else rf"10^{{{int(exp)}}}"
     return ("-" if v < 0 else "") + text
+
+
+_RELATIONS = {"<": "<", "<=": r"\le", ">": ">", ">=": r"\ge", "==": "=", "!=": r"\ne"}
 
 
 def _paren(text: str) -> str:
@@ -105,7 +125,7 @@ def _opens_sum(e: Expr) -> bool:
 
 
 def _is_sum(e: Expr) -> bool:
-    return isinstance(e, Sum) or (isinstance(e, Num) and e.value < 0)
+    return isinstance(e, (Sum, Compare)) or (isinstance(e, Num) and e.value < 0)
 
 
 def _factor(f: Expr, first: bool, last: bool) -> str:
@@ -149,6 +169,8 @@ def expr_latex(e: Expr) -> str:
         return f"{base}^{{{number_latex(e.exponent)}}}"
     if isinstance(e, Call):
         return call_latex(e)
+    if isinstance(e, Compare):
+        return f"{expr_latex(e.left)} {_RELATIONS[e.op]} {expr_latex(e.right)}"
     if isinstance(e, Reduce):
         body = expr_latex(e.body)
         if e.op == "sum":

@@ -123,6 +123,18 @@ def infer_shapes(program: Program, dims: dict[str, int], default: int = 3) -> di
                 if n in dims:
                     size.setdefault(uf.find(("I", k, n)), dims[n])
 
+    # an input's axis read both plainly and through index arithmetic (x[b,c,n] and x[b,4*g+j,n]) is
+    # as long as the arithmetic reaches with default sizes, so that its valid extents are not empty
+    given, plain, inputs = set(size), {uf.find(key) for key in names_of}, set(program.inputs())
+    for _, r in refs:
+        for axis, i in enumerate(r.indices):
+            root = uf.find(("T", r.name, axis))
+            if r.name not in inputs or root not in plain - given:
+                continue
+            if isinstance(i, Affine) and i.plain is None and i.mode is None:
+                reach = written_extent(i, {n: dims.get(n, default) for n in i.names()}) or 1
+                size[root] = max(size.get(root, default), reach)
+
     targets = {
         k: {n for i in s.target.indices if isinstance(i, Affine) for n in i.names()}
         for k, s in enumerate(program.statements)

@@ -428,7 +428,99 @@ def _lstm(a):
     return anp.mean(_logsumexp_last(z)[:, 0] - anp.sum(a["Y"] * z, axis=1))
 
 
+def _pool2(x):
+    """2x2 max pooling with stride 2 (the sides are even)."""
+    b, ch, h, w = x.shape
+    return anp.max(anp.reshape(x, (b, ch, h // 2, 2, w // 2, 2)), axis=(3, 5))
+
+
+def _same3(x, k, bias):
+    """A 3x3 convolution that keeps the size: zero padding of 1, then a valid one."""
+    padded = anp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="constant")
+    return _conv(padded, k) + bias[None, :, None, None]
+
+
+def _lenet_inputs(rng, dtype):
+    b, o, h, k = 3, 4, 5, 10
+    return {
+        "x": _normal(rng, dtype, b, 8, 8),
+        "Y": _one_hot(rng, dtype, b, k),
+        "K1": _normal(rng, dtype, o, 3, 3),
+        "B1": _normal(rng, dtype, o),
+        "K2": _normal(rng, dtype, h, o, 3, 3),
+        "B2": _normal(rng, dtype, h),
+        "W": _normal(rng, dtype, h, 2, 2, k),
+        "B": _normal(rng, dtype, k),
+    }
+
+
+def _lenet(a):
+    p1 = _pool2(_relu(_same3(a["x"][:, None], a["K1"][:, None], a["B1"])))
+    p2 = _pool2(_relu(_same3(p1, a["K2"], a["B2"])))
+    z = anp.einsum("bhrc,hrck->bk", p2, a["W"]) + a["B"]
+    lse = z[:, 0] - _log_softmax_rows(z)[:, 0]
+    return anp.mean(lse - anp.sum(a["Y"] * z, axis=1))
+
+
+def _attention_inputs(rng, dtype):
+    b, t, d, h, e = 2, 4, 6, 3, 2
+    return {
+        "x": _normal(rng, dtype, b, t, d),
+        "M": (2 * np.tril(np.ones((t, t))) - 1).astype(dtype),  # causal, M > 0 where s <= t; away from 0
+        "Wq": _normal(rng, dtype, d, h, e),
+        "Wk": _normal(rng, dtype, d, h, e),
+        "Wv": _normal(rng, dtype, d, h, e),
+        "Wo": _normal(rng, dtype, h, e, d),
+    }
+
+
+def _attention(a):
+    q = anp.einsum("btd,dhe->bhte", a["x"], a["Wq"])
+    k = anp.einsum("bsd,dhe->bhse", a["x"], a["Wk"])
+    v = anp.einsum("bsd,dhe->bhse", a["x"], a["Wv"])
+    scores = anp.einsum("bhte,bhse->bhts", q, k) / q.shape[-1] ** 0.5
+    scores = anp.where(a["M"] > 0, scores, -1e9)
+    top = anp.max(scores, axis=3, keepdims=True)
+    w = anp.exp(scores - top) / anp.sum(anp.exp(scores - top), axis=3, keepdims=True)
+    return anp.einsum("bhts,bhse,hed->btd", w, v, a["Wo"])
+
+
+def _norms_inputs(rng, dtype):
+    b, c, n = 2, 8, 5
+    x = _normal(rng, dtype, b, c, n)
+    return {"x": x, "gamma": _normal(rng, dtype, c), "beta": _normal(rng, dtype, c)}
+
+
+def _norms(a):
+    x, gamma, beta = a["x"], a["gamma"][None, :, None], a["beta"][None, :, None]
+    b, c, n = x.shape
+    mu = anp.mean(x, axis=(1, 2), keepdims=True)
+    ln = (x - mu) / anp.sqrt(anp.mean((x - mu) ** 2, axis=(1, 2), keepdims=True) + 1e-5) * gamma + beta
+    groups = anp.reshape(x, (b, c // 4, 4, n))
+    gmu = anp.mean(groups, axis=(2, 3), keepdims=True)
+    gvar = anp.mean((groups - gmu) ** 2, axis=(2, 3), keepdims=True)
+    gn = anp.reshape((groups - gmu) / anp.sqrt(gvar + 1e-5), (b, c, n)) * gamma + beta
+    rn = x / anp.sqrt(anp.mean(x**2, axis=1, keepdims=True) + 1e-5) * gamma
+    return ln + gn + rn
+
+
+def _tv_denoise_inputs(rng, dtype):
+    u, f = _normal(rng, dtype, 5, 6), _normal(rng, dtype, 5, 6)
+    return {"u": u, "f": f, "lam": _uniform(rng, dtype, 0.1, 0.5)}
+
+
+def _tv_denoise(a):
+    u = a["u"]
+    dr, dc = u[1:, :-1] - u[:-1, :-1], u[:-1, 1:] - u[:-1, :-1]
+    tv = anp.sum(anp.sqrt(dr**2 + dc**2 + 1e-3))
+    return 0.5 * anp.sum((u - a["f"]) ** 2) + a["lam"] * tv
+
+
 ORACLES: dict[str, Oracle] = {
+    "lenet": Oracle("loss", _lenet_inputs, _lenet),
+    "attention": Oracle("y", _attention_inputs, _attention),
+    "norms": Oracle("y", _norms_inputs, _norms),
+    "tv_denoise": Oracle("loss", _tv_denoise_inputs, _tv_denoise),
     "conv2d": Oracle("loss", _conv2d_inputs, _conv2d),
     "strided_conv": Oracle("loss", _strided_conv_inputs, _strided_conv),
     "cnn": Oracle("loss", _cnn_inputs, _cnn),

@@ -224,7 +224,7 @@ def run_pipeline(
             model = ig.compile(prog)
 
             stage = "inputs"
-            dims = {n: dims_size for n in "abcdhijkluvnors"}
+            dims = {n: dims_size for n in "abcdhijkluvnors" if n not in prog.dims()}
             if not small_enough(prog, dims):
                 return "too-large"
             arrays = random_inputs(prog, dims, np.random.default_rng(seed))
@@ -372,8 +372,9 @@ TENSOR_NAMES = ["x", "y", "W", "B", "h", "z", "P", "loss", "x.grad", "y.pre", "s
 LABEL_NAMES = ["lab", "t"]
 FUNCTIONS = {
     "relu": 1, "sigmoid": 1, "tanh": 1, "exp": 1, "log": 1, "sqrt": 1, "sin": 1, "cos": 1,
-    "abs": 1, "softplus": 1, "step": 1, "sign": 1, "max": 2, "min": 2,
+    "abs": 1, "softplus": 1, "step": 1, "sign": 1, "max": 2, "min": 2, "where": 3,
 }  # fmt: skip
+COMPARISONS = ["<", "<=", ">", ">=", "==", "!="]
 UNKNOWN_FUNCTIONS = ["foo", "Relu", "softmax", "x"]
 REDUCERS = ["sum", "mean", "max", "min", "logsumexp"]
 NUMBERS = ["0", "1", "2", "0.5", "1e-3", "3.", ".5", "2", "1.5", "007", "2E+2", "1e308", "1e400"]
@@ -408,7 +409,7 @@ class Gen:
         return self.ranks[name]
 
     def index(self, local: list[str]) -> str:
-        r = self.draw(st.integers(0, 39))
+        r = self.draw(st.integers(0, 43))
         pool = local or INDEX_NAMES
         if r < 32:
             return self.pick(pool)
@@ -422,6 +423,15 @@ class Gen:
             return f"{self.pick(pool)}{self.pick(['+1', '-1', '+0', '*2', '-2*k', ' + 2*j'])}"
         if r == 37:
             return self.pick(["0", "1", "-1", "+j", "i-j"])
+        if r == 38:  # SPEC 9: a boundary mode
+            mode = self.pick(["pad", "clamp", "wrap", "foo"])
+            return f"{mode}({self.pick(pool)}{self.pick(['-1', '+j-1', '', '+1', '*2'])})"
+        if r == 39:  # integer division and remainder
+            return self.pick([f"{self.pick(pool)}//2", f"{self.pick(pool)}%2", f"({self.pick(pool)}+j)//2"])
+        if r == 40:  # a plain read written as a shift by 0
+            return f"{self.pick(pool)}+0"
+        if r == 41:  # a label indexed by arithmetic
+            return f"{self.pick(LABEL_NAMES)}[{self.pick(pool)}+{self.pick(['0', '1', 'j'])}]"
         return f"{self.pick(LABEL_NAMES)}[{self.pick(pool)}]"  # a gather
 
     def ref(self, local: list[str], indices: list[str] | None = None) -> str:
@@ -491,7 +501,14 @@ class Gen:
         if r == 12:
             return f"-{self.expr(local, depth - 1)}"
         if r == 13:
-            return f"size[{self.pick(local or INDEX_NAMES)}]"
+            k = self.pick(local or INDEX_NAMES)
+            return self.pick([f"size[{k}]", f"sqrt(size[{k}])", f"(size[{k}] - 1)", f"log(size[{k}] + 1)"])
+        if r == 14 and depth > 0 and self.chance(0.4):  # SPEC 9: comparisons, delta
+            if self.chance(0.5):
+                left, right = self.expr(local, depth - 1), self.expr(local, depth - 1)
+                return f"({left} {self.pick(COMPARISONS)} {right})"
+            a, b = self.pick(local or INDEX_NAMES), self.pick(INDEX_NAMES)
+            return f"delta[{a},{self.pick([b, b + '+1', a])}]"
         return f"{self.expr(local, depth - 1)} {self.pick(['*', ''])} ({self.expr(local, depth - 1)})"
 
     def statement(self) -> str:
@@ -594,6 +611,8 @@ def programs(draw) -> str:
         items.append(g.declaration())
     if draw(st.integers(0, 3)) == 0:
         items.append(g.definition())
+    if draw(st.integers(0, 4)) == 0:  # SPEC 9: a fixed extent
+        items.append(f"dim {draw(st.sampled_from(['k', 'j', 'u']))}={draw(st.integers(1, 3))}")
     for _ in range(draw(st.integers(1, 5))):
         items.append(g.statement())
     text = ""
@@ -612,6 +631,7 @@ PALETTE = (
     list("[](),;=+-*/^#.:_ \t\r\n0123456789eE")
     + list("abijkxyzWB")
     + ["**", "+=", "sum[", "max(", "log(", "\\\n"]
+    + ["//", "%", "<", ">=", "!=", "pad(", "wrap(", "delta[", "where(", "dim u=2\n", "size["]
     + ["é", "λ", "∑", "\u00a0", "\u200b", "\x00", "\x7f", "\ufeff", "\u2028", "\x0c", "\x85"]
 )
 BYTE_PALETTE = [bytes([b]) for b in b"[](),;=+-*/^# \t\r\n09ai"] + [
