@@ -125,7 +125,7 @@ def swap(p: Prim, wants: set[str], names: dict[str, str]) -> list[Statement]:
             elif p.reducer == "logsumexp":
                 emit(a, product([g, Call("exp", (Sum((a, p.out), (1, -1)),))]))
             else:  # max and min route to the arg-max, ties share equally
-                used = set(ref_index_names(a)) | set(ref_index_names(p.out))
+                used = set(ref_index_names(a)) | set(ref_index_names(p.out)) | {a.name, p.out.name}
                 inner = a
                 new_names = []
                 for k in p.indices:
@@ -368,7 +368,7 @@ def tangent(p: Prim, has_tan: set[str], names: dict[str, str]) -> list[Statement
         elif p.reducer == "logsumexp":
             body = product([t, Call("exp", (Sum((a, p.out), (1, -1)),))])
         else:
-            used = set(ref_index_names(a)) | set(ref_index_names(p.out))
+            used = set(ref_index_names(a)) | set(ref_index_names(p.out)) | {a.name, p.out.name}
             inner = a
             fresh = []
             for k in p.indices:

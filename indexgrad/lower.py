@@ -32,7 +32,6 @@ from .nodes import (
     Sum,
     children,
     idx,
-    map_expr,
     ref_index_names,
     refs_in,
 )
@@ -236,7 +235,7 @@ class _Lowerer:
         names = first + [n for n in free if n not in first]
         target = Ref(self.fresh(base, _kind(e)), tuple(idx(n) for n in names), e_span(e))
         self.emit(target, "=", e, (), base)
-        return _shifted(target, self.shrunk)
+        return target
 
     def add(self, p: Prim) -> None:
         """Emit p with the extents `dim` fixes for the statement's index names."""
@@ -344,8 +343,10 @@ class _Lowerer:
         used = {n for r in [s.target, *refs] for n in ref_index_names(r)}
         used |= _reduced_names(s.expr) | size_names(s.expr)
         self.dims = tuple((n, k) for n, k in self.all_dims.items() if n in used)
-        target = _shifted(s.target, self.shrunk) if s.op == "+=" else s.target
-        self.emit(target, s.op, _mark(s.expr, self.shrunk), s.summed, s.target.name)
+        start = len(self.out)
+        self.emit(s.target, s.op, s.expr, s.summed, s.target.name)
+        if self.shrunk:
+            self.out[start:] = [_marked(p, self.shrunk) for p in self.out[start:]]
 
 
 def shrunk(refs: list[Ref]) -> set[str]:
@@ -381,10 +382,32 @@ def _shifted(r: Ref, names: set[str]) -> Ref:
     return Ref(r.name, tuple(at(i) for i in r.indices), r.span)
 
 
-def _mark(e: Expr, names: set[str]) -> Expr:
+def _marked(p: Prim, shrunk: set[str]) -> Prim:
+    """p with the plain reads of the shrunk names that two or more of its references (its target
+    when it adds into it included) share read as shifts by 0: those reads may be longer than the
+    statement's range, and must not fix it. A name one reference alone reads keeps that
+    reference's extent, which is the one its statement's derivatives use too."""
+    refs = [*prim_refs(p), *([p.out] if p.op == "+=" else [])]
+    counts: dict[str, int] = {}
+    for r in refs:
+        if r.name != DELTA:
+            for n in ref_index_names(r):
+                counts[n] = counts.get(n, 0) + 1
+    names = {n for n in shrunk if counts.get(n, 0) >= 2}
     if not names:
-        return e
-    return map_expr(e, lambda x: _shifted(x, names) if isinstance(x, Ref) else x)
+        return p
+
+    def mark(o: Operand) -> Operand:
+        return _shifted(o, names) if isinstance(o, Ref) and o.name != DELTA else o
+
+    out = mark(p.out) if p.op == "+=" else p.out
+    if isinstance(p, Contract):
+        return replace(p, out=out, factors=tuple((mark(f), k) for f, k in p.factors))
+    if isinstance(p, Elementwise):
+        return replace(p, out=out, args=tuple(mark(a) for a in p.args))
+    if isinstance(p, Terms):
+        return replace(p, out=out, terms=tuple((c, mark(u)) for c, u in p.terms))
+    return replace(p, out=out, arg=mark(p.arg))
 
 
 def _reduced_names(e: Expr) -> set[str]:

@@ -147,9 +147,10 @@ def init_params(
 
 
 def infer_sizes(model: Model, data: Data) -> dict[str, int]:
-    """Index sizes read off the arrays given for declared inputs (`x[b,d]` gives b and d)."""
-    sizes: dict[str, int] = {}
-    where: dict[str, str] = {}
+    """Index sizes read off the arrays given for declared inputs (`x[b,d]` gives b and d), and the
+    extents `dim` declarations fix."""
+    sizes: dict[str, int] = dict(model.program.dims())
+    where: dict[str, str] = {n: f"dim {n}={k}" for n, k in sizes.items()}
     for decl in model.program.decls:
         if decl.role != "input" or decl.ref.name not in data:
             continue
