@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import autograd
 import autograd.numpy as anp
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
+from oracles import ORACLES
 from test_derive import assert_printed_gradients_run_alone
 
 import indexgrad as ig
@@ -436,3 +438,73 @@ def test_dim_fixes_a_size_everywhere_and_the_cli_says_so(tmp_path, capsys) -> No
     assert main(["check", str(f), "--dims", "b=2,ch=1,r=3,c=2"]) == 0
     assert main(["check", str(f), "--dims", "u=3"]) == 2
     assert "the program declares dim u=2" in capsys.readouterr().err
+
+
+# ---- the new examples against torch.nn.functional --------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def example_values(name: str) -> tuple[Arrays, dict[str, np.ndarray]]:
+    a = ORACLES[name].inputs(np.random.default_rng(1), np.float64)
+    return a, ig.compile(ig.load(ROOT / "examples" / f"{name}.idx")).forward(**a)
+
+
+def test_lenet_against_torch() -> None:
+    a, vals = example_values("lenet")
+    t = {k: torch.from_numpy(v) for k, v in a.items()}
+    c1 = F.relu(F.conv2d(t["x"][:, None], t["K1"][:, None], t["B1"], padding=1))
+    p1 = F.max_pool2d(c1, 2)
+    p2 = F.max_pool2d(F.relu(F.conv2d(p1, t["K2"], t["B2"], padding=1)), 2)
+    z = torch.einsum("bhrc,hrck->bk", p2, t["W"]) + t["B"]
+    loss = F.cross_entropy(z, t["Y"].argmax(1))
+    for name, want in [("c1", c1), ("p1", p1), ("p2", p2), ("z", z), ("loss", loss)]:
+        np.testing.assert_allclose(vals[name], want.numpy(), rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_attention_against_torch() -> None:
+    a, vals = example_values("attention")
+    t = {k: torch.from_numpy(v) for k, v in a.items()}
+    q = torch.einsum("btd,dhe->bhte", t["x"], t["Wq"])
+    k = torch.einsum("bsd,dhe->bhse", t["x"], t["Wk"])
+    v = torch.einsum("bsd,dhe->bhse", t["x"], t["Wv"])
+    heads = F.scaled_dot_product_attention(q, k, v, attn_mask=t["M"] > 0)
+    y = torch.einsum("bhte,hed->btd", heads, t["Wo"])
+    np.testing.assert_allclose(vals["y"], y.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_norms_against_torch() -> None:
+    a, vals = example_values("norms")
+    x, gamma, beta = (torch.from_numpy(a[k]) for k in ("x", "gamma", "beta"))
+    c, n = x.shape[1:]
+    ln = F.layer_norm(x, (c, n), eps=1e-5) * gamma[:, None] + beta[:, None]
+    gn = F.group_norm(x, c // 4, gamma, beta, eps=1e-5)
+    rn = F.rms_norm(x.transpose(1, 2), (c,), gamma, eps=1e-5).transpose(1, 2)
+    for name, want in [("ln", ln), ("gn", gn), ("rn", rn)]:
+        np.testing.assert_allclose(vals[name], want.numpy(), rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_tv_denoise_against_torch() -> None:
+    a, vals = example_values("tv_denoise")
+    u = torch.from_numpy(a["u"])
+    tv = torch.sqrt(torch.diff(u, dim=0)[:, :-1] ** 2 + torch.diff(u, dim=1)[:-1] ** 2 + 1e-3).sum()
+    np.testing.assert_allclose(vals["tv"], tv.item(), rtol=1e-12)
+
+
+def test_lenet_trains_on_the_digits_in_a_few_steps() -> None:
+    """A few Adam steps on a batch of digits lower LeNet's loss (make demo trains it to >= 97%)."""
+    from indexgrad.digits import load_digits_data
+    from indexgrad.optim import Adam
+    from indexgrad.train import infer_sizes, init_params
+
+    model = ig.compile(ROOT / "examples" / "lenet.idx")
+    train, _ = load_digits_data(seed=0)
+    batch = {"x": train["x"][:64].reshape(-1, 8, 8), "Y": train["Y"][:64]}
+    sizes = {**infer_sizes(model, batch), "o": 4, "h": 8, "r": 2, "c": 2}
+    params = init_params(model, sizes, init="he", seed=0)
+    adam, losses = Adam(lr=1e-2), []
+    for _ in range(15):
+        vals = model.forward(**batch, **params)
+        losses.append(float(vals["loss"]))
+        adam.step(params, model.backward(vals, wrt=list(params)))
+    assert losses[-1] < 0.8 * losses[0], losses
