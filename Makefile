@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/train_digits.py
 	$(BIN)/python examples/train_cnn.py
 	$(BIN)/python examples/train_transformer.py
+	$(BIN)/python examples/train_lenet.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

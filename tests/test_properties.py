@@ -528,3 +528,91 @@ def test_programs_with_a_definition_equal_the_program_written_out(case: Defined)
     names = dict(zip(case.arrays, case.flat_arrays))  # the same arrays, in the same order
     for mine, theirs in names.items():
         np.testing.assert_allclose(grads[mine], flat_grads[theirs], rtol=1e-12, atol=1e-14, err_msg=mine)
+
+
+# ---- random index positions (SPEC 9): boundary modes, // and %, against loops in numpy ----------
+
+
+@dataclass
+class Position:
+    """`y[i,k] = x[POS] s[i,k]` with POS = a*i + c*k + d, maybe `// m` or `% m` of that, maybe
+    through a boundary mode; sizes chosen so that a position without a mode stays in range."""
+
+    a: int
+    c: int
+    d: int
+    op: str  # "", "//" or "%"
+    m: int
+    mode: str  # "", "pad", "clamp" or "wrap"
+    sizes: tuple[int, int]
+    n: int
+    seed: int
+
+    def inner(self) -> str:
+        terms = [f"{self.a}*i" if self.a else "", f"{self.c}*k" if self.c else "", str(self.d)]
+        return "+".join(t for t in terms if t).replace("+-", "-")
+
+    def text(self) -> str:
+        pos = self.inner() if not self.op else f"({self.inner()}){self.op}{self.m}"
+        if self.mode:
+            pos = f"{self.mode}({pos})"
+        return f"y[i,k] = x[{pos}] s[i,k]\n"
+
+    def values(self) -> np.ndarray:
+        i, k = np.meshgrid(np.arange(self.sizes[0]), np.arange(self.sizes[1]), indexing="ij")
+        v = self.a * i + self.c * k + self.d
+        return v // self.m if self.op == "//" else v % self.m if self.op == "%" else v
+
+    def read(self, x: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """The loop the statement means, one (i, k) at a time."""
+        y = np.zeros(self.sizes)
+        for (i, k), p in np.ndenumerate(self.values()):
+            if self.mode == "clamp":
+                p = min(max(p, 0), self.n - 1)
+            elif self.mode == "wrap":
+                p = p % self.n
+            elif self.mode == "pad" and not 0 <= p < self.n:
+                continue
+            y[i, k] = x[p] * s[i, k]
+        return y
+
+
+@st.composite
+def positions(draw) -> Position:
+    sizes = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    a, c, d = draw(st.integers(-2, 3)), draw(st.integers(-2, 2)), draw(st.integers(-3, 3))
+    op = draw(st.sampled_from(["", "", "//", "%"]))
+    m = draw(st.integers(1, 3))
+    mode = draw(st.sampled_from(["", "pad", "clamp", "wrap"]))
+    case = Position(a, c, d, op, m, mode, sizes, 1, draw(st.integers(0, 2**16)))
+    v = case.values()
+    if not mode:  # in range: shift the constant so the smallest value is 0, then x reaches the largest
+        low = int(v.min())
+        if low < 0 and not op:
+            case.d -= low
+        elif low < 0:
+            case.d += case.m * (-low)
+        v = case.values()
+        case.n = int(v.max()) + 1 + draw(st.integers(0, 2))
+    else:
+        case.n = draw(st.integers(1, 5))
+    return case
+
+
+@budget(120)
+@given(positions())
+def test_index_positions_read_and_scatter_as_loops_do(case: Position) -> None:
+    rng = np.random.default_rng(case.seed)
+    x, s = rng.standard_normal(case.n), rng.standard_normal(case.sizes)
+    prog = ig.parse(case.text())
+    m = ig.compile(prog)
+    vals = m.forward(x=x, s=s)
+    np.testing.assert_allclose(vals["y"], case.read(x, s), rtol=1e-12, atol=1e-14, err_msg=case.text())
+    g = rng.standard_normal(case.sizes)
+    got = m.backward(vals, seed={"y": g})
+    # the gradient is linear in x: column e of the read's matrix is the read of the unit vector
+    eye = np.eye(case.n)
+    want_x = np.array([np.sum(g * case.read(eye[e], s)) for e in range(case.n)])
+    np.testing.assert_allclose(got["x"], want_x, rtol=1e-10, atol=1e-12, err_msg=case.text())
+    np.testing.assert_allclose(got["s"], case.read(x, np.ones(case.sizes)) * g, rtol=1e-12, atol=1e-14)
+    assert ig.parse(str(prog)) == prog
