@@ -33,7 +33,7 @@ from .nodes import (
     refs_in,
     refs_in_statement,
 )
-from .positions import axes_of, solve
+from .positions import axes_of, solve, value_range
 from .printer import format_index, format_ref
 
 _DERIVED = re.compile(r"^(.+)\.(grad|tan)\d*$")
@@ -397,7 +397,7 @@ class _Checker:
         call's value (`log(exp(x[b,k]))` is the sum over k of log(exp(x[b,k])))."""
         for k in summed:
             call = _only_inside_call(expr, k)
-            if call is not None and not any(w.span == call.span for w in self.warnings):
+            if call is not None and call is not _NO_K and not any(w.span == call.span for w in self.warnings):
                 f = call.func
                 self.warnings.append(
                     Warning_(
@@ -487,8 +487,11 @@ class _Checker:
             )
         r = reads[0]
         if all(x.name == DELTA for x in reads):
-            return _err(f"index '{n}' gets no size: delta[i,j] compares indices but does not size them; "
-                        f"read a tensor indexed by '{n}', or {hint}", r.span)
+            return _err(
+                f"index '{n}' gets no size: delta[i,j] compares indices but does not size them; "
+                f"read a tensor indexed by '{n}', or {hint}",
+                r.span,
+            )
         for x in reads:
             for i in x.indices:
                 if isinstance(i, Affine) and n in i.names() and i.plain is None:
@@ -625,7 +628,7 @@ def _misplaced(sz: SizeOf) -> IndexgradError:
 def _only_inside_call(e: Expr, k: str) -> Call | None:
     """The outermost call holding every occurrence of k in e, when no occurrence is outside calls."""
     if isinstance(e, Call):
-        return e if any(k in ref_index_names(r) for r in refs_in(e)) else None
+        return e if any(k in ref_index_names(r) for r in refs_in(e)) else _NO_K
     if isinstance(e, Ref):
         return None if k in ref_index_names(e) else _NO_K
     if isinstance(e, Reduce) and k in e.indices:
@@ -648,9 +651,7 @@ _NO_K = Call("", ())  # marks a subexpression without k
 def _below_zero(i: Affine) -> bool:
     """A position without a boundary mode whose value is below 0 where all its names are 0: it
     reads outside its array whatever the sizes (negative coefficients are checked with sizes)."""
-    at_zero = i.const + sum(c * (f.inner.const // f.divisor if f.op == "//" else f.inner.const % f.divisor)
-                            for c, f in i.parts)
-    return at_zero < 0
+    return value_range(i, {n: 1 for n in i.names()})[0] < 0
 
 
 def _scope(e: Expr, lhs: set[str]) -> tuple[Expr, set[str], tuple[str, ...]]:

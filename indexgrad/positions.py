@@ -204,7 +204,7 @@ def sizable(i: Affine, sized: Callable[[str], bool]) -> tuple[str, int] | None:
     return n, coef
 
 
-Found = "tuple[str, int | None] | None"
+Found = tuple[str, int | None] | None  # (name, size) that a rule gives, or nothing
 
 
 def valid_extent(i: Affine, extent: int | None, size: Mapping[str, int | None]) -> Found:
