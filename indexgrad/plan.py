@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 import opt_einsum as oe
 
+from . import positions
 from .errors import IndexgradError
 from .functions import FUNCTIONS
-from .lower import Contract, Elementwise, Prim, Reduction, Terms, prim_statement
+from .lower import Contract, Elementwise, Prim, Reduction, Terms, number_value, prim_refs, prim_statement
 from .lower import Operand as Factor
 from .memory import human_bytes, memory_limit
-from .nodes import NOSPAN, Affine, Gather, Num, Ref, SizeOf, Span, is_plain, ref_index_names
-from .printer import format_number, format_ref, format_statement
+from .nodes import DELTA, NOSPAN, Gather, Num, Ref, SizeOf, Span, is_plain, ref_index_names
+from .printer import format_index, format_number, format_ref, format_statement
 from .sizes import Shape, Sizer
 
 # ---- the records -----------------------------------------------------------------------------
@@ -49,7 +50,7 @@ class Operand:
 class Step:
     """One call of the array library.
 
-    kind: contract, elementwise, terms, reduce, fill, view, gather or scatter. call: the library
+    kind: contract, elementwise, terms, reduce, fill, view, gather, scatter or delta. call: the library
     call chosen (matmul, vecdot, einsum, sum, a function's name, add, ...), with its settings in
     `args`. `into` names an operand that dies here and lends its buffer to the result; steps that
     hand one buffer along share a `group`; `release` names what is dropped after the step.
@@ -389,6 +390,8 @@ class _Planner:
         self.sized.append(sizes)
         self.span = p.span
         self.text = format_statement(prim_statement(p))
+        # delta has no array: it takes the float dtype of the statement's other operands
+        self.delta_dtype = _result_dtype([self.dtypes[r.name] for r in prim_refs(p) if r.name in self.dtypes])
         out_axes = ref_index_names(p.out)
         shape = tuple(sizes[n] for n in out_axes)
         if isinstance(p, Reduction) and p.reducer in ("max", "min"):
@@ -448,12 +451,16 @@ class _Planner:
         """An operand for r: the array itself when every position is a plain name, else a view or
         a gather made by a step of its own (its name is r's text)."""
         axes = ref_index_names(r)
+        if r.name == DELTA:
+            return self.delta(r, axes, power)
         if is_plain(r):
             return self.operand(r.name, axes, power)
         name = format_ref(r)
         shape = tuple(self.sizes[n] for n in axes)
         source = self.operand(r.name, tuple(f"{r.name}{a}" for a in range(len(r.indices))))
-        gather = any(isinstance(i, Gather) for i in r.indices)
+        # index arithmetic with // or %, and labels, are gathered; sums of names (through a
+        # boundary mode or not) are strided views
+        gather = any(isinstance(i, Gather) or i.parts for i in r.indices)
         labels = tuple(
             self.operand(i.ref.name, ref_index_names(i.ref)) for i in r.indices if isinstance(i, Gather)
         )
@@ -470,6 +477,14 @@ class _Planner:
             span=r.span if r.span.line else self.span,
         )
         self.emit(step)
+        return self.operand(name, axes, power)
+
+    def delta(self, r: Ref, axes: tuple[str, ...], power: float) -> Operand:
+        """`delta[i,j]`, made for this statement's sizes: 1 where its two positions agree."""
+        name = format_ref(r)
+        shape = tuple(self.sizes[n] for n in axes)
+        args = {"positions": _positions(r)}
+        self.emit(self.step("delta", "equal", name, axes, shape, self.delta_dtype, (), args))
         return self.operand(name, axes, power)
 
     def scatter(self, p: Prim, value: Step, shape: Shape) -> None:
@@ -509,6 +524,8 @@ class _Planner:
             return f.value
         if isinstance(f, SizeOf):
             return float(self.sizes[f.index])
+        if not isinstance(f, Ref):  # numbers and sizes, combined: `sqrt(size[e])`
+            return number_value(f, self.sizes)
         if f.name in self.constants and not f.indices:
             self.folded.append(self.dtypes[f.name])
             return self.constants[f.name]
@@ -611,15 +628,9 @@ def _ones_sum(o: Operand, summed: tuple[int, ...], dtype: np.dtype) -> bool:
 
 
 def _positions(r: Ref) -> tuple[Any, ...]:
-    """Per axis of r: ("affine", const, ((coef, name), ...)) or ("label", label name, its axes)."""
-    out: list[Any] = []
-    for i in r.indices:
-        if isinstance(i, Gather):
-            out.append(("label", i.ref.name, ref_index_names(i.ref)))
-        else:
-            assert isinstance(i, Affine)
-            out.append(("affine", i.const, i.terms))
-    return tuple(out)
+    """Per axis of r, its position as data: ("affine", const, ((coef, name), ...)), ("label", label
+    name, its axes), or the general forms of positions.as_data."""
+    return tuple(positions.as_data(i) for i in r.indices)
 
 
 # ---- passes over steps -------------------------------------------------------------------------
@@ -941,10 +952,16 @@ def _describe_access(s: Step) -> str:
     return f"{verb} {what}" if s.kind != "scatter" else f"add_at({s.out}, {what})"
 
 
+def _describe_delta(s: Step) -> str:
+    first, second = (format_index(positions.from_data(t)) for t in s.args["positions"])
+    return f"equal({first}, {second})"
+
+
 _DESCRIBE: dict[str, Callable[[Step], str]] = {
     "view": _describe_access,
     "gather": _describe_access,
     "scatter": _describe_access,
+    "delta": _describe_delta,
 }
 
 __all__ = ["FUNCTIONS", "Operand", "Plan", "Step", "make_plan", "pair_layout", "plan_contraction"]

@@ -33,7 +33,11 @@ Array = np.ndarray
 
 def value_range(i: Affine, sizes: Mapping[str, int]) -> tuple[int, int]:
     """The lowest and highest value i's arithmetic takes over its names' ranges, before any
-    boundary mode (an empty range of a name counts as its single value 0)."""
+    boundary mode (an empty range of a name counts as its single value 0). With `//` or `%`
+    parts, the values themselves are looked at ((2*i)%2 is always 0)."""
+    if i.parts and not empty(i, sizes):
+        v = values(i, i.names(), sizes)
+        return int(v.min()), int(v.max())
     lo = hi = i.const
     for c, n in i.terms:
         ext = c * max(sizes[n] - 1, 0)
@@ -115,6 +119,45 @@ def index_arrays(
         if inside is not None:
             mask = inside if mask is None else mask & inside
     return tuple(out), mask
+
+
+def label_values(g: Ref, lab: Array, names: tuple[str, ...], sizes: Mapping[str, int]) -> Array:
+    """The values of the label tensor reference g, whose array is lab, broadcast over `names`
+    (a label's positions hold names or arithmetic, never other labels)."""
+    idx, _ = index_arrays(g, lab.shape, names, sizes, lambda r, n: np.zeros((), np.intp))
+    return lab[idx]
+
+
+# ---- positions as plain data, for the plan's steps -----------------------------------------------
+
+
+def as_data(i: Index) -> tuple[Any, ...]:
+    """A position as plain data a Step carries (lists once read back from JSON): ("affine", const,
+    terms) for a sum of names and a constant, ("label", name, index names) for labels indexed by
+    names; ("at", const, terms, mode, parts) and ("label_at", name, positions) otherwise."""
+    if isinstance(i, Gather):
+        plain = [j.plain if isinstance(j, Affine) else None for j in i.ref.indices]
+        if None not in plain:
+            return ("label", i.ref.name, tuple(plain))
+        return ("label_at", i.ref.name, tuple(as_data(j) for j in i.ref.indices))
+    if i.linear():
+        return ("affine", i.const, i.terms)
+    parts = tuple((c, (as_data(f.inner), f.op, f.divisor)) for c, f in i.parts)
+    return ("at", i.const, i.terms, i.mode, parts)
+
+
+def from_data(t: Sequence[Any]) -> Index:
+    """The position `as_data` gave."""
+    kind = t[0]
+    if kind == "label":
+        return Gather(Ref(t[1], tuple(Affine(((1, n),)) for n in t[2])))
+    if kind == "label_at":
+        return Gather(Ref(t[1], tuple(from_data(j) for j in t[2])))  # type: ignore[misc]
+    terms = tuple((int(c), str(n)) for c, n in t[2])
+    if kind == "affine":
+        return Affine(terms, int(t[1]))
+    parts = tuple((int(c), Floor(from_data(inner), op, int(k))) for c, (inner, op, k) in t[4])  # type: ignore[arg-type]
+    return Affine(terms, int(t[1]), mode=t[3], parts=parts)
 
 
 # ---- boundary modes of linear positions, by padding ----------------------------------------------

@@ -7,12 +7,13 @@ from typing import Any
 
 import numpy as np
 
+from . import positions
 from .check import sized_like
 from .errors import IndexgradError
-from .lower import Prim, prim_refs
-from .nodes import Affine, Gather, Ref, Span, is_plain, ref_index_names
+from .lower import Prim, Reduction, prim_refs
+from .nodes import DELTA, Affine, Gather, Ref, Span, is_plain, ref_index_names
 from .printer import format_ref
-from .shapes import axis_classes, valid_extent
+from .shapes import axis_classes
 
 Shape = tuple[int, ...]
 Origin = Callable[[Ref, int], tuple[Ref, int]]
@@ -54,25 +55,20 @@ class _Known:
         elif old != size:
             if isinstance(what, _Where) and what.origin is not None:
                 span = place(what.user()[0], span)
+            hint = ""  # two arrays disagree: reading the longer's first positions may be what is meant
+            if isinstance(what, _Where) and isinstance(self.where[name], _Where):
+                hint = f"; to read the first {min(old, size)} positions of the longer, index it by {name}+0"
             raise IndexgradError(
-                f"index '{name}' has size {old} from {self.where[name]} but size {size} from {what}", span
+                f"index '{name}' has size {old} from {self.where[name]} but size {size} from {what}{hint}",
+                span,
             )
 
 
-def affine_range(i: Affine, sizes: dict[str, int]) -> tuple[int, int]:
-    """The lowest and highest position an affine index position reaches."""
-    lo = hi = i.const
-    for c, n in i.terms:
-        ext = c * (sizes[n] - 1)
-        lo, hi = lo + min(ext, 0), hi + max(ext, 0)
-    return lo, hi
-
-
 def check_bounds(r: Ref, shape: Shape, sizes: dict[str, int], span: Span) -> None:
-    """Refuse a shifted read (or scatter) that leaves its axis."""
+    """Refuse a shifted read (or scatter) that leaves its axis (a boundary mode never does)."""
     for axis, i in enumerate(r.indices):
-        if isinstance(i, Affine) and i.plain is None:
-            lo, hi = affine_range(i, sizes)
+        if isinstance(i, Affine) and i.plain is None and i.mode is None and not positions.empty(i, sizes):
+            lo, hi = positions.value_range(i, sizes)
             if lo < 0 or hi >= shape[axis]:
                 raise IndexgradError(
                     f"{format_ref(r)} reaches position {hi if hi >= shape[axis] else lo} "
@@ -95,29 +91,50 @@ class Sizer:
     def sizes(self, k: int, shapes: dict[str, Shape], dtypes: dict[str, np.dtype]) -> dict[str, int]:
         """The index sizes of statement k, with every operand's shape in `shapes`."""
         p = self.prims[k]
-        fast = _plain_sizes(p, shapes)
+        fast = None if p.dims else _plain_sizes(p, shapes)
         if fast is not None:
             return fast
         known = _Known(p.span)
+        for n, v in p.dims:
+            known.note(n, v, f"dim {n}={v}", p.span)
         pairs: list[tuple[Ref, Shape]] = []
+        axes: list[positions.Axis] = []
         for r in prim_refs(p):
+            if r.name == DELTA:  # no array: its axes size nothing (but a square delta's second name)
+                axes += positions.axes_of(r, None, p.span)
+                continue
             shape = _shape(shapes, r, p.span)
-            self._note_ref(known, shapes, dtypes, r, shape, p.span, r.name in self.temporaries)
+            axes += self._axes(shapes, dtypes, r, shape, p.span)
             pairs.append((r, shape))
         target = self.target_shape(p, shapes)
         if target is not None:
-            self._note_ref(known, shapes, dtypes, p.out, target, p.span, False)
+            axes += self._axes(shapes, dtypes, p.out, target, p.span)
             pairs.append((p.out, target))
         needed = set(ref_index_names(p.out)).union(*(ref_index_names(r) for r in prim_refs(p)))
+        if isinstance(p, Reduction):
+            needed |= set(p.indices)
+        fixed = {n for n, _ in p.dims}
+        traced = {r.name for r in prim_refs(p) if r.name in self.temporaries}
+
+        def solve() -> None:
+            def note(n: str, extent: int | None, ax: positions.Axis) -> None:
+                origin = self.origin if ax.ref.name in traced else None
+                known.note(n, extent, _Where(ax.ref, ax.axis, origin), place(ax.ref, p.span))  # type: ignore[arg-type]
+
+            positions.solve(axes, known.size, fixed, note)  # type: ignore[arg-type]
+
         if p.out.name in self.temporaries and needed - set(known.size):
             self._size_from_uses(k, shapes, known)  # a temporary's sizes are its statement's: before "valid"
-        _size_affine(known, pairs, p.span)
+        solve()
+        if p.op == "=" and p.out.name not in self.temporaries and needed - set(known.size):
+            self._size_from_uses(k, shapes, known)  # a later plain read (check.sized_by_later_reads)
+            solve()
         if target is None and needed - set(known.size):
             target = self.inferred_shape(p.out.name, shapes)
             if target is not None:
-                self._note_ref(known, shapes, dtypes, p.out, target, p.span, False)
+                axes += self._axes(shapes, dtypes, p.out, target, p.span)
                 pairs.append((p.out, target))
-                _size_affine(known, pairs, p.span)
+                solve()
         for n in sorted(needed - set(known.size)):
             raise IndexgradError(f"the size of index '{n}' cannot be worked out here", p.span)
         for r, shape in pairs:
@@ -132,37 +149,31 @@ class Sizer:
         shape = self.target_shape(p, shapes)
         if shape is None:
             shape = self.inferred_shape(p.out.name, shapes)
+        if shape is None and sized_like(p.out.name) is None:  # a '+=' that defines its tensor (SPEC 9)
+            written = [positions.written_extent(i, sizes) for i in p.out.indices]
+            shape = None if None in written else tuple(written)  # type: ignore[arg-type]
         if shape is None:
             raise IndexgradError(f"the shape of '{p.out.name}' cannot be worked out here", p.span)
         return shape
 
-    def _note_ref(
-        self,
-        known: _Known,
-        shapes: dict[str, Shape],
-        dtypes: dict[str, np.dtype],
-        r: Ref,
-        shape: Shape,
-        span: Span,
-        traced: bool,
-    ) -> None:
-        origin = self.origin if traced else None
-        for axis, i in enumerate(r.indices):
+    def _axes(
+        self, shapes: dict[str, Shape], dtypes: dict[str, np.dtype], r: Ref, shape: Shape, span: Span
+    ) -> list[positions.Axis]:
+        """The sizing axes of r read with this shape, and of the label tensors in its positions."""
+        out = positions.axes_of(r, shape, span)
+        for i in r.indices:
             if isinstance(i, Gather):
-                lab = _labels(shapes, dtypes, i.ref, span)
-                for ax2, j in enumerate(i.ref.indices):
-                    assert isinstance(j, Affine) and j.plain
-                    known.note(j.plain, lab[ax2], f"{format_ref(i.ref)} (axis {ax2})", span)
-            elif i.plain is not None:
-                known.note(i.plain, shape[axis], _Where(r, axis, origin), place(r, span))
+                out += positions.axes_of(i.ref, _labels(shapes, dtypes, i.ref, span), span)
+        return out
 
     def _size_from_uses(self, k: int, shapes: dict[str, Shape], known: _Known) -> None:
-        """Sizes of temporary k's unsized output indices from the rest of its statement: for
+        """Sizes of k's unsized output indices from the plain reads of its target that follow: for
         `y[j] = tanh(x[j+k]) w[k]`, in `y.tanh[j,k] = tanh(x[j+k])` k from `y[j] = y.tanh[j,k] w[k]`
-        (j then gets the valid size). Index names are the statement's own, so the search stops at
-        the primitive that writes the statement's target."""
+        (j then gets the valid size). A temporary's index names are its statement's own, so the
+        search stops at the primitive that writes the statement's target; a tensor the program
+        names is sized by any later statement (check.sized_by_later_reads)."""
         p = self.prims[k]
-        end = k
+        end = k if p.out.name in self.temporaries else len(self.prims) - 1
         while end + 1 < len(self.prims) and self.prims[end].out.name in self.temporaries:
             end += 1
         uses = _shape_from_uses(self.prims[k : end + 1], p.out.name, shapes)
@@ -238,29 +249,6 @@ def _labels(shapes: dict[str, Shape], dtypes: dict[str, np.dtype], g: Ref, span:
             place(g, span),
         )
     return shape
-
-
-def _size_affine(known: _Known, refs: list[tuple[Ref, Shape]], span: Span) -> None:
-    """Sizes of indices known only through index arithmetic: the 'valid' extent."""
-    progress = True
-    while progress:
-        progress = False
-        for r, shape in refs:
-            for axis, i in enumerate(r.indices):
-                if not isinstance(i, Affine) or i.plain is not None:
-                    continue
-                found = valid_extent(i, shape[axis], known.size.get)
-                if found is None:
-                    continue
-                n, size = found
-                if size < 1:
-                    raise IndexgradError(
-                        f"index '{n}' in {format_ref(r)} has no valid positions: "
-                        f"{r.name} has size {shape[axis]} along axis {axis}",
-                        place(r, span),
-                    )
-                known.note(n, size, f"the valid extent of {format_ref(r)}", span)
-                progress = True
 
 
 def _plain_sizes(p: Prim, shapes: dict[str, Shape]) -> dict[str, int] | None:

@@ -11,6 +11,7 @@ import itertools
 import math
 import operator
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from operator import attrgetter, itemgetter, methodcaller
 from typing import Any
@@ -19,8 +20,10 @@ import numpy as np
 import opt_einsum as oe
 from numpy.lib.stride_tricks import as_strided
 
+from .. import positions
 from ..errors import IndexgradError
 from ..functions import FUNCTIONS, REDUCTIONS
+from ..nodes import Affine, Gather, Ref
 from ..plan import Operand, Plan, Step
 from . import Builder, Env, builder_for
 
@@ -332,16 +335,24 @@ def fill(step: Step) -> Compute:
 
 
 def view(step: Step) -> Compute:
-    """A strided view: x[j+k] as an array over (j, k), sharing x's memory."""
+    """A strided view: x[j+k] as an array over (j, k), sharing x's memory; through boundary modes,
+    a view of x extended as the modes read outside it (positions.padded)."""
     src = step.inputs[0].name
     names, shape = step.axes, step.shape
     pos = {n: k for k, n in enumerate(names)}
-    starts = tuple(slice(c, None) for _, c, _ in step.args["positions"])
-    terms_ = [(axis, terms) for axis, (_, _, terms) in enumerate(step.args["positions"])]
+    at = [positions.from_data(t) for t in step.args["positions"]]
+    size = dict(zip(names, shape))
+    extents = step.inputs[0].shape
+    pads = [positions.margins(i, size, e) if i.mode else (0, 0) for i, e in zip(at, extents)]  # type: ignore[union-attr]
+    starts = tuple(slice(i.const + before, None) for i, (before, _) in zip(at, pads))  # type: ignore[union-attr]
+    terms_ = [(axis, i.terms) for axis, i in enumerate(at)]  # type: ignore[union-attr]
     unit = tuple(d > 1 for d in shape)
+    moded = [(axis, b, a, i.mode) for axis, (i, (b, a)) in enumerate(zip(at, pads)) if i.mode]  # type: ignore[union-attr]
 
     def read(env: Env) -> Array:
         a = env[src]
+        for axis, before, after, mode in moded:
+            a = positions.padded(a, axis, before, after, mode)
         strides = [0] * len(names)
         for axis, ts in terms_:
             for c, n in ts:
@@ -396,20 +407,63 @@ def _index_arrays(
     return arrays
 
 
+def _general(step: Step) -> bool:
+    """Positions with boundary modes, // or %, or labels read through arithmetic (SPEC 9)."""
+    return any(t[0] not in ("affine", "label") for t in step.args["positions"])
+
+
+def _positions_index(
+    step: Step, names: tuple[str, ...], shape: tuple[int, ...], extents: tuple[int, ...]
+) -> Callable[[Env], tuple[tuple[Array, ...], Array | None]]:
+    """For general positions: per axis an integer array broadcast over `names`, after boundary
+    modes, and the mask of the entries a pad position finds inside (indexgrad/positions.py)."""
+    at = tuple(positions.from_data(t) for t in step.args["positions"])
+    size = dict(zip(names, shape))
+    into = step.inputs[0].name if step.kind == "gather" else step.out
+    where = Ref(into, at)  # type: ignore[arg-type]
+
+    def arrays(env: Env) -> tuple[tuple[Array, ...], Array | None]:
+        def labels(g: Ref, out: tuple[str, ...]) -> Array:
+            return positions.label_values(g, env[g.name], out, size)
+
+        idx, mask = positions.index_arrays(where, extents, names, size, labels)
+        for axis, (i, lab) in enumerate(zip(at, idx)):
+            if isinstance(i, Gather) and lab.size and (lab.min() < 0 or lab.max() >= extents[axis]):
+                bad = lab.min() if lab.min() < 0 else lab.max()
+                raise IndexgradError(
+                    f"label {int(bad)} in '{i.ref.name}' is out of range for axis {axis} of "
+                    f"'{into}', which has size {extents[axis]}",
+                    step.span,
+                )
+        return idx, mask
+
+    return arrays
+
+
 def gather(step: Step) -> Compute:
     src = step.inputs[0]
-    index = _index_arrays(step, step.axes, step.shape, src.shape)
     name = src.name
+    if _general(step):
+        general = _positions_index(step, step.axes, step.shape, src.shape)
+
+        def take(env: Env) -> Array:
+            idx, mask = general(env)
+            v = env[name][idx]
+            return v if mask is None else np.where(mask, v, 0)
+
+        return take
+    index = _index_arrays(step, step.axes, step.shape, src.shape)
     return lambda env: env[name][index(env)]
 
 
 def scatter(step: Step) -> Compute:
-    """target[positions] += value: strided slice-adds where each index sits in one axis, else np.add.at."""
+    """target[positions] += value: strided slice-adds where each index sits in one axis, else np.add.at.
+    Through boundary modes of sums of names: into the target extended as the modes read outside
+    it, then folded back (dropped for pad, piled on the edge for clamp, wrapped for wrap)."""
     value = step.inputs[0]
     vn, out, shape, dtype = value.name, step.out, step.shape, step.dtype
-    slices = _slices(step.args["positions"], value.axes, value.shape)
-    index = None if slices is not None else _index_arrays(step, value.axes, value.shape, shape)
     fresh, in_place = step.args["fresh"], step.into == step.out
+    add_into = _scatter_into(step, value, shape)
 
     def add(env: Env) -> Array:
         if fresh:
@@ -418,17 +472,64 @@ def scatter(step: Step) -> Compute:
             t = env[out]
         else:
             t = env[out].astype(dtype, copy=True)
-        v = env[vn]
-        if slices is None:
-            np.add.at(t, index(env), v)  # type: ignore[misc]
-        else:
-            order, moves = slices
-            v = v.transpose(order)
-            for target, part in moves:
-                t[target] += v[part]
+        add_into(t, env[vn], env)
         return t
 
     return add
+
+
+def _scatter_into(step: Step, value: Operand, shape: tuple[int, ...]) -> Callable[[Array, Array, Env], None]:
+    """t[positions] += v, in place: the way chosen for the step's positions."""
+    at = [positions.from_data(t) for t in step.args["positions"]]
+    if _general(step) and all(isinstance(i, Affine) and not i.parts for i in at):
+        size = dict(zip(value.axes, value.shape))
+        pads = [positions.margins(i, size, e) if i.mode else (0, 0) for i, e in zip(at, shape)]  # type: ignore[union-attr]
+        inner = tuple(("affine", i.const + before, i.terms) for i, (before, _) in zip(at, pads))  # type: ignore[union-attr]
+        extended = tuple(e + before + after for e, (before, after) in zip(shape, pads))
+        slices = _slices(inner, value.axes, value.shape)
+        plain_step = replace(step, args={**step.args, "positions": inner})
+        index = None if slices is not None else _index_arrays(plain_step, value.axes, value.shape, extended)
+        modes = [(axis, b, a, i.mode) for axis, (i, (b, a)) in enumerate(zip(at, pads)) if i.mode]  # type: ignore[union-attr]
+
+        def through_modes(t: Array, v: Array, env: Env) -> None:
+            ext = np.zeros(extended, t.dtype)
+            _add_at(ext, v, slices, index, env)
+            for axis, before, after, mode in modes:
+                ext = positions.folded(ext, axis, before, after, mode)
+            t += ext
+
+        return through_modes
+    if _general(step):
+        general = _positions_index(step, value.axes, value.shape, shape)
+
+        def at_positions(t: Array, v: Array, env: Env) -> None:
+            idx, mask = general(env)
+            np.add.at(t, idx, v if mask is None else np.where(mask, v, 0))
+
+        return at_positions
+    slices = _slices(step.args["positions"], value.axes, value.shape)
+    index = None if slices is not None else _index_arrays(step, value.axes, value.shape, shape)
+    return lambda t, v, env: _add_at(t, v, slices, index, env)
+
+
+def _add_at(t: Array, v: Array, slices: Any, index: Callable[[Env], Any] | None, env: Env) -> None:
+    if slices is None:
+        np.add.at(t, index(env), v)  # type: ignore[misc]
+        return
+    order, moves = slices
+    v = v.transpose(order)
+    for target, part in moves:
+        t[target] += v[part]
+
+
+def delta(step: Step) -> Compute:
+    """`delta[i,j]` for the step's sizes: 1 where its two positions agree, in the step's dtype."""
+    first, second = (positions.from_data(t) for t in step.args["positions"])
+    size = dict(zip(step.axes, step.shape))
+    a, b = (positions.values(i, step.axes, size) for i in (first, second))  # type: ignore[arg-type]
+    equal = np.equal(a, b)
+    value = np.broadcast_to(equal, step.shape).astype(step.dtype)
+    return lambda env: value.copy()  # a buffer of its own: later steps may write into it
 
 
 def _slices(positions: tuple[Any, ...], names: tuple[str, ...], shape: tuple[int, ...]) -> Any:
@@ -477,6 +578,7 @@ BUILDERS: dict[str, Callable[[Step], Compute]] = {
     "view": view,
     "gather": gather,
     "scatter": scatter,
+    "delta": delta,
 }
 
 
