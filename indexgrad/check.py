@@ -388,6 +388,7 @@ class _Checker:
         for sz in sizeofs(expr):
             if sz.index not in used:
                 raise _err(f"size[{sz.index}] names an index this statement does not use", sz.span)
+        self.warn_bare_index_names(expr, used, s.span)
         _place_numbers(expr, set(self.dims), lhs_set)
         self.sizes(s, expr)
         return Statement(s.target, s.op, expr, summed, s.span)
@@ -405,6 +406,21 @@ class _Checker:
                         f"this adds {f}(...) once per value of '{k}'; to sum inside the call write "
                         f"{f}(sum[{k}](…)), or write sum[{k}]({f}(…)) to keep this meaning",
                         call.span if call.span.line else span,
+                    )
+                )
+
+    def warn_bare_index_names(self, expr: Expr, used: set[str], span: Span) -> None:
+        """A bare name that is also an index of its statement reads a scalar tensor, not the index
+        (`eq(n, m)` compares two scalar inputs n and m); unless it is declared, say so."""
+        for r in refs_in(expr):
+            if not r.indices and r.name in used and r.name not in self.role:
+                self.warnings.append(
+                    Warning_(
+                        f"'{r.name}' is an index name of this statement, but '{r.name}' alone reads a "
+                        f"scalar tensor named {r.name}, not the index; for 1 where {r.name} equals "
+                        f"another index write delta[{r.name},...], for its extent size[{r.name}]; to "
+                        f"mean the scalar, declare it (input {r.name}) or give it another name",
+                        r.span if r.span.line else span,
                     )
                 )
 

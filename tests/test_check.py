@@ -356,7 +356,27 @@ def test_warning_for_an_index_summed_outside_the_only_call_holding_it(
     assert (w.span.line, w.span.column) == (1, column)
 
 
+BARE_INDEX_NAMES = [
+    ("y[n,m] = eq(n, m) x[n,m]\n", "n", 13),
+    ("y[i] = x[i] + i\n", "i", 15),
+    ("y[b] = sum[k](x[b,k] k)\n", "k", 22),
+]
+
+
+@pytest.mark.parametrize("source, name, column", BARE_INDEX_NAMES)
+def test_warning_for_a_bare_index_name(source: str, name: str, column: int) -> None:
+    """`eq(n, m)` with n and m index names reads two scalar tensors n and m: the warning says so
+    and points to delta[n,...] and size[n]."""
+    with pytest.warns(ig.IndexgradWarning, match=f"<string>:1:{column}: '{name}' is an index name"):
+        p = ig.parse(source)
+    (w,) = [w for w in p.warnings if f"'{name}' is an index name" in w.message]
+    assert f"delta[{name},...]" in w.message and f"size[{name}]" in w.message
+    assert f"input {name}" in w.message
+
+
 NOT_WARNED = [
+    "input n\ny[n] = x[n] n\n",  # declared: the scalar is meant
+    "y[i] = x[i] + j\n",
     "y[b] = sum[k](exp(x[b,k] + 1))\n",
     "y[b] = sum[k](x[b,k]) + 1\n",
     "y[b] = sum[k](x[b,k] + 1)\n",

@@ -453,6 +453,12 @@ def assert_printed_gradients_run_alone(text: str, capsys, arrays: dict | None = 
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_indexgrad_check_passes_on_every_example(path: Path, capsys) -> None:
+    assert main(["check", str(path)]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.splitlines()[-1].startswith("passed: ")
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_the_printed_gradient_program_passes_check(path: Path, tmp_path, capsys) -> None:
     """`indexgrad check` sizes a printed gradient program by itself (a scatter `x.grad[j+k] += ...`
     reaches as far into x as x[j+k] would), for every input and for each input alone (for the
