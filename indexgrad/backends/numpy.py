@@ -340,14 +340,11 @@ def view(step: Step) -> Compute:
     src = step.inputs[0].name
     names, shape = step.axes, step.shape
     pos = {n: k for k, n in enumerate(names)}
-    at = [positions.from_data(t) for t in step.args["positions"]]
-    size = dict(zip(names, shape))
-    extents = step.inputs[0].shape
-    pads = [positions.margins(i, size, e) if i.mode else (0, 0) for i, e in zip(at, extents)]  # type: ignore[union-attr]
-    starts = tuple(slice(i.const + before, None) for i, (before, _) in zip(at, pads))  # type: ignore[union-attr]
-    terms_ = [(axis, i.terms) for axis, i in enumerate(at)]  # type: ignore[union-attr]
+    at = _affine_positions(step)
+    pads, moded = _margins(at, dict(zip(names, shape)), step.inputs[0].shape)
+    starts = tuple(slice(i.const + before, None) for i, (before, _) in zip(at, pads))
+    terms_ = [(axis, i.terms) for axis, i in enumerate(at)]
     unit = tuple(d > 1 for d in shape)
-    moded = [(axis, b, a, i.mode) for axis, (i, (b, a)) in enumerate(zip(at, pads)) if i.mode]  # type: ignore[union-attr]
 
     def read(env: Env) -> Array:
         a = env[src]
@@ -361,6 +358,24 @@ def view(step: Step) -> Compute:
         return as_strided(a[starts], shape=shape, strides=strides, writeable=False)
 
     return read
+
+
+def _affine_positions(step: Step) -> list[Affine]:
+    """The step's positions, each a sum of names and a constant (through a boundary mode or not)."""
+    at = [positions.from_data(t) for t in step.args["positions"]]
+    affine = [i for i in at if isinstance(i, Affine)]
+    assert len(affine) == len(at), "labels are gathered, not viewed"
+    return affine
+
+
+def _margins(
+    at: list[Affine], size: dict[str, int], extents: tuple[int, ...]
+) -> tuple[list[tuple[int, int]], list[tuple[int, int, int, str]]]:
+    """Per axis how far its boundary mode reads before 0 and past the end, and the axes with a
+    mode as (axis, before, after, mode)."""
+    pads = [positions.margins(i, size, e) if i.mode else (0, 0) for i, e in zip(at, extents)]
+    moded = [(axis, b, a, i.mode) for axis, (i, (b, a)) in enumerate(zip(at, pads)) if i.mode]
+    return pads, moded
 
 
 def _index_arrays(
@@ -482,14 +497,13 @@ def _scatter_into(step: Step, value: Operand, shape: tuple[int, ...]) -> Callabl
     """t[positions] += v, in place: the way chosen for the step's positions."""
     at = [positions.from_data(t) for t in step.args["positions"]]
     if _general(step) and all(isinstance(i, Affine) and not i.parts for i in at):
-        size = dict(zip(value.axes, value.shape))
-        pads = [positions.margins(i, size, e) if i.mode else (0, 0) for i, e in zip(at, shape)]  # type: ignore[union-attr]
-        inner = tuple(("affine", i.const + before, i.terms) for i, (before, _) in zip(at, pads))  # type: ignore[union-attr]
+        affine = _affine_positions(step)
+        pads, modes = _margins(affine, dict(zip(value.axes, value.shape)), shape)
+        inner = tuple(("affine", i.const + before, i.terms) for i, (before, _) in zip(affine, pads))
         extended = tuple(e + before + after for e, (before, after) in zip(shape, pads))
         slices = _slices(inner, value.axes, value.shape)
         plain_step = replace(step, args={**step.args, "positions": inner})
         index = None if slices is not None else _index_arrays(plain_step, value.axes, value.shape, extended)
-        modes = [(axis, b, a, i.mode) for axis, (i, (b, a)) in enumerate(zip(at, pads)) if i.mode]  # type: ignore[union-attr]
 
         def through_modes(t: Array, v: Array, env: Env) -> None:
             ext = np.zeros(extended, t.dtype)
