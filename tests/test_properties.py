@@ -4,6 +4,7 @@ printer and back; and the inner-product identity <g, J v> = <J^T g, v> for backw
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import indexgrad as ig
+from indexgrad import positions as ig_positions
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -616,3 +618,10 @@ def test_index_positions_read_and_scatter_as_loops_do(case: Position) -> None:
     np.testing.assert_allclose(got["x"], want_x, rtol=1e-10, atol=1e-12, err_msg=case.text())
     np.testing.assert_allclose(got["s"], case.read(x, np.ones(case.sizes)) * g, rtol=1e-12, atol=1e-14)
     assert ig.parse(str(prog)) == prog
+    # a plan step carries the position as data, through JSON (Plan.to_json) and back
+    (at,) = prog.statements[0].expr.factors[0].indices
+    back = ig_positions.from_data(json.loads(json.dumps(ig_positions.as_data(at))))
+    size = {"i": case.sizes[0], "k": case.sizes[1]}
+    assert back.mode == at.mode
+    want = ig_positions.values(at, ("i", "k"), size)
+    np.testing.assert_array_equal(ig_positions.values(back, ("i", "k"), size), want)
