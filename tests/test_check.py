@@ -163,6 +163,22 @@ def test_bad_program(source: str, line: int, column: int, message: str) -> None:
     raise AssertionError("checked without an error")
 
 
+def test_the_cli_refuses_each_bad_program_before_printing_a_gradient(tmp_path: Path, capsys) -> None:
+    """`indexgrad grad` on each program of the table: exit status 2, nothing on stdout (no gradient
+    program for a file that cannot run), the error at FILE:LINE:COL with its caret."""
+    from indexgrad.cli import main
+
+    f = tmp_path / "t.idx"
+    for case in CHECK_ERRORS:
+        source, line, column, message = case.values if hasattr(case, "values") else case
+        f.write_text(source)
+        assert main(["grad", str(f)]) == 2, source
+        out, err = capsys.readouterr()
+        assert out == "", source
+        assert err.startswith(f"{f}:{line}:{column}: error: ") and message in err, (source, err)
+        assert err.splitlines()[2].index("^") == 2 + column - 1, source
+
+
 def test_the_table_is_big_enough() -> None:
     assert len(CHECK_ERRORS) >= 40
 
