@@ -424,6 +424,20 @@ def test_bad_arrays_are_placed(text: str, given: Arrays, line: int, column: int,
     assert shown[2].index("^") == 2 + column - 1
 
 
+def test_indexgrad_run_places_each_bad_array(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same table through `indexgrad run --inputs FILE.npz`: status 2, FILE:LINE:COL, a caret."""
+    from indexgrad.cli import main
+
+    f, npz = tmp_path / "t.idx", tmp_path / "in.npz"
+    for text, given, line, column, message in BAD_ARRAYS:
+        f.write_text(text)
+        np.savez(npz, **given)
+        assert main(["run", str(f), "--inputs", str(npz)]) == 2, text
+        err = capsys.readouterr().err
+        assert err.startswith(f"{f}:{line}:{column}: error: ") and message in err, (text, err)
+        assert err.splitlines()[2].index("^") == 2 + column - 1, text
+
+
 def test_an_empty_array_read_shifted_gives_an_empty_result() -> None:
     m = ig.compile("y[r] = x[r+1] - x[r]\nl = sum[r](y[r]^2)\n")
     vals = m.forward(x=np.ones(0))
