@@ -145,6 +145,7 @@ def infer_shapes(program: Program, dims: dict[str, int], default: int = 3) -> di
         return size.get(uf.find(("I", k, n)), dims.get(n, default))
 
     shapes: dict[str, tuple[int, ...]] = {}
+    reached: dict[str, dict[int, int]] = {}  # axes that only index arithmetic sizes: the farthest read
     wanted = set(program.inputs())
     gathers = [any(isinstance(i, Gather) for i in r.indices) for _, r in refs]
     plain_first = [kr for kr, g in zip(refs, gathers) if not g] + [kr for kr, g in zip(refs, gathers) if g]
@@ -152,7 +153,15 @@ def infer_shapes(program: Program, dims: dict[str, int], default: int = 3) -> di
         name = r.name
         if name not in wanted and any(isinstance(i, Affine) and i.plain is None for i in r.indices):
             name = sized_like(name) or name  # `x.grad[j+k] += ...` reaches as far into x as x[j+k]
-        if name not in wanted or name in shapes:
+        if name not in wanted:
+            continue
+        if name in shapes:  # x[b,0,i] and x[b,1,i]: an axis only arithmetic sizes reaches the farthest
+            far = reached.get(name, {})
+            for axis, i in enumerate(r.indices):
+                if axis in far and isinstance(i, Affine) and i.mode is None:
+                    reach = written_extent(i, {n: index_size(k, n) for n in i.names()}) or 1
+                    far[axis] = max(far[axis], reach)
+            shapes[name] = tuple(far.get(a, e) for a, e in enumerate(shapes[name]))
             continue
         shape = []
         for axis, i in enumerate(r.indices):
@@ -163,6 +172,8 @@ def infer_shapes(program: Program, dims: dict[str, int], default: int = 3) -> di
                     ext = max((c * sizes[n] for c, n in i.terms if c > 0), default=1)
                 else:
                     ext = written_extent(i, sizes) or 1  # x[-1] is refused when it runs
+                    if root not in size:
+                        reached.setdefault(name, {})[axis] = max(ext, 1)
                 shape.append(size.get(root, max(ext, 1)))
             elif isinstance(i, Gather):
                 shape.append(size.get(root, dims.get(f"{r.name}{axis}", default + 1)))

@@ -83,6 +83,17 @@ def test_dims_size_the_other_indices_through_index_arithmetic(capsys: pytest.Cap
     assert main(["check", str(EXAMPLES[0].parent / "strided_conv.idx"), "--dims", "row=9,col=7"]) == 0
 
 
+def test_an_axis_read_at_fixed_positions_reaches_the_farthest(tmp_path: Path) -> None:
+    """Time steps read as x[b,0,i] and x[b,1,i] need x's axis 1 to hold 2 (check's random inputs)."""
+    from indexgrad.shapes import infer_shapes
+
+    text = "h1[b,j] = tanh(x[b,0,i] U[i,j])\nh2[b,j] = tanh(x[b,1,i] U[i,j] + h1[b,k] W[k,j])\n"
+    assert infer_shapes(ig.parse(text), {}) == {"x": (3, 2, 3), "U": (3, 3), "W": (3, 3)}
+    f = tmp_path / "rnn.idx"
+    f.write_text(text + "l = sum[b,j](h2[b,j]^2)\n")
+    assert main(["check", str(f)]) == 0
+
+
 @pytest.mark.parametrize(
     "text, dims",
     [
