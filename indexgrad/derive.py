@@ -86,7 +86,7 @@ def _fresh_index(k: str, used: set[str]) -> str:
 def _rename(r: Ref, old: str, new: str) -> Ref:
     def fix(i):  # type: ignore[no-untyped-def]
         if isinstance(i, Affine):
-            return Affine(tuple((c, new if n == old else n) for c, n in i.terms), i.const, i.span)
+            return i.renamed(lambda n: new if n == old else n)
         return replace(i, ref=_rename(i.ref, old, new))
 
     return replace(r, indices=tuple(fix(i) for i in r.indices))
@@ -502,6 +502,9 @@ def gather_form(s: Statement, program: Program | None = None) -> Statement | Non
         return None
     if any(sz.index in subst for sz in sizeofs(s.expr)):
         return None  # size[k] of an index the gather renames away has no name to print
+    reads = [i for r in refs_in_statement(s) for i in r.indices if isinstance(i, Affine)]
+    if any(not i.linear() and set(i.names()) & set(subst) for i in reads):
+        return None  # a boundary mode or `//` of a renamed index: the scatter form is the one to read
 
     def at(i: Index) -> Index:
         if not isinstance(i, Affine) or not any(n in subst for n in i.names()):

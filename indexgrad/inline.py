@@ -388,10 +388,9 @@ class _Rename:
     def at(self, i: Index) -> Index:
         if isinstance(i, Gather):
             return Gather(self.ref(i.ref), self.span(i.span))
-        terms = tuple((c, self.name(n)) for c, n in i.terms)
-        if len(terms) > 1:  # the parser's order: by name
-            terms = tuple(sorted(terms, key=lambda t: t[1]))
-        return Affine(terms, i.const, self.span(i.span))
+        moved = i.renamed(self.name)
+        terms = tuple(sorted(moved.terms, key=lambda t: t[1]))  # the parser's order: by name
+        return replace(moved, terms=terms, span=self.span(i.span))
 
     def ref(self, r: Ref) -> Ref:
         return Ref(self.tensors.get(r.name, r.name), tuple(self.at(i) for i in r.indices), self.span(r.span))

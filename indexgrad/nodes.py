@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Union
 
@@ -92,6 +92,12 @@ class Affine:
     def linear(self) -> bool:
         """A plain affine position: no boundary mode and no `//` or `%`."""
         return self.mode is None and not self.parts
+
+    def renamed(self, name: Callable[[str], str]) -> Affine:
+        """This position with each index name n written name(n); its mode, parts and shift kept."""
+        terms = tuple((c, name(n)) for c, n in self.terms)
+        parts = tuple((c, Floor(f.inner.renamed(name), f.op, f.divisor)) for c, f in self.parts)
+        return replace(self, terms=terms, parts=parts)
 
 
 @dataclass(frozen=True)

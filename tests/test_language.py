@@ -50,6 +50,11 @@ def windows(n: int, k: int, stride: int = 1) -> np.ndarray:
     return stride * np.arange(out)[:, None] + np.arange(k)[None, :]
 
 
+def padded_windows(x):
+    """Windows of 3 at stride 2 along the last axis of x, padded by one zero on each side: [b, ch, r, u]."""
+    return anp.pad(x, ((0, 0), (0, 0), (1, 1)), mode="constant")[:, :, windows(x.shape[2] + 2, 3, 2)]
+
+
 def pool(x, k: int, stride: int, reduce) -> np.ndarray:
     rows, cols = windows(x.shape[2], k, stride), windows(x.shape[3], k, stride)
     patches = x[:, :, rows][:, :, :, :, cols]  # [b, ch, r, u, c, v]
@@ -141,6 +146,20 @@ CASES: dict[str, Case] = {
     "conv2d padding zeros": conv_case("pad"),
     "conv2d padding replicate": conv_case("clamp"),
     "conv2d padding circular": conv_case("wrap"),
+    "avg_pool1d padding 1 stride 2": Case(
+        "dim u=3\ny[b,ch,r] = mean[u](x[b,ch,pad(2*r+u-1)])\n",
+        "y",
+        lambda g: {"x": normal(g, 2, 3, 7)},
+        lambda x: anp.mean(padded_windows(x), axis=3),
+        lambda x: F.avg_pool1d(x, 3, stride=2, padding=1),
+    ),
+    "max over zero-padded windows": Case(
+        "dim u=3\ny[b,ch,r] = max[u](x[b,ch,pad(2*r+u-1)])\n",
+        "y",
+        lambda g: {"x": normal(g, 2, 3, 7)},
+        lambda x: anp.max(padded_windows(x), axis=3),
+        lambda x: F.max_pool1d(F.pad(x, (1, 1)), 3, stride=2),
+    ),
     "conv_transpose1d": Case(
         "y[b,o,t+k] += x[b,i,t] w[i,o,k]\n",
         "y",
@@ -387,6 +406,27 @@ def test_derived_programs_round_trip(name: str) -> None:
     assert ig.parse(str(p)) == p
     for d in (ig.derive(p), ig.derive_jvp(p)):
         assert ig.parse(str(d)) == d
+
+
+def test_definitions_keep_boundary_modes_and_floor_division() -> None:
+    """A definition's body read through clamp(...) and // at each use: against torch, and its
+    gradients against finite differences."""
+    text = (
+        "def conv(x[b,i,t]) -> y[b,o,t]:\n    param w[o,i,k]\n    y[b,o,t] = x[b,i,clamp(t+k-1)] w[o,i,k]\n\n"
+        "def up(x[b,t]) -> y[b,s]:\n    y[b,s] = x[b,s//2]\n\n"
+        "h[b,o,t] = conv(z[b,i,t])\ng[b,s] = up(q[b,t])\n"
+        "l = sum[b,o,t](h[b,o,t]^2) + sum[b,s](tanh(g[b,s]) g[b,s])\n"
+    )
+    rng = np.random.default_rng(5)
+    a = {"h.w": normal(rng, 4, 3, 3), "z": normal(rng, 2, 3, 6), "q": normal(rng, 2, 5)}
+    m = ig.compile(text)
+    vals = m.forward(**a)
+    t = {k: torch.from_numpy(v) for k, v in a.items()}
+    want_h = F.conv1d(F.pad(t["z"], (1, 1), mode="replicate"), t["h.w"])
+    np.testing.assert_allclose(vals["h"], want_h.numpy(), rtol=1e-12, atol=1e-12)
+    want_g = F.interpolate(t["q"][:, None], scale_factor=2, mode="nearest")[:, 0]
+    np.testing.assert_allclose(vals["g"], want_g.numpy(), rtol=1e-12, atol=1e-12)
+    assert ig.gradcheck(m, a, loss="l")
 
 
 # ---- misuse the arrays reveal: FILE:LINE:COL, a caret, what to write ---------------------------------
