@@ -496,8 +496,10 @@ class _Checker:
         hint = f"declare its extent with `dim {n}=...`"
         if not reads:
             where = next((i for i in t.indices if n in i.names()), None)
+            bare = any(r.name == n and not r.indices for r in refs_in(expr))
+            note = f" (a bare '{n}' there reads a scalar tensor named {n}, not the index)" if bare else ""
             return _err(
-                f"index '{n}' of '{t.name}' gets no size: it does not appear on the right side; "
+                f"index '{n}' of '{t.name}' gets no size: it does not appear on the right side{note}; "
                 f"use it there, or {hint}",
                 (where.span if where is not None and where.span.line else None) or t.span,
             )

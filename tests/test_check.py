@@ -132,6 +132,7 @@ CHECK_ERRORS = [
     ("y[r] = x[pad(r//2)]\n", 1, 8, "in x[pad(r//2)], pad(...) gives its axis's extent"),
     ("e[b,t,d] = E[ids[b,t+w], d]\n", 1, 14, "index 'w' gets no size: in ids[b,t+w]"),
     ("y[i] = 1\n", 1, 3, "or declare its extent with `dim i=...`"),
+    ("y[t] = sum[s](x[s] (s <= t))\n", 1, 3, "a bare 't' there reads a scalar tensor named t"),
     ("y[b, l[b]] += x[b]\n", 1, 6, "defines 'y', whose extent along a position written through labels"),
     ("y[pad(i)] += x[i]\n", 1, 3, "defines 'y', whose extent along a position written through pad"),
     ("y[b,t,d] = E[ids[b,pad(t)],d]\n", 1, 20, "pad(...) reads 0 outside the labels; write clamp"),
