@@ -453,28 +453,6 @@ def number_value(e: Expr, sizes: dict[str, int]) -> float:
     raise TypeError(f"not a number expression: {e!r}")
 
 
-def fold_numbers(p: Prim, sizes: dict[str, int]) -> Prim:
-    """p with each operand that holds no tensor but more than a number or one size
-    (`sqrt(size[e])`) replaced by its value for these sizes; p itself when it has none."""
-
-    def fold(o: Operand) -> Operand:
-        return o if isinstance(o, (Ref, Num, SizeOf)) else Num(number_value(o, sizes))
-
-    if isinstance(p, Contract):
-        if all(isinstance(f, (Ref, Num, SizeOf)) for f, _ in p.factors):
-            return p
-        return replace(p, factors=tuple((fold(f), k) for f, k in p.factors))
-    if isinstance(p, Elementwise):
-        if all(isinstance(a, (Ref, Num, SizeOf)) for a in p.args):
-            return p
-        return replace(p, args=tuple(fold(a) for a in p.args))
-    if isinstance(p, Terms):
-        if all(isinstance(u, (Ref, Num, SizeOf)) for _, u in p.terms):
-            return p
-        return replace(p, terms=tuple((c, fold(u)) for c, u in p.terms))
-    return p
-
-
 def _terms_of(e: Sum, sign: int) -> list[tuple[Expr, int]]:
     """The signed terms of a sum. A parenthesised sum among them stays one term (a temporary),
     unless it holds a `size[k]` term for a k none of its tensors has: that k is the statement's,

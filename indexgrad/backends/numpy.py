@@ -23,7 +23,7 @@ from numpy.lib.stride_tricks import as_strided
 from .. import positions
 from ..errors import IndexgradError
 from ..functions import FUNCTIONS, REDUCTIONS
-from ..nodes import Affine, Gather, Ref
+from ..nodes import DELTA, Affine, Gather, Ref
 from ..plan import Operand, Plan, Step
 from . import Builder, Env, builder_for
 
@@ -499,7 +499,7 @@ def _scatter_into(step: Step, value: Operand, shape: tuple[int, ...]) -> Callabl
     if _general(step) and all(isinstance(i, Affine) and not i.parts for i in at):
         affine = _affine_positions(step)
         pads, modes = _margins(affine, dict(zip(value.axes, value.shape)), shape)
-        inner = tuple(("affine", i.const + before, i.terms) for i, (before, _) in zip(affine, pads))
+        inner = tuple(positions.as_data(positions.unmoded(i, before)) for i, (before, _) in zip(affine, pads))
         extended = tuple(e + before + after for e, (before, after) in zip(shape, pads))
         slices = _slices(inner, value.axes, value.shape)
         plain_step = replace(step, args={**step.args, "positions": inner})
@@ -538,11 +538,8 @@ def _add_at(t: Array, v: Array, slices: Any, index: Callable[[Env], Any] | None,
 
 def delta(step: Step) -> Compute:
     """`delta[i,j]` for the step's sizes: 1 where its two positions agree, in the step's dtype."""
-    first, second = (positions.from_data(t) for t in step.args["positions"])
-    size = dict(zip(step.axes, step.shape))
-    a, b = (positions.values(i, step.axes, size) for i in (first, second))  # type: ignore[arg-type]
-    equal = np.equal(a, b)
-    value = np.broadcast_to(equal, step.shape).astype(step.dtype)
+    r = Ref(DELTA, tuple(positions.from_data(t) for t in step.args["positions"]))
+    value = positions.delta_values(r, step.axes, dict(zip(step.axes, step.shape))).astype(step.dtype)
     return lambda env: value.copy()  # a buffer of its own: later steps may write into it
 
 
