@@ -949,6 +949,9 @@ def _describe_access(s: Step) -> str:
         "strided view of" if s.kind == "view" else "gather from" if s.kind == "gather" else "scatter-add into"
     )
     what = s.inputs[0].name if s.kind == "scatter" else src
+    modes = sorted({t[3] for t in s.args["positions"] if t[0] == "at" and t[3]})
+    if modes:  # the array is extended (a copy) as the modes read outside it, then read or folded back
+        what += f" through {', '.join(modes)}"
     return f"{verb} {what}" if s.kind != "scatter" else f"add_at({s.out}, {what})"
 
 

@@ -17,7 +17,7 @@ read plainly and through a one-name shift (`x[r+1] - x[r]`) ranges where every r
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -135,8 +135,8 @@ def as_data(i: Index) -> tuple[Any, ...]:
     """A position as plain data a Step carries (lists once read back from JSON): ("affine", const,
     terms) for a sum of names and a constant, ("label", name, index names) for labels indexed by
     names; ("at", const, terms, mode, parts) and ("label_at", name, positions) otherwise."""
-    if isinstance(i, Gather):
-        plain = [j.plain if isinstance(j, Affine) else None for j in i.ref.indices]
+    if isinstance(i, Gather):  # a shift by 0 (r+0) reads as r: it mattered for sizing only
+        plain = [replace(j, shifted=False).plain if isinstance(j, Affine) else None for j in i.ref.indices]
         if None not in plain:
             return ("label", i.ref.name, tuple(plain))
         return ("label_at", i.ref.name, tuple(as_data(j) for j in i.ref.indices))

@@ -392,3 +392,25 @@ def test_every_mode_plans_from_shapes_alone(mode: str) -> None:
     plan = m.plan(shapes, mode=mode)
     assert plan.mode == mode and plan.steps
     assert all(s.dtype in ("float64", "bool") for s in plan.steps)
+
+
+def test_spec9_positions_plan_as_data() -> None:
+    """delta is a step of its own; a read through a boundary mode is a view of the array extended
+    (the plan says through which mode); // and labels read by arithmetic are gathers. Each step's
+    positions come back from JSON as the positions written."""
+    from indexgrad import positions
+
+    text = "dim t=4\nstate[b,t] += x[b] delta[t,2]\ny[b,c] = w[b,c//2] + z[b,wrap(c-1)] + E[ids[b,c+0],b]\n"
+    m = ig.compile(text)
+    shapes = {"x": (2,), "w": (2, 2), "z": (2, 4), "E": (4, 2), "ids": (2, 4)}
+    plan = m.plan(shapes)
+    kinds = {s.out: s.kind for s in plan.steps}
+    assert kinds["delta[t,2]"] == "delta" and kinds["w[b,c//2]"] == "gather"
+    assert kinds["z[b,wrap(c-1)]"] == "view" and kinds["E[ids[b,c+0],b]"] == "gather"
+    printed = str(plan)
+    assert "equal(t, 2)" in printed and "strided view of z through wrap" in printed
+    data = json.loads(plan.to_json())
+    for step, d in zip(plan.steps, data["steps"]):
+        if "positions" in step.args:
+            back = tuple(positions.as_data(positions.from_data(t)) for t in d["args"]["positions"])
+            assert back == step.args["positions"], step.out
