@@ -325,7 +325,7 @@ def make_plan(
     try:
         planner = _Planner(prims, dict(shapes), dict(dtypes), temporaries or set(), constants)
         steps = planner.steps()
-        steps = _masks(steps)
+        steps = _masks(steps, keep)
         steps, peak, fresh = _buffers(steps, set(shapes), keep, in_place)
     except IndexgradError as e:
         raise e.located(filename, source) from None
@@ -636,10 +636,11 @@ def _positions(r: Ref) -> tuple[Any, ...]:
 # ---- passes over steps -------------------------------------------------------------------------
 
 
-def _masks(steps: list[Step]) -> list[Step]:
+def _masks(steps: list[Step], keep: set[str]) -> list[Step]:
     """`T = step(u)` whose only reader is the next step, a product `g T` with nothing summed, made a
     boolean mask (`u > 0`): the product then has the same values and dtype, without the array of
-    0s and 1s. g must be a float array at least as wide as u."""
+    0s and 1s. g must be a float array at least as wide as u; T must not be kept (a tensor the
+    program defines is returned, and read by its derivatives, as the floats it is)."""
     reads: dict[str, int] = {}
     for s in steps:
         for o in s.inputs:
@@ -648,6 +649,8 @@ def _masks(steps: list[Step]) -> list[Step]:
     for k, s in enumerate(steps[:-1]):
         nxt = steps[k + 1]
         if not (s.kind == "elementwise" and s.call == "step" and len(s.inputs) == 1 and not s.accumulate):
+            continue
+        if s.out in keep:
             continue
         if not (nxt.kind == "contract" and nxt.call in ("multiply", "scale") and len(nxt.inputs) == 2):
             continue

@@ -36,6 +36,21 @@ def test_a_seeded_gradient_that_also_receives_a_mean_gradient_keeps_its_seed() -
     np.testing.assert_allclose(got, np.broadcast_to(((1 / 4 + g) / 3)[:, None], (4, 3)), rtol=1e-14)
 
 
+def test_a_relu_gradient_reads_a_boolean_mask_but_a_tensor_the_program_defines_stays_float() -> None:
+    """step(h) read once by the next product is a boolean mask; `W = step(...)` is the program's
+    own tensor, returned (and read by the gradients) as the floats it is."""
+    m = ig.compile("y[i] = relu(x[i])\nloss = sum[i](y[i] y[i])")
+    x = rng().standard_normal(5)
+    assert "greater(y[i], 0) -> bool[5]" in str(m.plan({"x": x}, mode="backward"))
+    m = ig.compile("W[b,i] = step(h[b,i] B)\nz[b,i] = W[b,i] x")
+    h = rng().standard_normal((2, 3))
+    vals = m.forward(h=h, B=np.float64(1.5), x=np.float64(2.0))
+    assert vals["W"].dtype == np.float64
+    np.testing.assert_array_equal(vals["W"], (h > 0).astype(float))
+    g = m.backward(vals, seed={"z": np.ones((2, 3))})
+    assert float(g["x"]) == float((h > 0).sum())
+
+
 def test_a_scale_outside_a_sum_is_one_product() -> None:
     """`0.5 sum[b,i](y^2)` runs as the one product `0.5 y[b,i]^2`, with no temporary."""
     m = ig.compile("loss = 0.5 sum[b,i](y[b,i]^2)")
