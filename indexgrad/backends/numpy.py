@@ -31,21 +31,38 @@ Array = np.ndarray
 Compute = Callable[[Env], Any]
 
 
-def aligner(
+def alignment(
     names: tuple[str, ...], out: tuple[str, ...], size: dict[str, int]
-) -> Callable[[Array], Array] | None:
-    """What puts an array's axes (named `names`) in the order of `out`, with length-1 axes for the
-    names it lacks (numpy then broadcasts it); None when nothing needs doing."""
+) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None] | None:
+    """How an array's axes (named `names`) are put in the order of `out`: the transpose, then the
+    reshape that adds length-1 axes for the names it lacks (the library then broadcasts it);
+    either may be None, and None for both when nothing needs doing. Data, for every backend."""
     if names == out or names == out[len(out) - len(names) :]:
         return None  # already in order, or the trailing axes: broadcasting lines it up
     order = tuple(names.index(n) for n in out if n in names)
-    transpose = None if order == tuple(range(len(order))) else methodcaller("transpose", order)
+    perm = None if order == tuple(range(len(order))) else order
     if len(order) == len(out):
-        return transpose
-    return _then(transpose, methodcaller("reshape", tuple(size[n] if n in names else 1 for n in out)))
+        return perm, None
+    return perm, tuple(size[n] if n in names else 1 for n in out)
 
 
-def _sizes(step: Step) -> dict[str, int]:
+def aligner(
+    names: tuple[str, ...], out: tuple[str, ...], size: dict[str, int]
+) -> Callable[[Array], Array] | None:
+    """What puts an array's axes (named `names`) in the order of `out` (see `alignment`) with
+    numpy's calls; None when nothing needs doing."""
+    how = alignment(names, out, size)
+    if how is None:
+        return None
+    perm, shape = how
+    return _then(
+        None if perm is None else methodcaller("transpose", perm),
+        None if shape is None else methodcaller("reshape", shape),
+    )
+
+
+def sizes(step: Step) -> dict[str, int]:
+    """The size of every index name a step's result and operands have."""
     size = dict(zip(step.axes, step.shape))
     for o in step.inputs:
         size.update(zip(o.axes, o.shape))
@@ -105,7 +122,7 @@ def _finish(step: Step, body: Compute) -> Compute:
     kept = step.args.get("kept", step.axes)
     if kept == step.axes:
         return body if coef == 1 else (lambda env: body(env) * coef)
-    widen, shape = aligner(kept, step.axes, _sizes(step)) or _same, step.shape
+    widen, shape = aligner(kept, step.axes, sizes(step)) or _same, step.shape
     if coef == 1:
         return lambda env: np.broadcast_to(widen(body(env)), shape)
     return lambda env: np.broadcast_to(widen(body(env) * coef), shape)
@@ -236,7 +253,7 @@ def contract(step: Step) -> Compute:
 
 
 def elementwise(step: Step) -> Compute:
-    size = _sizes(step)
+    size = sizes(step)
     if step.call == "mask":
         (u,) = step.inputs
         name = u.name
@@ -276,7 +293,7 @@ def _full(step: Step, body: Compute) -> Compute:
 
 
 def terms(step: Step) -> Compute:
-    size = _sizes(step)
+    size = sizes(step)
     gets = [_aligned(o, step.axes, size) for o in step.inputs]
     coefs, const = step.args["coefs"], step.args["constant"]
     if step.call in ("add", "subtract"):
@@ -317,7 +334,7 @@ def terms(step: Step) -> Compute:
 def reduce(step: Step) -> Compute:
     (o,) = step.inputs
     order = step.args["order"]
-    read = _reader(o, aligner(o.axes, order, _sizes(step)))
+    read = _reader(o, aligner(o.axes, order, sizes(step)))
     axes = tuple(range(len(step.axes), len(order)))
     red = REDUCTIONS[step.call]
     return lambda env: red(read(env), axes)
@@ -382,17 +399,12 @@ def _index_arrays(
     step: Step, names: tuple[str, ...], shape: tuple[int, ...], extents: tuple[int, ...]
 ) -> Callable[[Env], tuple[Array, ...]]:
     """Per axis of the tensor read or written, an integer array broadcast over `names`."""
-    nd = len(names)
     size = dict(zip(names, shape))
     fixed: list[Any] = []
     for axis, p in enumerate(step.args["positions"]):
-        if p[0] == "affine":
-            v: Any = np.full([1] * nd, p[1], dtype=np.intp)
-            for c, n in p[2]:
-                along = [1] * nd
-                along[names.index(n)] = size[n]
-                v = v + c * np.arange(size[n]).reshape(along)
-            fixed.append(v)
+        at = positions.from_data(p)
+        if isinstance(at, Affine):
+            fixed.append(positions.values(at, names, size))
         else:
             fixed.append((p[1], aligner(p[2], names, size) or _same, axis))
     if all(isinstance(f, np.ndarray) for f in fixed):
@@ -422,16 +434,17 @@ def _index_arrays(
     return arrays
 
 
-def _general(step: Step) -> bool:
+def general_positions(step: Step) -> bool:
     """Positions with boundary modes, // or %, or labels read through arithmetic (SPEC 9)."""
     return any(t[0] not in ("affine", "label") for t in step.args["positions"])
 
 
-def _positions_index(
+def positions_index(
     step: Step, names: tuple[str, ...], shape: tuple[int, ...], extents: tuple[int, ...]
 ) -> Callable[[Env], tuple[tuple[Array, ...], Array | None]]:
     """For general positions: per axis an integer array broadcast over `names`, after boundary
-    modes, and the mask of the entries a pad position finds inside (indexgrad/positions.py)."""
+    modes, and the mask of the entries a pad position finds inside (indexgrad/positions.py).
+    Data for every backend: env need only hold the labels, as numpy arrays."""
     at = tuple(positions.from_data(t) for t in step.args["positions"])
     size = dict(zip(names, shape))
     into = step.inputs[0].name if step.kind == "gather" else step.out
@@ -458,8 +471,8 @@ def _positions_index(
 def gather(step: Step) -> Compute:
     src = step.inputs[0]
     name = src.name
-    if _general(step):
-        general = _positions_index(step, step.axes, step.shape, src.shape)
+    if general_positions(step):
+        general = positions_index(step, step.axes, step.shape, src.shape)
 
         def take(env: Env) -> Array:
             idx, mask = general(env)
@@ -496,12 +509,12 @@ def scatter(step: Step) -> Compute:
 def _scatter_into(step: Step, value: Operand, shape: tuple[int, ...]) -> Callable[[Array, Array, Env], None]:
     """t[positions] += v, in place: the way chosen for the step's positions."""
     at = [positions.from_data(t) for t in step.args["positions"]]
-    if _general(step) and all(isinstance(i, Affine) and not i.parts for i in at):
+    if general_positions(step) and all(isinstance(i, Affine) and not i.parts for i in at):
         affine = _affine_positions(step)
         pads, modes = _margins(affine, dict(zip(value.axes, value.shape)), shape)
         inner = tuple(positions.as_data(positions.unmoded(i, before)) for i, (before, _) in zip(affine, pads))
         extended = tuple(e + before + after for e, (before, after) in zip(shape, pads))
-        slices = _slices(inner, value.axes, value.shape)
+        slices = slice_adds(inner, value.axes, value.shape)
         plain_step = replace(step, args={**step.args, "positions": inner})
         index = None if slices is not None else _index_arrays(plain_step, value.axes, value.shape, extended)
 
@@ -513,15 +526,15 @@ def _scatter_into(step: Step, value: Operand, shape: tuple[int, ...]) -> Callabl
             t += ext
 
         return through_modes
-    if _general(step):
-        general = _positions_index(step, value.axes, value.shape, shape)
+    if general_positions(step):
+        general = positions_index(step, value.axes, value.shape, shape)
 
         def at_positions(t: Array, v: Array, env: Env) -> None:
             idx, mask = general(env)
             np.add.at(t, idx, v if mask is None else np.where(mask, v, 0))
 
         return at_positions
-    slices = _slices(step.args["positions"], value.axes, value.shape)
+    slices = slice_adds(step.args["positions"], value.axes, value.shape)
     index = None if slices is not None else _index_arrays(step, value.axes, value.shape, shape)
     return lambda t, v, env: _add_at(t, v, slices, index, env)
 
@@ -543,7 +556,7 @@ def delta(step: Step) -> Compute:
     return lambda env: value.copy()  # a buffer of its own: later steps may write into it
 
 
-def _slices(positions: tuple[Any, ...], names: tuple[str, ...], shape: tuple[int, ...]) -> Any:
+def slice_adds(positions: tuple[Any, ...], names: tuple[str, ...], shape: tuple[int, ...]) -> Any:
     """target[r] += value as a few strided slice-adds, one per offset of the smaller indices: each
     axis keeps its largest index as a strided slice and loops over the others (a kernel's offsets).
     None when some name sits in two axes, a label is involved, or the loop would be long."""
@@ -681,4 +694,16 @@ def make_backend() -> NumpyBackend:
     return NumpyBackend()
 
 
-__all__ = ["BUILDERS", "Builder", "NumpyBackend", "NumpyExecutor", "aligner", "make_backend"]
+__all__ = [
+    "BUILDERS",
+    "Builder",
+    "NumpyBackend",
+    "NumpyExecutor",
+    "aligner",
+    "alignment",
+    "general_positions",
+    "make_backend",
+    "positions_index",
+    "sizes",
+    "slice_adds",
+]
