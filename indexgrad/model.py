@@ -157,6 +157,8 @@ class Model:
         where = f"{what} '{name}'" + (" in vals" if what == "the value of" else "")
         try:
             a = self.engine.asarray(v)
+        except IndexgradError as e:  # the backend's word on it (a device, a dtype)
+            raise self._error(f"{where} {e.message}", name) from None
         except Exception as e:  # ragged lists and the like
             raise self._error(f"{where} is not an array: {e}", name) from None
         if self.engine.describe(a)[1].kind not in "biuf":

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from agree import assert_backends_agree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -750,6 +751,29 @@ def test_cli_on_bad_files() -> None:
         run_cli(data)
 
 
+def agree_on_torch(text: str, size: int, seed: int) -> str:
+    """A program from the grammar that compiles, on random inputs: the torch backend gives the
+    numpy backend's results (tests/agree.py), or refuses what numpy refuses."""
+    with watchdog(), warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        dims = {n: size for n in "abcdhijkluvnors"}
+        try:
+            prog = ig.parse(text, "fuzz.idx")
+            ig.compile(prog)
+            if not small_enough(prog, dims):
+                return "too-large"
+            arrays = random_inputs(prog, dims, np.random.default_rng(seed))
+        except ig.IndexgradError:
+            return "refused"
+        return assert_backends_agree(prog, arrays, rng=np.random.default_rng(seed))
+
+
+@given(text=programs(), size=st.integers(2, 3), seed=st.integers(0, 3))
+@budget(60)
+def test_random_programs_agree_on_torch(text: str, size: int, seed: int) -> None:
+    agree_on_torch(text, size, seed)
+
+
 # ---- the long runs (make fuzz) ---------------------------------------------------------------------
 # The fast path (parse, print, parse back, derive, print, parse back) runs at several hundred cases a
 # second, the full path (compile, forward, backward, jvp) at ~50-100.  Together they pass 100,000.
@@ -796,6 +820,14 @@ def test_fuzz_bytes_fast(m: tuple[str, bytes]) -> None:
 def test_fuzz_programs_full(text: str, size: int, seed: int) -> None:
     CASES["programs_full"] += 1
     run_pipeline(text, dims_size=size, seed=seed)
+
+
+@pytest.mark.fuzz
+@long_only
+@given(text=programs(), size=st.integers(2, 3), seed=st.integers(0, 10))
+@budget(FULL // 4)
+def test_fuzz_programs_agree_on_torch(text: str, size: int, seed: int) -> None:
+    agree_on_torch(text, size, seed)
 
 
 @pytest.mark.fuzz

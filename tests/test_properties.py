@@ -13,6 +13,7 @@ import autograd
 import autograd.numpy as anp
 import numpy as np
 import pytest
+from agree import assert_backends_agree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +21,7 @@ import indexgrad as ig
 from indexgrad import positions as ig_positions
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+BACKENDS = ["numpy", "torch"]
 
 
 def budget(examples: int) -> settings:
@@ -98,12 +100,18 @@ def einsums(draw) -> Einsum:
     return Einsum(sizes, factors, out, coef, draw(st.integers(0, 2**16)))
 
 
+def as_numpy(values: dict) -> dict[str, np.ndarray]:
+    """A backend's arrays (numpy's, or CPU torch tensors) as numpy arrays."""
+    return {k: np.asarray(v) for k, v in values.items()}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @budget(150)
-@given(einsums())
-def test_einsum_statement_forward_backward(case: Einsum) -> None:
-    model = ig.compile(case.text())
+@given(case=einsums())
+def test_einsum_statement_forward_backward(backend: str, case: Einsum) -> None:
+    model = ig.compile(case.text(), backend=backend)
     arrays = case.arrays()
-    vals = model.forward(**arrays)
+    vals = as_numpy(model.forward(**arrays))
     names = list(arrays)
     want = case.coef * np.einsum(case.spec(), *arrays.values())
     assert np.shape(vals["y"]) == want.shape
@@ -111,7 +119,7 @@ def test_einsum_statement_forward_backward(case: Einsum) -> None:
 
     rng = np.random.default_rng(case.seed + 1)
     seed = rng.standard_normal(want.shape)
-    got = model.backward(vals, seed={"y": seed})
+    got = as_numpy(model.backward(model.forward(**arrays), seed={"y": seed}))
     assert set(got) == set(names)
 
     def scalar(*xs):
@@ -268,14 +276,15 @@ def _mentions(line: str, name: str) -> bool:
 
 
 @pytest.mark.filterwarnings("ignore:Output seems independent of input")
+@pytest.mark.parametrize("backend", BACKENDS)
 @budget(100)
-@given(programs())
-def test_random_programs_gradients_equal_autograd(case) -> None:
+@given(case=programs())
+def test_random_programs_gradients_equal_autograd(backend: str, case) -> None:
     p, arrays = case
-    model = ig.compile(p.text())
+    model = ig.compile(p.text(), backend=backend)
     vals = model.forward(**arrays)
     assert close(float(vals["loss"]), float(p.value(arrays)["loss"]), 1e-10)
-    got = model.backward(vals, loss="loss")
+    got = as_numpy(model.backward(vals, loss="loss"))
     keys = sorted(arrays)
 
     def loss(*xs):
@@ -625,3 +634,27 @@ def test_index_positions_read_and_scatter_as_loops_do(case: Position) -> None:
     assert back.mode == at.mode
     want = ig_positions.values(at, ("i", "k"), size)
     np.testing.assert_array_equal(ig_positions.values(back, ("i", "k"), size), want)
+
+
+@budget(60)
+@given(positions())
+def test_index_positions_agree_on_torch(case: Position) -> None:
+    """Reads and scatters through boundary modes, // and % on the torch backend: numpy's values."""
+    rng = np.random.default_rng(case.seed)
+    arrays = {"x": rng.standard_normal(case.n), "s": rng.standard_normal(case.sizes)}
+    assert assert_backends_agree(case.text(), arrays, rng=rng) == "jvp"
+
+
+@budget(60)
+@given(programs(), st.integers(0, 2**16))
+def test_random_programs_agree_on_torch(case, seed: int) -> None:
+    """The torch backend gives the numpy backend's values, gradients (vector-Jacobian products),
+    tangents and Hessian-vector products, within 1e-12."""
+    p, arrays = case
+    assert assert_backends_agree(p.text(), arrays, rng=np.random.default_rng(seed)) == "hvp"
+
+
+@budget(60)
+@given(einsums())
+def test_einsum_statements_agree_on_torch(case: Einsum) -> None:
+    assert_backends_agree(case.text(), case.arrays())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -77,6 +78,13 @@ def get_backend(name: str, **options: Any) -> Backend:
             ) from None
         raise
     if options:
+        taken = inspect.signature(mod.make_backend).parameters
+        refused = [k for k in options if k not in taken]
+        if refused:
+            raise IndexgradError(
+                f"the {name} backend takes no {' or '.join(refused)} option; "
+                + (f"it takes: {', '.join(taken)}" if taken else "it takes none")
+            )
         return mod.make_backend(**options)  # type: ignore[no-any-return]
     hit = _LOADED.get(name)
     if hit is None:
