@@ -11,8 +11,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
-
 from .derive import default_loss, derive_for, derive_jvp, forward_statements, gather_form
 from .errors import IndexgradError, IndexgradWarning, render
 from .files import load_npz, refuse_overwrite, save_npz_atomic
@@ -26,6 +24,7 @@ from .syntax import load
 from .tools import check_dims, check_ranks
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+BACKEND_HELP = "the array library that runs the program: numpy (default), torch or jax"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -226,7 +225,7 @@ def cmd_check(a: argparse.Namespace) -> int:
     dims = parse_dims(a.dims)
     p = load(a.file)
     _warn(p, "text")
-    report, checked = check_program(p, dims, a.loss, a.seed, a.tolerance)
+    report, checked = check_program(p, dims, a.loss, a.seed, a.tolerance, a.backend)
     for name, err in report.errors.items():
         status = "ok" if err <= report.tolerance else "MISMATCH"
         print(f"{name}: relative error {err:.2e}  {status}")
@@ -247,15 +246,14 @@ def cmd_run(a: argparse.Namespace) -> int:
     _warn(p, "text")
     check_ranks(p)
     arrays = load_npz(a.inputs)
-    model = Model(p)
+    model = Model(p, a.backend)
     vals = model.forward(**arrays)
-    user = [n for n in p.defined()]
-    for n in user:
-        v = np.asarray(vals[n])
+    user = {n: model.engine.to_numpy(vals[n]) for n in p.defined()}
+    for n, v in user.items():
         shown = f"{float(v):.6g}" if v.ndim == 0 else f"shape {v.shape} {v.dtype}"
         print(f"{n}: {shown}")
     if a.out:
-        save_npz_atomic(a.out, {n: np.asarray(vals[n]) for n in user})
+        save_npz_atomic(a.out, user)
     return EXIT_OK
 
 
@@ -303,6 +301,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         save=a.save,
         resume=a.resume,
         dims=dims,
+        backend=a.backend,
+        device=a.device,
     )
 
 
@@ -350,12 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--loss")
     c.add_argument("--tolerance", type=float, default=1e-5)
+    c.add_argument("--backend", default="numpy", help=BACKEND_HELP)
     c.set_defaults(func=cmd_check, format="text")
 
     r = sub.add_parser("run", help="run the program on arrays from an .npz file")
     r.add_argument("file")
     r.add_argument("--inputs", required=True)
     r.add_argument("--out")
+    r.add_argument("--backend", default="numpy", help=BACKEND_HELP)
     r.set_defaults(func=cmd_run, format="text")
 
     f = sub.add_parser("fmt", help="print the canonical form of one or more files")
@@ -376,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--plot")
     t.add_argument("--save", metavar="CKPT", help="write a checkpoint (.npz) after every epoch")
     t.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint up to --epochs")
+    t.add_argument("--backend", default="numpy", help=BACKEND_HELP)
+    t.add_argument("--device", help="where the torch backend computes: cpu, cuda, cuda:1, ...")
     t.set_defaults(func=cmd_train, format="text")
 
     s = sub.add_parser("serve", help="the playground: a web page that derives, draws and checks as you type")

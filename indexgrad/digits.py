@@ -108,6 +108,8 @@ def train_command(
     save: str | None = None,
     resume: str | None = None,
     dims: Mapping[str, int] | None = None,
+    backend: str = "numpy",
+    device: str | None = None,
 ) -> int:
     """`indexgrad train`: fit FILE on a built-in data set, print each epoch and the test accuracy.
 
@@ -118,6 +120,7 @@ def train_command(
     The loss is the program's last defined tensor. `save` writes a checkpoint after every epoch,
     `resume` continues from one (see fit); the seed also fixes the data split and the initial
     params, so a resumed run must use the seed, --hidden and data set of the run that saved.
+    `backend` (and `device`, for torch) run the program; params and optimizer stay numpy arrays.
     """
     try:
         load = lookup(DATASETS, data, "data set")
@@ -129,11 +132,13 @@ def train_command(
             raise IndexgradError(f"--lr must be positive, got {lr}")
         if seed < 0:
             raise IndexgradError(f"--seed must be a non-negative integer, got {seed}")
+        if device is not None and backend != "torch":
+            raise IndexgradError(f"--device {device} places torch tensors: add --backend torch")
     except IndexgradError as e:
         e.filename = "indexgrad train"  # a flag's mistake, not the file's
         raise
     start = time.perf_counter()
-    model = compile(path)
+    model = compile(path, backend=backend, device=device)
     if not model.program.statements:
         raise IndexgradError("the program defines nothing to train", filename=str(path))
     train, test = load(seed=seed, labels="integer" if model.labels else "onehot")
@@ -156,7 +161,7 @@ def train_command(
     scores = _logits_name(model, probe, len(labels), int(labels.max()) + 1, widths)
 
     def metric(vals: Mapping[str, Array], _: Mapping[str, Array]) -> float:
-        return float(np.mean(np.argmax(vals[scores], axis=-1) == labels))
+        return float(np.mean(np.argmax(model.engine.to_numpy(vals[scores]), axis=-1) == labels))
 
     trained: list[int] = []
     log = log_epochs(epochs)

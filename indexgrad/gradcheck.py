@@ -79,7 +79,7 @@ def gradcheck(
             plus = dict(arr, **{n: arr[n] + eps * d[n] for n in group})
             minus = dict(arr, **{n: arr[n] - eps * d[n] for n in group})
             fd = (float(model.forward(**plus)[loss]) - float(model.forward(**minus)[loss])) / (2 * eps)
-            an = float(sum(np.sum(grads[n] * d[n]) for n in group))
+            an = float(sum(np.sum(model.engine.to_numpy(grads[n]) * d[n]) for n in group))
             err = abs(fd - an) / max(1.0, abs(fd), abs(an))
             worst = max(worst, err)
         key = group[0] if len(group) == 1 else f"all {len(group)} inputs together"
@@ -96,31 +96,33 @@ def check_program(
     loss: str | None = None,
     seed: int = 0,
     tolerance: float = 1e-5,
+    backend: str = "numpy",
 ) -> tuple[GradcheckReport, int]:
-    """`indexgrad check`: gradcheck on random inputs sized by `dims`; the report and how many
-    inputs it checked. A loss that is not scalar is checked through <seed, loss> for a random seed."""
+    """`indexgrad check`: gradcheck on random inputs sized by `dims`, run on `backend`; the report
+    and how many inputs it checked. A loss that is not scalar is checked through <seed, loss> for
+    a random seed."""
     check_ranks(program)
     check_dims(program, dims)
     loss = defined_loss(program, loss)
-    model = Model(program)
+    model = Model(program, backend)
     rng = np.random.default_rng(seed)
     arrays: dict[str, np.ndarray] = {}
     for attempt in range(20):
         arrays = random_inputs(program, dims, rng, positive=attempt > 0)
         with np.errstate(all="ignore"):
             vals = model.forward(**arrays)
-        if np.all(np.isfinite(vals[loss])):
+        value = model.engine.to_numpy(vals[loss])
+        if np.all(np.isfinite(value)):
             break
     else:
         raise IndexgradError(f"could not find random inputs for which '{loss}' is finite")
-    value = np.asarray(vals[loss])
     if value.ndim != 0:
         # a vector output: check the scalar <seed, output> instead
         g = rng.standard_normal(value.shape)
         idx = ",".join(f"i{k}" for k in range(value.ndim))
         text = str(program) + f"check.dot = {loss}[{idx}] check.seed[{idx}]\n"
         arrays["check.seed"] = g
-        model = Model(parse(text, program.filename))
+        model = Model(parse(text, program.filename), backend)
         loss = "check.dot"
     wrt = [n for n in model.inputs if n != "check.seed"]  # the seed is the check's, not the program's
     return gradcheck(model, arrays, loss=loss, tolerance=tolerance, wrt=wrt), len(wrt)

@@ -532,7 +532,8 @@ def fit(
                         f"loss '{loss}' became {value} in epoch {epoch}; "
                         "try a smaller learning rate"
                     )
-                opt.step(params, model.backward(vals, loss=loss, wrt=wrt))
+                grads = model.backward(vals, loss=loss, wrt=wrt)
+                opt.step(params, {n: model.engine.to_numpy(g) for n, g in grads.items()})
                 k = batch_length(b)
                 total, rows = total + value * k, rows + k
                 status = f"epoch {epoch}/{epochs} loss {total / rows:.4f}"
