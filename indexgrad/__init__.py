@@ -24,3 +24,12 @@ __all__ = [
     "set_memory_limit",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """`indexgrad.torch` and `indexgrad.jax` load on first use, so importing indexgrad imports neither."""
+    if name in ("torch", "jax"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'indexgrad' has no attribute '{name}'")

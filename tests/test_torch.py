@@ -1,0 +1,399 @@
+"""The torch backend and indexgrad.torch (SPEC §7, §8).
+
+The backend against the numpy backend on every example (forward, backward, jvp, hvp: float64 within
+1e-12; float32 stays float32); `indexgrad.torch.function` through torch's gradcheck and
+gradgradcheck on every example; the Module's parameters, initialisation, state_dict, dtype, use in
+nn.Sequential with torch.optim against the same layer written in torch, and under
+DistributedDataParallel on two processes; user errors; the CLI's --backend.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from agree import assert_backends_agree, assert_close, tensors
+from oracles import ORACLES, path
+from torch import nn
+
+import indexgrad as ig
+from indexgrad.backends import torch as torch_backend
+from indexgrad.cli import main
+from indexgrad.functions import FUNCTIONS, REDUCTIONS
+from indexgrad.train import init_params
+
+ROOT = Path(__file__).resolve().parent.parent
+NAMES = sorted(ORACLES)
+LAYER = "param W[d,h], B[h]\ninput x[b,d]\ny[b,h] = relu(x[b,d] W[d,h] + B[h])\n"
+
+
+def inputs(name: str, dtype: type = np.float64) -> dict[str, np.ndarray]:
+    return ORACLES[name].inputs(np.random.default_rng(1), dtype)
+
+
+# ---- the backend -----------------------------------------------------------------------------
+
+
+def test_every_example_has_an_oracle() -> None:
+    assert set(NAMES) == {p.stem for p in (ROOT / "examples").glob("*.idx")}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backend_agrees_with_numpy(name: str) -> None:
+    a = inputs(name)
+    seed = ORACLES[name].seed(a, np.random.default_rng(0))
+    seeds = None if seed is None else {ORACLES[name].output: seed}
+    reached = assert_backends_agree(ig.load(path(name)), a, seed=seeds)
+    assert reached == ("hvp" if seed is None else "jvp")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float32_stays_float32(name: str) -> None:
+    m = ig.compile(ig.load(path(name)), backend="torch")
+    vals = m.forward(**tensors(inputs(name, np.float32)))
+    want = ig.compile(ig.load(path(name))).forward(**inputs(name, np.float32))
+    for k, v in vals.items():
+        if k not in m.labels:
+            assert v.dtype == torch.float32, k
+            np.testing.assert_allclose(v.numpy(), want[k], rtol=2e-4, atol=2e-5, err_msg=k)
+
+
+def test_steps_read_through_negative_strides() -> None:
+    """x[j-k+2] has a negative step along k: torch's views cannot, so the backend gathers."""
+    text = "input w[k], x[i]\ny[j] = w[k] x[j-k+2]\nloss = sum[j](y[j] y[j])\n"
+    rng = np.random.default_rng(0)
+    assert assert_backends_agree(text, {"w": rng.standard_normal(3), "x": rng.standard_normal(7)}) == "hvp"
+
+
+def test_every_function_and_reduction_runs_on_torch() -> None:
+    assert set(FUNCTIONS) <= set(torch_backend.FUNCTIONS)
+    assert set(REDUCTIONS) <= set(torch_backend.REDUCTIONS)
+
+
+def test_a_function_torch_lacks_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(torch_backend.FUNCTIONS, "tanh")
+    m = ig.compile("input x[i]\ny[i] = tanh(x[i])\n", backend="torch")
+    with pytest.raises(ig.IndexgradError, match="no forward for the function 'tanh'") as e:
+        m.forward(x=torch.ones(3))
+    assert e.value.line == 2
+
+
+def test_the_plan_names_its_backend() -> None:
+    plan = ig.compile(path("mlp"), backend="torch").plan(
+        {"x": (4, 3), "Y": (4, 2), "W1": (3, 5), "B1": (5,), "W2": (5, 2), "B2": (2,)}
+    )
+    assert str(plan).startswith("forward plan (torch)")
+
+
+def test_outputs_are_new_tensors_and_inputs_are_not_written() -> None:
+    m = ig.compile(path("mlp"), backend="torch")
+    a = tensors(inputs("mlp"))
+    before = {k: v.clone() for k, v in a.items()}
+    vals = m.forward(**a)
+    grads = m.backward(vals, loss="loss")
+    for k, v in a.items():
+        assert torch.equal(v, before[k]), k
+        assert grads[k].data_ptr() != v.data_ptr(), k
+
+
+# ---- user errors -------------------------------------------------------------------------------
+
+
+def test_a_float64_tensor_on_a_float32_model_is_an_error() -> None:
+    m = ig.compile(LAYER, backend="torch", dtype=torch.float32)
+    a = {"x": torch.ones(2, 3), "W": torch.ones(3, 4), "B": torch.zeros(4)}
+    assert m.forward(**a)["y"].dtype == torch.float32
+    with pytest.raises(ig.IndexgradError, match="'x' holds float64, but the model computes in float32"):
+        m.forward(**{**a, "x": torch.ones(2, 3, dtype=torch.float64)})
+    with pytest.raises(ig.IndexgradError, match="'W' holds float64"):
+        m.forward(**{**a, "W": np.ones((3, 4))})
+    # lists and Python numbers have no dtype of their own: they take the model's
+    assert m.forward(**{**a, "B": [0.0] * 4})["y"].dtype == torch.float32
+
+
+def test_tensors_on_two_devices_are_an_error() -> None:
+    m = ig.compile(LAYER, backend="torch")
+    a = {"x": torch.ones(2, 3, device="meta"), "W": torch.ones(3, 4), "B": torch.zeros(4)}
+    with pytest.raises(ig.IndexgradError, match="'x' is on meta but 'W' is on cpu: a program runs on one"):
+        m.forward(**a)
+    on_meta = ig.compile(LAYER, backend="torch", device="meta")
+    with pytest.raises(ig.IndexgradError, match="'W' is on cpu, but the model runs on meta"):
+        on_meta.forward(**a)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_a_gpu_is_an_error() -> None:
+    with pytest.raises(ig.IndexgradError, match="CUDA is not available"):
+        ig.compile(LAYER, backend="torch", device="cuda")
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"device": "nowhere"}, "is not a torch device"),
+        ({"dtype": "int32"}, "is not a float dtype"),
+    ],
+)
+def test_bad_options_are_errors(options: dict, message: str) -> None:
+    with pytest.raises(ig.IndexgradError, match=message):
+        ig.compile(LAYER, backend="torch", **options)
+
+
+def test_the_numpy_backend_takes_no_device() -> None:
+    with pytest.raises(ig.IndexgradError, match="the numpy backend takes no device option"):
+        ig.compile(LAYER, device="cpu")
+
+
+def test_a_tensor_that_requires_grad_is_refused_where_autograd_does_not_record() -> None:
+    m = ig.compile(LAYER, backend="torch")
+    W = torch.ones(3, 4, requires_grad=True)
+    a = {"x": torch.ones(2, 3), "W": W, "B": torch.zeros(4)}
+    with pytest.raises(ig.IndexgradError, match="'W' requires grad.*indexgrad.torch"):
+        m.forward(**a)
+    with torch.no_grad():
+        assert m.forward(**a)["y"].shape == (2, 4)
+    assert m.forward(**{**a, "W": W.detach()})["y"].requires_grad is False
+
+
+def test_out_of_range_labels_are_errors_at_their_statement() -> None:
+    m = ig.compile(path("logloss"), backend="torch")
+    a = tensors(inputs("logloss"))
+    a["y"] = a["y"].clone()
+    a["y"][0] = 99
+    with pytest.raises(ig.IndexgradError, match="label 99 in 'y' is out of range"):
+        m.forward(**a)
+
+
+# ---- indexgrad.torch.function: gradcheck and gradgradcheck --------------------------------------
+
+# inputs whose gradients gradgradcheck follows in the largest examples (each Hessian-vector
+# product runs the whole second-order program, so all of them would take minutes)
+SECOND_ORDER_SUBSET = {"transformer": {"E", "x1.Q", "x2.W1", "f.G"}, "lstm": {"x1", "W", "V"}}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_function_passes_gradcheck_and_gradgradcheck(name: str) -> None:
+    prog = ig.load(path(name))
+    f = ig.torch.function(prog, outputs=ORACLES[name].output)
+    a = inputs(name)
+    labels = set(prog.integer_inputs())
+    xs = [torch.tensor(a[n], requires_grad=n not in labels) for n in prog.inputs()]
+    assert torch.autograd.gradcheck(f, xs, fast_mode=True)
+    subset = SECOND_ORDER_SUBSET.get(name)
+    if subset is not None:
+        xs = [x.detach().requires_grad_(n in subset) for n, x in zip(prog.inputs(), xs)]
+    assert torch.autograd.gradgradcheck(f, xs, fast_mode=True)
+
+
+def test_function_takes_inputs_in_the_order_given_and_by_name() -> None:
+    f = ig.torch.function(LAYER, inputs=["x", "W", "B"], outputs=["y"])
+    x, W, B = torch.randn(2, 3), torch.randn(3, 4), torch.randn(4)
+    (y,) = f(x, W, B)
+    torch.testing.assert_close(y, torch.relu(x @ W + B))
+    (y2,) = f(x, B=B, W=W)
+    assert torch.equal(y, y2)
+    with pytest.raises(ig.IndexgradError, match="inputs= must name each input"):
+        ig.torch.function(LAYER, inputs=["x", "W"])
+    with pytest.raises(ig.IndexgradError, match="output 'q' is not a tensor the program defines"):
+        ig.torch.function(LAYER, outputs="q")
+    with pytest.raises(ig.IndexgradError, match="no tensor was given for input 'B'"):
+        f(x, W)
+    with pytest.raises(ig.IndexgradError, match="'W' is given twice"):
+        f(x, W, B, W=W)
+    with pytest.raises(ig.IndexgradError, match="'x' must be a torch tensor"):
+        f(x.numpy(), W, B)
+    with pytest.raises(ig.IndexgradError, match="'W' is torch.float64 but the other inputs"):
+        f(x, W.double(), B)
+
+
+def test_backward_computes_only_the_gradients_asked_for() -> None:
+    f = ig.torch.function(LAYER, outputs="y")
+    x, W, B = torch.randn(2, 3, requires_grad=True), torch.randn(3, 4), torch.randn(4, requires_grad=True)
+    y = f(B=B, W=W, x=x)
+    y.sum().backward()
+    assert W.grad is None
+    torch.testing.assert_close(B.grad, (x @ W + B > 0).sum(0).to(B.dtype))
+
+
+# ---- indexgrad.torch.Module -----------------------------------------------------------------------
+
+
+def test_module_parameters_are_the_programs_params_initialised_as_train_does() -> None:
+    sizes = {"d": 64, "h": 32, "c": 10}
+    m = ig.torch.Module(path("mlp"), outputs="z", sizes=sizes, seed=5)
+    assert [n for n, _ in m.named_parameters()] == ["W1", "B1", "W2", "B2"]
+    want = init_params(ig.compile(path("mlp")), sizes, init="he", seed=5, dtype=np.float64)
+    for n, p in m.named_parameters():
+        assert p.dtype == torch.float32
+        np.testing.assert_array_equal(p.detach().numpy(), want[n].astype(np.float32))
+    torch.manual_seed(7)
+    a = ig.torch.Module(path("mlp"), sizes=sizes)
+    torch.manual_seed(7)
+    b = ig.torch.Module(path("mlp"), sizes=sizes)
+    c = ig.torch.Module(path("mlp"), sizes=sizes)
+    assert torch.equal(a.W1, b.W1) and not torch.equal(a.W1, c.W1)
+    with pytest.raises(ig.IndexgradError, match="no size for index 'h' of param 'W1'"):
+        ig.torch.Module(path("mlp"), sizes={"d": 3, "c": 2})
+
+
+def test_module_state_dict_uses_the_programs_names() -> None:
+    sizes = {"d": 3, "h": 4, "c": 2}
+    m = ig.torch.Module(path("dense_defs"), outputs="z", sizes=sizes, seed=0)
+    keys = list(m.state_dict())
+    assert keys == list(ig.load(path("dense_defs")).params())
+    assert "u.W" in keys
+    other = ig.torch.Module(path("dense_defs"), outputs="z", sizes=sizes, seed=1)
+    x = torch.randn(5, 3)
+    Y = torch.eye(2)[torch.randint(0, 2, (5,))]
+    assert not torch.equal(other(x, Y), m(x, Y))
+    other.load_state_dict(m.state_dict())
+    assert torch.equal(other(x, Y), m(x, Y))
+
+
+def test_module_follows_to_dtype_and_refuses_other_inputs() -> None:
+    m = ig.torch.Module(LAYER, sizes={"d": 3, "h": 4}, seed=0).double()
+    y = m(torch.randn(2, 3, dtype=torch.float64))
+    assert y.dtype == torch.float64
+    with pytest.raises(
+        ig.IndexgradError, match="'x' is torch.float32 but the other inputs .* are torch.float64"
+    ):
+        m(torch.randn(2, 3))
+    with pytest.raises(ig.IndexgradError, match="'q' is not an input; the inputs are: x"):
+        m(q=torch.randn(2, 3))
+
+
+def test_module_passes_gradcheck_and_gradgradcheck_through_its_parameters() -> None:
+    m = ig.torch.Module(path("mlp"), outputs="loss", sizes={"d": 4, "h": 5, "c": 3}, seed=0).double()
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    Y = torch.eye(3, dtype=torch.float64)[torch.randint(0, 3, (6,))]
+    names = [n for n, _ in m.named_parameters()]
+
+    def f(x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(m, dict(zip(names, params)), (x, Y))
+
+    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+    assert torch.autograd.gradcheck(f, (x, *params))
+    assert torch.autograd.gradgradcheck(f, (x, *params), fast_mode=True)
+
+
+def test_adam_moves_the_parameters_as_the_same_layer_written_in_torch() -> None:
+    """An .idx layer between torch layers in nn.Sequential, trained with torch.optim.Adam, against
+    the same network with the layer written in torch: the same parameters after every step."""
+    torch.manual_seed(0)
+    idx = ig.torch.Module(LAYER, outputs="y", sizes={"d": 6, "h": 5}, dtype=torch.float64)
+
+    class Dense(nn.Module):
+        def __init__(self, W: torch.Tensor, B: torch.Tensor) -> None:
+            super().__init__()
+            self.W, self.B = nn.Parameter(W.detach().clone()), nn.Parameter(B.detach().clone())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(x @ self.W + self.B)
+
+    first, last = nn.Linear(4, 6, dtype=torch.float64), nn.Linear(5, 3, dtype=torch.float64)
+    ours = nn.Sequential(first, idx, last)
+    theirs = nn.Sequential(
+        nn.Linear(4, 6, dtype=torch.float64), Dense(idx.W, idx.B), nn.Linear(5, 3, dtype=torch.float64)
+    )
+    theirs.load_state_dict(ours.state_dict())
+    opts = [torch.optim.Adam(net.parameters(), lr=0.05) for net in (ours, theirs)]
+    for _ in range(4):
+        x, t = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+        for net, opt in zip((ours, theirs), opts):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), t).backward()
+            opt.step()
+        for (n, p), q in zip(ours.named_parameters(), theirs.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12, msg=n)
+    assert not torch.equal(idx.W, Dense(idx.W, idx.B).W * 0)  # it moved
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_data_parallel_gradients_equal_the_full_batch_gradients(tmp_path: Path) -> None:
+    """Two processes (gloo, localhost) each take half a batch; DDP's averaged gradients on both
+    ranks equal one process's gradients of the whole batch."""
+    import ddp_worker
+
+    # forked, the ranks start with torch imported (and this process runs torch on one thread,
+    # so there is no thread pool to inherit)
+    fork = multiprocessing.get_context("fork")
+    port = _free_port()
+    procs = [fork.Process(target=ddp_worker.rank_step, args=(r, 2, port, tmp_path)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        if p.exitcode is None:
+            p.kill()
+        assert p.exitcode == 0, f"a rank failed (exit code {p.exitcode})"
+    layer = ddp_worker.module()
+    layer(*ddp_worker.batch()).backward()
+    for rank in range(2):
+        got = np.load(tmp_path / f"rank{rank}.npz")
+        for name, p in layer.named_parameters():
+            np.testing.assert_allclose(got[name], p.grad.numpy(), rtol=1e-12, atol=1e-15, err_msg=name)
+
+
+def test_importing_indexgrad_imports_neither_torch_nor_jax() -> None:
+    code = (
+        "import sys, indexgrad as ig\n"
+        "assert 'torch' not in sys.modules and 'jax' not in sys.modules, 'imported too early'\n"
+        "ig.torch.Module\n"
+        "assert 'torch' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+# ---- the CLI --------------------------------------------------------------------------------------
+
+
+def test_run_with_the_torch_backend_writes_numpys_values(tmp_path: Path, capsys) -> None:
+    a = inputs("mlp")
+    np.savez(tmp_path / "in.npz", **a)
+    outs = {}
+    for backend in ("numpy", "torch"):
+        out = tmp_path / f"{backend}.npz"
+        argv = ["run", str(path("mlp")), "--inputs", str(tmp_path / "in.npz"), "--out", str(out)]
+        assert main([*argv, "--backend", backend]) == 0
+        outs[backend] = dict(np.load(out))
+    assert set(outs["torch"]) == set(outs["numpy"])
+    for k, v in outs["numpy"].items():
+        assert_close(outs["torch"][k], v, k)
+
+
+def test_check_with_the_torch_backend(capsys) -> None:
+    assert main(["check", str(path("conv2d")), "--backend", "torch"]) == 0
+    assert "passed" in capsys.readouterr().out
+
+
+def test_train_with_the_torch_backend_learns_as_numpy_does(capsys) -> None:
+    argv = ["train", str(path("mlp")), "--epochs", "2", "--hidden", "16"]
+    assert main([*argv, "--backend", "torch", "--device", "cpu"]) == 0
+    on_torch = capsys.readouterr().out.splitlines()[-1]
+    assert main(argv) == 0
+    on_numpy = capsys.readouterr().out.splitlines()[-1]
+    assert on_torch.split(" after")[0] == on_numpy.split(" after")[0]  # the same test accuracy
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--device", "cpu"], "--device cpu places torch tensors: add --backend torch"),
+        (["--backend", "tensorflow"], "unknown backend 'tensorflow'; available: jax, numpy, torch"),
+    ],
+)
+def test_train_flags_are_checked(argv: list[str], message: str, capsys) -> None:
+    assert main(["train", str(path("mlp")), "--epochs", "1", *argv]) == 2
+    assert message in capsys.readouterr().err
