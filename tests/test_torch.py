@@ -127,6 +127,33 @@ def test_tensors_on_two_devices_are_an_error() -> None:
         on_meta.forward(**a)
 
 
+@pytest.mark.parametrize("name", [n for n in NAMES if not ig.load(path(n)).integer_inputs()])
+def test_every_mode_stays_on_the_device_of_its_tensors(name: str) -> None:
+    """The code paths of device="cuda", on torch's "meta" device (tensors without data, so labels,
+    whose values are checked, are left out): forward, backward, jvp and hvp make every tensor
+    there, none on the CPU, with the numpy backend's shapes."""
+    prog = ig.load(path(name))
+    a = inputs(name)
+    on_meta = ig.compile(prog, backend="torch", device="meta")
+    vals = on_meta.forward(**{k: torch.as_tensor(v, device="meta") for k, v in a.items()})
+    want = ig.compile(prog).forward(**a)
+    out = prog.defined()[-1]
+    seed = {out: torch.ones(want[out].shape, dtype=torch.float64, device="meta")}
+    tangents = {k: torch.ones(np.shape(v), dtype=torch.float64, device="meta") for k, v in a.items()}
+    results = {
+        "forward": vals,
+        "backward": on_meta.backward(vals, seed=seed),
+        "jvp": on_meta.jvp(vals, tangents),
+    }
+    if not want[out].ndim:
+        results["hvp"] = on_meta.hvp(vals, loss=out, v=tangents)
+    for mode, got in results.items():
+        for k, v in got.items():
+            assert v.device.type == "meta", f"{mode} {k} is on {v.device}"
+    for k, v in vals.items():
+        assert tuple(v.shape) == np.shape(want[k]), k
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_cuda_without_a_gpu_is_an_error() -> None:
     with pytest.raises(ig.IndexgradError, match="CUDA is not available"):
