@@ -6,7 +6,7 @@ import re
 from dataclasses import replace
 
 from .errors import IndexgradError
-from .functions import CALLS, FUNCTIONS, REDUCTIONS, RESERVED, reserved_kind
+from .functions import CALLS, FUNCTIONS, IMPLICIT, REDUCTIONS, RESERVED, reserved_kind
 from .nodes import (
     DELTA,
     MODES,
@@ -29,6 +29,7 @@ from .nodes import (
     Sum,
     Warning_,
     children,
+    plain_names,
     ref_index_names,
     refs_in,
     refs_in_statement,
@@ -274,6 +275,12 @@ class _Checker:
             return
         if isinstance(e, Call):
             f = FUNCTIONS.get(e.func) if e.func in CALLS else None
+            if e.func in IMPLICIT:
+                raise _err(
+                    f"{e.func}(...) must be the whole right side of a statement, as in "
+                    f"z[b,i] = {e.func}(...); give its value a name of its own",
+                    e.span,
+                )
             if f is None:
                 if e.func in RESERVED:
                     raise _err(f"'{e.func}' is not called like this; {_usage(e.func)}", e.span)
@@ -359,6 +366,8 @@ class _Checker:
                 raise _err(f"index '{plain}' appears twice on the left side", i.span or t.span)
             lhs.extend(i.names() if isinstance(i, Affine) else i.names())
         lhs_set = set(lhs)
+        if isinstance(s.expr, Call) and s.expr.func in IMPLICIT:
+            return self.implicit(s, s.expr, lhs_set)
         self.expr(s.expr, lhs_set, frozenset())
         if name in self.read_at:
             raise _err(
@@ -530,6 +539,53 @@ class _Checker:
                         )
                     return _err(f"index '{n}' gets no size: in {text}, {why}; {hint}", x.span)
         return _err(f"index '{n}' gets no size; {hint}", r.span)
+    def implicit(self, s: Statement, call: Call, lhs: set[str]) -> Statement:
+        """`z[I] = fix(f)`, `fix(f, start)` or `solve(g, start)` (SPEC 11): f is read as the right
+        side of `z[I] = f`, in which z may occur (with plain index names); start only uses I."""
+        name = s.target.name
+        fix = call.func == "fix"
+        want = "1 or 2 arguments: fix(f) or fix(f, start)" if fix else "2 arguments: solve(g, start)"
+        if len(call.args) not in ((1, 2) if call.func == "fix" else (2,)):
+            raise _err(f"{call.func} takes {want}", call.span)
+        if s.op != "=":
+            raise _err(f"{call.func}(...) defines its tensor: write {name}[...] = {call.func}(...)", s.span)
+        start = None
+        if len(call.args) == 2:
+            self.expr(call.args[1], lhs, frozenset())
+            if name in self.read_at:
+                raise _err(
+                    f"the start of {call.func}(...) cannot read '{name}', the tensor it starts",
+                    self.read_at[name],
+                )
+            start, _, summed = _scope(call.args[1], lhs)
+            if summed:
+                raise _err(
+                    f"the start of {call.func}(...) is '{name}''s first value, so it uses only the left "
+                    f"side's indices ({', '.join(ref_index_names(s.target)) or 'none'}); "
+                    f"it also uses {', '.join(summed)}",
+                    call.args[1].span if call.args[1].span.line else call.span,
+                )
+        self.defined_at[name] = s.span  # the body reads the iterate
+        self.expr(call.args[0], lhs, frozenset())
+        for r in refs_in(call.args[0]):
+            if r.name == name and plain_names(r) is None:
+                raise _err(
+                    f"inside {call.func}(...), '{name}' is read with distinct plain index names "
+                    f"(like {name}[{','.join(f'i{k}' for k in range(len(r.indices)))}])",
+                    r.span,
+                )
+        self.read_at.pop(name, None)
+        body, free, summed = _scope(call.args[0], lhs)
+        _place_numbers(body, set(self.dims), lhs)
+        for i in s.target.indices:
+            for n in i.names():
+                if n not in free | set(summed):
+                    raise _err(
+                        f"index '{n}' of '{name}' gets no size: it does not appear in {call.func}(...)",
+                        i.span or s.target.span,
+                    )
+        args = (body,) if start is None else (body, start)
+        return Statement(s.target, s.op, Call(call.func, args, call.span), summed, s.span)
 
     def run(self) -> Program:
         self.decls()
@@ -561,7 +617,7 @@ def _usage(name: str) -> str:
     if name == DELTA:
         return "delta[i,j] is the identity: 1 where i equals j, else 0"
     if name in ("fix", "solve"):
-        return f"{name}(...) is reserved for implicit layers, which this version does not run yet"
+        return f"write z[...] = {name}(...) for an implicit layer"
     return f"call it as {name}(...)"
 
 
