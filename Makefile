@@ -28,6 +28,8 @@ demo: $(STAMP)
 	$(BIN)/python examples/train_cnn.py
 	$(BIN)/python examples/train_transformer.py
 	$(BIN)/python examples/train_lenet.py
+	$(BIN)/indexgrad grad examples/deq.idx --wrt W,U,B
+	$(BIN)/python examples/train_deq.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -154,6 +154,7 @@ class _Checker:
         self.role: dict[str, tuple[str, Span]] = {}
         self.warnings: list[Warning_] = []
         self.dims: dict[str, tuple[int, Span]] = {}
+        self.current, self.own_read = "", ""  # the statement being checked; why it may not read itself
         later = {}
         for s in program.statements:
             later.setdefault(s.target.name, s.span)
@@ -324,6 +325,8 @@ class _Checker:
 
     def read(self, r: Ref) -> None:
         n = r.name
+        if n == self.current and n not in self.defined_at:
+            raise _err(self.own_read, r.span)
         if n in self.first_def and n not in self.defined_at:
             sp = self.first_def[n]
             raise _err(f"'{n}' is read here before its definition at {sp.line}:{sp.column}", r.span)
@@ -333,6 +336,11 @@ class _Checker:
         t = s.target
         self.name(t)
         name = t.name
+        self.current = name
+        self.own_read = (
+            f"'{name}' is read on its own right side; a tensor defined through itself is an implicit "
+            f"layer: write {name}[...] = fix(f) (f's fixed point) or {name}[...] = solve(g, start) (g's root)"
+        )
         if self.role.get(name, ("",))[0] in ("param", "input"):
             role, sp = self.role[name]
             raise _err(
@@ -551,12 +559,8 @@ class _Checker:
             raise _err(f"{call.func}(...) defines its tensor: write {name}[...] = {call.func}(...)", s.span)
         start = None
         if len(call.args) == 2:
+            self.own_read = f"the start of {call.func}(...) cannot read '{name}', the tensor it starts"
             self.expr(call.args[1], lhs, frozenset())
-            if name in self.read_at:
-                raise _err(
-                    f"the start of {call.func}(...) cannot read '{name}', the tensor it starts",
-                    self.read_at[name],
-                )
             start, _, summed = _scope(call.args[1], lhs)
             if summed:
                 raise _err(

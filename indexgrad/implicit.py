@@ -32,6 +32,7 @@ from .nodes import (
     Ref,
     SizeOf,
     Statement,
+    Sum,
     map_expr,
     plain_names,
     ref_index_names,
@@ -39,9 +40,24 @@ from .nodes import (
     refs_in_statement,
 )
 
-DEFAULT_TOL = {"float64": 1e-10, "float32": 1e-5}
+DEFAULT_TOL = {"float64": 1e-12, "float32": 1e-5}
 DEFAULT_MAX_ITER = {"fix": 500, "solve": 50}
-ANDERSON_M = 5
+ANDERSON_M = 5  # the history Anderson starts with
+ANDERSON_MOST = 32  # and the longest it grows to when extrapolation stalls
+
+
+def iteration_settings(tol: Any = None, max_iter: Any = None) -> dict[str, Any]:
+    """The tolerance and iteration limit of fix and solve, checked (None: the defaults)."""
+    out: dict[str, Any] = {}
+    if tol is not None:
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (math.isfinite(tol) and tol > 0):
+            raise IndexgradError(f"tol must be a positive number, got {tol!r}")
+        out["tol"] = float(tol)
+    if max_iter is not None:
+        if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+            raise IndexgradError(f"max_iter must be a positive integer, got {max_iter!r}")
+        out["max_iter"] = int(max_iter)
+    return out
 
 
 # ---- planning --------------------------------------------------------------------------------
@@ -112,6 +128,8 @@ def plan_implicit(planner: Any, p: Implicit) -> tuple[Any, dict[str, int]]:
     types = {z: dtype, **{n: dtypes[n] for n in outer}}
     body = body_plan({r}, "fix body" if p.method == "fix" else "solve body", list(p.body), inputs, types)
     sizes = dict(zip(lhs, zshape))
+    for sized in shapes_after(list(p.body), dict(inputs), dict(types), made)[2]:
+        sizes.update(sized)  # the body's index names are its statement's
     args: dict[str, Any] = {"body": body, "iterate": z, "result": r, "start": None}
     step_inputs = [
         Operand(n, tuple(f"{n}{a}" for a in range(len(shapes[n]))), shapes[n], str(dtypes[n])) for n in outer
@@ -136,8 +154,8 @@ def plan_implicit(planner: Any, p: Implicit) -> tuple[Any, dict[str, int]]:
     args.update(tol=float(tol), max_iter=int(max_iter))
     nbytes = math.prod(zshape) * dtype.itemsize
     if p.method == "fix":
-        args["m"] = ANDERSON_M
-        scratch = body.peak_bytes + 2 * ANDERSON_M * nbytes
+        args.update(m=ANDERSON_M, most=ANDERSON_MOST)
+        scratch = body.peak_bytes + 2 * ANDERSON_MOST * nbytes
     else:
         from .derive import derive_jvp, tan_name
 
@@ -239,60 +257,81 @@ def _residual(x: np.ndarray, fx: np.ndarray) -> float:
 
 
 def anderson(
-    f: Any, x0: np.ndarray, tol: float, max_iter: int, m: int
+    f: Any, x0: np.ndarray, tol: float, max_iter: int, m: int, most: int = 32
 ) -> tuple[np.ndarray | None, float, int]:
-    """The fixed point of f from x0 by Anderson acceleration with a history of m (type II,
-    as in Walker and Ni 2011), falling back to plain iteration from the best iterate when the
-    extrapolation stops helping. Returns (the point or None, the best residual, f's evaluations).
+    """The fixed point of f from x0 by Anderson acceleration (type II, Walker and Ni 2011).
+
+    Starts with a history of m; when the extrapolation diverges or stops improving for 4m
+    iterations, restarts from the best iterate with twice the history (up to `most`, which for a
+    linear f of n <= `most` entries is exact in n + 1 steps, as GMRES is), and past that falls
+    back to plain iteration. Returns (the point or None, the best residual, f's evaluations).
     Memory: the last m iterates and values, whatever the number of iterations."""
     shape, n = x0.shape, x0.size
-    X = np.zeros((m, n), x0.dtype)
-    F = np.zeros((m, n), x0.dtype)
-    X[0] = x0.ravel()
-    F[0] = f(x0).ravel()
-    best, best_x, since = _residual(X[0], F[0]), F[0].copy(), 0
-    if best <= tol:
-        return F[0].reshape(shape), best, 1
-    X[1] = F[0]
-    F[1] = f(X[1].reshape(shape)).ravel()
+    used = 0
+
+    def g(v: np.ndarray) -> np.ndarray:
+        nonlocal used
+        used += 1
+        return np.asarray(f(v.reshape(shape))).ravel()
+
+    x = x0.ravel()
+    fx = g(x)
+    best, best_x = _residual(x, fx), fx.copy()
+    plain = False
+    while used < max_iter and best > tol:
+        if plain:
+            x, fx = fx, g(fx)
+            res = _residual(x, fx)
+            if res < best:
+                best, best_x = res, fx.copy()
+            continue
+        fx, res, stalled = _anderson_round(g, best_x, tol, max_iter - used, m, x0.dtype)
+        if res < best:
+            best, best_x = res, fx.copy()
+        if stalled:
+            plain = m >= min(most, n)
+            m = min(2 * m, most)
+            if plain:
+                x, fx = best_x, g(best_x)
+    return (best_x.reshape(shape) if best <= tol else None), best, used
+
+
+def _anderson_round(
+    g: Any, x0: np.ndarray, tol: float, budget: int, m: int, dtype: np.dtype
+) -> tuple[np.ndarray, float, bool]:
+    """One run of Anderson(m) from x0 within `budget` evaluations of g: its best f-value and
+    residual, and whether it stopped because the extrapolation diverged or stalled."""
+    n = x0.size
+    X = np.zeros((m, n), dtype)
+    F = np.zeros((m, n), dtype)
+    X[0], F[0] = x0, g(x0)
+    best, best_f, since = _residual(X[0], F[0]), F[0].copy(), 0
     H = np.zeros((m + 1, m + 1))
     H[0, 1:] = H[1:, 0] = 1
     y = np.zeros(m + 1)
     y[0] = 1
-    k = 2
-    plain = False
-    while k <= max_iter:
-        last = (k - 1) % m
-        res = _residual(X[last], F[last])
-        if res <= tol:
-            return F[last].reshape(shape), res, k
+    for k in range(1, budget):
+        if best <= tol:
+            break
+        h = min(k, m)
+        G = (F[:h] - X[:h]).astype(np.float64)
+        gram = G @ G.T
+        scale = float(np.trace(gram)) / h
+        H[1 : h + 1, 1 : h + 1] = gram + 1e-10 * (scale if scale > 0 else 1.0) * np.eye(h)
+        try:
+            alpha = np.linalg.solve(H[: h + 1, : h + 1], y[: h + 1])[1 : h + 1]
+        except np.linalg.LinAlgError:
+            return best_f, best, True
+        x = (alpha @ F[:h]).astype(dtype)
+        X[k % m], F[k % m] = x, g(x)
+        res = _residual(X[k % m], F[k % m])
         if res < best:
-            best, best_x, since = res, F[last].copy(), 0
+            best, best_f, since = res, F[k % m].copy(), 0
         else:
             since += 1
-        if not plain and (not math.isfinite(res) or res > 1e3 * best or since > 4 * m):
-            plain = True  # the extrapolation diverges or stalls: plain iteration from the best iterate
-            X[last], F[last] = best_x, f(best_x.reshape(shape)).ravel()
-            k += 1
-            continue
-        if plain:
-            x = F[last]
-        else:
-            h = min(k, m)
-            G = (F[:h] - X[:h]).astype(np.float64)
-            gram = G @ G.T
-            H[1 : h + 1, 1 : h + 1] = gram + 1e-10 * max(1.0, float(np.trace(gram))) * np.eye(h)
-            try:
-                alpha = np.linalg.solve(H[: h + 1, : h + 1], y[: h + 1])[1 : h + 1]
-            except np.linalg.LinAlgError:
-                alpha = np.eye(h)[last]
-            x = (alpha @ F[:h]).astype(x0.dtype)
-        X[k % m] = x
-        F[k % m] = f(x.reshape(shape)).ravel()
-        k += 1
-    last = (k - 1) % m
-    res = _residual(X[last], F[last])
-    return (F[last].reshape(shape) if res <= tol else None), min(best, res), k - 1
+        if not math.isfinite(res) or res > 1e3 * best or since > 4 * m:
+            return best_f, best, True
+    return best_f, best, False
 
 
 def build_fix(step: Any) -> Any:
@@ -306,7 +345,7 @@ def build_fix(step: Any) -> Any:
             return body(env, x)[0]
 
         with np.errstate(all="ignore"):
-            z, res, used = anderson(f, _start(step, env, dtype), a["tol"], a["max_iter"], a["m"])
+            z, res, used = anderson(f, _start(step, env, dtype), a["tol"], a["max_iter"], a["m"], a["most"])
         if z is None:
             raise _not_converged(step, res, used)
         return z
@@ -467,15 +506,29 @@ def _compose(
 
 
 def _flat(e: Expr) -> Expr:
-    """Products inside products (a definition put in its reader's place) as one product."""
+    """Products inside products (a definition put in its reader's place) as one product, and sums
+    inside sums as one sum; a product's own sums come along when no other factor uses their
+    indices (the composed names are fresh, so the sum means the same over the larger product)."""
 
     def visit(node: Expr) -> Expr:
+        if isinstance(node, Sum):
+            terms: list[Expr] = []
+            signs: list[int] = []
+            for t, sign in zip(node.terms, node.signs):
+                if isinstance(t, Sum):
+                    terms.extend(t.terms)
+                    signs.extend(sign * s for s in t.signs)
+                else:
+                    terms.append(t)
+                    signs.append(sign)
+            return Sum(tuple(terms), tuple(signs), node.span)
         if not isinstance(node, Product):
             return node
         factors: list[Expr] = []
         divide: list[bool] = []
-        for f, d in zip(node.factors, node.divide):
-            if isinstance(f, Product) and not d and not f.summed:
+        for k, (f, d) in enumerate(zip(node.factors, node.divide)):
+            others = {n for j, g in enumerate(node.factors) if j != k for n in _index_names(g)}
+            if isinstance(f, Product) and not d and not set(f.summed) & others:
                 factors.extend(f.factors)
                 divide.extend(f.divide)
             else:
@@ -538,6 +591,7 @@ def swap_implicit(p: Implicit, wants: set[str], names: dict[str, str]) -> list[S
     inner = _fresh(z + ".adj.in", taken)  # z's gradient inside the body: composed away, never printed
     outer = [x.name for x in prim_refs(p) if x.name in wants and x is not p.start]
     body_names = {n: _fresh(n + ".grad", taken) for n in made}
+    temp_grads = set(body_names.values())
     body_names.update({n: names[n] for n in outer})
     body_names[r], body_names[z] = adj, inner
     body = list(p.body)
@@ -556,10 +610,9 @@ def swap_implicit(p: Implicit, wants: set[str], names: dict[str, str]) -> list[S
     parts = [zgrad]
     into_z = [st for st in stmts if st.target.name == inner]
     if into_z:
-        parts.append(
-            _compose(into_z, at, {k: v for k, v in defs.items() if k in body_names.values()}, taken_idx)
-        )
-    (adjoint,) = _at_solution(p, [_implicit_statement(p, Ref(adj, zgrad.indices), sum_of(parts))])
+        parts.append(_compose(into_z, at, {k: v for k, v in defs.items() if k in temp_grads}, taken_idx))
+    body = _flat(sum_of(parts))
+    (adjoint,) = _at_solution(p, [_implicit_statement(p, Ref(adj, zgrad.indices), body)])
     wanted = {names[n] for n in outer}
     kept: list[Statement] = []
     for st in reversed(stmts):  # what the other gradients read, seeded by the adjoint
@@ -568,7 +621,7 @@ def swap_implicit(p: Implicit, wants: set[str], names: dict[str, str]) -> list[S
             wanted.update(x.name for x in refs_in(st.expr) if x.name in defs)
     from .derive import _forward_copies
 
-    rest = _at_solution(p, _forward_copies(kept[::-1], set(defs)))
+    rest = _at_solution(p, _forward_copies(kept[::-1], temp_grads))
     return [*_forward_values(p, [adjoint, *rest]), adjoint, *rest]
 
 
@@ -604,4 +657,12 @@ def tangent_implicit(p: Implicit, has_tan: set[str], names: dict[str, str]) -> l
     return [*_forward_values(p, [st]), st]
 
 
-__all__ = ["anderson", "build_fix", "build_solve", "plan_implicit", "swap_implicit", "tangent_implicit"]
+__all__ = [
+    "anderson",
+    "build_fix",
+    "build_solve",
+    "iteration_settings",
+    "plan_implicit",
+    "swap_implicit",
+    "tangent_implicit",
+]
