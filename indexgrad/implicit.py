@@ -19,7 +19,7 @@ import numpy as np
 
 from .check import _occurrences, attach_sums, free_indices
 from .errors import IndexgradError
-from .lower import Implicit, Prim, lower, prim_refs, prim_statement, sum_of
+from .lower import Implicit, lower, prim_refs, prim_statement, sum_of
 from .nodes import (
     Affine,
     Call,
@@ -106,7 +106,11 @@ def _diagonal(p: Implicit) -> tuple[int, ...]:
 
 def plan_implicit(planner: Any, p: Implicit) -> tuple[Any, dict[str, int]]:
     """The one Step that runs a fix or solve statement: its body as a nested Plan (and, for
-    Newton, the plan of the body's tangent in z, from which the Jacobian is formed)."""
+    Newton, the plan of the body's tangent in z, from which the Jacobian is formed).
+
+    The body's statements that do not read z (`x[b,d] U[d,h]` in a deep equilibrium layer, the
+    seed and the derivative of f in its adjoint) form a `setup` plan, run once per call rather
+    than once per iteration."""
     from .plan import Operand, Step, _result_dtype, make_plan, shapes_after
     from .printer import format_statement
 
@@ -118,23 +122,58 @@ def plan_implicit(planner: Any, p: Implicit) -> tuple[Any, dict[str, int]]:
     dtype = _result_dtype([np.dtype(dtypes[n]) for n in outer] + [np.dtype(np.float64)] * (not outer))
     made = {q.out.name for q in p.body}
     nested = dict(backend=planner.backend, in_place=planner.in_place, iterations=planner.iterations)
-
-    def body_plan(
-        keep: set[str], mode: str, prims: list[Prim], inputs: dict[str, Any], types: dict[str, Any]
-    ) -> Any:
-        return make_plan(prims, inputs, types, keep, mode=mode, temporaries=made, **nested)
-
     inputs = {z: zshape, **{n: shapes[n] for n in outer}}
     types = {z: dtype, **{n: dtypes[n] for n in outer}}
-    body = body_plan({r}, "fix body" if p.method == "fix" else "solve body", list(p.body), inputs, types)
+    every, kinds, sized = shapes_after(list(p.body), dict(inputs), dict(types), made)
     sizes = dict(zip(lhs, zshape))
-    for sized in shapes_after(list(p.body), dict(inputs), dict(types), made)[2]:
-        sizes.update(sized)  # the body's index names are its statement's
-    args: dict[str, Any] = {"body": body, "iterate": z, "result": r, "start": None}
+    for known in sized:
+        sizes.update(known)  # the body's index names are its statement's
+    moving = {z}
+    for q in p.body:
+        if q.out.name == r or any(x.name in moving for x in prim_refs(q)):
+            moving.add(q.out.name)
+    inner = [q for q in p.body if q.out.name in moving]
+    hoisted = [q for q in p.body if q.out.name not in moving]
+    needed: set[str] = set()  # what the tangent in z reads of the body's values
+    args: dict[str, Any] = {"iterate": z, "result": r, "start": None}
+    if p.method == "solve":
+        from .derive import derive_jvp, tan_name
+
+        program = Program((), tuple(prim_statement(q) for q in p.body))
+        tangent = derive_jvp(program, [z])
+        direction, slope = tan_name(program, z), tan_name(program, r)
+        if slope not in tangent.defined():
+            raise IndexgradError(
+                f"solve(...) does not depend on '{z}', so it has no root to find in '{z}'", p.span
+            )
+        tprims = lower(tangent)
+        treads = {x.name for q in tprims for x in prim_refs(q)}
+        needed = treads & (made | set(outer))  # the body's values, and inputs, the tangent reads
+        tin = {z: zshape, direction: zshape, **{n: every[n] for n in outer if n in treads}}
+        tin.update({n: every[n] for n in sorted(needed)})
+        tnames = {q.out.name for q in tprims} - {slope}
+        ttypes = {n: kinds[n] if n != direction else dtype for n in tin}
+        tplan = make_plan(tprims, tin, ttypes, {slope}, mode="tangent", temporaries=tnames, **nested)
+        args.update(tangent=tplan, direction=direction, slope=slope, diagonal=_diagonal(p))
+    reads = {x.name for q in inner for x in prim_refs(q)} | needed
+    setup = None
+    if hoisted:
+        keep = {q.out.name for q in hoisted} & reads
+        mine = list(dict.fromkeys(x.name for q in hoisted for x in prim_refs(q) if x.name not in made))
+        setup = make_plan(
+            hoisted, {n: shapes[n] for n in mine}, {n: dtypes[n] for n in mine}, keep,
+            mode="setup", temporaries=made, **nested,
+        )  # fmt: skip
+    body_in = {z: zshape, **{n: every[n] for n in every if n in reads and n not in moving}}
+    body = make_plan(
+        inner, body_in, {n: kinds[n] if n != z else dtype for n in body_in}, {r} | (needed & moving),
+        mode=f"{p.method} body", temporaries=made, **nested,
+    )  # fmt: skip
+    args.update(body=body, setup=setup)
     step_inputs = [
         Operand(n, tuple(f"{n}{a}" for a in range(len(shapes[n]))), shapes[n], str(dtypes[n])) for n in outer
     ]
-    if p.start is not None and isinstance(p.start, Ref):
+    if isinstance(p.start, Ref):
         names = ref_index_names(p.start)
         got = shapes[p.start.name]
         for n, extent in zip(names, got):
@@ -147,45 +186,19 @@ def plan_implicit(planner: Any, p: Implicit) -> tuple[Any, dict[str, int]]:
                 )
         args["start"] = (p.start.name, names)
         step_inputs.append(Operand(p.start.name, names, got, str(dtypes[p.start.name])))
-    elif p.start is not None:  # a number
-        args["start"] = float(p.start.value) if isinstance(p.start, Num) else None
+    elif isinstance(p.start, Num):
+        args["start"] = float(p.start.value)
     tol = planner.iterations.get("tol") or DEFAULT_TOL.get(str(dtype), 1e-10)
     max_iter = planner.iterations.get("max_iter") or DEFAULT_MAX_ITER[p.method]
     args.update(tol=float(tol), max_iter=int(max_iter))
     nbytes = math.prod(zshape) * dtype.itemsize
+    scratch = body.peak_bytes + (setup.peak_bytes if setup is not None else 0)
     if p.method == "fix":
         args.update(m=ANDERSON_M, most=ANDERSON_MOST)
-        scratch = body.peak_bytes + 2 * ANDERSON_MOST * nbytes
+        scratch += 2 * ANDERSON_MOST * nbytes
     else:
-        from .derive import derive_jvp, tan_name
-
-        program = Program((), tuple(prim_statement(q) for q in p.body))
-        tangent = derive_jvp(program, [z])
-        direction, slope = tan_name(program, z), tan_name(program, r)
-        if slope not in tangent.defined():
-            raise IndexgradError(
-                f"solve(...) does not depend on '{z}', so it has no root to find in '{z}'", p.span
-            )
-        tprims = lower(tangent)
-        needed = {x.name for q in tprims for x in prim_refs(q)} & made
-        body = body_plan({r} | needed, "solve body", list(p.body), inputs, types)
-        every, kinds, _ = shapes_after(list(p.body), dict(inputs), dict(types), made)
-        tin = {z: zshape, direction: zshape, **{n: every[n] for n in outer if n in every}}
-        tin.update({n: every[n] for n in sorted(needed)})
-        ttypes = {n: kinds[n] if n != direction else dtype for n in tin}
-        tplan = make_plan(
-            tprims,
-            tin,
-            ttypes,
-            {slope},
-            mode="tangent",
-            temporaries={q.out.name for q in tprims} - {slope},
-            **nested,
-        )
-        diagonal = _diagonal(p)
-        block = math.prod(d for a, d in enumerate(zshape) if a not in diagonal)
-        args.update(body=body, tangent=tplan, direction=direction, slope=slope, diagonal=diagonal)
-        scratch = body.peak_bytes + tplan.peak_bytes + (block * nbytes) + 4 * nbytes
+        block = math.prod(d for a, d in enumerate(zshape) if a not in args["diagonal"])
+        scratch += args["tangent"].peak_bytes + block * nbytes + 4 * nbytes
     args["scratch"] = scratch
     step = Step(
         p.method,
@@ -234,21 +247,32 @@ def _start(step: Any, env: dict[str, Any], dtype: np.dtype) -> np.ndarray:
     return np.array(np.broadcast_to(value, step.shape), dtype=dtype)
 
 
-def _body(step: Any, plan: Any) -> Any:
-    """f(env, z) -> (f's value, the body's env), running the nested plan on the numpy executor."""
+def _body(step: Any) -> tuple[Any, Any]:
+    """(prepare, f): prepare(env) runs the setup plan once and gathers what the body reads;
+    f(fixed, z) runs the body's plan on the numpy executor, giving (its value, the body's env)."""
     from .backends.numpy import NumpyExecutor
 
-    run = NumpyExecutor(plan).run
-    z, r = step.args["iterate"], step.args["result"]
-    outer = [n for n, _, _ in plan.inputs if n != z]
+    a = step.args
+    run = NumpyExecutor(a["body"]).run
+    setup = a["setup"]
+    run_setup = NumpyExecutor(setup).run if setup is not None else None
+    z, r = a["iterate"], a["result"]
+    reads = [n for n, _, _ in a["body"].inputs if n != z]
 
-    def f(env: dict[str, Any], x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-        e = {n: env[n] for n in outer}
+    def prepare(env: dict[str, Any]) -> dict[str, Any]:
+        if run_setup is None:
+            return {n: env[n] for n in reads}
+        e = {n: env[n] for n, _, _ in setup.inputs}
+        run_setup(e)
+        return {n: e[n] if n in e else env[n] for n in reads}
+
+    def f(fixed: dict[str, Any], x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        e = dict(fixed)
         e[z] = x
         run(e)
         return np.asarray(e[r]), e
 
-    return f
+    return prepare, f
 
 
 def _residual(x: np.ndarray, fx: np.ndarray) -> float:
@@ -337,12 +361,14 @@ def _anderson_round(
 def build_fix(step: Any) -> Any:
     """A fix step as a numpy compute: env -> the fixed point."""
     a = step.args
-    body = _body(step, a["body"])
+    prepare, body = _body(step)
     dtype = np.dtype(step.dtype)
 
     def compute(env: dict[str, Any]) -> np.ndarray:
+        fixed = prepare(env)
+
         def f(x: np.ndarray) -> np.ndarray:
-            return body(env, x)[0]
+            return body(fixed, x)[0]
 
         with np.errstate(all="ignore"):
             z, res, used = anderson(f, _start(step, env, dtype), a["tol"], a["max_iter"], a["m"], a["most"])
@@ -359,7 +385,7 @@ def build_solve(step: Any) -> Any:
     from .backends.numpy import NumpyExecutor
 
     a = step.args
-    body = _body(step, a["body"])
+    prepare, body = _body(step)
     tangent = NumpyExecutor(a["tangent"]).run
     treads = [n for n, _, _ in a["tangent"].inputs if n != a["direction"]]
     dtype = np.dtype(step.dtype)
@@ -386,8 +412,9 @@ def build_solve(step: Any) -> Any:
 
     def compute(env: dict[str, Any]) -> np.ndarray:
         x = _start(step, env, dtype)
+        fixed = prepare(env)
         with np.errstate(all="ignore"):
-            gx, e = body(env, x)
+            gx, e = body(fixed, x)
             norm = float(np.linalg.norm(gx))
             res = float(np.max(np.abs(gx), initial=0.0))
             for it in range(a["max_iter"] + 1):
@@ -405,7 +432,7 @@ def build_solve(step: Any) -> Any:
                 t = 1.0
                 while True:  # backtracking (Armijo): accept the step once the residual shrinks enough
                     xn = x + t * d
-                    gn, en = body(env, xn)
+                    gn, en = body(fixed, xn)
                     nn = float(np.linalg.norm(gn))
                     if nn <= (1 - 1e-4 * t) * norm or t < 1e-6:
                         break

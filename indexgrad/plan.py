@@ -987,9 +987,11 @@ def _describe_delta(s: Step) -> str:
 def _describe_iteration(s: Step) -> str:
     a = s.args
     method = f"anderson(m={a['m']})" if s.call == "anderson" else "newton(backtracking)"
+    setup = a.get("setup")
+    once = f"{len(setup.steps)} step{'s' * (len(setup.steps) != 1)} once, then " if setup is not None else ""
     return (
-        f"{method} of {a['result']} = {s.kind == 'fix' and 'f' or 'g'}({a['iterate']}): "
-        f"{len(a['body'].steps)} steps, tol {format_number(a['tol'])}, at most {a['max_iter']} iterations"
+        f"{method} of {a['result']} = {'f' if s.kind == 'fix' else 'g'}({a['iterate']}): {once}"
+        f"{len(a['body'].steps)} per iteration, tol {format_number(a['tol'])}, at most {a['max_iter']}"
     )
 
 
