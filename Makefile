@@ -33,6 +33,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/deq.py
 
 fuzz: $(STAMP)
 	$(BIN)/python -m pytest tests -m fuzz --hypothesis-profile=fuzz
