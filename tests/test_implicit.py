@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import indexgrad as ig
 from indexgrad.cli import main
@@ -261,3 +263,46 @@ def test_derived_programs_derive_again_and_run_alone() -> None:
     assert "z.adj.tan" in str(ig.derive_jvp(back)) or "fix(" in str(ig.derive_jvp(back))
     jvp = ig.derive_jvp(ig.parse(text))
     assert "z.tan[b,i] = fix(" in str(jvp) and ig.parse(str(jvp)) == jvp
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 4),
+    scale=st.floats(0.05, 0.9),
+    method=st.sampled_from(["fix", "solve"]),
+    start=st.sampled_from(["", ", 0", ", s[i]", ", 2"]),
+    seed=st.integers(0, 2**16),
+)
+def test_random_linear_layers_against_a_direct_solve(
+    n: int, scale: float, method: str, start: str, seed: int
+) -> None:
+    """z = c A z + x (a fix) and c A z + x - z = 0 (a solve) are (I - c A) z = x: values, the
+    gradient of <t, z> in every input, and the printed derivatives, which read back as printed."""
+    if method == "solve" and not start:
+        start = ", 0"
+    body = "c A[i,j] z[j] + x[i]" + (" - z[i]" if method == "solve" else "")
+    text = f"z[i] = {method}({body}{start})\nloss = sum[i](t[i] z[i])\n"
+    prog = ig.parse(text)
+    for derived in (ig.derive(prog), ig.derive_jvp(prog)):
+        assert ig.parse(str(derived)) == derived
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((n, n))
+    A /= max(1.0, np.linalg.norm(A, 2))
+    a = {
+        "A": A,
+        "c": scale,
+        "x": rng.standard_normal(n),
+        "t": rng.standard_normal(n),
+        "s": rng.standard_normal(n),
+    }
+    a = {k: v for k, v in a.items() if k in prog.inputs()}
+    m = ig.compile(prog)
+    vals = m.forward(**a)
+    M = np.eye(n) - scale * A
+    z = np.linalg.solve(M, a["x"])
+    np.testing.assert_allclose(vals["z"], z, rtol=1e-9, atol=1e-11)
+    g = m.backward(vals)
+    u = np.linalg.solve(M.T, a["t"])  # d<t,z>/dx
+    np.testing.assert_allclose(g["x"], u, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(g["A"], scale * np.outer(u, z), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(g["c"], u @ A @ z, rtol=1e-8, atol=1e-10)
