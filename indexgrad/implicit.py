@@ -12,7 +12,8 @@ through the iterations.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -215,7 +216,7 @@ def plan_implicit(planner: Any, p: Implicit) -> tuple[Any, dict[str, int]]:
     return step, sizes
 
 
-# ---- running (numpy) -------------------------------------------------------------------------
+# ---- running -------------------------------------------------------------------------
 
 
 def _not_converged(step: Any, residual: float, iterations: int, more: str = "") -> IndexgradError:
@@ -233,7 +234,7 @@ def _not_converged(step: Any, residual: float, iterations: int, more: str = "") 
     )
 
 
-def _start(step: Any, env: dict[str, Any], dtype: np.dtype) -> np.ndarray:
+def _start(step: Any, env: dict[str, Any], dtype: np.dtype, to_numpy: Any) -> np.ndarray:
     from .backends.numpy import aligner
 
     start = step.args["start"]
@@ -243,19 +244,18 @@ def _start(step: Any, env: dict[str, Any], dtype: np.dtype) -> np.ndarray:
         return np.full(step.shape, start, dtype)
     name, axes = start
     move = aligner(axes, step.axes, dict(zip(step.axes, step.shape)))
-    value = env[name] if move is None else move(env[name])
-    return np.array(np.broadcast_to(value, step.shape), dtype=dtype)
+    value = to_numpy(env[name])
+    return np.array(np.broadcast_to(value if move is None else move(value), step.shape), dtype=dtype)
 
 
-def _body(step: Any) -> tuple[Any, Any]:
+def _body(step: Any, backend: Runtime) -> tuple[Any, Any]:
     """(prepare, f): prepare(env) runs the setup plan once and gathers what the body reads;
-    f(fixed, z) runs the body's plan on the numpy executor, giving (its value, the body's env)."""
-    from .backends.numpy import NumpyExecutor
-
+    f(fixed, z) runs the body's plan on the backend's executor, giving (its value as a numpy
+    array, the body's env)."""
     a = step.args
-    run = NumpyExecutor(a["body"]).run
+    run = backend.executor(a["body"]).run
     setup = a["setup"]
-    run_setup = NumpyExecutor(setup).run if setup is not None else None
+    run_setup = backend.executor(setup).run if setup is not None else None
     z, r = a["iterate"], a["result"]
     reads = [n for n, _, _ in a["body"].inputs if n != z]
 
@@ -268,9 +268,9 @@ def _body(step: Any) -> tuple[Any, Any]:
 
     def f(fixed: dict[str, Any], x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         e = dict(fixed)
-        e[z] = x
+        e[z] = backend.asarray(x)
         run(e)
-        return np.asarray(e[r]), e
+        return backend.to_numpy(e[r]), e
 
     return prepare, f
 
@@ -358,10 +358,25 @@ def _anderson_round(
     return best_f, best, False
 
 
-def build_fix(step: Any) -> Any:
-    """A fix step as a numpy compute: env -> the fixed point."""
+@dataclass(frozen=True)
+class Runtime:
+    """What fix and solve need of a backend: its executor for the nested plans, and its arrays
+    to and from numpy (the iterations' bookkeeping: Anderson's least squares, Newton's blocks)."""
+
+    executor: Callable[[Any], Any]
+    to_numpy: Callable[[Any], np.ndarray]
+    asarray: Callable[[np.ndarray], Any]
+
+
+def builders(backend: Runtime) -> dict[str, Callable[[Any], Any]]:
+    """The builders of the `fix` and `solve` step kinds for a backend's registry."""
+    return {"fix": lambda step: build_fix(step, backend), "solve": lambda step: build_solve(step, backend)}
+
+
+def build_fix(step: Any, backend: Runtime) -> Any:
+    """A fix step as a compute: env -> the fixed point."""
     a = step.args
-    prepare, body = _body(step)
+    prepare, body = _body(step, backend)
     dtype = np.dtype(step.dtype)
 
     def compute(env: dict[str, Any]) -> np.ndarray:
@@ -371,22 +386,21 @@ def build_fix(step: Any) -> Any:
             return body(fixed, x)[0]
 
         with np.errstate(all="ignore"):
-            z, res, used = anderson(f, _start(step, env, dtype), a["tol"], a["max_iter"], a["m"], a["most"])
+            x0 = _start(step, env, dtype, backend.to_numpy)
+            z, res, used = anderson(f, x0, a["tol"], a["max_iter"], a["m"], a["most"])
         if z is None:
             raise _not_converged(step, res, used)
-        return z
+        return backend.asarray(z)
 
     return compute
 
 
-def build_solve(step: Any) -> Any:
-    """A solve step as a numpy compute: Newton's method with a backtracking line search, the
-    Jacobian formed block by block from the tangent plan (one tangent run per entry of a block)."""
-    from .backends.numpy import NumpyExecutor
-
+def build_solve(step: Any, backend: Runtime) -> Any:
+    """A solve step as a compute: Newton's method with a backtracking line search, the Jacobian
+    formed block by block from the tangent plan (one tangent run per entry of a block)."""
     a = step.args
-    prepare, body = _body(step)
-    tangent = NumpyExecutor(a["tangent"]).run
+    prepare, body = _body(step, backend)
+    tangent = backend.executor(a["tangent"]).run
     treads = [n for n, _, _ in a["tangent"].inputs if n != a["direction"]]
     dtype = np.dtype(step.dtype)
     shape, diagonal = step.shape, a["diagonal"]
@@ -405,13 +419,15 @@ def build_solve(step: Any) -> Any:
             direction = np.zeros((nd, block), dtype)
             direction[:, col] = 1
             t = dict(base)
-            t[a["direction"]] = direction.reshape([shape[k] for k in perm]).transpose(inverse)
+            t[a["direction"]] = backend.asarray(
+                direction.reshape([shape[k] for k in perm]).transpose(inverse)
+            )
             tangent(t)
-            J[:, :, col] = rows(np.broadcast_to(t[a["slope"]], shape))
+            J[:, :, col] = rows(np.broadcast_to(backend.to_numpy(t[a["slope"]]), shape))
         return J
 
-    def compute(env: dict[str, Any]) -> np.ndarray:
-        x = _start(step, env, dtype)
+    def compute(env: dict[str, Any]) -> Any:
+        x = _start(step, env, dtype, backend.to_numpy)
         fixed = prepare(env)
         with np.errstate(all="ignore"):
             gx, e = body(fixed, x)
@@ -419,7 +435,7 @@ def build_solve(step: Any) -> Any:
             res = float(np.max(np.abs(gx), initial=0.0))
             for it in range(a["max_iter"] + 1):
                 if res <= a["tol"]:
-                    return x
+                    return backend.asarray(x)
                 if it == a["max_iter"] or not math.isfinite(res):
                     break
                 try:
@@ -685,9 +701,11 @@ def tangent_implicit(p: Implicit, has_tan: set[str], names: dict[str, str]) -> l
 
 
 __all__ = [
+    "Runtime",
     "anderson",
     "build_fix",
     "build_solve",
+    "builders",
     "iteration_settings",
     "plan_implicit",
     "swap_implicit",

@@ -20,10 +20,9 @@ import numpy as np
 import opt_einsum as oe
 from numpy.lib.stride_tricks import as_strided
 
-from .. import positions
+from .. import implicit, positions
 from ..errors import IndexgradError
 from ..functions import FUNCTIONS, REDUCTIONS
-from ..implicit import build_fix, build_solve
 from ..nodes import DELTA, Affine, Gather, Ref
 from ..plan import Operand, Plan, Step
 from . import Builder, Env, builder_for
@@ -591,8 +590,8 @@ BUILDERS: dict[str, Callable[[Step], Compute]] = {
     "gather": gather,
     "scatter": scatter,
     "delta": delta,
-    "fix": lambda step: build_fix(step),  # run nested plans on this backend's executor
-    "solve": lambda step: build_solve(step),
+    # fix and solve run their nested plans on this backend's executor
+    **implicit.builders(implicit.Runtime(lambda plan: NumpyExecutor(plan), np.asarray, np.asarray)),
 }
 
 
