@@ -553,7 +553,7 @@ class _Checker:
         name = s.target.name
         fix = call.func == "fix"
         want = "1 or 2 arguments: fix(f) or fix(f, start)" if fix else "2 arguments: solve(g, start)"
-        if len(call.args) not in ((1, 2) if call.func == "fix" else (2,)):
+        if len(call.args) not in ((1, 2) if fix else (2,)):
             raise _err(f"{call.func} takes {want}", call.span)
         if s.op != "=":
             raise _err(f"{call.func}(...) defines its tensor: write {name}[...] = {call.func}(...)", s.span)

@@ -337,8 +337,9 @@ def make_plan(
     the tolerance and iteration limit of fix and solve (`tol`, `max_iter`; None: the defaults).
     """
     try:
-        planner = _Planner(prims, dict(shapes), dict(dtypes), temporaries or set(), constants)
-        planner.backend, planner.in_place, planner.iterations = backend, in_place, iterations or {}
+        planner = _Planner(
+            prims, dict(shapes), dict(dtypes), temporaries or set(), constants, backend, in_place, iterations
+        )
         steps = planner.steps()
         steps = _masks(steps)
         steps, peak, fresh = _buffers(steps, set(shapes), keep, in_place)
@@ -378,6 +379,9 @@ class _Planner:
         dtypes: Dtypes,
         temps: set[str],
         constants: dict[str, float] | None = None,
+        backend: str = "numpy",
+        in_place: bool = True,
+        iterations: dict[str, Any] | None = None,
     ) -> None:
         self.prims = prims
         self.constants = constants or {}
@@ -387,7 +391,7 @@ class _Planner:
         self.sizer = Sizer(prims, temps)
         self.sized: list[dict[str, int]] = []
         self.out: list[Step] = []
-        self.backend, self.in_place, self.iterations = "numpy", True, {}  # for nested plans
+        self.backend, self.in_place, self.iterations = backend, in_place, iterations or {}  # nested plans
 
     def steps(self) -> list[Step]:
         for k, p in enumerate(self.prims):
