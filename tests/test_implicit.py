@@ -306,3 +306,27 @@ def test_random_linear_layers_against_a_direct_solve(
     np.testing.assert_allclose(g["x"], u, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(g["A"], scale * np.outer(u, z), rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(g["c"], u @ A @ z, rtol=1e-8, atol=1e-10)
+
+
+def test_a_fix_inside_a_definition_is_inlined_per_use() -> None:
+    text = """\
+def equilibrium(x[b,d]) -> z[b,h]:
+    param U[d,h], W[g,h]
+    z[b,h] = fix(tanh(0.3 z[b,g] W[g,h] + x[b,d] U[d,h]))
+
+input x[b,d]
+h1[b,h] = equilibrium(x[b,d])
+h2[b,k] = equilibrium(h1[b,h])
+loss = sum[b,k](h2[b,k]^2)
+"""
+    back = str(ig.derive(ig.parse(text)))
+    assert "h2.adj[b,g] = fix(h2.grad[b,g] + 0.3 h2.adj[b,k] (1 - h2[b,k]^2) h2.W[g,k])" in back
+    rng = np.random.default_rng(6)
+    a = {
+        "x": rng.standard_normal((3, 4)),
+        "h1.U": rng.standard_normal((4, 3)),
+        "h1.W": rng.standard_normal((3, 3)),
+    }
+    a |= {"h2.U": rng.standard_normal((3, 2)), "h2.W": rng.standard_normal((2, 2))}
+    report = ig.gradcheck(ig.compile(text), a)
+    assert report, str(report)
