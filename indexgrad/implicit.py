@@ -426,12 +426,15 @@ def build_solve(step: Any, backend: Runtime) -> Any:
             J[:, :, col] = rows(np.broadcast_to(backend.to_numpy(t[a["slope"]]), shape))
         return J
 
+    def blocks(t: np.ndarray) -> np.ndarray:
+        """One value per diagonal block, spread over z's shape."""
+        return np.broadcast_to(t[:, None], (nd, block)).reshape([shape[k] for k in perm]).transpose(inverse)
+
     def compute(env: dict[str, Any]) -> Any:
         x = _start(step, env, dtype, backend.to_numpy)
         fixed = prepare(env)
         with np.errstate(all="ignore"):
             gx, e = body(fixed, x)
-            norm = float(np.linalg.norm(gx))
             res = float(np.max(np.abs(gx), initial=0.0))
             for it in range(a["max_iter"] + 1):
                 if res <= a["tol"]:
@@ -445,15 +448,18 @@ def build_solve(step: Any, backend: Runtime) -> Any:
                         step, res, it, f"; its Jacobian in '{a['iterate']}' is singular there"
                     ) from None
                 d = d.reshape([shape[k] for k in perm]).transpose(inverse).astype(dtype)
-                t = 1.0
-                while True:  # backtracking (Armijo): accept the step once the residual shrinks enough
-                    xn = x + t * d
+                # backtracking (Armijo) per diagonal block, which are independent problems: each
+                # block's step is halved until its residual shrinks enough
+                norm = np.linalg.norm(rows(gx), axis=1)
+                t = np.ones(nd)
+                while True:
+                    xn = x + blocks(t).astype(dtype) * d
                     gn, en = body(fixed, xn)
-                    nn = float(np.linalg.norm(gn))
-                    if nn <= (1 - 1e-4 * t) * norm or t < 1e-6:
+                    short = ~(np.linalg.norm(rows(gn), axis=1) <= (1 - 1e-4 * t) * norm)  # NaN: short
+                    if not short.any() or t.min() < 1e-6:
                         break
-                    t /= 2
-                x, gx, e, norm = xn, gn, en, nn
+                    t = np.where(short, t / 2, t)
+                x, gx, e = xn, gn, en
                 res = float(np.max(np.abs(gx), initial=0.0))
         raise _not_converged(step, res, it)
 

@@ -330,3 +330,13 @@ loss = sum[b,k](h2[b,k]^2)
     a |= {"h2.U": rng.standard_normal((3, 2)), "h2.W": rng.standard_normal((2, 2))}
     report = ig.gradcheck(ig.compile(text), a)
     assert report, str(report)
+
+
+def test_newton_backtracks_per_block() -> None:
+    """Plain Newton on z^3 - 2z + 2 from 0 cycles 0, 1, 0, ...; the line search, one step length per
+    entry of b (each its own problem), reaches the real root, as the far starts reach theirs."""
+    m = ig.compile("z[b] = solve(z[b]^3 - 2 z[b] + x[b], z0[b])")
+    x, z0 = np.array([2.0, 0.0, -3.0, 2.0]), np.array([0.0, 1.0, 10.0, -1e3])
+    z = m.forward(x=x, z0=z0)["z"]
+    np.testing.assert_allclose(z**3 - 2 * z + x, 0, atol=1e-12)
+    np.testing.assert_allclose(z[[0, 3]], np.real(np.roots([1, 0, -2, 2])[0]), rtol=1e-12)
