@@ -547,6 +547,7 @@ class _Checker:
                         )
                     return _err(f"index '{n}' gets no size: in {text}, {why}; {hint}", x.span)
         return _err(f"index '{n}' gets no size; {hint}", r.span)
+
     def implicit(self, s: Statement, call: Call, lhs: set[str]) -> Statement:
         """`z[I] = fix(f)`, `fix(f, start)` or `solve(g, start)` (SPEC 11): f is read as the right
         side of `z[I] = f`, in which z may occur (with plain index names); start only uses I."""

@@ -988,6 +988,8 @@ def _describe_access(s: Step) -> str:
 def _describe_delta(s: Step) -> str:
     first, second = (format_index(positions.from_data(t)) for t in s.args["positions"])
     return f"equal({first}, {second})"
+
+
 def _describe_iteration(s: Step) -> str:
     a = s.args
     method = f"anderson(m={a['m']})" if s.call == "anderson" else "newton(backtracking)"
