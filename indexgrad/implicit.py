@@ -501,7 +501,7 @@ def _rename_indices(e: Expr, to: dict[str, str]) -> Expr:
     def ref(r: Ref) -> Ref:
         def pos(i: Any) -> Any:
             if isinstance(i, Affine):
-                return Affine(tuple((c, to.get(n, n)) for c, n in i.terms), i.const, i.span)
+                return i.renamed(lambda n: to.get(n, n))  # its boundary mode, // and % kept
             return Gather(ref(i.ref), i.span)
 
         return Ref(r.name, tuple(pos(i) for i in r.indices), r.span)
