@@ -34,6 +34,7 @@ from .nodes import (
     SizeOf,
     Statement,
     Sum,
+    idx,
     map_expr,
     plain_names,
     ref_index_names,
@@ -631,7 +632,7 @@ def _own_names(p: Implicit) -> tuple[str, ...]:
 def swap_implicit(p: Implicit, wants: set[str], names: dict[str, str]) -> list[Statement]:
     """The reverse-mode statements of a fix or solve: the adjoint's linear fix or solve, then the
     swap rule on the body seeded by the adjoint for the other tensors it reads."""
-    from .derive import relevant_names, swap
+    from .derive import _forward_copies, relevant_names, swap
 
     z, r = p.out.name, p.result.name
     made = [q.out.name for q in p.body]
@@ -643,10 +644,9 @@ def swap_implicit(p: Implicit, wants: set[str], names: dict[str, str]) -> list[S
     temp_grads = set(body_names.values())
     body_names.update({n: names[n] for n in outer})
     body_names[r], body_names[z] = adj, inner
-    body = list(p.body)
-    need = relevant_names(body, r, {z, *outer})
+    need = relevant_names(list(p.body), r, {z, *outer})
     stmts: list[Statement] = []
-    for q in reversed(body):
+    for q in reversed(p.body):
         if q.out.name in need:
             stmts.extend(swap(q, need, body_names))
     defs: dict[str, list[Statement]] = {}
@@ -655,21 +655,19 @@ def swap_implicit(p: Implicit, wants: set[str], names: dict[str, str]) -> list[S
             defs.setdefault(st.target.name, []).append(st)
     at = _own_names(p)
     taken_idx = set(at)
-    zgrad = Ref(names[z], tuple(Affine(((1, n),)) for n in at))
+    zgrad = Ref(names[z], tuple(idx(n) for n in at))
     parts = [zgrad]
     into_z = [st for st in stmts if st.target.name == inner]
     if into_z:
         parts.append(_compose(into_z, at, {k: v for k, v in defs.items() if k in temp_grads}, taken_idx))
-    body = _flat(sum_of(parts))
-    (adjoint,) = _at_solution(p, [_implicit_statement(p, Ref(adj, zgrad.indices), body)])
+    linear = _flat(sum_of(parts))  # z.grad + vjp_{f,z}(z.adj)
+    (adjoint,) = _at_solution(p, [_implicit_statement(p, Ref(adj, zgrad.indices), linear)])
     wanted = {names[n] for n in outer}
     kept: list[Statement] = []
     for st in reversed(stmts):  # what the other gradients read, seeded by the adjoint
         if st.target.name in wanted:
             kept.append(st)
             wanted.update(x.name for x in refs_in(st.expr) if x.name in defs)
-    from .derive import _forward_copies
-
     rest = _at_solution(p, _forward_copies(kept[::-1], temp_grads))
     return [*_forward_values(p, [adjoint, *rest]), adjoint, *rest]
 
