@@ -589,8 +589,34 @@ class _Checker:
                         f"index '{n}' of '{name}' gets no size: it does not appear in {call.func}(...)",
                         i.span or s.target.span,
                     )
+        self.sized_without(s.target, call)
         args = (body,) if start is None else (body, start)
-        return Statement(s.target, s.op, Call(call.func, args, call.span), summed, s.span)
+        out = Statement(s.target, s.op, Call(call.func, args, call.span), summed, s.span)
+        self.sizes(out, out.expr)  # every index sized by what f and the start read
+        return out
+
+    def sized_without(self, z: Ref, call: Call) -> None:
+        """Each index of z must get its size from a tensor other than z that f or the start reads
+        (or a `dim`), directly or through a reference to z that ties it to such an index."""
+        lhs = ref_index_names(z)
+        refs = [r for a in call.args for r in refs_in(a)]
+        sized = set(self.dims) | {n for r in refs if r.name != z.name for n in ref_index_names(r)}
+        ties = [plain_names(r) or () for r in refs if r.name == z.name]
+        grew = True
+        while grew:
+            grew = False
+            for names in ties:
+                for own, n in zip(lhs, names):
+                    if (own in sized) != (n in sized):
+                        sized |= {own, n}
+                        grew = True
+        for i, n in zip(z.indices, lhs):
+            if n not in sized:
+                raise _err(
+                    f"index '{n}' of '{z.name}' gets its size only from '{z.name}' itself; "
+                    f"{call.func}(...) or its start must read a tensor indexed by '{n}'",
+                    i.span or z.span,
+                )
 
     def run(self) -> Program:
         self.decls()

@@ -153,6 +153,8 @@ BAD = [
     ("z[b] = fix(0.5 z[b] + x[b])\ny[b] = fix(0.5 y[b] + z[b], 2 z[b] + y[b])\n", "cannot read 'y'", 2, 38),
     ("z[i] = fix(0.5 z[i] + A[i,j] z[j] + x[i], s[i,j])\n", "uses only the left side", 1, 43),
     ("z[i,j] = fix(0.5 z[i,i] + x[i,j])\n", "distinct plain index names", 1, 18),
+    ("z[i] = fix(0.5 z[i])\n", "gets its size only from 'z' itself", 1, 3),
+    ("z[b,i] = fix(0.5 z[b,j] + x[b])\n", "'i' of 'z' gets no size: it does not appear in fix", 1, 5),
     ("z[b] = fix(z[b] + x[b])\ny[b] = z[b]\nz.f[b] = y[b]\n", None, 0, 0),  # fresh names avoid z.f
 ]
 
