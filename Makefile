@@ -28,9 +28,12 @@ demo: $(STAMP)
 	$(BIN)/python examples/train_cnn.py
 	$(BIN)/python examples/train_transformer.py
 	$(BIN)/python examples/train_lenet.py
+	$(BIN)/indexgrad grad examples/deq.idx --wrt W,U,B
+	$(BIN)/python examples/train_deq.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/deq.py
 
 fuzz: $(STAMP)
 	$(BIN)/python -m pytest tests -m fuzz --hypothesis-profile=fuzz

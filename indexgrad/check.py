@@ -6,7 +6,7 @@ import re
 from dataclasses import replace
 
 from .errors import IndexgradError
-from .functions import CALLS, FUNCTIONS, REDUCTIONS, RESERVED, reserved_kind
+from .functions import CALLS, FUNCTIONS, IMPLICIT, REDUCTIONS, RESERVED, reserved_kind
 from .nodes import (
     DELTA,
     MODES,
@@ -29,6 +29,7 @@ from .nodes import (
     Sum,
     Warning_,
     children,
+    plain_names,
     ref_index_names,
     refs_in,
     refs_in_statement,
@@ -153,6 +154,7 @@ class _Checker:
         self.role: dict[str, tuple[str, Span]] = {}
         self.warnings: list[Warning_] = []
         self.dims: dict[str, tuple[int, Span]] = {}
+        self.current, self.own_read = "", ""  # the statement being checked; why it may not read itself
         later = {}
         for s in program.statements:
             later.setdefault(s.target.name, s.span)
@@ -274,6 +276,12 @@ class _Checker:
             return
         if isinstance(e, Call):
             f = FUNCTIONS.get(e.func) if e.func in CALLS else None
+            if e.func in IMPLICIT:
+                raise _err(
+                    f"{e.func}(...) must be the whole right side of a statement, as in "
+                    f"z[b,i] = {e.func}(...); give its value a name of its own",
+                    e.span,
+                )
             if f is None:
                 if e.func in RESERVED:
                     raise _err(f"'{e.func}' is not called like this; {_usage(e.func)}", e.span)
@@ -317,6 +325,8 @@ class _Checker:
 
     def read(self, r: Ref) -> None:
         n = r.name
+        if n == self.current and n not in self.defined_at:
+            raise _err(self.own_read, r.span)
         if n in self.first_def and n not in self.defined_at:
             sp = self.first_def[n]
             raise _err(f"'{n}' is read here before its definition at {sp.line}:{sp.column}", r.span)
@@ -326,6 +336,11 @@ class _Checker:
         t = s.target
         self.name(t)
         name = t.name
+        self.current = name
+        self.own_read = (
+            f"'{name}' is read on its own right side; a tensor defined through itself is an implicit "
+            f"layer: write {name}[...] = fix(f) (f's fixed point) or {name}[...] = solve(g, start) (g's root)"
+        )
         if self.role.get(name, ("",))[0] in ("param", "input"):
             role, sp = self.role[name]
             raise _err(
@@ -359,6 +374,8 @@ class _Checker:
                 raise _err(f"index '{plain}' appears twice on the left side", i.span or t.span)
             lhs.extend(i.names() if isinstance(i, Affine) else i.names())
         lhs_set = set(lhs)
+        if isinstance(s.expr, Call) and s.expr.func in IMPLICIT:
+            return self.implicit(s, s.expr, lhs_set)
         self.expr(s.expr, lhs_set, frozenset())
         if name in self.read_at:
             raise _err(
@@ -531,6 +548,76 @@ class _Checker:
                     return _err(f"index '{n}' gets no size: in {text}, {why}; {hint}", x.span)
         return _err(f"index '{n}' gets no size; {hint}", r.span)
 
+    def implicit(self, s: Statement, call: Call, lhs: set[str]) -> Statement:
+        """`z[I] = fix(f)`, `fix(f, start)` or `solve(g, start)` (SPEC 11): f is read as the right
+        side of `z[I] = f`, in which z may occur (with plain index names); start only uses I."""
+        name = s.target.name
+        fix = call.func == "fix"
+        want = "1 or 2 arguments: fix(f) or fix(f, start)" if fix else "2 arguments: solve(g, start)"
+        if len(call.args) not in ((1, 2) if fix else (2,)):
+            raise _err(f"{call.func} takes {want}", call.span)
+        if s.op != "=":
+            raise _err(f"{call.func}(...) defines its tensor: write {name}[...] = {call.func}(...)", s.span)
+        start = None
+        if len(call.args) == 2:
+            self.own_read = f"the start of {call.func}(...) cannot read '{name}', the tensor it starts"
+            self.expr(call.args[1], lhs, frozenset())
+            start, _, summed = _scope(call.args[1], lhs)
+            if summed:
+                raise _err(
+                    f"the start of {call.func}(...) is '{name}''s first value, so it uses only the left "
+                    f"side's indices ({', '.join(ref_index_names(s.target)) or 'none'}); "
+                    f"it also uses {', '.join(summed)}",
+                    call.args[1].span if call.args[1].span.line else call.span,
+                )
+        self.defined_at[name] = s.span  # the body reads the iterate
+        self.expr(call.args[0], lhs, frozenset())
+        for r in refs_in(call.args[0]):
+            if r.name == name and plain_names(r) is None:
+                raise _err(
+                    f"inside {call.func}(...), '{name}' is read with distinct plain index names "
+                    f"(like {name}[{','.join(f'i{k}' for k in range(len(r.indices)))}])",
+                    r.span,
+                )
+        self.read_at.pop(name, None)
+        body, free, summed = _scope(call.args[0], lhs)
+        _place_numbers(body, set(self.dims), lhs)
+        for i in s.target.indices:
+            for n in i.names():
+                if n not in free | set(summed):
+                    raise _err(
+                        f"index '{n}' of '{name}' gets no size: it does not appear in {call.func}(...)",
+                        i.span or s.target.span,
+                    )
+        self.sized_without(s.target, call)
+        args = (body,) if start is None else (body, start)
+        out = Statement(s.target, s.op, Call(call.func, args, call.span), summed, s.span)
+        self.sizes(out, out.expr)  # every index sized by what f and the start read
+        return out
+
+    def sized_without(self, z: Ref, call: Call) -> None:
+        """Each index of z must get its size from a tensor other than z that f or the start reads
+        (or a `dim`), directly or through a reference to z that ties it to such an index."""
+        lhs = ref_index_names(z)
+        refs = [r for a in call.args for r in refs_in(a)]
+        sized = set(self.dims) | {n for r in refs if r.name != z.name for n in ref_index_names(r)}
+        ties = [plain_names(r) or () for r in refs if r.name == z.name]
+        grew = True
+        while grew:
+            grew = False
+            for names in ties:
+                for own, n in zip(lhs, names):
+                    if (own in sized) != (n in sized):
+                        sized |= {own, n}
+                        grew = True
+        for i, n in zip(z.indices, lhs):
+            if n not in sized:
+                raise _err(
+                    f"index '{n}' of '{z.name}' gets its size only from '{z.name}' itself; "
+                    f"{call.func}(...) or its start must read a tensor indexed by '{n}'",
+                    i.span or z.span,
+                )
+
     def run(self) -> Program:
         self.decls()
         out = []
@@ -561,7 +648,7 @@ def _usage(name: str) -> str:
     if name == DELTA:
         return "delta[i,j] is the identity: 1 where i equals j, else 0"
     if name in ("fix", "solve"):
-        return f"{name}(...) is reserved for implicit layers, which this version does not run yet"
+        return f"write z[...] = {name}(...) for an implicit layer"
     return f"call it as {name}(...)"
 
 

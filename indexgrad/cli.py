@@ -21,7 +21,7 @@ from .nodes import Program, Statement, Use, ref_index_names, refs_in, refs_in_st
 from .printer import format_program, format_statement, format_use
 from .shapes import parse_dims, parse_names
 from .syntax import load
-from .tools import check_dims, check_ranks
+from .tools import add_iteration_flags, check_dims, check_ranks
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 BACKEND_HELP = "the array library that runs the program: numpy (default), torch or jax"
@@ -220,12 +220,19 @@ def _check_flags(a: argparse.Namespace) -> None:
         raise IndexgradError(f"--tolerance must be a positive number, got {a.tolerance}")
 
 
+def _iterations(a: argparse.Namespace) -> dict[str, Any]:
+    """--tol and --max-iter: the tolerance and iteration limit of fix and solve."""
+    from .implicit import iteration_settings
+
+    return iteration_settings(a.tol, a.max_iter)
+
+
 def cmd_check(a: argparse.Namespace) -> int:
     _check_flags(a)
     dims = parse_dims(a.dims)
     p = load(a.file)
     _warn(p, "text")
-    report, checked = check_program(p, dims, a.loss, a.seed, a.tolerance, a.backend)
+    report, checked = check_program(p, dims, a.loss, a.seed, a.tolerance, a.backend, _iterations(a))
     for name, err in report.errors.items():
         status = "ok" if err <= report.tolerance else "MISMATCH"
         print(f"{name}: relative error {err:.2e}  {status}")
@@ -246,7 +253,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     _warn(p, "text")
     check_ranks(p)
     arrays = load_npz(a.inputs)
-    model = Model(p, a.backend)
+    model = Model(p, a.backend, iterations=_iterations(a))
     vals = model.forward(**arrays)
     user = {n: model.engine.to_numpy(vals[n]) for n in p.defined()}
     for n, v in user.items():
@@ -351,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--loss")
     c.add_argument("--tolerance", type=float, default=1e-5)
     c.add_argument("--backend", default="numpy", help=BACKEND_HELP)
+    add_iteration_flags(c)
     c.set_defaults(func=cmd_check, format="text")
 
     r = sub.add_parser("run", help="run the program on arrays from an .npz file")
@@ -358,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--inputs", required=True)
     r.add_argument("--out")
     r.add_argument("--backend", default="numpy", help=BACKEND_HELP)
+    add_iteration_flags(r)
     r.set_defaults(func=cmd_run, format="text")
 
     f = sub.add_parser("fmt", help="print the canonical form of one or more files")

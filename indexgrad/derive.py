@@ -11,6 +11,7 @@ from .gcpause import gc_paused
 from .lower import (
     Contract,
     Elementwise,
+    Implicit,
     Prim,
     Reduction,
     Terms,
@@ -94,6 +95,10 @@ def _rename(r: Ref, old: str, new: str) -> Ref:
 
 def swap(p: Prim, wants: set[str], names: dict[str, str]) -> list[Statement]:
     """The swap rule for one primitive: one `+=` statement per operand occurrence that needs a gradient."""
+    if isinstance(p, Implicit):  # the implicit function theorem, in indexgrad/implicit.py
+        from .implicit import swap_implicit
+
+        return swap_implicit(p, wants, names)
     g = _renamed(p.out, names)
     out: list[Statement] = []
 
@@ -213,7 +218,8 @@ def _derive_for(program: Program, losses: list[str], wrt: list[str] | None, prim
         if p.out.name in wants and p.out.name in written:
             for st in swap(p, wants, names):
                 stmts.append(st)
-                written.add(back_name[st.target.name])
+                if st.target.name in back_name:  # not an implicit layer's adjoint or values
+                    written.add(back_name[st.target.name])
     temps = {names[p.out.name] for p in prims} - {names[n] for n in program.defined()}
     stmts = _forward_copies(stmts, temps)
     return Program(
@@ -343,6 +349,10 @@ def _recheck(derived: Program, source: Program) -> Program:
 def tangent(p: Prim, has_tan: set[str], names: dict[str, str]) -> list[Statement]:
     """The tangent rule: the output's tangent is each input's tangent swapped into its place
     (one statement, or one per term when a term must stand as a whole right side)."""
+    if isinstance(p, Implicit):
+        from .implicit import tangent_implicit
+
+        return tangent_implicit(p, has_tan, names)
     terms: list[Expr] = []
     if isinstance(p, Contract):
         for m, (a, k) in enumerate(p.factors):

@@ -97,6 +97,7 @@ def check_program(
     seed: int = 0,
     tolerance: float = 1e-5,
     backend: str = "numpy",
+    iterations: dict[str, Any] | None = None,
 ) -> tuple[GradcheckReport, int]:
     """`indexgrad check`: gradcheck on random inputs sized by `dims`, run on `backend`; the report
     and how many inputs it checked. A loss that is not scalar is checked through <seed, loss> for
@@ -104,7 +105,7 @@ def check_program(
     check_ranks(program)
     check_dims(program, dims)
     loss = defined_loss(program, loss)
-    model = Model(program, backend)
+    model = Model(program, backend, iterations=iterations or {})
     rng = np.random.default_rng(seed)
     arrays: dict[str, np.ndarray] = {}
     for attempt in range(20):
@@ -122,7 +123,7 @@ def check_program(
         idx = ",".join(f"i{k}" for k in range(value.ndim))
         text = str(program) + f"check.dot = {loss}[{idx}] check.seed[{idx}]\n"
         arrays["check.seed"] = g
-        model = Model(parse(text, program.filename), backend)
+        model = Model(parse(text, program.filename), backend, iterations=iterations or {})
         loss = "check.dot"
     wrt = [n for n in model.inputs if n != "check.seed"]  # the seed is the check's, not the program's
     return gradcheck(model, arrays, loss=loss, tolerance=tolerance, wrt=wrt), len(wrt)

@@ -10,7 +10,7 @@ import numpy as np
 
 from .check import free_indices, sized_like
 from .errors import IndexgradError
-from .functions import COMPARISONS, FUNCTIONS
+from .functions import COMPARISONS, FUNCTIONS, IMPLICIT
 from .nodes import (
     DELTA,
     Affine,
@@ -88,7 +88,24 @@ class Reduction:
     dims: tuple[tuple[str, int], ...] = ()  # extents `dim` fixes for its index names
 
 
-Prim = Union[Contract, Elementwise, Terms, Reduction]
+@dataclass(frozen=True)
+class Implicit:
+    """`out[I] = fix(f)`, `fix(f, start)` or `solve(g, start)` (SPEC 11): `body` are the primitive
+    statements of f (or g) reading `out` as their input and writing `result`; `expr` is the call
+    as checked, which is how the statement prints; `start` is None for zeros."""
+
+    out: Ref
+    op: str
+    method: str
+    body: tuple[Prim, ...]
+    result: Ref
+    start: Operand | None
+    expr: Call
+    span: Span
+    dims: tuple[tuple[str, int], ...] = ()  # as the other primitives' (the body's carry their own)
+
+
+Prim = Union[Contract, Elementwise, Terms, Reduction, Implicit]
 
 
 def ordered_free(e: Expr) -> tuple[str, ...]:
@@ -193,6 +210,8 @@ def prim_expr(p: Prim) -> Expr:
         return Call(p.func, p.args)
     if isinstance(p, Reduction):
         return Reduce(p.reducer, p.indices, p.arg)
+    if isinstance(p, Implicit):
+        return p.expr
     return sum_of([product([u], c) for c, u in p.terms])
 
 
@@ -344,9 +363,25 @@ class _Lowerer:
         used |= _reduced_names(s.expr) | size_names(s.expr)
         self.dims = tuple((n, k) for n, k in self.all_dims.items() if n in used)
         start = len(self.out)
+        if isinstance(s.expr, Call) and s.expr.func in IMPLICIT:
+            self.implicit(s, s.expr)
+            return
         self.emit(s.target, s.op, s.expr, s.summed, s.target.name)
         if self.shrunk:
             self.out[start:] = [_marked(p, self.shrunk) for p in self.out[start:]]
+
+    def implicit(self, s: Statement, call: Call) -> None:
+        """The body lowered on its own, as the right side of `z.f[I] = f` (`z.g` for solve)."""
+        start = self.operand(call.args[1], s.target.name) if len(call.args) > 1 else None
+        if isinstance(start, Num) and start.value == 0:
+            start = None
+        result = Ref(self.fresh(s.target.name, "f" if call.func == "fix" else "g"), s.target.indices)
+        outer, self.out = self.out, []
+        self.emit(result, "=", call.args[0], s.summed, result.name)
+        body, self.out = tuple(self.out), outer
+        if self.shrunk:
+            body = tuple(_marked(q, self.shrunk) for q in body)
+        self.out.append(Implicit(s.target, s.op, call.func, body, result, start, call, s.span))
 
 
 def shrunk(refs: list[Ref]) -> set[str]:
@@ -546,10 +581,20 @@ def prim_refs(p: Prim) -> tuple[Ref, ...]:
         refs = tuple(a for a in p.args if isinstance(a, Ref))
     elif isinstance(p, Terms):
         refs = tuple(u for _, u in p.terms if isinstance(u, Ref))
+    elif isinstance(p, Implicit):
+        refs = implicit_reads(p)
     else:
         refs = (p.arg,)
     object.__setattr__(p, "_refs", refs)  # not a field: equality and hashing ignore it
     return refs
+
+
+def implicit_reads(p: Implicit) -> tuple[Ref, ...]:
+    """The tensors an implicit statement reads from outside: its body's inputs but the iterate
+    itself, then the start."""
+    made = {q.out.name for q in p.body} | {p.out.name}
+    refs = tuple(r for q in p.body for r in prim_refs(q) if r.name not in made)
+    return refs + ((p.start,) if isinstance(p.start, Ref) else ())
 
 
 def label_refs(p: Prim) -> list[Ref]:
@@ -566,6 +611,7 @@ __all__ = [
     "Affine",
     "Contract",
     "Elementwise",
+    "Implicit",
     "Prim",
     "Reduction",
     "Terms",

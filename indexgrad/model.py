@@ -88,6 +88,7 @@ class Model:
     program: Program
     backend: str = "numpy"
     options: dict[str, Any] = field(default_factory=dict, repr=False)
+    iterations: dict[str, Any] = field(default_factory=dict, repr=False)  # fix/solve: tol, max_iter
     prims: list[Prim] = field(init=False, repr=False)
     # plans; a dict get or set is atomic, so threads share it without a lock (two threads
     # planning the same signature at once both build it, and one is kept)
@@ -293,6 +294,7 @@ class Model:
             backend=self.engine.name,
             in_place=self.engine.in_place,
             constants=dict.fromkeys(constants, 1.0),
+            iterations=self.iterations,
             filename=self.program.filename,
             source=self.program.source,
         )
@@ -645,11 +647,19 @@ def _made_up(prims: list[Prim], *programs: Program) -> set[str]:
 
 
 def compile(  # noqa: A001
-    program: str | Program, backend: str = "numpy", device: Any = None, dtype: Any = None
+    program: str | Program,
+    backend: str = "numpy",
+    device: Any = None,
+    dtype: Any = None,
+    tol: float | None = None,
+    max_iter: int | None = None,
 ) -> Model:
-    """A Model for .idx text, a path to an .idx file, or a parsed Program, on an array library."""
+    """A Model for .idx text, a path to an .idx file, or a parsed Program, on an array library.
+    `tol` and `max_iter` are the tolerance and iteration limit of fix and solve (SPEC 11)."""
+    from .implicit import iteration_settings
+
     options = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
-    return Model(as_program(program), backend, options)
+    return Model(as_program(program), backend, options, iteration_settings(tol, max_iter))
 
 
 __all__ = ["Compiled", "Model", "Num", "PlanKey", "Ref", "compile"]

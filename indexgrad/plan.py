@@ -21,7 +21,17 @@ import opt_einsum as oe
 from . import positions
 from .errors import IndexgradError
 from .functions import FUNCTIONS
-from .lower import Contract, Elementwise, Prim, Reduction, Terms, number_value, prim_refs, prim_statement
+from .lower import (
+    Contract,
+    Elementwise,
+    Implicit,
+    Prim,
+    Reduction,
+    Terms,
+    number_value,
+    prim_refs,
+    prim_statement,
+)
 from .lower import Operand as Factor
 from .memory import human_bytes, memory_limit
 from .nodes import DELTA, NOSPAN, Gather, Num, Ref, SizeOf, Span, is_plain, ref_index_names
@@ -166,6 +176,8 @@ def _jsonable(v: Any) -> Any:
         return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
+    if isinstance(v, Plan):
+        return json.loads(v.to_json())
     if isinstance(v, (np.integer, np.floating)):
         return v.item()
     if isinstance(v, float) and not math.isfinite(v):
@@ -311,6 +323,7 @@ def make_plan(
     backend: str = "numpy",
     in_place: bool = True,
     constants: dict[str, float] | None = None,
+    iterations: dict[str, Any] | None = None,
     filename: str = "<string>",
     source: str = "",
 ) -> Plan:
@@ -320,10 +333,13 @@ def make_plan(
     call, then decides what is dropped when, which dead buffers results are written into
     (`in_place`: whether the backend updates arrays in place), and refuses a plan whose peak
     memory exceeds the limit. `constants` are scalar inputs whose value every run gives (the seed
-    1 of a scalar loss): steps fold them in as numbers of the input's dtype.
+    1 of a scalar loss): steps fold them in as numbers of the input's dtype. `iterations` holds
+    the tolerance and iteration limit of fix and solve (`tol`, `max_iter`; None: the defaults).
     """
     try:
-        planner = _Planner(prims, dict(shapes), dict(dtypes), temporaries or set(), constants)
+        planner = _Planner(
+            prims, dict(shapes), dict(dtypes), temporaries or set(), constants, backend, in_place, iterations
+        )
         steps = planner.steps()
         steps = _masks(steps, keep)
         steps, peak, fresh = _buffers(steps, set(shapes), keep, in_place)
@@ -363,6 +379,9 @@ class _Planner:
         dtypes: Dtypes,
         temps: set[str],
         constants: dict[str, float] | None = None,
+        backend: str = "numpy",
+        in_place: bool = True,
+        iterations: dict[str, Any] | None = None,
     ) -> None:
         self.prims = prims
         self.constants = constants or {}
@@ -372,6 +391,7 @@ class _Planner:
         self.sizer = Sizer(prims, temps)
         self.sized: list[dict[str, int]] = []
         self.out: list[Step] = []
+        self.backend, self.in_place, self.iterations = backend, in_place, iterations or {}  # nested plans
 
     def steps(self) -> list[Step]:
         for k, p in enumerate(self.prims):
@@ -384,6 +404,13 @@ class _Planner:
         return self.out
 
     def prim(self, k: int, p: Prim) -> None:
+        if isinstance(p, Implicit):
+            from .implicit import plan_implicit
+
+            step, sizes = plan_implicit(self, p)
+            self.sized.append(sizes)
+            self.emit(step)
+            return
         sizes = self.sizer.sizes(k, self.shapes, self.dtypes)
         self.sizes = sizes
         self.folded = []
@@ -847,7 +874,10 @@ def _donor(s: Step, k: int, bufs: _Buffers, last: dict[str, int], keep: set[str]
 
 
 def _scratch(s: Step) -> int:
-    """Bytes a step needs beyond its result: opt_einsum's largest intermediate."""
+    """Bytes a step needs beyond its result: opt_einsum's largest intermediate, or what an
+    iteration holds besides (its body's plan, its history)."""
+    if "scratch" in s.args:
+        return int(s.args["scratch"])
     if s.call != "einsum":
         return 0
     cp = plan_contraction([o.axes for o in s.inputs], s.args["kept"], [o.shape for o in s.inputs])
@@ -963,7 +993,20 @@ def _describe_delta(s: Step) -> str:
     return f"equal({first}, {second})"
 
 
+def _describe_iteration(s: Step) -> str:
+    a = s.args
+    method = f"anderson(m={a['m']})" if s.call == "anderson" else "newton(backtracking)"
+    setup = a.get("setup")
+    once = f"{len(setup.steps)} step{'s' * (len(setup.steps) != 1)} once, then " if setup is not None else ""
+    return (
+        f"{method} of {a['result']} = {'f' if s.kind == 'fix' else 'g'}({a['iterate']}): {once}"
+        f"{len(a['body'].steps)} per iteration, tol {format_number(a['tol'])}, at most {a['max_iter']}"
+    )
+
+
 _DESCRIBE: dict[str, Callable[[Step], str]] = {
+    "fix": _describe_iteration,
+    "solve": _describe_iteration,
     "view": _describe_access,
     "gather": _describe_access,
     "scatter": _describe_access,

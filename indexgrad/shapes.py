@@ -248,7 +248,8 @@ def _positive_names(program: Program) -> set[str]:
     out: set[str] = set()
 
     def visit(e: Expr) -> None:
-        if isinstance(e, Call) and FUNCTIONS[e.func].positive_domain:
+        f = FUNCTIONS.get(e.func) if isinstance(e, Call) else None  # fix and solve are not functions
+        if f is not None and f.positive_domain:
             out.update(r.name for r in refs_in(e))
         for c in children(e):
             visit(c)

@@ -18,7 +18,18 @@ from .check import all_refs, sized_like
 from .derive import derive_for
 from .errors import IndexgradError
 from .files import refuse_overwrite
-from .lower import Contract, Elementwise, Prim, Reduction, Terms, label_refs, lower, prim_refs, prim_statement
+from .lower import (
+    Contract,
+    Elementwise,
+    Implicit,
+    Prim,
+    Reduction,
+    Terms,
+    label_refs,
+    lower,
+    prim_refs,
+    prim_statement,
+)
 from .nodes import (
     Affine,
     Expr,
@@ -176,6 +187,8 @@ def operation_label(p: Prim) -> str:
         text = p.func
     elif isinstance(p, Terms):
         text = "+"
+    elif isinstance(p, Implicit):
+        text = p.method
     else:
         text = f"{p.reducer}[{','.join(p.indices)}]"
     if p.op == "+=":
@@ -493,6 +506,9 @@ def prim_cost(p: Prim, sizes: dict[str, int]) -> dict[str, Any]:
     if isinstance(p, Terms):
         ops = max(1, len(p.terms) - 1) + sum(1 for c, _ in p.terms if abs(c) != 1)
         return row | {"kind": "sum of terms", "flops": ops * out}
+    if isinstance(p, Implicit):  # the body's cost, once per iteration
+        flops = sum(prim_cost(q, sizes)["flops"] for q in p.body)
+        return row | {"kind": f"{p.method} (per iteration)", "flops": flops}
     assert isinstance(p, Reduction)
     return row | {"kind": "reduction", "flops": _size(ref_index_names(p.arg), sizes)}
 
@@ -669,12 +685,18 @@ def cmd_plan(a: argparse.Namespace) -> int:
     dims = parse_dims(a.dims)
     check_ranks(program)
     check_dims(program, dims)
-    model = compile_model(program, backend=a.backend)
+    model = compile_model(program, backend=a.backend, tol=a.tol, max_iter=a.max_iter)
     shapes = {n: s for n, s in infer_shapes(program, dims).items() if n in model.inputs + model.labels}
     mode = "backward" if a.grad else "forward"
     plan = model.plan(shapes, mode=mode, loss=a.loss, wrt=parse_names(a.wrt))
     print(plan.to_json() if a.format == "json" else plan)
     return 0
+
+
+def add_iteration_flags(p: argparse.ArgumentParser) -> None:
+    """--tol and --max-iter: the tolerance and iteration limit of fix and solve (SPEC 11)."""
+    p.add_argument("--tol", type=float, help="tolerance of fix and solve (default 1e-12; float32: 1e-5)")
+    p.add_argument("--max-iter", type=int, help="iteration limit of fix and solve (default 500 and 50)")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -706,4 +728,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--wrt", help="comma-separated inputs whose gradients --grad computes (default: all)")
     p.add_argument("--backend", default="numpy", help="numpy, torch or jax")
     p.add_argument("--format", choices=["text", "json"], default="text")
+    add_iteration_flags(p)
     p.set_defaults(func=cmd_plan)

@@ -514,6 +514,59 @@ def _tv_denoise(a):
     dr, dc = u[1:, :-1] - u[:-1, :-1], u[:-1, 1:] - u[:-1, :-1]
     tv = anp.sum(anp.sqrt(dr**2 + dc**2 + 1e-3))
     return 0.5 * anp.sum((u - a["f"]) ** 2) + a["lam"] * tv
+# ---- implicit layers (SPEC 11): the iteration unrolled until it has converged, or the closed form ----
+
+
+def _deq_inputs(rng, dtype):
+    b, d, h, c = 4, 5, 4, 3
+    return {
+        "x": _normal(rng, dtype, b, d),
+        "Y": _one_hot(rng, dtype, b, c),
+        "U": _normal(rng, dtype, d, h),
+        "B": _normal(rng, dtype, h),
+        "W": (0.3 * rng.standard_normal((h, h))).astype(dtype),  # a contraction by a margin
+        "V": _normal(rng, dtype, h, c),
+        "C": _normal(rng, dtype, c),
+    }
+
+
+def _deq(a):
+    A = a["W"] / anp.sqrt(1 + anp.sum(a["W"] ** 2))
+    z = anp.zeros((a["x"].shape[0], A.shape[1]), a["x"].dtype)
+    for _ in range(200):  # plain iteration, converged far below float64's precision
+        z = anp.tanh(z @ A + a["x"] @ a["U"] + a["B"])
+    logits = z @ a["V"] + a["C"]
+    top = anp.max(logits, axis=1, keepdims=True)
+    lse = top[:, 0] + anp.log(anp.sum(anp.exp(logits - top), axis=1))
+    return anp.mean(lse - anp.sum(a["Y"] * logits, axis=1))
+
+
+def _circle_inputs(rng, dtype):
+    return {"x": _uniform(rng, dtype, -0.9, 0.9, 5)}
+
+
+def _circle(a):
+    z = anp.ones_like(a["x"])
+    for _ in range(40):  # Newton's iteration on x^2 + z^2 - 1, unrolled
+        z = z - (a["x"] ** 2 + z**2 - 1) / (2 * z)
+    return anp.sum(z)
+
+
+def _implicit_lsq_inputs(rng, dtype):
+    b, i, k = 4, 6, 3
+    return {
+        "A": _normal(rng, dtype, i, k),
+        "x": _normal(rng, dtype, b, i),
+        "t": _normal(rng, dtype, b, k),
+        "lam": np.asarray(rng.uniform(0.5, 1.5), dtype),
+    }
+
+
+def _implicit_lsq(a):
+    A = a["A"]
+    normal = anp.dot(A.T, A) + a["lam"] * anp.eye(A.shape[1], dtype=A.dtype)
+    z = anp.transpose(anp.linalg.solve(normal, anp.dot(A.T, a["x"].T)))  # the normal equations
+    return anp.sum((z - a["t"]) ** 2)
 
 
 ORACLES: dict[str, Oracle] = {
@@ -539,6 +592,9 @@ ORACLES: dict[str, Oracle] = {
     "dense_defs": Oracle("loss", _dense_defs_inputs, _dense_defs),
     "transformer": Oracle("loss", _transformer_inputs, _transformer),
     "lstm": Oracle("loss", _lstm_inputs, _lstm),
+    "deq": Oracle("loss", _deq_inputs, _deq),
+    "circle": Oracle("loss", _circle_inputs, _circle),
+    "implicit_lsq": Oracle("loss", _implicit_lsq_inputs, _implicit_lsq),
 }
 
 

@@ -38,7 +38,7 @@ CHECK_ERRORS = [
     # definition before use
     ("y[i] = z[i]\nz[i] = x[i]\n", 1, 8, "'z' is read here before its definition at 2:1"),
     ("a = b + 1\nb = 2\n", 1, 5, "'b' is read here before its definition at 2:1"),
-    ("y = y + 1\n", 1, 5, "'y' is read here before its definition"),
+    ("y = y + 1\n", 1, 5, "'y' is read on its own right side; a tensor defined through itself"),
     # '+=' only before the first read
     ("y[i] = x[i]\nz[i] = y[i]\ny[i] += x[i]\n", 3, 1, "'y' is assigned after it was read at 2:8"),
     ("g = 1\nh = 2 g\ng += 1\n", 3, 1, "'g' is assigned after it was read at 2:7"),
@@ -113,7 +113,7 @@ CHECK_ERRORS = [
     ("pad = x\n", 1, 1, "'pad' is a reserved name and cannot name a tensor; pad(...) is a boundary mode"),
     ("y[i] = wrap[i]\n", 1, 8, "'wrap' is a reserved name"),
     ("y = pad(x)\n", 1, 5, "'pad' is not called like this; pad(...) is a boundary mode of an index position"),
-    ("y = solve(x)\n", 1, 5, "'solve' is not called like this; solve(...) is reserved for implicit layers"),
+    ("y = solve(x)\n", 1, 5, "solve takes 2 arguments: solve(g, start)"),
     ("where = x\n", 1, 1, "'where' is a function name and cannot name a tensor"),
     ("y[i] = where(x[i], 1)\n", 1, 8, "where takes 3 arguments, got 2"),
     # delta is the identity

@@ -205,7 +205,7 @@ ERRORS = [
     (TYPO + USE, 3, 14, "unknown function 'rleu'", [(5, 1)]),
     (NESTED + USE.replace("f(", "g("), 3, 14, "unknown function", [(6, 5), (8, 1)]),
     (BODY.format("x[b,j] W[j,i,k]") + USE, 3, 21, "has 3 indices here but 2", [(5, 1)]),
-    (BODY.format("x[b,j] W[j,i] + y[b,i]") + USE, 3, 30, "'h' is read here before", [(5, 1)]),
+    (BODY.format("x[b,j] W[j,i] + y[b,i]") + USE, 3, 30, "'h' is read on its own right side", [(5, 1)]),
     # a definition nothing uses is still checked, at its lines
     (TYPO, 3, 14, "unknown function 'rleu'", []),
     # at a use: how its names bind the definition's

@@ -20,7 +20,7 @@ import numpy as np
 import opt_einsum as oe
 from numpy.lib.stride_tricks import as_strided
 
-from .. import positions
+from .. import implicit, positions
 from ..errors import IndexgradError
 from ..functions import FUNCTIONS, REDUCTIONS
 from ..nodes import DELTA, Affine, Gather, Ref
@@ -603,6 +603,8 @@ BUILDERS: dict[str, Callable[[Step], Compute]] = {
     "gather": gather,
     "scatter": scatter,
     "delta": delta,
+    # fix and solve run their nested plans on this backend's executor
+    **implicit.builders(implicit.Runtime(lambda plan: NumpyExecutor(plan), np.asarray, np.asarray)),
 }
 
 
