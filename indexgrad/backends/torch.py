@@ -20,6 +20,7 @@ import numpy as np
 import opt_einsum as oe
 import torch
 
+from .. import implicit
 from .. import positions as index_positions
 from ..errors import IndexgradError
 from ..nodes import DELTA, Affine, Ref
@@ -582,6 +583,21 @@ def delta(step: Step, run: _Run) -> Compute:
     return lambda env: values.on(run.device).clone()
 
 
+def _implicit(kind: str) -> Callable[[Step, _Run], Compute]:
+    """fix and solve: the iteration's bookkeeping in numpy, each evaluation of the body a nested
+    plan run on the device of the run in progress."""
+
+    def build(step: Step, run: _Run) -> Compute:
+        runtime = implicit.Runtime(
+            TorchExecutor,
+            lambda t: t.detach().cpu().numpy(),
+            lambda a: torch.as_tensor(a, device=run.device),
+        )
+        return implicit.builders(runtime)[kind](step)
+
+    return build
+
+
 BUILDERS: dict[str, Callable[[Step, _Run], Compute]] = {
     "contract": contract,
     "elementwise": elementwise,
@@ -592,6 +608,8 @@ BUILDERS: dict[str, Callable[[Step, _Run], Compute]] = {
     "gather": gather,
     "scatter": scatter,
     "delta": delta,
+    "fix": _implicit("fix"),
+    "solve": _implicit("solve"),
 }
 
 
