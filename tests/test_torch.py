@@ -139,8 +139,7 @@ def _iterates(name: str) -> bool:
 def test_every_mode_stays_on_the_device_of_its_tensors(name: str) -> None:
     """The code paths of device="cuda", on torch's "meta" device (tensors without data, so labels,
     whose values are checked, and fix and solve, which test convergence, are left out): forward,
-    backward, jvp and hvp make every tensor
-    there, none on the CPU, with the numpy backend's shapes."""
+    backward, jvp and hvp make every tensor there, none on the CPU, with the numpy backend's shapes."""
     prog = ig.load(path(name))
     a = inputs(name)
     on_meta = ig.compile(prog, backend="torch", device="meta")
