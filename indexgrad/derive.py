@@ -240,19 +240,23 @@ def _shape_inputs(stmts: list[Statement], back_name: dict[str, str], program: Pr
     still read as one program; pass it to the derived program's Model to give the shape.)
     """
     read = {r.name for st in stmts for r in refs_in_statement(st)}
+    inputs = set(program.inputs())
+    named: dict[str, tuple[str, ...]] | None = None  # made when first needed, once
+    roles: dict[str, str] | None = None
     out: dict[str, Decl] = {}
     for st in stmts:
         t = st.target
         base = back_name.get(t.name)
-        if base is None or base in read or base in out or base not in program.inputs():
+        if base is None or base in read or base in out or base not in inputs:
             continue
         rhs = {n for r in refs_in(st.expr) for n in ref_index_names(r)}
         plain = plain_names(t)
         if plain is not None and set(plain) <= rhs:
             continue
-        names = _index_names_of(program, base, len(t.indices))
-        role = next((d.role for d in program.decls if d.ref.name == base), "input")
-        out[base] = Decl(role, Ref(base, tuple(idx(n) for n in names)))
+        named = _index_names(program) if named is None else named
+        names = named[base] if base in named else tuple(f"i{k}" for k in range(len(t.indices)))
+        roles = {d.ref.name: d.role for d in reversed(program.tensor_decls())} if roles is None else roles
+        out[base] = Decl(roles.get(base, "input"), Ref(base, tuple(idx(n) for n in names)))
     return tuple(out.values())
 
 
@@ -262,16 +266,18 @@ def dim_decls(program: Program) -> tuple[Decl, ...]:
     return tuple(d for d in program.decls if d.role == "dim")
 
 
-def _index_names_of(program: Program, name: str, rank: int) -> list[str]:
-    """Index names the forward program uses for `name` (its declaration or a plain reference)."""
+def _index_names(program: Program) -> dict[str, tuple[str, ...]]:
+    """Per tensor, the index names the forward program first gives it plainly (in a declaration,
+    else in a statement); one pass, so that declaring many inputs stays linear."""
     refs = [d.ref for d in program.tensor_decls()] + [
         r for st in program.statements for r in [st.target, *refs_in_statement(st)]
     ]
+    out: dict[str, tuple[str, ...]] = {}
     for r in refs:
         plain = plain_names(r)
-        if r.name == name and plain is not None:
-            return list(plain)
-    return [f"i{k}" for k in range(rank)]
+        if plain is not None:
+            out.setdefault(r.name, plain)
+    return out
 
 
 def _forward_copies(stmts: list[Statement], temps: set[str]) -> list[Statement]:

@@ -32,12 +32,14 @@ from .nodes import (
     Sum,
     children,
     idx,
+    is_plain,
     ref_index_names,
     refs_in,
 )
 from .positions import shift_name
 
 Operand = Union[Ref, Num, SizeOf]
+LONG_PRODUCT = 16  # more factors than this are contracted in runs (see _Lowerer.chunked)
 
 
 @dataclass(frozen=True)
@@ -232,13 +234,15 @@ class _Lowerer:
         self.all_dims = program.dims()
         self.dims: tuple[tuple[str, int], ...] = ()
         self.shrunk: set[str] = set()
+        self.counters: dict[str, int] = {}
 
     def fresh(self, base: str, kind: str) -> str:
         name = f"{base}.{kind}"
-        n = 2
+        n = self.counters.get(name, 2)  # where the last search for this name stopped: linear in all
         while name in self.taken:
             name = f"{base}.{kind}{n}"
             n += 1
+        self.counters[f"{base}.{kind}"] = n
         self.taken.add(name)
         return name
 
@@ -269,6 +273,7 @@ class _Lowerer:
             e = self.operand(e, base)
         if _is_productish(e) or isinstance(e, (Ref, SizeOf)):
             coef, factors = self.factors(e, base)
+            factors = self.chunked(target, factors, base)
             self.add(Contract(target, op, coef, tuple(factors), span))
             return
         if isinstance(e, Num):
@@ -305,6 +310,30 @@ class _Lowerer:
                 self.add(Reduction(target, op, e.op, e.indices, arg, span))
             return
         raise TypeError(f"cannot lower {e!r}")
+
+    def chunked(
+        self, target: Ref, factors: list[tuple[Operand, float]], base: str
+    ) -> list[tuple[Operand, float]]:
+        """A product of more than LONG_PRODUCT plain tensors as a chain: each run of factors
+        becomes a temporary that keeps the indices the rest of the product or the target reads,
+        and the last run is returned. The swap rule then writes each factor's gradient from a run
+        of bounded length, so the derivative of an n-factor product has O(n) factors, not O(n^2)."""
+        if len(factors) <= LONG_PRODUCT or not all(
+            isinstance(f, Ref) and is_plain(f) for f, _ in factors
+        ):
+            return factors
+        last = {n: k for k, (f, _) in enumerate(factors) for n in ref_index_names(f)}  # type: ignore[arg-type]
+        last.update((n, len(factors)) for n in ref_index_names(target))
+        run: list[tuple[Operand, float]] = []
+        for k, factor in enumerate(factors):
+            if len(run) == LONG_PRODUCT:
+                names = dict.fromkeys(n for f, _ in run for n in ref_index_names(f))  # type: ignore[arg-type]
+                kept = tuple(n for n in names if last[n] >= k)  # read again later, or by the target
+                part = Ref(self.fresh(base, "prod"), tuple(idx(n) for n in kept))
+                self.add(Contract(part, "=", 1.0, tuple(run), self.span))
+                run = [(part, 1.0)]
+            run.append(factor)
+        return run
 
     def scaled(self, e: Expr, base: str) -> tuple[float, Operand]:
         """A term as coefficient × operand."""

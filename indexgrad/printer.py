@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Sequence
 
 from .errors import source_lines
 from .nodes import (
@@ -164,15 +165,18 @@ def format_header(d: Def) -> str:
     return f"def {d.name}({', '.join(map(format_ref, d.args))}) -> {', '.join(map(format_ref, d.outputs))}:"
 
 
-def _decl_lines(decls: tuple[Decl, ...], breaks: Collection[int] = ()) -> list[tuple[int, str]]:
+def _decl_lines(decls: tuple[Decl, ...], lines: Sequence[int] = ()) -> list[tuple[int, str]]:
     """One `param`/`input` line per run of declarations with the same role, with the source line
-    of the run's first declaration; a run also ends before a declaration that has a line of
-    `breaks` (lines with comments) at or after the previous one's line."""
+    of the run's first declaration; a run also ends before a declaration that has one of the
+    sorted `lines` (lines with comments) at or after the previous one's line."""
     runs: list[list[Decl]] = []
     for d in decls:
         prev = runs[-1][-1] if runs else None
         joined = prev is not None and prev.role == d.role
-        if joined and not any(prev.span.line <= n < d.span.line for n in breaks):  # type: ignore[union-attr]
+        if joined:  # the first break at or after prev's line must come at or after d's line
+            at = bisect_left(lines, prev.span.line)  # type: ignore[union-attr]
+            joined = at == len(lines) or lines[at] >= d.span.line
+        if joined:
             runs[-1].append(d)
         else:
             runs.append([d])
@@ -184,7 +188,7 @@ def _decl_text(d: Decl) -> str:
 
 
 def _written_lines(
-    items: tuple[Decl | Def | Statement | Use, ...], breaks: Collection[int], indent: str = ""
+    items: tuple[Decl | Def | Statement | Use, ...], breaks: Sequence[int], indent: str = ""
 ) -> tuple[list[tuple[int, str]], set[int]]:
     """(source line, text) per line of a program as written, and the lines a blank line precedes:
     a definition, and what follows one. Declarations in a row join as `_decl_lines` joins them."""
@@ -216,7 +220,7 @@ def format_program(p: Program, comments: bool = False) -> str:
     indented like it), one after code at the end of that code's line (declarations on lines with
     comments between them are not joined). A blank line sets each definition apart."""
     notes = _comments(p.source) if comments else []
-    breaks = {n for n, _, _ in notes}
+    breaks = sorted({n for n, _, _ in notes})
     if p.written:
         items, gaps = _written_lines(p.written, breaks)
     else:
@@ -225,21 +229,24 @@ def format_program(p: Program, comments: bool = False) -> str:
     own: list[tuple[int, str]] = []  # comments on lines of their own
     after: dict[int, list[str]] = {}  # item index -> comments after its code
     starts = sorted(range(len(items)), key=lambda k: (items[k][0], k))
+    start_lines = [items[k][0] for k in starts]
     for number, text, alone in notes:
-        owner = [k for k in starts if items[k][0] <= number]  # the code's statement: the last begun
-        if alone or not owner:
+        begun = bisect_right(start_lines, number)  # the code's statement: the last begun
+        if alone or not begun:
             own.append((number, text))
         else:
-            after.setdefault(owner[-1], []).append(text)
+            after.setdefault(starts[begun - 1], []).append(text)
     out: list[str] = []
+    taken = 0  # comments of their own already placed
     for k, (number, text) in enumerate(items):
         if k in gaps and out and out[-1]:
             out.append("")
         indent = text[: len(text) - len(text.lstrip(" "))]
-        while own and own[0][0] < number:
-            out.append(indent + own.pop(0)[1])
+        while taken < len(own) and own[taken][0] < number:
+            out.append(indent + own[taken][1])
+            taken += 1
         out.append("  ".join([text, *after.get(k, [])]))
-    out.extend(text for _, text in own)
+    out.extend(text for _, text in own[taken:])
     return "".join(line + "\n" for line in out)
 
 

@@ -64,7 +64,29 @@ class _Group:
     span: Span
 
 
+@dataclass
+class _Chain:
+    """A sum or product while parsing: each further term is appended in place, so a chain of n
+    terms costs O(n) (a new tuple per term would cost O(n^2) to build and to free)."""
+
+    node: type[Sum] | type[Product]
+    items: list[Expr]
+    flags: list[Any]  # signs of a Sum, divide flags of a Product
+    span: Span
+
+    def extend(self, item: Expr, flag: Any, end: Span) -> _Chain:
+        self.items.append(item)
+        self.flags.append(flag)
+        self.span = Span(self.span.line, self.span.column, end.end_line, end.end_column)
+        return self
+
+    def build(self) -> Expr:
+        return self.node(tuple(self.items), tuple(self.flags), span=self.span)
+
+
 def _unwrap(x: Any) -> Expr:
+    if isinstance(x, _Chain):
+        return x.build()
     return x.expr if isinstance(x, _Group) else x
 
 
@@ -244,36 +266,28 @@ class _Build(Transformer):
         return Decl("dim", Ref(str(name), (), _tok_span(name)), span, int(size))
 
     # ---- expressions
-    def _chain_sum(self, c: list[Any], sign: int) -> Sum:
+    def _chain(self, c: list[Any], node: type[Sum] | type[Product], flag: Any, first: Any) -> _Chain:
+        """`left op right`, appended to left when left is a chain of the same kind (not a group)."""
         left, right = c
-        if isinstance(left, Sum):
-            terms, signs = left.terms, left.signs
-        else:
-            terms, signs = (_unwrap(left),), (1,)
-        return Sum(terms + (_unwrap(right),), signs + (sign,), span=_span_of(c))
+        span = _span_of(c)
+        if not (isinstance(left, _Chain) and left.node is node):
+            left = _Chain(node, [_unwrap(left)], [first], span)
+        return left.extend(_unwrap(right), flag, span)
 
-    def add(self, c: list[Any]) -> Sum:
-        return self._chain_sum(c, 1)
+    def add(self, c: list[Any]) -> _Chain:
+        return self._chain(c, Sum, 1, 1)
 
-    def sub(self, c: list[Any]) -> Sum:
-        return self._chain_sum(c, -1)
+    def sub(self, c: list[Any]) -> _Chain:
+        return self._chain(c, Sum, -1, 1)
 
-    def _chain_product(self, c: list[Any], divide: bool) -> Product:
-        left, right = c
-        if isinstance(left, Product):
-            factors, div = left.factors, left.divide
-        else:
-            factors, div = (_unwrap(left),), (False,)
-        return Product(factors + (_unwrap(right),), div + (divide,), span=_span_of(c))
+    def mul(self, c: list[Any]) -> _Chain:
+        return self._chain(c, Product, False, False)
 
-    def mul(self, c: list[Any]) -> Product:
-        return self._chain_product(c, False)
+    def juxt(self, c: list[Any]) -> _Chain:
+        return self._chain(c, Product, False, False)
 
-    def juxt(self, c: list[Any]) -> Product:
-        return self._chain_product(c, False)
-
-    def div(self, c: list[Any]) -> Product:
-        return self._chain_product(c, True)
+    def div(self, c: list[Any]) -> _Chain:
+        return self._chain(c, Product, True, False)
 
     def neg(self, c: list[Any]) -> Expr:
         arg = _unwrap(c[0])

@@ -1,0 +1,170 @@
+"""A hostile or careless user (issue 25): long programs, huge or odd archives, interrupted and
+piped commands, odd names, tails of sigmoid, badly scaled checks and escape sequences; each test
+names the item of the issue it guards."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import indexgrad as ig
+from indexgrad import nodes
+from indexgrad.cli import main as cli_main
+from indexgrad.nodes import Span, refs_in
+from indexgrad.printer import format_program
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = str(Path(ig.__file__).resolve().parent)
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+# ---- 1: parse, fmt and derive in time linear in the program's size -----------------------------
+
+
+@pytest.fixture
+def built(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts of the terms and factors put into every Sum and Product node made while it is active."""
+    count = {"terms": 0, "factors": 0}
+    for cls, field in ((nodes.Sum, "terms"), (nodes.Product, "factors")):
+        init = cls.__init__
+
+        def counted(self, *args, _init=init, _field=field, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            _init(self, *args, **kwargs)
+            count[_field] += len(getattr(self, _field))
+
+        monkeypatch.setattr(cls, "__init__", counted)
+    return count
+
+
+def test_1_a_long_sum_is_read_in_one_pass(built: dict[str, int]) -> None:
+    """Each further term of a chain used to copy the chain so far: n^2/2 terms for n."""
+    n = 3000
+    p = ig.parse("loss = " + " + ".join(f"x{k}" for k in range(n)) + " - y\n")
+    assert len(p.statements[0].expr.terms) == n + 1
+    assert built["terms"] <= 3 * n
+
+
+def test_1_a_long_product_is_read_in_one_pass(built: dict[str, int]) -> None:
+    n = 3000
+    p = ig.parse("loss = " + " ".join(f"x{k}" for k in range(n)) + " / y\n")
+    assert p.statements[0].expr.divide[-1] and len(p.statements[0].expr.factors) == n + 1
+    assert built["factors"] <= 3 * n
+
+
+def test_1_parentheses_still_group_a_chain() -> None:
+    p = ig.parse("loss = a - (b - c) + d * (e f) g - -h\n")
+    assert str(p) == "loss = a - (b - c) + d * (e f) g - -h\n"
+    assert [type(t).__name__ for t in p.statements[0].expr.terms] == ["Ref", "Sum", "Product", "Neg"]
+
+
+def test_1_the_derivative_of_a_long_product_has_linear_size() -> None:
+    """The swap rule alone gives each of n factors a product of the n - 1 others: n^2 factors.
+    A long product is contracted in runs, so the derived program has O(n) of them."""
+    n = 2000
+    p = ig.parse("loss = " + " ".join(f"x{k}" for k in range(n)) + "\n")
+    back = ig.derive(p)
+    factors = sum(len(refs_in(s.expr)) for s in back.statements)
+    assert len(back.statements) >= n and factors <= 40 * n
+
+
+def test_1_a_long_chain_of_matrices_is_right_forward_and_backward() -> None:
+    """A 24-factor matrix chain (contracted in runs) against numpy and HIPS autograd."""
+    import autograd
+    import autograd.numpy as anp
+
+    k = 24
+    text = "loss = " + " ".join(f"A{m}[i{m},i{m + 1}]" for m in range(k)) + "\n"
+    rng = np.random.default_rng(1)
+    arrays = {f"A{m}": rng.standard_normal((2 + m % 3, 2 + (m + 1) % 3)) / 2 for m in range(k)}
+    model = ig.compile(text)
+    vals = model.forward(**arrays)
+
+    def oracle(mats):  # type: ignore[no-untyped-def]
+        out = mats[0]
+        for m in mats[1:]:
+            out = anp.dot(out, m)
+        return anp.sum(out)
+
+    mats = [arrays[f"A{m}"] for m in range(k)]
+    np.testing.assert_allclose(float(vals["loss"]), oracle(mats), rtol=1e-10)
+    grads = model.backward(vals, loss="loss")
+    want = autograd.grad(oracle)(mats)
+    for m in range(k):
+        np.testing.assert_allclose(grads[f"A{m}"], want[m], rtol=1e-9, atol=1e-12)
+
+
+def lines_run(fn: Callable[[], object]) -> int:
+    """How many lines of indexgrad's own code fn runs: a measure of work that a busy machine
+    does not disturb, and that sees loops a profile of calls would not."""
+    count = 0
+
+    def local(frame, event, arg):  # type: ignore[no-untyped-def]
+        nonlocal count
+        count += event == "line"
+        return local
+
+    def calls(frame, event, arg):  # type: ignore[no-untyped-def]
+        return local if frame.f_code.co_filename.startswith(PACKAGE) else None
+
+    sys.settrace(calls)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+def grows_linearly(work: Callable[[int], Callable[[], object]], n: int = 300) -> float:
+    """The ratio of the lines run for 4n and for n: about 4 for linear work, 16 for quadratic."""
+    small, large = work(n), work(4 * n)
+    return lines_run(large) / lines_run(small)
+
+
+def test_1_derive_names_many_temporaries_and_shapes_in_linear_time() -> None:
+    """Each `loss.mean` temporary searched the names from `loss.mean2` up, and each input whose
+    gradient broadcasts (`x.grad[i] += loss.grad / size[i]`) scanned the whole program."""
+
+    def work(n: int) -> Callable[[], object]:
+        p = ig.parse("loss = " + " + ".join(f"mean[i](x{k}[i])" for k in range(n)) + "\n")
+        return lambda: ig.derive(p)
+
+    assert grows_linearly(work) < 5
+
+
+def test_1_derive_of_a_long_product_in_linear_time() -> None:
+    def work(n: int) -> Callable[[], object]:
+        p = ig.parse("loss = " + " ".join(f"x{k}" for k in range(n)) + "\n")
+        return lambda: ig.derive(p)
+
+    assert grows_linearly(work, 100) < 5
+
+
+def test_1_fmt_places_many_comments_in_linear_time() -> None:
+    """Each comment scanned every statement, and each placed one shifted a list."""
+    s = ig.parse("y = x + 1\n").statements[0]
+
+    def commented(n: int) -> nodes.Program:  # built, not parsed: only the printer is measured
+        stmts = tuple(replace(s, span=Span(2 * k + 2, 1, 2 * k + 2, 10)) for k in range(n))
+        source = "".join(f"# before {k}\ny = x + 1  # {k}\n" for k in range(n))
+        return nodes.Program((), stmts, "many.idx", source)
+
+    def work(n: int) -> Callable[[], object]:
+        p = commented(n)
+        return lambda: format_program(p, comments=True)
+
+    assert grows_linearly(work) < 5
+    lines = format_program(commented(3), comments=True).splitlines()
+    assert lines[2:4] == ["# before 1", "y = x + 1  # 1"]
