@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -168,3 +169,35 @@ def test_1_fmt_places_many_comments_in_linear_time() -> None:
     assert grows_linearly(work) < 5
     lines = format_program(commented(3), comments=True).splitlines()
     assert lines[2:4] == ["# before 1", "y = x + 1  # 1"]
+
+
+# ---- 14: sigmoid exact in both tails ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dtype, xs, rtol",
+    [
+        (np.float32, [-20.0, -50.0, -87.0, 0.5, 30.0], 1e-6),
+        (np.float64, [-40.0, -300.0, -700.0, 0.5, 40.0], 1e-14),
+    ],
+    ids=["float32", "float64"],
+)
+def test_14_sigmoid_keeps_its_negative_tail(dtype, xs: list[float], rtol: float) -> None:
+    model = ig.compile("y[i] = sigmoid(x[i])\nloss = sum[i](-log(y[i]))")
+    x = np.array(xs, dtype)
+    vals = model.forward(x=x)
+    exact = np.array([math.exp(v) / (1 + math.exp(v)) if v < 0 else 1 / (1 + math.exp(-v)) for v in xs])
+    assert vals["y"].dtype == dtype
+    np.testing.assert_allclose(vals["y"], exact, rtol=rtol)
+    want = sum(-math.log(e) for e in exact)  # -log(sigmoid(-20)) is 20, not inf
+    np.testing.assert_allclose(float(vals["loss"]), want, rtol=rtol)
+    grad = model.backward(vals, loss="loss")["x"]  # -(1 - sigmoid(x))
+    np.testing.assert_allclose(grad, -(1 - exact), rtol=rtol, atol=np.finfo(dtype).eps)
+
+
+def test_14_sigmoid_after_a_contraction_keeps_its_tail() -> None:
+    """A sigmoid applied in place to a product's result (the plan writes into the product's buffer)."""
+    model = ig.compile("h[b,i] = sigmoid(x[b,j] W[j,i])\nloss = sum[b,i](-log(h[b,i]))")
+    x = np.full((2, 3), -20.0, np.float32)
+    loss = float(model.forward(x=x, W=np.eye(3, dtype=np.float32))["loss"])
+    assert loss == pytest.approx(6 * 20.0, rel=1e-6)
