@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -57,7 +58,8 @@ def render(
     severity: str = "error",
 ) -> str:
     """`FILE:LINE:COL: severity: message`, then the source line and a caret under the place."""
-    where = filename or "<input>"
+    where = visible(filename or "<input>")
+    message = "\n".join(visible(part) for part in message.split("\n"))
     if span is None or span.line <= 0:
         return f"{where}: {severity}: {message}"
     head = f"{where}:{span.line}:{span.column}: {severity}: {message}"
@@ -66,7 +68,7 @@ def render(
     lines = source_lines(source)
     if not 1 <= span.line <= len(lines):
         return head
-    text = lines[span.line - 1].replace("\t", " ")
+    text = visible(lines[span.line - 1].replace("\t", " "))
     width = 1
     if span.end_line == span.line and span.end_column > span.column:
         width = span.end_column - span.column
@@ -81,6 +83,27 @@ def render(
 def _uses(span: Span) -> str:
     """Where a place in a definition's body is used: `; in the definition used at 9:1`."""
     return "".join(f"; in the definition used at {u.line}:{u.column}" for u in span.uses())
+
+
+def visible(text: str) -> str:
+    """text with every control or format character drawn as one visible character, so that an
+    echoed line cannot move the cursor, retitle or clear a terminal, or reorder what it shows
+    (bidirectional overrides), and the caret's column still matches: C0 controls become their
+    Control Pictures (ESC is ␛), DEL ␡, and the others (C1, bidirectional and other format
+    characters) U+FFFD."""
+    if text.isprintable():
+        return text
+    return "".join(_picture(ch) if unicodedata.category(ch) in _HIDDEN else ch for ch in text)
+
+
+_HIDDEN = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # controls, format, surrogates, line/paragraph breaks
+
+
+def _picture(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x20:
+        return chr(0x2400 + code)
+    return "\u2421" if code == 0x7F else "\ufffd"
 
 
 def source_lines(source: str) -> list[str]:

@@ -201,3 +201,28 @@ def test_14_sigmoid_after_a_contraction_keeps_its_tail() -> None:
     x = np.full((2, 3), -20.0, np.float32)
     loss = float(model.forward(x=x, W=np.eye(3, dtype=np.float32))["loss"])
     assert loss == pytest.approx(6 * 20.0, rel=1e-6)
+
+
+# ---- 17: no raw control characters in echoed source lines --------------------------------------
+
+HOSTILE_LINES = [
+    "y = x \x1b]0;pwned\x07 + 1\n",  # retitles an xterm
+    "y = x + q[ \x1b[2J\x1b[H\n",  # clears the screen, then an unclosed bracket
+    "y = \u202ex + q[\n",  # a right-to-left override reorders the rest of the line
+    "y = x \x9b2J + \x7f\n",  # the 8-bit CSI, and DEL
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE_LINES, ids=["osc-title", "csi-clear", "bidi", "c1-del"])
+def test_17_echoed_source_lines_show_control_characters_visibly(tmp_path: Path, text: str) -> None:
+    import unicodedata
+
+    path = tmp_path / "hostile.idx"
+    path.write_text(text, encoding="utf-8")
+    code, out, err = run_cli(["fmt", str(path)])
+    assert code == 2 and "Traceback" not in err
+    head, line, caret = err.rstrip("\n").split("\n")
+    assert all(unicodedata.category(ch) not in ("Cc", "Cf") for ch in err.replace("\n", ""))
+    column = int(head.split(":")[2])
+    assert len(line) == len(text.rstrip("\n")) + 2  # one visible character per hidden one
+    assert caret.index("^") == column + 1  # the caret still points under its column
