@@ -40,6 +40,7 @@ from hypothesis import strategies as st
 
 import indexgrad as ig
 from indexgrad.cli import main as cli_main
+from indexgrad.errors import visible
 from indexgrad.shapes import infer_shapes, random_inputs
 from indexgrad.tools import index_names
 
@@ -166,7 +167,7 @@ def assert_placed(e: ig.IndexgradError, text: str | None, filename: str | None, 
         line = lines[e.line - 1] if 1 <= e.line <= len(lines) else None
         if line is None or e.column is None or not 1 <= e.column <= len(line) + 1:
             raise Finding(misplaced_kind(text), stage, f"{e.line}:{e.column} is not in the text: {rendered}")
-        shown = line.replace("\t", " ").strip()
+        shown = visible(line.replace("\t", " ")).strip()  # as the renderer draws it
         if shown and shown not in rendered:
             raise Finding(misplaced_kind(text), stage, f"line {e.line} is {line!r}, not shown: {rendered}")
     if filename is not None and stage in ("parse", "load"):
