@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -430,6 +431,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except Exception as e:  # a bug in indexgrad, not the user's fault: say so without a traceback
+        if getattr(signal.getsignal(signal.SIGINT), "interrupted", False):  # see __main__.CtrlC
+            print("indexgrad: interrupted", file=sys.stderr)
+            return 130
         print(
             f"indexgrad: internal error: {type(e).__name__}: {e}\n"
             "This is a bug in indexgrad; please report it with the input that caused it.",
@@ -437,10 +441,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
 
-
-def entry() -> None:
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    entry()

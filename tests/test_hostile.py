@@ -7,7 +7,11 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -226,3 +230,79 @@ def test_17_echoed_source_lines_show_control_characters_visibly(tmp_path: Path, 
     column = int(head.split(":")[2])
     assert len(line) == len(text.rstrip("\n")) + 2  # one visible character per hidden one
     assert caret.index("^") == column + 1  # the caret still points under its column
+
+
+# ---- 5: Ctrl-C at any moment: status 130, one line, no traceback ------------------------------
+
+COMMAND = Path(sys.executable).with_name("indexgrad")  # the console script, as a user runs it
+
+
+def _wait_for_numpy(proc: subprocess.Popen, limit: float = 60.0) -> bool:
+    """Wait until the child maps numpy's C core: its imports are under way (so indexgrad's own
+    code runs). False if it ended first."""
+    maps = Path(f"/proc/{proc.pid}/maps")
+    end = time.monotonic() + limit
+    while time.monotonic() < end and proc.poll() is None:
+        try:
+            if "_multiarray_umath" in maps.read_text():
+                return True
+        except OSError:
+            return False
+        time.sleep(0.001)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see the imports")
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2, 0.5])
+@pytest.mark.parametrize("how", ["script", "module"])
+def test_5_ctrl_c_at_any_moment_exits_130_quietly(tmp_path: Path, how: str, delay: float) -> None:
+    """SIGINT while numpy loads (delay 0), while the program is read, and while it trains."""
+    if how == "script" and not COMMAND.exists():
+        pytest.skip("the console script is not installed")
+    argv = [str(COMMAND)] if how == "script" else [sys.executable, "-m", "indexgrad"]
+    argv += ["train", str(ROOT / "examples" / "mlp.idx"), "--epochs", "50", "--save", str(tmp_path / "c.npz")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_for_numpy(proc), proc.communicate()
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.splitlines()[-1] == "indexgrad: interrupted", err
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary checkpoint left behind
+
+
+# ---- 11: a closed pipe does not stop the work ---------------------------------------------------
+
+
+def _run_into_closed_pipe(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run the command with its stdout a pipe whose reader has already gone (`... | head -0`)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(argv, stdout=write, stderr=subprocess.PIPE, text=True, cwd=cwd, timeout=300)
+    finally:
+        os.close(write)
+
+
+def test_11_run_into_a_closed_pipe_still_writes_out(tmp_path: Path) -> None:
+    (tmp_path / "p.idx").write_text("y[i] = 2 x[i]\nloss = sum[i](y[i])\n")
+    np.savez(tmp_path / "in.npz", x=np.arange(3.0))
+    done = _run_into_closed_pipe(
+        [sys.executable, "-m", "indexgrad", "run", "p.idx", "--inputs", "in.npz", "--out", "o.npz"], tmp_path
+    )
+    assert done.returncode == 0 and done.stderr == ""
+    with np.load(tmp_path / "o.npz") as z:
+        np.testing.assert_array_equal(z["y"], [0.0, 2.0, 4.0])
+
+
+def test_11_train_into_a_closed_pipe_trains_every_epoch_and_plots(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "indexgrad", "train", str(ROOT / "examples" / "mlp.idx")]
+    argv += ["--epochs", "2", "--hidden", "8", "--save", "c.npz", "--plot", "p.png"]
+    done = _run_into_closed_pipe(argv, tmp_path)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    with np.load(tmp_path / "c.npz") as z:
+        assert int(z["epoch"]) == 2
