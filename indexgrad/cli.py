@@ -10,11 +10,12 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from .derive import default_loss, derive_for, derive_jvp, forward_statements, gather_form
 from .errors import IndexgradError, IndexgradWarning, render
-from .files import load_npz, refuse_overwrite, save_npz_atomic
+from .files import check_writable, load_npz, refuse_overwrite, same_file, save_npz_atomic
 from .gradcheck import check_program
 from .lower import lower, prim_statement
 from .model import Model
@@ -245,10 +246,11 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    if a.out:
-        if not a.out.lower().endswith(".npz"):
-            message = f"--out {a.out} must end in .npz: the outputs are written as an .npz archive"
+    if a.out is not None:
+        if a.out and not a.out.lower().endswith(".npz"):
+            message = f"--out {a.out!r} must end in .npz: the outputs are written as an .npz archive"
             raise IndexgradError(message)
+        check_writable(a.out, "--out")  # before the work, not after it
         refuse_overwrite(a.out, "--out", {"program file": a.file, "inputs file": a.inputs})
     p = load(a.file)
     _warn(p, "text")
@@ -281,13 +283,27 @@ def _check_trainable(p: Program) -> None:
     check_loss(p, default_loss(p))
 
 
+def _refuse_other_checkpoint(save: str, resume: str | None, force: bool) -> None:
+    """Refuse to start a run over an existing file with --save (it would lose that run's epochs)
+    unless it is the checkpoint being resumed, or --force says to."""
+    if force or not Path(save).exists() or (resume is not None and same_file(save, resume)):
+        return
+    raise IndexgradError(
+        f"--save {save} already exists, and this run would overwrite it from epoch 1; continue it "
+        f"with --resume {save}, choose another --save file, or pass --force to overwrite it"
+    )
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from .digits import train_command
     from .train import check_plot_path
 
-    if a.save:
+    if a.save is not None:
+        check_writable(a.save, "--save")
         refuse_overwrite(a.save, "--save", {"program file": a.file})
-    if a.plot:
+        _refuse_other_checkpoint(a.save, a.resume, a.force)
+    if a.plot is not None:
+        check_writable(a.plot, "--plot")
         check_plot_path(a.plot)
         reads = {"program file": a.file, "checkpoint to resume": a.resume, "checkpoint to save": a.save}
         refuse_overwrite(a.plot, "--plot", reads)
@@ -390,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint up to --epochs")
     t.add_argument("--backend", default="numpy", help=BACKEND_HELP)
     t.add_argument("--device", help="where the torch backend computes: cpu, cuda, cuda:1, ...")
+    t.add_argument("--force", action="store_true", help="let --save overwrite a file that is not --resume's")
     t.set_defaults(func=cmd_train, format="text")
 
     s = sub.add_parser("serve", help="the playground: a web page that derives, draws and checks as you type")

@@ -1,11 +1,15 @@
-"""Array files: .npz written atomically (temporary file, fsync, rename), so no reader sees a partial file,
-and never over a file the command reads."""
+"""Output files written atomically (temporary file, fsync, rename), so no reader sees a partial file,
+never over a file the command reads; and .npz archives read and written without pickles."""
 
 from __future__ import annotations
 
+import glob
 import os
+import stat
 import tempfile
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,39 +23,88 @@ def _umask() -> int:
     return mask
 
 
-def save_npz_atomic(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write arrays to `path` as .npz so that no reader ever sees a partial file.
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but is another user's
+        return True
+    return True
 
-    The arrays go to a temporary file in the same directory, which is flushed and fsynced, given
-    the permissions a plain write would have (0666 less the umask) and renamed over `path`
-    (os.replace, atomic on POSIX and Windows); on any failure the temporary file is removed, an
-    existing `path` is left as it was, and an operating-system error is an IndexgradError.
-    """
+
+def remove_stale_temporaries(target: Path) -> None:
+    """Remove `.NAME.PID.*.tmp` files beside target that a writer killed before its rename left:
+    those whose process no longer runs (a live writer's are its own)."""
+    for tmp in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        pid = tmp.name[len(target.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _write_error(target: Path, reason: str) -> IndexgradError:
+    return IndexgradError(f"cannot write {target}: {reason}", filename=str(target))
+
+
+def check_writable(path: str | Path, flag: str) -> None:
+    """Refuse an output path that could not be written, before any work: no such directory, a
+    directory in its place, or a directory (or file system) that takes no new file."""
+    target = Path(path)
+    if not str(path):
+        raise IndexgradError(f"{flag} needs a file name, got ''")
+    if not target.parent.is_dir():
+        raise IndexgradError(f"{flag} {path}: no such directory {target.parent}{os.sep}")
+    if target.is_dir():
+        raise IndexgradError(f"{flag} {path} is a directory; give a file name")
+    try:  # the one reliable test, also for root and read-only file systems: make a file there
+        _temporary(target).unlink()
+    except OSError as e:
+        raise IndexgradError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
+
+
+def _temporary(target: Path) -> Path:
+    """A new empty file `.NAME.PID.XXXXXXXX.tmp` beside target (see remove_stale_temporaries)."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    return Path(name)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write the new file to; when the block ends, the file is
+    fsynced, given the permission bits of the file it replaces (else 0666 less the umask) and
+    renamed over `path` (os.replace: atomic on POSIX and Windows), so no reader ever sees a partial
+    file and a failed write leaves the old one in place. On any error the temporary file is
+    removed, and an operating-system error is an IndexgradError naming `path`. Temporaries that
+    killed writers left beside `path` are removed first (remove_stale_temporaries)."""
     target = Path(path)
     directory = target.parent
-
-    def error(reason: str) -> IndexgradError:
-        return IndexgradError(f"cannot write {target}: {reason}", filename=str(target))
-
     if not directory.is_dir():
-        raise error("no such directory")
+        raise _write_error(target, "no such directory")
     if target.is_dir():
-        raise error("it is a directory")
+        raise _write_error(target, "it is a directory")
+    remove_stale_temporaries(target)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+        tmp = _temporary(target)
     except OSError as e:
-        raise error(e.strerror or str(e)) from None
+        raise _write_error(target, e.strerror or str(e)) from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        try:
+            mode = stat.S_IMODE(os.stat(target).st_mode)
+        except OSError:
+            mode = 0o666 & ~_umask()
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise error(e.strerror or str(e)) from None
+            raise _write_error(target, e.strerror or str(e)) from None
         raise
     try:  # make the rename itself durable; not every platform lets a directory be opened
         dir_fd = os.open(directory, os.O_RDONLY)
@@ -63,6 +116,34 @@ def save_npz_atomic(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def npz_member(name: str) -> str:
+    """The archive member an array called `name` is stored as (`name.npy`, as np.savez names it),
+    refusing a name np.load would not give back: empty, or holding a NUL, '/' or '\\'."""
+    if not isinstance(name, str) or not name or any(c in name for c in "\0/\\"):
+        raise IndexgradError(
+            f"cannot store an array named {name!r} in an .npz archive: a name must be a non-empty "
+            "string without '/', '\\' or NUL"
+        )
+    return name + ".npy"
+
+
+def save_npz_atomic(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write arrays to `path` as .npz (as np.savez does, without pickles) so that no reader ever
+    sees a partial file (see atomic_path).
+
+    The arrays are written one archive member each from the mapping, so any name is fine, also
+    those np.savez takes as its own keywords (`file`, `allow_pickle`); see npz_member.
+    """
+    members = {npz_member(name): np.asanyarray(a) for name, a in arrays.items()}
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        for member, a in members.items():
+            with z.open(member, "w", force_zip64=True) as f:
+                try:
+                    np.lib.format.write_array(f, a, allow_pickle=False)
+                except ValueError as e:  # an object array
+                    raise IndexgradError(f"cannot store '{member[:-4]}' in {path}: {e}") from None
 
 
 def load_npz(path: str | Path, what: str = "inputs file") -> dict[str, np.ndarray]:

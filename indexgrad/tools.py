@@ -6,6 +6,7 @@ import argparse
 import json
 import re
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import opt_einsum as oe
 from .check import all_refs, sized_like
 from .derive import derive_for
 from .errors import IndexgradError
-from .files import refuse_overwrite
+from .files import atomic_path, check_writable, refuse_overwrite
 from .lower import (
     Contract,
     Elementwise,
@@ -348,23 +349,36 @@ def render_dot(text: str, out: str) -> None:
             "`conda install graphviz` (`pip install graphviz` installs only Python bindings, not "
             "the program), or leave out --render and pipe the DOT text to another renderer"
         )
+    with atomic_path(out) as tmp:  # a failed or killed `dot` leaves no half-drawn file at `out`
+        try:
+            done = subprocess.run(
+                [exe, f"-T{fmt}", "-o", str(tmp)], input=text.encode(), capture_output=True, timeout=120
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise IndexgradError(f"could not run `dot`: {e}") from None
+        if done.returncode != 0:
+            msg = done.stderr.decode(errors="replace").strip()
+            raise IndexgradError(f"`dot` could not write {out}: {msg or _ended(done.returncode)}")
+
+
+def _ended(status: int) -> str:
+    """How a program ended, in words: `exit status 3`, or the signal that killed it (a negative
+    status), with what the signal usually means (SIGXFSZ: the file size limit)."""
+    if status >= 0:
+        return f"exit status {status}"
     try:
-        done = subprocess.run(
-            [exe, f"-T{fmt}", "-o", out], input=text.encode(), capture_output=True, timeout=120
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise IndexgradError(f"could not run `dot`: {e}") from None
-    if done.returncode != 0:
-        msg = done.stderr.decode(errors="replace").strip()
-        raise IndexgradError(
-            f"`dot` could not write {out}: {msg or f'exit status {done.returncode}'}"
-        )
+        name = signal.Signals(-status).name
+    except ValueError:
+        return f"killed by signal {-status}"
+    meaning = signal.strsignal(-status) or ""
+    return f"killed by {name}" + (f" ({meaning.lower()})" if meaning else "")
 
 
 def cmd_graph(a: argparse.Namespace) -> int:
     program = load(a.file)
     g = computation_graph(program, a.grad, a.loss, parse_names(a.wrt))
-    if a.render:
+    if a.render is not None:
+        check_writable(a.render, "--render")
         if a.format == "mermaid":
             raise IndexgradError(
                 "--render draws the DOT graph with Graphviz; leave out --format mermaid"

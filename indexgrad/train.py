@@ -13,7 +13,7 @@ import numpy as np
 
 from .derive import defined_loss
 from .errors import IndexgradError, lookup
-from .files import load_npz, save_npz_atomic
+from .files import atomic_path, load_npz, save_npz_atomic
 from .lower import Contract
 from .model import Model
 from .nodes import Affine, Decl, Program, Ref, ref_index_names
@@ -650,7 +650,5 @@ def plot_history(history: History, path: str | Path, metric_name: str = "accurac
         right.plot(epochs, history.valid_metric, color="C1")
     right.set(xlabel="epoch", ylabel=metric_name, title=f"held-out {metric_name}")
     right.grid(alpha=0.3)
-    try:
-        fig.savefig(path, dpi=100)
-    except OSError as e:
-        raise IndexgradError(f"cannot write {path}: {e.strerror or e}", filename=str(path)) from None
+    with atomic_path(path) as tmp:  # a failed write (a full disk) keeps the old image whole
+        fig.savefig(tmp, dpi=100, format=Path(path).suffix[1:].lower())

@@ -306,3 +306,143 @@ def test_11_train_into_a_closed_pipe_trains_every_epoch_and_plots(tmp_path: Path
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     with np.load(tmp_path / "c.npz") as z:
         assert int(z["epoch"]) == 2
+
+
+# ---- 7, 8, 9, 12: output files ------------------------------------------------------------------
+
+TWICE = "file[i] = 2 x[i]\nallow_pickle[i] = 3 x[i]\nloss = sum[i](file[i] allow_pickle[i])\n"
+
+
+@pytest.fixture
+def twice(tmp_path: Path) -> tuple[Path, Path]:
+    (tmp_path / "twice.idx").write_text(TWICE)
+    np.savez(tmp_path / "in.npz", x=np.arange(3.0))
+    return tmp_path / "twice.idx", tmp_path / "in.npz"
+
+
+def test_7_out_stores_tensors_named_like_savez_keywords(tmp_path: Path, twice: tuple[Path, Path]) -> None:
+    """np.savez(file, **arrays) took `file` as its own argument and dropped `allow_pickle`."""
+    prog, inputs = twice
+    out = tmp_path / "o.npz"
+    code, _, err = run_cli(["run", str(prog), "--inputs", str(inputs), "--out", str(out)])
+    assert code == 0, err
+    with np.load(out, allow_pickle=False) as z:
+        assert sorted(z.files) == ["allow_pickle", "file", "loss"]
+        np.testing.assert_array_equal(z["file"], [0.0, 2.0, 4.0])
+        np.testing.assert_array_equal(z["allow_pickle"], [0.0, 3.0, 6.0])
+        assert float(z["loss"]) == 2 * 3 * (1 + 4)
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "../up", "back\\slash", "nul\0"])
+def test_7_a_name_no_npz_member_can_have_is_refused(tmp_path: Path, name: str) -> None:
+    from indexgrad.files import save_npz_atomic
+
+    with pytest.raises(ig.IndexgradError, match="cannot store an array named"):
+        save_npz_atomic(tmp_path / "o.npz", {"fine": np.zeros(1), name: np.ones(1)})
+    assert list(tmp_path.iterdir()) == []
+
+
+def _limited(nbytes: int):  # type: ignore[no-untyped-def]
+    """A preexec_fn giving the child a file size limit (RLIMIT_FSIZE): a longer write fails."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
+
+def test_8_a_failed_plot_keeps_the_old_image(tmp_path: Path) -> None:
+    """Under a file size limit the new plot cannot be written whole; the old one stays as it was."""
+    plot = tmp_path / "p.png"
+    argv = [sys.executable, "-m", "indexgrad", "train", str(ROOT / "examples" / "mlp.idx"), "--epochs", "1"]
+    argv += ["--hidden", "8", "--plot", str(plot)]
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    old = plot.read_bytes()
+    assert len(old) > 4096
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=300, preexec_fn=_limited(4096))
+    assert again.returncode == 2 and f"cannot write {plot}: File too large" in again.stderr, again.stderr
+    assert plot.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]
+
+
+@pytest.fixture
+def dying_dot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A `dot` on PATH that writes half an SVG, then is killed by SIGXFSZ (a file size limit)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    dot = bin_dir / "dot"
+    dot.write_text('#!/bin/sh\nout="$3"\nprintf "<svg><g>" > "$out"\nkill -XFSZ $$\n')
+    dot.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return dot
+
+
+def test_8_a_killed_render_keeps_the_old_drawing_and_says_why(tmp_path: Path, dying_dot: Path) -> None:
+    svg = tmp_path / "g.svg"
+    svg.write_text("<svg>the good one</svg>")
+    code, _, err = run_cli(["graph", str(ROOT / "examples" / "affine.idx"), "--render", str(svg)])
+    assert code == 2 and "killed by SIGXFSZ (file size limit exceeded)" in err, err
+    assert "exit status -" not in err
+    assert svg.read_text() == "<svg>the good one</svg>"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "g.svg"]
+
+
+def test_9_replacing_an_output_keeps_its_permission_bits(tmp_path: Path, twice: tuple[Path, Path]) -> None:
+    """The atomic replace wrote a new file with 0666 less the umask: a private file became world-readable."""
+    prog, inputs = twice
+    out = tmp_path / "o.npz"
+    for mode in (0o600, 0o640, 0o604):
+        out.write_bytes(b"old")
+        out.chmod(mode)
+        code, _, err = run_cli(["run", str(prog), "--inputs", str(inputs), "--out", str(out)])
+        assert code == 0, err
+        assert out.stat().st_mode & 0o777 == mode
+        assert np.load(out)["file"].shape == (3,)
+
+
+def test_9_a_checkpoint_keeps_its_permission_bits(tmp_path: Path) -> None:
+    ckpt = tmp_path / "c.npz"
+    argv = ["train", str(ROOT / "examples" / "mlp.idx"), "--hidden", "8", "--save", str(ckpt)]
+    assert run_cli([*argv, "--epochs", "1"])[0] == 0
+    ckpt.chmod(0o600)
+    assert run_cli([*argv, "--epochs", "2", "--resume", str(ckpt)])[0] == 0
+    assert ckpt.stat().st_mode & 0o777 == 0o600 and int(np.load(ckpt)["epoch"]) == 2
+
+
+def _dead_pid() -> int:
+    pid = 999_999
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except OSError:
+            pass
+        pid -= 1
+
+
+def test_12_temporaries_of_killed_writers_are_removed_at_the_next_write(
+    tmp_path: Path, twice: tuple[Path, Path]
+) -> None:
+    prog, inputs = twice
+    out = tmp_path / "o.npz"
+    stale = tmp_path / f".o.npz.{_dead_pid()}.k1ll3d.tmp"  # a writer killed before its rename
+    live = tmp_path / f".o.npz.{os.getpid()}.wr1t1ng.tmp"  # a writer still at work
+    other = tmp_path / f".other.npz.{_dead_pid()}.zzz.tmp"  # another file's: not this write's business
+    for p in (stale, live, other):
+        p.write_bytes(b"PK half")
+    code, _, err = run_cli(["run", str(prog), "--inputs", str(inputs), "--out", str(out)])
+    assert code == 0, err
+    assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_12_save_refuses_to_start_over_an_existing_checkpoint(tmp_path: Path) -> None:
+    ckpt = tmp_path / "c.npz"
+    argv = ["train", str(ROOT / "examples" / "mlp.idx"), "--hidden", "8", "--save", str(ckpt)]
+    assert run_cli([*argv, "--epochs", "2"])[0] == 0
+    before = ckpt.read_bytes()
+    code, _, err = run_cli([*argv, "--epochs", "1"])
+    assert code == 2 and "already exists" in err and f"--resume {ckpt}" in err and "--force" in err, err
+    assert ckpt.read_bytes() == before
+    assert run_cli([*argv, "--epochs", "3", "--resume", str(ckpt)])[0] == 0  # resuming it is fine
+    assert run_cli([*argv, "--epochs", "1", "--force"])[0] == 0  # and so is saying so
+    assert int(np.load(ckpt)["epoch"]) == 1

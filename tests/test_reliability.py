@@ -442,16 +442,15 @@ def test_out_replaces_an_existing_file_whole(affine: Path, tmp_path: Path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == ["affine.idx", "in.npz", "result.npz"]
 
 
-def _interrupting_savez(exc: BaseException):
-    real = np.savez
+def _interrupting_write(exc: BaseException):
+    real = np.lib.format.write_array
 
-    def savez(file, *args, **kwds):
-        real(file, *args, **kwds)  # the temporary file has everything written ...
-        file.seek(0)
-        file.truncate(17)  # ... then half of it is lost, and the run dies before the rename
+    def write_array(file, array, **kwargs):
+        real(file, array, **kwargs)  # the temporary archive has an entry written ...
+        file.write(b"\0" * 17)  # ... and some bytes more, and the run dies before the rename
         raise exc
 
-    return savez
+    return write_array
 
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt(), SystemExit(1)], ids=["ctrl-c", "exit"])
@@ -464,7 +463,7 @@ def test_interrupted_out_keeps_the_old_file_and_no_temporaries(
     out = outdir / "result.npz"
     np.savez(out, y=np.zeros(1))
     old = out.read_bytes()
-    monkeypatch.setattr(np, "savez", _interrupting_savez(exc))
+    monkeypatch.setattr(np.lib.format, "write_array", _interrupting_write(exc))
     with contextlib.suppress(KeyboardInterrupt, SystemExit):
         run_cli(["run", str(affine), "--inputs", str(inputs), "--out", str(out)])
     assert out.read_bytes() == old  # never a truncated file
@@ -477,7 +476,7 @@ def test_interrupted_first_write_leaves_nothing(
     inputs = good_inputs(tmp_path / "in.npz")
     outdir = tmp_path / "out"
     outdir.mkdir()
-    monkeypatch.setattr(np, "savez", _interrupting_savez(KeyboardInterrupt()))
+    monkeypatch.setattr(np.lib.format, "write_array", _interrupting_write(KeyboardInterrupt()))
     with contextlib.suppress(KeyboardInterrupt):
         run_cli(["run", str(affine), "--inputs", str(inputs), "--out", str(outdir / "r.npz")])
     assert os.listdir(outdir) == []
@@ -491,7 +490,8 @@ def test_out_write_failure_is_a_user_error(
     inputs = good_inputs(tmp_path / "in.npz")
     outdir = tmp_path / "out"
     outdir.mkdir()
-    monkeypatch.setattr(np, "savez", _interrupting_savez(OSError(errno.ENOSPC, "No space left on device")))
+    full = OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(np.lib.format, "write_array", _interrupting_write(full))
     err = run_error(["run", str(affine), "--inputs", str(inputs), "--out", str(outdir / "r.npz")])
     assert "r.npz" in err
     assert os.listdir(outdir) == []

@@ -399,28 +399,28 @@ def test_checkpoint_write_is_atomic(mlp: ig.Model, tmp_path: Path, monkeypatch) 
     path = tmp_path / "c.npz"
     fit(mlp, params, data, epochs=1, batch=7, progress=False, checkpoint=path)
     old = path.read_bytes()
-    real_savez = np.savez
+    real_write = np.lib.format.write_array
 
-    def savez_then_fail(file, **arrays):
-        real_savez(file, **arrays)  # a whole archive, then some of another, then a failure
+    def write_then_fail(file, array, **kwargs):
+        real_write(file, array, **kwargs)  # a whole entry, then some of another, then a failure
         file.write(b"PK\x03\x04 half of the next entry")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(np, "savez", savez_then_fail)
+    monkeypatch.setattr(np.lib.format, "write_array", write_then_fail)
     with pytest.raises(ig.IndexgradError, match="cannot write .*No space left on device"):
         fit(mlp, params, data, epochs=1, batch=7, progress=False, checkpoint=path)
     assert path.read_bytes() == old
     assert os.listdir(tmp_path) == ["c.npz"]  # the temporary file is gone
 
-    def interrupted(file, **arrays):
+    def interrupted(file, array, **kwargs):
         file.write(b"PK\x03\x04")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(np, "savez", interrupted)
+    monkeypatch.setattr(np.lib.format, "write_array", interrupted)
     with pytest.raises(KeyboardInterrupt):
         save_npz_atomic(path, {"a": np.zeros(3)})
     assert path.read_bytes() == old and os.listdir(tmp_path) == ["c.npz"]
-    monkeypatch.setattr(np, "savez", real_savez)
+    monkeypatch.setattr(np.lib.format, "write_array", real_write)
     save_npz_atomic(path, {"a": np.arange(3)})  # and a write that succeeds replaces it
     assert list(arrays_of(path)) == ["a"] and os.listdir(tmp_path) == ["c.npz"]
 
