@@ -13,7 +13,7 @@ from .errors import IndexgradError, lookup
 from .model import Model, compile
 from .optim import make_optimizer
 from .shapes import infer_shapes
-from .train import History, decl_indices, fit, infer_sizes, init_params, log_epochs, plot_history
+from .train import History, decl_indices, evaluate, fit, infer_sizes, init_params, log_epochs, plot_history
 
 Array = np.ndarray
 
@@ -190,7 +190,9 @@ def train_command(
     done = len(history.loss)
     if not trained:
         print(f"the checkpoint is already at epoch {done} of {epochs}; nothing to train")
-    final = history.valid_metric[-1]
+    final = history.valid_metric[-1] if history.valid_metric else math.nan
+    if not math.isfinite(final):  # a checkpoint written without held-out data, and nothing trained
+        final = evaluate(model, params, test, loss, metric)[1] or 0.0
     print(f"test accuracy {100 * final:.2f}% after {done} epochs in {seconds:.1f} s")
     if save and trained:
         print(f"wrote {save} (epoch {done})")

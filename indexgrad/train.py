@@ -388,8 +388,23 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except ValueError as e:
         raise IndexgradError(f"damaged checkpoint: {e}", filename=str(path)) from None
     params = {k[len("param.") :]: a for k, a in arrays.items() if k.startswith("param.")}
+    bad = _not_finite(params)
+    if bad is not None:
+        raise IndexgradError(
+            f"the checkpoint's param '{bad[0]}' holds {bad[1]}: the run that wrote it had diverged "
+            f"by epoch {epoch}; resume an earlier checkpoint, or start again with a smaller learning rate",
+            filename=str(path),
+        )
     state = {k[len("optimizer.") :]: a for k, a in arrays.items() if k.startswith("optimizer.")}
     return Checkpoint(epoch, seed, params, optimizer, state, history)
+
+
+def _not_finite(params: Mapping[str, Array]) -> tuple[str, str] | None:
+    """The first param holding a NaN or an infinity, and which ('NaN', 'inf'), or None."""
+    for name, p in params.items():
+        if p.dtype.kind in "fc" and not np.isfinite(p).all():
+            return name, ("NaN" if np.isnan(p).any() else "inf")
+    return None
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
@@ -508,9 +523,15 @@ def fit(
             message = f"cannot write {checkpoint}: no such directory"
             raise IndexgradError(message, filename=str(checkpoint))
     wrt = list(params)
+    bad = _not_finite(params)
+    if bad is not None:
+        raise IndexgradError(f"param '{bad[0]}' holds {bad[1]} before training; give it finite values")
     history, done = History(), 0
     if resume is not None:
         done, history = restore_checkpoint(resume, params, opt, seed=int(seed))
+        if valid is not None:  # epochs of a checkpoint written without held-out data have no values
+            for values in (history.valid_loss, *([history.valid_metric] if metric is not None else [])):
+                values[:0] = [math.nan] * (done - len(values))
     steps = -(-n // max(batch, 1))
     bar = _progress_bar()(
         total=max(epochs, done) * steps,
@@ -545,7 +566,16 @@ def fit(
                 history.valid_loss.append(valid_loss)
                 if valid_metric is not None:
                     history.valid_metric.append(valid_metric)
+            for values in (history.valid_loss, history.valid_metric):
+                if values and len(values) < len(history.loss):  # kept from a checkpoint, none now
+                    values.append(math.nan)
             history.seconds.append(time.perf_counter() - start)
+            bad = _not_finite(params)
+            if bad is not None:  # before the checkpoint, which then keeps the last good epoch
+                raise IndexgradError(
+                    f"param '{bad[0]}' became {bad[1]} in epoch {epoch}; try a smaller learning rate"
+                    + (" (no checkpoint was written for this epoch)" if checkpoint is not None else "")
+                )
             if checkpoint is not None:
                 save_checkpoint(checkpoint, params, opt, epoch, history, int(seed))
             if on_epoch is not None:
@@ -643,7 +673,7 @@ def plot_history(history: History, path: str | Path, metric_name: str = "accurac
     left.plot(epochs, history.loss, label="training")
     if history.valid_loss:
         left.plot(epochs, history.valid_loss, label="held out")
-    positive = min(history.loss + history.valid_loss, default=0.0) > 0
+    positive = min((v for v in history.loss + history.valid_loss if math.isfinite(v)), default=0.0) > 0
     left.set(xlabel="epoch", ylabel="loss", yscale="log" if positive else "linear", title="loss")
     left.legend()
     if history.valid_metric:

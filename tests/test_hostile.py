@@ -446,3 +446,122 @@ def test_12_save_refuses_to_start_over_an_existing_checkpoint(tmp_path: Path) ->
     assert run_cli([*argv, "--epochs", "3", "--resume", str(ckpt)])[0] == 0  # resuming it is fine
     assert run_cli([*argv, "--epochs", "1", "--force"])[0] == 0  # and so is saying so
     assert int(np.load(ckpt)["epoch"]) == 1
+
+
+# ---- 10: checkpoints without held-out history; checkpoints that diverged ------------------------
+
+MLP_TRAIN = ["train", str(ROOT / "examples" / "mlp.idx"), "--hidden", "8"]
+
+
+def _rewrite_checkpoint(path: Path, **changes: np.ndarray) -> None:
+    from indexgrad.files import save_npz_atomic
+
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    save_npz_atomic(path, {**arrays, **changes})
+
+
+@pytest.fixture
+def no_valid(tmp_path: Path) -> Path:
+    """A 2-epoch checkpoint of `train` as fit(..., checkpoint=) writes it without valid=."""
+    ckpt = tmp_path / "c.npz"
+    assert run_cli([*MLP_TRAIN, "--epochs", "2", "--save", str(ckpt)])[0] == 0
+    empty = np.zeros(0)
+    _rewrite_checkpoint(ckpt, **{"history.valid_loss": empty, "history.valid_metric": empty})
+    return ckpt
+
+
+def test_10_a_checkpoint_without_held_out_history_plots_and_resumes(tmp_path: Path, no_valid: Path) -> None:
+    from indexgrad.train import load_checkpoint
+
+    code, out, err = run_cli(
+        [*MLP_TRAIN, "--epochs", "2", "--resume", str(no_valid), "--plot", str(tmp_path / "a.png")]
+    )
+    assert code == 0 and "nothing to train" in out and "test accuracy" in out, err
+    assert (tmp_path / "a.png").stat().st_size > 1000
+    code, out, err = run_cli(
+        [
+            *MLP_TRAIN,
+            "--epochs",
+            "3",
+            "--resume",
+            str(no_valid),
+            "--save",
+            str(no_valid),
+            "--plot",
+            str(tmp_path / "b.png"),
+        ]
+    )
+    assert code == 0 and "epoch 3/3" in out and "test loss" in out, err
+    history = load_checkpoint(no_valid).history  # its own loader takes what it wrote
+    assert len(history.loss) == len(history.valid_loss) == len(history.valid_metric) == 3
+    assert np.isnan(history.valid_loss[:2]).all() and np.isfinite(history.valid_loss[2])
+    assert run_cli([*MLP_TRAIN, "--epochs", "4", "--resume", str(no_valid), "--save", str(no_valid)])[0] == 0
+
+
+def test_10_resuming_without_held_out_data_keeps_the_history_aligned(tmp_path: Path) -> None:
+    from indexgrad.train import fit, load_checkpoint
+
+    model = ig.compile(ROOT / "examples" / "mlp.idx")
+    rng = np.random.default_rng(0)
+    params = {
+        "W1": rng.standard_normal((5, 4)),
+        "B1": np.zeros(4),
+        "W2": rng.standard_normal((4, 3)),
+        "B2": np.zeros(3),
+    }
+    data = {"x": rng.standard_normal((7, 5)), "Y": np.eye(3)[rng.integers(0, 3, 7)]}
+    ckpt = tmp_path / "c.npz"
+    fit(model, params, data, epochs=1, batch=4, progress=False, checkpoint=ckpt, valid=data)
+    fit(model, params, data, epochs=3, batch=4, progress=False, checkpoint=ckpt, resume=ckpt)  # no valid
+    history = load_checkpoint(ckpt).history
+    assert len(history.valid_loss) == 3 and np.isnan(history.valid_loss[1:]).all()
+
+
+def test_10_a_diverged_checkpoint_is_named_as_such(no_valid: Path) -> None:
+    """Resuming params that hold NaN said "loss became nan in epoch 3; try a smaller learning rate"."""
+    with np.load(no_valid) as z:
+        w = z["param.W1"].copy()
+    w[0, 0] = np.nan
+    _rewrite_checkpoint(no_valid, **{"param.W1": w})
+    code, _, err = run_cli([*MLP_TRAIN, "--epochs", "4", "--resume", str(no_valid)])
+    assert code == 2 and "param 'W1' holds NaN" in err and "diverged" in err and "became" not in err, err
+
+
+def test_10_params_that_diverge_at_an_epoch_end_are_not_checkpointed(tmp_path: Path) -> None:
+    from indexgrad.optim import SGD
+    from indexgrad.train import fit
+
+    class LastStepBlowsUp(SGD):
+        steps = 0
+
+        def step(self, params, grads):  # type: ignore[no-untyped-def]
+            super().step(params, grads)
+            self.steps += 1
+            if self.steps == 2:  # the last batch of epoch 1
+                params["W2"][...] = np.inf
+
+    model = ig.compile(ROOT / "examples" / "mlp.idx")
+    rng = np.random.default_rng(0)
+    params = {
+        "W1": rng.standard_normal((5, 4)),
+        "B1": np.zeros(4),
+        "W2": rng.standard_normal((4, 3)),
+        "B2": np.zeros(3),
+    }
+    data = {"x": rng.standard_normal((7, 5)), "Y": np.eye(3)[rng.integers(0, 3, 7)]}
+    ckpt = tmp_path / "c.npz"
+    with pytest.raises(
+        ig.IndexgradError, match="param 'W2' became inf in epoch 1; try a smaller learning rate"
+    ):
+        fit(
+            model,
+            params,
+            data,
+            epochs=2,
+            batch=4,
+            optimizer=LastStepBlowsUp(0.1),
+            progress=False,
+            checkpoint=ckpt,
+        )
+    assert not ckpt.exists()
