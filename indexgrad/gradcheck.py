@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,40 +51,107 @@ def gradcheck(
 
     Each input (each of `wrt`, when given) is checked on its own along `directions` random
     directions; more than `JOINT_AFTER` of them are checked along random directions in all at
-    once (as JAX's check_grads does), reported under one key, so the cost stays a few forward passes.
-    `model` may also be a program (text, path or Program), compiled here.
+    once (as JAX's check_grads does), reported under one key, so the cost stays a few forward
+    passes. `model` may also be a program (text, path or Program), compiled here.
+
+    The step follows the values' scale: `eps` times the larger of 1 and the root mean square of
+    the inputs moved. Finite differences are taken with that step h and with 2h; their
+    difference estimates how far the one with h is off (its truncation error, and the rounding
+    of a loss such as sum(x + 1e6), whose last bits change the difference), and so does the
+    rounding of the loss itself (see `_uncertainty`). The error reported for an input is the
+    largest, over its directions, of |finite difference - derived| beyond that estimate,
+    relative to the larger of 1 and their size; when the estimate is larger than the derivative
+    itself (near a pole), the step shrinks by 4 (up to three times) and the check is repeated.
     """
     if not isinstance(model, Model):
         model = compile(model)
     wrt = wrt_names(wrt)
-    if not eps > 0 or not math.isfinite(eps):
-        raise IndexgradError(f"gradcheck needs a positive step eps, got {eps}")
+    _check_args(arrays, eps, tolerance, directions, seed)
     arr = {
         n: (np.asarray(a, dtype=np.float64) if n not in model.labels else np.asarray(a))
         for n, a in arrays.items()
     }
     vals = model.forward(**arr)
     loss = loss or model.program.statements[-1].target.name
+    if np.ndim(vals[loss]) != 0:
+        raise IndexgradError(
+            f"gradcheck needs a scalar loss, but '{loss}' has shape {np.shape(vals[loss])}; "
+            "reduce it to one number (sum[...](...)) or name a scalar with loss="
+        )
     names = list(model.inputs) if wrt is None else list(wrt)
     grads = model.backward(vals, loss=loss, wrt=names)
     rng = np.random.default_rng(seed)
     groups = [[n] for n in names]
     if len(groups) > JOINT_AFTER:
         groups = [names]
+
+    def value(moved: Mapping[str, np.ndarray]) -> float:
+        return float(model.forward(**{**arr, **moved})[loss])
+
     errors: dict[str, float] = {}
     for group in groups:
         worst = 0.0
+        count = max(1, sum(arr[n].size for n in group))
+        size = max(1.0, math.sqrt(sum(float(np.sum(arr[n] ** 2)) for n in group) / count))  # rms
         for _ in range(directions):
             d = {n: rng.standard_normal(np.shape(arr[n])) for n in group}
-            plus = dict(arr, **{n: arr[n] + eps * d[n] for n in group})
-            minus = dict(arr, **{n: arr[n] - eps * d[n] for n in group})
-            fd = (float(model.forward(**plus)[loss]) - float(model.forward(**minus)[loss])) / (2 * eps)
-            an = float(sum(np.sum(model.engine.to_numpy(grads[n]) * d[n]) for n in group))
-            err = abs(fd - an) / max(1.0, abs(fd), abs(an))
-            worst = max(worst, err)
+            derived = float(sum(np.sum(model.engine.to_numpy(grads[n]) * d[n]) for n in group))
+            h = eps * size
+            for _attempt in range(4):
+                fd, uncertain = _differences(value, arr, d, h)
+                if uncertain <= max(1.0, abs(derived)) or _attempt == 3:
+                    break
+                h /= 4  # near a pole or a kink: a smaller step, as long as it helps
+            excess = max(0.0, abs(fd - derived) - uncertain)
+            worst = max(worst, excess / max(1.0, abs(fd), abs(derived)))
         key = group[0] if len(group) == 1 else f"all {len(group)} inputs together"
         errors[key] = worst
     return GradcheckReport(errors, tolerance)
+
+
+def _differences(
+    value: Callable[[Mapping[str, np.ndarray]], float],
+    arr: Mapping[str, np.ndarray],
+    d: Mapping[str, np.ndarray],
+    h: float,
+) -> tuple[float, float]:
+    """The symmetric difference quotient along d with step h, and an estimate of how far off it
+    may be: twice its distance to the quotient with step 2h (whose truncation error is 4 times
+    as large, so the one with h is off by about a third of that distance), plus the rounding of
+    the four values of the loss, 16 units in their last place each, divided by the step."""
+    at = {k: {n: arr[n] + k * h * d[n] for n in d} for k in (-2, -1, 1, 2)}
+    f = {k: value(moved) for k, moved in at.items()}
+    fd1 = (f[1] - f[-1]) / (2 * h)
+    fd2 = (f[2] - f[-2]) / (4 * h)
+    rounding = 16 * np.finfo(np.float64).eps * max(abs(v) for v in f.values()) / h
+    if not (math.isfinite(fd1) and math.isfinite(fd2)):
+        return fd1, math.inf
+    return fd1, 2 * abs(fd1 - fd2) + rounding
+
+
+def _check_args(arrays: Any, eps: Any, tolerance: Any, directions: Any, seed: Any) -> None:
+    """Refuse gradcheck's own arguments that could only crash or pass vacuously."""
+
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+    if not isinstance(arrays, Mapping):
+        raise IndexgradError(
+            f"gradcheck takes the arrays as a mapping of names to arrays, got {type(arrays).__name__}"
+        )
+    if not (number(eps) and 0 < eps < math.inf):
+        raise IndexgradError(f"gradcheck needs a positive step eps, got {eps!r}")
+    if not (number(tolerance) and 0 < tolerance < math.inf):
+        raise IndexgradError(f"gradcheck needs a positive tolerance, got {tolerance!r}")
+    def count(x: Any) -> bool:
+        return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+    if not (count(directions) and directions >= 1):
+        raise IndexgradError(
+            f"gradcheck needs directions >= 1 (how many random directions to check), got {directions!r}"
+        )
+    if not (count(seed) and seed >= 0):
+        raise IndexgradError(f"gradcheck needs a non-negative integer seed, got {seed!r}")
 
 
 JOINT_AFTER = 64
@@ -117,13 +184,22 @@ def check_program(
             break
     else:
         raise IndexgradError(f"could not find random inputs for which '{loss}' is finite")
+    wrt = list(model.inputs)
     if value.ndim != 0:
-        # a vector output: check the scalar <seed, output> instead
-        g = rng.standard_normal(value.shape)
+        # a vector output: check the scalar <seed, output> instead, in names the program leaves free
+        taken = {*program.inputs(), *program.defined()}
+        seed_name, dot = _fresh("check.seed", taken), _fresh("check.dot", taken)
         idx = ",".join(f"i{k}" for k in range(value.ndim))
-        text = str(program) + f"check.dot = {loss}[{idx}] check.seed[{idx}]\n"
-        arrays["check.seed"] = g
+        text = str(program) + f"{dot} = {loss}[{idx}] {seed_name}[{idx}]\n"
+        arrays[seed_name] = rng.standard_normal(value.shape)
         model = Model(parse(text, program.filename), backend, iterations=iterations or {})
-        loss = "check.dot"
-    wrt = [n for n in model.inputs if n != "check.seed"]  # the seed is the check's, not the program's
+        loss = dot
     return gradcheck(model, arrays, loss=loss, tolerance=tolerance, wrt=wrt), len(wrt)
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    """`name`, or `name2`, `name3`, ...: the first the program does not use."""
+    out, k = name, 2
+    while out in taken:
+        out, k = f"{name}{k}", k + 1
+    return out

@@ -22,7 +22,7 @@ import pytest
 import indexgrad as ig
 from indexgrad import nodes
 from indexgrad.cli import main as cli_main
-from indexgrad.nodes import Span, refs_in
+from indexgrad.nodes import Call, Num, Product, Span, Sum, refs_in
 from indexgrad.printer import format_program
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -565,3 +565,103 @@ def test_10_params_that_diverge_at_an_epoch_end_are_not_checkpointed(tmp_path: P
             checkpoint=ckpt,
         )
     assert not ckpt.exists()
+
+
+# ---- 15, 16: check and gradcheck ------------------------------------------------------------
+
+SCALED = {  # right derivatives that finite differences with a fixed step and tolerance called wrong
+    "offset": ("loss = sum[i](x[i] + 1000000)\n", 300),
+    "reciprocal": ("loss = sum[b,i](1 / (x[b,j] W[j,i]))\n", 300),
+    "long chain": (
+        "h1 = x\n" + "".join(f"h{k + 1} = 1.5 h{k} + sin(h{k})\n" for k in range(1, 30)) + "loss = h30\n",
+        60,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCALED))
+def test_15_check_passes_right_derivatives_on_every_seed(name: str) -> None:
+    from indexgrad.gradcheck import check_program
+
+    text, seeds = SCALED[name]
+    program = ig.parse(text)
+    failed = {}
+    for seed in range(seeds):
+        report, _ = check_program(program, {}, seed=seed)
+        if not report.ok:
+            failed[seed] = report.errors
+    assert not failed, failed
+
+
+WRONG_RULES = {  # derivative rules with a mistake, as a bug in functions.py would make them
+    "tanh": lambda u, y: (Sum((Num(1), y), (1, -1)),),  # 1 - y instead of 1 - y^2
+    "sin": lambda u, y: (Call("sin", (u,)),),  # sin instead of cos
+    "exp": lambda u, y: (Product((Num(1.01), y), (False, False)),),  # off by 1%
+}
+WRONG_CASES = {
+    "tanh": "loss = sum[i](tanh(x[i] W[i]) + 1000000)\n",
+    "sin": "loss = sum[b,i](sin(1 / (x[b,j] W[j,i])))\n",
+    "exp": "h1[i] = tanh(3 x[i])\n"
+    + "".join(f"h{k + 1}[i] = tanh(3 h{k}[i] + W{k}[i])\n" for k in range(1, 30))
+    + "loss = sum[i](exp(h30[i]))\n",
+}
+
+
+@pytest.mark.parametrize("func", sorted(WRONG_RULES))
+def test_15_a_wrong_derivative_is_still_caught(func: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from indexgrad.functions import FUNCTIONS
+    from indexgrad.gradcheck import check_program
+
+    monkeypatch.setitem(FUNCTIONS, func, replace(FUNCTIONS[func], derivative=WRONG_RULES[func]))
+    program = ig.parse(WRONG_CASES[func])
+    caught = [not check_program(program, {}, seed=seed)[0].ok for seed in range(10)]
+    assert all(caught), caught
+
+
+def test_15_gradcheck_catches_a_gradient_off_by_a_little() -> None:
+    class Off(ig.Model):
+        def backward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            return {n: g * (1 + 1e-4) for n, g in super().backward(*args, **kwargs).items()}
+
+    rng = np.random.default_rng(0)
+    program = ig.parse("loss = sum[b](tanh(x[b,j] W[j]))\n")
+    arrays = {"x": rng.standard_normal((4, 3)), "W": rng.standard_normal(3)}
+    assert ig.gradcheck(ig.Model(program), arrays)
+    report = ig.gradcheck(Off(program), arrays)
+    assert not report and all(e > 1e-5 for e in report.errors.values()), report.errors
+
+
+def test_16_check_leaves_the_users_names_alone(tmp_path: Path) -> None:
+    """check added `check.seed` and `check.dot` to a vector output's program, whatever it held."""
+    seeded = tmp_path / "seeded.idx"
+    seeded.write_text("y[i] = x[i] check.seed[i]\nz[i] = 2 y[i]\n")
+    code, out, err = run_cli(["check", str(seeded)])
+    assert code == 0 and "check.seed:" in out and "2 inputs checked" in out, out + err
+    dotted = tmp_path / "dotted.idx"
+    dotted.write_text("check.dot[i] = 3 x[i]\n")
+    code, out, err = run_cli(["check", str(dotted)])
+    assert code == 0 and "1 input checked" in out and err == "", out + err
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"arrays": None}, "mapping of names to arrays"),
+        ({"eps": "a"}, "positive step eps"),
+        ({"eps": -1.0}, "positive step eps"),
+        ({"tolerance": float("nan")}, "positive tolerance"),
+        ({"seed": -1}, "non-negative integer seed"),
+        ({"seed": 1.5}, "non-negative integer seed"),
+        ({"directions": 0}, "directions >= 1"),
+        ({"directions": True}, "directions >= 1"),
+    ],
+)
+def test_gradcheck_refuses_its_own_bad_arguments(kwargs: dict, needle: str) -> None:
+    args = {"arrays": {"x": np.ones(3)}, **kwargs}
+    with pytest.raises(ig.IndexgradError, match=needle):
+        ig.gradcheck("loss = sum[i](x[i]^2)", **args)
+
+
+def test_gradcheck_refuses_a_loss_that_is_not_scalar() -> None:
+    with pytest.raises(ig.IndexgradError, match="scalar loss"):
+        ig.gradcheck("y[i] = x[i]^2", {"x": np.ones(3)})
