@@ -4,6 +4,7 @@ never over a file the command reads; and .npz archives read and written without 
 from __future__ import annotations
 
 import glob
+import math
 import os
 import stat
 import tempfile
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import IndexgradError
+from .memory import check_fits, human_bytes
 
 
 def _umask() -> int:
@@ -172,15 +174,66 @@ def load_npz(path: str | Path, what: str = "inputs file") -> dict[str, np.ndarra
         if magic[:1] == b"\x80":
             raise error("not an .npz archive but a pickle, which is never loaded; save plain arrays")
         raise error("not an .npz archive" + ("" if magic else " (it is empty)"))
+    need = 0
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {key: np.array(z[key]) for key in z.files}
-    except ValueError as e:
-        if "pickle" in str(e).lower():
-            raise error("the file holds pickled objects, which are never loaded; save plain arrays") from None
-        raise error(f"damaged .npz archive ({e})") from None
+        with zipfile.ZipFile(path) as z:
+            headers = [(info, _npy_header(z, info)) for info in z.infolist() if not info.is_dir()]
+            need = sum(nbytes for _, (_, _, nbytes) in headers)
+            if headers:
+                info, (shape, dtype, nbytes) = max(headers, key=lambda h: h[1][2])
+                largest = f"the largest, '{_array_name(info)}', of shape {shape} {dtype}"
+                check_fits(need, f"the arrays of the {what} ({largest})")
+            return {_array_name(info): _read_npy(z, info) for info, _ in headers}
+    except _Refused as e:
+        raise error(str(e)) from None
+    except MemoryError:
+        raise error(f"not enough memory to read the {what} ({human_bytes(need)} of arrays)") from None
+    except IndexgradError as e:
+        e.filename = name
+        raise
     except Exception as e:  # BadZipFile, EOFError, NotImplementedError, ...: any damage
         raise error(f"damaged .npz archive ({type(e).__name__}: {e})") from None
+
+
+class _Refused(Exception):
+    """Why an archive member cannot be read (said as the archive's IndexgradError)."""
+
+
+def _array_name(info: zipfile.ZipInfo) -> str:
+    return info.filename[:-4] if info.filename.endswith(".npy") else info.filename  # as np.load names it
+
+
+def _npy_header(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype, int]:
+    """The shape, dtype and byte count a member declares, read from its .npy header alone, before
+    anything is allocated; a member whose data is shorter than declared is damage."""
+    fmt = np.lib.format
+    with z.open(info) as f:
+        try:
+            version = fmt.read_magic(f)
+        except ValueError:
+            raise _Refused(f"the archive member {info.filename!r} is not an .npy array") from None
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(f)
+        else:  # 3.0: 2.0 with a UTF-8 header; numpy reads it only through its private reader
+            shape, _, dtype = fmt._read_array_header(f, version)
+        start = f.tell()
+    if dtype.hasobject:
+        raise _Refused("the file holds pickled objects, which are never loaded; save plain arrays")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > info.file_size - start:
+        raise _Refused(
+            f"damaged .npz archive: '{_array_name(info)}' declares shape {shape} {dtype} "
+            f"({human_bytes(nbytes)}) but holds {human_bytes(max(0, info.file_size - start))}"
+        )
+    return shape, dtype, nbytes
+
+
+def _read_npy(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """One member's array, read into the one array numpy allocates for it (no copy after)."""
+    with z.open(info) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
 
 
 def same_file(a: str | Path, b: str | Path) -> bool:

@@ -15,6 +15,7 @@ from .derive import defined_loss
 from .errors import IndexgradError, lookup
 from .files import atomic_path, load_npz, save_npz_atomic
 from .lower import Contract
+from .memory import check_fits
 from .model import Model
 from .nodes import Affine, Decl, Program, Ref, ref_index_names
 from .optim import OPTIMIZERS, Optimizer, make_optimizer
@@ -136,8 +137,14 @@ def init_params(
     """
     draw = lookup(INITIALIZERS, init, "initializer")
     rng = np.random.default_rng(seed)
+    shapes = param_shapes(model, sizes)
+    if shapes:  # each is drawn in float64, then kept in dtype: refused before anything is allocated
+        count = sum(math.prod(shape) for shape in shapes.values())
+        name, shape = max(shapes.items(), key=lambda kv: math.prod(kv[1]))
+        largest = f"the largest, '{name}', of shape {shape}"
+        check_fits(count * (8 + np.dtype(dtype).itemsize), f"the params ({largest})")
     params = {}
-    for name, shape in param_shapes(model, sizes).items():
+    for name, shape in shapes.items():
         if len(shape) >= 2:
             values = draw(rng, shape, *fans(shape, summed_axes(model, name)))
         else:

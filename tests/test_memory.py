@@ -59,7 +59,7 @@ def test_limit_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ig.IndexgradError, match="memory limit"):
         ig.compile(ig.parse(OUTER)).forward(x=np.ones(100), z=np.ones(100))
     monkeypatch.setenv("INDEXGRAD_MEMORY_LIMIT", "lots")
-    with pytest.raises(ig.IndexgradError, match="INDEXGRAD_MEMORY_LIMIT must be a number of bytes"):
+    with pytest.raises(ig.IndexgradError, match="INDEXGRAD_MEMORY_LIMIT must be a positive number of bytes"):
         ig.memory_limit()
 
 
