@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .derive import default_loss, derive_for, derive_jvp, forward_statements, gather_form
 from .errors import IndexgradError, IndexgradWarning, render
 from .files import check_writable, load_npz, refuse_overwrite, same_file, save_npz_atomic
@@ -21,7 +22,7 @@ from .lower import lower, prim_statement
 from .model import Model
 from .nodes import Program, Statement, Use, ref_index_names, refs_in, refs_in_statement
 from .printer import format_program, format_statement, format_use
-from .shapes import parse_dims, parse_names
+from .shapes import parse_dims, parse_names, tensor_name
 from .syntax import load
 from .tools import add_iteration_flags, check_dims, check_ranks
 
@@ -351,12 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="indexgrad",
         description="Layer equations in index notation: derive, print, check and run their gradients.",
     )
+    ap.add_argument("--version", action="version", version=f"indexgrad {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
     fmts = ["idx", "latex", "json"]
 
     g = sub.add_parser("grad", help="print the derived gradient program")
     g.add_argument("file")
-    g.add_argument("--loss")
+    g.add_argument("--loss", type=tensor_name)
     g.add_argument("--wrt", help="comma-separated input names")
     g.add_argument("--order", type=int, default=1, help="2 prints the Hessian-vector program")
     g.add_argument("--format", choices=fmts, default="idx")
@@ -372,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file")
     c.add_argument("--dims", help="index sizes, e.g. b=4,i=3")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--loss")
+    c.add_argument("--loss", type=tensor_name)
     c.add_argument("--tolerance", type=float, default=1e-5)
     c.add_argument("--backend", default="numpy", help=BACKEND_HELP)
     add_iteration_flags(c)

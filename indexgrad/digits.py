@@ -128,10 +128,10 @@ def train_command(
         for flag, value in (("--epochs", epochs), ("--hidden", hidden), ("--batch", batch)):
             if value < 1:
                 raise IndexgradError(f"{flag} must be at least 1, got {value}")
-        if not lr > 0:
-            raise IndexgradError(f"--lr must be positive, got {lr}")
-        if seed < 0:
-            raise IndexgradError(f"--seed must be a non-negative integer, got {seed}")
+        if not (lr > 0 and math.isfinite(lr)):
+            raise IndexgradError(f"--lr must be a positive number, got {lr}")
+        if not 0 <= seed < 2**32:  # the data split takes scikit-learn's 32-bit random_state
+            raise IndexgradError(f"--seed must be between 0 and {2**32 - 1}, got {seed}")
         if device is not None and backend != "torch":
             raise IndexgradError(f"--device {device} places torch tensors: add --backend torch")
     except IndexgradError as e:
@@ -144,7 +144,16 @@ def train_command(
     train, test = load(seed=seed, labels="integer" if model.labels else "onehot")
     train, test = _model_data(model, train, data), _model_data(model, test, data)
     train, test = _as_declared(model, train), _as_declared(model, test)
-    sizes = {**infer_sizes(model, train), **(dims or {})}
+    sizes = infer_sizes(model, train)
+    fixed = [n for n in dims or {} if n in sizes]
+    if fixed:
+        raise IndexgradError(
+            "--dims sizes " + ", ".join(f"'{n}'" for n in fixed) + ", which the data set sizes ("
+            + ", ".join(f"{n}={sizes[n]}" for n in fixed) + " in its training part); leave "
+            + ("it" if len(fixed) == 1 else "them") + " out of --dims",
+            filename="indexgrad train",
+        )
+    sizes.update(dims or {})
     shapes = infer_shapes(model.program, sizes, default=hidden)
     widths = {}  # param indices neither the data, --dims nor index arithmetic size: the hidden width
     for decl in model.program.decls:

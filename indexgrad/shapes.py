@@ -78,6 +78,16 @@ def parse_dims(text: str | None) -> dict[str, int]:
     return out
 
 
+def tensor_name(text: str) -> str:
+    """An argparse type for a flag that names one tensor (--loss): refuses an empty name, which
+    would otherwise read as the flag left out."""
+    import argparse
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs a tensor name, got ''")
+    return text.strip()
+
+
 def parse_names(text: str | None) -> list[str] | None:
     """`W1,B1` (the --wrt flag) as a list; None when the flag is absent."""
     if text is None:

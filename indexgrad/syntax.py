@@ -430,6 +430,11 @@ def _number(t: Token) -> float:
     value = float(text)
     if value != value or value in (float("inf"), float("-inf")):
         raise IndexgradError(f"number {text} is too large", _tok_span(t))
+    if value == 0 and re.search(r"[1-9]", re.split(r"[eE]", text)[0]):  # 1e-400, not 0 or 0.0e5
+        raise IndexgradError(
+            f"number {text} is too small for floating point, where it is 0; write 0 if 0 is meant",
+            _tok_span(t),
+        )
     return value
 
 
@@ -786,9 +791,23 @@ def load(path: str | Path) -> Program:
 
 
 def as_program(x: str | Path | Program) -> Program:
-    """A Program from a Program, a path to an .idx file, or .idx text."""
+    """A Program from a Program, a path to an .idx file, or .idx text.
+
+    A Path is a path. A string is a path when a file of that name exists, or when it ends in
+    `.idx` and holds no `=`, `;` or line break (every statement has an `=`, so `y = w.idx` is
+    program text); any other string is program text.
+    """
     if isinstance(x, Program):
         return x
-    if isinstance(x, Path) or (isinstance(x, str) and x.endswith(".idx") and "\n" not in x):
+    if isinstance(x, Path) or (isinstance(x, str) and _names_a_file(x)):
         return load(x)
     return parse(x)
+
+
+def _names_a_file(text: str) -> bool:
+    if text.endswith(".idx") and not any(c in text for c in "=;\r\n"):
+        return True
+    try:
+        return "\n" not in text and Path(text).is_file()
+    except (OSError, ValueError):  # too long a name, or a NUL in it: not a file name
+        return False
