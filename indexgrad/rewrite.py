@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .lower import Contract, Elementwise, Operand, Prim, prim_refs, size_names
-from .nodes import Gather, Num, Ref, SizeOf, idx, is_plain, ref_index_names
+from .nodes import Affine, Gather, Num, Ref, SizeOf, idx, is_plain, ref_index_names
 
 
 def split_products(prims: list[Prim], shapes: dict[str, tuple[int, ...]]) -> list[Prim]:
@@ -168,9 +168,13 @@ def _inline_once(
     return (result if values else prims), lost
 
 
-def _indexed(p: Contract) -> set[str]:
-    """The index names a product's tensors and target carry."""
-    return set(ref_index_names(p.out)).union(*(ref_index_names(r) for r in prim_refs(p)))
+def _indexed(p: Contract) -> tuple[set[str], set[str]]:
+    """The index names a product's tensors and target carry, and those of them some tensor
+    carries in a plain position, which sizes them: in `x.grad[10-j] += y.grad[j]`, j's size is
+    y.grad's, and x.grad's axis alone cannot give it."""
+    refs = (p.out, *prim_refs(p))
+    plain = {i.plain for r in refs for i in r.indices if isinstance(i, Affine) and i.plain is not None}
+    return set().union(*(ref_index_names(r) for r in refs)), plain
 
 
 def absorb_scales(prims: list[Prim], keep: set[str]) -> list[Prim]:
