@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -342,11 +343,14 @@ def test_7_a_name_no_npz_member_can_have_is_refused(tmp_path: Path, name: str) -
     assert list(tmp_path.iterdir()) == []
 
 
-def _limited(nbytes: int):  # type: ignore[no-untyped-def]
-    """A preexec_fn giving the child a file size limit (RLIMIT_FSIZE): a longer write fails."""
+def _limited(nbytes: int, kind: str = "RLIMIT_FSIZE") -> Callable[[], None]:
+    """A preexec_fn giving the child a limit the kernel enforces: by default on file size (a
+    longer write fails, as on a full disk); RLIMIT_AS (`ulimit -v`) on memory, where an
+    allocation past it fails as it would in a small container."""
     import resource
 
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+    which = getattr(resource, kind)
+    return lambda: resource.setrlimit(which, (nbytes, nbytes))
 
 
 def test_8_a_failed_plot_keeps_the_old_image(tmp_path: Path) -> None:
@@ -665,3 +669,281 @@ def test_gradcheck_refuses_its_own_bad_arguments(kwargs: dict, needle: str) -> N
 def test_gradcheck_refuses_a_loss_that_is_not_scalar() -> None:
     with pytest.raises(ig.IndexgradError, match="scalar loss"):
         ig.gradcheck("y[i] = x[i]^2", {"x": np.ones(3)})
+
+
+# ---- 2, 3, 4: memory: archives read after their headers, the container's limit, huge params -----
+
+
+def _peak_rss(argv: list[str], cwd: Path, env: dict[str, str], **kw: Any) -> tuple[int, str, int]:
+    """Exit status, stderr and the child's peak resident memory in bytes."""
+    pipes = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, text=True, **pipes, **kw)
+    err = proc.stderr.read() if proc.stderr else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, err, usage.ru_maxrss * 1024
+
+
+@pytest.fixture(scope="module")
+def half_gib_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An honest .npz of 2 MB holding x: 2^26 float64 zeros (512 MiB once read)."""
+    import zipfile
+
+    path = tmp_path_factory.mktemp("big") / "big.npz"
+    n = 1 << 26
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        with z.open("x.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (n,)})
+            chunk = bytes(16 << 20)
+            for _ in range(n * 8 // len(chunk)):
+                f.write(chunk)
+    return path
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "INDEXGRAD_MEMORY_LIMIT"}
+    return {**env, **extra}
+
+
+def test_2_an_archive_over_the_limit_is_refused_from_its_headers(
+    tmp_path: Path, half_gib_archive: Path
+) -> None:
+    """Under INDEXGRAD_MEMORY_LIMIT=32e6 the 512 MiB array is never allocated (it was read whole,
+    then copied: over a gigabyte)."""
+    (tmp_path / "p.idx").write_text("y[i] = 2 x[i]\n")
+    argv = [sys.executable, "-m", "indexgrad", "run", "p.idx", "--inputs", str(half_gib_archive)]
+    code, err, rss = _peak_rss(argv, tmp_path, _env(INDEXGRAD_MEMORY_LIMIT="32e6"))
+    assert code == 2 and "Traceback" not in err, err
+    assert "'x', of shape (67108864,) float64" in err and "512.0 MiB" in err and "memory limit" in err, err
+    assert rss < 256 << 20, rss  # the interpreter and numpy, not the array
+
+
+def test_2_3_the_default_limit_heeds_a_real_address_space_limit(
+    tmp_path: Path, half_gib_archive: Path
+) -> None:
+    """With no INDEXGRAD_MEMORY_LIMIT, under `ulimit -v` the archive is refused as over the limit,
+    not called damaged after a MemoryError."""
+    (tmp_path / "p.idx").write_text("y[i] = 2 x[i]\n")
+    argv = [sys.executable, "-m", "indexgrad", "run", "p.idx", "--inputs", str(half_gib_archive)]
+    code, err, _ = _peak_rss(argv, tmp_path, _env(), preexec_fn=_limited(640 << 20, "RLIMIT_AS"))
+    assert code == 2 and "Traceback" not in err, err
+    assert "memory limit" in err and "damaged" not in err, err
+
+
+def test_3_train_refuses_params_over_the_limit_before_making_them(tmp_path: Path) -> None:
+    """`--hidden 10000000` asks for 10^7 x 784 weights (63 GB): refused, not killed."""
+    argv = [sys.executable, "-m", "indexgrad", "train", str(ROOT / "examples" / "mlp.idx")]
+    argv += ["--hidden", "10000000"]
+    code, err, _ = _peak_rss(argv, tmp_path, _env(), preexec_fn=_limited(1 << 30, "RLIMIT_AS"))
+    assert code == 2 and "Traceback" not in err, err
+    assert "the params (the largest, 'W1'" in err and "memory limit" in err, err
+
+
+def _cgroup_v2(root: Path, path: str, limits: dict[str, tuple[str, int]]) -> Path:
+    """A cgroup v2 tree under root: for each group (a path below root), memory.max and
+    memory.current; returns a /proc/self/cgroup naming `path`."""
+    for group, (limit, usage) in limits.items():
+        d = root / group.strip("/")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "memory.max").write_text(limit + "\n")
+        (d / "memory.current").write_text(f"{usage}\n")
+    membership = root.parent / "self-cgroup"
+    membership.write_text(f"0::{path}\n")
+    return membership
+
+
+def test_3_cgroup_room_is_the_least_room_of_the_group_and_its_parents(tmp_path: Path) -> None:
+    from indexgrad.memory import cgroup_room
+
+    root = tmp_path / "cgroup"
+    groups = {"/": ("max", 5 << 30), "/box": (str(1 << 30), 600 << 20), "/box/job": ("max", 100 << 20)}
+    membership = _cgroup_v2(root, "/box/job", groups)
+    assert cgroup_room(root, membership) == (1 << 30) - (600 << 20)  # the parent's 1 GiB binds
+    (root / "box" / "job" / "memory.max").write_text("314572800\n")  # 300 MiB of its own
+    assert cgroup_room(root, membership) == (300 << 20) - (100 << 20)
+    (root / "box" / "memory.max").write_text("max\n")
+    (root / "box" / "job" / "memory.max").write_text("max\n")
+    assert cgroup_room(root, membership) is None  # no limit anywhere
+
+
+def test_3_cgroup_v1_and_a_namespaced_group(tmp_path: Path) -> None:
+    from indexgrad.memory import cgroup_room
+
+    root = tmp_path / "cgroup"
+    (root / "memory").mkdir(parents=True)
+    (root / "memory" / "memory.limit_in_bytes").write_text(f"{1 << 30}\n")
+    (root / "memory" / "memory.usage_in_bytes").write_text(f"{200 << 20}\n")
+    membership = tmp_path / "self-cgroup"
+    membership.write_text("12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n")  # /docker/abc hidden
+    assert cgroup_room(root, membership) == (1 << 30) - (200 << 20)
+    (root / "memory" / "memory.limit_in_bytes").write_text(f"{(1 << 63) - 4096}\n")  # v1's "unlimited"
+    assert cgroup_room(root, membership) is None
+    assert cgroup_room(tmp_path / "none", tmp_path / "missing") is None
+
+
+def test_3_check_in_a_small_cgroup_is_refused_not_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`check outer.idx --dims i=15000,j=15000` in a 1 GiB cgroup: a 1.7 GiB array, refused at
+    its statement (the host's free memory was the limit, and the container killed the command)."""
+    from indexgrad import memory
+
+    root = tmp_path / "cgroup"
+    membership = _cgroup_v2(root, "/", {"/": (str(1 << 30), 50 << 20)})
+    real = memory.cgroup_room
+    monkeypatch.setattr(memory, "cgroup_room", lambda: real(root, membership))
+    monkeypatch.delenv("INDEXGRAD_MEMORY_LIMIT", raising=False)
+    assert ig.memory_limit() <= int(((1 << 30) - (50 << 20)) * 0.8)
+    (tmp_path / "outer.idx").write_text("input x[i], z[j]\ny[i,j] = x[i] z[j]\nloss = sum[i,j](y[i,j]^2)\n")
+    code, _, err = run_cli(["check", str(tmp_path / "outer.idx"), "--dims", "i=15000,j=15000"])
+    assert code == 2 and "memory limit" in err and "outer.idx:2:1" in err, err
+
+
+@pytest.mark.parametrize("text", ["inf", "1e400", "Infinity", " 1e30 "])
+def test_4_a_memory_limit_of_infinity_means_none(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from indexgrad.memory import NO_LIMIT
+
+    monkeypatch.setenv("INDEXGRAD_MEMORY_LIMIT", text)
+    assert ig.memory_limit() == NO_LIMIT
+    vals = ig.compile("y[i] = 2 x[i]\n").forward(x=np.arange(3.0))  # the guard compares, never overflows
+    np.testing.assert_array_equal(vals["y"], [0.0, 2.0, 4.0])
+    try:
+        ig.set_memory_limit(math.inf)
+        assert ig.memory_limit() == NO_LIMIT
+    finally:
+        ig.set_memory_limit(None)
+
+
+@pytest.mark.parametrize("text", ["-1", "0", "nan", "lots"])
+def test_4_a_memory_limit_that_is_no_size_is_refused(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INDEXGRAD_MEMORY_LIMIT", text)
+    with pytest.raises(ig.IndexgradError, match="INDEXGRAD_MEMORY_LIMIT must be a positive number of bytes"):
+        ig.memory_limit()
+
+
+@pytest.mark.parametrize("seed", ["4294967296", "-1"])
+def test_4_train_refuses_a_seed_scikit_learn_cannot_take(seed: str) -> None:
+    code, _, err = run_cli(["train", str(ROOT / "examples" / "mlp.idx"), "--seed", seed])
+    assert code == 2 and "--seed must be between 0 and 4294967295" in err, err
+
+
+# ---- 6: API misuse is an IndexgradError -----------------------------------------------------------
+
+MLP2 = "h[i] = tanh(x[j] W1[j,i])\nloss = sum[i](h[i]^2)\n"
+INPUTS2 = {"x": np.ones(3), "W1": np.ones((3, 2))}
+
+
+@pytest.mark.parametrize(
+    "call, needle",
+    [
+        (lambda m, v: m.jvp(v, None), "tangents must be a dict from input names to arrays, not NoneType"),
+        (lambda m, v: m.jvp(None, {"x": np.ones(3)}), "vals must be the dict forward() returned"),
+        (lambda m, v: m.hvp(v, v=3), "v must be a dict from input names to arrays, not int"),
+        (lambda m, v: m.hvp(None, v={"x": np.ones(3)}), "vals must be the dict forward() returned"),
+        (lambda m, v: m.backward(v, wrt=3), "wrt must be a name or a list of names, not int"),
+        (lambda m, v: m.hvp(v, v={"W1": np.ones(3)}), "v for 'W1' has shape (3,), not (3, 2)"),
+        (lambda m, v: ig.gradcheck(m, None), "mapping of names to arrays, got NoneType"),
+        (lambda m, v: ig.gradcheck(m, INPUTS2, eps="a"), "positive step eps"),
+        (lambda m, v: ig.gradcheck(m, INPUTS2, seed=-1), "non-negative integer seed"),
+        (lambda m, v: ig.gradcheck(m, INPUTS2, directions=0), "directions >= 1"),
+    ],
+)
+def test_6_api_misuse_is_an_indexgrad_error(call: Callable[[Any, Any], Any], needle: str) -> None:
+    model = ig.compile(MLP2)
+    vals = model.forward(**INPUTS2)
+    with pytest.raises(ig.IndexgradError) as e:
+        call(model, vals)
+    assert needle in str(e.value) and ".tan" not in str(e.value), str(e.value)
+
+
+# ---- 13: a shifted read in a sum of terms differentiates -----------------------------------------
+
+
+@pytest.mark.parametrize("form", ["z[j] + x[10-j]", "x[10-j] + z[j]", "z[j] - 2 x[10-j]", "x[10-j] z[j]"])
+def test_13_a_shifted_read_in_a_sum_has_a_backward(form: str, tmp_path: Path) -> None:
+    """Inlining y.grad[j] = loss.grad into `x.grad[10-j] += y.grad[j]` left j sized by nothing."""
+    import autograd
+    import autograd.numpy as anp
+
+    text = f"y[j] = {form}\nloss = sum[j](y[j])\n"
+    rng = np.random.default_rng(0)
+    x, z = rng.standard_normal(11), rng.standard_normal(3)
+    model = ig.compile(text)
+    grads = model.backward(model.forward(x=x, z=z))
+
+    def oracle(x: np.ndarray, z: np.ndarray) -> Any:
+        xs = x[10 - np.arange(3)]
+        sums = {"z[j] + x[10-j]": z + xs, "x[10-j] + z[j]": xs + z, "z[j] - 2 x[10-j]": z - 2 * xs}
+        return anp.sum(sums.get(form, xs * z))
+
+    np.testing.assert_allclose(grads["x"], autograd.grad(oracle, 0)(x, z), rtol=1e-12)
+    np.testing.assert_allclose(grads["z"], autograd.grad(oracle, 1)(x, z), rtol=1e-12)
+    (tmp_path / "p.idx").write_text(text)
+    code, out, err = run_cli(["check", str(tmp_path / "p.idx")])
+    assert code == 0 and "passed: 2 inputs checked" in out, out + err
+
+
+# ---- messages to mend ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", ["/", ""])
+def test_a_number_that_underflows_to_zero_is_refused_both_ways(op: str) -> None:
+    """`x / 1e-400` said 'this number is 0' while `x * 1e-400` was silently 0."""
+    text = f"y[i] = x[i] {op} 1e-400\n"
+    with pytest.raises(ig.IndexgradError, match="number 1e-400 is too small for floating point") as e:
+        ig.parse(text)
+    assert e.value.span.column == text.index("1e-400") + 1
+    assert ig.parse("y[i] = x[i] 0.0e5 + 1e-300\n")  # zero written as zero, and a small normal number
+
+
+def test_a_scatter_reads_as_a_gather_without_an_empty_list(tmp_path: Path) -> None:
+    (tmp_path / "shift.idx").write_text("y[j] = x[j+1]\nloss = sum[j](y[j])\n")
+    code, out, err = run_cli(["grad", str(tmp_path / "shift.idx")])
+    assert code == 0, err
+    assert "#   that is x.grad[j2] += y.grad[j2-1], reading only positions in range" in out, out
+    assert "over  in" not in out
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["run", "P", "--inputs", "IN", "--out", ""], "--out needs a file name, got ''"),
+        (["grad", "P", "--loss", ""], "--loss: needs a tensor name, got ''"),
+        (["check", "P", "--loss", " "], "--loss: needs a tensor name, got ''"),
+        (["train", "MLP", "--save", ""], "--save needs a file name, got ''"),
+        (["train", "MLP", "--plot", ""], "--plot needs a file name, got ''"),
+        (["train", "MLP", "--dims", "b=5"], "--dims sizes 'b', which the data set sizes (b=1437"),
+        (["train", "MLP", "--lr", "inf"], "--lr must be a positive number, got inf"),
+        (["train", "MLP", "--lr", "nan"], "--lr must be a positive number, got nan"),
+        (["train", "MLP", "--save", "/proc/c.npz"], "--save /proc/c.npz: cannot write there"),
+        (["run", "P", "--inputs", "IN", "--out", "nodir/o.npz"], "--out nodir/o.npz: no such directory"),
+    ],
+)
+def test_empty_or_unusable_flags_are_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], needle: str
+) -> None:
+    """`--out ''` and the like were taken as the flag left out; a read-only or missing place was
+    found only after the work (/proc takes no new file, even for root, as a read-only mount)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.idx").write_text("y[i] = 2 x[i]\nloss = sum[i](y[i])\n")
+    np.savez(tmp_path / "in.npz", x=np.arange(3.0))
+    names = {"P": "p.idx", "IN": "in.npz", "MLP": str(ROOT / "examples" / "mlp.idx")}
+    code, out, err = run_cli([names.get(a, a) for a in argv])
+    assert code == 2 and needle in err and "Traceback" not in err, err
+    assert "epoch" not in out and sorted(p.name for p in tmp_path.iterdir()) == ["in.npz", "p.idx"]
+
+
+def test_version() -> None:
+    assert run_cli(["--version"]) == (0, f"indexgrad {ig.__version__}\n", "")
+
+
+def test_compile_of_text_ending_in_idx_is_text_not_a_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = ig.compile("y = w.idx")
+    assert list(model.inputs) == ["w.idx"] and float(model.forward(**{"w.idx": np.float64(2.0)})["y"]) == 2.0
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prog").write_text("y[i] = 3 x[i]\n")  # an existing file is a path, whatever its name
+    np.testing.assert_array_equal(ig.compile("prog").forward(x=np.ones(2))["y"], [3.0, 3.0])
+    with pytest.raises(ig.IndexgradError, match="missing.idx"):
+        ig.compile("missing.idx")
