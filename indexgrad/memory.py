@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 from .errors import IndexgradError
 
@@ -135,12 +136,16 @@ def human_bytes(n: int) -> str:
     return str(n)
 
 
-def check_fits(need: int, what: str, limit: int | None = None) -> None:
-    """Refuse `need` bytes over the memory limit, saying what needs them and how to raise it."""
-    limit = memory_limit() if limit is None else limit
+def check_fits(need: int, what: str, *where: Any, smaller: str = "") -> None:
+    """Refuse `need` bytes over the memory limit, saying what needs them and how to raise it
+    (or, given `smaller`, what to make smaller first); `where` is the error's span, file name
+    and source."""
+    limit = memory_limit()
     if need > limit:
         raise IndexgradError(
             f"{what} would need {human_bytes(need)}, over the memory limit of {human_bytes(limit)}; "
-            "raise the limit with indexgrad.set_memory_limit() or INDEXGRAD_MEMORY_LIMIT "
-            "(a number of bytes, or inf)"
+            + (f"use smaller {smaller}, or " if smaller else "")
+            + "raise the limit with indexgrad.set_memory_limit() or INDEXGRAD_MEMORY_LIMIT "
+            "(a number of bytes, or inf)",
+            *where,
         )

@@ -10,7 +10,7 @@ import numpy as np
 from .check import sized_like
 from .errors import IndexgradError
 from .functions import FUNCTIONS
-from .memory import human_bytes, memory_limit
+from .memory import check_fits
 from .nodes import DELTA, Affine, Call, Expr, Gather, Program, Ref, children, refs_in
 from .positions import same_extent, valid_extent, written_extent
 
@@ -283,19 +283,14 @@ def random_inputs(
                 if isinstance(i, Gather) and r.name in shapes:
                     limits[i.ref.name] = min(limits.get(i.ref.name, 10**9), shapes[r.name][axis])
     out: dict[str, np.ndarray] = {}
-    limit = memory_limit()
+    if shapes:  # all of them together, before any is drawn: each may fit while all do not
+        name, shape = max(shapes.items(), key=lambda kv: math.prod(kv[1]))
+        reads = (r for st in program.statements for r in refs_in(st.expr))
+        place = next((r.span for r in reads if r.name == name), None)
+        what = f"the random inputs (the largest, '{name}', of shape {shape})"
+        need = sum(8 * math.prod(s) for s in shapes.values())
+        check_fits(need, what, place, program.filename, program.source, smaller="--dims")
     for name, shape in shapes.items():
-        need = 8 * math.prod(shape)
-        if need > limit:
-            reads = (r for st in program.statements for r in refs_in(st.expr))
-            place = next((r.span for r in reads if r.name == name), None)
-            raise IndexgradError(
-                f"a random '{name}' of shape {shape} would need {human_bytes(need)}, over the memory limit "
-                f"of {human_bytes(limit)}; use smaller --dims",
-                place,
-                program.filename,
-                program.source,
-            )
         if name in labels:
             out[name] = rng.integers(0, max(limits.get(name, 2), 1), size=shape)
         elif positive or name in pos:

@@ -799,6 +799,17 @@ def test_3_check_in_a_small_cgroup_is_refused_not_killed(
     assert code == 2 and "memory limit" in err and "outer.idx:2:1" in err, err
 
 
+def test_3_check_refuses_random_inputs_that_fit_one_by_one_but_not_together(tmp_path: Path) -> None:
+    """Eight 16 MB inputs under a 40 MB limit: each was drawn after a check of itself alone."""
+    terms = " + ".join(f"x{k}[i,j]" for k in range(8))
+    (tmp_path / "eight.idx").write_text(f"loss = sum[i,j]({terms})\n")
+    argv = [sys.executable, "-m", "indexgrad", "check", "eight.idx", "--dims", "i=1000,j=2000"]
+    code, err, rss = _peak_rss(argv, tmp_path, _env(INDEXGRAD_MEMORY_LIMIT="40e6"))
+    assert code == 2 and "eight.idx:1:17: error: the random inputs (the largest, 'x0'" in err, err
+    assert "would need 122.1 MiB, over the memory limit of 38.1 MiB; use smaller --dims" in err, err
+    assert rss < 120 << 20, rss  # none of the 128 MB was drawn
+
+
 @pytest.mark.parametrize("text", ["inf", "1e400", "Infinity", " 1e30 "])
 def test_4_a_memory_limit_of_infinity_means_none(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from indexgrad.memory import NO_LIMIT
