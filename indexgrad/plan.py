@@ -33,7 +33,7 @@ from .lower import (
     prim_statement,
 )
 from .lower import Operand as Factor
-from .memory import human_bytes, memory_limit
+from .memory import check_fits, human_bytes
 from .nodes import DELTA, NOSPAN, Gather, Num, Ref, SizeOf, Span, is_plain, ref_index_names
 from .printer import format_index, format_number, format_ref, format_statement
 from .sizes import Shape, Sizer
@@ -886,27 +886,12 @@ def _scratch(s: Step) -> int:
 
 def _guard_memory(plan: Plan) -> None:
     """Refuse a plan whose arrays would not fit at once (SPEC: a clear error, never an OOM)."""
-    limit = memory_limit()
     for s in plan.steps:
         need = math.prod(s.shape) * np.dtype(s.dtype).itemsize + _scratch(s)
-        if need > limit:
-            raise IndexgradError(
-                f"this statement would need {human_bytes(need)} for '{s.out}' or an intermediate, "
-                f"over the memory limit of {human_bytes(limit)}; use smaller sizes, or raise the limit "
-                "with indexgrad.set_memory_limit() or INDEXGRAD_MEMORY_LIMIT",
-                s.span,
-                plan.filename,
-                plan.source,
-            )
-    if plan.peak_bytes > limit:
-        raise IndexgradError(
-            f"this program would hold {human_bytes(plan.peak_bytes)} of arrays at once, over the memory "
-            f"limit of {human_bytes(limit)}; use smaller sizes, or raise the limit with "
-            "indexgrad.set_memory_limit() or INDEXGRAD_MEMORY_LIMIT",
-            None,
-            plan.filename,
-            plan.source,
-        )
+        what = f"this statement ('{s.out}' or an intermediate)"
+        check_fits(need, what, s.span, plan.filename, plan.source, smaller="sizes")
+    what = "this program, holding its arrays at once,"
+    check_fits(plan.peak_bytes, what, None, plan.filename, plan.source, smaller="sizes")
 
 
 # ---- how steps read in a printed plan --------------------------------------------------------

@@ -375,7 +375,7 @@ def test_a_plan_whose_arrays_would_not_fit_at_once_is_refused_before_running() -
     m = ig.compile(text)
     ig.set_memory_limit(300_000_000)
     try:
-        with pytest.raises(ig.IndexgradError, match="would hold 1.5 GiB of arrays at once"):
+        with pytest.raises(ig.IndexgradError, match="holding its arrays at once, would need 1.5 GiB"):
             m.plan({"x": (25_000_000,)})
         with pytest.raises(ig.IndexgradError, match="would need"):  # one array over the limit
             m.plan({"x": (50_000_000,)})
