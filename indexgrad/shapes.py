@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -81,8 +82,6 @@ def parse_dims(text: str | None) -> dict[str, int]:
 def tensor_name(text: str) -> str:
     """An argparse type for a flag that names one tensor (--loss): refuses an empty name, which
     would otherwise read as the flag left out."""
-    import argparse
-
     if not text.strip():
         raise argparse.ArgumentTypeError("needs a tensor name, got ''")
     return text.strip()
