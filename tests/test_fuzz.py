@@ -860,6 +860,88 @@ def test_fuzz_planned_calls_repeat(seed: int) -> None:
     planned_calls_repeat(seed)
 
 
+# The CLI interrupted (Ctrl-C, kill -9) at random moments and writing to a full disk (a file size
+# limit, RLIMIT_FSIZE, as the kernel enforces it): each run must end in 0, 2 or 130 (or -9 when
+# killed) without a traceback, every output must be the old file or a whole new one, and the next
+# uninterrupted run must leave no temporary behind.
+
+INTERRUPTED = 100  # each runs the command two or three times: about 10 s
+WRITERS = {
+    "run": (["run", "p.idx", "--inputs", "in.npz", "--out", "out.npz"], ["out.npz"]),
+    "train": (
+        ["train", str(ROOT / "examples" / "mlp.idx"), "--epochs", "3", "--hidden", "8"]
+        + ["--save", "out.npz", "--force", "--plot", "out.png"],
+        ["out.npz", "out.png"],
+    ),
+}
+
+
+def _whole(path: Path) -> bool:
+    """Whether an output is a complete file of its kind: an .npz numpy reads, a PNG to its end."""
+    if path.suffix == ".png":
+        return path.read_bytes().endswith(b"IEND\xaeB`\x82")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return bool(z.files) and all(z[k].size >= 0 for k in z.files)
+    except Exception:
+        return False
+
+
+@pytest.mark.fuzz
+@long_only
+@given(
+    command=st.sampled_from(sorted(WRITERS)),
+    signum=st.sampled_from([None, signal.SIGINT, signal.SIGKILL]),
+    delay=st.floats(0.0, 2.5),
+    fsize=st.one_of(st.none(), st.integers(0, 60_000)),
+)
+@settings(max_examples=INTERRUPTED, deadline=None, suppress_health_check=HEALTH, print_blob=True)
+def test_fuzz_cli_interrupted_and_on_a_full_disk(
+    command: str, signum: int | None, delay: float, fsize: int | None
+) -> None:
+    import subprocess
+    import time
+
+    from test_hostile import _limited
+
+    CASES["interrupted"] += 1
+    argv, outputs = WRITERS[command]
+    argv = [sys.executable, "-m", "indexgrad", *argv]
+    with tempfile.TemporaryDirectory() as d:
+        here = Path(d)
+        (here / "p.idx").write_text("y[i,j] = tanh(x[i] z[j])\nloss = sum[i,j](y[i,j])\n")
+        np.savez(here / "in.npz", x=np.arange(300.0), z=np.arange(200.0))
+        if CASES["interrupted"] % 2:  # half the time over outputs of an earlier run
+            subprocess.run(argv, cwd=here, capture_output=True, timeout=300, check=True)
+        before = {name: (here / name).read_bytes() for name in outputs if (here / name).exists()}
+        limit = None if fsize is None else _limited(fsize)
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        proc = subprocess.Popen(argv, cwd=here, **pipes, preexec_fn=limit)  # type: ignore[call-overload]
+        if signum is not None:
+            time.sleep(delay)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+        _, err = proc.communicate(timeout=300)
+        text = err.decode(errors="replace")
+        allowed = {0, 2, 130} | ({-signal.SIGKILL} if signum == signal.SIGKILL else set())
+        if signum == signal.SIGINT and text == "":
+            allowed.add(-signal.SIGINT)  # before the interpreter set its handler: ended as by the shell
+        assert proc.returncode in allowed, (proc.returncode, text)
+        assert "Traceback" not in text and "internal error" not in text, text
+        if fsize is not None and proc.returncode == 2:
+            assert "File too large" in text or "cannot write" in text, text
+        for name in outputs:
+            path = here / name
+            if path.exists():
+                assert path.read_bytes() == before.get(name) or _whole(path), (name, text)
+            else:
+                assert name not in before, (name, text)
+        again = subprocess.run(argv, cwd=here, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert all(_whole(here / name) for name in outputs)
+        assert not list(here.glob(".*.tmp")), sorted(p.name for p in here.iterdir())
+
+
 @pytest.mark.fuzz
 @long_only
 def test_fuzz_case_count() -> None:
