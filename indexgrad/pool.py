@@ -38,8 +38,8 @@ def _address_space() -> int | None:
 def _work(conn: Connection, memory: int) -> None:
     """A worker's life: cap its memory, then answer (kind, body) messages until the pipe closes.
 
-    `memory` bounds both indexgrad's own guard (the largest array a statement or a random input may
-    make) and, four times over, how far the process's address space may grow (RLIMIT_AS) beyond what
+    `memory` bounds both indexgrad's own guard (the arrays a plan, or check's random inputs, hold at
+    once) and, four times over, how far the process's address space may grow (RLIMIT_AS) beyond what
     the loaded libraries already take, so what the guard does not foresee ends in a MemoryError."""
     from . import api
     from .memory import set_memory_limit
