@@ -136,11 +136,11 @@ def human_bytes(n: int) -> str:
     return str(n)
 
 
-def check_fits(need: int, what: str, *where: Any, smaller: str = "") -> None:
-    """Refuse `need` bytes over the memory limit, saying what needs them and how to raise it
-    (or, given `smaller`, what to make smaller first); `where` is the error's span, file name
-    and source."""
-    limit = memory_limit()
+def check_fits(need: int, what: str, *where: Any, smaller: str = "", limit: int | None = None) -> None:
+    """Refuse `need` bytes over the memory limit (`limit`, when the caller has read it once for
+    many checks), saying what needs them and how to raise it (or, given `smaller`, what to make
+    smaller first); `where` is the error's span, file name and source."""
+    limit = memory_limit() if limit is None else limit
     if need > limit:
         raise IndexgradError(
             f"{what} would need {human_bytes(need)}, over the memory limit of {human_bytes(limit)}; "

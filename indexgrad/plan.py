@@ -33,7 +33,7 @@ from .lower import (
     prim_statement,
 )
 from .lower import Operand as Factor
-from .memory import check_fits, human_bytes
+from .memory import check_fits, human_bytes, memory_limit
 from .nodes import DELTA, NOSPAN, Gather, Num, Ref, SizeOf, Span, is_plain, ref_index_names
 from .printer import format_index, format_number, format_ref, format_statement
 from .sizes import Shape, Sizer
@@ -886,12 +886,13 @@ def _scratch(s: Step) -> int:
 
 def _guard_memory(plan: Plan) -> None:
     """Refuse a plan whose arrays would not fit at once (SPEC: a clear error, never an OOM)."""
+    limit = memory_limit()  # read once: it asks the operating system
     for s in plan.steps:
         need = math.prod(s.shape) * np.dtype(s.dtype).itemsize + _scratch(s)
         what = f"this statement ('{s.out}' or an intermediate)"
-        check_fits(need, what, s.span, plan.filename, plan.source, smaller="sizes")
+        check_fits(need, what, s.span, plan.filename, plan.source, smaller="sizes", limit=limit)
     what = "this program, holding its arrays at once,"
-    check_fits(plan.peak_bytes, what, None, plan.filename, plan.source, smaller="sizes")
+    check_fits(plan.peak_bytes, what, None, plan.filename, plan.source, smaller="sizes", limit=limit)
 
 
 # ---- how steps read in a printed plan --------------------------------------------------------
