@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .derive import defined_loss, wrt_names
+from .derive import defined_loss
 from .errors import IndexgradError
 from .model import Model, compile
 from .nodes import Program
@@ -65,14 +65,15 @@ def gradcheck(
     """
     if not isinstance(model, Model):
         model = compile(model)
-    wrt = wrt_names(wrt)
     _check_args(arrays, eps, tolerance, directions, seed)
+    given = model.forward(**arrays)  # the arrays, names and dtypes checked as forward checks them
     arr = {
-        n: (np.asarray(a, dtype=np.float64) if n not in model.labels else np.asarray(a))
-        for n, a in arrays.items()
+        n: (np.asarray(given[n], dtype=np.float64) if n not in model.labels else given[n])
+        for n in arrays  # float inputs and labels
     }
     vals = model.forward(**arr)
-    loss = loss or model.program.statements[-1].target.name
+    loss, _ = model._loss_value(vals, loss)  # the model's own checks of loss= and wrt=
+    wrt = model._wrt(wrt)
     if np.ndim(vals[loss]) != 0:
         raise IndexgradError(
             f"gradcheck needs a scalar loss, but '{loss}' has shape {np.shape(vals[loss])}; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import warnings
@@ -770,6 +771,8 @@ def _caller_level() -> int:
 
 def load(path: str | Path) -> Program:
     """Parse and check an .idx file."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise IndexgradError(f"load() takes the path of an .idx file, got {type(path).__name__}")
     p = Path(path)
     try:
         raw = p.read_bytes()

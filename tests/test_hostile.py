@@ -862,6 +862,12 @@ INPUTS2 = {"x": np.ones(3), "W1": np.ones((3, 2))}
         (lambda m, v: ig.gradcheck(m, INPUTS2, eps="a"), "positive step eps"),
         (lambda m, v: ig.gradcheck(m, INPUTS2, seed=-1), "non-negative integer seed"),
         (lambda m, v: ig.gradcheck(m, INPUTS2, directions=0), "directions >= 1"),
+        (lambda m, v: ig.gradcheck(m, INPUTS2, loss="nope"), "loss 'nope' is not defined by the program"),
+        (lambda m, v: ig.gradcheck(m, INPUTS2, loss=3), "loss must be the name of a defined tensor, not int"),
+        (lambda m, v: ig.gradcheck(m, INPUTS2, wrt=3), "wrt must be a name or a list of names, not int"),
+        (lambda m, v: ig.gradcheck(m, {**INPUTS2, "x": "abc"}), "'x' must hold real numbers"),
+        (lambda m, v: ig.gradcheck(m, {"x": np.ones(3)}), "no array was given for input 'W1'"),
+        (lambda m, v: ig.load(None), "load() takes the path of an .idx file, got NoneType"),
     ],
 )
 def test_6_api_misuse_is_an_indexgrad_error(call: Callable[[Any, Any], Any], needle: str) -> None:
