@@ -214,10 +214,8 @@ def _npy_header(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, .
             raise _Refused(f"the archive member {info.filename!r} is not an .npy array") from None
         if version == (1, 0):
             shape, _, dtype = fmt.read_array_header_1_0(f)
-        elif version == (2, 0):
+        else:  # 3.0 is 2.0 with a UTF-8 header, which only names of record fields need
             shape, _, dtype = fmt.read_array_header_2_0(f)
-        else:  # 3.0: 2.0 with a UTF-8 header; numpy reads it only through its private reader
-            shape, _, dtype = fmt._read_array_header(f, version)
         start = f.tell()
     if dtype.hasobject:
         raise _Refused("the file holds pickled objects, which are never loaded; save plain arrays")

@@ -723,6 +723,24 @@ def test_2_an_archive_over_the_limit_is_refused_from_its_headers(
     assert rss < 256 << 20, rss  # the interpreter and numpy, not the array
 
 
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+def test_2_every_npy_header_version_is_read_from_its_header(tmp_path: Path, version: tuple[int, int]) -> None:
+    """Headers are read before the arrays; numpy writes version 3.0 for some arrays (UTF-8 headers)."""
+    import zipfile
+
+    from indexgrad.files import load_npz
+
+    arrays = {"x": np.asfortranarray(np.arange(6.0).reshape(2, 3)), "s": np.float32(2.5), "n": np.arange(4)}
+    with zipfile.ZipFile(tmp_path / "v.npz", "w") as z:
+        for name, a in arrays.items():
+            with z.open(f"{name}.npy", "w") as f:
+                np.lib.format.write_array(f, np.asanyarray(a), version=version)
+    got = load_npz(tmp_path / "v.npz")
+    assert sorted(got) == sorted(arrays)
+    for name, a in arrays.items():
+        np.testing.assert_array_equal(got[name], a, strict=True)
+
+
 def test_2_3_the_default_limit_heeds_a_real_address_space_limit(
     tmp_path: Path, half_gib_archive: Path
 ) -> None:
