@@ -142,7 +142,7 @@ def init_params(
         count = sum(math.prod(shape) for shape in shapes.values())
         name, shape = max(shapes.items(), key=lambda kv: math.prod(kv[1]))
         largest = f"the largest, '{name}', of shape {shape}"
-        check_fits(count * (8 + np.dtype(dtype).itemsize), f"the params ({largest})")
+        check_fits(count * (8 + np.dtype(dtype).itemsize), f"the params ({largest})", smaller="sizes")
     params = {}
     for name, shape in shapes.items():
         if len(shape) >= 2:
