@@ -796,9 +796,10 @@ def load(path: str | Path) -> Program:
 def as_program(x: str | Path | Program) -> Program:
     """A Program from a Program, a path to an .idx file, or .idx text.
 
-    A Path is a path. A string is a path when a file of that name exists, or when it ends in
-    `.idx` and holds no `=`, `;` or line break (every statement has an `=`, so `y = w.idx` is
-    program text); any other string is program text.
+    A Path is a path. A one-line string ending in `.idx` is a path unless it holds `=` or `;`
+    and names no file (every statement has an `=`, so `y = w.idx` is program text, while
+    `runs/lr=0.1/m.idx` is the file when it exists); another one-line string without `=` is a
+    path when it names a file; any other string is program text.
     """
     if isinstance(x, Program):
         return x
@@ -808,9 +809,12 @@ def as_program(x: str | Path | Program) -> Program:
 
 
 def _names_a_file(text: str) -> bool:
-    if text.endswith(".idx") and not any(c in text for c in "=;\r\n"):
-        return True
+    if "\n" in text or "\r" in text:
+        return False
     try:
-        return "\n" not in text and Path(text).is_file()
+        exists = Path(text).is_file()
     except (OSError, ValueError):  # too long a name, or a NUL in it: not a file name
         return False
+    if text.endswith(".idx"):
+        return exists or not any(c in text for c in "=;")
+    return exists and "=" not in text

@@ -987,3 +987,6 @@ def test_compile_of_text_ending_in_idx_is_text_not_a_path(
     np.testing.assert_array_equal(ig.compile("prog").forward(x=np.ones(2))["y"], [3.0, 3.0])
     with pytest.raises(ig.IndexgradError, match="missing.idx"):
         ig.compile("missing.idx")
+    (tmp_path / "lr=0.1").mkdir()
+    (tmp_path / "lr=0.1" / "m.idx").write_text("y[i] = 4 x[i]\n")  # a path may hold '='
+    np.testing.assert_array_equal(ig.compile("lr=0.1/m.idx").forward(x=np.ones(2))["y"], [4.0, 4.0])
