@@ -48,11 +48,13 @@ def sigmoid(x: Array, out: Array | None = None) -> Array:
     0.5 (1 + tanh(x / 2)) rounds both to 0. `out` may be x itself (an in-place step).
     """
     x = np.asarray(x)
-    negative = x < 0
-    e = np.exp(-np.abs(x))
-    d = e + 1
-    out = np.divide(1, d, out=np.empty_like(d) if out is None else out)
-    return np.divide(e, d, out=out, where=negative)
+    negative = x < 0  # before `out`, which may be x, is written
+    e = np.abs(x, out=np.empty(x.shape, np.result_type(x.dtype, np.float16)))  # the one scratch array
+    np.negative(e, out=e)
+    np.exp(e, out=e)
+    out = np.add(e, 1, out=np.empty_like(e) if out is None else out)
+    np.divide(1, out, out=out)
+    return np.multiply(e, out, out=out, where=negative)
 
 
 @np.errstate(divide="ignore", invalid="ignore")  # log 0 = -inf on purpose
