@@ -58,7 +58,7 @@ def gradcheck(
     the inputs moved. Finite differences are taken with that step h and with 2h; their
     difference estimates how far the one with h is off (its truncation error, and the rounding
     of a loss such as sum(x + 1e6), whose last bits change the difference), and so does the
-    rounding of the loss itself (see `_uncertainty`). The error reported for an input is the
+    rounding of the loss itself (see `_differences`). The error reported for an input is the
     largest, over its directions, of |finite difference - derived| beyond that estimate,
     relative to the larger of 1 and their size; when the estimate is larger than the derivative
     itself (near a pole), the step shrinks by 4 (up to three times) and the check is repeated.
@@ -71,6 +71,7 @@ def gradcheck(
         n: (np.asarray(given[n], dtype=np.float64) if n not in model.labels else given[n])
         for n in arrays  # float inputs and labels
     }
+    del given  # the values of that first run: only what follows is held while checking
     vals = model.forward(**arr)
     loss, _ = model._loss_value(vals, loss)  # the model's own checks of loss= and wrt=
     wrt = model._wrt(wrt)
@@ -81,6 +82,7 @@ def gradcheck(
         )
     names = list(model.inputs) if wrt is None else list(wrt)
     grads = model.backward(vals, loss=loss, wrt=names)
+    del vals
     rng = np.random.default_rng(seed)
     groups = [[n] for n in names]
     if len(groups) > JOINT_AFTER:
@@ -120,8 +122,7 @@ def _differences(
     may be: twice its distance to the quotient with step 2h (whose truncation error is 4 times
     as large, so the one with h is off by about a third of that distance), plus the rounding of
     the four values of the loss, 16 units in their last place each, divided by the step."""
-    at = {k: {n: arr[n] + k * h * d[n] for n in d} for k in (-2, -1, 1, 2)}
-    f = {k: value(moved) for k, moved in at.items()}
+    f = {k: value({n: arr[n] + k * h * d[n] for n in d}) for k in (-2, -1, 1, 2)}  # one moved copy at a time
     fd1 = (f[1] - f[-1]) / (2 * h)
     fd2 = (f[2] - f[-2]) / (4 * h)
     rounding = 16 * np.finfo(np.float64).eps * max(abs(v) for v in f.values()) / h
@@ -185,6 +186,7 @@ def check_program(
             break
     else:
         raise IndexgradError(f"could not find random inputs for which '{loss}' is finite")
+    del vals  # gradcheck runs the program again: not held while it checks
     wrt = list(model.inputs)
     if value.ndim != 0:
         # a vector output: check the scalar <seed, output> instead, in names the program leaves free
