@@ -902,7 +902,7 @@ def test_fuzz_cli_interrupted_and_on_a_full_disk(
     import subprocess
     import time
 
-    from test_hostile import _limited
+    from test_hostile import limited
 
     CASES["interrupted"] += 1
     argv, outputs = WRITERS[command]
@@ -914,7 +914,7 @@ def test_fuzz_cli_interrupted_and_on_a_full_disk(
         if CASES["interrupted"] % 2:  # half the time over outputs of an earlier run
             subprocess.run(argv, cwd=here, capture_output=True, timeout=300, check=True)
         before = {name: (here / name).read_bytes() for name in outputs if (here / name).exists()}
-        limit = None if fsize is None else _limited(fsize)
+        limit = None if fsize is None else limited(fsize)
         pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
         proc = subprocess.Popen(argv, cwd=here, **pipes, preexec_fn=limit)  # type: ignore[call-overload]
         if signum is not None:
