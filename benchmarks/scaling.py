@@ -2,6 +2,7 @@
 
     python benchmarks/scaling.py              # n = 300: up to 30,000 terms per program
     python benchmarks/scaling.py --n 100      # quicker
+    python benchmarks/scaling.py --plot benchmarks/scaling.png   # also draw time against size
 
 Linear work shows ratios near 10 and 100 (a little more for the larger programs' garbage
 collection and cache misses); quadratic work shows ratios near 100 and 10,000. Each time is the
@@ -88,16 +89,41 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300, help="the smallest size (default 300)")
     ap.add_argument("--reps", type=int, default=2, help="runs per size; the best counts (default 2)")
     ap.add_argument("--only", help="run only the cases whose name contains this text")
+    ap.add_argument("--plot", metavar="PNG", help="draw each case's time against n, log-log, into PNG")
     a = ap.parse_args()
     ig.parse("x = 1\n")  # build the parser before any timing
     sizes = [a.n, 10 * a.n, 100 * a.n]
     print(f"{'case':<30}" + "".join(f"{f'n={n:,}':>12}" for n in sizes) + f"{'10n/n':>9}{'100n/n':>9}")
+    results: dict[str, list[float]] = {}
     for name, (make, what) in CASES.items():
         if a.only and a.only not in name:
             continue
-        times = [measure(make, what, n, a.reps) for n in sizes]
+        times = results[name] = [measure(make, what, n, a.reps) for n in sizes]
         cells = "".join(f"{t:>11.3f}s" for t in times)
         print(f"{name:<30}{cells}{times[1] / times[0]:>9.1f}{times[2] / times[0]:>9.1f}", flush=True)
+    if a.plot:
+        plot(sizes, results, a.plot)
+
+
+def plot(sizes: list[int], results: dict[str, list[float]], path: str) -> None:
+    """Time against n on log-log axes, with the slopes of linear and quadratic work for reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name, times in results.items():
+        ax.plot(sizes, [max(t, 1e-6) for t in times], marker="o", label=name)
+    top = max(max(t) for t in results.values())
+    ax.plot(sizes, [top * n / sizes[-1] for n in sizes], "k--", lw=1, label="linear")
+    ax.plot(sizes, [top * (n / sizes[-1]) ** 2 for n in sizes], "k:", lw=1, label="quadratic")
+    ax.set(xscale="log", yscale="log", xlabel="n (terms, factors or statements)", ylabel="seconds")
+    ax.set_title("parse, fmt and derive against program size")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
