@@ -932,7 +932,7 @@ def test_a_scatter_reads_as_a_gather_without_an_empty_list(tmp_path: Path) -> No
     (tmp_path / "shift.idx").write_text("y[j] = x[j+1]\nloss = sum[j](y[j])\n")
     code, out, err = run_cli(["grad", str(tmp_path / "shift.idx")])
     assert code == 0, err
-    assert "#   that is x.grad[j2] += y.grad[j2-1], reading only positions in range" in out, out
+    assert "#   that is x.grad[j2] += y.grad[j2-1], where in range" in out, out
     assert "over  in" not in out
 
 
