@@ -68,16 +68,17 @@ def gradcheck(
     _check_args(arrays, eps, tolerance, directions, seed)
     given = model.forward(**arrays)  # the arrays, names and dtypes checked as forward checks them
     arr = {
-        n: (np.asarray(given[n], dtype=np.float64) if n not in model.labels else given[n])
-        for n in arrays  # float inputs and labels
+        n: np.asarray(model.engine.to_numpy(given[n]), dtype=np.float64 if n not in model.labels else None)
+        for n in arrays  # float inputs and labels, as numpy arrays (any backend takes them)
     }
     del given  # the values of that first run: only what follows is held while checking
     vals = model.forward(**arr)
     loss, _ = model._loss_value(vals, loss)  # the model's own checks of loss= and wrt=
     wrt = model._wrt(wrt)
-    if np.ndim(vals[loss]) != 0:
+    shape = np.shape(model.engine.to_numpy(vals[loss]))
+    if shape != ():
         raise IndexgradError(
-            f"gradcheck needs a scalar loss, but '{loss}' has shape {np.shape(vals[loss])}; "
+            f"gradcheck needs a scalar loss, but '{loss}' has shape {shape}; "
             "reduce it to one number (sum[...](...)) or name a scalar with loss="
         )
     names = list(model.inputs) if wrt is None else list(wrt)
