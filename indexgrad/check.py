@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from .errors import IndexgradError
 from .functions import CALLS, FUNCTIONS, IMPLICIT, REDUCTIONS, RESERVED, reserved_kind
+from .indices import attach_sums, free_indices, occurrences
 from .nodes import (
     DELTA,
     MODES,
@@ -17,8 +18,6 @@ from .nodes import (
     Expr,
     Gather,
     Neg,
-    Num,
-    Power,
     Product,
     Program,
     Reduce,
@@ -44,83 +43,6 @@ def sized_like(name: str) -> str | None:
     """For a derived name (`x.grad`, `x.tan`, `x.grad2`), the tensor whose shape it has."""
     m = _DERIVED.match(name)
     return m.group(1) if m else None
-
-
-def free_indices(e: Expr) -> set[str]:
-    """Index names e depends on, after the sums attached inside it."""
-    if isinstance(e, Ref):
-        return set(ref_index_names(e))
-    if isinstance(e, (Num, SizeOf)):
-        return set()
-    if isinstance(e, Product):
-        out = set().union(*(free_indices(f) for f in e.factors))
-        return out - set(e.summed)
-    if isinstance(e, Reduce):
-        return free_indices(e.body) - set(e.indices)
-    return set().union(*(free_indices(c) for c in children(e))) if children(e) else set()
-
-
-def _occurrences(e: Expr, bound: frozenset[str] = frozenset()) -> dict[str, int]:
-    """How many references mention each free index name (a diagonal `A[i,i]` counts once)."""
-    if isinstance(e, Ref):
-        return {n: 1 for n in ref_index_names(e) if n not in bound}
-    if isinstance(e, Reduce):
-        return _occurrences(e.body, bound | frozenset(e.indices))
-    out: dict[str, int] = {}
-    for c in children(e):
-        for n, k in _occurrences(c, bound).items():
-            out[n] = out.get(n, 0) + k
-    return out
-
-
-def attach_sums(e: Expr, total: dict[str, int], keep: frozenset[str]) -> Expr:
-    """Attach each summed index to the innermost product whose factors hold all its occurrences."""
-    return _attach(e, total, keep)[0]
-
-
-def _attach(e: Expr, total: dict[str, int], keep: frozenset[str]) -> tuple[Expr, dict[str, int]]:
-    """attach_sums, also returning `_occurrences(e)`, which attaching sums leaves as it is."""
-    t = type(e)
-    if t is Ref:
-        return e, {n: 1 for n in ref_index_names(e)}  # type: ignore[arg-type]
-    if t is Reduce:
-        inner = _occurrences(e.body)
-        body, _ = _attach(e.body, inner, keep | frozenset(e.indices))
-        return Reduce(e.op, e.indices, body, e.span), {n: k for n, k in inner.items() if n not in e.indices}
-    if t is Product:
-        factors = []
-        here: dict[str, int] = {}
-        holders: dict[str, int] = {}
-        for f in e.factors:
-            f2, occ = _attach(f, total, keep)
-            factors.append(f2)
-            for n, k in occ.items():
-                here[n] = here.get(n, 0) + k
-                holders[n] = holders.get(n, 0) + 1
-        summed = tuple(
-            sorted(n for n, k in here.items() if n not in keep and k == total.get(n, 0) and holders[n] >= 2)
-        )
-        return Product(tuple(factors), e.divide, summed, e.span), here
-    kids = children(e)
-    if not kids:
-        return e, {}
-    occ: dict[str, int] = {}
-    new = []
-    for c in kids:
-        c2, o = _attach(c, total, keep)
-        new.append(c2)
-        for n, k in o.items():
-            occ[n] = occ.get(n, 0) + k
-    if t is Neg:
-        return Neg(new[0], e.span), occ
-    if t is Sum:
-        return Sum(tuple(new), e.signs, e.span), occ
-    if t is Power:
-        return Power(new[0], e.exponent, e.span), occ
-    if t is Compare:
-        return Compare(e.op, new[0], new[1], e.span), occ
-    assert t is Call
-    return Call(e.func, tuple(new), e.span), occ
 
 
 def _err(msg: str, span: Span) -> IndexgradError:
@@ -301,8 +223,8 @@ class _Checker:
                 raise _err(f"unknown reduction '{e.op}'", e.span)
             if len(set(e.indices)) != len(e.indices):
                 raise _err(f"{e.op}[...] lists an index twice", e.span)
-            body_free = free_indices(attach_sums(e.body, _occurrences(e.body), frozenset()))
-            body_free |= set(_occurrences(e.body))
+            body_free = free_indices(attach_sums(e.body, occurrences(e.body), frozenset()))
+            body_free |= set(occurrences(e.body))
             for k in e.indices:
                 if k in lhs:
                     raise _err(
@@ -761,7 +683,7 @@ def _below_zero(i: Affine) -> bool:
 
 def _scope(e: Expr, lhs: set[str]) -> tuple[Expr, set[str], tuple[str, ...]]:
     """The scoping rule: e with its sums attached, its free indices, and what the statement sums."""
-    expr = attach_sums(e, _occurrences(e), frozenset(lhs))
+    expr = attach_sums(e, occurrences(e), frozenset(lhs))
     free = free_indices(expr)
     return expr, free, tuple(sorted(free - lhs))
 

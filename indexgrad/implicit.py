@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .check import _occurrences, attach_sums, free_indices
 from .errors import IndexgradError
+from .indices import attach_sums, free_indices, occurrences
 from .lower import Implicit, lower, prim_refs, prim_statement, sum_of
 from .nodes import (
     Affine,
@@ -549,7 +549,7 @@ def _compose(
             return node
 
         e = _flat(map_expr(e, inline))
-        e = attach_sums(e, _occurrences(e), frozenset(at))
+        e = attach_sums(e, occurrences(e), frozenset(at))
         whole = tuple(sorted(free_indices(e) - set(at)))
         terms.append(Reduce("sum", whole, e) if whole else e)
     return sum_of(terms)

@@ -8,9 +8,10 @@ from typing import Union
 
 import numpy as np
 
-from .check import free_indices, sized_like
+from .check import sized_like
 from .errors import IndexgradError
 from .functions import COMPARISONS, FUNCTIONS, IMPLICIT
+from .indices import free_indices
 from .nodes import (
     DELTA,
     Affine,
