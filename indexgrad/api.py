@@ -6,13 +6,13 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from .cli import program_text
 from .derive import derive_for, derive_jvp, forward_statements
 from .errors import IndexgradError, IndexgradWarning
 from .gradcheck import check_program
 from .graph_svg import graph_svg
 from .latex import program_latex
 from .nodes import Program
+from .printout import program_text
 from .shapes import parse_dims, parse_names
 from .syntax import parse
 from .tools import check_dims, check_ranks, computation_graph, cost_report, cost_text
