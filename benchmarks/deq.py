@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import indexgrad as ig
-import indexgrad.implicit as implicit
+import indexgrad.iterate as iterate
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "deq.idx"
 
@@ -63,8 +63,8 @@ def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
     return out
 
 
-ANDERSON = implicit.anderson
-implicit.anderson = counted  # the fix step looks anderson up when it runs
+ANDERSON = iterate.anderson
+iterate.anderson = counted  # the fix step looks anderson up when it runs
 
 
 def main(argv: list[str] | None = None) -> int:

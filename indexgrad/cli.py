@@ -139,7 +139,7 @@ def _check_flags(a: argparse.Namespace) -> None:
 
 def _iterations(a: argparse.Namespace) -> dict[str, Any]:
     """--tol and --max-iter: the tolerance and iteration limit of fix and solve."""
-    from .implicit import iteration_settings
+    from .iterate import iteration_settings
 
     return iteration_settings(a.tol, a.max_iter)
 

@@ -95,7 +95,7 @@ def _rename(r: Ref, old: str, new: str) -> Ref:
 
 def swap(p: Prim, wants: set[str], names: dict[str, str]) -> list[Statement]:
     """The swap rule for one primitive: one `+=` statement per operand occurrence that needs a gradient."""
-    if isinstance(p, Implicit):  # the implicit function theorem, in indexgrad/implicit.py
+    if isinstance(p, Implicit):  # the implicit function theorem (indexgrad/implicit.py)
         from .implicit import swap_implicit
 
         return swap_implicit(p, wants, names)

@@ -656,7 +656,7 @@ def compile(  # noqa: A001
 ) -> Model:
     """A Model for .idx text, a path to an .idx file, or a parsed Program, on an array library.
     `tol` and `max_iter` are the tolerance and iteration limit of fix and solve (SPEC 11)."""
-    from .implicit import iteration_settings
+    from .iterate import iteration_settings
 
     options = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
     return Model(as_program(program), backend, options, iteration_settings(tol, max_iter))

@@ -21,6 +21,7 @@ import opt_einsum as oe
 from . import positions
 from .errors import IndexgradError
 from .functions import FUNCTIONS
+from .iterate import ANDERSON_M, ANDERSON_MOST, DEFAULT_MAX_ITER, DEFAULT_TOL
 from .lower import (
     Contract,
     Elementwise,
@@ -28,13 +29,28 @@ from .lower import (
     Prim,
     Reduction,
     Terms,
+    lower,
     number_value,
     prim_refs,
     prim_statement,
 )
 from .lower import Operand as Factor
 from .memory import check_fits, human_bytes, memory_limit
-from .nodes import DELTA, NOSPAN, Gather, Num, Ref, SizeOf, Span, is_plain, ref_index_names
+from .nodes import (
+    DELTA,
+    NOSPAN,
+    Affine,
+    Gather,
+    Num,
+    Program,
+    Ref,
+    SizeOf,
+    Span,
+    is_plain,
+    plain_names,
+    ref_index_names,
+    refs_in,
+)
 from .printer import format_index, format_number, format_ref, format_statement
 from .sizes import Shape, Sizer
 
@@ -405,8 +421,6 @@ class _Planner:
 
     def prim(self, k: int, p: Prim) -> None:
         if isinstance(p, Implicit):
-            from .implicit import plan_implicit
-
             step, sizes = plan_implicit(self, p)
             self.sized.append(sizes)
             self.emit(step)
@@ -998,5 +1012,159 @@ _DESCRIBE: dict[str, Callable[[Step], str]] = {
     "scatter": _describe_access,
     "delta": _describe_delta,
 }
+
+
+
+# ---- implicit layers: fix and solve as one step ----------------------------------------------
+
+
+def _iterate_shape(p: Implicit, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    """z's shape from the tensors its body reads: index names are the statement's, and each
+    reference to z ties its index names to the left side's, axis by axis."""
+    lhs = ref_index_names(p.out)
+    z = p.out.name
+    size: dict[str, int] = {}
+    refs = refs_in(p.expr)
+    for r in refs:
+        shape = shapes.get(r.name)
+        if r.name == z or shape is None:
+            continue
+        for axis, i in enumerate(r.indices):
+            if isinstance(i, Affine) and i.plain is not None and axis < len(shape):
+                size.setdefault(i.plain, shape[axis])
+    changed = True
+    while changed:
+        changed = False
+        for r in refs:
+            if r.name != z:
+                continue
+            for own, n in zip(lhs, plain_names(r) or ()):
+                if n in size and own not in size:
+                    size[own], changed = size[n], True
+                elif own in size and n not in size:
+                    size[n], changed = size[own], True
+    missing = [n for n in lhs if n not in size]
+    if missing:
+        raise IndexgradError(
+            f"index '{missing[0]}' of '{z}' gets no size from the tensors {p.method}(...) reads", p.span
+        )
+    return tuple(size[n] for n in lhs)
+
+
+def _diagonal(p: Implicit) -> tuple[int, ...]:
+    """The axes of z along which g's entries depend only on z's entry at the same position (each
+    reference to z in the body has the left side's name there): the Jacobian is block-diagonal."""
+    lhs = ref_index_names(p.out)
+    refs = [plain_names(r) for r in refs_in(p.expr.args[0]) if r.name == p.out.name]
+    return tuple(a for a, n in enumerate(lhs) if all(names is not None and names[a] == n for names in refs))
+
+
+def plan_implicit(planner: Any, p: Implicit) -> tuple[Any, dict[str, int]]:
+    """The one Step that runs a fix or solve statement: its body as a nested Plan (and, for
+    Newton, the plan of the body's tangent in z, from which the Jacobian is formed).
+
+    The body's statements that do not read z (`x[b,d] U[d,h]` in a deep equilibrium layer, the
+    seed and the derivative of f in its adjoint) form a `setup` plan, run once per call rather
+    than once per iteration."""
+    from .derive import derive_jvp, tan_name  # Newton's Jacobian: the body's tangent in z
+
+    shapes, dtypes = planner.shapes, planner.dtypes
+    z, r = p.out.name, p.result.name
+    lhs = ref_index_names(p.out)
+    zshape = _iterate_shape(p, shapes)
+    outer = list(dict.fromkeys(x.name for x in prim_refs(p) if x is not p.start))
+    dtype = _result_dtype([np.dtype(dtypes[n]) for n in outer] + [np.dtype(np.float64)] * (not outer))
+    made = {q.out.name for q in p.body}
+    nested = dict(backend=planner.backend, in_place=planner.in_place, iterations=planner.iterations)
+    inputs = {z: zshape, **{n: shapes[n] for n in outer}}
+    types = {z: dtype, **{n: dtypes[n] for n in outer}}
+    every, kinds, sized = shapes_after(list(p.body), dict(inputs), dict(types), made)
+    sizes = dict(zip(lhs, zshape))
+    for known in sized:
+        sizes.update(known)  # the body's index names are its statement's
+    moving = {z}
+    for q in p.body:
+        if q.out.name == r or any(x.name in moving for x in prim_refs(q)):
+            moving.add(q.out.name)
+    inner = [q for q in p.body if q.out.name in moving]
+    hoisted = [q for q in p.body if q.out.name not in moving]
+    needed: set[str] = set()  # what the tangent in z reads of the body's values
+    args: dict[str, Any] = {"iterate": z, "result": r, "start": None}
+    if p.method == "solve":
+        program = Program((), tuple(prim_statement(q) for q in p.body))
+        tangent = derive_jvp(program, [z])
+        direction, slope = tan_name(program, z), tan_name(program, r)
+        if slope not in tangent.defined():
+            raise IndexgradError(
+                f"solve(...) does not depend on '{z}', so it has no root to find in '{z}'", p.span
+            )
+        tprims = lower(tangent)
+        treads = {x.name for q in tprims for x in prim_refs(q)}
+        needed = treads & (made | set(outer))  # the body's values, and inputs, the tangent reads
+        tin = {z: zshape, direction: zshape, **{n: every[n] for n in outer if n in treads}}
+        tin.update({n: every[n] for n in sorted(needed)})
+        tnames = {q.out.name for q in tprims} - {slope}
+        ttypes = {n: kinds[n] if n != direction else dtype for n in tin}
+        tplan = make_plan(tprims, tin, ttypes, {slope}, mode="tangent", temporaries=tnames, **nested)
+        args.update(tangent=tplan, direction=direction, slope=slope, diagonal=_diagonal(p))
+    reads = {x.name for q in inner for x in prim_refs(q)} | needed
+    setup = None
+    if hoisted:
+        keep = {q.out.name for q in hoisted} & reads
+        mine = list(dict.fromkeys(x.name for q in hoisted for x in prim_refs(q) if x.name not in made))
+        setup = make_plan(
+            hoisted, {n: shapes[n] for n in mine}, {n: dtypes[n] for n in mine}, keep,
+            mode="setup", temporaries=made, **nested,
+        )  # fmt: skip
+    body_in = {z: zshape, **{n: every[n] for n in every if n in reads and n not in moving}}
+    body = make_plan(
+        inner, body_in, {n: kinds[n] if n != z else dtype for n in body_in}, {r} | (needed & moving),
+        mode=f"{p.method} body", temporaries=made, **nested,
+    )  # fmt: skip
+    args.update(body=body, setup=setup)
+    step_inputs = [
+        Operand(n, tuple(f"{n}{a}" for a in range(len(shapes[n]))), shapes[n], str(dtypes[n])) for n in outer
+    ]
+    if isinstance(p.start, Ref):
+        names = ref_index_names(p.start)
+        got = shapes[p.start.name]
+        for n, extent in zip(names, got):
+            if n not in sizes or sizes[n] != extent:
+                want = f"size {sizes[n]}" if n in sizes else "no such index"
+                raise IndexgradError(
+                    f"the start '{p.start.name}' has size {extent} along '{n}', but '{z}' has {want} "
+                    f"there ({z} has shape {zshape}); give a start of z's shape",
+                    p.start.span if p.start.span.line else p.span,
+                )
+        args["start"] = (p.start.name, names)
+        step_inputs.append(Operand(p.start.name, names, got, str(dtypes[p.start.name])))
+    elif isinstance(p.start, Num):
+        args["start"] = float(p.start.value)
+    tol = planner.iterations.get("tol") or DEFAULT_TOL.get(str(dtype), 1e-10)
+    max_iter = planner.iterations.get("max_iter") or DEFAULT_MAX_ITER[p.method]
+    args.update(tol=float(tol), max_iter=int(max_iter))
+    nbytes = math.prod(zshape) * dtype.itemsize
+    scratch = body.peak_bytes + (setup.peak_bytes if setup is not None else 0)
+    if p.method == "fix":
+        args.update(m=ANDERSON_M, most=ANDERSON_MOST)
+        scratch += 2 * ANDERSON_MOST * nbytes
+    else:
+        block = math.prod(d for a, d in enumerate(zshape) if a not in args["diagonal"])
+        scratch += args["tangent"].peak_bytes + block * nbytes + 4 * nbytes
+    args["scratch"] = scratch
+    step = Step(
+        p.method,
+        "anderson" if p.method == "fix" else "newton",
+        z,
+        lhs,
+        zshape,
+        str(dtype),
+        tuple(step_inputs),
+        args,
+        text=format_statement(prim_statement(p)),
+        span=p.span,
+    )
+    return step, sizes
+
 
 __all__ = ["FUNCTIONS", "Operand", "Plan", "Step", "make_plan", "pair_layout", "plan_contraction"]

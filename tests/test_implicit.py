@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import indexgrad as ig
 from indexgrad.cli import main
-from indexgrad.implicit import anderson
+from indexgrad.iterate import anderson
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -20,7 +20,7 @@ import numpy as np
 import opt_einsum as oe
 from numpy.lib.stride_tricks import as_strided
 
-from .. import implicit, positions
+from .. import iterate, positions
 from ..errors import IndexgradError
 from ..functions import FUNCTIONS, REDUCTIONS
 from ..nodes import DELTA, Affine, Gather, Ref
@@ -604,7 +604,7 @@ BUILDERS: dict[str, Callable[[Step], Compute]] = {
     "scatter": scatter,
     "delta": delta,
     # fix and solve run their nested plans on this backend's executor
-    **implicit.builders(implicit.Runtime(lambda plan: NumpyExecutor(plan), np.asarray, np.asarray)),
+    **iterate.builders(iterate.Runtime(lambda plan: NumpyExecutor(plan), np.asarray, np.asarray)),
 }
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import opt_einsum as oe
 import torch
 
-from .. import implicit
+from .. import iterate
 from .. import positions as index_positions
 from ..errors import IndexgradError
 from ..nodes import DELTA, Affine, Ref
@@ -588,12 +588,12 @@ def _implicit(kind: str) -> Callable[[Step, _Run], Compute]:
     plan run on the device of the run in progress."""
 
     def build(step: Step, run: _Run) -> Compute:
-        runtime = implicit.Runtime(
+        runtime = iterate.Runtime(
             TorchExecutor,
             lambda t: t.detach().cpu().numpy(),
             lambda a: torch.as_tensor(a, device=run.device),
         )
-        return implicit.builders(runtime)[kind](step)
+        return iterate.builders(runtime)[kind](step)
 
     return build
 
