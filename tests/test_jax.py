@@ -112,6 +112,9 @@ def test_the_jax_backend_agrees_on_fuzzed_programs(text: str, seed: int) -> None
             want = results(ig.compile(prog), arrays, seed, hvp=False)
     except ig.IndexgradError:
         assume(False)
+    # under jit XLA reads a product with a 0/1 mask (relu's step) as a select: 0 where numpy's
+    # 0 * Inf is NaN, so the backends are compared where the derivatives are finite
+    assume(all(np.isfinite(v).all() for part in want.values() for v in part.values()))
     compare(prog, arrays, seed, text, hvp=False, want=want)
 
 
@@ -124,7 +127,8 @@ def test_float32_without_64_bit_mode_and_a_clear_error_for_float64() -> None:
     with jax.enable_x64(False):
         vals = m.forward(**a32)
         grads = m.backward(vals)
-        assert vals["loss"].dtype == jnp.float32 and {g.dtype for g in grads.values()} == {jnp.float32}
+        assert vals["loss"].dtype == jnp.float32
+        assert {g.dtype for g in grads.values()} == {np.dtype(np.float32)}
         want = models("mlp")[0].forward(**a32)["loss"]
         assert abs(float(vals["loss"]) - float(want)) <= 1e-5 * abs(float(want))
         with pytest.raises(ig.IndexgradError, match=r"'W1'.*float64.*jax_enable_x64"):
@@ -217,7 +221,7 @@ def test_several_outputs_come_back_as_a_tuple_and_their_vjp_is_the_derived_progr
 def test_labels_get_float0_cotangents_and_integer_inputs_become_floats() -> None:
     a = inputs("logloss")
     f = ig.jax.function(models("logloss")[1])
-    grads = jax.grad(f)({n: jnp.asarray(v) for n, v in a.items()})
+    grads = jax.grad(f, allow_int=True)({n: jnp.asarray(v) for n, v in a.items()})
     assert grads["y"].dtype == jax.dtypes.float0
     g = ig.jax.function("y = x^2")
     assert float(g({"x": 3})) == 9.0 and float(jax.grad(lambda x: g({"x": x}))(3.0)) == 6.0
