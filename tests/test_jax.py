@@ -22,7 +22,7 @@ jnp = jax.numpy
 from jax.test_util import check_grads  # noqa: E402
 
 NAMES = sorted(ORACLES)
-HEAVY = {"transformer", "lstm"}  # their Hessian-vector plans take XLA 4-10 s to compile
+HEAVY = {"transformer", "lstm", "lenet"}  # their Hessian-vector plans take XLA 4-20 s to compile
 
 
 @pytest.fixture(autouse=True)
@@ -93,14 +93,14 @@ def budget(examples: int) -> settings:
     return settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
 
 
-@budget(12)
+@budget(8)
 @given(case=__import__("test_properties").programs())
 def test_the_jax_backend_agrees_on_random_programs(case) -> None:
     p, arrays = case
     compare(ig.parse(p.text()), arrays, 0, p.text())
 
 
-@budget(12)
+@budget(8)
 @given(text=__import__("test_fuzz").programs(), seed=__import__("hypothesis").strategies.integers(0, 3))
 def test_the_jax_backend_agrees_on_fuzzed_programs(text: str, seed: int) -> None:
     """Programs of the fuzzer's generator that the numpy backend runs (index arithmetic, labels,
@@ -155,7 +155,7 @@ def test_a_function_the_jax_table_lacks_is_an_error_naming_it() -> None:
 
     step = models("mlp")[1].plan({n: np.shape(v) for n, v in inputs("mlp").items()}).steps[2]
     assert step.call == "relu"
-    with pytest.raises(ig.IndexgradError, match="the jax backend has no function 'gelu'; it has: abs, cos"):
+    with pytest.raises(ig.IndexgradError, match="the jax backend has no function 'gelu'; it has: .*abs, cos"):
         backend.elementwise(type(step)(**{**step.__dict__, "call": "gelu"}))
 
 
@@ -245,7 +245,7 @@ def test_the_function_takes_a_dict() -> None:
 
 
 def test_the_jax_layer_example_trains_the_digits_mlp(tmp_path) -> None:
-    """examples/jax_layer.py for three epochs (float32, outside 64-bit mode): the loss falls and
+    """examples/jax_layer.py for two epochs (float32, outside 64-bit mode): the loss falls and
     the held-out accuracy is far past chance (10%); the plot is written."""
     import importlib.util
 
@@ -253,7 +253,7 @@ def test_the_jax_layer_example_trains_the_digits_mlp(tmp_path) -> None:
     script = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(script)  # type: ignore[union-attr]
     with jax.enable_x64(False):
-        losses, accuracies = script.main(epochs=3, plot=tmp_path / "j.png")
+        losses, accuracies = script.main(epochs=2, plot=tmp_path / "j.png")
     assert losses[-1] < losses[0] < 2.5
     assert accuracies[-1] > 0.85
     assert (tmp_path / "j.png").read_bytes()[:4] == b"\x89PNG"
