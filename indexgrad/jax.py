@@ -50,7 +50,10 @@ def function(
         return pick(vals), vals
 
     def run_bwd(vals: dict[str, Any], cotangents: tuple[Any, ...]) -> tuple[dict[str, Any]]:
-        grads = model.backward(vals, seed=dict(zip(names, cotangents)))
+        if len(names) == 1 and np.ndim(vals[names[0]]) == 0:  # the plan Model.backward runs, scaled
+            grads = {n: g * cotangents[0] for n, g in model.backward(vals, loss=names[0]).items()}
+        else:
+            grads = model.backward(vals, seed=dict(zip(names, cotangents)))
         zero = {n: np.zeros(np.shape(vals[n]), jax.dtypes.float0) for n in labels}
         return ({n: grads[n] if n not in labels else zero[n] for n in order},)
 
