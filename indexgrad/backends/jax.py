@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import positions
 from ..errors import IndexgradError
+from ..nodes import DELTA, Ref
 from ..plan import Operand, Plan, Step, basic_index
 from . import Env, builder_for
 from .numpy import _sizes, _slices, _then, aligner
@@ -45,6 +47,21 @@ def _eq(a: Array, b: Array) -> Array:
     return jnp.equal(a, b).astype(dtype if jnp.issubdtype(dtype, jnp.floating) else float_dtype(np.float64))
 
 
+def _where(c: Array, a: Array, b: Array) -> Array:
+    out = jnp.where(c != 0, a, b)
+    if not jnp.issubdtype(out.dtype, jnp.floating):  # two numbers: c's float dtype, as numpy's
+        out = out.astype(c.dtype if jnp.issubdtype(c.dtype, jnp.floating) else float_dtype(np.float64))
+    return out
+
+
+def _comparison(test: Callable[[Array, Array], Array]) -> Callable[[Array, Array], Array]:
+    def compare(a: Array, b: Array) -> Array:
+        dtype = jnp.result_type(a, b)
+        return test(a, b).astype(dtype if jnp.issubdtype(dtype, jnp.floating) else float_dtype(np.float64))
+
+    return compare
+
+
 FORWARDS: dict[str, Callable[..., Array]] = {
     "relu": lambda x: jnp.maximum(x, 0),
     "sigmoid": _sigmoid,
@@ -61,6 +78,13 @@ FORWARDS: dict[str, Callable[..., Array]] = {
     "max": jnp.maximum,
     "min": jnp.minimum,
     "eq": _eq,
+    "where": _where,
+    "<": _comparison(jnp.less),
+    "<=": _comparison(jnp.less_equal),
+    ">": _comparison(jnp.greater),
+    ">=": _comparison(jnp.greater_equal),
+    "==": _comparison(jnp.equal),
+    "!=": _comparison(jnp.not_equal),
 }
 
 
@@ -282,45 +306,56 @@ def view(step: Step) -> Compute:
     index = basic_index(step.args["positions"], dict(zip(step.axes, step.shape)))
     if index is not None:
         return lambda env: env[src][index]
-    arrays = _index_arrays(step, step.axes, step.shape)
-    return lambda env: env[src].at[arrays(env)].get(mode="promise_in_bounds")
+    return gather(step)
 
 
-def _index_arrays(step: Step, names: tuple[str, ...], shape: tuple[int, ...]) -> Callable[[Env], tuple]:
-    """Per axis of the tensor read or written, an integer array broadcast over `names`: fixed
-    numbers for index arithmetic, the label tensor itself (laid out along `names`) for a label."""
-    nd, size = len(names), dict(zip(names, shape))
-    parts: list[Any] = []
-    for p in step.args["positions"]:
-        if p[0] == "affine":
-            v: Any = np.full([1] * nd, p[1], dtype=np.int32)
-            for c, n in p[2]:
-                along = [1] * nd
-                along[names.index(n)] = size[n]
-                v = v + c * np.arange(size[n], dtype=np.int32).reshape(along)
-            parts.append(v)
-        else:
-            parts.append((p[1], aligner(p[2], names, size) or (lambda a: a)))
-    if all(isinstance(f, np.ndarray) for f in parts):
-        fixed = tuple(parts)
+Indexer = Callable[[Env], tuple[tuple[Any, ...], Any]]
+
+
+def _indexer(step: Step, names: tuple[str, ...], shape: tuple[int, ...], extents: tuple[int, ...]) -> Indexer:
+    """Per axis of the tensor read or written, an integer array broadcast over `names`, and the
+    mask of the entries a `pad` position finds inside (None: all), as indexgrad/positions.py
+    computes them: fixed arrays for index arithmetic, made once; label tensors read per call."""
+    at = tuple(positions.from_data(t) for t in step.args["positions"])
+    size = dict(zip(names, shape))
+    where = Ref(step.inputs[0].name if step.kind != "scatter" else step.out, at)  # type: ignore[arg-type]
+    if not any(t[0] in ("label", "label_at") for t in step.args["positions"]):
+        fixed = positions.index_arrays(where, extents, names, size, _no_labels)
         return lambda env: fixed
-    return lambda env: tuple(f if isinstance(f, np.ndarray) else f[1](env[f[0]]) for f in parts)
+
+    def arrays(env: Env) -> tuple[tuple[Any, ...], Any]:
+        def labels(g: Ref, out: tuple[str, ...]) -> Array:
+            return positions.label_values(g, env[g.name], out, size)
+
+        return positions.index_arrays(where, extents, names, size, labels)
+
+    return arrays
+
+
+def _no_labels(g: Ref, names: tuple[str, ...]) -> Array:
+    raise AssertionError("positions without labels read none")
 
 
 def gather(step: Step) -> Compute:
-    """x[b, y[b]]: an out-of-range label reads NaN under a trace, where it cannot be checked
-    (the executor checks labels it can see before running)."""
-    src = step.inputs[0].name
-    index = _index_arrays(step, step.axes, step.shape)
-    return lambda env: env[src].at[index(env)].get(
-        mode="fill", fill_value=jnp.nan, wrap_negative_indices=False
-    )
+    """x[b, y[b]], x[2*i+k], x[pad(i+k-1)]: an out-of-range label reads NaN under a trace, where
+    it cannot be checked (the executor checks labels it can see before running); a `pad`
+    position outside the array reads 0."""
+    src = step.inputs[0]
+    index = _indexer(step, step.axes, step.shape, src.shape)
+
+    def take(env: Env) -> Array:
+        idx, mask = index(env)
+        v = env[src.name].at[idx].get(mode="fill", fill_value=jnp.nan, wrap_negative_indices=False)
+        return v if mask is None else jnp.where(mask, v, 0)
+
+    return take
 
 
 def scatter(step: Step) -> Compute:
     """target[positions] += value, into zeros or a copy of the target (jax arrays are values):
     a few slice-adds, one per kernel offset, where each index sits in one axis; else a
-    scatter-add, which drops a label that is out of range."""
+    scatter-add, which drops a label that is out of range and what a `pad` position writes
+    outside the target."""
     value = step.inputs[0]
     vn, out, shape, dtype = value.name, step.out, step.shape, float_dtype(step.dtype)
     fresh = step.args["fresh"]
@@ -328,7 +363,8 @@ def scatter(step: Step) -> Compute:
     def base(env: Env) -> Array:
         return jnp.zeros(shape, dtype) if fresh else env[out].astype(dtype)
 
-    slices = _slices(step.args["positions"], value.axes, value.shape)
+    plain = all(t[0] in ("affine", "label") for t in step.args["positions"])
+    slices = _slices(step.args["positions"], value.axes, value.shape) if plain else None
     if slices is not None and len(slices[1]) <= 64:
         order, moves = slices
 
@@ -339,8 +375,22 @@ def scatter(step: Step) -> Compute:
             return t
 
         return add_slices
-    index = _index_arrays(step, value.axes, value.shape)
-    return lambda env: base(env).at[index(env)].add(env[vn], mode="drop", wrap_negative_indices=False)
+    index = _indexer(step, value.axes, value.shape, shape)
+
+    def add(env: Env) -> Array:
+        idx, mask = index(env)
+        v = env[vn] if mask is None else jnp.where(mask, env[vn], 0)
+        return base(env).at[idx].add(v, mode="drop", wrap_negative_indices=False)
+
+    return add
+
+
+def delta(step: Step) -> Compute:
+    """`delta[i,j]` for the step's sizes: 1 where its two positions agree, in the step's dtype."""
+    at = tuple(positions.from_data(t) for t in step.args["positions"])
+    size = dict(zip(step.axes, step.shape))
+    value = positions.delta_values(Ref(DELTA, at), step.axes, size).astype(float_dtype(step.dtype))  # type: ignore[arg-type]
+    return lambda env: jnp.asarray(value)
 
 
 BUILDERS: dict[str, Callable[[Step], Compute]] = {
@@ -352,6 +402,7 @@ BUILDERS: dict[str, Callable[[Step], Compute]] = {
     "view": view,
     "gather": gather,
     "scatter": scatter,
+    "delta": delta,
 }
 
 
@@ -380,7 +431,7 @@ def _label_checks(plan: Plan) -> list[tuple[str, int, int, str, Any]]:
         extents = s.inputs[0].shape if s.kind == "gather" else s.shape
         into = s.inputs[0].name if s.kind == "gather" else s.out
         for axis, p in enumerate(s.args["positions"]):
-            if p[0] == "label":
+            if p[0] in ("label", "label_at"):
                 out.append((p[1], extents[axis], axis, into, s.span))
     return out
 
