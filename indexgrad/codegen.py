@@ -52,6 +52,7 @@ class Library:
     slice_add: str  # a statement adding {v} at slices {idx} into {t}
     copy: str  # what copies {t} before it is changed in place (where the statements above do)
     number: str  # a number {c} among index arrays
+    clip: str  # integer positions {e} kept within [0, {hi}]
     bounds: dict[str, str] = field(default_factory=dict)  # max/min of a tensor {x} and a number {c}
     helpers: dict[str, str] = field(default_factory=dict)  # module-level functions some templates need
 
@@ -73,6 +74,8 @@ _COMMON = {
     "max": "{ns}.maximum({x}, {y})",
     "min": "{ns}.minimum({x}, {y})",
     "eq": "({x} == {y}).astype({dtype})",
+    "where": "{ns}.where({0} != 0, {1}, {2}).astype({dtype})",
+    **{op: f"({{x}} {op} {{y}}).astype({{dtype}})" for op in ("<", "<=", ">", ">=", "==", "!=")},
 }
 
 _NUMPY_LOGSUMEXP = '''\
@@ -117,6 +120,7 @@ LIBRARIES: dict[str, Library] = {
         "{t}[{idx}] += {v}",
         "{t}.copy()",
         "{c}",
+        "np.clip({e}, 0, {hi})",
         helpers={"logsumexp": _NUMPY_LOGSUMEXP},
     ),
     "torch": Library(
@@ -132,6 +136,8 @@ LIBRARIES: dict[str, Library] = {
             "softplus": "torch.logaddexp({x}, torch.zeros_like({x}))",
             "step": "({x} > 0).to({x}.dtype)",
             "eq": "({x} == {y}).to({dtype})",
+            "where": "torch.where({0} != 0, {1}, {2}).to({dtype})",
+            **{op: f"({{x}} {op} {{y}}).to({{dtype}})" for op in ("<", "<=", ">", ">=", "==", "!=")},
         },
         {
             "sum": "{x}.sum({axes})",
@@ -146,6 +152,7 @@ LIBRARIES: dict[str, Library] = {
         "{t}[{idx}] += {v}",
         "{t}.clone()",
         "torch.tensor({c})",
+        "torch.clamp({e}, 0, {hi})",
         bounds={"max": "torch.clamp({x}, min={c})", "min": "torch.clamp({x}, max={c})"},
     ),
     "jax": Library(
@@ -169,6 +176,7 @@ LIBRARIES: dict[str, Library] = {
         "{t} = {t}.at[{idx}].add({v})",
         "",
         "{c}",
+        "jnp.clip({e}, 0, {hi})",
     ),
 }
 
@@ -458,50 +466,114 @@ class _Writer:
         x = self.name(src.name)
         return f"{x}[{', '.join(parts)}]" if parts else x
 
-    def grids(self, s: Step, names: tuple[str, ...], shape: tuple[int, ...]) -> list[str]:
-        """Index positions of a gather or scatter over `names`: grids of the index names used in
-        index arithmetic (a line before), the label tensors laid out along `names`."""
-        used = {n for p in s.args["positions"] if p[0] == "affine" for _, n in p[2]}
+    def grids(
+        self, s: Step, names: tuple[str, ...], shape: tuple[int, ...], extents: tuple[int, ...]
+    ) -> tuple[list[str], str | None]:
+        """Index positions of a gather or scatter over `names` into axes of `extents`: grids of
+        the index names its arithmetic uses (a line before), label tensors laid out along `names`,
+        boundary modes as a clip or a modulo; and for `pad` positions the mask of those inside."""
+        used = set().union(*(_position_names(p) for p in s.args["positions"]))
         var = {n: self.name.index(n) for n in names if n in used}
         if var:
             ranges = [f"{self.ns}.arange({d})" for d in shape]
             targets = [var.get(n, "_") for n in names]
             self.emit(f"{', '.join(targets)} = {self.lib.grid(ranges)}")
-        parts = []
-        for p in s.args["positions"]:
-            if p[0] == "label":
-                parts.append(self.aligned(self.name(p[1]), p[2], names))
-                continue
-            _, const, terms = p
-            e = " + ".join(var[n] if c == 1 else f"{c} * {var[n]}" for c, n in terms).replace("+ -", "- ")
-            e = e if not terms else e + (f" + {const}" if const > 0 else f" - {-const}" if const < 0 else "")
-            parts.append(e or self.lib.number.format(c=const))
+        shapes = {o.name: o.shape for o in s.inputs}
+        masks: list[str] = []
+        parts = [
+            self.position(p, var, names, extent, shapes, masks)
+            for p, extent in zip(s.args["positions"], extents)
+        ]
         for n in var.values():
             self.name.used.discard(n)  # grids are per step: the next step may take the name again
-        return parts
+        return parts, " & ".join(masks) or None
+
+    def position(
+        self,
+        p: Any,
+        var: dict[str, str],
+        names: tuple[str, ...],
+        extent: int | None,
+        shapes: dict[str, Any],
+        masks: list[str],
+    ) -> str:
+        """One position (as positions.as_data writes it) as an integer expression over the grids."""
+        if p[0] == "label":
+            return self.aligned(self.name(p[1]), p[2], names)
+        if p[0] == "label_at":
+            inner = [self.position(q, var, names, d, shapes, masks) for q, d in zip(p[2], shapes[p[1]])]
+            return f"{self.name(p[1])}[{', '.join(inner)}]"
+        const, terms = p[1], p[2]
+        pieces = [_times(c, var[n]) for c, n in terms]
+        for c, (inner, op, k) in p[4] if p[0] == "at" else ():
+            inside = _atom(self.position(inner, var, names, None, shapes, masks))
+            pieces.append(_times(c, f"({inside} {op} {k})"))
+        if len(pieces) == 1 and not const and not terms and p[4][0][0] == 1:
+            pieces[0] = pieces[0][1:-1]  # x[j // 2], not x[(j // 2)]
+        e = " + ".join(pieces).replace("+ -", "- ")
+        e = e if not pieces else e + (f" + {const}" if const > 0 else f" - {-const}" if const < 0 else "")
+        if not pieces:
+            return self.lib.number.format(c=const)
+        mode = p[3] if p[0] == "at" else None
+        if mode is None or extent is None:
+            return e
+        if mode == "wrap":
+            return f"({e}) % {extent}"
+        if mode == "pad":
+            masks.append(f"({e} >= 0) & ({e} < {extent})")
+        return self.lib.clip.format(e=e, hi=extent - 1)
 
     def gather(self, s: Step) -> str:
-        return f"{self.name(s.inputs[0].name)}[{', '.join(self.grids(s, s.axes, s.shape))}]"
+        parts, mask = self.grids(s, s.axes, s.shape, s.inputs[0].shape)
+        e = f"{self.name(s.inputs[0].name)}[{', '.join(parts)}]"
+        return e if mask is None else f"{self.ns}.where({mask}, {e}, 0)"
+
+    def delta(self, s: Step) -> str:
+        """`delta[i,j]`: 1 where its two positions agree, over grids of the step's index names."""
+        first, second = self.grids(s, s.axes, s.shape, (None, None))[0]  # type: ignore[arg-type]
+        e = f"({first} == {second})"
+        if not {n for p in s.args["positions"] for n in _position_names(p)} >= set(s.axes):
+            e = f"{self.ns}.broadcast_to({e}, {_shape(s.shape)})"
+        return f"{e}.{self.lib.astype}({self.ns}.{s.dtype})"
 
     def scatter(self, s: Step) -> str:
         """target[positions] += value: a slice-add where each axis holds one name at most, else an
         add at index arrays; into zeros, or a copy of a target that is not the step's own."""
         value = s.inputs[0]
         t, v = self.name(s.out), self.name(value.name)
+        dtype = f"{v}.dtype"
         index = basic_index(s.args["positions"], dict(zip(value.axes, value.shape)))
         if index is not None:
             template = self.lib.slice_add
             idx = ", ".join(_trimmed([_slice_text(i, n) for i, n in zip(index, s.shape)])) or "..."
         else:
             template = self.lib.scatter
-            parts = self.grids(s, value.axes, value.shape)
+            parts, mask = self.grids(s, value.axes, value.shape, s.shape)
             idx = f"({', '.join(parts)}{',' if len(parts) == 1 else ''})"
+            if mask is not None:  # what a pad position writes outside the target is dropped
+                v = f"{self.ns}.where({mask}, {v}, 0)"
         if s.args["fresh"]:
-            self.emit(f"{t} = {self.ns}.zeros({_shape(s.shape)}, dtype={v}.dtype)")
+            self.emit(f"{t} = {self.ns}.zeros({_shape(s.shape)}, dtype={dtype})")
         elif self.lib.copy and not template.startswith("{t} ="):
             self.emit(f"{t} = {self.lib.copy.format(t=t)}")  # the array before may be someone else's
         self.emit(template.format(t=t, idx=idx, v=v))
         return ""
+
+
+def _position_names(p: Any) -> set[str]:
+    """The index names a position's arithmetic uses (a label's own axes are laid out instead)."""
+    if p[0] == "label":
+        return set()
+    if p[0] == "label_at":
+        return set().union(*(_position_names(q) for q in p[2]))
+    names = {n for _, n in p[2]}
+    for _, (inner, _, _) in p[4] if p[0] == "at" else ():
+        names |= _position_names(inner)
+    return names
+
+
+def _times(c: int, e: str) -> str:
+    return e if c == 1 else f"-{e}" if c == -1 else f"{c} * {e}"
 
 
 def _trimmed(parts: list[str]) -> list[str]:
@@ -541,7 +613,7 @@ def _statements(plan: Plan) -> list[tuple[str, list[Step]]]:
     groups: list[tuple[str, list[Step]]] = []
     pending: list[Step] = []
     for s in plan.steps:
-        if s.kind in ("view", "gather"):
+        if s.kind in ("view", "gather", "delta"):
             pending.append(s)
             continue
         if s.kind == "scatter" and groups and groups[-1][0] == s.text and not pending:

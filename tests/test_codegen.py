@@ -1,4 +1,5 @@
-"""The derived program as code (indexgrad/codegen.py, SPEC 8): for every example and each of numpy,
+"""The derived program as code (indexgrad/codegen.py, SPEC 8): for every example (and a program of
+every kind of index position) and each of numpy,
 torch and jax, the generated module, run in a fresh interpreter where indexgrad cannot be imported,
 gives the model's values (float64, relative 1e-12); ruff passes on every module; the CLI prints them.
 """
@@ -21,6 +22,19 @@ from indexgrad.shapes import random_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.idx"))
+# every kind of index position (SPEC 9) in one program: boundary modes, // and %, a label read
+# through clamp, delta with arithmetic, a comparison and where
+POSITIONS = """\
+dim k=3, w=2
+param K[k], E[n,d]
+input x[i], ids[t]
+a[i] = x[pad(i+k-1)] K[k] + x[clamp(i+k-1)] K[k] + x[wrap(i+k-1)] K[k]
+u[j] = a[j//2] + a[(j+1)%2]
+e[t,w,d] = E[ids[clamp(t+w)], d]
+s[i,j] = delta[i,j+1] a[i] + where(a[i] > 0.5, a[i], 0.1 a[i]) x[j]
+loss = sum[j](u[j]^2) + sum[t,w,d](e[t,w,d]^2) + sum[i,j](s[i,j]^2)
+"""
+PROGRAMS = {p.stem: p for p in EXAMPLES} | {"positions": POSITIONS}
 LIBS = ["numpy", "torch", "jax"]
 
 # Runs in a fresh interpreter per library: every example's two modules on the saved inputs.
@@ -86,9 +100,8 @@ def generated(tmp_path_factory) -> tuple[Path, dict[str, dict[str, dict]]]:
     and the model's values for the same inputs."""
     folder = tmp_path_factory.mktemp("codegen")
     want: dict[str, dict[str, dict]] = {}
-    for k, path in enumerate(EXAMPLES):
-        name = path.stem
-        prog = ig.load(path)
+    for k, (name, source) in enumerate(PROGRAMS.items()):
+        prog = ig.load(source) if isinstance(source, Path) else ig.parse(source, filename=f"{name}.idx")
         model = ig.compile(prog)
         rng = np.random.default_rng(k)
         arrays = random_inputs(prog, {}, rng, positive=True)
@@ -107,7 +120,7 @@ def generated(tmp_path_factory) -> tuple[Path, dict[str, dict[str, dict]]]:
             for mode in ("grad", "jvp"):
                 (folder / f"{name}_{lib}_{mode}.py").write_text(to_python(model, lib, mode))
     (folder / "runner.py").write_text(RUNNER)
-    names = [p.stem for p in EXAMPLES]
+    names = list(PROGRAMS)
     runs = [
         subprocess.Popen(
             [sys.executable, "-I", str(folder / "runner.py"), lib, str(folder), *names],
@@ -126,13 +139,13 @@ def generated(tmp_path_factory) -> tuple[Path, dict[str, dict[str, dict]]]:
 
 
 @pytest.mark.parametrize("lib", LIBS)
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
-def test_generated_module_gives_the_models_values(generated, path: Path, lib: str) -> None:
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_generated_module_gives_the_models_values(generated, name: str, lib: str) -> None:
     folder, want = generated
-    got = np.load(folder / f"{path.stem}_{lib}_out.npz")
-    for part, values in want[path.stem].items():
+    got = np.load(folder / f"{name}_{lib}_out.npz")
+    for part, values in want[name].items():
         returned = {k.split("/", 1)[1]: got[k] for k in got.files if k.startswith(part + "/")}
-        assert_close_in_scale(returned, values, f"{path.stem} ({lib}) {part}")
+        assert_close_in_scale(returned, values, f"{name} ({lib}) {part}")
 
 
 def test_generated_modules_are_ruff_clean_and_import_only_their_library(generated) -> None:

@@ -74,11 +74,18 @@ def results(model: ig.Model, arrays: dict, seed: int, hvp: bool = True) -> dict[
 
 
 def compare(
-    prog: ig.Program, arrays: dict, seed: int, what: str, hvp: bool = True, want: dict | None = None
+    prog: ig.Program | tuple[ig.Model, ig.Model],
+    arrays: dict,
+    seed: int,
+    what: str,
+    hvp: bool = True,
+    want: dict | None = None,
 ) -> None:
-    """The jax backend's results (jax arrays, from jax arrays) against the numpy backend's."""
-    want = want or results(ig.compile(prog), arrays, seed, hvp)
-    got = results(ig.compile(prog, backend="jax"), {n: jnp.asarray(a) for n, a in arrays.items()}, seed, hvp)
+    """The jax backend's results (jax arrays, from jax arrays) against the numpy backend's, for a
+    program or a pair of its models (numpy, jax)."""
+    pair = prog if isinstance(prog, tuple) else (ig.compile(prog), ig.compile(prog, backend="jax"))
+    want = want or results(pair[0], arrays, seed, hvp)
+    got = results(pair[1], {n: jnp.asarray(a) for n, a in arrays.items()}, seed, hvp)
     assert all(isinstance(v, jax.Array) for part in got.values() for v in part.values())
     for part, values in want.items():
         assert_close_in_scale(got[part], values, f"{what}: {part}")
@@ -86,7 +93,14 @@ def compare(
 
 @pytest.mark.parametrize("name", NAMES)
 def test_the_jax_backend_agrees_with_numpy_on_the_examples(name: str) -> None:
-    compare(ig.load(path(name)), inputs(name), 2, name, hvp=name not in HEAVY)
+    compare(models(name), inputs(name), 2, name, hvp=name not in HEAVY)  # check_grads reuses the plans
+
+
+def test_the_jax_backend_agrees_on_every_kind_of_index_position() -> None:
+    """Boundary modes, // and %, a label read through clamp, delta, a comparison and where."""
+    prog = ig.parse(__import__("test_codegen").POSITIONS)
+    arrays = random_inputs(prog, {"i": 5, "j": 4, "t": 3, "n": 6, "d": 2}, np.random.default_rng(0))
+    compare(prog, arrays, 0, "positions")
 
 
 def budget(examples: int) -> settings:
