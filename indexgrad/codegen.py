@@ -346,6 +346,12 @@ class _Writer:
 
     def step(self, s: Step) -> None:
         target = self.name(s.out)
+        if s.kind in ("fix", "solve"):
+            raise IndexgradError(
+                f"no code generation for {s.kind}(...) (an implicit layer, iterated at run time): "
+                "run it with ig.compile, or print its derivation with --format idx",
+                s.span,
+            )
         e = getattr(self, s.kind)(s)
         if s.kind == "scatter":
             return

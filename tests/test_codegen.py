@@ -21,7 +21,9 @@ from indexgrad.codegen import to_python
 from indexgrad.shapes import random_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((ROOT / "examples").glob("*.idx"))
+ALL_EXAMPLES = sorted((ROOT / "examples").glob("*.idx"))
+IMPLICIT = {"circle", "deq", "implicit_lsq"}  # fix and solve iterate at run time: no code for them
+EXAMPLES = [p for p in ALL_EXAMPLES if p.stem not in IMPLICIT]
 # every kind of index position (SPEC 9) in one program: boundary modes, // and %, a label read
 # through clamp, delta with arithmetic, a comparison and where
 POSITIONS = """\
@@ -251,3 +253,9 @@ def test_code_flags_that_cannot_work_are_errors(capsys, argv: list[str], message
 def test_an_unknown_library_is_an_error_listing_the_known() -> None:
     with pytest.raises(ig.IndexgradError, match="available: numpy, torch, jax"):
         ig.parse("y = x^2").to_python("tensorflow")
+
+
+@pytest.mark.parametrize("name", sorted(IMPLICIT))
+def test_implicit_layers_are_an_error_saying_what_to_do_instead(name: str) -> None:
+    with pytest.raises(ig.IndexgradError, match=r"no code generation for (fix|solve)\(\.\.\.\).*ig\.compile"):
+        to_python(ig.load(ROOT / "examples" / f"{name}.idx"), "numpy")

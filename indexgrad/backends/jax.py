@@ -20,7 +20,7 @@ from ..errors import IndexgradError
 from ..nodes import DELTA, Ref
 from ..plan import Operand, Plan, Step, basic_index
 from . import Env, builder_for
-from .numpy import _sizes, _slices, _then, aligner
+from .numpy import _then, aligner, sizes, slice_adds
 
 Array = Any  # a jax array, or a tracer while the plan is traced
 Compute = Callable[[Env], Array]
@@ -162,7 +162,7 @@ def _finish(step: Step, body: Compute) -> Compute:
     scaled = body if coef == 1 else (lambda env: body(env) * coef)
     if kept == step.axes:
         return scaled
-    widen, shape = aligner(kept, step.axes, _sizes(step)) or (lambda a: a), step.shape
+    widen, shape = aligner(kept, step.axes, sizes(step)) or (lambda a: a), step.shape
     return lambda env: jnp.broadcast_to(widen(scaled(env)), shape)
 
 
@@ -258,7 +258,7 @@ def elementwise(step: Step) -> Compute:
         name = step.inputs[0].name
         return lambda env: env[name] > 0
     fn = _function(step.call, FORWARDS, "function")
-    size = _sizes(step)
+    size = sizes(step)
     ops = iter(step.inputs)
     getters: list[Compute] = []
     for c in step.args["constants"]:
@@ -270,7 +270,7 @@ def elementwise(step: Step) -> Compute:
 
 
 def terms(step: Step) -> Compute:
-    size = _sizes(step)
+    size = sizes(step)
     gets = [_aligned(o, step.axes, size) for o in step.inputs]
     coefs, const = step.args["coefs"], step.args["constant"]
 
@@ -286,7 +286,7 @@ def terms(step: Step) -> Compute:
 def reduce(step: Step) -> Compute:
     (o,) = step.inputs
     order = step.args["order"]
-    read = _reader(o, aligner(o.axes, order, _sizes(step)))
+    read = _reader(o, aligner(o.axes, order, sizes(step)))
     axes = tuple(range(len(step.axes), len(order)))
     red = _function(step.call, REDUCTIONS, "reduction")
     return lambda env: red(read(env), axes)
@@ -364,7 +364,7 @@ def scatter(step: Step) -> Compute:
         return jnp.zeros(shape, dtype) if fresh else env[out].astype(dtype)
 
     plain = all(t[0] in ("affine", "label") for t in step.args["positions"])
-    slices = _slices(step.args["positions"], value.axes, value.shape) if plain else None
+    slices = slice_adds(step.args["positions"], value.axes, value.shape) if plain else None
     if slices is not None and len(slices[1]) <= 64:
         order, moves = slices
 
