@@ -93,9 +93,36 @@ def cmd_fmt(a: argparse.Namespace) -> int:
     return EXIT_USAGE if failed else EXIT_OK
 
 
+CODE_FORMATS = ["numpy", "torch", "jax"]
+
+
+def _code(a: argparse.Namespace, p: Program, mode: str) -> str | None:
+    """For --format numpy|torch|jax, the derived program as a module of that library's calls,
+    planned for the sizes --dims gives; None for the formats that print the language."""
+    if a.format not in CODE_FORMATS:
+        if a.dims:
+            formats = "|".join(CODE_FORMATS)
+            raise IndexgradError(f"--dims sizes generated code: give it with --format {formats}")
+        return None
+    if getattr(a, "order", 1) != 1:
+        raise IndexgradError(
+            f"--format {a.format} writes first derivatives; --order 2 prints as idx, latex or json"
+        )
+    from .codegen import to_python
+
+    dims = parse_dims(a.dims)
+    check_ranks(p)
+    check_dims(p, dims)
+    return to_python(p, a.format, mode, dims, getattr(a, "loss", None), parse_names(a.wrt))
+
+
 def cmd_grad(a: argparse.Namespace) -> int:
     p = load(a.file)
     _warn(p, a.format)
+    code = _code(a, p, "grad")
+    if code is not None:
+        print(code, end="")
+        return EXIT_OK
     wrt = parse_names(a.wrt)
     losses = [a.loss] if a.loss else []
     d = derive_for(p, losses, wrt)
@@ -124,6 +151,10 @@ def cmd_grad(a: argparse.Namespace) -> int:
 def cmd_jvp(a: argparse.Namespace) -> int:
     p = load(a.file)
     _warn(p, a.format)
+    code = _code(a, p, "jvp")
+    if code is not None:
+        print(code, end="")
+        return EXIT_OK
     d = derive_jvp(p, parse_names(a.wrt))
     print(program_text([], d, a.format, "tangents", uses=p), end="")
     return EXIT_OK
@@ -261,6 +292,10 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_FORMAT_HELP = "idx, latex, json; or numpy, torch, jax: a standalone Python module of that library's calls"
+_DIMS_HELP = "index sizes the generated module is planned for, e.g. b=64,d=784 (others are 3)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(
         prog="indexgrad",
@@ -275,13 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--loss", type=tensor_name)
     g.add_argument("--wrt", help="comma-separated input names")
     g.add_argument("--order", type=int, default=1, help="2 prints the Hessian-vector program")
-    g.add_argument("--format", choices=fmts, default="idx")
+    g.add_argument("--format", choices=fmts + CODE_FORMATS, default="idx", help=_FORMAT_HELP)
+    g.add_argument("--dims", help=_DIMS_HELP)
     g.set_defaults(func=cmd_grad)
 
     j = sub.add_parser("jvp", help="print the forward-mode (tangent) program")
     j.add_argument("file")
     j.add_argument("--wrt")
-    j.add_argument("--format", choices=fmts, default="idx")
+    j.add_argument("--format", choices=fmts + CODE_FORMATS, default="idx", help=_FORMAT_HELP)
+    j.add_argument("--dims", help=_DIMS_HELP)
     j.set_defaults(func=cmd_jvp)
 
     c = sub.add_parser("check", help="finite-difference check on random inputs")

@@ -580,8 +580,9 @@ class Model:
         wrt: list[str] | str | None = None,
     ) -> Plan:
         """The Plan a call of `mode` (forward, backward, jvp or hvp) runs on inputs like these:
-        arrays, or shapes (tuples; float64 then, labels int64). backward is of a scalar loss; jvp
-        and hvp take directions for `wrt` (all inputs by default)."""
+        arrays, or shapes (tuples; float64 then, labels int64). backward of a loss that is not a
+        scalar is the vector-Jacobian product, its seed `LOSS.grad` given; hvp is of a scalar
+        loss; jvp and hvp take directions for `wrt` (all inputs by default)."""
         if mode not in ("forward", "backward", "jvp", "hvp"):
             raise self._error(f"mode must be forward, backward, jvp or hvp, not {mode!r}")
         if not isinstance(vals_or_shapes, Mapping):
@@ -604,8 +605,16 @@ class Model:
         vals = (returned, tuple((fw.shapes[n], fw.dtypes[n]) for n in returned))
         loss_name = loss or self.program.statements[-1].target.name
         wrt_t = _wrt_key(self._wrt(wrt))
-        if mode in ("backward", "hvp") and fw.shapes.get(loss_name, ()) != ():
-            raise self._error(f"loss '{loss_name}' is not a scalar; plan a {mode} pass of a scalar loss")
+        if loss_name not in fw.shapes:
+            raise self._error(
+                f"loss '{loss_name}' is not a tensor the program defines; it defines: "
+                + ", ".join(self.program.defined())
+            )
+        if mode == "hvp" and fw.shapes[loss_name] != ():
+            raise self._error(f"loss '{loss_name}' is not a scalar; plan a hvp pass of a scalar loss")
+        if mode == "backward" and fw.shapes[loss_name] != ():  # as backward(seed={loss: ...}) runs
+            seeded = _extended(vals, (self._grad[loss_name], fw.shapes[loss_name], fw.dtypes[loss_name]))
+            return self._compile(PlanKey("vjp", (loss_name,), wrt_t, seeded)).plan
         if mode == "backward":
             return self._compile(PlanKey("backward", (loss or "",), wrt_t, vals)).plan
         names = wrt_t if wrt_t is not None else tuple(self.inputs)

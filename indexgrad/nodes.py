@@ -305,6 +305,20 @@ class Program:
         """The equations, then the canonical text, for Jupyter's Markdown renderer."""
         return self._repr_latex_() + "\n\n```\n" + str(self) + "```\n"
 
+    def to_python(
+        self,
+        lib: str = "numpy",
+        mode: str = "grad",
+        dims: dict[str, int] | None = None,
+        loss: str | None = None,
+        wrt: list[str] | str | None = None,
+    ) -> str:
+        """A standalone module of `lib` calls (numpy, torch or jax): forward() and backward(), or
+        jvp() for mode "jvp", planned for the input shapes `dims` gives (indexgrad/codegen.py)."""
+        from .codegen import to_python
+
+        return to_python(self, lib, mode, dims, loss, wrt)
+
     def params(self) -> tuple[str, ...]:
         return tuple(d.ref.name for d in self.decls if d.role == "param")
 

@@ -322,6 +322,26 @@ def pair_layout(
     }  # fmt: skip
 
 
+def basic_index(positions: tuple[Any, ...], size: dict[str, int]) -> tuple[int | slice, ...] | None:
+    """A view's positions (its `positions` arg) as numbers and slices, `x[c + s*j, k]` as
+    `x[c : c + s*(J-1) + 1 : s, :]`, when each axis holds one index name at most, with a positive
+    step, and no name holds two axes (the view's axes then come out in order); else None."""
+    seen: set[str] = set()
+    out: list[int | slice] = []
+    for p in positions:
+        if p[0] != "affine" or len(p[2]) > 1:
+            return None
+        if not p[2]:
+            out.append(p[1])
+            continue
+        ((c, n),) = p[2]
+        if c <= 0 or n in seen:
+            return None
+        seen.add(n)
+        out.append(slice(p[1], p[1] + c * (size[n] - 1) + 1, c))
+    return tuple(out)
+
+
 # ---- the planner -------------------------------------------------------------------------------
 
 

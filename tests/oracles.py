@@ -598,6 +598,22 @@ ORACLES: dict[str, Oracle] = {
 }
 
 
+def assert_close_in_scale(got: Arrays, want: Arrays, what: str, rtol: float = 1e-12) -> None:
+    """Every array of `want` matched in `got` within rtol of the largest magnitude among all of
+    them (values, gradients or tangents of one call), or of 1 if that is smaller (as `close` in
+    test_properties): a normwise error, so that an entry made small by cancellation, through
+    another library's exp or log, is compared at the scale of the terms that cancelled. NaN
+    where `want` has NaN."""
+    assert set(got) == set(want), f"{what}: {sorted(got)} returned, {sorted(want)} expected"
+    want = {n: np.asarray(v, np.float64) for n, v in want.items()}
+    scale = max((np.abs(v[np.isfinite(v)]).max() for v in want.values() if np.isfinite(v).any()), default=1.0)
+    for n, w in want.items():
+        g = np.asarray(got[n], np.float64)
+        assert g.shape == w.shape, f"{what} {n}: shape {g.shape}, expected {w.shape}"
+        atol = rtol * max(scale, 1.0)
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, equal_nan=True, err_msg=f"{what} {n}")
+
+
 def path(name: str) -> Path:
     """The example file an oracle stands for."""
     return EXAMPLES / f"{name}.idx"

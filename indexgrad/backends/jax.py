@@ -1,0 +1,544 @@
+"""The jax backend: one builder per step kind turning a Step into jax.numpy calls, and an executor
+that traces a whole Plan into one `jax.jit` computation, so that XLA fuses its elementwise work.
+
+Builders read nothing but the Step, as the numpy backend's do; jax arrays are never updated in
+place, so the planner lends no buffers (`in_place = False`). float64 needs `jax_enable_x64`;
+without it a float64 array is refused rather than rounded to float32 behind the user's back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import positions
+from ..errors import IndexgradError
+from ..nodes import DELTA, Ref
+from ..plan import Operand, Plan, Step, basic_index
+from . import Env, builder_for
+from .numpy import _then, aligner, sizes, slice_adds
+
+Array = Any  # a jax array, or a tracer while the plan is traced
+Compute = Callable[[Env], Array]
+
+
+def float_dtype(dtype: Any) -> np.dtype:
+    """The dtype jax makes of `dtype` (float64 is float32 unless jax_enable_x64 is on)."""
+    return np.dtype(jax.dtypes.canonicalize_dtype(np.dtype(dtype)))
+
+
+# ---- the functions and reductions, as jax computes them ------------------------------------
+
+
+def _sigmoid(x: Array) -> Array:
+    return 0.5 * (1.0 + jnp.tanh(0.5 * x))  # numpy's formula: never overflows, the same values
+
+
+def _step(x: Array) -> Array:
+    return (x > 0).astype(x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else float_dtype(np.float64))
+
+
+def _eq(a: Array, b: Array) -> Array:
+    dtype = jnp.result_type(a, b)
+    return jnp.equal(a, b).astype(dtype if jnp.issubdtype(dtype, jnp.floating) else float_dtype(np.float64))
+
+
+def _where(c: Array, a: Array, b: Array) -> Array:
+    out = jnp.where(c != 0, a, b)
+    if not jnp.issubdtype(out.dtype, jnp.floating):  # two numbers: c's float dtype, as numpy's
+        out = out.astype(c.dtype if jnp.issubdtype(c.dtype, jnp.floating) else float_dtype(np.float64))
+    return out
+
+
+def _comparison(test: Callable[[Array, Array], Array]) -> Callable[[Array, Array], Array]:
+    def compare(a: Array, b: Array) -> Array:
+        dtype = jnp.result_type(a, b)
+        return test(a, b).astype(dtype if jnp.issubdtype(dtype, jnp.floating) else float_dtype(np.float64))
+
+    return compare
+
+
+FORWARDS: dict[str, Callable[..., Array]] = {
+    "relu": lambda x: jnp.maximum(x, 0),
+    "sigmoid": _sigmoid,
+    "tanh": jnp.tanh,
+    "exp": jnp.exp,
+    "log": jnp.log,
+    "sqrt": jnp.sqrt,
+    "sin": jnp.sin,
+    "cos": jnp.cos,
+    "abs": jnp.abs,
+    "softplus": lambda x: jnp.logaddexp(0.0, x),
+    "step": _step,
+    "sign": jnp.sign,
+    "max": jnp.maximum,
+    "min": jnp.minimum,
+    "eq": _eq,
+    "where": _where,
+    "<": _comparison(jnp.less),
+    "<=": _comparison(jnp.less_equal),
+    ">": _comparison(jnp.greater),
+    ">=": _comparison(jnp.greater_equal),
+    "==": _comparison(jnp.equal),
+    "!=": _comparison(jnp.not_equal),
+}
+
+
+def _logsumexp(x: Array, axes: tuple[int, ...]) -> Array:
+    """log Σ exp over `axes`, shifted by the finite maxima (as the numpy backend computes it)."""
+    if 0 in x.shape:
+        return jnp.full(tuple(d for k, d in enumerate(x.shape) if k not in axes), -jnp.inf, x.dtype)
+    m = jnp.max(x, axis=axes, keepdims=True)
+    m = jnp.where(jnp.isfinite(m), m, 0)
+    return (jnp.log(jnp.sum(jnp.exp(x - m), axis=axes, keepdims=True)) + m).reshape(
+        tuple(d for k, d in enumerate(x.shape) if k not in axes)
+    )
+
+
+REDUCTIONS: dict[str, Callable[[Array, tuple[int, ...]], Array]] = {
+    "sum": lambda x, axes: jnp.sum(x, axis=axes),
+    "mean": lambda x, axes: jnp.mean(x, axis=axes),
+    "max": lambda x, axes: jnp.max(x, axis=axes),
+    "min": lambda x, axes: jnp.min(x, axis=axes),
+    "logsumexp": _logsumexp,
+}
+
+
+def _function(name: str, table: dict[str, Any], what: str) -> Any:
+    f = table.get(name)
+    if f is None:
+        raise IndexgradError(
+            f"the jax backend has no {what} '{name}'; it has: " + ", ".join(sorted(table))
+        )
+    return f
+
+
+# ---- reading operands ----------------------------------------------------------------------
+
+
+def _raised(k: float) -> Callable[[Array], Array] | None:
+    if k == 1:
+        return None
+    if k == 2:
+        return jnp.square
+    if k == -1:
+        return jnp.reciprocal
+    if k == 0.5:
+        return jnp.sqrt
+    return lambda a: jnp.power(a, k)
+
+
+def _mover(sum_axes: tuple[int, ...], perm: Any, shape: Any) -> Callable[[Array], Array] | None:
+    """A sum over the axes only this operand has, a transpose, a reshape (as plan.pair_layout says)."""
+    out = None
+    if sum_axes:
+        out = _then(out, lambda a: jnp.sum(a, axis=sum_axes))
+    if perm is not None:
+        out = _then(out, lambda a: jnp.transpose(a, perm))
+    if shape is not None:
+        out = _then(out, lambda a: jnp.reshape(a, shape))
+    return out
+
+
+def _reader(o: Operand, move: Callable[[Array], Array] | None = None) -> Compute:
+    name, prep = o.name, _then(_raised(o.power), move)
+    if prep is None:
+        return lambda env: env[name]
+    return lambda env: prep(env[name])
+
+
+def _aligned(o: Operand, out: tuple[str, ...], size: dict[str, int]) -> Compute:
+    return _reader(o, aligner(o.axes, out, size))
+
+
+def _finish(step: Step, body: Compute) -> Compute:
+    """The body's result times the coefficient, broadcast along the step's axes no operand has."""
+    coef = step.args.get("coef", 1)
+    kept = step.args.get("kept", step.axes)
+    scaled = body if coef == 1 else (lambda env: body(env) * coef)
+    if kept == step.axes:
+        return scaled
+    widen, shape = aligner(kept, step.axes, sizes(step)) or (lambda a: a), step.shape
+    return lambda env: jnp.broadcast_to(widen(scaled(env)), shape)
+
+
+def _full(step: Step, body: Compute) -> Compute:
+    """The result broadcast to the step's shape when its operands lack some of its axes."""
+    present = {n for o in step.inputs for n in o.axes}
+    if step.inputs and all(n in present for n in step.axes):
+        return body
+    shape = step.shape
+    return lambda env: jnp.broadcast_to(body(env), shape)
+
+
+# ---- contractions ----------------------------------------------------------------------------
+
+
+def _pairwise(step: Step) -> Compute:
+    args = step.args
+    first, second = step.inputs[::-1] if args["swap"] else step.inputs
+    call = {"matmul": jnp.matmul, "vecdot": jnp.vecdot, "multiply": jnp.multiply}[step.call]
+    ra = _reader(first, _mover(args["a_sum"], args["a_perm"], args["a_shape"]))
+    rb = _reader(second, _mover(args["b_sum"], args["b_perm"], args["b_shape"]))
+    finish = _mover((), None, args["res_shape"])
+    finish = _then(finish, None if args["res_perm"] is None else lambda a: jnp.transpose(a, args["res_perm"]))
+    if finish is None:
+        return lambda env: call(ra(env), rb(env))
+    return lambda env: finish(call(ra(env), rb(env)))
+
+
+def _scale(step: Step) -> Compute:
+    s = step.inputs[step.args["scalar"]].name
+    t = step.inputs[1 - step.args["scalar"]].name
+    coef = step.args["coef"]
+    return lambda env: env[t] * (env[s] * coef)
+
+
+def _dot(step: Step) -> Compute:
+    name, coef, shape = step.inputs[0].name, step.args["coef"], step.shape
+
+    def dot(env: Env) -> Array:
+        a = jnp.ravel(env[name])
+        return jnp.broadcast_to(jnp.dot(a, a) * coef, shape)
+
+    return dot
+
+
+def _copy(step: Step) -> Compute:
+    perm = step.args["perm"]
+    move = None if perm == tuple(range(len(perm))) else (lambda a: jnp.transpose(a, perm))
+    return _finish(step, _reader(step.inputs[0], move))
+
+
+def _sum(step: Step) -> Compute:
+    perm = step.args["perm"]
+    move = _mover(step.args["over"], None if perm == tuple(range(len(perm))) else perm, None)
+    return _finish(step, _reader(step.inputs[0], move))
+
+
+def _ones_sum(step: Step) -> Compute:
+    """A sum over leading or trailing axes: a reduction XLA fuses (numpy's product with a vector
+    of ones pays off only outside a compiler)."""
+    over = step.args["over"]
+    return _finish(step, _reader(step.inputs[0], lambda a: jnp.sum(a, axis=over)))
+
+
+def _einsum(step: Step) -> Compute:
+    equation, path = step.args["equation"], [tuple(p) for p in step.args["path"]]
+    reads = [_reader(o) for o in step.inputs]
+    return _finish(step, lambda env: jnp.einsum(equation, *[r(env) for r in reads], optimize=path))
+
+
+_CONTRACTIONS: dict[str, Callable[[Step], Compute]] = {
+    "matmul": lambda s: _finish(s, _pairwise(s)),
+    "vecdot": lambda s: _finish(s, _pairwise(s)),
+    "multiply": lambda s: _finish(s, _pairwise(s)),
+    "scale": _scale,
+    "dot": _dot,
+    "copy": _copy,
+    "sum": _sum,
+    "ones_sum": _ones_sum,
+    "einsum": _einsum,
+}
+
+
+def contract(step: Step) -> Compute:
+    return _function(step.call, _CONTRACTIONS, "contraction call")(step)  # type: ignore[no-any-return]
+
+
+# ---- elementwise work, sums of terms, reductions, constants ---------------------------------
+
+
+def elementwise(step: Step) -> Compute:
+    if step.call == "mask":
+        name = step.inputs[0].name
+        return lambda env: env[name] > 0
+    fn = _function(step.call, FORWARDS, "function")
+    size = sizes(step)
+    ops = iter(step.inputs)
+    getters: list[Compute] = []
+    for c in step.args["constants"]:
+        if c is None:
+            getters.append(_aligned(next(ops), step.axes, size))
+        else:
+            getters.append(lambda env, c=c: c)  # a Python float is weakly typed: float32 stays float32
+    return _full(step, lambda env: fn(*[g(env) for g in getters]))
+
+
+def terms(step: Step) -> Compute:
+    size = sizes(step)
+    gets = [_aligned(o, step.axes, size) for o in step.inputs]
+    coefs, const = step.args["coefs"], step.args["constant"]
+
+    def total(env: Env) -> Array:
+        t = gets[0](env) if coefs[0] == 1 else gets[0](env) * coefs[0]
+        for c, g in zip(coefs[1:], gets[1:]):
+            t = t + g(env) if c == 1 else t - g(env) if c == -1 else t + g(env) * c
+        return t + const if const else t
+
+    return _full(step, total)
+
+
+def reduce(step: Step) -> Compute:
+    (o,) = step.inputs
+    order = step.args["order"]
+    read = _reader(o, aligner(o.axes, order, sizes(step)))
+    axes = tuple(range(len(step.axes), len(order)))
+    red = _function(step.call, REDUCTIONS, "reduction")
+    return lambda env: red(read(env), axes)
+
+
+def fill(step: Step) -> Compute:
+    shape, dtype, value = step.shape, float_dtype(step.dtype), step.args["value"]
+    return lambda env: jnp.full(shape, value, dtype)
+
+
+# ---- reads and writes through index arithmetic and labels -----------------------------------
+
+
+def view(step: Step) -> Compute:
+    """x[j+k] as an array over (j, k): slicing where it can, else a gather at fixed positions."""
+    src = step.inputs[0].name
+    index = basic_index(step.args["positions"], dict(zip(step.axes, step.shape)))
+    if index is not None:
+        return lambda env: env[src][index]
+    return gather(step)
+
+
+Indexer = Callable[[Env], tuple[tuple[Any, ...], Any]]
+
+
+def _indexer(step: Step, names: tuple[str, ...], shape: tuple[int, ...], extents: tuple[int, ...]) -> Indexer:
+    """Per axis of the tensor read or written, an integer array broadcast over `names`, and the
+    mask of the entries a `pad` position finds inside (None: all), as indexgrad/positions.py
+    computes them: fixed arrays for index arithmetic, made once; label tensors read per call."""
+    at = tuple(positions.from_data(t) for t in step.args["positions"])
+    size = dict(zip(names, shape))
+    where = Ref(step.inputs[0].name if step.kind != "scatter" else step.out, at)  # type: ignore[arg-type]
+    if not any(t[0] in ("label", "label_at") for t in step.args["positions"]):
+        fixed = positions.index_arrays(where, extents, names, size, _no_labels)
+        return lambda env: fixed
+
+    def arrays(env: Env) -> tuple[tuple[Any, ...], Any]:
+        def labels(g: Ref, out: tuple[str, ...]) -> Array:
+            return positions.label_values(g, env[g.name], out, size)
+
+        return positions.index_arrays(where, extents, names, size, labels)
+
+    return arrays
+
+
+def _no_labels(g: Ref, names: tuple[str, ...]) -> Array:
+    raise AssertionError("positions without labels read none")
+
+
+def gather(step: Step) -> Compute:
+    """x[b, y[b]], x[2*i+k], x[pad(i+k-1)]: an out-of-range label reads NaN under a trace, where
+    it cannot be checked (the executor checks labels it can see before running); a `pad`
+    position outside the array reads 0."""
+    src = step.inputs[0]
+    index = _indexer(step, step.axes, step.shape, src.shape)
+
+    def take(env: Env) -> Array:
+        idx, mask = index(env)
+        v = env[src.name].at[idx].get(mode="fill", fill_value=jnp.nan, wrap_negative_indices=False)
+        return v if mask is None else jnp.where(mask, v, 0)
+
+    return take
+
+
+def scatter(step: Step) -> Compute:
+    """target[positions] += value, into zeros or a copy of the target (jax arrays are values):
+    a few slice-adds, one per kernel offset, where each index sits in one axis; else a
+    scatter-add, which drops a label that is out of range and what a `pad` position writes
+    outside the target."""
+    value = step.inputs[0]
+    vn, out, shape, dtype = value.name, step.out, step.shape, float_dtype(step.dtype)
+    fresh = step.args["fresh"]
+
+    def base(env: Env) -> Array:
+        return jnp.zeros(shape, dtype) if fresh else env[out].astype(dtype)
+
+    plain = all(t[0] in ("affine", "label") for t in step.args["positions"])
+    slices = slice_adds(step.args["positions"], value.axes, value.shape) if plain else None
+    if slices is not None and len(slices[1]) <= 64:
+        order, moves = slices
+
+        def add_slices(env: Env) -> Array:
+            t, v = base(env), jnp.transpose(env[vn], order)
+            for target, part in moves:
+                t = t.at[target].add(v[part])
+            return t
+
+        return add_slices
+    index = _indexer(step, value.axes, value.shape, shape)
+
+    def add(env: Env) -> Array:
+        idx, mask = index(env)
+        v = env[vn] if mask is None else jnp.where(mask, env[vn], 0)
+        return base(env).at[idx].add(v, mode="drop", wrap_negative_indices=False)
+
+    return add
+
+
+def delta(step: Step) -> Compute:
+    """`delta[i,j]` for the step's sizes: 1 where its two positions agree, in the step's dtype."""
+    at = tuple(positions.from_data(t) for t in step.args["positions"])
+    size = dict(zip(step.axes, step.shape))
+    value = positions.delta_values(Ref(DELTA, at), step.axes, size).astype(float_dtype(step.dtype))  # type: ignore[arg-type]
+    return lambda env: jnp.asarray(value)
+
+
+BUILDERS: dict[str, Callable[[Step], Compute]] = {
+    "contract": contract,
+    "elementwise": elementwise,
+    "terms": terms,
+    "reduce": reduce,
+    "fill": fill,
+    "view": view,
+    "gather": gather,
+    "scatter": scatter,
+    "delta": delta,
+}
+
+
+# ---- the executor ------------------------------------------------------------------------------
+
+
+def _entry(step: Step) -> tuple[Compute, str, bool, tuple[str, ...]]:
+    """A step as the executor runs it: its compute (giving the step's dtype and shape), its target,
+    whether it adds into the target, and what it frees."""
+    body = builder_for(BUILDERS, step, "jax")(step)  # type: ignore[arg-type]
+    dtype = float_dtype(step.dtype)
+
+    def compute(env: Env) -> Array:
+        a = body(env)
+        return a if a.dtype == dtype else a.astype(dtype)  # a weakly typed number, say
+
+    return compute, step.out, step.accumulate and step.kind != "scatter", step.release
+
+
+def _label_checks(plan: Plan) -> list[tuple[str, int, int, str, Any]]:
+    """(label, the extent it indexes, that axis, the tensor read or written, the place) per label."""
+    out = []
+    for s in plan.steps:
+        if s.kind not in ("gather", "scatter"):
+            continue
+        extents = s.inputs[0].shape if s.kind == "gather" else s.shape
+        into = s.inputs[0].name if s.kind == "gather" else s.out
+        for axis, p in enumerate(s.args["positions"]):
+            if p[0] in ("label", "label_at"):
+                out.append((p[1], extents[axis], axis, into, s.span))
+    return out
+
+
+class JaxExecutor:
+    """A Plan made runnable on jax arrays: its steps traced into one jitted function of the arrays
+    it reads, returning the arrays it defines and keeps."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.entries = [_entry(s) for s in plan.steps]
+        given = {n for n, _, _ in plan.inputs}
+        read = [o.name for s in plan.steps for o in s.inputs] + [s.out for s in plan.steps if s.accumulate]
+        self.reads = tuple(n for n in dict.fromkeys(read) if n in given)
+        freed = {n for s in plan.steps for n in s.release}
+        self.defines = tuple(n for n in dict.fromkeys(s.out for s in plan.steps) if n not in freed)
+        self.labels = _label_checks(plan)
+        self.jitted = jax.jit(self.trace)
+
+    def trace(self, arrays: dict[str, Array]) -> dict[str, Array]:
+        """The steps as one function of the arrays they read (traced by jit, grad or vmap)."""
+        env = dict(arrays)
+        for compute, out, add, release in self.entries:
+            env[out] = env[out] + compute(env) if add else compute(env)
+            for n in release:
+                del env[n]
+        return {n: env[n] for n in self.defines}
+
+    def run(self, env: Env, check_finite: bool = False) -> Env:
+        """Run the plan on env (adding what it defines); with `check_finite`, step by step, and
+        the first NaN or Inf is an error at its statement."""
+        arrays = {n: env[n] for n in self.reads}
+        try:
+            self.check_labels(arrays)
+            env.update(self._checked(arrays) if check_finite else self.jitted(arrays))
+        except IndexgradError as e:
+            raise e.located(self.plan.filename, self.plan.source) from None
+        return env
+
+    def check_labels(self, arrays: dict[str, Array]) -> None:
+        """An out-of-range label is an error naming it, when its values are known (not traced)."""
+        for label, extent, axis, into, span in self.labels:
+            lab = arrays[label]
+            if isinstance(lab, jax.core.Tracer) or not lab.size:
+                continue
+            low, high = (int(v) for v in np.asarray(jnp.stack([lab.min(), lab.max()])))
+            if low < 0 or high >= extent:
+                bad = low if low < 0 else high
+                raise IndexgradError(
+                    f"label {bad} in '{label}' is out of range for axis {axis} of '{into}', "
+                    f"which has size {extent}",
+                    span,
+                )
+
+    def _checked(self, arrays: dict[str, Array]) -> dict[str, Array]:
+        env = dict(arrays)
+        for (compute, out, add, release), step in zip(self.entries, self.plan.steps):
+            env[out] = env[out] + compute(env) if add else compute(env)
+            if step.dtype != "bool" and not bool(jnp.all(jnp.isfinite(env[out]))):
+                bad = "NaN" if bool(jnp.any(jnp.isnan(env[out]))) else "Inf"
+                raise IndexgradError(f"this statement produced {bad} in '{out}'", step.span)
+            for n in release:
+                del env[n]
+        return {n: env[n] for n in self.defines}
+
+
+class JaxBackend:
+    name = "jax"
+    in_place = False
+    array_types: tuple[type, ...] = (type(jnp.zeros(())),)
+
+    def executor(self, plan: Plan) -> JaxExecutor:
+        return JaxExecutor(plan)
+
+    def asarray(self, value: Any, dtype: Any = None) -> Array:
+        """value as a jax array; a float64 array without jax_enable_x64 is an error (jax would
+        round it to float32), an integer array asked to become float64 becomes jax's float."""
+        given = getattr(value, "dtype", None)
+        if given is not None and np.dtype(given) == np.float64 and float_dtype(np.float64) != np.float64:
+            raise IndexgradError(
+                "this array is float64, and the jax backend computes in float32 unless 64-bit mode "
+                "is on; turn it on with jax.config.update('jax_enable_x64', True) before using jax, "
+                "or give float32 arrays (x.astype(numpy.float32))"
+            )
+        return jnp.asarray(value, None if dtype is None else float_dtype(dtype))
+
+    def describe(self, a: Array) -> tuple[tuple[int, ...], np.dtype]:
+        return tuple(a.shape), np.dtype(a.dtype)
+
+    def to_numpy(self, a: Array) -> np.ndarray:
+        return np.asarray(a)
+
+    def zeros_like(self, a: Array) -> Array:
+        return jnp.zeros_like(a)
+
+    def contiguous(self, a: Array) -> Array:
+        return a  # jax arrays are values: nothing shares or changes them
+
+    def copy(self, a: Array) -> Array:
+        return a
+
+    def one(self, dtype: np.dtype) -> Array:
+        return jnp.ones((), float_dtype(dtype))
+
+
+def make_backend() -> JaxBackend:
+    return JaxBackend()
+
+
+__all__ = ["BUILDERS", "FORWARDS", "REDUCTIONS", "JaxBackend", "JaxExecutor", "float_dtype", "make_backend"]

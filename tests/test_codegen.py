@@ -1,0 +1,261 @@
+"""The derived program as code (indexgrad/codegen.py, SPEC 8): for every example (and a program of
+every kind of index position) and each of numpy,
+torch and jax, the generated module, run in a fresh interpreter where indexgrad cannot be imported,
+gives the model's values (float64, relative 1e-12); ruff passes on every module; the CLI prints them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from oracles import assert_close_in_scale
+
+import indexgrad as ig
+from indexgrad.cli import main as cli_main
+from indexgrad.codegen import to_python
+from indexgrad.shapes import random_inputs
+
+ROOT = Path(__file__).resolve().parent.parent
+ALL_EXAMPLES = sorted((ROOT / "examples").glob("*.idx"))
+IMPLICIT = {"circle", "deq", "implicit_lsq"}  # fix and solve iterate at run time: no code for them
+EXAMPLES = [p for p in ALL_EXAMPLES if p.stem not in IMPLICIT]
+# every kind of index position (SPEC 9) in one program: boundary modes, // and %, a label read
+# through clamp, delta with arithmetic, a comparison and where
+POSITIONS = """\
+dim k=3, w=2
+param K[k], E[n,d]
+input x[i], ids[t]
+a[i] = x[pad(i+k-1)] K[k] + x[clamp(i+k-1)] K[k] + x[wrap(i+k-1)] K[k]
+u[j] = a[j//2] + a[(j+1)%2]
+e[t,w,d] = E[ids[clamp(t+w)], d]
+s[i,j] = delta[i,j+1] a[i] + where(a[i] > 0.5, a[i], 0.1 a[i]) x[j]
+loss = sum[j](u[j]^2) + sum[t,w,d](e[t,w,d]^2) + sum[i,j](s[i,j]^2)
+"""
+PROGRAMS = {p.stem: p for p in EXAMPLES} | {"positions": POSITIONS}
+LIBS = ["numpy", "torch", "jax"]
+
+# Runs in a fresh interpreter per library: every example's two modules on the saved inputs.
+RUNNER = """\
+import importlib.util
+import sys
+
+sys.modules["indexgrad"] = None  # as if indexgrad were not installed: `import indexgrad` fails
+try:
+    import indexgrad  # noqa: F401
+except ImportError:
+    pass
+else:
+    raise SystemExit("indexgrad is importable")
+import numpy as np
+
+lib, folder, *names = sys.argv[1:]
+if lib == "torch":
+    import torch
+
+    to, back = torch.from_numpy, lambda t: t.numpy()
+elif lib == "jax":
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    to, back = jax.numpy.asarray, np.asarray
+else:
+    to, back = (lambda a: a), np.asarray
+
+
+def load(path):
+    spec = importlib.util.spec_from_file_location(path.rsplit("/", 1)[-1][:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(grad, tan, inputs, seeds, tangents):
+    vals = grad.forward(**inputs)
+    grads = grad.backward(vals, **seeds) if seeds else grad.backward(vals)
+    return vals, grads, tan.jvp(tan.forward(**inputs), **tangents)
+
+
+for name in names:
+    data = np.load(f"{folder}/{name}.npz")
+
+    def group(prefix):
+        return {k[len(prefix):]: to(data[k]) for k in data.files if k.startswith(prefix)}
+
+    modules = load(f"{folder}/{name}_{lib}_grad.py"), load(f"{folder}/{name}_{lib}_jvp.py")
+    call = run if lib != "jax" else jax.jit(run, static_argnums=(0, 1))  # one compilation, not one per call
+    vals, grads, tans = call(*modules, group("in/"), group("seed/"), group("tan/"))
+    out = {f"val/{k}": back(v) for k, v in vals.items()}
+    out.update({f"grad/{k}": back(v) for k, v in grads.items()})
+    out.update({f"tan/{k}": back(v) for k, v in tans.items()})
+    np.savez(f"{folder}/{name}_{lib}_out.npz", **out)
+"""
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> tuple[Path, dict[str, dict[str, dict]]]:
+    """Every example's modules and inputs written, each library's runner run once (in parallel),
+    and the model's values for the same inputs."""
+    folder = tmp_path_factory.mktemp("codegen")
+    want: dict[str, dict[str, dict]] = {}
+    for k, (name, source) in enumerate(PROGRAMS.items()):
+        prog = ig.load(source) if isinstance(source, Path) else ig.parse(source, filename=f"{name}.idx")
+        model = ig.compile(prog)
+        rng = np.random.default_rng(k)
+        arrays = random_inputs(prog, {}, rng, positive=True)
+        vals = model.forward(**arrays)
+        loss = prog.defined()[-1]
+        seeds = {} if np.ndim(vals[loss]) == 0 else {loss: rng.standard_normal(np.shape(vals[loss]))}
+        grads = model.backward(vals, seed=seeds) if seeds else model.backward(vals, loss=loss)
+        tangents = {n: rng.standard_normal(np.shape(arrays[n])) for n in model.inputs}
+        tans = model.jvp(vals, tangents)
+        want[name] = {"val": vals, "grad": grads, "tan": tans}
+        saved = {f"in/{n}": a for n, a in arrays.items()}
+        saved.update({f"seed/{n}": s for n, s in seeds.items()})
+        saved.update({f"tan/{n}": t for n, t in tangents.items()})
+        np.savez(folder / f"{name}.npz", **saved)
+        for lib in LIBS:
+            for mode in ("grad", "jvp"):
+                (folder / f"{name}_{lib}_{mode}.py").write_text(to_python(model, lib, mode))
+    (folder / "runner.py").write_text(RUNNER)
+    names = list(PROGRAMS)
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-I", str(folder / "runner.py"), lib, str(folder), *names],
+            cwd=folder,
+            env={**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"},  # values, not speed
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for lib in LIBS
+    ]
+    for lib, run in zip(LIBS, runs):
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, f"{lib}: {err[-3000:]}"
+    return folder, want
+
+
+@pytest.mark.parametrize("lib", LIBS)
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_generated_module_gives_the_models_values(generated, name: str, lib: str) -> None:
+    folder, want = generated
+    got = np.load(folder / f"{name}_{lib}_out.npz")
+    for part, values in want[name].items():
+        returned = {k.split("/", 1)[1]: got[k] for k in got.files if k.startswith(part + "/")}
+        assert_close_in_scale(returned, values, f"{name} ({lib}) {part}")
+
+
+def test_generated_modules_are_ruff_clean_and_import_only_their_library(generated) -> None:
+    folder, _ = generated
+    modules = sorted(folder.glob("*_grad.py")) + sorted(folder.glob("*_jvp.py"))
+    for m in modules:
+        lib = m.stem.rsplit("_", 2)[1]
+        imports = {line.split()[1] for line in m.read_text().splitlines() if line.startswith("import ")}
+        assert imports <= {"numpy": {"numpy"}, "torch": {"torch"}, "jax": {"jax", "jax.numpy"}}[lib], m.name
+        assert "indexgrad" not in m.read_text().split('"""', 2)[2], m.name
+    ruff = Path(sys.executable).parent / "ruff"
+    rules = ["--isolated", "--select", "E,F,W,I,UP,B", "--line-length", "100"]
+    done = subprocess.run([str(ruff), "check", *rules, *map(str, modules)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
+
+
+# ---- what a module reads like -------------------------------------------------------------------
+
+
+def test_the_mlp_module_reads_as_its_plan(capsys) -> None:
+    """One line per step under its statement: the contraction as np.matmul with .T, the mean's
+    1/64 as a division, the seed loss.grad = 1 folded in; forward checks the shapes first."""
+    path = str(ROOT / "examples/mlp.idx")
+    assert cli_main(["grad", path, "--format", "numpy", "--dims", "b=64,d=64,h=32,c=10"]) == 0
+    text = capsys.readouterr().out
+    assert text == to_python(ig.load(path), "numpy", dims=dict(b=64, d=64, h=32, c=10))
+    assert "    # hidden.prod[b,h] = x[b,d] W1[d,h]\n    hidden_prod = np.matmul(x, W1)\n" in text
+    assert (
+        "    # W1.grad[d,h] += hidden.sum.grad[b,h] x[b,d]\n    W1_grad = np.matmul(x.T, hidden_sum_grad)\n"
+        in text
+    )
+    assert "    z_grad = z_grad + z_grad_exp / 64\n" in text
+    assert "def backward(vals):" in text and '"x": (64, 64),' in text and "einsum" not in text
+
+
+def test_a_product_the_plan_runs_by_einsum_is_written_as_pairwise_calls_along_its_path() -> None:
+    """The tangent of x A B (not split, as forward products are) is one einsum step in the plan,
+    and two einsum calls in the code, (A B) first as opt_einsum orders it, index names as letters."""
+    text = ig.parse("y[b,i] = x[b,j] A[j,k] B[k,i]\n").to_python(
+        "numpy", "jvp", dict(b=2, j=3, k=50, i=4), wrt=["x"]
+    )
+    assert (
+        '    y_tan_1 = np.einsum("jk,ki->ij", A, B)\n    y_tan = np.einsum("bj,ij->bi", x_tan, y_tan_1)\n'
+        in text
+    )
+    namespace: dict = {}
+    exec(compile(text, "generated", "exec"), namespace)
+    rng = np.random.default_rng(0)
+    x, A, B, t = (
+        rng.standard_normal((2, 3)),
+        rng.standard_normal((3, 50)),
+        rng.standard_normal((50, 4)),
+        rng.standard_normal((2, 3)),
+    )
+    tans = namespace["jvp"](namespace["forward"](x=x, A=A, B=B), x=t)
+    np.testing.assert_allclose(tans["y"], t @ A @ B, rtol=1e-12)
+
+
+def test_a_vector_output_gets_a_seed_and_jvp_defaults_tangents_to_zero() -> None:
+    namespace: dict = {}
+    exec(
+        compile(
+            to_python(ig.load(ROOT / "examples/affine.idx"), "numpy", dims=dict(b=2, i=3, j=4)), "m", "exec"
+        ),
+        namespace,
+    )
+    rng = np.random.default_rng(0)
+    arrays = {"x": rng.standard_normal((2, 4)), "W": rng.standard_normal((4, 3)), "B": rng.standard_normal(3)}
+    g = rng.standard_normal((2, 3))
+    grads = namespace["backward"](namespace["forward"](**arrays), y=g)
+    np.testing.assert_allclose(grads["W"], arrays["x"].T @ g)
+    with pytest.raises(
+        ValueError, match=r"'x' has shape \(3, 4\), but this module was generated for \(2, 4\)"
+    ):
+        namespace["forward"](**{**arrays, "x": np.zeros((3, 4))})
+    with pytest.raises(TypeError, match="not inputs of the program: z"):
+        namespace["forward"](**arrays, z=1)
+    jvp: dict = {}
+    exec(
+        compile(
+            to_python(ig.load(ROOT / "examples/affine.idx"), "numpy", "jvp", dict(b=2, i=3, j=4)), "m", "exec"
+        ),
+        jvp,
+    )
+    tans = jvp["jvp"](jvp["forward"](**arrays), x=np.ones((2, 4)))
+    np.testing.assert_allclose(tans["y"], np.ones((2, 4)) @ arrays["W"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["grad", "--dims", "b=3"], "--dims sizes generated code"),
+        (["grad", "--format", "jax", "--order", "2"], "--order 2 prints as idx"),
+        (["grad", "--format", "torch", "--dims", "q=3"], "q"),
+        (["jvp", "--format", "numpy", "--wrt", "nope"], "nope"),
+    ],
+)
+def test_code_flags_that_cannot_work_are_errors(capsys, argv: list[str], message: str) -> None:
+    assert cli_main([argv[0], str(ROOT / "examples/mlp.idx"), *argv[1:]]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_unknown_library_is_an_error_listing_the_known() -> None:
+    with pytest.raises(ig.IndexgradError, match="available: numpy, torch, jax"):
+        ig.parse("y = x^2").to_python("tensorflow")
+
+
+@pytest.mark.parametrize("name", sorted(IMPLICIT))
+def test_implicit_layers_are_an_error_saying_what_to_do_instead(name: str) -> None:
+    with pytest.raises(ig.IndexgradError, match=r"no code generation for (fix|solve)\(\.\.\.\).*ig\.compile"):
+        to_python(ig.load(ROOT / "examples" / f"{name}.idx"), "numpy")
