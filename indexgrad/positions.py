@@ -135,8 +135,8 @@ def as_data(i: Index) -> tuple[Any, ...]:
     """A position as plain data a Step carries (lists once read back from JSON): ("affine", const,
     terms) for a sum of names and a constant, ("label", name, index names) for labels indexed by
     names; ("at", const, terms, mode, parts) and ("label_at", name, positions) otherwise."""
-    if isinstance(i, Gather):  # a shift by 0 (r+0) reads as r: it mattered for sizing only
-        plain = [replace(j, shifted=False).plain if isinstance(j, Affine) else None for j in i.ref.indices]
+    if isinstance(i, Gather):  # a label read at r+0 may be longer than r's range: read as at
+        plain = [j.plain if isinstance(j, Affine) else None for j in i.ref.indices]
         if None not in plain:
             return ("label", i.ref.name, tuple(plain))
         return ("label_at", i.ref.name, tuple(as_data(j) for j in i.ref.indices))
@@ -151,8 +151,10 @@ def from_data(t: Sequence[Any]) -> Index:
     kind = t[0]
     if kind == "label":
         return Gather(Ref(t[1], tuple(Affine(((1, n),)) for n in t[2])))
-    if kind == "label_at":
-        return Gather(Ref(t[1], tuple(from_data(j) for j in t[2])))  # type: ignore[misc]
+    if kind == "label_at":  # positions that would be plain were written r+0 (as_data keeps them so)
+        at = [from_data(j) for j in t[2]]
+        at = [replace(j, shifted=True) if isinstance(j, Affine) and j.plain else j for j in at]
+        return Gather(Ref(t[1], tuple(at)))  # type: ignore[arg-type]
     terms = tuple((int(c), str(n)) for c, n in t[2])
     if kind == "affine":
         return Affine(terms, int(t[1]))

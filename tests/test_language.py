@@ -562,3 +562,25 @@ def test_lenet_trains_on_the_digits_in_a_few_steps() -> None:
         losses.append(float(vals["loss"]))
         adam.step(params, model.backward(vals, wrt=list(params)))
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
+def test_a_label_read_at_r_plus_0_beside_r_plus_1_reads_its_first_positions(backend: str) -> None:
+    """`t[b+0]` next to `t[b+1]` ranges b over all but t's last entry, so the first read takes
+    t's first positions only (it once took all of them and failed to broadcast)."""
+    src = "W[b, i] = x[t[b+0], b] x[t[b+1], i]\nloss = sum[b,i](W[b,i] W[b,i])"
+    rng = np.random.default_rng(0)
+    x, t = rng.normal(size=(4, 4)).astype(np.float32), np.array([2, 0, 3, 1])
+    want = np.array([[x[t[b], b] * x[t[b + 1], i] for i in range(4)] for b in range(3)])
+    m = ig.compile(src, backend=backend)
+    vals = m.forward(x=m.engine.asarray(x), t=m.engine.asarray(t))
+    np.testing.assert_allclose(m.engine.to_numpy(vals["W"]), want, rtol=1e-6)
+    got = m.engine.to_numpy(m.backward(vals, loss="loss")["x"])
+    ref = ig.compile(src).backward(ig.compile(src).forward(x=x.astype(np.float64), t=t), loss="loss")["x"]
+    dx = np.zeros((4, 4))
+    for b in range(3):
+        for i in range(4):
+            dx[t[b], b] += 2 * want[b, i] * x[t[b + 1], i]
+            dx[t[b + 1], i] += 2 * want[b, i] * x[t[b], b]
+    np.testing.assert_allclose(ref, dx, rtol=1e-6)
+    np.testing.assert_allclose(got, dx, rtol=1e-4)
