@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import positions
+from .. import iterate, positions
 from ..errors import IndexgradError
 from ..nodes import DELTA, Ref
 from ..plan import Operand, Plan, Step, basic_index
@@ -403,6 +403,9 @@ BUILDERS: dict[str, Callable[[Step], Compute]] = {
     "gather": gather,
     "scatter": scatter,
     "delta": delta,
+    # fix and solve iterate with numpy bookkeeping, each evaluation of the body a jitted nested
+    # plan: a plan holding them runs eagerly, and cannot be traced by jax.jit, grad or vmap
+    **iterate.builders(iterate.Runtime(lambda plan: JaxExecutor(plan), np.asarray, jnp.asarray)),
 }
 
 
@@ -449,10 +452,17 @@ class JaxExecutor:
         freed = {n for s in plan.steps for n in s.release}
         self.defines = tuple(n for n in dict.fromkeys(s.out for s in plan.steps) if n not in freed)
         self.labels = _label_checks(plan)
-        self.jitted = jax.jit(self.trace)
+        self.iterates = any(s.kind in ("fix", "solve") for s in plan.steps)
+        self.jitted = self.trace if self.iterates else jax.jit(self.trace)
 
     def trace(self, arrays: dict[str, Array]) -> dict[str, Array]:
         """The steps as one function of the arrays they read (traced by jit, grad or vmap)."""
+        if self.iterates and any(isinstance(a, jax.core.Tracer) for a in arrays.values()):
+            raise IndexgradError(
+                "fix and solve run eagerly on the jax backend (their iterations stop on the values), "
+                "so jax.jit, jax.grad and jax.vmap cannot trace them; call the model outside a "
+                "trace and use its backward() for gradients"
+            )
         env = dict(arrays)
         for compute, out, add, release in self.entries:
             env[out] = env[out] + compute(env) if add else compute(env)
