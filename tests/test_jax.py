@@ -21,7 +21,7 @@ jax = pytest.importorskip("jax")
 jnp = jax.numpy
 from jax.test_util import check_grads  # noqa: E402
 
-IMPLICIT = {"circle", "deq", "implicit_lsq"}  # fix and solve run eagerly: not traceable by jax
+IMPLICIT = {"circle", "deq", "implicit_lsq"}  # fix and solve run eagerly, outside jax.jit
 NAMES = sorted(set(ORACLES) - IMPLICIT)
 HEAVY = {"transformer", "lstm", "lenet"}  # their Hessian-vector plans take XLA 4-20 s to compile
 
@@ -280,9 +280,14 @@ def test_the_jax_layer_example_trains_the_digits_mlp(tmp_path) -> None:
 @pytest.mark.parametrize("name", sorted(IMPLICIT))
 def test_implicit_layers_run_eagerly_and_agree_with_numpy(name: str) -> None:
     """fix and solve run on the jax backend outside a trace (forward, backward, jvp agree with the
-    numpy backend); inside jax.jit they are an error that says to call the model eagerly."""
+    numpy backend; ig.jax.function passes check_grads); inside jax.jit they are an error that says
+    to call the model eagerly."""
     prog = ig.load(path(name))
     compare(prog, inputs(name), 2, name, hvp=False)
     m = ig.compile(prog, backend="jax")
+    f = ig.jax.function(m, ORACLES[name].output)
+    given_ = {n: jnp.asarray(v) for n, v in inputs(name).items()}
+    floats = {n: v for n, v in given_.items() if n in m.inputs}
+    check_grads(lambda fl: f({**given_, **fl}), (floats,), order=1, modes=["rev"])
     with pytest.raises(ig.IndexgradError, match="fix and solve run eagerly on the jax backend"):
         jax.jit(lambda a: m.forward(**a))({n: jnp.asarray(v) for n, v in inputs(name).items()})
