@@ -961,7 +961,7 @@ def _describe_call(s: Step) -> str:
             text += f".transpose{tuple(args['res_perm'])}"
         return text + tail
     if s.call == "einsum":
-        order = _order(args["path"], [o.name for o in ops])
+        order = path_order(args["path"], [o.name for o in ops])
         return f"einsum({', '.join(map(str, ops))} -> [{','.join(args['kept'])}]; order {order})" + tail
     if s.call in ("sum", "ones_sum"):
         over = ",".join(ops[0].axes[k] for k in args["over"])
@@ -987,7 +987,7 @@ def _describe_call(s: Step) -> str:
     return f"{s.call}({', '.join(map(str, ops))})" + tail
 
 
-def _order(path: list[tuple[int, ...]], labels: list[str]) -> str:
+def path_order(path: list[tuple[int, ...]], labels: list[str]) -> str:
     """A contraction path as nested groups of operand names: `((x W1) W2)`."""
     work = list(labels)
     for step in path:

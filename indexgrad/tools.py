@@ -44,7 +44,7 @@ from .nodes import (
     children,
     ref_index_names,
 )
-from .plan import plan_contraction, shapes_after
+from .plan import path_order, plan_contraction, shapes_after
 from .printer import format_index, format_number, format_ref, format_statement
 from .shapes import infer_shapes, parse_dims, parse_names, tensor_name
 from .syntax import load
@@ -450,15 +450,6 @@ def _size(names: tuple[str, ...], sizes: dict[str, int]) -> int:
     return int(np.prod([sizes[n] for n in names], dtype=np.int64))
 
 
-def _order(path: list[tuple[int, ...]], labels: list[str]) -> str:
-    """A contraction path as nested groups of operand names: `((x W1) W2)`."""
-    work = list(labels)
-    for step in path:
-        picked = [work.pop(i) for i in sorted(step, reverse=True)][::-1]
-        work.append("(" + " ".join(picked) + ")" if len(picked) > 1 else picked[0])
-    return " ".join(work)
-
-
 def contraction_cost(p: Contract, sizes: dict[str, int]) -> dict[str, Any]:
     """opt_einsum's figures for one contraction, read as the executor reads it (SPEC 3)."""
     refs = prim_refs(p)
@@ -501,7 +492,7 @@ def contraction_cost(p: Contract, sizes: dict[str, int]) -> dict[str, Any]:
         ltr = flops
     return row | {
         "path": [list(s) for s in plan.path],
-        "order": _order(plan.path, [r.name for r in refs]),
+        "order": path_order(plan.path, [r.name for r in refs]),
         "flops": flops,
         "naive_flops": naive,
         "left_to_right_flops": ltr,
