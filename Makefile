@@ -31,8 +31,10 @@ demo: $(STAMP)
 	$(BIN)/indexgrad grad examples/deq.idx --wrt W,U,B
 	$(BIN)/python examples/train_deq.py
 
+# each implementation timed blocked, in processes of its own; BENCH_ARGS="--quick" for a smoke run,
+# "--baseline DIR" to time an earlier copy of the package beside this one (benchmarks/README.md)
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/deq.py
 
 fuzz: $(STAMP)

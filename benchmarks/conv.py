@@ -1,37 +1,22 @@
-"""The 2-D convolution layer of issue 5, forward + backward, against numpy im2col and PyTorch conv2d.
+"""The 2-D convolution layer of issue 5, forward + backward, against numpy im2col, PyTorch and JAX.
 
     y[b,o,r,c] = x[b,ch,r+u,c+v] w[o,ch,u,v] + B[o]
     loss = 0.5 sum[b,o,r,c](y[b,o,r,c]^2)
 
-Two variants: the parameters' gradients only (w, B), and a layer inside a network, which must also
-pass the input's gradient down (x, w, B); the latter exercises the scatter-add through `r+u, c+v`.
-The reference (b) is numpy im2col: one matmul forward, two backward, col2im by nine slice-adds.
-
-Run alone with `python benchmarks/conv.py` (same options as run.py); `run.py` includes it.
+Two variants: a layer inside a network, which passes the input's gradient down (`conv_xwB`: x, w,
+B; in run.py's main table), and the parameters' gradients only (`conv_wB`, by `--only`); the first
+exercises the scatter-add through `r+u, c+v`. The hand-written step is numpy im2col: one matmul
+forward, two backward, col2im by nine slice-adds.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from workloads import (  # noqa: E402
-    HAVE_JAX,
-    HAVE_TORCH,
-    Impl,
-    Result,
-    Workload,
-    _identity,
-    indexgrad_impl,
-    jax_impl,
-    torch_impl,
-)
+from workloads import Result, Spec, Workload, assemble
 
 CONV_IDX = """\
 param w[o,ch,u,v], B[o]
@@ -89,33 +74,18 @@ def _jax_loss(x, w, B):
     return 0.5 * (y * y).sum()
 
 
-def conv_workload(input_grad: bool, use: set[str], b=16, ch=8, o=16, hw=28, k=3) -> Workload:
+def conv_workload(
+    key: str, dims: tuple[int, ...], use: set[str], before: ModuleType | None = None
+) -> Workload:
+    b, ch, o, hw, k = dims
+    input_grad = key == "conv_xwB"
     dtype = np.float32
-    arrays = conv_arrays(b, ch, o, hw, k, dtype)
     wrt = ["x", "w", "B"] if input_grad else ["w", "B"]
-    key = "conv_xwB" if input_grad else "conv_wB"
-    title = f"conv2d layer b={b} ch={ch} o={o} {hw}x{hw} {k}x{k}, grads {','.join(wrt)}, float32"
-    w = Workload(key, title, dtype, None, note="reference: numpy im2col")
-    w.impls["numpy"] = Impl(
-        "numpy", lambda: conv_hand(arrays["x"], arrays["w"], arrays["B"], input_grad), _identity
-    )
-    if "indexgrad" in use:
-        w.impls["indexgrad"] = indexgrad_impl(CONV_IDX, arrays, wrt)
-    if "torch" in use and HAVE_TORCH:
-        w.impls["torch"] = torch_impl(_torch_loss, arrays, ORDER, wrt)
-    if "jax" in use and HAVE_JAX:
-        w.impls["jax"] = jax_impl(_jax_loss, arrays, ORDER, wrt)
-    return w
-
-
-def conv_workloads(use: set[str]) -> list:
-    return [lambda: conv_workload(False, use), lambda: conv_workload(True, use)]
-
-
-CONV_KEYS = ["conv_wB", "conv_xwB"]
-
-
-if __name__ == "__main__":
-    import run
-
-    sys.exit(run.main(["--only", ",".join(CONV_KEYS), "--no-extras", *sys.argv[1:]]))
+    r = hw - k + 1
+    flops = (3 if input_grad else 2) * 2 * (b * r * r) * (ch * k * k) * o  # im2col: 1 product + 1 or 2
+    spec = Spec(
+        CONV_IDX, conv_arrays(b, ch, o, hw, k, dtype), ORDER, wrt,
+        lambda x, w, B: conv_hand(x, w, B, input_grad), _torch_loss, _jax_loss,
+    )  # fmt: skip
+    title = f"conv2d b={b} ch={ch} o={o} {hw}x{hw} {k}x{k}, grads {','.join(wrt)}, float32"
+    return assemble(key, title, dtype, flops, spec, use, before)

@@ -1,13 +1,17 @@
-"""The benchmark workloads, each written four ways.
+"""The benchmark workloads, each written up to seven ways, and the registry of them by key.
 
-(a) an `.idx` program run by indexgrad (forward, then backward wrt the parameters);
-(b) by hand in numpy, EDF style: a forward pass that keeps what the backward pass needs, then the
-    swap-rule gradients written out, with the cheapest contraction order for the sizes;
-(c) PyTorch eager and (d) JAX jit, each only when importable.
+Peers: (numpy) by hand, EDF style: a forward pass that keeps what the backward pass needs, then the
+swap-rule gradients written out, with the cheapest contraction order for the sizes; (torch)
+PyTorch eager, gradients by autograd; (jax) `jax.jit(jax.value_and_grad(loss))`.
+indexgrad: the `.idx` text compiled for each backend (`indexgrad` runs on the numpy backend,
+`indexgrad-torch` and `indexgrad-jax` on the others), and `indexgrad-before`, an earlier copy of
+the package imported as `indexgrad_before` (run.py --baseline).
 
 Every implementation is an `Impl` whose `step()` runs one forward + backward and whose
-`unpack(step())` gives `(loss, {name: gradient})` as numpy arrays, so the harness in run.py can
-check it against (b) and time it without knowing which library it uses.
+`unpack(step())` gives `(loss, {name: gradient})` as numpy arrays, so the harness can check it
+against the hand-written step and time it without knowing which library it uses. One that cannot
+run here (a library not installed, a backend indexgrad does not have yet) is left out of
+`Workload.impls` and named in `Workload.skipped` with the reason.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -27,13 +32,44 @@ Result = tuple[float, dict[str, Array]]
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 HAVE_JAX = importlib.util.find_spec("jax") is not None
 
+PEERS = ("numpy", "torch", "jax")
+BACKENDS = {"indexgrad": "numpy", "indexgrad-torch": "torch", "indexgrad-jax": "jax"}  # impl -> backend
+BEFORE = "indexgrad-before"
+IMPLS = (*BACKENDS, BEFORE, *PEERS)
+LABELS = {
+    "indexgrad": "indexgrad (numpy)",
+    "indexgrad-torch": "indexgrad (torch)",
+    "indexgrad-jax": "indexgrad (jax)",
+    BEFORE: "indexgrad (before)",
+    "numpy": "hand numpy",
+    "torch": "PyTorch eager",
+    "jax": "JAX jit",
+}
+
+# Issue 24, timed blocked: the best indexgrad backend over the best peer, per workload; and the
+# numpy backend over hand-written numpy, on every workload.
+GOALS = {
+    "mlp_large": 1.05,
+    "mlp_small": 1.00,
+    "chain_square": 1.00,
+    "chain_bottleneck": 1.00,
+    "conv_xwB": 1.20,
+    "transformer": 1.00,
+}
+NUMPY_GOAL = 1.05
+# Issue 6, timed interleaved: the numpy backend over hand-written numpy
+INTERLEAVED_TARGETS = {"mlp_large": 1.00, "mlp_small": 1.10, "chain_square": 1.10, "chain_bottleneck": 1.15}
+
 
 @dataclass
 class Impl:
     name: str
     step: Callable[[], Any]
     unpack: Callable[[Any], Result]
-    model: Any = None  # indexgrad's compiled model, for per_kernel.py
+    # indexgrad's: the compiled model, the arrays it is given, the gradients asked for (per_step.py)
+    model: Any = None
+    inputs: Mapping[str, Any] | None = None
+    wrt: list[str] | None = None
 
 
 @dataclass
@@ -41,14 +77,32 @@ class Workload:
     key: str
     title: str
     dtype: Any
-    target: float | None  # issue 6's bound on indexgrad's median ratio to hand-written numpy
+    flops: int  # 2 x the multiply-adds of the step's products, as the hand-written step does them
     impls: dict[str, Impl] = field(default_factory=dict)
-    reference: str = "numpy"  # the implementation the others are checked against and divided by
-    note: str = ""
+    skipped: dict[str, str] = field(default_factory=dict)  # implementations that cannot run here: why
+    reference: str = "numpy"  # the implementation the others are checked against
+
+
+@dataclass
+class Spec:
+    """What a workload is made of: its `.idx` text, arrays, the order the peers take them in, the
+    gradients asked for, and the step written in each library (None: not written for that one)."""
+
+    text: str
+    arrays: dict[str, Array]
+    order: list[str]
+    wrt: list[str]
+    hand: Callable[..., Result]
+    torch_loss: Callable | None = None
+    jax_loss: Callable | None = None
+
+
+class Unavailable(Exception):
+    """An implementation that cannot run on this machine or with this indexgrad."""
 
 
 # ---------------------------------------------------------------------------------------------
-# helpers shared by the implementations
+# the implementations
 
 
 def _identity(out: Any) -> Result:
@@ -56,30 +110,63 @@ def _identity(out: Any) -> Result:
     return float(loss), {k: np.asarray(v) for k, v in grads.items()}
 
 
-def indexgrad_impl(text: str, arrays: Mapping[str, Array], wrt: list[str]) -> Impl:
-    """(a): compile once; a step is `forward` then `backward(loss="loss", wrt=...)`."""
-    model = ig.compile(text)
+def _jax() -> ModuleType:
+    import jax
 
-    def step() -> Result:
-        vals = model.forward(**arrays)
-        return vals["loss"], model.backward(vals, loss="loss", wrt=wrt)
+    jax.config.update("jax_enable_x64", True)  # keep float64 workloads float64 (float32 stays float32)
+    return jax
 
-    return Impl("indexgrad", step, _identity, model)
+
+def _on(backend: str, a: Array) -> Any:
+    """An input as a user of that backend passes it: a torch tensor, a jax array, a numpy array."""
+    if backend == "torch":
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(a))
+    if backend == "jax":
+        return _jax().device_put(a)
+    return a
+
+
+def indexgrad_impl(
+    text: str,
+    arrays: Mapping[str, Array],
+    wrt: list[str],
+    name: str = "indexgrad",
+    package: ModuleType = ig,
+) -> Impl:
+    """A step is `forward` then `backward(loss="loss", wrt=...)` of the text compiled once, on the
+    backend the name says, with the inputs as that backend's arrays; Unavailable when indexgrad
+    refuses the backend (unknown, not built yet, its library not installed)."""
+    backend = BACKENDS.get(name, "numpy")
+    try:
+        model = package.compile(text) if backend == "numpy" else package.compile(text, backend=backend)
+    except package.IndexgradError as e:
+        raise Unavailable(getattr(e, "message", str(e)).splitlines()[0]) from None
+    given = {k: _on(backend, v) for k, v in arrays.items()}
+    sync = _jax().block_until_ready if backend == "jax" else None  # jax returns before it is done
+
+    def step() -> Any:
+        vals = model.forward(**given)
+        out = vals["loss"], model.backward(vals, loss="loss", wrt=wrt)
+        return out if sync is None else sync(out)
+
+    return Impl(name, step, _identity, model, given, wrt)
 
 
 def torch_impl(loss_fn: Callable, arrays: Mapping[str, Array], order: list[str], wrt: list[str]) -> Impl:
-    """(c): eager PyTorch; the gradients by `torch.autograd.grad` (nothing accumulates across steps)."""
+    """Eager PyTorch; the gradients by `torch.autograd.grad` (nothing accumulates across steps)."""
     import torch
 
     ts = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])).requires_grad_(k in wrt) for k in order}
     args = [ts[k] for k in order]
     wrt_t = [ts[k] for k in wrt]
 
-    def step():
+    def step() -> Any:
         loss = loss_fn(*args)
         return loss, torch.autograd.grad(loss, wrt_t)
 
-    def unpack(out) -> Result:
+    def unpack(out: Any) -> Result:
         loss, grads = out
         return float(loss.detach()), {k: g.numpy() for k, g in zip(wrt, grads)}
 
@@ -87,22 +174,51 @@ def torch_impl(loss_fn: Callable, arrays: Mapping[str, Array], order: list[str],
 
 
 def jax_impl(loss_fn: Callable, arrays: Mapping[str, Array], order: list[str], wrt: list[str]) -> Impl:
-    """(d): `jax.jit(jax.value_and_grad(loss))`, inputs already on the device, result blocked on."""
-    import jax
-
-    jax.config.update("jax_enable_x64", True)  # keep float64 workloads float64 (float32 stays float32)
+    """`jax.jit(jax.value_and_grad(loss))`, inputs already on the device, result blocked on."""
+    jax = _jax()
     args = [jax.device_put(arrays[k]) for k in order]
     argnums = tuple(order.index(k) for k in wrt)
     f = jax.jit(jax.value_and_grad(loss_fn, argnums=argnums))
 
-    def step():
+    def step() -> Any:
         return jax.block_until_ready(f(*args))
 
-    def unpack(out) -> Result:
+    def unpack(out: Any) -> Result:
         loss, grads = out
         return float(loss), {k: np.asarray(g) for k, g in zip(wrt, grads)}
 
     return Impl("jax", step, unpack)
+
+
+def assemble(
+    key: str, title: str, dtype: Any, flops: int, spec: Spec, use: set[str], before: ModuleType | None
+) -> Workload:
+    """The workload with the implementations in `use` that can run here (the hand-written
+    reference always), each one that cannot named in `skipped`."""
+    w = Workload(key, title, dtype, flops)
+    a = spec.arrays
+    w.impls["numpy"] = Impl("numpy", lambda: spec.hand(*(a[k] for k in spec.order)), _identity)
+    for name in IMPLS:
+        if name not in use or name == "numpy":
+            continue
+        try:
+            if name in BACKENDS:
+                w.impls[name] = indexgrad_impl(spec.text, a, spec.wrt, name)
+            elif name == BEFORE:
+                if before is None:
+                    raise Unavailable("no --baseline package given")
+                w.impls[name] = indexgrad_impl(spec.text, a, spec.wrt, name, before)
+            elif name == "torch":
+                if not HAVE_TORCH or spec.torch_loss is None:
+                    raise Unavailable("torch is not installed" if not HAVE_TORCH else "not written")
+                w.impls[name] = torch_impl(spec.torch_loss, a, spec.order, spec.wrt)
+            elif name == "jax":
+                if not HAVE_JAX or spec.jax_loss is None:
+                    raise Unavailable("jax is not installed" if not HAVE_JAX else "not written")
+                w.impls[name] = jax_impl(spec.jax_loss, a, spec.order, spec.wrt)
+        except Unavailable as e:
+            w.skipped[name] = str(e)
+    return w
 
 
 def tolerances(dtype: Any) -> tuple[float, float]:
@@ -215,18 +331,18 @@ def _mlp_jax_loss(x, Y, W1, B1, W2, B2, W3, B3):
     return (jax.nn.logsumexp(z, axis=1) - (Y * z).sum(axis=1)).mean()
 
 
-def mlp_workload(key: str, b: int, d: int, h: int, h2: int, c: int, target: float, use: set[str]) -> Workload:
+def mlp_workload(
+    key: str, dims: tuple[int, ...], use: set[str], before: ModuleType | None = None
+) -> Workload:
+    b, d, h, h2, c = dims
     dtype = np.float32
-    arrays = mlp_arrays(b, d, h, h2, c, dtype)
-    w = Workload(key, f"MLP train step, B={b}, {d}-{h}-{h2}-{c}, float32", dtype, target)
-    w.impls["numpy"] = Impl("numpy", lambda: mlp_hand(*(arrays[k] for k in MLP_ORDER)), _identity)
-    if "indexgrad" in use:
-        w.impls["indexgrad"] = indexgrad_impl(MLP_IDX, arrays, MLP_PARAMS)
-    if "torch" in use and HAVE_TORCH:
-        w.impls["torch"] = torch_impl(_mlp_torch_loss, arrays, MLP_ORDER, MLP_PARAMS)
-    if "jax" in use and HAVE_JAX:
-        w.impls["jax"] = jax_impl(_mlp_jax_loss, arrays, MLP_ORDER, MLP_PARAMS)
-    return w
+    # forward: three products; backward: the three weight gradients and two activation gradients
+    flops = 2 * b * (2 * d * h + 3 * h * h2 + 3 * h2 * c)
+    spec = Spec(
+        MLP_IDX, mlp_arrays(b, d, h, h2, c, dtype), MLP_ORDER, MLP_PARAMS, mlp_hand,
+        _mlp_torch_loss, _mlp_jax_loss,
+    )  # fmt: skip
+    return assemble(key, f"MLP B={b}, {d}-{h}-{h2}-{c}, float32", dtype, flops, spec, use, before)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,42 +417,89 @@ def _chain_jax_loss(x, A, B, C):
 
 
 def chain_workload(
-    key: str, dims: tuple[int, int, int, int, int], dtype: Any, hand: Callable, target: float, use: set[str]
+    key: str, dims: tuple[int, ...], use: set[str], before: ModuleType | None = None
 ) -> Workload:
     b, j, k, l, i = dims  # noqa: E741
+    if len({j, k, l, i}) == 1:  # square: ((x A) B) C, 9 products of b x j x j
+        dtype, hand, flops = np.float64, chain_hand_left, 9 * 2 * b * j * j
+        title = f"chain x A B C, all 4 grads, {b}x{j}^4, float64"
+    else:  # a narrow k: (x A)(B C)
+        dtype, hand = np.float32, chain_hand_split
+        flops = 2 * (3 * b * j * k + 3 * k * l * i + 3 * b * k * i)
+        title = f"chain x A B C, all 4 grads, b={b} j={j} k={k} l={l} i={i}, float32"
     arrays = chain_arrays(b, j, k, l, i, dtype)
-    name = np.dtype(dtype).name
-    title = (
-        f"chain x A B C, all 4 grads, {b}x{j}^4, {name}"
-        if len({j, k, l, i}) == 1
-        else f"chain x A B C, all 4 grads, b={b} j={j} k={k} l={l} i={i}, {name}"
-    )
-    w = Workload(key, title, dtype, target)
-    w.impls["numpy"] = Impl("numpy", lambda: hand(*(arrays[n] for n in CHAIN_ORDER)), _identity)
-    if "indexgrad" in use:
-        w.impls["indexgrad"] = indexgrad_impl(CHAIN_IDX, arrays, CHAIN_ORDER)
+    spec = Spec(CHAIN_IDX, arrays, CHAIN_ORDER, CHAIN_ORDER, hand, _chain_torch_loss, _chain_jax_loss)
+    return assemble(key, title, dtype, flops, spec, use, before)
+
+
+# ---------------------------------------------------------------------------------------------
+# a 2048^3 float32 product: what the machine's BLAS reaches, per library
+
+PEAK_KEY = "matmul2048"
+
+
+def matmul_workload(
+    key: str, dims: tuple[int, ...], use: set[str], before: ModuleType | None = None
+) -> Workload:
+    """C = A B on n x n float32 matrices, in numpy, torch and jax (no gradient: this is the yardstick
+    the other workloads' flop rates are divided by)."""
+    (n,) = dims
+    rng = np.random.default_rng(5)
+    A, B = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
+    w = Workload(key, f"C = A B, {n}^3, float32", np.float32, 2 * n**3)
+    w.impls["numpy"] = Impl("numpy", lambda: (0.0, {"C": A @ B}), _identity)
     if "torch" in use and HAVE_TORCH:
-        w.impls["torch"] = torch_impl(_chain_torch_loss, arrays, CHAIN_ORDER, CHAIN_ORDER)
+        import torch
+
+        ta, tb = torch.from_numpy(A), torch.from_numpy(B)
+        w.impls["torch"] = Impl("torch", lambda: (0.0, {"C": torch.mm(ta, tb)}), _identity)
     if "jax" in use and HAVE_JAX:
-        w.impls["jax"] = jax_impl(_chain_jax_loss, arrays, CHAIN_ORDER, CHAIN_ORDER)
+        jax = _jax()
+        ja, jb = jax.device_put(A), jax.device_put(B)
+        mm = jax.jit(jax.numpy.matmul)
+        w.impls["jax"] = Impl("jax", lambda: (0.0, {"C": mm(ja, jb).block_until_ready()}), _identity)
     return w
 
 
-def main_workloads(use: set[str]) -> list[Callable[[], Workload]]:
-    """Issue 6's four workloads, as builders (so arrays for one are freed before the next is built)."""
-    return [
-        lambda: mlp_workload("mlp_large", 512, 784, 1024, 1024, 10, 1.00, use),
-        lambda: mlp_workload("mlp_small", 64, 784, 256, 256, 10, 1.10, use),
-        lambda: chain_workload(
-            "chain_square", (256, 512, 512, 512, 512), np.float64, chain_hand_left, 1.10, use
-        ),
-        lambda: chain_workload(
-            "chain_bottleneck", (256, 1024, 16, 1024, 1024), np.float32, chain_hand_split, 1.15, use
-        ),
-    ]
+# ---------------------------------------------------------------------------------------------
+# the registry: key -> (builder, full sizes, tiny sizes for tests/test_benchmarks.py)
 
 
-WORKLOAD_KEYS = ["mlp_large", "mlp_small", "chain_square", "chain_bottleneck"]
+def _conv(key: str, dims: tuple[int, ...], use: set[str], before: ModuleType | None = None) -> Workload:
+    from conv import conv_workload  # conv.py and transformer.py import this module
+
+    return conv_workload(key, dims, use, before)
+
+
+def _transformer(
+    key: str, dims: tuple[int, ...], use: set[str], before: ModuleType | None = None
+) -> Workload:
+    from transformer import transformer_workload
+
+    return transformer_workload(key, dims, use, before)
+
+
+REGISTRY: dict[str, tuple[Callable[..., Workload], tuple[int, ...], tuple[int, ...]]] = {
+    "mlp_large": (mlp_workload, (512, 784, 1024, 1024, 10), (4, 8, 6, 5, 3)),
+    "mlp_small": (mlp_workload, (64, 784, 256, 256, 10), (3, 5, 4, 4, 3)),
+    "chain_square": (chain_workload, (256, 512, 512, 512, 512), (3, 4, 4, 4, 4)),
+    "chain_bottleneck": (chain_workload, (256, 1024, 16, 1024, 1024), (3, 6, 2, 5, 4)),
+    "conv_xwB": (_conv, (16, 8, 16, 28, 3), (2, 2, 3, 6, 3)),
+    "transformer": (_transformer, (8, 64, 128, 4, 512), (2, 5, 8, 2, 12)),
+    "conv_wB": (_conv, (16, 8, 16, 28, 3), (2, 2, 3, 6, 3)),
+    PEAK_KEY: (matmul_workload, (2048,), (8,)),
+}
+MAIN_KEYS = ["mlp_large", "mlp_small", "chain_square", "chain_bottleneck", "conv_xwB", "transformer"]
+OTHER_KEYS = ["conv_wB"]  # by --only
+
+
+def build(
+    key: str, use: set[str] | None = None, tiny: bool = False, before: ModuleType | None = None
+) -> Workload:
+    """The workload `key` with the implementations in `use` (default: every one), at its real
+    sizes or, `tiny`, at sizes that check every implementation in well under a second."""
+    builder, full, small = REGISTRY[key]
+    return builder(key, small if tiny else full, set(IMPLS) if use is None else use, before)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,20 +508,21 @@ WORKLOAD_KEYS = ["mlp_large", "mlp_small", "chain_square", "chain_bottleneck"]
 MICRO_IDX = "y[i,k] = a[i,j] b[j,k]\n"
 
 
-def micro_calls(n: int = 4, seed: int = 2) -> dict[str, Callable[[], Any]]:
-    """One primitive statement on n×n float64 arrays, and what numpy does with the same product."""
+def micro_calls(package: ModuleType = ig, n: int = 4, seed: int = 2) -> dict[str, Callable[[], Any]]:
+    """One primitive statement on n×n float64 arrays run by `package` (indexgrad or an earlier
+    copy of it), and what numpy does with the same product."""
     import opt_einsum
 
     rng = np.random.default_rng(seed)
     a, b = rng.standard_normal((n, n)), rng.standard_normal((n, n))
-    model = ig.compile(MICRO_IDX)
+    model = package.compile(MICRO_IDX)
     ref = a @ b
     got = model.forward(a=a, b=b)["y"]
     if not np.allclose(got, ref, rtol=1e-12, atol=1e-12):
-        raise AssertionError("micro: indexgrad's y differs from a @ b")
+        raise AssertionError(f"micro: {package.__name__}'s y differs from a @ b")
     expr = opt_einsum.contract_expression("ij,jk->ik", a.shape, b.shape)
     return {
-        "indexgrad forward": lambda: model.forward(a=a, b=b),
+        f"{package.__name__} forward": lambda: model.forward(a=a, b=b),
         "np.matmul": lambda: np.matmul(a, b),
         "np.einsum": lambda: np.einsum("ij,jk->ik", a, b),
         "opt_einsum expression": lambda: expr(a, b),
