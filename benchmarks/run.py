@@ -106,8 +106,8 @@ def check_baseline(directory: str) -> str | None:
 
 def run_blocked(keys: list[str], impls: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """Every (round, workload, implementation) block, each in its own process, the order of the
-    implementations rotated by one per round. Returns per workload, per implementation, the
-    blocks, or why it was skipped or failed."""
+    implementations rotated by one per round. Returns per workload its title, flop count and per
+    implementation the blocks, or why it was skipped or failed."""
     plan = []
     for r in range(args.rounds):
         for key in keys:
@@ -115,15 +115,16 @@ def run_blocked(keys: list[str], impls: list[str], args: argparse.Namespace) -> 
             k = r % len(names)
             for pos, name in enumerate(names[k:] + names[:k]):
                 plan.append((r, pos, key, name))
-    results: dict[str, dict[str, Any]] = {key: {} for key in keys}
+    results: dict[str, dict[str, Any]] = {key: {"impls": {}} for key in keys}
     spec = {
         "kind": "block", "seconds": args.seconds, "min_reps": args.min_reps, "max_reps": args.max_reps,
         "warmup": args.warmup, "tiny": args.tiny, "baseline": args.baseline,
     }  # fmt: skip
     for r, pos, key, name in tqdm(plan, desc="blocks", unit="block", file=sys.stderr):
-        entry = results[key].setdefault(name, {"blocks": []})
+        entry = results[key]["impls"].setdefault(name, {"blocks": []})
         if "skipped" in entry or "error" in entry:
             continue  # no use asking again
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         got = spawn({**spec, "workload": key, "impl": name})
         if "skipped" in got or "error" in got:
             entry.update({k: got[k] for k in ("skipped", "error") if k in got})
@@ -131,8 +132,7 @@ def run_blocked(keys: list[str], impls: list[str], args: argparse.Namespace) -> 
                 tqdm.write(f"{key} {name}: {got['error']}", file=sys.stderr)
             continue
         ts = got["times_s"]
-        results[key]["_title"] = got["title"]
-        results[key]["_flops"] = got["flops"]
+        results[key].update(title=got["title"], flops=got["flops"])
         entry["blocks"].append(
             {
                 "round": r,
@@ -145,6 +145,8 @@ def run_blocked(keys: list[str], impls: list[str], args: argparse.Namespace) -> 
                 "first_call_s": got["first_call_s"],
                 "checked": got["checked"],
                 "minor_faults_per_call": got["minor_faults_per_call"],
+                "preemptions_per_call": got["preemptions_per_call"],
+                "load": load,
                 "times_s": ts,
             }
         )
@@ -168,6 +170,7 @@ def best(entry: dict[str, Any]) -> dict[str, Any] | None:
         "lo_s": min(meds),
         "hi_s": max(meds),
         "rounds": len(meds),
+        "floor_s": min(x["min_s"] for x in blocks),
     }
 
 
@@ -176,12 +179,10 @@ def fastest(figures: dict[str, dict[str, Any]], among: tuple[str, ...] | list[st
     return min(names, key=lambda n: figures[n]["s"]) if names else None
 
 
-def per_round(res: dict[str, Any], top: list[str], bottom: list[str]) -> list[float]:
+def per_round(impls: dict[str, Any], top: list[str], bottom: list[str]) -> list[float]:
     """Per round in which both sides ran: the best of `top` over the best of `bottom` that round."""
     med: dict[int, dict[str, float]] = {}
-    for name, entry in res.items():
-        if name.startswith("_"):
-            continue
+    for name, entry in impls.items():
         for b in entry.get("blocks", []):
             med.setdefault(b["round"], {})[name] = b["median_s"]
     out = []
@@ -196,10 +197,11 @@ def summarize(blocked: dict[str, Any]) -> dict[str, Any]:
     """Per workload: each implementation's figure, and the ratios the goals are about."""
     out = {}
     for key, res in blocked.items():
-        figures = {n: f for n, e in res.items() if not n.startswith("_") and (f := best(e)) is not None}
-        s: dict[str, Any] = {"title": res.get("_title", key), "flops": res.get("_flops"), "figures": figures}
+        impls = res["impls"]
+        figures = {n: f for n, e in impls.items() if (f := best(e)) is not None}
+        s: dict[str, Any] = {"title": res.get("title", key), "flops": res.get("flops"), "figures": figures}
         for kind in ("skipped", "error"):
-            s[kind] = {n: e[kind] for n, e in res.items() if not n.startswith("_") and kind in e}
+            s[kind] = {n: e[kind] for n, e in impls.items() if kind in e}
         ig_best, peer = fastest(figures, list(W.BACKENDS)), fastest(figures, W.PEERS)
         pairs = {
             "vs_peer": (ig_best, peer, W.GOALS.get(key), list(W.BACKENDS), list(W.PEERS)),
@@ -209,7 +211,7 @@ def summarize(blocked: dict[str, Any]) -> dict[str, Any]:
         for label, (a, b, goal, top, bottom) in pairs.items():
             if key == W.PEAK_KEY or a not in figures or b not in figures:
                 continue
-            rounds = per_round(res, top, bottom)
+            rounds = per_round(impls, top, bottom)
             ratio = figures[a]["s"] / figures[b]["s"]
             s[label] = {
                 "top": a, "bottom": b, "ratio": ratio, "goal": goal,
@@ -224,7 +226,8 @@ def summarize(blocked: dict[str, Any]) -> dict[str, Any]:
         peak["gflops"] = {n: r / 1e9 for n, r in rates.items()}
         for key, s in out.items():
             if key != W.PEAK_KEY and top and s["flops"]:
-                s["peak_fraction"] = {n: s["flops"] / f["s"] / top for n, f in s["figures"].items()}
+                for f in s["figures"].values():
+                    f["peak"] = s["flops"] / f["s"] / top
     return out
 
 
@@ -264,13 +267,23 @@ def goal_cell(r: dict[str, Any] | None) -> str:
 def report_blocked(summary: dict[str, Any], impls: list[str], rounds: int) -> list[str]:
     keys = [k for k in summary if k != W.PEAK_KEY]
     shown = [n for n in W.IMPLS if n in impls and any(n in summary[k]["figures"] for k in keys)]
+
+    def per_impl(cell: Any) -> str:
+        """A table of one cell per workload and implementation, from its figure (or None)."""
+        rows = [[k, *(cell(summary[k]["figures"].get(n)) for n in shown)] for k in keys]
+        return table(["workload", *(W.LABELS[n] for n in shown)], rows)
+
+    def fraction(f: dict[str, Any] | None) -> str:
+        return "—" if f is None or "peak" not in f else f"{f['peak']:.0%}"
+
     lines = [
         f"Blocked: ms per step, each implementation's best block (median of its calls), "
         f"(min–max of the block medians over {rounds} round{'s' * (rounds != 1)}).",
-        table(
-            ["workload", *(W.LABELS[n] for n in shown)],
-            [[k, *(ms(summary[k]["figures"].get(n)) for n in shown)] for k in keys],
-        ),  # fmt: skip
+        per_impl(ms),
+        "",
+        "The fastest single call of all blocks, ms (a floor: the step when nothing got in its way;",
+        "on a loaded machine a library whose threads wait on each other misses it by the most):",
+        per_impl(lambda f: "—" if f is None else f"{f['floor_s'] * 1e3:.3g}"),
         "",
         "Blocked ratios (best block over best block; in brackets the same ratio round by round, min–max):",
     ]
@@ -286,16 +299,12 @@ def report_blocked(summary: dict[str, Any], impls: list[str], rounds: int) -> li
     lines.append(table([*head, "indexgrad now / before"], rows))
     peak = summary.get(W.PEAK_KEY)
     if peak is not None and peak.get("gflops"):
-        rates = ", ".join(f"{W.LABELS[n]} {g:.0f}" for n, g in peak["gflops"].items())
+        rates = ", ".join(f"{W.LABELS[n]} {g:.3g}" for n, g in peak["gflops"].items())
         lines += ["", f"BLAS peak, {peak['title']}, GFLOP/s of the best block: {rates}."]
         lines.append(
             "Each step's products (flops as the hand-written step does them) as a fraction of the best:"
         )
-        rows = []
-        for k in keys:
-            frac = summary[k].get("peak_fraction", {})
-            rows.append([k, *(f"{frac[n]:.0%}" if n in frac else "—" for n in shown)])
-        lines.append(table(["workload", *(W.LABELS[n] for n in shown)], rows))
+        lines.append(per_impl(fraction))
     return lines
 
 
@@ -353,10 +362,32 @@ def report_extras(extras: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def loadavg(m: Any) -> str:
+    return "?" if not m else "/".join(f"{x:.1f}" for x in m)
+
+
+def load_line(out: dict[str, Any]) -> str:
+    """How busy the machine was while the blocks ran: the 1-minute load average as each began."""
+    loads = sorted(
+        b["load"] for res in out.get("blocked", {}).values() for e in res["impls"].values()
+        for b in e.get("blocks", []) if b.get("load") is not None
+    )  # fmt: skip
+    if not loads:
+        return "load average not known"
+    cores = out.get("meta", {}).get("cpu_count")
+    return (
+        f"1-minute load average as the blocks began: median {statistics.median(loads):.1f} "
+        f"({loads[0]:.1f}–{loads[-1]:.1f}) on {cores} cores"
+    )
+
+
 def report(out: dict[str, Any]) -> str:
     lines = []
     if out.get("summary"):
         lines += report_blocked(out["summary"], out["impls"], out["args"]["rounds"])
+        lines.append(
+            load_line(out) + "; figures between libraries are comparable while it stays below the cores."
+        )
     if out.get("interleaved"):
         lines += ["", *report_interleaved(out["interleaved"])]
     lines += report_extras(out.get("extras", []))
@@ -405,7 +436,8 @@ def plot(out: dict[str, Any], path: Path) -> None:
     ax.set_xticklabels(list(summary), rotation=15)
     ax.set_yscale("log")
     ax.set_ylabel("best block / best peer's best block (log)")
-    ax.set_title("forward + backward step, blocked (bars: range over rounds; dotted: goal for indexgrad)")
+    title = "forward + backward step, blocked (bars: range over rounds; dotted: goal for indexgrad)"
+    ax.set_title(f"{title}\n{load_line(out)}", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -506,8 +538,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     impls, left_out = available(args)
     out: dict[str, Any] = {"meta": meta(), "args": vars(args), "impls": impls, "left_out": left_out}
+    m = out["meta"]
     print(f"indexgrad benchmarks: {', '.join(W.LABELS[n] for n in impls)}; "
-          f"BLAS env {out['meta']['env'] or 'machine defaults'}; load {out['meta']['load_before']}",
+          f"BLAS env {m['env'] or 'machine defaults'}; load average {loadavg(m['load_before'])}",
           file=sys.stderr)  # fmt: skip
     start = time.perf_counter()
     blocked_keys = keys + ([] if args.no_peak or not any(n in W.PEERS for n in impls) else [W.PEAK_KEY])
@@ -533,10 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     out["meta"]["seconds"] = time.perf_counter() - start
     out["meta"]["load_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(report(out))
-    load = out["meta"]["load_before"], out["meta"]["load_after"]
-    print(
-        f"\n({out['meta']['seconds']:.0f} s; load average (1, 5, 15 min) before {load[0]}, after {load[1]})"
-    )
+    before, after = loadavg(m["load_before"]), loadavg(m["load_after"])
+    print(f"\n({m['seconds']:.0f} s; load average (1/5/15 min) before {before}, after {after})")
     quiet = args.only or args.quick or args.tiny
     dest = args.out if args.out is not None else (None if quiet else str(HERE / "results"))
     if dest is not None:

@@ -95,6 +95,12 @@ def minflt() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
 
 
+def preempted() -> int:
+    """Times this process's threads were made to give up a core so far (0 where unknown): how
+    much the rest of the machine got in the way."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw if resource is not None else 0
+
+
 def time_block(step: Callable[[], Any], o: dict[str, Any]) -> dict[str, Any]:
     """Warm up, then call back to back until o["seconds"] have passed (at least min_reps calls, at
     most max_reps): a slow stretch of the machine then costs repetitions, not the block."""
@@ -105,15 +111,21 @@ def time_block(step: Callable[[], Any], o: dict[str, Any]) -> dict[str, Any]:
     gc.collect()
     gc.freeze()  # the collector walks what the calls allocate, not every loaded module
     times: list[float] = []
-    f0 = minflt()
+    f0, p0 = minflt(), preempted()
     start = clock()
     while len(times) < o["min_reps"] or (clock() - start < o["seconds"] and len(times) < o["max_reps"]):
         t0 = clock()
         step()
         times.append(clock() - t0)
-    faults = minflt() - f0
+    faults, switches = minflt() - f0, preempted() - p0
     gc.unfreeze()
-    return {"times_s": times, "warmup_calls": warm, "minor_faults_per_call": faults / len(times)}
+    n = len(times)
+    return {
+        "times_s": times,
+        "warmup_calls": warm,
+        "minor_faults_per_call": faults / n,
+        "preemptions_per_call": switches / n,
+    }
 
 
 def block(o: dict[str, Any]) -> dict[str, Any]:

@@ -106,22 +106,30 @@ def test_a_backend_that_is_not_there_is_skipped_with_its_reason():
 
 
 def blocks(*medians_by_round):
-    return {"blocks": [{"round": r, "median_s": m, "mean_s": m} for r, m in enumerate(medians_by_round)]}
+    return {
+        "blocks": [
+            {"round": r, "median_s": m, "mean_s": m, "min_s": m / 2} for r, m in enumerate(medians_by_round)
+        ]
+    }
 
 
 def test_the_figure_is_the_best_block_and_ratios_go_round_by_round():
     blocked = {
-        "mlp_small": {
-            "_title": "t", "_flops": 10**9,
+        "mlp_small": {"title": "t", "flops": 10**9, "impls": {
             "indexgrad": blocks(2.0, 1.1, 1.5),
             "numpy": blocks(1.2, 1.0, 1.4),
             "torch": blocks(3.0, 0.9, 1.0),
             "indexgrad-torch": {"skipped": "not available"},
-        },
-        W.PEAK_KEY: {"_title": "mm", "_flops": 10**9, "numpy": blocks(0.5, 0.25), "torch": blocks(0.4, 0.5)},
+        }},
+        W.PEAK_KEY: {"title": "mm", "flops": 10**9,
+                     "impls": {"numpy": blocks(0.5, 0.25), "torch": blocks(0.4, 0.5)}},
     }  # fmt: skip
     s = bench_run.summarize(blocked)["mlp_small"]
-    assert s["figures"]["indexgrad"] == {"s": 1.1, "mean_s": 1.1, "lo_s": 1.1, "hi_s": 2.0, "rounds": 3}
+    # the machine's peak is numpy's 4 GFLOP/s; the MLP's 1 GFLOP took indexgrad 1.1 s
+    assert s["figures"]["indexgrad"] == {
+        "s": 1.1, "mean_s": 1.1, "lo_s": 1.1, "hi_s": 2.0, "rounds": 3, "floor_s": 0.55,
+        "peak": pytest.approx(1 / 1.1 / 4),
+    }  # fmt: skip
     vs = s["vs_peer"]
     assert (vs["top"], vs["bottom"]) == ("indexgrad", "torch")
     assert vs["ratio"] == pytest.approx(1.1 / 0.9) and vs["met"] is False
@@ -129,11 +137,9 @@ def test_the_figure_is_the_best_block_and_ratios_go_round_by_round():
     assert (vs["round_lo"], vs["round_hi"]) == (pytest.approx(1.1 / 0.9), pytest.approx(2.0 / 1.2))
     assert s["numpy_vs_hand"]["ratio"] == pytest.approx(1.1)
     assert s["skipped"] == {"indexgrad-torch": "not available"} and s["error"] == {}
-    # the machine's peak is numpy's 4 GFLOP/s; the MLP's 1 GFLOP took indexgrad 1.1 s
-    assert s["peak_fraction"]["indexgrad"] == pytest.approx(1 / 1.1 / 4)
     text = bench_run.report({"summary": bench_run.summarize(blocked), "impls": list(W.IMPLS),
                              "args": {"rounds": 3}})  # fmt: skip
-    assert "≤ 1.00 NO" in text and "not available" in text
+    assert "≤ 1.00 NO" in text and "not available" in text and "| mlp_small | 23% " in text
 
 
 def test_per_step_times_every_step_of_both_plans(capsys):
