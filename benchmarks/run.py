@@ -385,9 +385,10 @@ def report(out: dict[str, Any]) -> str:
     lines = []
     if out.get("summary"):
         lines += report_blocked(out["summary"], out["impls"], out["args"]["rounds"])
-        lines.append(
-            load_line(out) + "; figures between libraries are comparable while it stays below the cores."
-        )
+        lines += [
+            "",
+            load_line(out) + "; figures between libraries are comparable while it stays below the cores.",
+        ]
     if out.get("interleaved"):
         lines += ["", *report_interleaved(out["interleaved"])]
     lines += report_extras(out.get("extras", []))
