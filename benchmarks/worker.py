@@ -83,7 +83,7 @@ def first_call(w: W.Workload, name: str) -> tuple[float | None, str | None]:
     except ig.IndexgradError as e:
         if W.BACKENDS.get(name, "numpy") == "numpy":
             raise
-        return None, f"{W.LABELS[name]}: " + getattr(e, "message", str(e)).splitlines()[0]
+        return None, getattr(e, "message", str(e)).splitlines()[0]
     seconds = clock() - t0
     if expected is not None:
         W.assert_close(got, expected, w.dtype, f"{w.key}: {name}")
@@ -103,7 +103,7 @@ def preempted() -> int:
 
 def time_block(step: Callable[[], Any], o: dict[str, Any]) -> dict[str, Any]:
     """Warm up, then call back to back until o["seconds"] have passed (at least min_reps calls, at
-    most max_reps): a slow stretch of the machine then costs repetitions, not the block."""
+    most max_reps); the seconds of each call."""
     start, warm = clock(), 0
     while warm < o["warmup"] or clock() - start < o["warmup_s"]:
         step()
