@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .backends import Backend, Executor, get_backend
+from .backends import Backend, Executor, auto, get_backend
 from .check import check, sized_like
 from .derive import derivative_reads, derive_for, derive_jvp, derived_names, tan_name, wrt_names
 from .errors import IndexgradError
@@ -100,7 +100,14 @@ class Model:
 
     def __post_init__(self) -> None:
         start = time.perf_counter()
-        self.engine: Backend = get_backend(self.backend, **self.options)
+        if self.backend == "auto" and self.options:
+            raise IndexgradError(
+                "backend='auto' chooses among the backends on the CPU with their defaults; for "
+                f"{' or '.join(self.options)}, name the backend (backend='torch')"
+            )
+        # "auto": numpy arrays in and out, each plan run by the installed backend fastest for it
+        name = "numpy" if self.backend == "auto" else self.backend
+        self.engine: Backend = get_backend(name, **self.options)
         self._builders = {
             "forward": self._build_forward,
             "backward": self._build_backward,
@@ -273,7 +280,7 @@ class Model:
             self._plans[key] = hit
         return hit
 
-    def _make_plan(
+    def _runnable(
         self,
         prims: list[Prim],
         env_sig: Signature,
@@ -281,30 +288,38 @@ class Model:
         mode: str,
         *programs: Program,
         constants: set[str] = frozenset(),  # type: ignore[assignment]
-    ) -> Plan:
-        """The plan for prims on arrays of env_sig; `constants` are seeds that are always 1."""
+    ) -> tuple[Plan, Executor]:
+        """The plan for prims on arrays of env_sig, and what runs it; `constants` are seeds that
+        are always 1. Under backend="auto", planned and timed on every installed backend."""
         shapes, dtypes = _shapes_dtypes(env_sig)
-        return make_plan(
-            prims,
-            shapes,
-            dtypes,
-            keep,
-            mode=mode,
-            temporaries=_made_up(prims, self.program, *programs),
-            backend=self.engine.name,
-            in_place=self.engine.in_place,
-            constants=dict.fromkeys(constants, 1.0),
-            iterations=self.iterations,
-            filename=self.program.filename,
-            source=self.program.source,
-        )
+
+        def build(engine: Backend) -> tuple[Plan, Executor]:
+            plan = make_plan(
+                prims,
+                shapes,
+                dtypes,
+                keep,
+                mode=mode,
+                temporaries=_made_up(prims, self.program, *programs),
+                backend=engine.name,
+                in_place=engine.in_place,
+                constants=dict.fromkeys(constants, 1.0),
+                iterations=self.iterations,
+                filename=self.program.filename,
+                source=self.program.source,
+            )
+            return plan, engine.executor(plan)
+
+        if self.backend != "auto":
+            return build(self.engine)
+        return auto.choose(*auto.candidates(), build)
 
     # ---- one builder per mode: a key (mode, names, wrt, signature of the arrays given) -> Compiled
 
     def _build_forward(self, key: PlanKey) -> Compiled:
         fw = self._forward(key.signature)
-        plan = self._make_plan(fw.prims, key.signature, fw.keep | self._input_set, "forward", fw.program)
-        return Compiled(plan, self.engine.executor(plan))
+        keep = fw.keep | self._input_set
+        return Compiled(*self._runnable(fw.prims, key.signature, keep, "forward", fw.program))
 
     def _build_backward(self, key: PlanKey) -> Compiled:
         """Gradients of a scalar loss (names: the loss as given, "" for the default): its seed is the
@@ -314,26 +329,26 @@ class Model:
         seed = self._grad[loss]
         one = self.engine.one(fw.dtypes[loss])
         sig = _extended(key.signature, (seed, (), fw.dtypes[loss]))
-        plan, pairs = self._vjp_plan(fw, sig, [loss], key.wrt, {seed})
-        return Compiled(plan, self.engine.executor(plan), pairs, {seed: one})
+        runnable, pairs = self._vjp_plan(fw, sig, [loss], key.wrt, {seed})
+        return Compiled(*runnable, pairs, {seed: one})
 
     def _build_vjp(self, key: PlanKey) -> Compiled:
         """A vector-Jacobian product: the seeds (names) are arrays among those given."""
         fw = self._forward(key.signature)
-        plan, pairs = self._vjp_plan(fw, key.signature, list(key.names), key.wrt, set())
-        return Compiled(plan, self.engine.executor(plan), pairs)
+        runnable, pairs = self._vjp_plan(fw, key.signature, list(key.names), key.wrt, set())
+        return Compiled(*runnable, pairs)
 
     def _vjp_plan(
         self, fw: _Forward, sig: Signature, seeds: list[str], wrt: tuple[str, ...] | None, constants: set[str]
-    ) -> tuple[Plan, tuple[tuple[str, str], ...]]:
+    ) -> tuple[tuple[Plan, Executor], tuple[tuple[str, str], ...]]:
         d = derive_for(fw.program, seeds, list(wrt) if wrt is not None else None, fw.prims, validate=False)
         names = list(wrt) if wrt is not None else self.inputs
         returned = {self._grad[n] for n in names}
         seeded = {self._grad[n] for n in seeds}  # given, so `+=` adds to them: never inlined
         prims = read_steps_of_outputs(lower(d), fw.relus)
         prims = absorb_scales(inline_broadcasts(prims, returned | seeded), returned | seeded)
-        plan = self._make_plan(prims, sig, returned, "backward", fw.program, d, constants=constants)
-        return plan, tuple((n, self._grad[n]) for n in names)
+        runnable = self._runnable(prims, sig, returned, "backward", fw.program, d, constants=constants)
+        return runnable, tuple((n, self._grad[n]) for n in names)
 
     def _build_jvp(self, key: PlanKey) -> Compiled:
         """Tangents (names: the inputs given tangents) of every defined tensor."""
@@ -342,8 +357,7 @@ class Model:
         relus = {u: y for u, y in relu_outputs(self.prims).items() if u not in given and y in given}
         prims = read_steps_of_outputs(lower(d), relus)
         pairs = tuple((n, self._tan[n]) for n in self.program.defined())
-        plan = self._make_plan(prims, key.signature, {t for _, t in pairs}, "jvp", d)
-        return Compiled(plan, self.engine.executor(plan), pairs)
+        return Compiled(*self._runnable(prims, key.signature, {t for _, t in pairs}, "jvp", d), pairs)
 
     def _build_hvp(self, key: PlanKey) -> Compiled:
         """Hessian-vector products (names: the loss, then the inputs given directions)."""
@@ -351,10 +365,9 @@ class Model:
         both, back, tan = self._second_order(loss, v)
         pairs = tuple((n, tan_name(both, self._grad[n])) for n in self.inputs)
         # the forward's temporaries are both's: their sizes come from the rest of their statement
-        plan = self._make_plan(
-            lower(both) + lower(tan), key.signature, {t for _, t in pairs}, "hvp", back, tan
-        )
-        return Compiled(plan, self.engine.executor(plan), pairs)
+        returned = {t for _, t in pairs}
+        runnable = self._runnable(lower(both) + lower(tan), key.signature, returned, "hvp", back, tan)
+        return Compiled(*runnable, pairs)
 
     # ---- forward
 
@@ -663,7 +676,8 @@ def compile(  # noqa: A001
     tol: float | None = None,
     max_iter: int | None = None,
 ) -> Model:
-    """A Model for .idx text, a path to an .idx file, or a parsed Program, on an array library.
+    """A Model for .idx text, a path to an .idx file, or a parsed Program, on an array library
+    ("auto": numpy arrays in and out, each call's plan run by the installed library fastest for it).
     `tol` and `max_iter` are the tolerance and iteration limit of fix and solve (SPEC 11)."""
     from .iterate import iteration_settings
 

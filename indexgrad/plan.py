@@ -149,6 +149,8 @@ class Plan:
     constants: tuple[tuple[str, float], ...] = ()  # inputs every run gives this value, folded in
     filename: str = field(default="<string>", compare=False)
     source: str = field(default="", compare=False, repr=False)
+    # backend="auto": (backend, seconds per run or None, why it was left out), the one chosen first
+    auto: tuple[tuple[str, float | None, str], ...] = field(default=(), compare=False)
 
     def __str__(self) -> str:
         sig = ", ".join(f"{n}: {d}[{','.join(map(str, s))}]" for n, s, d in self.inputs)
@@ -157,6 +159,8 @@ class Plan:
         )
         folded = "".join(f"; {n} = {format_number(v)}" for n, v in self.constants)
         lines = [head + folded]
+        if self.auto:
+            lines.append(_auto_text(self.auto))
         width = max((len(s.text) for s in self.steps), default=0)
         for k, s in enumerate(self.steps, 1):
             notes = []
@@ -182,9 +186,19 @@ class Plan:
                 "outputs": list(self.outputs),
                 "constants": dict(self.constants),
                 "peak_bytes": self.peak_bytes,
+                "auto": [{"backend": n, "seconds": t, "left_out": why or None} for n, t, why in self.auto],
             },
             indent=1,
         )
+
+
+def _auto_text(auto: tuple[tuple[str, float | None, str], ...]) -> str:
+    """backend="auto"'s choice as one line: what each backend took per run, and what was left out."""
+    chosen = auto[0][0]
+    timed = [f"{n} {t * 1e3:.3g} ms" for n, t, why in auto if t is not None]
+    text = f"backend auto chose {chosen}" + (f" (per run: {', '.join(timed)})" if timed else "")
+    left = [f"{n}: {why}" for n, _, why in auto if why]
+    return text + ("; left out: " + "; ".join(left) if left else "")
 
 
 def _jsonable(v: Any) -> Any:

@@ -733,7 +733,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--grad", action="store_true", help="the backward pass of the loss (default: forward)")
     p.add_argument("--loss", type=tensor_name, help="the loss for --grad (default: the last defined tensor)")
     p.add_argument("--wrt", help="comma-separated inputs whose gradients --grad computes (default: all)")
-    p.add_argument("--backend", default="numpy", help="numpy, torch or jax")
+    p.add_argument("--backend", default="numpy", help="numpy, torch, jax, or auto (the fastest, timed)")
     p.add_argument("--format", choices=["text", "json"], default="text")
     add_iteration_flags(p)
     p.set_defaults(func=cmd_plan)

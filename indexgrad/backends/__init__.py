@@ -59,6 +59,11 @@ _KNOWN: dict[str, tuple[str, str, str]] = {
 _LOADED: dict[str, Backend] = {}
 
 
+def known() -> list[str]:
+    """The names of the backends indexgrad has, installed or not."""
+    return list(_KNOWN)
+
+
 def get_backend(name: str, **options: Any) -> Backend:
     """The backend called `name` (options such as device= go to its constructor); a clear error
     names the known backends, or says what to install."""
