@@ -4,7 +4,8 @@ Peers: (numpy) by hand, EDF style: a forward pass that keeps what the backward p
 swap-rule gradients written out, with the cheapest contraction order for the sizes; (torch)
 PyTorch eager, gradients by autograd; (jax) `jax.jit(jax.value_and_grad(loss))`.
 indexgrad: the `.idx` text compiled for each backend (`indexgrad` runs on the numpy backend,
-`indexgrad-torch` and `indexgrad-jax` on the others), and `indexgrad-before`, an earlier copy of
+`indexgrad-torch` and `indexgrad-jax` on the others, `indexgrad-auto` on the one `backend="auto"`
+times fastest for the workload's shapes), and `indexgrad-before`, an earlier copy of
 the package imported as `indexgrad_before` (run.py --baseline).
 
 Every implementation is an `Impl` whose `step()` runs one forward + backward and whose
@@ -33,13 +34,15 @@ HAVE_TORCH = importlib.util.find_spec("torch") is not None
 HAVE_JAX = importlib.util.find_spec("jax") is not None
 
 PEERS = ("numpy", "torch", "jax")
-BACKENDS = {"indexgrad": "numpy", "indexgrad-torch": "torch", "indexgrad-jax": "jax"}  # impl -> backend
+# impl -> backend; "auto" takes numpy arrays and runs each plan on the backend it timed fastest
+BACKENDS = {"indexgrad": "numpy", "indexgrad-torch": "torch", "indexgrad-jax": "jax", "indexgrad-auto": "auto"}
 BEFORE = "indexgrad-before"
 IMPLS = (*BACKENDS, BEFORE, *PEERS)
 LABELS = {
     "indexgrad": "indexgrad (numpy)",
     "indexgrad-torch": "indexgrad (torch)",
     "indexgrad-jax": "indexgrad (jax)",
+    "indexgrad-auto": "indexgrad (auto)",
     BEFORE: "indexgrad (before)",
     "numpy": "hand numpy",
     "torch": "PyTorch eager",

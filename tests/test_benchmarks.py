@@ -97,6 +97,14 @@ def test_a_block_worker_prints_its_timings_as_json():
     assert got["flops"] > 0 and "MLP" in got["title"]
 
 
+def test_the_auto_backend_is_checked_like_the_others():
+    got = spawn_worker(
+        {"kind": "block", "workload": "conv_xwB", "impl": "indexgrad-auto", "tiny": True,
+         "seconds": 0, "min_reps": 2, "max_reps": 2, "warmup": 1, "warmup_s": 0}
+    )  # fmt: skip
+    assert got["checked"] is True and len(got["times_s"]) == 2
+
+
 def test_a_backend_that_is_not_there_is_skipped_with_its_reason():
     got = spawn_worker(
         {"kind": "block", "workload": "chain_square", "impl": "indexgrad-jax", "tiny": True,
