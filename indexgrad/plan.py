@@ -356,6 +356,144 @@ def basic_index(positions: tuple[Any, ...], size: dict[str, int]) -> tuple[int |
     return tuple(out)
 
 
+# ---- products that read through index arithmetic: the copy a matmul needs, laid out well --------
+
+
+@dataclass(frozen=True)
+class Memory:
+    """How an operand of a product lies in memory: per index name, how many elements one step
+    along it moves; `view`: a strided view (index arithmetic), which a matmul reads only copied."""
+
+    strides: dict[str, int]
+    view: bool = False
+
+
+def plain_memory(axes: tuple[str, ...], shape: Shape) -> Memory:
+    """A C-ordered array's strides, in elements, by index name."""
+    strides, step = {}, 1
+    for n, d in zip(reversed(axes), reversed(shape)):
+        strides[n] = step
+        step *= d
+    return Memory(strides)
+
+
+# A copy whose innermost run is one element apart and at least this long streams through
+# memory; anything else (a gather of short runs) costs about PENALTY times as much per element.
+_RUN, _PENALTY = 16, 4
+_PER_BATCH = 256  # what one more matrix of a batched matmul costs, in elements copied
+
+
+def copy_layout(
+    a: tuple[str, ...],
+    b: tuple[str, ...],
+    out: tuple[str, ...],
+    size: dict[str, int],
+    mem: tuple[Memory, Memory],
+) -> dict[str, Any] | None:
+    """A matmul of a and b into `out` laid out for the copy it needs, or None when nothing is summed.
+
+    For products reading a strided view (a convolution's `x[b,ch,r+u,c+v]`, im2col) or feeding a
+    scatter. Beyond `pair_layout`, an operand is copied in the order that streams through its
+    memory and handed to matmul transposed when that order is the matrix's transpose (`*_flip`);
+    out's leading names may be batch axes that only one operand has (the other is broadcast,
+    `w[o,ch·u·v] @ x_cols[b][ch·u·v, r·c]`), so that the result is born in out's order; and a
+    summed name leading both operands may be a batch axis summed after the matmul (`sum_batch`),
+    so that neither operand is copied for it (a weight gradient: Σ over b of one matmul per
+    image). Each layout is priced by the elements copied (a copy that does not stream costs
+    more), the result's transposition and sum, and the matrices batched; the cheapest is taken.
+    """
+    best: tuple[float, dict[str, Any]] | None = None
+    for swap in (False, True):
+        (fx, fm), (sx, sm) = ((b, mem[1]), (a, mem[0])) if swap else ((a, mem[0]), (b, mem[1]))
+        f_set, s_set = set(fx), set(sx)
+        inner = [n for n in fx if n in s_set and n not in out]
+        if not inner:
+            return None
+        shared = [n for n in out if n in f_set and n in s_set]
+        firsts = [n for n in out if n in f_set and n not in s_set]
+        seconds = [n for n in out if n in s_set and n not in f_set]
+        layouts = [(shared, firsts, seconds)]
+        for k in range(len(out)):  # the shortest prefix of out after which come firsts, then seconds
+            rest = out[k:]
+            j = next((i for i, n in enumerate(rest) if n not in firsts), len(rest))
+            if 0 < j < len(rest) and all(n in seconds for n in rest[j:]) and set(shared) <= set(out[:k]):
+                layouts.append((list(out[:k]), list(rest[:j]), list(rest[j:])))
+                break
+        summed = [[]]
+        if inner[0] == fx[0] == sx[0] and len(inner) > 1:
+            summed.append([inner[0]])
+        plain = sx if not sm.view else fx
+        for batch, left, right in layouts:
+            if not left or not right:
+                continue
+            for over in summed:
+                contracted = [n for n in plain if n in inner and n not in over]
+                args, cost = _priced(fx, fm, sx, sm, batch + over, left, contracted, right, size)
+                args |= {"swap": swap, "sum_batch": tuple(range(len(batch), len(batch) + len(over)))}
+                mid = batch + left + right
+                res_perm = tuple(mid.index(n) for n in out)
+                natural = tuple(size[n] for n in batch) + (math.prod(size[n] for n in left),) + (
+                    math.prod(size[n] for n in right),
+                )
+                res_shape = tuple(size[n] for n in mid)
+                args["res_shape"] = None if res_shape == natural else res_shape
+                args["res_perm"] = None if res_perm == tuple(range(len(res_perm))) else res_perm
+                total = math.prod(size[n] for n in batch + over) * (
+                    math.prod(size[n] for n in left) * math.prod(size[n] for n in right)
+                )
+                cost += _PER_BATCH * math.prod(size[n] for n in batch + over)
+                cost += total if over else 0
+                cost += 2 * math.prod(size[n] for n in out) if args["res_perm"] is not None else 0
+                if best is None or cost < best[0]:
+                    best = (cost, args)
+    return None if best is None else best[1]
+
+
+def _priced(
+    fx: tuple[str, ...],
+    fm: Memory,
+    sx: tuple[str, ...],
+    sm: Memory,
+    batch: list[str],
+    left: list[str],
+    inner: list[str],
+    right: list[str],
+    size: dict[str, int],
+) -> tuple[dict[str, Any], float]:
+    """The first operand as [batch, left, inner] and the second as [batch, inner, right], each
+    copied straight or transposed, whichever costs less; the settings and the elements' cost."""
+    args: dict[str, Any] = {}
+    cost = 0.0
+    for key, axes, memory, rows, cols in (("a", fx, fm, left, inner), ("b", sx, sm, inner, right)):
+        options = []
+        for flip in (False, True):
+            own = [n for n in batch if n in axes]
+            alone = tuple(k for k, n in enumerate(axes) if n not in batch + rows + cols)
+            rest = [n for n in axes if n in batch + rows + cols]
+            order = own + (cols + rows if flip else rows + cols)
+            perm = tuple(rest.index(n) for n in order)
+            groups = (cols, rows) if flip else (rows, cols)
+            shape = tuple(size[n] if n in axes else 1 for n in batch if own) + tuple(
+                math.prod(size[n] for n in g) for g in groups
+            )  # an operand without batch axes is one matrix, which matmul broadcasts
+            moved = tuple(size[n] for n in order)
+            identity = perm == tuple(range(len(perm)))
+            price = 0.0
+            if memory.view or not identity:
+                last = order[-1]
+                streams = memory.strides.get(last) == 1 and size[last] >= _RUN and not alone
+                price = math.prod(size[n] for n in rest) * (1 if streams else _PENALTY)
+            options.append((price, flip, {
+                f"{key}_sum": alone, f"{key}_perm": None if identity else perm,
+                f"{key}_shape": None if shape == moved else shape, f"{key}_flip": flip,
+                f"{key}_im2col": tuple(tuple(g) for g in (own, *groups)) if memory.view else None,
+            }))  # fmt: skip
+        price, _, chosen = min(options, key=lambda o: (o[0], o[1]))
+        args |= chosen
+        cost += price
+    return args, cost
+
+
 # ---- the planner -------------------------------------------------------------------------------
 
 
@@ -434,6 +572,7 @@ class _Planner:
         iterations: dict[str, Any] | None = None,
     ) -> None:
         self.prims = prims
+        self.views: dict[str, Memory] = {}  # strided views made so far: their source's strides
         self.constants = constants or {}
         self.folded: list[np.dtype] = []
         self.shapes = shapes
@@ -477,7 +616,11 @@ class _Planner:
         target_shape = self.sizer.out_shape(k, self.shapes, sizes) if scatter else shape
         name = format_ref(p.out) if scatter else p.out.name
         accumulate = p.op == "+=" and p.out.name in self.shapes and not scatter
+        self.scattered = scatter and self.backend == "numpy"
         if isinstance(p, Contract):
+            if self.scattered:  # a value laid out for the scatter's slice-adds
+                out_axes = _scatter_order(p.out, sizes)
+                shape = tuple(sizes[n] for n in out_axes)
             step = self.contract(p, name, out_axes, shape)
         elif isinstance(p, Elementwise):
             step = self.elementwise(p, name, out_axes, shape)
@@ -552,6 +695,8 @@ class _Planner:
             span=r.span if r.span.line else self.span,
         )
         self.emit(step)
+        if not gather:
+            self.views[name] = view_memory(step)
         return self.operand(name, axes, power)
 
     def delta(self, r: Ref, axes: tuple[str, ...], power: float) -> Operand:
@@ -648,6 +793,11 @@ class _Planner:
             if kept == out and a.power == b.power == 1 and a.name != b.name:
                 if not a.axes and b.axes == out or not b.axes and a.axes == out:
                     return make("scale", scalar=0 if not a.axes else 1)
+            if self.backend == "numpy" and (self.scattered or a.name in self.views or b.name in self.views):
+                mem = tuple(self.views.get(o.name) or plain_memory(o.axes, o.shape) for o in (a, b))
+                layout = copy_layout(a.axes, b.axes, kept, self.sizes, mem)  # type: ignore[arg-type]
+                if layout is not None:
+                    return make("matmul", **layout)
             call, layout = pair_layout(a.axes, b.axes, kept, self.sizes)
             return make(call, **layout)
         cp = plan_contraction([o.axes for o in ops], kept, [o.shape for o in ops])
@@ -700,6 +850,39 @@ def _ones_sum(o: Operand, summed: tuple[int, ...], dtype: np.dtype) -> bool:
     if dtype not in (np.float32, np.float64) or nd < 2 or k >= nd or 0 in o.shape:
         return False
     return summed in (tuple(range(k)), tuple(range(nd - k, nd)))
+
+
+def view_memory(step: Step) -> Memory:
+    """A strided view's strides by index name, in elements of its C-ordered source."""
+    source = plain_memory(step.inputs[0].axes, step.inputs[0].shape)
+    strides = dict.fromkeys(step.axes, 0)
+    for axis, (_, _, terms) in zip(step.inputs[0].axes, step.args["positions"]):
+        for c, n in terms:
+            strides[n] += c * source.strides[axis]
+    return Memory(strides, view=True)
+
+
+def _scatter_order(r: Ref, size: dict[str, int]) -> tuple[str, ...]:
+    """The axes of the value a scatter-add `x.grad[b,ch,r+u,c+v] += ...` adds, in the order the
+    slice-adds read best: names alone in a position, the kernel's offsets, then the names each
+    slice runs along (b, ch, u, v, r, c). The reference's own order where a name is in two
+    positions or a position is not a sum of names."""
+    alone: list[str] = []
+    offsets: list[str] = []
+    along: list[str] = []
+    for i in r.indices:
+        if not isinstance(i, Affine):
+            return ref_index_names(r)
+        names = [n for _, n in i.terms]
+        if len(names) == 1:
+            alone += names
+        elif names:  # each slice runs along the largest name, as the numpy backend's scatter does
+            ahead = [(size[n], c, n) for c, n in i.terms if c > 0]
+            main = max(ahead)[2] if ahead else None
+            along += [n for n in names if n == main]
+            offsets += [n for n in names if n != main]
+    order = tuple(alone + offsets + along)
+    return order if sorted(order) == sorted(ref_index_names(r)) else ref_index_names(r)
 
 
 def _positions(r: Ref) -> tuple[Any, ...]:
@@ -959,6 +1142,20 @@ def _operand_text(o: Operand, perm: Any = None, shape: Any = None, summed: Any =
     return text
 
 
+def _laid_out(o: Operand, args: dict[str, Any], key: str) -> str:
+    """An operand of a product as its call takes it: summed, transposed, reshaped; a strided view
+    as the copy made of it (`im2col(x[b,ch,r+u,c+v] as [b; ch,u,v; r,c])`); `.mT` when the
+    matrices are handed over transposed."""
+    groups = args.get(f"{key}_im2col")
+    if groups is not None:
+        summed = args[f"{key}_sum"]
+        inner = f"sum({o.name}, over {','.join(o.axes[k] for k in summed)})" if summed else o.name
+        text = f"im2col({inner} as [{'; '.join(','.join(g) for g in groups if g)}])"
+    else:
+        text = _operand_text(o, args[f"{key}_perm"], args[f"{key}_shape"], args[f"{key}_sum"])
+    return text + (".mT" if args.get(f"{key}_flip") else "")
+
+
 def _describe_call(s: Step) -> str:
     args = s.args
     ops = list(s.inputs)
@@ -966,9 +1163,10 @@ def _describe_call(s: Step) -> str:
     tail = f" * {format_number(coef)}" if coef != 1 else ""
     if s.call in ("matmul", "vecdot", "multiply") and len(ops) == 2:
         a, b = (ops[1], ops[0]) if args["swap"] else (ops[0], ops[1])
-        x = _operand_text(a, args["a_perm"], args["a_shape"], args["a_sum"])
-        y = _operand_text(b, args["b_perm"], args["b_shape"], args["b_sum"])
+        x, y = (_laid_out(o, args, k) for o, k in ((a, "a"), (b, "b")))
         text = f"{s.call}({x}, {y})"
+        if args.get("sum_batch"):
+            text = f"sum({text}, axis {','.join(map(str, args['sum_batch']))})"
         if args.get("res_shape") is not None:
             text += f".reshape{tuple(args['res_shape'])}"
         if args.get("res_perm") is not None:

@@ -7,6 +7,8 @@ import json
 import random
 from pathlib import Path
 
+import autograd
+import autograd.numpy as anp
 import numpy as np
 import pytest
 from oracles import rng
@@ -429,3 +431,56 @@ def test_spec9_positions_plan_as_data() -> None:
         if "positions" in step.args:
             back = tuple(positions.as_data(positions.from_data(t)) for t in d["args"]["positions"])
             assert back == step.args["positions"], step.out
+def _correlation(x, w, stride: int, dilation: int):
+    """y[b,o,r,c] = Σ x[b,ch,stride·r+dilation·u, stride·c+dilation·v] w[o,ch,u,v], one
+    slice per kernel offset (autograd.numpy, so that HIPS autograd differentiates it)."""
+    _, _, hh, ww = x.shape
+    _, _, ku, kv = w.shape
+    rows = (hh - dilation * (ku - 1) - 1) // stride + 1
+    cols = (ww - dilation * (kv - 1) - 1) // stride + 1
+    y = 0.0
+    for u in range(ku):
+        for v in range(kv):
+            part = x[:, :, dilation * u :: stride, dilation * v :: stride][:, :, :rows, :cols]
+            y = y + anp.einsum("bkrc,ok->borc", part, w[:, :, u, v])
+    return y
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("position", "stride", "dilation"),
+    [("r+u, c+v", 1, 1), ("u+r, v+c", 1, 1), ("2*r+u, 2*c+v", 2, 1), ("r+2*u, c+2*v", 1, 2)],
+)
+def test_a_convolution_is_one_matmul_of_an_im2col_copy_and_its_gradients_are_right(
+    position: str, stride: int, dilation: int, dtype
+) -> None:
+    """Forward, the weight gradient and the input gradient's product each copy what they read
+    through index arithmetic once (`im2col`, laid out so that the copy streams) into one matmul;
+    the input gradient's scatter adds slices laid out offset by offset. Values against a loop over
+    the kernel's offsets, gradients against HIPS autograd of it."""
+    text = (
+        "param w[o,ch,u,v]\ninput x[b,ch,row,col]\n"
+        f"y[b,o,r,c] = x[b,ch,{position}] w[o,ch,u,v]\nloss = 0.5 sum[b,o,r,c](y[b,o,r,c]^2)"
+    )
+    x = rng(1).standard_normal((3, 2, 11, 12)).astype(dtype)
+    w = rng(2).standard_normal((4, 2, 3, 2)).astype(dtype)
+    model = ig.compile(text)
+    vals = model.forward(x=x, w=w)
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    np.testing.assert_allclose(vals["y"], _correlation(x, w, stride, dilation), **tol)
+    grads = model.backward(vals)
+
+    def loss(x_, w_):
+        return 0.5 * anp.sum(_correlation(x_, w_, stride, dilation) ** 2)
+
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    np.testing.assert_allclose(grads["x"], autograd.grad(loss, 0)(x64, w64), **tol)
+    np.testing.assert_allclose(grads["w"], autograd.grad(loss, 1)(x64, w64), **tol)
+    assert grads["x"].dtype == grads["w"].dtype == dtype
+    forward = model.plan({"x": x, "w": w})
+    backward = model.plan({"x": x, "w": w}, mode="backward")
+    products = [s for s in (*forward.steps, *backward.steps) if s.call == "matmul"]
+    assert len(products) == 3
+    assert sum(s.describe().count("im2col(") for s in products) == 2  # forward, w's gradient
+    (value,) = [s for s in backward.steps if s.kind == "contract" and s.out.startswith("x.grad[")]
+    assert value.axes == ("b", "ch", "u", "v", "r", "c")  # each offset's slice-add reads [b,ch,r,c]

@@ -91,9 +91,13 @@ def _then(
     return lambda a: g(f(a))
 
 
-def _mover(sum_axes: tuple[int, ...], perm: Any, shape: Any) -> Callable[[Array], Array] | None:
+def _mover(
+    sum_axes: tuple[int, ...], perm: Any, shape: Any, flip: bool = False
+) -> Callable[[Array], Array] | None:
     """What lays an operand out for its call: a sum over the axes only it has, a transpose, a
-    reshape; each alone is one C-level call."""
+    reshape (a copy, when the transpose or a strided view cannot be reshaped in place), and with
+    `flip` the matrices handed over transposed (BLAS reads them so, without copying); each one
+    C-level call."""
     steps: list[Callable[[Array], Array]] = []
     if sum_axes:
         steps.append(partial(np.add.reduce, axis=sum_axes))
@@ -101,6 +105,8 @@ def _mover(sum_axes: tuple[int, ...], perm: Any, shape: Any) -> Callable[[Array]
         steps.append(attrgetter("T") if perm == (1, 0) else methodcaller("transpose", perm))
     if shape is not None:
         steps.append(methodcaller("reshape", shape))
+    if flip:
+        steps.append(partial(np.swapaxes, axis1=-1, axis2=-2))
     out = None
     for f in steps:
         out = _then(out, f)
@@ -141,16 +147,17 @@ def _pairwise(step: Step) -> Compute:
     args = step.args
     first, second = step.inputs[::-1] if args["swap"] else step.inputs
     call = {"matmul": np.matmul, "vecdot": np.vecdot, "multiply": np.multiply}[step.call]
-    ma = _mover(args["a_sum"], args["a_perm"], args["a_shape"])
-    mb = _mover(args["b_sum"], args["b_perm"], args["b_shape"])
+    ma = _mover(args["a_sum"], args["a_perm"], args["a_shape"], args.get("a_flip", False))
+    mb = _mover(args["b_sum"], args["b_perm"], args["b_shape"], args.get("b_flip", False))
     donor = step.donor
     if donor is not None:  # a product into the buffer of the operand that dies here
         read = _reader(*((second, mb) if donor == first.name else (first, ma)))
         return lambda env: np.multiply(env[donor], read(env), out=env[donor])
     ra, rb = _reader(first, ma), _reader(second, mb)
-    res_shape, res_perm = args["res_shape"], args["res_perm"]
+    res_shape, res_perm, summed = args["res_shape"], args["res_perm"], args.get("sum_batch")
     finish = _then(None if res_shape is None else methodcaller("reshape", res_shape),
                    None if res_perm is None else methodcaller("transpose", res_perm))  # fmt: skip
+    finish = _then(partial(np.add.reduce, axis=summed) if summed else None, finish)
     if finish is None:
         return lambda env: call(ra(env), rb(env))
     return lambda env: finish(call(ra(env), rb(env)))
