@@ -27,6 +27,7 @@ from .rewrite import (
     inline_broadcasts,
     read_steps_of_outputs,
     relu_outputs,
+    reuse_forward,
     split_products,
 )
 from .syntax import as_program
@@ -346,6 +347,7 @@ class Model:
         returned = {self._grad[n] for n in names}
         seeded = {self._grad[n] for n in seeds}  # given, so `+=` adds to them: never inlined
         prims = read_steps_of_outputs(lower(d), fw.relus)
+        prims = reuse_forward(prims, fw.prims, fw.keep | self._input_set)
         prims = absorb_scales(inline_broadcasts(prims, returned | seeded), returned | seeded)
         runnable = self._runnable(prims, sig, returned, "backward", fw.program, d, constants=constants)
         return runnable, tuple((n, self._grad[n]) for n in names)

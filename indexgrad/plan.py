@@ -856,8 +856,8 @@ def view_memory(step: Step) -> Memory:
     """A strided view's strides by index name, in elements of its C-ordered source."""
     source = plain_memory(step.inputs[0].axes, step.inputs[0].shape)
     strides = dict.fromkeys(step.axes, 0)
-    for axis, (_, _, terms) in zip(step.inputs[0].axes, step.args["positions"]):
-        for c, n in terms:
+    for axis, position in zip(step.inputs[0].axes, step.args["positions"]):
+        for c, n in position[2]:  # a sum of names: its terms
             strides[n] += c * source.strides[axis]
     return Memory(strides, view=True)
 
@@ -871,7 +871,7 @@ def _scatter_order(r: Ref, size: dict[str, int]) -> tuple[str, ...]:
     offsets: list[str] = []
     along: list[str] = []
     for i in r.indices:
-        if not isinstance(i, Affine):
+        if not isinstance(i, Affine) or getattr(i, "parts", ()):  # labels, // and %: as written
             return ref_index_names(r)
         names = [n for _, n in i.terms]
         if len(names) == 1:

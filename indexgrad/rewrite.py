@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from .lower import Contract, Elementwise, Operand, Prim, prim_refs, size_names
+from dataclasses import replace
+from typing import Any
+
+from .lower import Contract, Elementwise, Operand, Prim, Terms, prim_refs, size_names
 from .nodes import Affine, Gather, Num, Ref, SizeOf, idx, is_plain, ref_index_names
 
 
@@ -269,3 +272,80 @@ def read_steps_of_outputs(prims: list[Prim], relus: dict[str, str]) -> list[Prim
                 p = Elementwise(p.out, p.op, p.func, (Ref(relus[a.name], a.indices, a.span),), p.span, p.dims)
         out.append(p)
     return out
+
+
+def _value_key(p: Prim, alias: dict[str, str]) -> tuple[Any, ...] | None:
+    """What an elementwise statement `t[I] = f(...)` or `t[I] = s1 u1 + ...` computes, independent
+    of its names: the function or coefficients, and each tensor read (through `alias`) with its
+    axes as positions in I. None for anything else, or when an axis of t is in no operand (then
+    t's extent is not fixed by what it reads)."""
+    if p.op != "=" or not is_plain(p.out) or not isinstance(p, (Elementwise, Terms)):
+        return None
+    pos = {n: k for k, n in enumerate(ref_index_names(p.out))}
+    seen: set[int] = set()
+
+    def arg(a: Operand) -> Any:
+        if isinstance(a, Num):
+            return ("number", a.value)
+        if not isinstance(a, Ref) or not is_plain(a):
+            return None
+        axes = tuple(pos.get(i.plain, -1) for i in a.indices)  # type: ignore[union-attr]
+        seen.update(axes)
+        return (alias.get(a.name, a.name), axes)
+
+    if isinstance(p, Elementwise):
+        args = [arg(a) for a in p.args]
+        parts: tuple[Any, ...] = ("f", p.func, *args)
+    else:
+        args = [arg(u) for _, u in p.terms]
+        parts = ("terms", *zip((c for c, _ in p.terms), args))
+    if None in args or seen != set(range(len(pos))):
+        return None
+    return parts
+
+
+def reuse_forward(prims: list[Prim], forward: list[Prim], available: set[str]) -> list[Prim]:
+    """A derived program's statements with those that recompute a value the forward program made
+    and returns (`available`) reading that value instead, and the statements only they read
+    dropped. The same function of the same tensors at the same axes is the same value: the
+    softmax `exp(a - logsumexp(a))` that logsumexp's derivative reads is the forward's `p`."""
+    writes: dict[str, int] = {}
+    for p in (*forward, *prims):
+        writes[p.out.name] = writes.get(p.out.name, 0) + 1
+    made: dict[tuple[Any, ...], str] = {}
+    for p in forward:
+        k = _value_key(p, {})
+        if k is not None and writes[p.out.name] == 1:
+            made.setdefault(k, p.out.name)
+    alias: dict[str, str] = {}  # a derived name -> the forward name holding the same values
+    for p in prims:
+        k = _value_key(p, alias)
+        if k is not None and k in made and writes[p.out.name] == 1:
+            alias[p.out.name] = made[k]
+    use = {n: f for n, f in alias.items() if f in available}
+    if not use:
+        return prims
+    out = [_reading(p, use) for p in prims if p.out.name not in use]
+    while True:  # drop what only the replaced statements read
+        read = {r.name for p in out for r in prim_refs(p)}
+        dead = [p for p in out if p.out.name in alias and p.out.name not in read]
+        if not dead:
+            return out
+        out = [p for p in out if p not in dead]
+
+
+def _reading(p: Prim, names: dict[str, str]) -> Prim:
+    """p reading names[n] wherever it reads a plain n."""
+
+    def ref(a: Any) -> Any:
+        if isinstance(a, Ref) and a.name in names:
+            return Ref(names[a.name], a.indices, a.span)
+        return a
+
+    if isinstance(p, Elementwise):
+        return replace(p, args=tuple(ref(a) for a in p.args))
+    if isinstance(p, Terms):
+        return replace(p, terms=tuple((c, ref(u)) for c, u in p.terms))
+    if isinstance(p, Contract):
+        return replace(p, factors=tuple((ref(f), k) for f, k in p.factors))
+    return replace(p, arg=ref(p.arg))

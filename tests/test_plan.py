@@ -484,3 +484,21 @@ def test_a_convolution_is_one_matmul_of_an_im2col_copy_and_its_gradients_are_rig
     assert sum(s.describe().count("im2col(") for s in products) == 2  # forward, w's gradient
     (value,) = [s for s in backward.steps if s.kind == "contract" and s.out.startswith("x.grad[")]
     assert value.axes == ("b", "ch", "u", "v", "r", "c")  # each offset's slice-add reads [b,ch,r,c]
+
+
+def test_a_derivative_that_recomputes_a_forward_value_reads_it_instead() -> None:
+    """logsumexp's derivative reads exp(a - logsumexp(a)), which the forward made as the softmax
+    p: the backward reads p (one exp in all, in the forward) and its gradient stays right."""
+    text = "p[b,s] = exp(a[b,s] - logsumexp[u](a[b,u]))\nloss = sum[b,s](p[b,s] T[b,s])"
+    a, t = rng(1).standard_normal((3, 5)), rng(2).standard_normal((3, 5))
+    model = ig.compile(text)
+    backward = model.plan({"a": a, "T": t}, mode="backward")
+    assert not [s for s in backward.steps if s.call == "exp"]
+    assert any(o.name == "p" for s in backward.steps for o in s.inputs if s.text.startswith("a.grad[b,u]"))
+
+    def loss(a_):
+        p = anp.exp(a_ - anp.log(anp.sum(anp.exp(a_), axis=1, keepdims=True)))
+        return anp.sum(p * t)
+
+    got = model.backward(model.forward(a=a, T=t), wrt="a")["a"]
+    np.testing.assert_allclose(got, autograd.grad(loss)(a), rtol=1e-12, atol=1e-14)
