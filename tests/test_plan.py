@@ -502,3 +502,29 @@ def test_a_derivative_that_recomputes_a_forward_value_reads_it_instead() -> None
 
     got = model.backward(model.forward(a=a, T=t), wrt="a")["a"]
     np.testing.assert_allclose(got, autograd.grad(loss)(a), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "positions",
+    [
+        [((1, "r"), (1, "u")), ((1, "c"), (1, "v"))],
+        [((1, "r"), (1, "u")), ((2, "c"), (1, "v"))],
+        [((1, "r"),), ((1, "c"), (1, "v"))],
+        [((2, "r"), (1, "u")), ((1, "c"), (2, "v")), ((1, "d"), (1, "w"))],
+    ],
+)
+def test_a_scatter_add_through_index_arithmetic_against_numpy_add_at(positions) -> None:
+    """x's gradient through x[r+u, c+v] (slice-adds grouped by their slice of the last axis,
+    summed in a buffer, then added once) against numpy.add.at at every entry's position."""
+    sizes = dict(zip("rcduvw", (4, 5, 2, 3, 2, 3)))
+    names = [n for axis in positions for _, n in axis]
+    where = ", ".join("+".join(f"{k}*{n}" if k != 1 else n for k, n in axis) for axis in positions)
+    text = f"loss = sum[{','.join(names)}](x[{where}] g[{','.join(names)}])"
+    g = rng(5).standard_normal(tuple(sizes[n] for n in names))
+    grid = dict(zip(names, np.meshgrid(*(np.arange(sizes[n]) for n in names), indexing="ij")))
+    index = tuple(sum(k * grid[n] for k, n in axis) for axis in positions)
+    expected = np.zeros(tuple(int(i.max()) + 1 for i in index))
+    np.add.at(expected, index, g)
+    model = ig.compile(text)
+    got = model.backward(model.forward(x=np.ones(expected.shape), g=g), wrt="x")["x"]
+    np.testing.assert_allclose(got, expected, rtol=1e-14)
