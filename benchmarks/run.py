@@ -45,6 +45,7 @@ import workloads as W  # noqa: E402
 import indexgrad as ig  # noqa: E402
 
 WORKER = HERE / "worker.py"
+ENV_PREFIXES = ("OPENBLAS", "OMP_", "MKL_", "MALLOC_")  # settings recorded with the figures
 KNOWN = W.MAIN_KEYS + W.OTHER_KEYS
 
 
@@ -458,7 +459,7 @@ def meta() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "numpy": np.__version__,
         "indexgrad": ig.__version__,
-        "env": {k: os.environ[k] for k in sorted(os.environ) if k.startswith(("OPENBLAS", "OMP_", "MKL_"))},
+        "env": {k: os.environ[k] for k in sorted(os.environ) if k.startswith(ENV_PREFIXES)},
         "load_before": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     git = ["git", "-C", str(HERE.parent)]

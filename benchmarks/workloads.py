@@ -35,7 +35,9 @@ HAVE_JAX = importlib.util.find_spec("jax") is not None
 
 PEERS = ("numpy", "torch", "jax")
 # impl -> backend; "auto" takes numpy arrays and runs each plan on the backend it timed fastest
-BACKENDS = {"indexgrad": "numpy", "indexgrad-torch": "torch", "indexgrad-jax": "jax", "indexgrad-auto": "auto"}
+BACKENDS = {
+    "indexgrad": "numpy", "indexgrad-torch": "torch", "indexgrad-jax": "jax", "indexgrad-auto": "auto",
+}  # fmt: skip
 BEFORE = "indexgrad-before"
 IMPLS = (*BACKENDS, BEFORE, *PEERS)
 LABELS = {
