@@ -29,6 +29,7 @@ from .rewrite import (
     relu_outputs,
     reuse_forward,
     split_products,
+    square_means,
 )
 from .syntax import as_program
 
@@ -237,7 +238,7 @@ class Model:
             every, _, _ = shapes_after(self.prims, shapes, dtypes, temps)
         except IndexgradError as e:
             raise e.located(self.program.filename, self.program.source) from None
-        prims = split_products(self.prims, every)
+        prims = square_means(split_products(self.prims, every), set(self.program.defined()))
         program = self.program
         if prims is not self.prims:
             program = check(

@@ -783,6 +783,11 @@ class _Planner:
             perm = tuple(rest.index(n) for n in kept)
             if o.power == 2 and not kept:
                 return make("dot")
+            if o.power == 2 and summed:  # Σ a² per entry: one dot product of a with itself each
+                call, layout = pair_layout(o.axes, o.axes, kept, self.sizes)
+                if call == "vecdot":
+                    ops = [replace(o, power=1.0)] * 2
+                    return make("vecdot", **layout)
             if not summed:
                 return make("copy", perm=perm)
             if o.power == 1 and perm == tuple(range(len(perm))) and _ones_sum(o, summed, dtype):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from .lower import Contract, Elementwise, Operand, Prim, Terms, prim_refs, size_names
+from .lower import Contract, Elementwise, Operand, Prim, Reduction, Terms, prim_refs, size_names
 from .nodes import Affine, Gather, Num, Ref, SizeOf, idx, is_plain, ref_index_names
 
 
@@ -349,3 +349,39 @@ def _reading(p: Prim, names: dict[str, str]) -> Prim:
     if isinstance(p, Contract):
         return replace(p, factors=tuple((ref(f), k) for f, k in p.factors))
     return replace(p, arg=ref(p.arg))
+
+
+def square_means(prims: list[Prim], defined: set[str]) -> list[Prim]:
+    """prims with each `m[I] = mean[j](t[I,j])` of a temporary `t[I,j] = c[I,j]^2` read only there
+    made one product, `m[I] = c[I,j]^2 / size[j]`, which the planner runs as a dot product of c
+    with itself per entry: no array of squares (a layer norm's variance, as a hand-written step
+    computes it)."""
+    writes, reads = _uses(prims)
+    squares = {
+        p.out.name: p
+        for p in prims
+        if isinstance(p, Contract)
+        and p.op == "="
+        and p.coef == 1
+        and len(p.factors) == 1
+        and p.factors[0][1] == 2
+        and isinstance(p.factors[0][0], Ref)
+        and is_plain(p.factors[0][0])
+        and p.out.name not in defined
+        and len(writes.get(p.out.name, [])) == 1
+        and len(reads.get(p.out.name, [])) == 1
+    }
+    out: list[Prim] = []
+    merged: set[str] = set()
+    for p in prims:
+        sq = squares.get(p.arg.name) if isinstance(p, Reduction) and p.reducer == "mean" else None
+        if sq is None or p.arg.indices != sq.out.indices:  # type: ignore[union-attr]
+            out.append(p)
+            continue
+        factors = (sq.factors[0], *((SizeOf(j), -1.0) for j in p.indices))  # type: ignore[union-attr]
+        dims = tuple(dict.fromkeys((*sq.dims, *p.dims)))  # type: ignore[union-attr]
+        out.append(Contract(p.out, p.op, 1.0, factors, p.span, dims))
+        merged.add(sq.out.name)
+    if not merged:
+        return prims
+    return [p for p in out if p.out.name not in merged]

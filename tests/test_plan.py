@@ -528,3 +528,33 @@ def test_a_scatter_add_through_index_arithmetic_against_numpy_add_at(positions) 
     model = ig.compile(text)
     got = model.backward(model.forward(x=np.ones(expected.shape), g=g), wrt="x")["x"]
     np.testing.assert_allclose(got, expected, rtol=1e-14)
+
+
+def test_a_layer_norms_variance_is_a_dot_product_per_row_with_no_array_of_squares() -> None:
+    """`mean[j](c[b,j]^2)` runs as vecdot(c, c) / size[j] and `sum[j](c[b,j]^2)` as vecdot(c, c):
+    no temporary of squares forward, none of its gradient backward; values against numpy and
+    gradients against HIPS autograd."""
+    text = (
+        "c[b,d] = x[b,d] - mean[j](x[b,j])\n"
+        "n[b,d] = c[b,d] / sqrt(mean[j](c[b,j]^2) + 1e-5)\n"
+        "s[b] = sum[j](n[b,j]^2)\n"
+        "loss = sum[b,d](n[b,d] T[b,d]) + sum[b](s[b])"
+    )
+    x, t = rng(1).standard_normal((4, 6)), rng(2).standard_normal((4, 6))
+    model = ig.compile(text)
+    forward = model.plan({"x": x, "T": t})
+    assert [s.call for s in forward.steps if s.out in ("n.mean", "s")] == ["vecdot", "vecdot"]
+    assert not [s for s in forward.steps if "pow" in s.out]
+    backward = model.plan({"x": x, "T": t}, mode="backward")
+    assert not [s for s in backward.steps if "pow" in s.out]
+
+    def loss(x_):
+        c = x_ - anp.mean(x_, axis=1, keepdims=True)
+        n = c / anp.sqrt(anp.mean(c**2, axis=1, keepdims=True) + 1e-5)
+        return anp.sum(n * t) + anp.sum(n**2)
+
+    vals = model.forward(x=x, T=t)
+    c = x - x.mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(vals["n"], c / np.sqrt((c**2).mean(axis=1, keepdims=True) + 1e-5), rtol=1e-12)
+    got = model.backward(vals, wrt="x")["x"]
+    np.testing.assert_allclose(got, autograd.grad(loss)(x), rtol=1e-9, atol=1e-12)
