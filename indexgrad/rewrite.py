@@ -323,8 +323,10 @@ def reuse_forward(prims: list[Prim], forward: list[Prim], available: set[str]) -
         if k is not None and k in made and writes[p.out.name] == 1:
             alias[p.out.name] = made[k]
     use = {n: f for n, f in alias.items() if f in available}
-    if not use:
-        return prims
+    simple = (Contract, Elementwise, Terms, Reduction)
+    implicit = {r.name for p in prims if not isinstance(p, simple) for r in prim_refs(p)}
+    if not use or use.keys() & implicit:
+        return prims  # an implicit layer reads it: left as derived
     out = [_reading(p, use) for p in prims if p.out.name not in use]
     while True:  # drop what only the replaced statements read
         read = {r.name for p in out for r in prim_refs(p)}
@@ -348,7 +350,9 @@ def _reading(p: Prim, names: dict[str, str]) -> Prim:
         return replace(p, terms=tuple((c, ref(u)) for c, u in p.terms))
     if isinstance(p, Contract):
         return replace(p, factors=tuple((ref(f), k) for f, k in p.factors))
-    return replace(p, arg=ref(p.arg))
+    if isinstance(p, Reduction):
+        return replace(p, arg=ref(p.arg))
+    return p
 
 
 def square_means(prims: list[Prim], defined: set[str]) -> list[Prim]:
