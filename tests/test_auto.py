@@ -143,13 +143,13 @@ def test_auto_measures_once_per_signature(stand_ins: dict[str, StandIn]) -> None
     for _ in range(3):
         model.forward(**arrays())
     fast, slow = stand_ins["fast"], stand_ins["slow"]
-    assert slow.runs == 1 + auto.MIN_RUNS  # warm-up, then timed runs; never chosen afterwards
+    assert slow.runs == 1 + auto.RUNS * auto.ROUNDS  # warm-up, then timed runs; never chosen afterwards
     after_choice = fast.runs
     model.forward(**arrays())
     assert fast.runs == after_choice + 1
     small = {n: a[:2] if n == "x" else a for n, a in arrays().items()}
     model.forward(**small)  # a new signature is measured anew
-    assert slow.runs == 2 * (1 + auto.MIN_RUNS)
+    assert slow.runs == 2 * (1 + auto.RUNS * auto.ROUNDS)
 
 
 def test_one_backend_that_runs_the_program_is_taken_untimed(

@@ -20,8 +20,8 @@ from ..plan import Plan
 from . import Backend, Env, Executor, get_backend, known
 
 clock = time.perf_counter  # tests give it a clock of their own
-BUDGET_S = 0.2  # timed runs per candidate stop after this long (and at least MIN_RUNS)
-MIN_RUNS, MAX_RUNS = 3, 50
+BUDGET_S = 0.2  # seconds of timed runs per candidate (after at least ROUNDS rounds)
+RUNS, ROUNDS, MAX_ROUNDS = 3, 2, 20  # runs back to back per round; rounds at least, at most
 
 Choice = tuple[str, float | None, str]  # a backend, its seconds per run (None: not timed), why left out
 Build = Callable[[Backend], tuple[Plan, Executor]]
@@ -63,18 +63,30 @@ def sample_inputs(plan: Plan) -> Env:
     return env
 
 
-def seconds_per_run(executor: Executor, env: Env) -> float:
-    """The fastest of a few runs after one to warm up (JAX compiles then): at least MIN_RUNS, then
-    until BUDGET_S has passed."""
+def seconds_per_run(executors: list[Executor], env: Env) -> list[float | IndexgradError]:
+    """Each executor's fastest run, or the error it raised: one run each to warm up (JAX compiles
+    then), then rounds in which each runs RUNS times back to back (the first run after another
+    library's can find that library's threads still spinning on the cores), in turn, so that a
+    stretch in which the machine is busy slows them alike; at least ROUNDS rounds, then until
+    BUDGET_S per executor has passed."""
+    best: list[float | IndexgradError] = []
     with warnings.catch_warnings(), np.errstate(all="ignore"):  # sample values may overflow
         warnings.simplefilter("ignore")
-        executor.run(dict(env))
-        best, start, runs = float("inf"), clock(), 0
-        while runs < MIN_RUNS or (runs < MAX_RUNS and clock() - start < BUDGET_S):
-            t0 = clock()
-            executor.run(dict(env))
-            best = min(best, clock() - t0)
-            runs += 1
+        for executor in executors:
+            try:
+                executor.run(dict(env))
+                best.append(float("inf"))
+            except IndexgradError as e:
+                best.append(e)
+        live = [k for k, b in enumerate(best) if isinstance(b, float)]
+        start, rounds = clock(), 0
+        while live and (rounds < ROUNDS or (rounds < MAX_ROUNDS and clock() - start < BUDGET_S * len(live))):
+            for k in live:
+                for _ in range(RUNS):
+                    t0 = clock()
+                    executors[k].run(dict(env))
+                    best[k] = min(best[k], clock() - t0)  # type: ignore[type-var]
+            rounds += 1
     return best
 
 
@@ -99,13 +111,13 @@ def choose(engines: Iterable[Backend], missing: list[tuple[str, str]], build: Bu
     if len(built) == 1:
         timed = [(None, *built[0])]  # nothing to choose between
     elif built:
-        env = sample_inputs(built[0][1])
-        for name, plan, executor in built:
-            try:
-                timed.append((seconds_per_run(executor, env), name, plan, executor))
-            except IndexgradError as e:
-                errors.append(e)
-                notes.append((name, None, e.message))
+        seconds = seconds_per_run([executor for _, _, executor in built], sample_inputs(built[0][1]))
+        for (name, plan, executor), t in zip(built, seconds):
+            if isinstance(t, IndexgradError):
+                errors.append(t)
+                notes.append((name, None, t.message))
+            else:
+                timed.append((t, name, plan, executor))
     if not timed:
         raise errors[0]
     timed.sort(key=lambda t: t[0] or 0.0)
