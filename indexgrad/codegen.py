@@ -686,7 +686,10 @@ def plans(
     plans them, for the input shapes `dims` gives (sizes by index name; others 3)."""
     if mode not in ("grad", "jvp"):
         raise IndexgradError(f"mode must be grad or jvp, not {mode!r}")
-    model = program if isinstance(program, Model) else compile_model(program)
+    model = compile_model(program.program if isinstance(program, Model) else program)
+    model.numpy_layouts = False  # steps every library's module can write as they are
+    if isinstance(program, Model):
+        model.iterations = program.iterations
     dims = dict(dims or {})
     inputs = model.inputs + model.labels
     shapes = {n: s for n, s in infer_shapes(model.program, dims).items() if n in inputs}

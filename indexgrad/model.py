@@ -129,6 +129,7 @@ class Model:
         self._input_set = set(self._order)
         self._types = frozenset(self.engine.array_types)
         self._shape_sources = {b for n in self.program.defined() if (b := sized_like(n)) is not None}
+        self.numpy_layouts = True  # code generation plans without the numpy backend's own layouts
         self.compile_seconds = time.perf_counter() - start
 
     # ---- errors and arguments
@@ -307,6 +308,7 @@ class Model:
                 in_place=engine.in_place,
                 constants=dict.fromkeys(constants, 1.0),
                 iterations=self.iterations,
+                numpy_layouts=self.numpy_layouts,
                 filename=self.program.filename,
                 source=self.program.source,
             )

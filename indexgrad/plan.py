@@ -512,6 +512,7 @@ def make_plan(
     in_place: bool = True,
     constants: dict[str, float] | None = None,
     iterations: dict[str, Any] | None = None,
+    numpy_layouts: bool = True,
     filename: str = "<string>",
     source: str = "",
 ) -> Plan:
@@ -523,11 +524,14 @@ def make_plan(
     memory exceeds the limit. `constants` are scalar inputs whose value every run gives (the seed
     1 of a scalar loss): steps fold them in as numbers of the input's dtype. `iterations` holds
     the tolerance and iteration limit of fix and solve (`tol`, `max_iter`; None: the defaults).
+    `numpy_layouts`: on the numpy backend, lay products out with `copy_layout` (settings only its
+    builders read; code generation plans without them).
     """
     try:
         planner = _Planner(
             prims, dict(shapes), dict(dtypes), temporaries or set(), constants, backend, in_place, iterations
         )
+        planner.layouts = backend == "numpy" and numpy_layouts
         steps = planner.steps()
         steps = _masks(steps, keep)
         steps, peak, fresh = _buffers(steps, set(shapes), keep, in_place)
@@ -581,6 +585,7 @@ class _Planner:
         self.sized: list[dict[str, int]] = []
         self.out: list[Step] = []
         self.backend, self.in_place, self.iterations = backend, in_place, iterations or {}  # nested plans
+        self.layouts = backend == "numpy"  # copy_layout's settings, which only numpy's builders read
 
     def steps(self) -> list[Step]:
         for k, p in enumerate(self.prims):
@@ -616,7 +621,7 @@ class _Planner:
         target_shape = self.sizer.out_shape(k, self.shapes, sizes) if scatter else shape
         name = format_ref(p.out) if scatter else p.out.name
         accumulate = p.op == "+=" and p.out.name in self.shapes and not scatter
-        self.scattered = scatter and self.backend == "numpy"
+        self.scattered = scatter and self.layouts
         if isinstance(p, Contract):
             if self.scattered:  # a value laid out for the scatter's slice-adds
                 out_axes = _scatter_order(p.out, sizes)
@@ -798,7 +803,7 @@ class _Planner:
             if kept == out and a.power == b.power == 1 and a.name != b.name:
                 if not a.axes and b.axes == out or not b.axes and a.axes == out:
                     return make("scale", scalar=0 if not a.axes else 1)
-            if self.backend == "numpy" and (self.scattered or a.name in self.views or b.name in self.views):
+            if self.layouts and (self.scattered or a.name in self.views or b.name in self.views):
                 mem = tuple(self.views.get(o.name) or plain_memory(o.axes, o.shape) for o in (a, b))
                 layout = copy_layout(a.axes, b.axes, kept, self.sizes, mem)  # type: ignore[arg-type]
                 if layout is not None:
