@@ -236,12 +236,12 @@ class Model:
         shapes, dtypes = _shapes_dtypes(signature)
         temps = _made_up(self.prims, self.program)
         try:
-            every, _, _ = shapes_after(self.prims, shapes, dtypes, temps)
+            every, kinds, _ = shapes_after(self.prims, shapes, dtypes, temps)
         except IndexgradError as e:
             raise e.located(self.program.filename, self.program.source) from None
         prims = square_means(split_products(self.prims, every), set(self.program.defined()))
         program = self.program
-        if prims is not self.prims:
+        if prims is not self.prims:  # each rewrite returns its argument itself when it changes nothing
             program = check(
                 Program(
                     self.program.decls,
@@ -250,11 +250,12 @@ class Model:
                     source=self.program.source,
                 )
             )
-            every, _, _ = shapes_after(prims, shapes, dtypes, _made_up(prims, program))
+            every, kinds, _ = shapes_after(prims, shapes, dtypes, _made_up(prims, program))
         keep, relus = self._keep(prims, program)
-        prims = absorb_scales(prims, keep)
-        all_shapes, all_dtypes, _ = shapes_after(prims, shapes, dtypes, _made_up(prims, program))
-        return _Forward(program, prims, keep, relus, all_shapes, all_dtypes)
+        absorbed = absorb_scales(prims, keep)
+        if absorbed is not prims:
+            every, kinds, _ = shapes_after(absorbed, shapes, dtypes, _made_up(absorbed, program))
+        return _Forward(program, absorbed, keep, relus, every, kinds)
 
     def _keep(self, prims: list[Prim], program: Program) -> tuple[set[str], dict[str, str]]:
         """What forward() keeps: the program's own tensors and what any derivative reads.
