@@ -1,4 +1,4 @@
-"""Train the deep equilibrium layer of examples/deq.idx on scikit-learn's 8x8 digits and plot loss and accuracy."""
+"""Train the deep equilibrium layer of examples/deq.idx on the 8x8 digits and plot loss and accuracy."""
 
 import time
 from pathlib import Path
