@@ -6,7 +6,7 @@ import os
 from hypothesis import settings
 
 # make test draws the same cases every run; make fuzz draws new ones
-settings.register_profile("default", deadline=None, max_examples=60, derandomize=True)
+settings.register_profile("default", deadline=None, max_examples=40, derandomize=True)
 settings.register_profile("fuzz", deadline=None, max_examples=5000)
 # pytest's --hypothesis-profile flag is applied by hypothesis's plugin after this file loads,
 # so it wins over the environment variable, which wins over "default".
