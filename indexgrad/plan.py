@@ -13,6 +13,7 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -94,8 +95,17 @@ class Step:
     into: str | None = None
     group: int | None = None
     release: tuple[str, ...] = ()
-    text: str = ""
+    # the primitive statement the step runs (a Ref for a view or gather made for a read)
+    statement: Prim | Ref | None = field(default=None, compare=False, repr=False)
     span: Span = field(default=NOSPAN, compare=False, repr=False)
+
+    @cached_property
+    def text(self) -> str:
+        """The statement as the printed plan shows it; made when first read, as planning never prints."""
+        s = self.statement
+        if isinstance(s, Ref):
+            return f"{format_ref(s)} = {format_ref(s)}"
+        return "" if s is None else format_statement(prim_statement(s))
 
     @property
     def donor(self) -> str | None:
@@ -552,8 +562,20 @@ def shapes_after(
     """The shape and dtype of every name once `prims` have run on inputs of these shapes and
     dtypes, and each primitive's index sizes."""
     planner = _Planner(prims, dict(shapes), dict(dtypes), temporaries or set())
+    planner.build = False
     planner.steps()
     return planner.shapes, planner.dtypes, planner.sized
+
+
+_DTYPE_NAMES: dict[np.dtype, str] = {}
+
+
+def _dtype_name(d: np.dtype) -> str:
+    """str(d), remembered: numpy builds the name anew on every call."""
+    name = _DTYPE_NAMES.get(d)
+    if name is None:
+        name = _DTYPE_NAMES[d] = str(d)
+    return name
 
 
 def _result_dtype(dtypes: list[np.dtype]) -> np.dtype:
@@ -578,7 +600,6 @@ class _Planner:
         self.prims = prims
         self.views: dict[str, Memory] = {}  # strided views made so far: their source's strides
         self.constants = constants or {}
-        self.folded: list[np.dtype] = []
         self.shapes = shapes
         self.dtypes = dtypes
         self.sizer = Sizer(prims, temps)
@@ -586,6 +607,7 @@ class _Planner:
         self.out: list[Step] = []
         self.backend, self.in_place, self.iterations = backend, in_place, iterations or {}  # nested plans
         self.layouts = backend == "numpy"  # copy_layout's settings, which only numpy's builders read
+        self.build = True  # False: only the shape and dtype of what each statement writes (shapes_after)
 
     def steps(self) -> list[Step]:
         for k, p in enumerate(self.prims):
@@ -603,24 +625,32 @@ class _Planner:
             self.sized.append(sizes)
             self.emit(step)
             return
-        sizes = self.sizer.sizes(k, self.shapes, self.dtypes)
-        self.sizes = sizes
-        self.folded = []
+        sizes = self.sizes = self.sizer.sizes(k, self.shapes, self.dtypes)
         self.sized.append(sizes)
-        self.span = p.span
-        self.text = format_statement(prim_statement(p))
-        # delta has no array: it takes the float dtype of the statement's other operands
-        self.delta_dtype = _result_dtype([self.dtypes[r.name] for r in prim_refs(p) if r.name in self.dtypes])
-        out_axes = ref_index_names(p.out)
-        shape = tuple(sizes[n] for n in out_axes)
         if isinstance(p, Reduction) and p.reducer in ("max", "min"):
             for n in p.indices:
                 if sizes[n] == 0:
                     raise IndexgradError(f"{p.reducer}[{n}] over an empty range: '{n}' has size 0", p.span)
+        out_axes = ref_index_names(p.out)
+        shape = tuple(sizes[n] for n in out_axes)
         scatter = not is_plain(p.out)
+        target = p.out.name
+        exists = target in self.shapes
+        # the statement's steps compute in the float dtype of the tensors it reads (delta too, which
+        # has no array; constants folded in keep their dtype), and `+=` keeps the wider of that and
+        # its target's; a first scatter-add into x.grad, the wider of x's, as `x + value` would be
+        self.value_dtype = _result_dtype([self.dtypes[r.name] for r in prim_refs(p) if r.name in self.dtypes])
+        written = self.value_dtype
+        if exists and (scatter or p.op == "+="):
+            written = np.result_type(self.dtypes[target], written)
+        elif scatter and (base := target.rsplit(".", 1)[0]) in self.dtypes:
+            written = np.result_type(self.dtypes[base], written)
         target_shape = self.sizer.out_shape(k, self.shapes, sizes) if scatter else shape
-        name = format_ref(p.out) if scatter else p.out.name
-        accumulate = p.op == "+=" and p.out.name in self.shapes and not scatter
+        if not self.build:
+            self.shapes[target], self.dtypes[target] = target_shape, written
+            return
+        self.span, self.statement = p.span, p
+        name = format_ref(p.out) if scatter else target
         self.scattered = scatter and self.layouts
         if isinstance(p, Contract):
             if self.scattered:  # a value laid out for the scatter's slice-adds
@@ -634,11 +664,12 @@ class _Planner:
         else:
             arg = self.read(p.arg)
             args = {"over": tuple(p.indices), "order": out_axes + tuple(p.indices)}
-            step = self.step("reduce", p.reducer, name, out_axes, shape, self.dtype([arg]), (arg,), args)
-        step = replace(step, accumulate=accumulate)
+            step = self.step("reduce", p.reducer, name, out_axes, shape, (arg,), args)
+        if exists and p.op == "+=" and not scatter:
+            step = replace(step, accumulate=True, dtype=str(written))
         self.emit(step)
         if scatter:
-            self.scatter(p, step, target_shape)
+            self.scatter(p, step, target_shape, written)
 
     # ---- building steps
 
@@ -649,26 +680,22 @@ class _Planner:
         out: str,
         axes: tuple[str, ...],
         shape: Shape,
-        dtype: np.dtype,
         inputs: tuple[Operand, ...] = (),
         args: dict[str, Any] | None = None,
     ) -> Step:
+        """A step of the statement being planned, in its dtype."""
         return Step(
-            kind, call, out, axes, shape, str(dtype), inputs, args or {}, text=self.text, span=self.span
-        )
+            kind, call, out, axes, shape, _dtype_name(self.value_dtype), inputs, args or {},
+            statement=self.statement, span=self.span,
+        )  # fmt: skip
 
     def emit(self, step: Step) -> None:
         self.out.append(step)
-        if step.accumulate:
-            old = self.dtypes[step.out]
-            self.dtypes[step.out] = np.result_type(old, np.dtype(step.dtype))
-            self.out[-1] = replace(step, dtype=str(self.dtypes[step.out]))
-        else:
-            self.dtypes[step.out] = np.dtype(step.dtype)
         self.shapes[step.out] = step.shape
+        self.dtypes[step.out] = np.dtype(step.dtype)
 
     def operand(self, name: str, axes: tuple[str, ...], power: float = 1.0) -> Operand:
-        return Operand(name, axes, self.shapes[name], str(self.dtypes[name]), power)
+        return Operand(name, axes, self.shapes[name], _dtype_name(self.dtypes[name]), power)
 
     def read(self, r: Ref, power: float = 1.0) -> Operand:
         """An operand for r: the array itself when every position is a plain name, else a view or
@@ -693,10 +720,10 @@ class _Planner:
             name,
             axes,
             shape,
-            str(self.dtypes[r.name]),
+            _dtype_name(self.dtypes[r.name]),
             (source, *labels),
             {"positions": _positions(r)},
-            text=f"{name} = {format_ref(r)}",
+            statement=r,
             span=r.span if r.span.line else self.span,
         )
         self.emit(step)
@@ -709,22 +736,16 @@ class _Planner:
         name = format_ref(r)
         shape = tuple(self.sizes[n] for n in axes)
         args = {"positions": _positions(r)}
-        self.emit(self.step("delta", "equal", name, axes, shape, self.delta_dtype, (), args))
+        self.emit(self.step("delta", "equal", name, axes, shape, (), args))
         return self.operand(name, axes, power)
 
-    def scatter(self, p: Prim, value: Step, shape: Shape) -> None:
+    def scatter(self, p: Prim, value: Step, shape: Shape, dtype: np.dtype) -> None:
         """`x.grad[j+k] += value`: a scatter-add into x.grad (zeros first, when it holds nothing)."""
         target = p.out.name
         labels = tuple(
             self.operand(i.ref.name, ref_index_names(i.ref)) for i in p.out.indices if isinstance(i, Gather)
         )
         exists = target in self.shapes
-        dtype = np.dtype(value.dtype)
-        base = p.out.name.rsplit(".", 1)[0]
-        if not exists and base in self.dtypes:
-            dtype = np.result_type(self.dtypes[base], dtype)  # as `x + value` would be
-        elif exists:
-            dtype = np.result_type(self.dtypes[target], dtype)
         step = Step(
             "scatter",
             "add_at",
@@ -735,16 +756,14 @@ class _Planner:
             (self.operand(value.out, value.axes), *labels),
             {"positions": _positions(p.out), "fresh": not exists},
             accumulate=exists,
-            text=self.text,
+            statement=p,
             span=self.span,
         )
-        self.out.append(step)
-        self.shapes[target] = shape
-        self.dtypes[target] = dtype
+        self.emit(step)
 
     def constant(self, f: Factor) -> float | None:
         """f's value when it is known while planning: a number, a size, or a constant tensor (the
-        seed 1 of a scalar loss), whose dtype then joins the step's; None for a tensor."""
+        seed 1 of a scalar loss); None for a tensor."""
         if isinstance(f, Num):
             return f.value
         if isinstance(f, SizeOf):
@@ -752,15 +771,11 @@ class _Planner:
         if not isinstance(f, Ref):  # numbers and sizes, combined: `sqrt(size[e])`
             return number_value(f, self.sizes)
         if f.name in self.constants and not f.indices:
-            self.folded.append(self.dtypes[f.name])
             return self.constants[f.name]
         return None
 
-    def dtype(self, ops: list[Operand]) -> np.dtype:
-        return _result_dtype([np.dtype(o.dtype) for o in ops] + self.folded)
-
     def fill(self, name: str, axes: tuple[str, ...], shape: Shape, value: float) -> Step:
-        return self.step("fill", "full", name, axes, shape, self.dtype([]), (), {"value": value})
+        return self.step("fill", "full", name, axes, shape, (), {"value": value})
 
     def contract(self, p: Contract, name: str, out: tuple[str, ...], shape: Shape) -> Step:
         coef = p.coef
@@ -773,13 +788,12 @@ class _Planner:
                 coef *= _power(v, k)
         if not ops:
             return self.fill(name, out, shape, coef)
-        dtype = self.dtype(ops)
         present = {n for o in ops for n in o.axes}
         kept = tuple(n for n in out if n in present)
         args: dict[str, Any] = {"coef": coef, "kept": kept}
 
         def make(call: str, **more: Any) -> Step:
-            return self.step("contract", call, name, out, shape, dtype, tuple(ops), args | more)
+            return self.step("contract", call, name, out, shape, tuple(ops), args | more)
 
         if len(ops) == 1:
             (o,) = ops
@@ -795,7 +809,7 @@ class _Planner:
                     return make("vecdot", **layout)
             if not summed:
                 return make("copy", perm=perm)
-            if o.power == 1 and perm == tuple(range(len(perm))) and _ones_sum(o, summed, dtype):
+            if o.power == 1 and perm == tuple(range(len(perm))) and _ones_sum(o, summed, self.value_dtype):
                 return make("ones_sum", over=summed)
             return make("sum", over=summed, perm=perm)
         if len(ops) == 2:
@@ -821,9 +835,8 @@ class _Planner:
             if v is None:
                 ops.append(self.read(a))  # type: ignore[arg-type]
             consts.append(v)
-        dtype = self.dtype(ops)
         args = {"constants": tuple(consts)}
-        return self.step("elementwise", p.func, name, out, shape, dtype, tuple(ops), args)
+        return self.step("elementwise", p.func, name, out, shape, tuple(ops), args)
 
     def terms(self, p: Terms, name: str, out: tuple[str, ...], shape: Shape) -> Step:
         ops: list[Operand] = []
@@ -842,7 +855,7 @@ class _Planner:
         if call == "add" and coefs[1] == -1:
             call = "subtract"
         args = {"coefs": tuple(coefs), "constant": const}
-        return self.step("terms", call, name, out, shape, self.dtype(ops), tuple(ops), args)
+        return self.step("terms", call, name, out, shape, tuple(ops), args)
 
 
 def _power(v: float, k: float) -> float:
@@ -1403,7 +1416,7 @@ def plan_implicit(planner: Any, p: Implicit) -> tuple[Any, dict[str, int]]:
         str(dtype),
         tuple(step_inputs),
         args,
-        text=format_statement(prim_statement(p)),
+        statement=p,
         span=p.span,
     )
     return step, sizes
