@@ -258,8 +258,8 @@ def _plain_sizes(p: Prim, shapes: dict[str, Shape]) -> dict[str, int] | None:
     t = shapes.get(p.out.name)
     if t is not None and p.op != "=":
         pairs.append((p.out, t))
-    elif t is None and (base := sized_like(p.out.name)) is not None:
-        pairs.append((p.out, shapes.get(base)))  # `x.grad` has x's shape
+    elif t is None and (base := sized_like(p.out.name)) in shapes:
+        pairs.append((p.out, shapes[base]))  # `x.grad` has x's shape (a temporary's, its statement's)
     size: dict[str, int] = {}
     for r, s in pairs:
         if s is None or not is_plain(r) or len(s) != len(r.indices):
