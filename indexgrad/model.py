@@ -250,10 +250,9 @@ class Model:
                     source=self.program.source,
                 )
             )
-            every, kinds, _ = shapes_after(prims, shapes, dtypes, _made_up(prims, program))
         keep, relus = self._keep(prims, program)
         absorbed = absorb_scales(prims, keep)
-        if absorbed is not prims:
+        if absorbed is not self.prims:  # the shapes of the temporaries the rewrites made
             every, kinds, _ = shapes_after(absorbed, shapes, dtypes, _made_up(absorbed, program))
         return _Forward(program, absorbed, keep, relus, every, kinds)
 

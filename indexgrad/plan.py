@@ -12,7 +12,7 @@ import json
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -118,31 +118,13 @@ class Step:
         return _DESCRIBE.get(self.kind, _describe_call)(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "call": self.call,
-            "text": self.text,
-            "out": self.out,
-            "axes": list(self.axes),
-            "shape": list(self.shape),
-            "dtype": self.dtype,
-            "inputs": [
-                {
-                    "name": o.name,
-                    "axes": list(o.axes),
-                    "shape": list(o.shape),
-                    "dtype": o.dtype,
-                    "power": o.power,
-                }
-                for o in self.inputs
-            ],
-            "args": _jsonable(self.args),
-            "accumulate": self.accumulate,
-            "into": self.into,
-            "group": self.group,
-            "release": list(self.release),
-            "line": self.span.line or None,
-        }
+        """The step as JSON data: its fields, its text, and the line of its statement."""
+        return _jsonable({
+            "kind": self.kind, "call": self.call, "text": self.text, "out": self.out, "axes": self.axes,
+            "shape": self.shape, "dtype": self.dtype, "inputs": [asdict(o) for o in self.inputs],
+            "args": self.args, "accumulate": self.accumulate, "into": self.into, "group": self.group,
+            "release": self.release, "line": self.span.line or None,
+        })  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -228,11 +210,6 @@ def _jsonable(v: Any) -> Any:
 # ---- contraction orders (opt_einsum) ---------------------------------------------------------
 
 
-def symbols(names: list[str]) -> dict[str, str]:
-    """Einsum letters for index names (an executor detail, never shown to people)."""
-    return {n: oe.get_symbol(k) for k, n in enumerate(names)}
-
-
 @dataclass(frozen=True)
 class ContractionPlan:
     """A planned contraction: its equation, opt_einsum's path, and its cost."""
@@ -256,7 +233,8 @@ def plan_contraction(
     hit = _PATHS.get(key)
     if hit is not None:
         return hit
-    sym = symbols(list(dict.fromkeys([n for names in operand_names for n in names] + list(out_names))))
+    every = dict.fromkeys([n for names in operand_names for n in names] + list(out_names))
+    sym = {n: oe.get_symbol(k) for k, n in enumerate(every)}  # einsum's letters for index names
     eq = ",".join("".join(sym[n] for n in names) for names in operand_names)
     eq += "->" + "".join(sym[n] for n in out_names)
     if len(shapes) == 1:
@@ -539,9 +517,9 @@ def make_plan(
     """
     try:
         planner = _Planner(
-            prims, dict(shapes), dict(dtypes), temporaries or set(), constants, backend, in_place, iterations
-        )
-        planner.layouts = backend == "numpy" and numpy_layouts
+            prims, dict(shapes), dict(dtypes), temporaries or set(), constants=constants, backend=backend,
+            in_place=in_place, iterations=iterations, numpy_layouts=numpy_layouts,
+        )  # fmt: skip
         steps = planner.steps()
         steps = _masks(steps, keep)
         steps, peak, fresh = _buffers(steps, set(shapes), keep, in_place)
@@ -561,8 +539,7 @@ def shapes_after(
 ) -> tuple[dict[str, Shape], Dtypes, list[dict[str, int]]]:
     """The shape and dtype of every name once `prims` have run on inputs of these shapes and
     dtypes, and each primitive's index sizes."""
-    planner = _Planner(prims, dict(shapes), dict(dtypes), temporaries or set())
-    planner.build = False
+    planner = _Planner(prims, dict(shapes), dict(dtypes), temporaries or set(), build=False)
     planner.steps()
     return planner.shapes, planner.dtypes, planner.sized
 
@@ -592,10 +569,13 @@ class _Planner:
         shapes: dict[str, Shape],
         dtypes: Dtypes,
         temps: set[str],
+        *,
+        build: bool = True,
         constants: dict[str, float] | None = None,
         backend: str = "numpy",
         in_place: bool = True,
         iterations: dict[str, Any] | None = None,
+        numpy_layouts: bool = True,
     ) -> None:
         self.prims = prims
         self.views: dict[str, Memory] = {}  # strided views made so far: their source's strides
@@ -606,8 +586,8 @@ class _Planner:
         self.sized: list[dict[str, int]] = []
         self.out: list[Step] = []
         self.backend, self.in_place, self.iterations = backend, in_place, iterations or {}  # nested plans
-        self.layouts = backend == "numpy"  # copy_layout's settings, which only numpy's builders read
-        self.build = True  # False: only the shape and dtype of what each statement writes (shapes_after)
+        self.layouts = backend == "numpy" and numpy_layouts  # copy_layout's settings (numpy's builders')
+        self.build = build  # False: only the shape and dtype of what each statement writes (shapes_after)
 
     def steps(self) -> list[Step]:
         for k, p in enumerate(self.prims):
@@ -711,9 +691,6 @@ class _Planner:
         # index arithmetic with // or %, and labels, are gathered; sums of names (through a
         # boundary mode or not) are strided views
         gather = any(isinstance(i, Gather) or i.parts for i in r.indices)
-        labels = tuple(
-            self.operand(i.ref.name, ref_index_names(i.ref)) for i in r.indices if isinstance(i, Gather)
-        )
         step = Step(
             "gather" if gather else "view",
             "take" if gather else "strided",
@@ -721,7 +698,7 @@ class _Planner:
             axes,
             shape,
             _dtype_name(self.dtypes[r.name]),
-            (source, *labels),
+            (source, *self.labels(r)),
             {"positions": _positions(r)},
             statement=r,
             span=r.span if r.span.line else self.span,
@@ -730,6 +707,10 @@ class _Planner:
         if not gather:
             self.views[name] = view_memory(step)
         return self.operand(name, axes, power)
+
+    def labels(self, r: Ref) -> tuple[Operand, ...]:
+        """The label tensors r's positions read (`l[b]` in `P[b,l[b]]`)."""
+        return tuple(self.operand(i.ref.name, ref_index_names(i.ref)) for i in r.indices if type(i) is Gather)
 
     def delta(self, r: Ref, axes: tuple[str, ...], power: float) -> Operand:
         """`delta[i,j]`, made for this statement's sizes: 1 where its two positions agree."""
@@ -742,9 +723,6 @@ class _Planner:
     def scatter(self, p: Prim, value: Step, shape: Shape, dtype: np.dtype) -> None:
         """`x.grad[j+k] += value`: a scatter-add into x.grad (zeros first, when it holds nothing)."""
         target = p.out.name
-        labels = tuple(
-            self.operand(i.ref.name, ref_index_names(i.ref)) for i in p.out.indices if isinstance(i, Gather)
-        )
         exists = target in self.shapes
         step = Step(
             "scatter",
@@ -753,7 +731,7 @@ class _Planner:
             tuple(f"{target}{a}" for a in range(len(shape))),
             shape,
             str(dtype),
-            (self.operand(value.out, value.axes), *labels),
+            (self.operand(value.out, value.axes), *self.labels(p.out)),
             {"positions": _positions(p.out), "fresh": not exists},
             accumulate=exists,
             statement=p,
