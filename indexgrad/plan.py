@@ -288,39 +288,30 @@ def pair_layout(
         moved = tuple(size[rest[k]] for k in perm)
         return (None if perm == tuple(range(len(perm))) else perm), (None if moved == shape else shape)
 
-    if not inner:  # a broadcast product
-        a_perm, a_shape = prep(
-            a_rest, [n for n in out if n in a_set], tuple(size[n] if n in a_set else 1 for n in out)
-        )
-        b_perm, b_shape = prep(
-            b_rest, [n for n in out if n in b_set], tuple(size[n] if n in b_set else 1 for n in out)
-        )
-        return "multiply", {
-            "swap": False, "a_sum": a_sum, "a_perm": a_perm, "a_shape": a_shape,
-            "b_sum": b_sum, "b_perm": b_perm, "b_shape": b_shape, "res_shape": None, "res_perm": None,
-        }  # fmt: skip
     nb, nl, nr, nk = (math.prod(size[n] for n in g) for g in (batch, left, right, inner))
-    if not left and not right:  # one dot product (per batch entry)
-        rows = (nb, nk) if batch else (nk,)
-        a_perm, a_shape = prep(a_rest, batch + inner, rows)
-        b_perm, b_shape = prep(b_rest, batch + inner, rows)
-        res = tuple(size[n] for n in batch)
-        return "vecdot", {
-            "swap": False, "a_sum": a_sum, "a_perm": a_perm, "a_shape": a_shape,
-            "b_sum": b_sum, "b_perm": b_perm, "b_shape": b_shape,
-            "res_shape": None if len(batch) <= 1 else res, "res_perm": None,
-        }  # fmt: skip
-    a_perm, a_shape = prep(a_rest, batch + left + inner, (nb, nl, nk) if batch else (nl, nk))
-    b_perm, b_shape = prep(b_rest, batch + inner + right, (nb, nk, nr) if batch else (nk, nr))
-    mid = batch + left + right
-    res_shape = tuple(size[n] for n in mid)
-    natural = ((nb,) if batch else ()) + (nl, nr)
-    res_perm = tuple(mid.index(n) for n in out)
-    return "matmul", {
+    res_shape = res_perm = None
+    if not inner:  # a broadcast product: each operand in out's order, length 1 where it lacks a name
+        call, a_order, b_order = "multiply", [n for n in out if n in a_set], [n for n in out if n in b_set]
+        a_rows = tuple(size[n] if n in a_set else 1 for n in out)
+        b_rows = tuple(size[n] if n in b_set else 1 for n in out)
+    elif not left and not right:  # one dot product (per batch entry)
+        call, a_order, b_order = "vecdot", batch + inner, batch + inner
+        a_rows = b_rows = (nb, nk) if batch else (nk,)
+        res_shape = None if len(batch) <= 1 else tuple(size[n] for n in batch)
+    else:
+        call, a_order, b_order = "matmul", batch + left + inner, batch + inner + right
+        a_rows, b_rows = ((nb, nl, nk), (nb, nk, nr)) if batch else ((nl, nk), (nk, nr))
+        mid = batch + left + right
+        natural = ((nb,) if batch else ()) + (nl, nr)
+        res_shape = tuple(size[n] for n in mid)
+        res_shape = None if res_shape == natural else res_shape
+        res_perm = tuple(mid.index(n) for n in out)
+        res_perm = None if res_perm == tuple(range(len(res_perm))) else res_perm
+    a_perm, a_shape = prep(a_rest, a_order, a_rows)
+    b_perm, b_shape = prep(b_rest, b_order, b_rows)
+    return call, {
         "swap": False, "a_sum": a_sum, "a_perm": a_perm, "a_shape": a_shape,
-        "b_sum": b_sum, "b_perm": b_perm, "b_shape": b_shape,
-        "res_shape": None if res_shape == natural else res_shape,
-        "res_perm": None if res_perm == tuple(range(len(res_perm))) else res_perm,
+        "b_sum": b_sum, "b_perm": b_perm, "b_shape": b_shape, "res_shape": res_shape, "res_perm": res_perm,
     }  # fmt: skip
 
 
