@@ -90,6 +90,27 @@ def _fresh_index(k: str, used: set[str]) -> str:
     return f"{k}{n}"
 
 
+def _ties(p: Reduction, taken: set[str] | None) -> tuple[Expr, list[Statement]]:
+    """How many entries share a max (min), and the statements that make it.
+
+    With the tensor names `taken`, it is a statement of its own, `y.ties[r] = sum[u](eq(x[2*r+u],
+    y[r]))`, whose indices are sized as in the max's own statement. Without (inside an implicit
+    layer's body, whose adjoint is composed into one expression), it is a sum over fresh copies
+    of the reduced indices, written in place: a copy of an index that `dim` sizes has no size of
+    its own and takes the valid extent, which is wrong where the windows do not tile the axis."""
+    inner, fresh = p.arg, []
+    if taken is None:
+        used = set(ref_index_names(p.arg)) | set(ref_index_names(p.out)) | {p.arg.name, p.out.name}
+        for k in p.indices:
+            fresh.append(_fresh_index(k, used))
+            inner = _rename(inner, k, fresh[-1])
+    count = Reduce("sum", tuple(fresh) or p.indices, Call("eq", (inner, p.out)))
+    if taken is None:
+        return count, []
+    ties = Ref(_fresh(p.out.name + ".ties", taken), tuple(idx(n) for n in ref_index_names(p.out)))
+    return ties, [Statement(ties, "=", count, (), p.span)]
+
+
 def _rename(r: Ref, old: str, new: str) -> Ref:
     def fix(i):  # type: ignore[no-untyped-def]
         if isinstance(i, Affine):
@@ -99,8 +120,10 @@ def _rename(r: Ref, old: str, new: str) -> Ref:
     return replace(r, indices=tuple(fix(i) for i in r.indices))
 
 
-def swap(p: Prim, wants: set[str], names: dict[str, str]) -> list[Statement]:
-    """The swap rule for one primitive: one `+=` statement per operand occurrence that needs a gradient."""
+def swap(p: Prim, wants: set[str], names: dict[str, str], taken: set[str] | None = None) -> list[Statement]:
+    """The swap rule for one primitive: one `+=` statement per operand occurrence that needs a
+    gradient, after the count of a max's ties as a tensor of its own when `taken` holds the
+    tensor names it must not use (see `_ties`)."""
     if isinstance(p, Implicit):  # the implicit function theorem (below)
         return swap_implicit(p, wants, names)
     g = _renamed(p.out, names)
@@ -134,14 +157,8 @@ def swap(p: Prim, wants: set[str], names: dict[str, str]) -> list[Statement]:
             elif p.reducer == "logsumexp":
                 emit(a, product([g, Call("exp", (Sum((a, p.out), (1, -1)),))]))
             else:  # max and min route to the arg-max, ties share equally
-                used = set(ref_index_names(a)) | set(ref_index_names(p.out)) | {a.name, p.out.name}
-                inner = a
-                new_names = []
-                for k in p.indices:
-                    k2 = _fresh_index(k, used)
-                    inner = _rename(inner, k, k2)
-                    new_names.append(k2)
-                count = Reduce("sum", tuple(new_names), Call("eq", (inner, p.out)))
+                count, made = _ties(p, taken)
+                out.extend(made)
                 emit(a, product([g, Call("eq", (a, p.out)), Power(count, -1)]))
     return out
 
@@ -218,9 +235,10 @@ def _derive_for(program: Program, losses: list[str], wrt: list[str] | None, prim
     stmts: list[Statement] = []
     written = set(losses)  # gradients that some statement writes (or the caller seeds)
     back_name = {v: k for k, v in names.items()}
+    taken = set(names) | set(back_name)
     for p in reversed(prims):
         if p.out.name in wants and p.out.name in written:
-            for st in swap(p, wants, names):
+            for st in swap(p, wants, names, taken):
                 stmts.append(st)
                 if st.target.name in back_name:  # not an implicit layer's adjoint or values
                     written.add(back_name[st.target.name])
@@ -356,12 +374,16 @@ def _recheck(derived: Program, source: Program) -> Program:
         raise IndexgradError(f"internal error in a derived statement: {e.message}", e.span) from e
 
 
-def tangent(p: Prim, has_tan: set[str], names: dict[str, str]) -> list[Statement]:
+def tangent(
+    p: Prim, has_tan: set[str], names: dict[str, str], taken: set[str] | None = None
+) -> list[Statement]:
     """The tangent rule: the output's tangent is each input's tangent swapped into its place
-    (one statement, or one per term when a term must stand as a whole right side)."""
+    (one statement, or one per term when a term must stand as a whole right side); `taken` as
+    for `swap`."""
     if isinstance(p, Implicit):
         return tangent_implicit(p, has_tan, names)
     terms: list[Expr] = []
+    before: list[Statement] = []  # a max's count of ties
     if isinstance(p, Contract):
         for m, (a, k) in enumerate(p.factors):
             if isinstance(a, Ref) and a.name in has_tan:
@@ -386,14 +408,8 @@ def tangent(p: Prim, has_tan: set[str], names: dict[str, str]) -> list[Statement
         elif p.reducer == "logsumexp":
             body = product([t, Call("exp", (Sum((a, p.out), (1, -1)),))])
         else:
-            used = set(ref_index_names(a)) | set(ref_index_names(p.out)) | {a.name, p.out.name}
-            inner = a
-            fresh = []
-            for k in p.indices:
-                k2 = _fresh_index(k, used)
-                inner = _rename(inner, k, k2)
-                fresh.append(k2)
-            count = Reduce("sum", tuple(fresh), Call("eq", (inner, p.out)))
+            count, made = _ties(p, taken)
+            before.extend(made)
             body = product([t, Call("eq", (a, p.out)), Power(count, -1)])
         red = "mean" if p.reducer == "mean" else "sum"
         terms.append(Reduce(red, p.indices, body))
@@ -405,8 +421,8 @@ def tangent(p: Prim, has_tan: set[str], names: dict[str, str]) -> list[Statement
         # `x.grad.tan[j+k] += a[j] / size[k] + b[j] / size[k]`: size[k] would land in a term that
         # becomes a temporary without k; as one statement per term, each is the whole right side
         ops = [p.op] + ["+="] * (len(terms) - 1)
-        return [Statement(target, op, t, (), p.span) for op, t in zip(ops, terms)]
-    return [Statement(target, p.op, sum_of(terms), (), p.span)]
+        return before + [Statement(target, op, t, (), p.span) for op, t in zip(ops, terms)]
+    return [*before, Statement(target, p.op, sum_of(terms), (), p.span)]
 
 
 def _sizes_only_the_left(e: Expr, lhs: set[str]) -> bool:
@@ -430,8 +446,9 @@ def derive_jvp(program: Program, wrt: list[str] | None = None) -> Program:
     names = derived_names(program, ".tan")
     _name_temporaries(names, prims, program, ".tan")
     stmts: list[Statement] = []
+    taken = set(names) | set(names.values())
     for p in prims:
-        made = tangent(p, has_tan, names)
+        made = tangent(p, has_tan, names, taken)
         if made:
             stmts.extend(made)
             has_tan.add(p.out.name)

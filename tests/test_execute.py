@@ -343,6 +343,23 @@ def test_max_min_reduction_tangents() -> None:
     np.testing.assert_allclose(t["lo"], [3.0, (4 + 5 + 6) / 3])
 
 
+@pytest.mark.parametrize(
+    "text, x, grad, tan",
+    [  # seven entries make three windows of two, x[6] in none
+        ("dim u=2\ny[r] = max[u](x[2*r+u])", [0, 1, 5, 2, 3, 7, 7], [0, 1, 10, 0, 0, 100, 0], [1, 2, 5]),
+        # windows [0,0,1], [1,2,3], [3,4,4]: the edge read twice is one entry's two shares
+        ("dim u=3\ny[r] = max[u](x[clamp(2*r+u-1)])", [0, 1, 5, 2, 3], [0, 1, 10, 0, 100], [1, 2, 4]),
+    ],
+)
+def test_ties_of_a_pooling_window_are_counted_in_the_window(text: str, x: list, grad: list, tan: list):
+    """The count of ties used to sum over a copy u2 of u that no `dim` sized: it took the valid
+    extent (3 and 5 here), counted entries outside the window, and shrank the gradient and tangent."""
+    m = ig.compile(text)
+    vals = m.forward(x=np.array(x, dtype=float))
+    np.testing.assert_array_equal(m.backward(vals, seed={"y": np.array([1.0, 10.0, 100.0])})["x"], grad)
+    np.testing.assert_array_equal(m.jvp(vals, tangents={"x": np.arange(len(x), dtype=float)})["y"], tan)
+
+
 def test_hvp_through_a_max_reduction() -> None:
     x = rng(9).standard_normal(5)
     v = rng(10).standard_normal(5)
