@@ -70,6 +70,7 @@ _COMMON = {
     "sign": "{ns}.sign({x})",
     "relu": "{ns}.maximum({x}, 0)",
     "softplus": "{ns}.logaddexp(0, {x})",
+    "erf": "jax.lax.erf({x})",  # numpy's and torch's below
     "step": "({x} > 0).astype({x}.dtype)",
     "max": "{ns}.maximum({x}, {y})",
     "min": "{ns}.minimum({x}, {y})",
@@ -101,12 +102,12 @@ def _meshgrid(ranges: list[str]) -> str:
 LIBRARIES: dict[str, Library] = {
     "numpy": Library(
         "numpy",
-        ("import numpy as np",),
+        ("import math", "import numpy as np"),
         "np",
         "np.asarray",
         "transpose",
         "astype",
-        dict(_COMMON),
+        {**_COMMON, "erf": "np.asarray(np.frompyfunc(math.erf, 1, 1)({x}), {x}.dtype)"},
         {
             "sum": "{x}.sum({axes})",
             "mean": "{x}.mean({axes})",
@@ -134,6 +135,7 @@ LIBRARIES: dict[str, Library] = {
             **_COMMON,
             "relu": "torch.relu({x})",
             "softplus": "torch.logaddexp({x}, torch.zeros_like({x}))",
+            "erf": "torch.erf({x})",
             "step": "({x} > 0).to({x}.dtype)",
             "eq": "({x} == {y}).to({dtype})",
             "where": "torch.where({0} != 0, {1}, {2}).to({dtype})",

@@ -132,6 +132,27 @@ def _softplus(x: Array, out: Array | None = None) -> Array:
 
 
 register(Function("softplus", 1, _softplus, lambda u, y: (Call("sigmoid", (u,)),)))
+
+_ERF = np.frompyfunc(math.erf, 1, 1)
+
+
+def _erf(x: Array, out: Array | None = None) -> Array:
+    """The error function (GELU's exact form), entry by entry through the C library's erf:
+    numpy has none, and a polynomial fit would not agree with torch.erf to the last bits."""
+    x = np.asarray(x)
+    y = np.asarray(_ERF(x), dtype=x.dtype if x.dtype.kind == "f" else np.float64)
+    if out is None:
+        return y
+    out[...] = y
+    return out
+
+
+# d/du erf(u) = 2/sqrt(pi) exp(-u^2)
+def _erf_slope(u: Expr) -> Expr:
+    return _mul(Num(2 / math.sqrt(math.pi)), Call("exp", (_mul(Num(-1), Power(u, 2)),)))
+
+
+register(Function("erf", 1, _erf, lambda u, y: (_erf_slope(u),)))
 register(Function("step", 1, _step, lambda u, y: (None,)))
 register(Function("sign", 1, np.sign, lambda u, y: (None,)))
 register(

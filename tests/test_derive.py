@@ -9,6 +9,7 @@ from pathlib import Path
 
 import autograd
 import autograd.numpy as anp
+import autograd.scipy.special
 import numpy as np
 import pytest
 from oracles import ORACLES, path
@@ -164,6 +165,7 @@ ELEMENTWISE = {
     "cos": ("cos(x[i])", anp.cos, "any"),
     "abs": ("abs(x[i])", anp.abs, "any"),
     "softplus": ("softplus(x[i])", lambda x: anp.logaddexp(0.0, x), "any"),
+    "erf": ("erf(x[i])", lambda x: autograd.scipy.special.erf(x), "any"),
     "step": ("step(x[i])", lambda x: 0.0 * x, "any"),
     "sign": ("sign(x[i])", lambda x: 0.0 * x, "any"),
     "square": ("x[i]^2", lambda x: x**2, "any"),

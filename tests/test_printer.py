@@ -121,6 +121,7 @@ UNARY = (
     "cos",
     "abs",
     "softplus",
+    "erf",
     "step",
     "sign",
 )

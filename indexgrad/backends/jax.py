@@ -73,6 +73,7 @@ FORWARDS: dict[str, Callable[..., Array]] = {
     "cos": jnp.cos,
     "abs": jnp.abs,
     "softplus": lambda x: jnp.logaddexp(0.0, x),
+    "erf": jax.lax.erf,
     "step": _step,
     "sign": jnp.sign,
     "max": jnp.maximum,

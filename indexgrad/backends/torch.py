@@ -89,6 +89,7 @@ FUNCTIONS: dict[str, Callable[..., Tensor]] = {
     "cos": torch.cos,
     "abs": torch.abs,
     "softplus": _softplus,
+    "erf": torch.erf,
     "step": lambda x: x > 0,
     "sign": _sign,
     "max": torch.maximum,
