@@ -460,6 +460,8 @@ class _Checker:
                         )
                     elif n not in {m for _, m in i.terms}:
                         why = f"'{n}' is inside '//' or '%', which read in range for many values of '{n}'"
+                    elif any(n in f.names() for _, f in i.parts):
+                        why = f"'{n}' is both a term and inside '//' or '%', which sizes it nowhere"
                     else:
                         others = [m for m in i.names() if m != n]
                         why = (

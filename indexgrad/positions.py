@@ -16,6 +16,7 @@ read plainly and through a one-name shift (`x[r+1] - x[r]`) ranges where every r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -34,8 +35,10 @@ Array = np.ndarray
 def value_range(i: Affine, sizes: Mapping[str, int]) -> tuple[int, int]:
     """The lowest and highest value i's arithmetic takes over its names' ranges, before any
     boundary mode (an empty range of a name counts as its single value 0). With `//` or `%`
-    parts, the values themselves are looked at ((2*i)%2 is always 0)."""
-    if i.parts and not empty(i, sizes):
+    parts, the values themselves are looked at ((2*i)%2 is always 0), unless there are more
+    than 2**24 of them (`x[r//10**21]` gives r 10**21 values): then the range is bounded part
+    by part, as without them."""
+    if i.parts and not empty(i, sizes) and math.prod(sizes[n] for n in i.names()) <= 1 << 24:
         v = values(i, i.names(), sizes)
         return int(v.min()), int(v.max())
     lo = hi = i.const
@@ -65,12 +68,30 @@ def empty(i: Affine, sizes: Mapping[str, int]) -> bool:
 
 def values(i: Affine, names: tuple[str, ...], sizes: Mapping[str, int]) -> Array:
     """i's value for every combination of `names`' values, before any boundary mode: an integer
-    array with one axis per name (length 1 where i does not use the name)."""
-    v: Any = np.full([1] * len(names), i.const, dtype=np.intp)
+    array with one axis per name (length 1 where i does not use the name).
+
+    A position with a number past 2**31 (`x[r//10**21]`) is worked out in Python's integers,
+    which do not overflow, and is an intp array again when its values fit one."""
+    exact = _has_huge(i)
+    v = _values(i, names, sizes, object if exact else np.intp)
+    if exact and v.size and -(2**62) < v.min() and v.max() < 2**62:
+        return v.astype(np.intp)
+    return v
+
+
+def _has_huge(i: Affine) -> bool:
+    numbers = [i.const, *(c for c, _ in i.terms), *(c for c, _ in i.parts)]
+    return any(abs(k) >= 2**31 for k in numbers) or any(
+        f.divisor >= 2**31 or _has_huge(f.inner) for _, f in i.parts
+    )
+
+
+def _values(i: Affine, names: tuple[str, ...], sizes: Mapping[str, int], dtype: Any) -> Array:
+    v: Any = np.full([1] * len(names), i.const, dtype=dtype)
     for c, n in i.terms:
-        v = v + c * _along(n, names, sizes)
+        v = v + c * _along(n, names, sizes).astype(dtype)
     for c, f in i.parts:
-        inner = values(f.inner, names, sizes)
+        inner = _values(f.inner, names, sizes, dtype)
         v = v + c * (inner // f.divisor if f.op == "//" else inner % f.divisor)
     return v
 
@@ -238,13 +259,14 @@ def _rest_high(i: Affine, n: str, size: Mapping[str, int | None]) -> int | None:
 
 def sizable(i: Affine, sized: Callable[[str], bool]) -> tuple[str, int] | None:
     """(name, coefficient) when i has exactly one unsized name, and it is a term with a positive
-    coefficient (so that i's largest value grows with it); else None."""
+    coefficient and in no `//` or `%` part (so that i's largest value grows with it, and the rest
+    of i has a largest value without it: `x[r + r//2]` sizes nothing); else None."""
     unknown = [n for n in i.names() if not sized(n)]
     if len(unknown) != 1:
         return None
     n = unknown[0]
     coef = next((c for c, m in i.terms if m == n), 0)
-    if coef <= 0:
+    if coef <= 0 or any(n in f.names() for _, f in i.parts):
         return None
     return n, coef
 

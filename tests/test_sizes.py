@@ -157,6 +157,29 @@ def test_a_huge_stride_over_a_size_one_index_reads_and_scatters() -> None:
 
 
 @pytest.mark.parametrize(
+    "text, message",
+    [  # these escaped as an OverflowError, a ValueError of numpy.arange, and a KeyError
+        ("y[r] = x[r//1000000000000000000000]", "would need .* TiB, over the memory limit"),
+        ("y[r] = x[(r+1000000000000000000000)//1000000000000000000001]", "over the memory limit"),
+        ("y[r] = x[r//2 + r]", r"in x\[r\+r//2\], 'r' is both a term and inside '//' or '%'.*`dim r=\.\.\.`"),
+        ("y[r] = x[2*(r//1000000000000000000000) + r]", "'r' is both a term and inside"),
+    ],
+)
+def test_huge_divisors_and_a_name_also_inside_a_part_are_located_errors(text: str, message: str) -> None:
+    with pytest.raises(ig.IndexgradError, match=message) as e:
+        ig.compile(text).forward(x=np.arange(3.0))
+    assert e.value.line == 1 and e.value.column == 8
+
+
+def test_a_huge_divisor_that_reads_in_range() -> None:
+    """r//10**21 is 0 for every r that `dim` allows: a read of x[5] through clamp, then x[2]."""
+    model = ig.compile("dim r=2\ny[r] = x[clamp(r//1000000000000000000000 + 5)] w[r]")
+    vals = model.forward(x=np.arange(3.0), w=np.array([1.0, 2.0]))
+    assert vals["y"].tolist() == [2.0, 4.0]
+    assert model.backward(vals, seed={"y": np.ones(2)})["x"].tolist() == [0.0, 0.0, 3.0]
+
+
+@pytest.mark.parametrize(
     "text, fun",
     [
         ("z[b] = x[b] + (size[b] + c)", lambda x, c: x + (x.shape[0] + c)),
