@@ -208,9 +208,11 @@ class _Checker:
                 if e.func in RESERVED:
                     raise _err(f"'{e.func}' is not called like this; {_usage(e.func)}", e.span)
                 known = ", ".join(CALLS)
+                spelled = SPELLED.get(e.func.lower())
                 raise _err(
-                    f"unknown function '{e.func}'; known functions: {known}. "
-                    f"To multiply '{e.func}' by a group, write {e.func} * (...)",
+                    f"unknown function '{e.func}'; "
+                    + (f"write it out: {spelled}. Known functions: " if spelled else "known functions: ")
+                    + f"{known}. To multiply '{e.func}' by a group, write {e.func} * (...)",
                     e.span,
                 )
             if len(e.args) != f.arity:
@@ -557,6 +559,25 @@ class _Checker:
 
 def _count(n: int) -> str:
     return f"{n} index" if n == 1 else f"{n} indices"
+
+
+# layers people call by name, and how the language writes them (for x[i] and a softmax over c)
+SPELLED = {
+    "softmax": "exp(z[b,c] - logsumexp[k](z[b,k])) is a softmax over c",
+    "log_softmax": "z[b,c] - logsumexp[k](z[b,k]) is a log-softmax over c",
+    "logsoftmax": "z[b,c] - logsumexp[k](z[b,k]) is a log-softmax over c",
+    "gelu": "0.5 x[i] (1 + erf(x[i] / sqrt(2)))",
+    "silu": "x[i] sigmoid(x[i])",
+    "swish": "x[i] sigmoid(x[i])",
+    "elu": "where(x[i] > 0, x[i], exp(x[i]) - 1)",
+    "leaky_relu": "max(x[i], 0.01 x[i])",
+    "logsigmoid": "-softplus(-x[i])",
+    "log1p": "log(1 + x[i])",
+    "pow": "x[i]^2 (a numeric exponent)",
+    "square": "x[i]^2",
+    "rsqrt": "x[i]^-0.5",
+    "erfc": "1 - erf(x[i])",
+}
 
 
 def _usage(name: str) -> str:
