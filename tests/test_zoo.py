@@ -1,0 +1,616 @@
+"""A zoo of real layers written in the language as the docs describe them, each checked against
+its PyTorch reference (torch.nn.functional, float64): forward values and the gradient of every
+float input (torch autograd as the oracle), on the numpy backend and, cheaply, on torch and jax."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import indexgrad as ig
+from indexgrad.check import SPELLED
+
+Arrays = dict[str, np.ndarray]
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A program, its inputs (labels are integer arrays) and the torch function of the same inputs
+    that gives the program's output `out`."""
+
+    name: str
+    src: str
+    inputs: Callable[[np.random.Generator], Arrays]
+    torch: Callable[[Tensors], torch.Tensor]
+    out: str = "y"
+    rtol: float = 1e-10
+
+
+def normal(**shapes: tuple[int, ...]) -> Callable[[np.random.Generator], Arrays]:
+    return lambda rng: {k: rng.standard_normal(s) for k, s in shapes.items()}
+
+
+def with_labels(make: Callable[[np.random.Generator], Arrays], **labels: tuple[int, tuple[int, ...]]):
+    """`make`'s arrays and integer labels drawn below each given bound."""
+
+    def inputs(rng: np.random.Generator) -> Arrays:
+        return make(rng) | {k: rng.integers(0, n, s) for k, (n, s) in labels.items()}
+
+    return inputs
+
+
+def causal(t: int) -> np.ndarray:
+    return np.tril(np.ones((t, t)))
+
+
+B, T, D = 2, 4, 6
+ZOO: list[Layer] = []
+
+
+def layer(*args, **kwargs) -> None:
+    ZOO.append(Layer(*args, **kwargs))
+
+
+# ---- dense layers and activations ------------------------------------------------------------
+
+layer(
+    "linear",
+    """
+    param W[o,i], B[o]
+    input x[b,i]
+    y[b,o] = x[b,i] W[o,i] + B[o]
+    """,
+    normal(x=(B, 5), W=(3, 5), B=(3,)),
+    lambda a: F.linear(a["x"], a["W"], a["B"]),
+)
+layer(
+    "bilinear",
+    """
+    param W[o,i,j], B[o]
+    y[b,o] = x1[b,i] W[o,i,j] x2[b,j] + B[o]
+    """,
+    normal(x1=(B, 4), x2=(B, 5), W=(3, 4, 5), B=(3,)),
+    lambda a: F.bilinear(a["x1"], a["x2"], a["W"], a["B"]),
+)
+layer(
+    "gelu_tanh",
+    "y[b,i] = 0.5 x[b,i] (1 + tanh(sqrt(2 / 3.141592653589793) (x[b,i] + 0.044715 x[b,i]^3)))",
+    normal(x=(B, 5)),
+    lambda a: F.gelu(a["x"], approximate="tanh"),
+)
+layer(
+    "gelu_erf",
+    "y[b,i] = 0.5 x[b,i] (1 + erf(x[b,i] / sqrt(2)))",
+    normal(x=(B, 5)),
+    lambda a: F.gelu(a["x"]),
+)
+layer("silu", "y[b,i] = x[b,i] sigmoid(x[b,i])", normal(x=(B, 5)), lambda a: F.silu(a["x"]))
+layer(
+    "swiglu_mlp",
+    """
+    param W1[d,f], W3[d,f], W2[f,d]
+    g[b,t,f] = x[b,t,d] W1[d,f]
+    h[b,t,f] = g[b,t,f] sigmoid(g[b,t,f]) (x[b,t,d] W3[d,f])
+    y[b,t,d] = h[b,t,f] W2[f,d]
+    """,
+    normal(x=(B, 3, 4), W1=(4, 6), W3=(4, 6), W2=(6, 4)),
+    lambda a: (F.silu(a["x"] @ a["W1"]) * (a["x"] @ a["W3"])) @ a["W2"],
+)
+layer("softplus", "y[b,i] = softplus(x[b,i])", normal(x=(B, 5)), lambda a: F.softplus(a["x"]))
+layer(
+    "elu",
+    "y[b,i] = where(x[b,i] > 0, x[b,i], exp(x[b,i]) - 1)",
+    normal(x=(B, 5)),
+    lambda a: F.elu(a["x"]),
+)
+layer(
+    "leaky_relu_max",
+    "y[b,i] = max(x[b,i], 0.01 x[b,i])",
+    normal(x=(B, 5)),
+    lambda a: F.leaky_relu(a["x"], 0.01),
+)
+layer(
+    "leaky_relu_where",
+    "y[b,i] = where(x[b,i] >= 0, x[b,i], 0.2 x[b,i])",
+    normal(x=(B, 5)),
+    lambda a: F.leaky_relu(a["x"], 0.2),
+)
+
+# ---- normalisations --------------------------------------------------------------------------
+
+layer(
+    "layer_norm",
+    """
+    param G[d], S[d]
+    mu[b,t] = mean[d](x[b,t,d])
+    var[b,t] = mean[d]((x[b,t,d] - mu[b,t])^2)
+    y[b,t,d] = (x[b,t,d] - mu[b,t]) / sqrt(var[b,t] + 1e-5) G[d] + S[d]
+    """,
+    normal(x=(B, 3, D), G=(D,), S=(D,)),
+    lambda a: F.layer_norm(a["x"], (D,), a["G"], a["S"], 1e-5),
+)
+layer(
+    "rms_norm",
+    """
+    param G[d]
+    y[b,t,d] = x[b,t,d] / sqrt(mean[e](x[b,t,e]^2) + 1e-6) G[d]
+    """,
+    normal(x=(B, 3, D), G=(D,)),
+    lambda a: F.rms_norm(a["x"], (D,), a["G"], 1e-6),
+)
+layer(
+    "batch_norm",
+    """
+    param G[c], S[c]
+    mu[c] = mean[b,r,s](x[b,c,r,s])
+    var[c] = mean[b,r,s]((x[b,c,r,s] - mu[c])^2)
+    y[b,c,r,s] = (x[b,c,r,s] - mu[c]) / sqrt(var[c] + 1e-5) G[c] + S[c]
+    """,
+    normal(x=(3, 2, 3, 3), G=(2,), S=(2,)),
+    lambda a: F.batch_norm(a["x"], None, None, a["G"], a["S"], training=True, eps=1e-5),
+)
+layer(
+    "group_norm",
+    """
+    dim k=2
+    param G[c], S[c]
+    mu[b,g] = mean[k,n](x[b,2*g+k,n])
+    var[b,g] = mean[k,n]((x[b,2*g+k,n] - mu[b,g])^2)
+    y[b,c,n] = (x[b,c,n] - mu[b,c//2]) / sqrt(var[b,c//2] + 1e-5) G[c] + S[c]
+    """,
+    normal(x=(B, 6, 5), G=(6,), S=(6,)),
+    lambda a: F.group_norm(a["x"], 3, a["G"], a["S"], 1e-5),
+)
+layer(
+    "instance_norm",
+    """
+    mu[b,c] = mean[r,s](x[b,c,r,s])
+    var[b,c] = mean[r,s]((x[b,c,r,s] - mu[b,c])^2)
+    y[b,c,r,s] = (x[b,c,r,s] - mu[b,c]) / sqrt(var[b,c] + 1e-5)
+    """,
+    normal(x=(B, 3, 3, 4)),
+    lambda a: F.instance_norm(a["x"], eps=1e-5),
+)
+
+# ---- probabilities and losses ----------------------------------------------------------------
+
+layer(
+    "softmax",
+    "y[b,c] = exp(z[b,c] - logsumexp[k](z[b,k]))",
+    normal(z=(B, 5)),
+    lambda a: F.softmax(a["z"], dim=1),
+)
+layer(
+    "log_softmax",
+    "y[b,c] = z[b,c] - logsumexp[k](z[b,k])",
+    normal(z=(B, 5)),
+    lambda a: F.log_softmax(a["z"], dim=1),
+)
+layer(
+    "cross_entropy",
+    "loss = mean[b](logsumexp[c](z[b,c]) - z[b,y[b]])",
+    with_labels(normal(z=(3, 5)), y=(5, (3,))),
+    lambda a: F.cross_entropy(a["z"], a["y"]),
+    out="loss",
+)
+layer(
+    "nll",
+    "loss = -mean[b](lp[b,y[b]])",
+    with_labels(normal(lp=(3, 5)), y=(5, (3,))),
+    lambda a: F.nll_loss(a["lp"], a["y"]),
+    out="loss",
+)
+layer(
+    "kl_div",
+    """
+    lq[b,c] = z[b,c] - logsumexp[k](z[b,k])
+    loss = sum[b,c](p[b,c] (log(p[b,c]) - lq[b,c]) / size[b])
+    """,
+    lambda rng: {"z": rng.standard_normal((3, 4)), "p": rng.dirichlet(np.ones(4), 3)},
+    lambda a: F.kl_div(F.log_softmax(a["z"], 1), a["p"], reduction="batchmean"),
+    out="loss",
+)
+layer(
+    "cosine_similarity",
+    "y[b] = sum[d](u[b,d] v[b,d]) / sqrt(max(sum[d](u[b,d]^2) sum[d](v[b,d]^2), 1e-16))",
+    normal(u=(3, 5), v=(3, 5)),
+    lambda a: F.cosine_similarity(a["u"], a["v"], dim=1),
+)
+layer(
+    "pairwise_distance",
+    "y[b] = sqrt(sum[d]((u[b,d] - v[b,d] + 1e-6)^2))",
+    normal(u=(3, 5), v=(3, 5)),
+    lambda a: F.pairwise_distance(a["u"], a["v"]),
+)
+
+# ---- convolutions and pooling ----------------------------------------------------------------
+
+layer(
+    "conv1d",
+    """
+    param w[o,i,k], B[o]
+    y[b,o,t] = x[b,i,t+k] w[o,i,k] + B[o]
+    """,
+    normal(x=(B, 3, 7), w=(4, 3, 3), B=(4,)),
+    lambda a: F.conv1d(a["x"], a["w"], a["B"]),
+)
+layer(
+    "conv2d_stride2_pad1",
+    """
+    param w[o,i,u,v], B[o]
+    y[b,o,r,c] = x[b,i,pad(2*r+u-1),pad(2*c+v-1)] w[o,i,u,v] + B[o]
+    """,
+    normal(x=(B, 2, 6, 5), w=(3, 2, 3, 3), B=(3,)),
+    lambda a: F.conv2d(a["x"], a["w"], a["B"], stride=2, padding=1),
+)
+layer(
+    "conv2d_dilation2_pad2",
+    """
+    param w[o,i,u,v]
+    y[b,o,r,c] = x[b,i,pad(r+2*u-2),pad(c+2*v-2)] w[o,i,u,v]
+    """,
+    normal(x=(B, 2, 6, 5), w=(3, 2, 3, 3)),
+    lambda a: F.conv2d(a["x"], a["w"], padding=2, dilation=2),
+)
+layer(
+    "conv2d_stride2_dilation2",
+    """
+    param w[o,i,u,v]
+    y[b,o,r,c] = x[b,i,2*r+2*u,2*c+2*v] w[o,i,u,v]
+    """,
+    normal(x=(B, 2, 9, 8), w=(3, 2, 3, 3)),
+    lambda a: F.conv2d(a["x"], a["w"], stride=2, dilation=2),
+)
+layer(  # torch's output is 3x2 here; "same" (pad) would give ceil(7/2) x ceil(6/2), so dim says
+    "conv2d_stride2_pad1_dilation2",
+    """
+    dim r=3, c=2
+    param w[o,i,u,v]
+    y[b,o,r,c] = x[b,i,pad(2*r+2*u-1),pad(2*c+2*v-1)] w[o,i,u,v]
+    """,
+    normal(x=(B, 2, 7, 6), w=(3, 2, 3, 3)),
+    lambda a: F.conv2d(a["x"], a["w"], stride=2, padding=1, dilation=2),
+)
+layer(
+    "conv2d_depthwise",
+    """
+    param w[c,u,v]
+    y[b,c,r,s] = x[b,c,pad(r+u-1),pad(s+v-1)] w[c,u,v]
+    """,
+    normal(x=(B, 3, 5, 5), w=(3, 3, 3)),
+    lambda a: F.conv2d(a["x"], a["w"][:, None], padding=1, groups=3),
+)
+layer(
+    "conv2d_grouped",
+    """
+    param w[o,k,u,v]
+    y[b,o,r,s] = x[b,2*(o//3)+k,r+u,s+v] w[o,k,u,v]
+    """,
+    normal(x=(B, 4, 5, 5), w=(6, 2, 3, 3)),
+    lambda a: F.conv2d(a["x"], a["w"], groups=2),
+)
+layer(
+    "conv_transpose2d",
+    """
+    param w[i,o,u,v]
+    y[b,o,2*r+u,2*c+v] += x[b,i,r,c] w[i,o,u,v]
+    """,
+    normal(x=(B, 2, 3, 4), w=(2, 3, 3, 3)),
+    lambda a: F.conv_transpose2d(a["x"], a["w"], stride=2),
+)
+layer(
+    "max_pool2d",
+    """
+    dim u=2, v=2
+    y[b,c,r,s] = max[u,v](x[b,c,2*r+u,2*s+v])
+    """,
+    normal(x=(B, 2, 4, 6)),
+    lambda a: F.max_pool2d(a["x"], 2),
+)
+layer(  # 7 columns make 3 windows (the last column in none); relu's zeros tie in a window
+    "relu_max_pool2d_odd",
+    """
+    dim u=2, v=2
+    y[b,c,r,s] = max[u,v](relu(x[b,c,2*r+u,2*s+v]))
+    """,
+    normal(x=(B, 2, 5, 7)),
+    lambda a: F.max_pool2d(F.relu(a["x"]), 2),
+)
+layer(  # clamp repeats the edge, which a max reads as torch's -inf padding does (pad would read 0)
+    "max_pool2d_k3_s2_pad1",
+    """
+    dim u=3, v=3
+    y[b,c,r,s] = max[u,v](x[b,c,clamp(2*r+u-1),clamp(2*s+v-1)])
+    """,
+    normal(x=(B, 2, 6, 5)),
+    lambda a: F.max_pool2d(a["x"], 3, stride=2, padding=1),
+)
+layer(
+    "avg_pool2d",
+    """
+    dim u=2, v=2
+    y[b,c,r,s] = mean[u,v](x[b,c,2*r+u,2*s+v])
+    """,
+    normal(x=(B, 2, 4, 6)),
+    lambda a: F.avg_pool2d(a["x"], 2),
+)
+layer(
+    "adaptive_avg_pool",
+    "y[b,c] = mean[r,s](x[b,c,r,s])",
+    normal(x=(B, 3, 4, 5)),
+    lambda a: F.adaptive_avg_pool2d(a["x"], 1)[:, :, 0, 0],
+)
+layer(
+    "upsample_nearest",
+    "y[b,c,r,s] = x[b,c,r//2,s//2]",
+    normal(x=(B, 2, 3, 4)),
+    lambda a: F.interpolate(a["x"], scale_factor=2, mode="nearest"),
+)
+layer(
+    "pixel_shuffle",
+    "y[b,c,h,w] = x[b,4*c+2*(h%2)+w%2,h//2,w//2]",
+    normal(x=(B, 8, 3, 2)),
+    lambda a: F.pixel_shuffle(a["x"], 2),
+)
+
+# ---- embeddings, attention, recurrent cells, residual ----------------------------------------
+
+layer(
+    "embedding",
+    """
+    param E[n,d]
+    y[b,t,d] = E[ids[b,t],d]
+    """,
+    with_labels(normal(E=(7, 4)), ids=(7, (B, 3))),
+    lambda a: F.embedding(a["ids"], a["E"]),
+)
+
+
+def mha(a: Tensors) -> torch.Tensor:
+    h, e = 2, 3
+    wq, wk, wv, wo = (a[k] for k in ("Wq", "Wk", "Wv", "Wo"))
+    return F.multi_head_attention_forward(
+        a["x"].transpose(0, 1), a["x"].transpose(0, 1), a["x"].transpose(0, 1), h * e, h,
+        None, None, None, None, False, 0.0, wo.reshape(h * e, h * e), None, training=False,
+        need_weights=False, attn_mask=a["M"] == 0, use_separate_proj_weight=True,
+        q_proj_weight=wq.reshape(h * e, h * e), k_proj_weight=wk.reshape(h * e, h * e),
+        v_proj_weight=wv.reshape(h * e, h * e),
+    )[0].transpose(0, 1)
+
+
+layer(
+    "multi_head_attention",
+    """
+    param Wq[h,e,d], Wk[h,e,d], Wv[h,e,d], Wo[o,h,e]
+    input x[b,t,d], M[t,s]
+    q[b,h,t,e] = x[b,t,d] Wq[h,e,d]
+    k[b,h,s,e] = x[b,s,d] Wk[h,e,d]
+    v[b,h,s,e] = x[b,s,d] Wv[h,e,d]
+    a[b,h,t,s] = where(M[t,s] > 0, q[b,h,t,e] k[b,h,s,e] / sqrt(size[e]), -1e9)
+    p[b,h,t,s] = exp(a[b,h,t,s] - logsumexp[u](a[b,h,t,u]))
+    y[b,t,o] = p[b,h,t,s] v[b,h,s,e] Wo[o,h,e]
+    """,
+    lambda rng: normal(x=(B, T, 6), Wq=(2, 3, 6), Wk=(2, 3, 6), Wv=(2, 3, 6), Wo=(6, 2, 3))(rng)
+    | {"M": causal(T)},
+    mha,
+)
+layer(
+    "attention_additive_inf_mask",
+    """
+    a[b,t,s] = q[b,t,e] k[b,s,e] / sqrt(size[e]) + M[t,s]
+    y[b,t,e] = exp(a[b,t,s] - logsumexp[u](a[b,t,u])) v[b,s,e]
+    """,
+    lambda rng: normal(q=(B, T, 3), k=(B, T, 3), v=(B, T, 3))(rng)
+    | {"M": np.where(causal(T) > 0, 0.0, -np.inf)},
+    lambda a: F.scaled_dot_product_attention(a["q"], a["k"], a["v"], attn_mask=a["M"]),
+)
+layer(
+    "gru_cell",
+    """
+    param Wi[g,i,j], Wh[g,i,k], Bi[g,i], Bh[g,i]
+    gi[b,g,i] = x[b,j] Wi[g,i,j] + Bi[g,i]
+    gh[b,g,i] = h[b,k] Wh[g,i,k] + Bh[g,i]
+    r[b,i] = sigmoid(gi[b,0,i] + gh[b,0,i])
+    z[b,i] = sigmoid(gi[b,1,i] + gh[b,1,i])
+    n[b,i] = tanh(gi[b,2,i] + r[b,i] gh[b,2,i])
+    y[b,i] = (1 - z[b,i]) n[b,i] + z[b,i] h[b,i]
+    """,
+    normal(x=(B, 3), h=(B, 4), Wi=(3, 4, 3), Wh=(3, 4, 4), Bi=(3, 4), Bh=(3, 4)),
+    lambda a: torch._VF.gru_cell(
+        a["x"], a["h"], a["Wi"].reshape(12, 3), a["Wh"].reshape(12, 4), a["Bi"].flatten(), a["Bh"].flatten()
+    ),
+)
+layer(
+    "lstm_cell",
+    """
+    def lstm(x[b,j], h[b,k], c[b,i], W[g,i,j], U[g,i,k], B[g,i]) -> hn[b,i], cn[b,i]:
+        s[b,g,i] = x[b,j] W[g,i,j] + h[b,k] U[g,i,k] + B[g,i]
+        cn[b,i] = sigmoid(s[b,1,i]) c[b,i] + sigmoid(s[b,0,i]) tanh(s[b,2,i])
+        hn[b,i] = sigmoid(s[b,3,i]) tanh(cn[b,i])
+
+    param W[g,i,j], U[g,i,k], B[g,i]
+    y[b,i], c1[b,i] = lstm(x[b,j], h[b,k], c[b,i], W[g,i,j], U[g,i,k], B[g,i])
+    """,
+    normal(x=(B, 3), h=(B, 4), c=(B, 4), W=(4, 4, 3), U=(4, 4, 4), B=(4, 4)),
+    lambda a: torch._VF.lstm_cell(
+        a["x"], (a["h"], a["c"]), a["W"].reshape(16, 3), a["U"].reshape(16, 4), a["B"].reshape(16), None
+    )[0],
+)
+layer(
+    "residual_block",
+    """
+    def conv(x[b,i,r,c], w[o,i,u,v], B[o]) -> y[b,o,r,c]:
+        y[b,o,r,c] = x[b,i,pad(r+u-1),pad(c+v-1)] w[o,i,u,v] + B[o]
+
+    param w1[o,i,u,v], B1[o], w2[o,i,u,v], B2[o]
+    h1[b,o,r,c] = conv(x[b,i,r,c], w1[o,i,u,v], B1[o])
+    a1[b,o,r,c] = relu(h1[b,o,r,c])
+    h2[b,o,r,c] = conv(a1[b,i,r,c], w2[o,i,u,v], B2[o])
+    y[b,o,r,c] = relu(x[b,o,r,c] + h2[b,o,r,c])
+    """,
+    normal(x=(B, 2, 4, 4), w1=(2, 2, 3, 3), B1=(2,), w2=(2, 2, 3, 3), B2=(2,)),
+    lambda a: F.relu(
+        a["x"]
+        + F.conv2d(F.relu(F.conv2d(a["x"], a["w1"], a["B1"], padding=1)), a["w2"], a["B2"], padding=1)
+    ),
+)
+
+LAYERS = {entry.name: entry for entry in ZOO}
+
+
+# ---- running them ----------------------------------------------------------------------------
+
+
+def reference(entry: Layer, arrays: Arrays, seed: np.ndarray) -> tuple[np.ndarray, Arrays]:
+    """torch's output and its vector-Jacobian product with `seed` for every float input."""
+    ts = {
+        k: torch.tensor(v, requires_grad=v.dtype.kind == "f") for k, v in arrays.items()
+    }
+    out = entry.torch(ts)
+    floats = [k for k, t in ts.items() if t.requires_grad]
+    grads = torch.autograd.grad(out, [ts[k] for k in floats], torch.as_tensor(seed), allow_unused=True)
+    return out.detach().numpy(), {
+        k: np.zeros_like(arrays[k]) if g is None else g.numpy() for k, g in zip(floats, grads)
+    }
+
+
+@cache
+def case(name: str) -> tuple[Arrays, np.ndarray, np.ndarray, Arrays]:
+    """The arrays of a layer, a seed for its output, and torch's output and gradients."""
+    entry = LAYERS[name]
+    rng = np.random.default_rng(sum(map(ord, name)))
+    arrays = entry.inputs(rng)
+    shape = np.shape(entry.torch({k: torch.as_tensor(v) for k, v in arrays.items()}))
+    seed = rng.standard_normal(shape)
+    return (arrays, seed, *reference(entry, arrays, seed))
+
+
+def check(entry: Layer, backend: str, convert: Callable[[np.ndarray], object]) -> None:
+    arrays, seed, want, want_grads = case(entry.name)
+    model = ig.compile(entry.src, backend=backend)
+    vals = model.forward(**{k: convert(v) for k, v in arrays.items()})
+    got = np.asarray(vals[entry.out])
+    np.testing.assert_allclose(got, want, rtol=entry.rtol, atol=entry.rtol, err_msg=f"{entry.name} forward")
+    grads = model.backward(vals, seed={entry.out: convert(seed)})
+    for k, g in want_grads.items():
+        np.testing.assert_allclose(
+            np.asarray(grads[k]), g, rtol=entry.rtol, atol=entry.rtol, err_msg=f"{entry.name} d/d{k}"
+        )
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_numpy(name: str) -> None:
+    check(LAYERS[name], "numpy", lambda v: v)
+
+
+def test_torch_backend() -> None:
+    for entry in ZOO:
+        check(entry, "torch", torch.as_tensor)
+
+
+# jax compiles each layer's forward and backward (about 0.3 s a layer): a few whose steps differ
+# most (erf, gathers through // and labels, clamp, an infinite mask)
+JAX_LAYERS = (
+    "gelu_erf", "max_pool2d_k3_s2_pad1", "pixel_shuffle", "embedding", "attention_additive_inf_mask",
+)
+
+
+def test_jax_backend() -> None:
+    jax = pytest.importorskip("jax")
+    with jax.enable_x64(True):
+        for name in JAX_LAYERS:
+            check(LAYERS[name], "jax", jax.numpy.asarray)
+
+
+# ---- hostile variants of the same layers (numpy) ---------------------------------------------
+
+
+def floats(arrays: Arrays) -> list[str]:
+    return [k for k, v in arrays.items() if v.dtype.kind == "f"]
+
+
+@cache
+def model(name: str) -> ig.Model:
+    return ig.compile(LAYERS[name].src)
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_float32_stays_float32(name: str) -> None:
+    arrays, seed, want, want_grads = case(name)
+    a32 = {k: v.astype(np.float32) if k in floats(arrays) else v for k, v in arrays.items()}
+    m, out = model(name), LAYERS[name].out
+    vals = m.forward(**a32)
+    grads = m.backward(vals, seed={out: seed.astype(np.float32)})
+    assert vals[out].dtype == np.float32
+    np.testing.assert_allclose(vals[out], want, rtol=1e-4, atol=1e-4)
+    for k in floats(arrays):
+        assert grads[k].dtype == np.float32, k
+        np.testing.assert_allclose(grads[k], want_grads[k], rtol=1e-3, atol=1e-3, err_msg=k)
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_nan_and_integer_inputs_as_torch(name: str) -> None:
+    """A NaN in the first float input makes NaNs where torch's does (an infinity runs too; where
+    it meets a softmax, the formula as written gives [nan, 0, ...] and F.softmax a row of NaNs,
+    as torch.exp(z - torch.logsumexp(z)) does); whole numbers given as an integer array are read
+    as float64 and give torch's values."""
+    entry = LAYERS[name]
+    arrays, seed = case(name)[:2]
+    first = floats(arrays)[0]
+    m = model(name)
+    for value in (np.nan, np.inf):
+        bad = dict(arrays, **{first: arrays[first].copy()})
+        bad[first].flat[0] = value
+        with np.errstate(all="ignore"):
+            vals = m.forward(**bad)
+            m.backward(vals, seed={entry.out: seed})
+        if value != value:
+            want = entry.torch({k: torch.as_tensor(v) for k, v in bad.items()}).numpy()
+            np.testing.assert_array_equal(np.isnan(vals[entry.out]), np.isnan(want), err_msg=first)
+    whole = dict(arrays, **{first: np.round(3 * arrays[first]).astype(np.int64)})
+    got = m.forward(**whole)[entry.out]
+    want = entry.torch({k: torch.as_tensor(v, dtype=torch.float64) if k == first else torch.as_tensor(v)
+                        for k, v in whole.items()}).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+# ---- what a user writes that the language refuses: a located message saying what to write -----
+
+LIMITATIONS = [
+    # (program, line, column, the message's advice)
+    ("y[b,c] = softmax(z[b,c])", 1, 10, r"write it out: exp\(z\[b,c\] - logsumexp\[k\]\(z\[b,k\]\)\)"),
+    ("y[b,i] = gelu(x[b,i])", 1, 10, r"0\.5 x\[i\] \(1 \+ erf\(x\[i\] / sqrt\(2\)\)\)"),
+    # torch's padding=1 as a shifted read: the message offers pad(...)
+    ("y[b,o,r] = x[b,i,r+k-1] w[o,i,k]", 1, 18, r"reads below position 0.*read through pad\(k\+r-1\)"),
+    # a batch mean written as a sum over size[b] outside the sum
+    ("loss = sum[b,c](p[b,c] log(p[b,c])) / size[b]", 1, 39, r"inside sum\[b\]\(\.\.\.\) when 'b' is summed"),
+    # a pooling window needs its extent
+    ("y[b,c,r,s] = max[u,v](x[b,c,2*r+u,2*s+v])", 1, 23, r"declare its extent with `dim u=\.\.\.`"),
+    ("y[b,o] = x[b,i] @ W[i,o]", 1, 17, "unexpected character '@'"),
+    ("y[b,i] = x[b][i]", 1, 14, r"a tensor takes one index list, like x\[i,j\]"),
+    ("erf[i] = x[i]", 1, 1, r"'erf' is a function name and cannot name a tensor"),
+]
+
+
+@pytest.mark.parametrize("text, line, column, advice", LIMITATIONS)
+def test_refusals_say_where_and_what_to_write(text: str, line: int, column: int, advice: str) -> None:
+    with pytest.raises(ig.IndexgradError, match=advice) as e:
+        ig.compile(ig.parse(text, filename="zoo.idx"))
+    assert (e.value.line, e.value.column) == (line, column)
+    rendered = str(e.value).splitlines()
+    assert rendered[0].startswith(f"zoo.idx:{line}:{column}: error: ")
+    assert rendered[1].strip() == text and rendered[2].strip().startswith("^")
+
+
+@pytest.mark.parametrize("name", sorted(SPELLED))
+def test_what_an_unknown_function_is_spelled_as_compiles(name: str) -> None:
+    formula = SPELLED[name].split(" is ")[0].split(" (")[0]
+    lhs = "y[b,c]" if "z[b,c]" in formula else "y[i]"
+    ig.compile(f"{lhs} = {formula}")
