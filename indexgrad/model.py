@@ -250,20 +250,20 @@ class Model:
                     source=self.program.source,
                 )
             )
-        keep, relus = self._keep(prims, program)
+        keep, relus = self._keep(prims)
         absorbed = absorb_scales(prims, keep)
         if absorbed is not self.prims:  # the shapes of the temporaries the rewrites made
             every, kinds, _ = shapes_after(absorbed, shapes, dtypes, _made_up(absorbed, program))
         return _Forward(program, absorbed, keep, relus, every, kinds)
 
-    def _keep(self, prims: list[Prim], program: Program) -> tuple[set[str], dict[str, str]]:
+    def _keep(self, prims: list[Prim]) -> tuple[set[str], dict[str, str]]:
         """What forward() keeps: the program's own tensors and what any derivative reads.
 
         Also the relu arguments u (of `y = relu(u)`) that derivatives read only as step(u): they
         read step(y) instead (the same values), so u need not be kept. Returns the names to keep
         and those `u -> y`."""
         relus = relu_outputs(prims)
-        defined = set(program.defined())
+        defined = set(self.program.defined())  # the user's tensors, not the rewrites' temporaries
         if not relus:
             return defined | derivative_reads(prims), {}
         stand_in: list[Prim] = [

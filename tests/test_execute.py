@@ -510,3 +510,33 @@ def test_hvp_of_index_arithmetic_against_differences_of_gradients(text: str, sha
     minus = model.backward(model.forward(**{n: a - eps * v[n] for n, a in arrays.items()}))
     for n in arrays:
         np.testing.assert_allclose(hv[n], (plus[n] - minus[n]) / (2 * eps), rtol=1e-6, atol=1e-7, err_msg=n)
+
+
+def test_forward_keeps_the_programs_tensors_not_the_rewrites_temporaries() -> None:
+    """A layer norm's variance (a mean of squares, rewritten to one product) and a product of three
+    tensors (split in pairs) leave temporaries forward() need not return: only those the gradient
+    reads are kept, the others run in dying buffers, and the gradient is autograd's."""
+    text = (
+        "c[b,d] = x[b,d] - mean[j](x[b,j])\n"
+        "n[b,d] = c[b,d] / sqrt(mean[j](c[b,j]^2) + 1e-5)\n"
+        "y[b,i] = n[b,d] A[d,k] B[k,i]\n"
+        "loss = 0.5 sum[b,i](y[b,i]^2)\n"
+    )
+    r = rng(8)
+    arrays = {"x": r.standard_normal((5, 6)), "A": r.standard_normal((6, 4)), "B": r.standard_normal((4, 3))}
+    model = ig.compile(text)
+    vals = model.forward(**arrays)
+    assert {"c", "n", "y", "loss"} <= set(vals)
+    assert not {"n.mean", "n.sum", "c.mean"} & set(vals)  # what no gradient reads is not returned
+    steps = model.plan(arrays).steps
+    assert [s.out for s in steps if s.into == "n.mean"] == ["n.sum"]
+
+    def loss(x, A, B):
+        c = x - anp.mean(x, axis=1, keepdims=True)
+        n = c / anp.sqrt(anp.mean(c**2, axis=1, keepdims=True) + 1e-5)
+        return 0.5 * anp.sum((n @ A @ B) ** 2)
+
+    grads = model.backward(vals)
+    want = autograd.grad(loss, (0, 1, 2))(arrays["x"], arrays["A"], arrays["B"])
+    for name, w in zip("xAB", want):
+        np.testing.assert_allclose(grads[name], w, rtol=1e-9, atol=1e-12)
