@@ -110,6 +110,7 @@ class Model:
         # "auto": numpy arrays in and out, each plan run by the installed backend fastest for it
         name = "numpy" if self.backend == "auto" else self.backend
         self.engine: Backend = get_backend(name, **self.options)
+        self._auto_choice = "numpy"  # the backend "auto" prefers: numpy, then what it chose last
         self._builders = {
             "forward": self._build_forward,
             "backward": self._build_backward,
@@ -316,7 +317,9 @@ class Model:
 
         if self.backend != "auto":
             return build(self.engine)
-        return auto.choose(*auto.candidates(), build)
+        plan, executor = auto.choose(*auto.candidates(), build, prefer=self._auto_choice)
+        self._auto_choice = plan.backend  # a loop stays on one library unless another is clearly faster
+        return plan, executor
 
     # ---- one builder per mode: a key (mode, names, wrt, signature of the arrays given) -> Compiled
 

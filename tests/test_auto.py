@@ -6,6 +6,7 @@ advance a clock of the test's own by a fixed cost per run: the choice is checked
 
 from __future__ import annotations
 
+import math
 import sys
 import types
 from typing import Any
@@ -150,6 +151,50 @@ def test_auto_measures_once_per_signature(stand_ins: dict[str, StandIn]) -> None
     small = {n: a[:2] if n == "x" else a for n, a in arrays().items()}
     model.forward(**small)  # a new signature is measured anew
     assert slow.runs == 2 * (1 + auto.RUNS * auto.ROUNDS)
+
+
+def test_each_block_runs_its_share_of_the_budget(
+    stand_ins: dict[str, StandIn], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend's first runs after another's may find that one's threads still busy: a block of
+    runs lasts BUDGET_S / ROUNDS, or RUNS runs when they take longer."""
+    monkeypatch.setattr(auto, "known", lambda: ["slow", "fast"])  # numpy only at the model's edge
+    fast, slow = stand_ins["fast"], stand_ins["slow"]
+    ig.compile(MLP, backend="auto").forward(**arrays())
+    per_block = math.ceil(auto.BUDGET_S / auto.ROUNDS / fast.cost)
+    assert fast.runs == 1 + auto.ROUNDS * per_block + 1  # warm-up, blocks, the call itself
+    assert slow.runs == 1 + auto.ROUNDS * auto.RUNS
+
+
+# costs in powers of two, so that the test's clock adds them exactly
+WITHIN, BEYOND = 0.875, 0.75  # shares of the preferred backend's time, either side of the margin
+assert BEYOND < auto.MARGIN < WITHIN
+
+
+def test_auto_leaves_numpy_only_for_a_backend_clearly_faster(stand_ins: dict[str, StandIn]) -> None:
+    stand_ins["fast"].cost = 0.5 * WITHIN  # faster than numpy's 0.5 s, but within the margin
+    model = ig.compile(MLP, backend="auto")
+    model.forward(**arrays())
+    plan = model.plan({n: a.shape for n, a in arrays().items()})
+    assert plan.backend == "numpy"
+    assert [(n, t) for n, t, why in plan.auto if not why][:2] == [("numpy", 0.5), ("fast", 0.5 * WITHIN)]
+    line = str(plan).splitlines()[1]
+    assert line.startswith("backend auto chose numpy (per run: numpy 500 ms, fast 438 ms")
+
+
+def test_a_models_later_plans_prefer_the_backend_its_last_plan_chose(stand_ins: dict[str, StandIn]) -> None:
+    model = ig.compile(MLP, backend="auto")
+    vals = model.forward(**arrays())  # fast: far ahead of numpy
+    stand_ins["fast"].cost, stand_ins["slow"].cost = 0.5, 0.5 * WITHIN  # slow fastest, within the margin
+    grads = model.backward(vals)
+    plan = model.plan({n: a.shape for n, a in arrays().items()}, mode="backward")
+    assert plan.backend == "fast" and plan.auto[1][0] == "slow"
+    for n, g in ig.compile(MLP).backward(vals).items():
+        np.testing.assert_array_equal(grads[n], g)
+    stand_ins["slow"].cost = 0.5 * BEYOND  # a new signature, and slow clearly ahead
+    small = {n: a[:2] if n == "x" else a for n, a in arrays().items()}
+    model.backward(model.forward(**small))
+    assert model.plan({n: a.shape for n, a in small.items()}, mode="backward").backend == "slow"
 
 
 def test_one_backend_that_runs_the_program_is_taken_untimed(

@@ -3,7 +3,11 @@
 The Model keeps numpy arrays at its edge (what forward() takes and returns, whichever backend
 runs); for each signature it plans the call once per installed backend, times each on arrays of
 that signature (conversions in and out included, as every call pays them), and keeps the
-fastest. The plan it runs records every candidate's time, or why it was left out.
+fastest, unless the backend it prefers (numpy, or the one its last plan chose) is within MARGIN
+of it: a loop that switches library between calls pays what one plan's timing does not show
+(the other library's threads waking up on the same cores), and on a busy machine a few
+milliseconds of timing can favour any of them. The plan it runs records every candidate's time,
+or why it was left out.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from ..plan import Plan
 from . import Backend, Env, Executor, get_backend, known
 
 clock = time.perf_counter  # tests give it a clock of their own
-BUDGET_S = 0.2  # seconds of timed runs per candidate (after at least ROUNDS rounds)
-RUNS, ROUNDS, MAX_ROUNDS = 3, 2, 20  # runs back to back per round; rounds at least, at most
+BUDGET_S = 0.2  # seconds of timed runs per candidate, in ROUNDS blocks
+RUNS, ROUNDS = 3, 3  # runs a block makes at least, however long they take; blocks per candidate
+MARGIN = 0.85  # the preferred backend is left only for one that takes at most this share of its time
 
 Choice = tuple[str, float | None, str]  # a backend, its seconds per run (None: not timed), why left out
 Build = Callable[[Backend], tuple[Plan, Executor]]
@@ -65,10 +70,12 @@ def sample_inputs(plan: Plan) -> Env:
 
 def seconds_per_run(executors: list[Executor], env: Env) -> list[float | IndexgradError]:
     """Each executor's fastest run, or the error it raised: one run each to warm up (JAX compiles
-    then), then rounds in which each runs RUNS times back to back (the first run after another
-    library's can find that library's threads still spinning on the cores), in turn, so that a
-    stretch in which the machine is busy slows them alike; at least ROUNDS rounds, then until
-    BUDGET_S per executor has passed."""
+    then), then ROUNDS rounds in which each runs a block of calls back to back, in turn and in
+    an order that rotates, so that a stretch in which the machine is busy slows them alike. A
+    block lasts BUDGET_S / ROUNDS and RUNS runs at least: the first runs after another
+    library's can find that library's threads still spinning on the cores (a loop running one
+    library never does), and what the host takes away in a few milliseconds, a longer block
+    finds back."""
     best: list[float | IndexgradError] = []
     with warnings.catch_warnings(), np.errstate(all="ignore"):  # sample values may overflow
         warnings.simplefilter("ignore")
@@ -79,22 +86,25 @@ def seconds_per_run(executors: list[Executor], env: Env) -> list[float | Indexgr
             except IndexgradError as e:
                 best.append(e)
         live = [k for k, b in enumerate(best) if isinstance(b, float)]
-        start, rounds = clock(), 0
-        while live and (rounds < ROUNDS or (rounds < MAX_ROUNDS and clock() - start < BUDGET_S * len(live))):
-            for k in live:
-                for _ in range(RUNS):
+        for turn in range(ROUNDS if live else 0):
+            for k in live[turn % len(live) :] + live[: turn % len(live)]:
+                start, runs = clock(), 0
+                while runs < RUNS or clock() - start < BUDGET_S / ROUNDS:
                     t0 = clock()
                     executors[k].run(dict(env))
                     best[k] = min(best[k], clock() - t0)  # type: ignore[type-var]
-            rounds += 1
+                    runs += 1
     return best
 
 
-def choose(engines: Iterable[Backend], missing: list[tuple[str, str]], build: Build) -> tuple[Plan, Executor]:
-    """The plan and executor of the backend that runs the call fastest, its plan's `auto` listing
-    the backends fastest first, then those left out. One backend is taken without timing; one
-    that refuses the program (an IndexgradError while planning or running it) is left out with
-    its message; when every one does, the first message is the error."""
+def choose(
+    engines: Iterable[Backend], missing: list[tuple[str, str]], build: Build, prefer: str = "numpy"
+) -> tuple[Plan, Executor]:
+    """The plan and executor of the backend that runs the call fastest, or of `prefer` when it
+    takes at most 1/MARGIN times as long; its plan's `auto` lists the one chosen, the others
+    fastest first, then those left out. One backend is taken without timing; one that refuses
+    the program (an IndexgradError while planning or running it) is left out with its message;
+    when every one does, the first message is the error."""
     built: list[tuple[str, Plan, Executor]] = []
     notes: list[Choice] = [(n, None, why) for n, why in missing]
     errors: list[IndexgradError] = []
@@ -121,6 +131,8 @@ def choose(engines: Iterable[Backend], missing: list[tuple[str, str]], build: Bu
     if not timed:
         raise errors[0]
     timed.sort(key=lambda t: t[0] or 0.0)
+    kept = [t for t in timed if t[1] == prefer and (t[0] or 0.0) * MARGIN <= (timed[0][0] or 0.0)]
+    timed = kept + [t for t in timed if t not in kept]
     _, name, plan, executor = timed[0]
     plan = replace(plan, auto=tuple((n, s, "") for s, n, _, _ in timed) + tuple(notes))
     executor.plan = plan  # type: ignore[misc]
