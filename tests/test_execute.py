@@ -3,6 +3,7 @@ gradients, diagonals, gathers, index arithmetic, convolutions, max/min ties, sta
 
 from __future__ import annotations
 
+import platform
 import warnings
 from pathlib import Path
 
@@ -540,3 +541,43 @@ def test_forward_keeps_the_programs_tensors_not_the_rewrites_temporaries() -> No
     want = autograd.grad(loss, (0, 1, 2))(arrays["x"], arrays["A"], arrays["B"])
     for name, w in zip("xAB", want):
         np.testing.assert_allclose(grads[name], w, rtol=1e-9, atol=1e-12)
+
+
+def test_the_numpy_executor_asks_glibc_to_keep_what_a_plan_frees(monkeypatch: pytest.MonkeyPatch) -> None:
+    from indexgrad.backends import numpy as backend
+
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(backend, "_KEPT", [0])
+    monkeypatch.setattr(backend, "_mallopt", lambda option, value: calls.append((option, value)) or True)
+    monkeypatch.setattr(backend.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    text = "y[i,j] = exp(x[i,j])\nz[i] = sum[j](y[i,j] x[i,j])"
+    model = ig.compile(text)
+    x = np.ones((64, 64))
+    model.forward(x=x)
+    peak = model.plan({"x": x.shape}).peak_bytes
+    assert calls == [(-3, 32 << 20), (-1, 4 * peak)]  # M_MMAP_THRESHOLD, then M_TRIM_THRESHOLD
+    model.forward(x=x[:8])  # a smaller plan asks for nothing: the threshold only grows
+    assert len(calls) == 2
+    model.forward(x=np.ones((128, 64)))
+    assert calls[2:] == [(-1, 4 * model.plan({"x": (128, 64)}).peak_bytes)]
+    monkeypatch.setattr(backend.platform, "libc_ver", lambda: ("", ""))
+    model.forward(x=np.ones((256, 64)))  # another C library is left as it is
+    assert len(calls) == 3
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
+def test_a_plans_large_temporaries_come_back_without_page_faults() -> None:
+    """Each run frees 2 MiB of temporaries; the next run finds them again without the kernel
+    handing out (and zeroing) fresh pages."""
+    import resource
+
+    model = ig.compile("y[i,j] = exp(x[i,j])\nu[i,j] = y[i,j] y[i,j]\nz = sum[i,j](u[i,j] x[i,j])")
+    x = np.ones((512, 512))
+    for _ in range(3):
+        model.forward(x=x)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        model.forward(x=x)
+    pages = 2 * x.nbytes // 4096
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert faults < pages, faults  # in ten runs, fewer than one run would take afresh
