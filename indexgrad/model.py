@@ -59,9 +59,23 @@ class Compiled:
     executor: Executor
     pairs: tuple[tuple[str, str], ...] = ()
     seeds: dict[str, Any] = field(default_factory=dict)
+    casts: dict[str, np.dtype] = field(default_factory=dict)  # input -> the dtype of its gradient
 
     def __post_init__(self) -> None:
         self.fresh = frozenset(self.plan.fresh)
+
+
+def _casts(plan: Plan, signature: Signature, pairs: tuple[tuple[str, str], ...]) -> dict[str, np.dtype]:
+    """The float inputs whose derivative the plan computes in a wider dtype (a float32 x read
+    beside a float64 W): their derivatives are returned in the input's own dtype, as torch's and
+    jax's are."""
+    given = {n: d for n, (_, d) in zip(*signature)}
+    made = {s.out: s.dtype for s in plan.steps}
+    return {
+        n: given[n]
+        for n, d in pairs
+        if n in given and given[n].kind == "f" and d in made and np.dtype(made[d]) != given[n]
+    }
 
 
 @dataclass
@@ -281,6 +295,8 @@ class Model:
         if hit is None:
             with gc_paused():
                 hit = self._builders[key.mode](key)
+            if key.mode in ("backward", "vjp", "hvp"):
+                hit.casts = _casts(hit.plan, key.signature, hit.pairs)
             self._plans[key] = hit
         return hit
 
@@ -489,6 +505,8 @@ class Model:
                 out[name] = self.engine.zeros_like(vals[name])
             else:
                 out[name] = self.engine.contiguous(g) if gname in fresh else self.engine.copy(g)
+        for name, dtype in compiled.casts.items():
+            out[name] = self.engine.asarray(out[name], dtype)
         return out
 
     def _loss_value(self, vals: Mapping[str, Any], loss: Any) -> tuple[str, Array]:
@@ -537,8 +555,7 @@ class Model:
         env = {n: self._value(n, v) for n, v in vals.items()}
         env.update(self._along(env, tangents, self._tan, "tangent for"))
         compiled = self._compile(PlanKey("jvp", tuple(tangents), None, self._signature(env)))
-        env = compiled.executor.run(env)
-        return {n: env[t] if t in env else self.engine.zeros_like(vals[n]) for n, t in compiled.pairs}
+        return self._gradients(compiled, compiled.executor.run(env), vals)
 
     def hvp(
         self, vals: Mapping[str, Array], loss: str | None = None, v: Mapping[str, Any] | None = None
@@ -557,8 +574,7 @@ class Model:
         both = self._second_order(loss, tuple(v))[0]
         env.update(self._along(env, v, {n: tan_name(both, n) for n in v}, "v for"))
         compiled = self._compile(PlanKey("hvp", (loss, *v), None, self._signature(env)))
-        env = compiled.executor.run(env)
-        return {n: env[t] if t in env else self.engine.zeros_like(vals[n]) for n, t in compiled.pairs}
+        return self._gradients(compiled, compiled.executor.run(env), vals)
 
     def _along(
         self, env: dict[str, Array], given: dict[str, Any], names: dict[str, str], what: str

@@ -53,6 +53,30 @@ def test_dtype_is_kept_by_forward_mode(dtype) -> None:
         assert np.asarray(hv).dtype == dtype, k
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_each_gradient_comes_back_in_its_inputs_dtype(backend: str) -> None:
+    """float32 x beside float64 W is float64 work; x's gradient and hvp are float32, as torch's are."""
+    pytest.importorskip(backend)
+    r = rng()
+    a = {
+        "x": r.standard_normal((3, 4)).astype(np.float32),
+        "W": r.standard_normal((4, 5)),
+        "B": r.standard_normal(5),
+        "Y": np.eye(5)[[0, 3, 1]],
+    }
+    m = ig.compile(DTYPE_PROGRAM, backend=backend)
+    vals = m.forward(**a)
+    wide_model = ig.compile(DTYPE_PROGRAM)  # every input float64: test_dtype_is_kept's gradients
+    a64 = {k: v.astype(np.float64) for k, v in a.items()}
+    wide = wide_model.backward(wide_model.forward(**a64), loss="loss")
+    got = m.backward(vals, loss="loss")
+    hv = m.hvp(vals, loss="loss", v={"W": np.ones((4, 5))})
+    for k in ("x", "W", "B"):
+        g, h = np.asarray(got[k]), np.asarray(hv[k])
+        assert g.dtype == h.dtype == a[k].dtype, k
+        np.testing.assert_allclose(g, wide[k].astype(a[k].dtype), rtol=1e-6, err_msg=k)
+
+
 @pytest.mark.parametrize("text", ["y[i] = max(0, x[i])", "y[i] = min(x[i], 1)"])
 def test_gate_with_a_number_keeps_float32(text: str) -> None:
     m = ig.compile(text)
