@@ -35,7 +35,7 @@ def iteration_settings(tol: Any = None, max_iter: Any = None) -> dict[str, Any]:
     return out
 
 
-def _not_converged(step: Any, residual: float, iterations: int, more: str = "") -> IndexgradError:
+def not_converged(step: Any, residual: float, iterations: int, more: str = "") -> IndexgradError:
     a = step.args
     what = "fix(...) found no fixed point" if step.kind == "fix" else "solve(...) found no root"
     hint = (
@@ -50,20 +50,20 @@ def _not_converged(step: Any, residual: float, iterations: int, more: str = "") 
     )
 
 
-def _start(step: Any, env: dict[str, Any], dtype: np.dtype, to_numpy: Any) -> np.ndarray:
-    """The iteration's first value: zeros, a number, or the start tensor laid out as z and spread
-    over the axes it lacks."""
+def start_value(step: Any, env: dict[str, Any], dtype: Any, read: Any = np.asarray, xp: Any = np) -> Any:
+    """The iteration's first value: zeros, a number, or the start tensor (`read` from env) laid out
+    as z and spread over the axes it lacks, as an array of `xp` (numpy, or jax.numpy)."""
     start = step.args["start"]
     if start is None:
-        return np.zeros(step.shape, dtype)
+        return xp.zeros(step.shape, dtype)
     if isinstance(start, float):
-        return np.full(step.shape, start, dtype)
+        return xp.full(step.shape, start, dtype)
     name, axes = start
     number = {n: k for k, n in enumerate(dict.fromkeys(axes))}
     kept = [number[n] for n in step.axes if n in number]
-    value = np.einsum(to_numpy(env[name]), [number[n] for n in axes], kept)
+    value = xp.einsum(read(env[name]), [number[n] for n in axes], kept)
     value = value.reshape([d if n in number else 1 for n, d in zip(step.axes, step.shape)])
-    return np.array(np.broadcast_to(value, step.shape), dtype=dtype)
+    return xp.array(xp.broadcast_to(value, step.shape), dtype=dtype)
 
 
 def _body(step: Any, backend: Runtime) -> tuple[Any, Any]:
@@ -204,10 +204,10 @@ def build_fix(step: Any, backend: Runtime) -> Any:
             return body(fixed, x)[0]
 
         with np.errstate(all="ignore"):
-            x0 = _start(step, env, dtype, backend.to_numpy)
+            x0 = start_value(step, env, dtype, backend.to_numpy)
             z, res, used = anderson(f, x0, a["tol"], a["max_iter"], a["m"], a["most"])
         if z is None:
-            raise _not_converged(step, res, used)
+            raise not_converged(step, res, used)
         return backend.asarray(z)
 
     return compute
@@ -249,7 +249,7 @@ def build_solve(step: Any, backend: Runtime) -> Any:
         return np.broadcast_to(t[:, None], (nd, block)).reshape([shape[k] for k in perm]).transpose(inverse)
 
     def compute(env: dict[str, Any]) -> Any:
-        x = _start(step, env, dtype, backend.to_numpy)
+        x = start_value(step, env, dtype, backend.to_numpy)
         fixed = prepare(env)
         with np.errstate(all="ignore"):
             gx, e = body(fixed, x)
@@ -262,7 +262,7 @@ def build_solve(step: Any, backend: Runtime) -> Any:
                 try:
                     d = np.linalg.solve(jacobian(e), -rows(gx)[..., None].astype(np.float64))[..., 0]
                 except np.linalg.LinAlgError:
-                    raise _not_converged(
+                    raise not_converged(
                         step, res, it, f"; its Jacobian in '{a['iterate']}' is singular there"
                     ) from None
                 d = d.reshape([shape[k] for k in perm]).transpose(inverse).astype(dtype)
@@ -279,6 +279,6 @@ def build_solve(step: Any, backend: Runtime) -> Any:
                     t = np.where(short, t / 2, t)
                 x, gx, e = xn, gn, en
                 res = float(np.max(np.abs(gx), initial=0.0))
-        raise _not_converged(step, res, it)
+        raise not_converged(step, res, it)
 
     return compute

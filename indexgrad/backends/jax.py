@@ -20,6 +20,7 @@ from ..errors import IndexgradError
 from ..nodes import DELTA, Ref
 from ..plan import Operand, Plan, Step, basic_index
 from . import Env, builder_for
+from .jax_iterate import fixed_point, newton
 from .numpy import _then, aligner, sizes, slice_adds
 
 Array = Any  # a jax array, or a tracer while the plan is traced
@@ -404,10 +405,84 @@ BUILDERS: dict[str, Callable[[Step], Compute]] = {
     "gather": gather,
     "scatter": scatter,
     "delta": delta,
-    # fix and solve iterate with numpy bookkeeping, each evaluation of the body a jitted nested
-    # plan: a plan holding them runs eagerly, and cannot be traced by jax.jit, grad or vmap
-    **iterate.builders(iterate.Runtime(lambda plan: JaxExecutor(plan), np.asarray, jnp.asarray)),
+    "fix": lambda step: _fix(step),
+    "solve": lambda step: _solve(step),
 }
+
+
+# ---- implicit layers: fix and solve as while loops in the traced computation -----------------
+
+
+def report_key(step: Step) -> str:
+    """Where a fix or solve step leaves (residual, iterations, whether a Jacobian was singular)
+    in the env: not a tensor name, so it never meets one."""
+    return f"{step.out}#iteration"
+
+
+def _prepared(step: Step, plans: tuple[Plan, ...]) -> Callable[[Env], Env]:
+    """env -> what the nested plans read that stays fixed while z moves: the setup plan's values
+    (run once) and the step's inputs."""
+    a = step.args
+    moving = {a["iterate"], a.get("direction")} | {n for p in plans for n in p.outputs}
+    reads = {n for p in plans for n, _, _ in p.inputs if n not in moving}
+    setup = None if a["setup"] is None else JaxExecutor(a["setup"])
+
+    def prepare(env: Env) -> Env:
+        got = dict(env)
+        if setup is not None:
+            got.update(setup.trace({n: env[n] for n in setup.reads}))
+        return {n: got[n] for n in reads}
+
+    return prepare
+
+
+def _fix(step: Step) -> Compute:
+    """z = f(z) by Anderson acceleration in a lax.while_loop (jax_iterate.fixed_point)."""
+    a = step.args
+    z, r, body = a["iterate"], a["result"], JaxExecutor(a["body"])
+    prepare, dtype, key = _prepared(step, (a["body"],)), float_dtype(step.dtype), report_key(step)
+
+    def compute(env: Env) -> Array:
+        fixed = prepare(env)
+
+        def f(x: Array) -> Array:
+            return body.trace({**fixed, z: x})[r]
+
+        x0 = iterate.start_value(step, env, dtype, lambda v: v, jnp)
+        point, res, used = fixed_point(f, x0, a["tol"], a["max_iter"], a["m"])
+        env[key] = (res, used, False)
+        return point
+
+    return compute
+
+
+def _solve(step: Step) -> Compute:
+    """g(z) = 0 by Newton's method in a lax.while_loop (jax_iterate.newton), its Jacobian's
+    columns from the tangent plan, every column at once under jax.vmap."""
+    a = step.args
+    z, r, direction, slope = a["iterate"], a["result"], a["direction"], a["slope"]
+    body, tangent = JaxExecutor(a["body"]), JaxExecutor(a["tangent"])
+    prepare = _prepared(step, (a["body"], a["tangent"]))
+    saved = [n for n in tangent.reads if n == z or n in a["body"].outputs]
+    dtype, key = float_dtype(step.dtype), report_key(step)
+
+    def compute(env: Env) -> Array:
+        fixed = prepare(env)
+
+        def g(x: Array) -> tuple[Array, Env]:
+            e = body.trace({**fixed, z: x})
+            e[z] = x
+            return e[r], {n: e[n] for n in saved}
+
+        def derivative(kept: Env, dx: Array) -> Array:
+            return tangent.trace({**fixed, **kept, direction: dx})[slope]
+
+        x0 = iterate.start_value(step, env, dtype, lambda v: v, jnp)
+        root, res, used, singular = newton(g, derivative, x0, a["diagonal"], a["tol"], a["max_iter"])
+        env[key] = (res, used, singular)
+        return root
+
+    return compute
 
 
 # ---- the executor ------------------------------------------------------------------------------
@@ -453,23 +528,18 @@ class JaxExecutor:
         freed = {n for s in plan.steps for n in s.release}
         self.defines = tuple(n for n in dict.fromkeys(s.out for s in plan.steps) if n not in freed)
         self.labels = _label_checks(plan)
-        self.iterates = any(s.kind in ("fix", "solve") for s in plan.steps)
-        self.jitted = self.trace if self.iterates else jax.jit(self.trace)
+        self.iterations = [s for s in plan.steps if s.kind in ("fix", "solve")]
+        self.jitted = jax.jit(self.trace)
 
     def trace(self, arrays: dict[str, Array]) -> dict[str, Array]:
-        """The steps as one function of the arrays they read (traced by jit, grad or vmap)."""
-        if self.iterates and any(isinstance(a, jax.core.Tracer) for a in arrays.values()):
-            raise IndexgradError(
-                "fix and solve run eagerly on the jax backend (their iterations stop on the values), "
-                "so jax.jit, jax.grad and jax.vmap cannot trace them; call the model outside a "
-                "trace and use its backward() for gradients"
-            )
+        """The steps as one function of the arrays they read (traced by jit, grad or vmap), and
+        how each fix or solve ended (report_key)."""
         env = dict(arrays)
         for compute, out, add, release in self.entries:
             env[out] = env[out] + compute(env) if add else compute(env)
             for n in release:
                 del env[n]
-        return {n: env[n] for n in self.defines}
+        return {n: env[n] for n in self.defines} | {k: env[k] for k in map(report_key, self.iterations)}
 
     def run(self, env: Env, check_finite: bool = False) -> Env:
         """Run the plan on env (adding what it defines); with `check_finite`, step by step, and
@@ -477,10 +547,23 @@ class JaxExecutor:
         arrays = {n: env[n] for n in self.reads}
         try:
             self.check_labels(arrays)
-            env.update(self._checked(arrays) if check_finite else self.jitted(arrays))
+            out = self._checked(arrays) if check_finite else self.jitted(arrays)
+            for step in self.iterations:
+                self.check_iteration(step, out.pop(report_key(step)))
+            env.update(out)
         except IndexgradError as e:
             raise e.located(self.plan.filename, self.plan.source) from None
         return env
+
+    def check_iteration(self, step: Step, report: tuple[Array, Array, Array]) -> None:
+        """A fix or solve that did not converge is an error naming it, when its values are known
+        (under a trace it cannot raise: its value is NaN)."""
+        if any(isinstance(v, jax.core.Tracer) for v in report):
+            return
+        res, used, singular = (np.asarray(v).item() for v in report)
+        if not res <= step.args["tol"]:
+            more = f"; its Jacobian in '{step.args['iterate']}' is singular there" if singular else ""
+            raise iterate.not_converged(step, res, used, more)
 
     def check_labels(self, arrays: dict[str, Array]) -> None:
         """An out-of-range label is an error naming it, when its values are known (not traced)."""
@@ -501,12 +584,14 @@ class JaxExecutor:
         env = dict(arrays)
         for (compute, out, add, release), step in zip(self.entries, self.plan.steps):
             env[out] = env[out] + compute(env) if add else compute(env)
+            if step.kind in ("fix", "solve"):
+                self.check_iteration(step, env[report_key(step)])
             if step.dtype != "bool" and not bool(jnp.all(jnp.isfinite(env[out]))):
                 bad = "NaN" if bool(jnp.any(jnp.isnan(env[out]))) else "Inf"
                 raise IndexgradError(f"this statement produced {bad} in '{out}'", step.span)
             for n in release:
                 del env[n]
-        return {n: env[n] for n in self.defines}
+        return {n: env[n] for n in self.defines} | {k: env[k] for k in map(report_key, self.iterations)}
 
 
 class JaxBackend:
