@@ -8,6 +8,7 @@ for, which `forward` checks first.
 
 from __future__ import annotations
 
+import ast
 import builtins
 import json
 import keyword
@@ -16,6 +17,7 @@ import string
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import opt_einsum as oe
@@ -88,6 +90,132 @@ def logsumexp(x, axis):
 '''
 
 
+# fix and solve as Python loops (numpy, torch: `xp` becomes the library's module); the jax module
+# gets the jax backend's own while loops (indexgrad/backends/jax_iterate.py), printed as they are
+_FIXED_POINT = """\
+def fixed_point(f, z, tol, max_iter, m, name):
+    \"\"\"The fixed point of f from z by Anderson acceleration (type II, Walker and Ni 2011) with the
+    last m iterates; when the extrapolation diverges or finds no better point in 4m evaluations,
+    plain iteration from the best point. Stops when max |f(x) - x| is at most tol relative to
+    1 + max |f(x)|; raises after max_iter evaluations of f without.\"\"\"
+    shape, x = z.shape, z.reshape(-1)
+    n = len(x)
+
+    def g(x):
+        return f(x.reshape(shape)).reshape(-1)
+
+    def residual(x, fx):
+        return float(xp.abs(fx - x).max() / (1 + xp.abs(fx).max()))
+
+    fx = g(x)
+    X, F = xp.zeros((m, n), dtype=x.dtype), xp.zeros((m, n), dtype=x.dtype)
+    X[0], F[0] = x, fx
+    best, best_f, since, plain, k = residual(x, fx), fx, 0, False, 1
+    while k < max_iter and best > tol:
+        if plain:
+            x = fx
+        else:  # the values' combination (weights summing to 1) whose residuals' is least
+            h = min(k, m)
+            G = F[:h] - X[:h]
+            gram = G @ G.T
+            scale = float(gram.trace()) / h
+            H = xp.zeros((h + 1, h + 1), dtype=x.dtype)
+            H[0, 1:] = H[1:, 0] = 1
+            H[1:, 1:] = gram + 1e-10 * (scale if scale > 0 else 1) * xp.eye(h, dtype=x.dtype)
+            rhs = xp.zeros(h + 1, dtype=x.dtype)
+            rhs[0] = 1
+            x = xp.linalg.solve(H, rhs)[1:] @ F[:h]
+        fx = g(x)
+        r = residual(x, fx)
+        X[k % m], F[k % m] = x, fx
+        k += 1
+        if r < best:
+            best, best_f, since = r, fx, 0
+        else:
+            since += 1
+        if not plain and not (r <= 1e3 * best and since <= 4 * m):  # diverged, stalled or NaN
+            plain, fx = True, best_f  # plain iteration goes on from the best point
+    if not best <= tol:
+        raise ArithmeticError(
+            f"fix(...) found no fixed point for {name!r}: the residual is {best:.3g} after {k} "
+            f"evaluations, over the tolerance {tol:.3g}"
+        )
+    return best_f.reshape(shape)
+"""
+
+_NEWTON = """\
+def newton(g, slope, z, diagonal, tol, max_iter, name):
+    \"\"\"A root of g from z by Newton's method with a backtracking (Armijo) line search. g(x) gives
+    (g's value, what slope reads); slope(saved, dx) is g's derivative along dx. The Jacobian is
+    block diagonal along z's axes `diagonal`, formed one column of a block at a time (every block
+    at once); each block is its own problem, with its own step length. Stops when max |g| is at
+    most tol; raises after max_iter steps without.\"\"\"
+    front = tuple(range(len(diagonal)))
+    laid = xp.moveaxis(z, diagonal, front).shape
+    blocks = 1
+    for d in laid[: len(diagonal)]:
+        blocks *= d
+    width = len(z.reshape(-1)) // max(blocks, 1)
+
+    def rows(v):  # one row per diagonal block
+        v = xp.broadcast_to(v, z.shape)
+        return xp.moveaxis(v, diagonal, front).reshape(blocks, width)
+
+    def unrows(r):
+        return xp.moveaxis(r.reshape(laid), front, diagonal)
+
+    def norms(gx):
+        return (rows(gx) ** 2).sum(-1) ** 0.5
+
+    x = z
+    gx, saved = g(x)
+    for it in range(max_iter + 1):
+        res = float(xp.abs(gx).max())
+        if res <= tol:
+            return x
+        if it == max_iter or not res < float("inf"):
+            break
+        J = xp.zeros((blocks, width, width), dtype=z.dtype)
+        for col in range(width):
+            e = xp.zeros((blocks, width), dtype=z.dtype)
+            e[:, col] = 1
+            J[:, :, col] = rows(slope(saved, unrows(e)))
+        try:
+            d = unrows(xp.linalg.solve(J, -rows(gx)[..., None])[..., 0])
+        except xp.linalg.LinAlgError:
+            raise ArithmeticError(
+                f"solve(...) found no root for {name!r}: its Jacobian is singular after {it} steps"
+            ) from None
+        before = norms(gx)
+        t = xp.ones(blocks, dtype=z.dtype)
+        while True:
+            xn = x + unrows(xp.broadcast_to(t[:, None], (blocks, width))) * d
+            gn, sn = g(xn)
+            short = ~(norms(gn) <= (1 - 1e-4 * t) * before)  # too little decrease, or NaN
+            if not short.any() or t.min() < 1e-6:
+                break
+            t = xp.where(short, t / 2, t)
+        x, gx, saved = xn, gn, sn
+    raise ArithmeticError(
+        f"solve(...) found no root for {name!r}: max |g| is {res:.3g} after {it} steps, over the "
+        f"tolerance {tol:.3g}"
+    )
+"""
+
+
+def _solvers(ns: str) -> dict[str, str]:
+    return {"fixed_point": _FIXED_POINT.replace("xp.", f"{ns}."), "newton": _NEWTON.replace("xp.", f"{ns}.")}
+
+
+def _jax_solvers() -> dict[str, str]:
+    """fixed_point and newton as the jax backend runs them, read from its source (not imported:
+    printing a jax module needs no jax)."""
+    path = Path(__file__).parent / "backends" / "jax_iterate.py"
+    text = path.read_text(encoding="utf-8")
+    found = {f.name: f for f in ast.parse(text).body if isinstance(f, ast.FunctionDef)}
+    return {n: ast.get_source_segment(text, found[n]) + "\n" for n in ("fixed_point", "newton")}  # type: ignore[operator]
+
+
 def _ix(ns: str) -> Callable[[list[str]], str]:
     def grid(ranges: list[str]) -> str:
         return ranges[0] if len(ranges) == 1 else f"{ns}.ix_({', '.join(ranges)})"
@@ -122,7 +250,7 @@ LIBRARIES: dict[str, Library] = {
         "{t}.copy()",
         "{c}",
         "np.clip({e}, 0, {hi})",
-        helpers={"logsumexp": _NUMPY_LOGSUMEXP},
+        helpers={"logsumexp": _NUMPY_LOGSUMEXP, **_solvers("np")},
     ),
     "torch": Library(
         "torch",
@@ -156,6 +284,7 @@ LIBRARIES: dict[str, Library] = {
         "torch.tensor({c})",
         "torch.clamp({e}, 0, {hi})",
         bounds={"max": "torch.clamp({x}, min={c})", "min": "torch.clamp({x}, max={c})"},
+        helpers=_solvers("torch"),
     ),
     "jax": Library(
         "jax",
@@ -179,6 +308,7 @@ LIBRARIES: dict[str, Library] = {
         "",
         "{c}",
         "jnp.clip({e}, 0, {hi})",
+        helpers=_jax_solvers(),
     ),
 }
 
@@ -194,7 +324,7 @@ def library(name: str) -> Library:
 
 _TAKEN = set(keyword.kwlist) | set(dir(builtins)) | {
     "np", "torch", "jax", "jnp", "arrays", "vals", "seeds", "tangents", "forward", "backward",
-    "jvp", "logsumexp", "SHAPES", "SIZES", "check_inputs",
+    "jvp", "logsumexp", "SHAPES", "SIZES", "check_inputs", "fixed_point", "newton", "saved",
 }  # fmt: skip
 
 
@@ -349,15 +479,71 @@ class _Writer:
     def step(self, s: Step) -> None:
         target = self.name(s.out)
         if s.kind in ("fix", "solve"):
-            raise IndexgradError(
-                f"no code generation for {s.kind}(...) (an implicit layer, iterated at run time): "
-                "run it with ig.compile, or print its derivation with --format idx",
-                s.span,
-            )
+            self.iteration(s)
+            return
         e = getattr(self, s.kind)(s)
         if s.kind == "scatter":
             return
         self.emit(f"{target} = {target} + {e}" if s.accumulate else f"{target} = {e}")
+
+    def function(self, head: str, plan: Plan, returned: str, first: Sequence[str] = ()) -> None:
+        """A function nested in the one being written, running a plan's steps (under their
+        statements) after the lines `first`."""
+        inner = _Writer(self.lib, self.name, self.helpers)
+        for line in first:
+            inner.emit(line)
+        _body(plan, inner)
+        self.emit(f"def {head}:" if self.lines and not self.lines[-1] else f"\ndef {head}:")
+        for line in [*inner.lines, f"return {returned}"]:
+            self.emit("    " + line if line else "")
+        self.emit("")
+
+    def iteration(self, s: Step) -> None:
+        """fix or solve: the steps that do not read z once, then f (or g, and g's derivative in z
+        for Newton's Jacobian) as a function of z, iterated by the module's solver helper from the
+        start, with the plan's tolerance and iteration limit."""
+        a = s.args
+        z, r = self.name(a["iterate"]), self.name(a["result"])
+        if a["setup"] is not None:
+            _body(a["setup"], self)
+        settings = f"tol={a['tol']!r}, max_iter={a['max_iter']}"
+        start = self.start(s)
+        # numpy and torch raise where it does not converge; jax (jitted) gives NaN and its report
+        name, got = (f", name={_q(a['iterate'])}", z) if self.lib.name != "jax" else ("", f"{z}, _, _")
+        self.helpers.add("fixed_point" if s.kind == "fix" else "newton")
+        if s.kind == "fix":
+            f = self.name.fresh(f"f_{z}")
+            self.function(f"{f}({z})", a["body"], r)
+            self.emit(f"{got} = fixed_point({f}, {start}, {settings}, m={a['m']}{name})")
+            return
+        tangent = a["tangent"]
+        saved = [n for n in _reads(tangent) if n == a["iterate"] or n in a["body"].outputs]
+        names = [self.name(n) for n in saved]
+        kept = "(" + ", ".join(names) + ("," if len(names) == 1 else "") + ")"
+        g, dg = self.name.fresh(f"g_{z}"), self.name.fresh(f"dg_{z}")
+        self.function(f"{g}({z})", a["body"], f"{r}, {kept}")
+        self.function(f"{dg}(saved, {self.name(a['direction'])})", tangent, self.name(a["slope"]),
+                      [f"{kept} = saved"] if names else [])  # fmt: skip
+        diagonal = str(tuple(a["diagonal"]))
+        got += ", _" if self.lib.name == "jax" else ""
+        self.emit(f"{got} = newton({g}, {dg}, {start}, diagonal={diagonal}, {settings}{name})")
+
+    def start(self, s: Step) -> str:
+        """The iteration's first value: zeros, a number, or the start tensor laid out as z."""
+        start, shape, dtype = s.args["start"], _shape(s.shape), f"{self.ns}.{s.dtype}"
+        if start is None:
+            return f"{self.ns}.zeros({shape}, dtype={dtype})"
+        if isinstance(start, float):
+            return f"{self.ns}.full({shape}, {format_number(start)}, dtype={dtype})"
+        name, axes = start
+        x = self.name(name)
+        if len(set(axes)) < len(axes):  # s[b,b]: its diagonal
+            letters = _letters([*axes, *s.axes])
+            kept = "".join(letters[n] for n in s.axes if n in axes)
+            x = f"{self.ns}.einsum({_q(''.join(letters[n] for n in axes) + '->' + kept)}, {x})"
+            axes = tuple(n for n in s.axes if n in axes)
+        x = self.aligned(x, tuple(axes), s.axes)
+        return x if tuple(axes) == s.axes else f"{self.ns}.broadcast_to({x}, {shape})"
 
     def contract(self, s: Step) -> str:
         a = s.args
@@ -775,7 +961,7 @@ def _imports(lib: Library, body: str) -> list[str]:
 def _function(head: str, doc: str, w: _Writer, returned: str) -> str:
     lines = [head, f'    """{doc}"""']
     for line in w.lines:
-        lines.extend(_wrap("    " + line))
+        lines.extend(_wrap("    " + line) if line else [""])
     return "\n".join([*lines, f"    return {returned}"])
 
 

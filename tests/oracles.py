@@ -598,6 +598,15 @@ ORACLES: dict[str, Oracle] = {
 }
 
 
+# fix and solve stop where the residual is within tol (1e-12 in float64), and two implementations
+# (numpy's Anderson restarts with a longer history; jax's, and the generated modules', keep m
+# iterates in a fixed buffer) stop at different points within it: for a contraction with
+# Lipschitz constant L the two differ by up to about 2 tol / (1 - L), and the gradients (a linear
+# fix of the same tolerance) likewise. 1e-9 allows L up to 0.998; Newton's quadratic convergence
+# leaves roots far closer than that.
+ITERATED_RTOL = 1e-9
+
+
 def assert_close_in_scale(got: Arrays, want: Arrays, what: str, rtol: float = 1e-12) -> None:
     """Every array of `want` matched in `got` within rtol of the largest magnitude among all of
     them (values, gradients or tangents of one call), or of 1 if that is smaller (as `close` in

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from oracles import assert_close_in_scale
+from oracles import ITERATED_RTOL, assert_close_in_scale
+from test_implicit import DEQ, deq_arrays
 
 import indexgrad as ig
 from indexgrad.cli import main as cli_main
@@ -21,9 +22,7 @@ from indexgrad.codegen import to_python
 from indexgrad.shapes import random_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_EXAMPLES = sorted((ROOT / "examples").glob("*.idx"))
-IMPLICIT = {"circle", "deq", "implicit_lsq"}  # fix and solve iterate at run time: no code for them
-EXAMPLES = [p for p in ALL_EXAMPLES if p.stem not in IMPLICIT]
+EXAMPLES = sorted((ROOT / "examples").glob("*.idx"))
 # every kind of index position (SPEC 9) in one program: boundary modes, // and %, a label read
 # through clamp, delta with arithmetic, a comparison and where
 POSITIONS = """\
@@ -36,8 +35,30 @@ e[t,w,d] = E[ids[clamp(t+w)], d]
 s[i,j] = delta[i,j+1] a[i] + where(a[i] > 0.5, a[i], 0.1 a[i]) x[j]
 loss = sum[j](u[j]^2) + sum[t,w,d](e[t,w,d]^2) + sum[i,j](s[i,j]^2)
 """
-PROGRAMS = {p.stem: p for p in EXAMPLES} | {"positions": POSITIONS}
+# implicit layers beside the examples' (deq, circle, implicit_lsq): a vector output seeded, a solve
+# with no block structure from a start tensor, a fix from a start broadcast along i
+IMPLICIT = {
+    "deq_layer": DEQ,
+    "cubic": "z[i] = solve(A[i,j] z[j] + z[i]^3 - y[i], y[i])\nloss = sum[i](z[i])\n",
+    "spread_start": "z[b,i] = fix(0.5 z[b,i] + x[b,i], s[b])\nloss = sum[b,i](z[b,i]^2)\n",
+}
+PROGRAMS = {p.stem: p for p in EXAMPLES} | {"positions": POSITIONS} | IMPLICIT
+ITERATES = {"deq", "circle", "implicit_lsq", *IMPLICIT}
 LIBS = ["numpy", "torch", "jax"]
+
+
+def arrays_for(name: str, prog: ig.Program, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Positive random inputs, where the programs' iterations have a fixed point or root (deq's A
+    is W scaled to norm below 1 whatever W is)."""
+    if name == "deq_layer":
+        return deq_arrays(int(rng.integers(100)), b=3, i=3, k=3)
+    arrays = random_inputs(prog, {}, rng, positive=True)
+    if name == "circle":  # x^2 + z^2 = 1 has a root for |x| < 1
+        arrays["x"] = arrays["x"] - 1
+    if name == "cubic":  # A z + z^3 = y is monotone in z where A is diagonally dominant
+        arrays["A"] = arrays["A"] + 4 * np.eye(len(arrays["A"]))
+    return arrays
+
 
 # Runs in a fresh interpreter per library: every example's two modules on the saved inputs.
 RUNNER = """\
@@ -106,7 +127,7 @@ def generated(tmp_path_factory) -> tuple[Path, dict[str, dict[str, dict]]]:
         prog = ig.load(source) if isinstance(source, Path) else ig.parse(source, filename=f"{name}.idx")
         model = ig.compile(prog)
         rng = np.random.default_rng(k)
-        arrays = random_inputs(prog, {}, rng, positive=True)
+        arrays = arrays_for(name, prog, rng)
         vals = model.forward(**arrays)
         loss = prog.defined()[-1]
         seeds = {} if np.ndim(vals[loss]) == 0 else {loss: rng.standard_normal(np.shape(vals[loss]))}
@@ -147,7 +168,8 @@ def test_generated_module_gives_the_models_values(generated, name: str, lib: str
     got = np.load(folder / f"{name}_{lib}_out.npz")
     for part, values in want[name].items():
         returned = {k.split("/", 1)[1]: got[k] for k in got.files if k.startswith(part + "/")}
-        assert_close_in_scale(returned, values, f"{name} ({lib}) {part}")
+        rtol = ITERATED_RTOL if name in ITERATES else 1e-12
+        assert_close_in_scale(returned, values, f"{name} ({lib}) {part}", rtol)
 
 
 def test_generated_modules_are_ruff_clean_and_import_only_their_library(generated) -> None:
@@ -255,7 +277,29 @@ def test_an_unknown_library_is_an_error_listing_the_known() -> None:
         ig.parse("y = x^2").to_python("tensorflow")
 
 
-@pytest.mark.parametrize("name", sorted(IMPLICIT))
-def test_implicit_layers_are_an_error_saying_what_to_do_instead(name: str) -> None:
-    with pytest.raises(ig.IndexgradError, match=r"no code generation for (fix|solve)\(\.\.\.\).*ig\.compile"):
-        to_python(ig.load(ROOT / "examples" / f"{name}.idx"), "numpy")
+def test_an_implicit_layer_is_its_body_as_a_function_and_one_solver_helper() -> None:
+    """deq's fix: the statement as a comment, the setup x U once, f as a function of z, the plan's
+    settings in the call; the helper printed once for the forward fix and the adjoint's; a fix
+    that does not converge raises, naming its tensor."""
+    model = ig.compile(ROOT / "examples/deq.idx", tol=1e-10, max_iter=80)
+    text = to_python(model, "numpy", dims=dict(b=4, d=5, h=3, c=2, g=3))
+    assert (
+        "    # z[b,h] = fix(tanh(z[b,g] A[g,h] + x[b,d] U[d,h] + B[h]))\n"
+        "    # z.f.prod2[b,h] = x[b,d] U[d,h]\n    z_f_prod2 = np.matmul(x, U)\n\n    def f_z(z):\n"
+    ) in text
+    assert "        return z_f\n\n    z = fixed_point(f_z, np.zeros((4, 3), dtype=np.float64), " in text
+    assert 'tol=1e-10, max_iter=80, m=5, name="z")\n' in text
+    assert text.count("def fixed_point(") == 1 and "fixed_point(\n        f_z_adj," in text
+    namespace: dict = {}
+    exec(compile(text.replace("max_iter=80", "max_iter=2"), "generated", "exec"), namespace)
+    rng = np.random.default_rng(0)
+    arrays = {n: rng.standard_normal(shape) for n, shape in namespace["SHAPES"].items()}
+    with pytest.raises(ArithmeticError, match=r"no fixed point for 'z': the residual .* after 2 evaluations"):
+        namespace["forward"](**arrays)
+
+
+def test_a_solve_module_passes_newton_g_and_its_derivative_in_z() -> None:
+    text = to_python(ig.load(ROOT / "examples/implicit_lsq.idx"), "jax", dims=dict(b=2, i=4, k=3))
+    assert "    def g_z(z):\n" in text and "    def dg_z(saved, z_tan):\n" in text
+    assert "jax.lax.while_loop(" in text and text.count("def newton(") == 1
+    assert "    z, _, _, _ = newton(\n        g_z,\n        dg_z,\n" in text

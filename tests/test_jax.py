@@ -12,7 +12,7 @@ from functools import cache
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
-from oracles import ORACLES, assert_close_in_scale, path
+from oracles import ITERATED_RTOL, ORACLES, assert_close_in_scale, path
 
 import indexgrad as ig
 from indexgrad.shapes import random_inputs
@@ -23,12 +23,6 @@ from jax.test_util import check_grads  # noqa: E402
 
 IMPLICIT = {"circle", "deq", "implicit_lsq"}  # fix and solve: their own tests below
 NAMES = sorted(set(ORACLES) - IMPLICIT)
-# fix and solve stop where the residual is within tol (1e-12 in float64) on both backends, after
-# different iterations (numpy's Anderson restarts with a longer history, jax's keeps m iterates in
-# a fixed buffer): for a contraction with Lipschitz constant L their points differ by up to about
-# 2 tol / (1 - L), and the gradients (a linear fix of the same tolerance) likewise; 1e-9 allows L
-# up to 0.998, and Newton's quadratic convergence leaves its roots far closer than that.
-ITERATED_RTOL = 1e-9
 HEAVY = {"transformer", "lstm", "lenet"}  # their Hessian-vector plans take XLA 4-20 s to compile
 
 

@@ -82,13 +82,15 @@ def newton(g, slope, z, diagonal, tol, max_iter):
     width = z.size // max(blocks, 1)
 
     def rows(v):  # one row per diagonal block
-        return jnp.moveaxis(jnp.broadcast_to(v, z.shape), diagonal, front).reshape(blocks, width)
+        v = jnp.broadcast_to(v, z.shape)
+        return jnp.moveaxis(v, diagonal, front).reshape(blocks, width)
 
     def unrows(r):
         return jnp.moveaxis(r.reshape(laid), front, diagonal)
 
     def jacobian(saved):
-        columns = jnp.broadcast_to(jnp.eye(width, dtype=z.dtype)[:, None, :], (width, blocks, width))
+        eye = jnp.eye(width, dtype=z.dtype)
+        columns = jnp.broadcast_to(eye[:, None, :], (width, blocks, width))
         J = jax.vmap(lambda e: rows(slope(saved, unrows(e))))(columns)  # [column, block, row]
         return J.transpose(1, 2, 0)
 
