@@ -105,6 +105,32 @@ def test_the_jax_backend_agrees_on_every_kind_of_index_position() -> None:
     compare(prog, arrays, 0, "positions")
 
 
+CONVOLUTIONS = [
+    ("y[i] = x[i+k] w[k]\nloss = sum[i](y[i]^2)\n", {"i": 6, "k": 3}),
+    ("y[b,o,r,c] = x[b,ch,u+r,v+c] w[o,ch,u,v]\nloss = sum[b,o,r,c](tanh(y[b,o,r,c]))\n",
+     {"b": 2, "o": 3, "ch": 2, "r": 5, "c": 4, "u": 3, "v": 2}),
+    ("y[b,o,r] = x[b,ch,r+u] w[ch,u,o] + B[o]\nloss = sum[b,o,r](y[b,o,r]^2)\n",
+     {"b": 3, "o": 2, "ch": 4, "r": 7, "u": 2}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text, dims", CONVOLUTIONS)
+def test_products_through_r_plus_u_run_as_convolutions_and_agree_with_numpy(text: str, dims: dict) -> None:
+    """A view through r+u read by one product, and a product added through r+u (the input's
+    gradient), run as lax.conv_general_dilated: with and without batch and channel axes, offsets
+    written first, the kernel's axes in any order."""
+    from indexgrad.backends.jax import _fused
+
+    prog = ig.parse(text)
+    arrays = random_inputs(prog, dims, np.random.default_rng(0))
+    jax_model = ig.compile(prog, backend="jax")
+    backward = jax_model.plan(arrays, "backward")
+    steps = backward.steps
+    assert len(_fused(jax_model.plan(arrays).steps)) == 1
+    assert {steps[j].kind for j in _fused(steps)} == {"contract", "scatter"}  # w.grad, x.grad
+    compare(prog, arrays, 0, text, hvp=False)
+
+
 def budget(examples: int) -> settings:
     return settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
 

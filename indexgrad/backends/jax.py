@@ -8,6 +8,7 @@ without it a float64 array is refused rather than rounded to float32 behind the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -521,20 +522,213 @@ def _solve(step: Step) -> Compute:
     return compute
 
 
+# ---- convolutions: a product that reads a view through r+u as one lax.conv --------------------
+
+
+def _conv_layout(view: Step, step: Step) -> tuple[Any, ...] | None:
+    """How a product of a view x[b,ch,r+u,c+v] (each position one name, or the sum of two) with
+    another tensor k is one `lax.conv_general_dilated` (a correlation, VALID): per axis of x its
+    role (the batch: kept, not in k; the feature: summed with k; a spatial axis: a kept name plus
+    an offset that k holds), and k's axes as (out-feature, feature, the offsets). None when the
+    product is not one (a name in both operands and kept, a depthwise convolution, powers, ...)."""
+    ops = step.inputs
+    if len(ops) != 2 or any(o.power != 1 for o in ops) or [o.name for o in ops].count(view.out) != 1:
+        return None
+    k = ops[0] if ops[1].name == view.out else ops[1]
+    out = tuple(step.args.get("kept", step.axes))
+    kn, on = set(k.axes), set(out)
+    if len(kn) != len(k.axes) or len(on) != len(out):
+        return None
+    batch: list[int] = []
+    feature: list[int] = []
+    spatial: list[tuple[int, str, str]] = []  # (axis of x, the kept name, the offset k holds)
+    for axis, p in enumerate(view.args["positions"]):
+        if p[0] != "affine" or p[1] != 0 or any(c != 1 for c, _ in p[2]):
+            return None
+        names = [n for _, n in p[2]]
+        if len(names) == 1 and names[0] in on and names[0] not in kn:
+            batch.append(axis)
+        elif len(names) == 1 and names[0] in kn and names[0] not in on:
+            feature.append(axis)
+        elif len(names) == 2 and {n in kn and n not in on for n in names} == {True, False}:
+            offset = next(n for n in names if n in kn and n not in on)
+            kept = names[0] if names[1] == offset else names[1]
+            if kept not in on or kept in kn:
+                return None
+            spatial.append((axis, kept, offset))
+        else:
+            return None
+    xnames = {n for p in view.args["positions"] for _, n in p[2]}
+    if len(xnames) != sum(len(p[2]) for p in view.args["positions"]):
+        return None  # a name in two positions (x[r+u, r+v]) is no convolution's
+    out_feature = [n for n in k.axes if n in on and n not in xnames]
+    feature_names = [view.args["positions"][a][2][0][1] for a in feature]
+    produced = [view.args["positions"][a][2][0][1] for a in batch] + out_feature + [n for _, n, _ in spatial]
+    if not spatial or len(batch) > 1 or len(feature) > 1 or len(out_feature) > 1 or set(produced) != on:
+        return None
+    if set(k.axes) != set(out_feature) | set(feature_names) | {o for _, _, o in spatial}:
+        return None
+    return k, out, batch, feature, spatial, out_feature, feature_names
+
+
+def _conv(view: Step, step: Step) -> Compute | None:
+    """The product `step` of the view `view` (read by no other step) as one convolution, or None."""
+    layout = _conv_layout(view, step)
+    if layout is None:
+        return None
+    k, out, batch, feature, spatial, out_feature, feature_names = layout
+    size = dict(zip(view.axes, view.shape))
+    src, name = view.inputs[0].name, k.name
+    cut = [slice(None)] * len(view.args["positions"])
+    for a, n, o in spatial:  # the extent the positions read
+        cut[a] = slice(0, size[n] + size[o] - 1)
+    x_order = [*batch, *feature, *(a for a, _, _ in spatial)]
+    k_order = [k.axes.index(n) for n in [*out_feature, *feature_names, *(o for _, _, o in spatial)]]
+    drop = tuple(a for a, there in ((0, batch), (1, out_feature)) if not there)
+    made = [view.args["positions"][a][2][0][1] for a in batch] + out_feature + [n for _, n, _ in spatial]
+    back = [made.index(n) for n in out]
+    strides = (1,) * len(spatial)
+
+    def convolve(env: Env) -> Array:
+        x = jnp.transpose(env[src][tuple(cut)], x_order)  # (batch, feature, spatial...)
+        w = jnp.transpose(env[name], k_order)  # (out-feature, feature, offsets...)
+        if not batch:
+            x = x[None]
+        if not out_feature:
+            w = w[None]
+        if not feature:
+            x, w = jnp.expand_dims(x, 1), jnp.expand_dims(w, 1)
+        y = jax.lax.conv_general_dilated(x, w, strides, "VALID", precision=jax.lax.Precision.HIGHEST)
+        return jnp.transpose(jnp.squeeze(y, drop) if drop else y, back)
+
+    return _finish(step, convolve)
+
+
+def _conv_scatter(product: Step, scatter: Step) -> Compute | None:
+    """A product t[b,ch,r,u,c,v] = y[b,o,r,c] w[o,ch,u,v] added at t's positions r+u, c+v (the
+    input's gradient of a convolution) as one convolution of y, padded by the kernel's extent
+    less one, with w reversed along its offsets; or None when it is not one."""
+    a, k = product.inputs if len(product.inputs) == 2 else (None, None)
+    kept = tuple(product.args.get("kept", product.axes))
+    if a is None or k is None or product.accumulate or kept != product.axes or a.power != 1 or k.power != 1:
+        return None
+    positions = scatter.args["positions"]
+    if any(p[0] != "affine" or p[1] != 0 or any(c != 1 for c, _ in p[2]) for p in positions):
+        return None
+    pairs = [tuple(n for _, n in p[2]) for p in positions]
+    if sum(len(p) == 2 for p in pairs) == 0 or any(len(p) not in (1, 2) for p in pairs):
+        return None
+    if len({n for p in pairs for n in p}) != sum(map(len, pairs)) or scatter.inputs[0].power != 1:
+        return None
+    size = dict(zip(product.axes, product.shape))
+    if math.prod(size[n] for p in pairs if len(p) == 2 for n in p if n in a.axes) < math.prod(
+        size[n] for p in pairs if len(p) == 2 for n in p if n in k.axes
+    ):
+        a, k = k, a  # the kernel is the smaller operand
+    an, kn = set(a.axes), set(k.axes)
+    summed = [n for n in a.axes if n in kn]
+    batch = [p[0] for p in pairs if len(p) == 1 and p[0] in an and p[0] not in kn]
+    out_feature = [p[0] for p in pairs if len(p) == 1 and p[0] in kn and p[0] not in an]
+    spatial = [p if p[0] in an else p[::-1] for p in pairs if len(p) == 2]
+    if (
+        len(batch) + len(out_feature) + len(spatial) != len(pairs)
+        or any(n in kn or o in an or o not in kn for n, o in spatial)
+        or len(batch) > 1 or len(out_feature) > 1 or len(summed) > 1
+        or set(a.axes) != {*batch, *summed, *(n for n, _ in spatial)}
+        or set(k.axes) != {*out_feature, *summed, *(o for _, o in spatial)}
+        or len(set(a.axes)) != len(a.axes) or len(set(k.axes)) != len(k.axes)
+    ):  # fmt: skip
+        return None
+    a_order = [a.axes.index(n) for n in [*batch, *summed, *(n for n, _ in spatial)]]
+    k_order = [k.axes.index(n) for n in [*out_feature, *summed, *(o for _, o in spatial)]]
+    spatial_axes = [i for i, p in enumerate(pairs) if len(p) == 2]
+    # y padded so that each of the target's positions i sees every r with r + u = i
+    padding = [(size[o] - 1, scatter.shape[i] - size[n]) for i, (n, o) in zip(spatial_axes, spatial)]
+    made = [i for i, p in enumerate(pairs) if len(p) == 1 and p[0] in batch]
+    made += [i for i, p in enumerate(pairs) if len(p) == 1 and p[0] in out_feature] + spatial_axes
+    back = [made.index(i) for i in range(len(pairs))]
+    drop = tuple(i for i, there in ((0, batch), (1, out_feature)) if not there)
+    flip = tuple(slice(None, None, -1) if i >= 2 else slice(None) for i in range(2 + len(spatial)))
+    coef, fresh, out = product.args.get("coef", 1), scatter.args["fresh"], scatter.out
+    strides = (1,) * len(spatial)
+
+    def convolve(env: Env) -> Array:
+        x = jnp.transpose(env[a.name], a_order)  # (batch, summed, spatial...)
+        w = jnp.transpose(env[k.name], k_order)  # (out-feature, summed, offsets...)
+        if not batch:
+            x = x[None]
+        if not out_feature:
+            w = w[None]
+        if not summed:
+            x, w = jnp.expand_dims(x, 1), jnp.expand_dims(w, 1)
+        y = jax.lax.conv_general_dilated(x, w[flip], strides, padding, precision=jax.lax.Precision.HIGHEST)
+        y = jnp.transpose(jnp.squeeze(y, drop) if drop else y, back)
+        y = y if coef == 1 else y * coef
+        return y if fresh else env[out] + y
+
+    return convolve
+
+
+def _fused(steps: tuple[Step, ...]) -> dict[int, tuple[int, Compute]]:
+    """{a step's position: (the position of the step it takes in, the compute of both)} for the
+    convolutions among the steps, which XLA then runs as its own, without the patches (a 3x3
+    kernel's are nine times the input): a view through r+u read by one product alone, and a
+    product read only by a scatter-add through r+u (the input's gradient)."""
+    out: dict[int, tuple[int, Compute]] = {}
+    for i, s in enumerate(steps):
+        readers = [j for j, t in enumerate(steps) if j > i and any(o.name == s.out for o in t.inputs)]
+        if len(readers) != 1 or s.out not in steps[readers[0]].release:
+            continue
+        reader = steps[readers[0]]
+        conv = None
+        if s.kind == "view" and reader.kind == "contract":
+            if basic_index(s.args["positions"], dict(zip(s.axes, s.shape))) is None:
+                conv = _conv(s, reader)
+        elif s.kind == "contract" and reader.kind == "scatter" and reader.inputs[0].name == s.out:
+            conv = _conv_scatter(s, reader)
+        if conv is not None:
+            out[readers[0]] = (i, conv)
+    return out
+
+
 # ---- the executor ------------------------------------------------------------------------------
 
 
-def _entry(step: Step) -> tuple[Compute, str, bool, tuple[str, ...]]:
-    """A step as the executor runs it: its compute (giving the step's dtype and shape), its target,
-    whether it adds into the target, and what it frees."""
-    body = builder_for(BUILDERS, step, "jax")(step)  # type: ignore[arg-type]
+Entry = tuple[Compute, str, bool, tuple[str, ...]]
+
+
+def _entry(step: Step, body: Compute | None = None, release: tuple[str, ...] | None = None) -> Entry:
+    """A step as the executor runs it: its compute (giving the step's dtype and shape; `body`
+    where the step is built otherwise), its target, whether it adds into the target, and what it
+    frees (`release` where not the step's own)."""
+    body = body or builder_for(BUILDERS, step, "jax")(step)  # type: ignore[arg-type]
     dtype = float_dtype(step.dtype)
 
     def compute(env: Env) -> Array:
         a = body(env)
         return a if a.dtype == dtype else a.astype(dtype)  # a weakly typed number, say
 
-    return compute, step.out, step.accumulate and step.kind != "scatter", step.release
+    frees = step.release if release is None else release
+    return compute, step.out, step.accumulate and step.kind != "scatter", frees
+
+
+def _entries(plan: Plan) -> list[tuple[Entry, Step]]:
+    """The plan's steps as the executor runs them, each with its step; a view that one product
+    reads through r+u is part of that product's convolution (what it frees freed there)."""
+    fused = _fused(plan.steps)
+    views = {i for i, _ in fused.values()}
+    out = []
+    for j, s in enumerate(plan.steps):
+        if j in views:
+            continue
+        if j in fused:
+            i, conv = fused[j]
+            view = plan.steps[i]
+            release = tuple(n for n in view.release + s.release if n != view.out)
+            out.append((_entry(s, conv, release), s))
+        else:
+            out.append((_entry(s), s))
+    return out
 
 
 def _label_checks(plan: Plan) -> list[tuple[str, int, int, str, Any]]:
@@ -557,7 +751,7 @@ class JaxExecutor:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.entries = [_entry(s) for s in plan.steps]
+        self.entries, self.steps = map(list, zip(*_entries(plan))) if plan.steps else ([], [])
         given = {n for n, _, _ in plan.inputs}
         read = [o.name for s in plan.steps for o in s.inputs] + [s.out for s in plan.steps if s.accumulate]
         self.reads = tuple(n for n in dict.fromkeys(read) if n in given)
@@ -618,7 +812,7 @@ class JaxExecutor:
 
     def _checked(self, arrays: dict[str, Array]) -> dict[str, Array]:
         env = dict(arrays)
-        for (compute, out, add, release), step in zip(self.entries, self.plan.steps):
+        for (compute, out, add, release), step in zip(self.entries, self.steps):
             env[out] = env[out] + compute(env) if add else compute(env)
             if step.kind in ("fix", "solve"):
                 self.check_iteration(step, env[report_key(step)])
