@@ -299,6 +299,17 @@ def test_an_implicit_layer_is_its_body_as_a_function_and_one_solver_helper() -> 
 
 
 def test_a_solve_module_passes_newton_g_and_its_derivative_in_z() -> None:
+    """g and its tangent in z are functions; what the tangent reads of g's values comes back with
+    g's value; a singular Jacobian raises, naming the tensor; the jax module prints while loops."""
+    text = to_python(ig.parse("z[b] = solve(z[b]^2 - x[b], 0)\n"), "numpy", dims=dict(b=2))
+    assert "        return z_g, (z,)\n" in text and "        (z,) = saved\n" in text
+    namespace: dict = {}
+    exec(compile(text, "generated", "exec"), namespace)
+    with pytest.raises(ArithmeticError, match="no root for 'z': its Jacobian is singular after 0 steps"):
+        namespace["forward"](x=np.ones(2))
+    start = text.replace("np.zeros((2,), dtype=np.float64)", "np.ones(2)")
+    exec(compile(start, "generated", "exec"), namespace)
+    np.testing.assert_allclose(namespace["forward"](x=np.array([4.0, 9.0]))["z"], [2, 3], rtol=1e-12)
     text = to_python(ig.load(ROOT / "examples/implicit_lsq.idx"), "jax", dims=dict(b=2, i=4, k=3))
     assert "    def g_z(z):\n" in text and "    def dg_z(saved, z_tan):\n" in text
     assert "jax.lax.while_loop(" in text and text.count("def newton(") == 1
