@@ -845,7 +845,7 @@ class JaxBackend:
         return jnp.asarray(value, None if dtype is None else float_dtype(dtype))
 
     def describe(self, a: Array) -> tuple[tuple[int, ...], np.dtype]:
-        return tuple(a.shape), np.dtype(a.dtype)
+        return a.shape, a.dtype  # a tuple and a numpy dtype already (this runs per input per call)
 
     def to_numpy(self, a: Array) -> np.ndarray:
         return np.asarray(a)
