@@ -1,7 +1,8 @@
 """Running fix and solve: Anderson acceleration and Newton's method over a backend's nested plans.
 
 The iteration's bookkeeping is numpy (Anderson's small least-squares problem, Newton's Jacobian
-blocks and line search); each evaluation of the body runs on the backend through `Runtime`.
+blocks and line search); each evaluation of the body runs on the backend through `Runtime`. The
+jax backend iterates inside its traced computation instead (backends/jax_iterate.py).
 """
 
 from __future__ import annotations

@@ -305,8 +305,8 @@ def fill(step: Step) -> Compute:
 
 def view(step: Step) -> Compute:
     """x[j+k] as an array over (j, k): slicing where it can; else, where each index sits in one
-    axis, one strided slice per offset of the smaller indices stacked (a convolution's patches:
-    nine slices for a 3x3 kernel, which XLA fuses into one copy, where a gather at index arrays
+    axis, one strided slice per offset of the smaller indices, stacked (a strided convolution's
+    patches: nine slices and one concatenation for a 3x3 kernel, where a gather at index arrays
     reads element by element); else a gather at fixed positions."""
     src = step.inputs[0].name
     index = basic_index(step.args["positions"], dict(zip(step.axes, step.shape)))
