@@ -67,12 +67,31 @@ def _exit_now(signum: int, frame: object) -> None:
     os._exit(INTERRUPTED)
 
 
+def _leave_interrupted() -> None:
+    """Say so on stderr and end at once with status 130."""
+    print("indexgrad: interrupted", file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(INTERRUPTED)
+
+
+def _unraisable(info: Any) -> None:
+    """A KeyboardInterrupt raised where Python cannot raise it (a callback of the import system's
+    module locks, while modules load) would be printed as "Exception ignored" with a traceback and
+    then lost, the command going on: it ends the command instead, as any other Ctrl-C does."""
+    if isinstance(info.exc_value, KeyboardInterrupt):
+        signal.signal(signal.SIGINT, _exit_now)
+        _leave_interrupted()
+    sys.__unraisablehook__(info)
+
+
 def entry() -> None:
     """Run the command; Ctrl-C at any moment (while modules load, while it works, while it prints
     or exits) ends it with status 130 and one line on stderr, never a traceback."""
     ctrl_c = CtrlC()
     try:
         signal.signal(signal.SIGINT, ctrl_c)
+        sys.unraisablehook = _unraisable
         sys.stdout = PipeGuard(sys.stdout)  # type: ignore[assignment]
         sys.stderr = PipeGuard(sys.stderr)  # type: ignore[assignment]
         from .cli import main
@@ -83,11 +102,10 @@ def entry() -> None:
         if not (ctrl_c.interrupted or isinstance(e, KeyboardInterrupt)):
             raise
         signal.signal(signal.SIGINT, _exit_now)
-        print("indexgrad: interrupted", file=sys.stderr)
-        code = INTERRUPTED
-    if code == INTERRUPTED:
         # Under `python -m`, an interrupt that landed in an import was seen to make the interpreter
         # end itself by SIGINT at exit (status -2) although it was handled here: leave at once.
+        _leave_interrupted()
+    if code == INTERRUPTED:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         os._exit(INTERRUPTED)

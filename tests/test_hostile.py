@@ -267,6 +267,22 @@ def test_5_ctrl_c_at_any_moment_exits_130_quietly(tmp_path: Path, how: str, dela
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary checkpoint left behind
 
 
+def test_5_ctrl_c_that_python_cannot_raise_still_ends_the_command() -> None:
+    """A KeyboardInterrupt in a callback of the import system's locks reaches sys.unraisablehook,
+    which would print "Exception ignored" with a traceback and go on: it ends the command."""
+    code = (
+        "import sys, weakref\n"
+        "from indexgrad.__main__ import _unraisable\n"
+        "sys.unraisablehook = _unraisable\n"
+        "class Lock: pass\n"
+        "def cb(ref): raise KeyboardInterrupt\n"
+        "lock = Lock(); ref = weakref.ref(lock, cb); del lock\n"
+        "print('went on')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "indexgrad: interrupted\n")
+
+
 # ---- 11: a closed pipe does not stop the work ---------------------------------------------------
 
 
