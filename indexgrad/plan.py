@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import opt_einsum as oe
 
-from . import positions
+from . import correlate, positions
 from .errors import IndexgradError
 from .functions import FUNCTIONS
 from .iterate import ANDERSON_M, ANDERSON_MOST, DEFAULT_MAX_ITER, DEFAULT_TOL
@@ -512,6 +512,8 @@ def make_plan(
             in_place=in_place, iterations=iterations, numpy_layouts=numpy_layouts,
         )  # fmt: skip
         steps = planner.steps()
+        if backend == "torch":  # torch's convolutions run what is a correlation
+            steps = correlate.correlations(steps)
         steps = _masks(steps, keep)
         steps, peak, fresh = _buffers(steps, set(shapes), keep, in_place)
     except IndexgradError as e:
@@ -1243,6 +1245,7 @@ _DESCRIBE: dict[str, Callable[[Step], str]] = {
     "gather": _describe_access,
     "scatter": _describe_access,
     "delta": _describe_delta,
+    "conv": correlate.describe,
 }
 
 

@@ -71,6 +71,82 @@ def test_steps_read_through_negative_strides() -> None:
     assert assert_backends_agree(text, {"w": rng.standard_normal(3), "x": rng.standard_normal(7)}) == "hvp"
 
 
+# ---- correlations run as torch's convolutions --------------------------------------------------
+
+F = torch.nn.functional
+CONV = "{dims}input x[{x}], w[{w}]\ny[{y}] = {coef}x[{at}] w[{w}]\n"
+# (x's axes, its positions, w's axes, y's axes, x's shape, w's shape, torch's y from x and w)
+CORRELATIONS = {
+    "plain, non-square": (
+        "b,ch,row,col", "b,ch,r+u,c+v", "o,ch,u,v", "b,o,r,c", (2, 3, 7, 6), (4, 3, 3, 2),
+        lambda x, w: F.conv2d(x, w),
+    ),
+    "stride, a column left over": (
+        "b,ch,row,col", "b,ch,2*r+u,2*c+v", "o,ch,u,v", "b,o,r,c", (2, 3, 9, 8), (4, 3, 3, 3),
+        lambda x, w: F.conv2d(x, w, stride=2),
+    ),
+    "dilation": (
+        "b,ch,row,col", "b,ch,r+2*u,c+v", "o,ch,u,v", "b,o,r,c", (2, 3, 9, 6), (4, 3, 3, 2),
+        lambda x, w: F.conv2d(x, w, dilation=(2, 1)),
+    ),
+    "pad": (
+        "b,ch,row,col", "b,ch,pad(r+u-1),pad(c+v-1)", "o,ch,u,v", "b,o,r,c", (2, 3, 7, 6), (4, 3, 3, 3),
+        lambda x, w: F.conv2d(x, w, padding=1),
+    ),
+    "uneven pad, stride and a crop": (
+        "b,ch,row,col", "b,ch,pad(2*r+u-1),c+v+1", "o,ch,u,v", "b,o,r,c", (2, 3, 8, 7), (4, 3, 3, 3),
+        lambda x, w: F.conv2d(F.pad(x, (0, 0, 1, 2))[..., 1:], w, stride=(2, 1)),
+    ),
+    "one image of one channel": (
+        "row,col", "r+u,c+v", "o,u,v", "o,r,c", (6, 5), (2, 3, 3),
+        lambda x, w: F.conv2d(x[None, None], w[:, None])[0],
+    ),
+    "axes in any order": (
+        "ch,b,col,row", "ch,b,c+v,r+u", "u,ch,v,o", "o,b,c,r", (3, 2, 6, 7), (3, 3, 2, 4),
+        lambda x, w: F.conv2d(x.permute(1, 0, 3, 2), w.permute(3, 1, 0, 2)).permute(1, 0, 3, 2),
+    ),
+    "1-D, times 2": (
+        "b,ch,i", "b,ch,t+k", "o,ch,k", "b,o,t", (2, 3, 9), (4, 3, 4),
+        lambda x, w: 2 * F.conv1d(x, w),
+    ),
+}  # fmt: skip
+DIMS = {"uneven pad, stride and a crop": "dim r=5\n"}  # rows -1 ... 9 of x's 8
+
+
+@pytest.mark.parametrize("case", sorted(CORRELATIONS))
+def test_correlations_run_as_convolutions_and_agree_with_torch(case: str) -> None:
+    """The forward against torch's convolution; x's and w's gradients against torch's autograd;
+    the plans run the forward, and both gradients, as one conv step each."""
+    xs, at, ws, ys, xshape, wshape, conv = CORRELATIONS[case]
+    coef = "2 " if "times 2" in case else ""
+    text = CONV.format(dims=DIMS.get(case, ""), x=xs, w=ws, y=ys, at=at, coef=coef)
+    m = ig.compile(text, backend="torch")
+    rng = np.random.default_rng(0)
+    x, w = (torch.tensor(rng.standard_normal(s), requires_grad=True) for s in (xshape, wshape))
+    want = conv(x, w)
+    seed = torch.tensor(rng.standard_normal(want.shape))
+    want_x, want_w = torch.autograd.grad(want, (x, w), seed)
+    vals = m.forward(x=x.detach(), w=w.detach())
+    grads = m.backward(vals, seed={"y": seed})
+    for got, ref in ((vals["y"], want), (grads["x"], want_x), (grads["w"], want_w)):
+        np.testing.assert_allclose(got.numpy(), ref.detach().numpy(), rtol=1e-12, atol=1e-12)
+    shapes = {"x": xshape, "w": wshape, "y.grad": tuple(want.shape)}
+    (forward,) = [s for s in m.plan(shapes).steps if s.kind == "conv"]
+    assert forward.call.startswith("conv") and forward.out == "y"
+    backward = {s.out: s.call for s in m.plan(shapes, "backward", loss="y").steps if s.kind == "conv"}
+    assert set(backward) == {"x.grad", "w.grad"}
+    assert backward["x.grad"].startswith("conv_transpose")
+
+
+def test_a_product_that_is_no_correlation_stays_a_product() -> None:
+    """The kernel's index kept in the result: a broadcast product, not a convolution."""
+    text = "input x[i], w[k]\ny[j,k] = x[j+k] w[k]\n"
+    m = ig.compile(text, backend="torch")
+    assert all(s.kind != "conv" for s in m.plan({"x": (6,), "w": (3,)}).steps)
+    rng = np.random.default_rng(0)
+    assert assert_backends_agree(text, {"x": rng.standard_normal(6), "w": rng.standard_normal(3)}) == "jvp"
+
+
 def test_every_function_and_reduction_runs_on_torch() -> None:
     assert set(FUNCTIONS) <= set(torch_backend.FUNCTIONS)
     assert set(REDUCTIONS) <= set(torch_backend.REDUCTIONS)

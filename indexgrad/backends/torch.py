@@ -434,6 +434,90 @@ def fill(step: Step, run: _Run) -> Compute:
     return lambda env: one.on(run.device).expand(shape)  # one value, as the plan counts it
 
 
+# ---- correlations -------------------------------------------------------------------------------
+
+
+def _to_library(names: tuple[str, ...], order: tuple[str | None, ...]) -> Unary | None:
+    """What puts a tensor's axes (named `names`) in a convolution's order, a length-1 axis where
+    `order` has None (one image, one channel)."""
+    move = _permute(tuple(names.index(n) for n in order if n is not None))
+    missing = [k for k, n in enumerate(order) if n is None]
+    if not missing:
+        return move
+
+    def unsqueezed(a: Tensor) -> Tensor:
+        for k in missing:
+            a = a.unsqueeze(k)
+        return a
+
+    return _then(move, unsqueezed)
+
+
+def _from_library(order: tuple[str | None, ...], names: tuple[str, ...]) -> Unary | None:
+    """A convolution's result, its axes in `order`, as a tensor over `names`."""
+    present = [n for n in order if n is not None]
+    drop = tuple(k for k, n in enumerate(order) if n is None)
+    squeeze = operator.methodcaller("squeeze", drop) if drop else None
+    return _then(squeeze, _permute(tuple(present.index(n) for n in names)))
+
+
+def _margins(adjust: list[tuple[int, int]]) -> Unary | None:
+    """Each axis of space (from the third on) padded with zeros by (before, after), or cropped
+    where they are negative."""
+    if not any(lo or hi for lo, hi in adjust):
+        return None
+    crops = [(2 + k, max(0, -lo), max(0, -hi)) for k, (lo, hi) in enumerate(adjust) if lo < 0 or hi < 0]
+    pads = [v for lo, hi in reversed(adjust) for v in (max(0, lo), max(0, hi))]
+
+    def fit(a: Tensor) -> Tensor:
+        for dim, lo, hi in crops:
+            a = a.narrow(dim, lo, a.shape[dim] - lo - hi)
+        return torch.nn.functional.pad(a, pads) if any(pads) else a
+
+    return fit
+
+
+def conv(step: Step, run: _Run) -> Compute:
+    """A correlation (indexgrad/correlate.py) by torch's convolutions: the forward as conv, the
+    kernel's gradient as convolution_backward, the input's as conv_transpose. x is padded on both
+    sides alike by the convolution, any difference by a pad (or a crop) of its own."""
+    a = step.args
+    n, space = len(a["space"]), a["space"]
+    stride, dilation = [s[0] for s in space], [s[1] for s in space]
+    padding = [max(0, min(lo, hi)) for _, _, lo, hi in space]
+    orders = {"x": a["x_order"], "w": a["w_order"], "y": a["y_order"]}
+    reads = {
+        r: _reader(o, step.dtype, _to_library(o.axes, orders[r])) for o, r in zip(step.inputs, a["inputs"])
+    }
+    first, second = (reads[r] for r in {"y": "xw", "w": "xy", "x": "yw"}[a["result"]])
+    finish = _from_library(orders[a["result"]], step.axes)
+    F = torch.nn.functional
+    if a["result"] == "y":
+        fit = _margins([(lo - p, hi - p) for (_, _, lo, hi), p in zip(space, padding)]) or (lambda t: t)
+        call = getattr(F, f"conv{n}d")
+        body = lambda env: call(fit(first(env)), second(env), None, stride, padding, dilation)  # noqa: E731
+    elif a["result"] == "w":
+        fit = _margins([(lo - p, hi - p) for (_, _, lo, hi), p in zip(space, padding)]) or (lambda t: t)
+        size = sizes(step)
+        shape = [size[m] if m is not None else 1 for m in a["w_order"]]
+        backward = torch.ops.aten.convolution_backward
+
+        def body(env: Env) -> Tensor:
+            x, g = fit(first(env)), second(env)
+            kernel = g.new_empty(1).expand(shape)  # its shape is all convolution_backward reads
+            out = (False, True, False)
+            return backward(g, x, kernel, None, stride, padding, dilation, False, [0] * n, 1, out)[1]
+    else:
+        ends = [p - hi for (_, _, _, hi), p in zip(space, padding)]
+        extra = [e if 0 < e < max(s, d) else 0 for e, s, d in zip(ends, stride, dilation)]
+        fit = _margins([(p - lo, e - x) for (_, _, lo, _), p, e, x in zip(space, padding, ends, extra)])
+        call, fit = getattr(F, f"conv_transpose{n}d"), fit or (lambda t: t)
+        body = lambda env: fit(call(first(env), second(env), None, stride, padding, extra, 1, dilation))  # noqa: E731
+    coef = a["coef"]
+    scaled = body if coef == 1 else (lambda env: body(env).mul_(coef))
+    return scaled if finish is None else (lambda env: finish(scaled(env)))
+
+
 # ---- reads and writes through index arithmetic and labels -----------------------------------
 
 
@@ -601,6 +685,7 @@ def _implicit(kind: str) -> Callable[[Step, _Run], Compute]:
 
 BUILDERS: dict[str, Callable[[Step, _Run], Compute]] = {
     "contract": contract,
+    "conv": conv,
     "elementwise": elementwise,
     "terms": terms,
     "reduce": reduce,
