@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import opt_einsum as oe
 
-from . import correlate, positions
+from . import correlate, positions, softmax
 from .errors import IndexgradError
 from .functions import FUNCTIONS
 from .iterate import ANDERSON_M, ANDERSON_MOST, DEFAULT_MAX_ITER, DEFAULT_TOL
@@ -512,8 +512,8 @@ def make_plan(
             in_place=in_place, iterations=iterations, numpy_layouts=numpy_layouts,
         )  # fmt: skip
         steps = planner.steps()
-        if backend == "torch":  # torch's convolutions run what is a correlation
-            steps = correlate.correlations(steps)
+        if backend == "torch":  # steps that are one call of torch's own: a convolution, a softmax
+            steps = softmax.softmaxes(correlate.correlations(steps), keep)
         steps = _masks(steps, keep)
         steps, peak, fresh = _buffers(steps, set(shapes), keep, in_place)
     except IndexgradError as e:
@@ -1246,6 +1246,7 @@ _DESCRIBE: dict[str, Callable[[Step], str]] = {
     "scatter": _describe_access,
     "delta": _describe_delta,
     "conv": correlate.describe,
+    "softmax": softmax.describe,
 }
 
 

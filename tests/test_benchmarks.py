@@ -155,3 +155,5 @@ def test_per_step_times_every_step_of_both_plans(capsys):
     out = capsys.readouterr().out
     assert "forward plan: 12 steps" in out and "backward plan:" in out
     assert "W1.grad[d,h] += " in out and "ratio indexgrad / hand numpy" in out
+    assert per_step.main(["--only", "mlp_small", "--tiny", "--reps", "2", "--backend", "torch"]) == 0
+    assert "ratio indexgrad / PyTorch eager" in capsys.readouterr().out

@@ -147,6 +147,30 @@ def test_a_product_that_is_no_correlation_stays_a_product() -> None:
     assert assert_backends_agree(text, {"x": rng.standard_normal(6), "w": rng.standard_normal(3)}) == "jvp"
 
 
+SOFTMAX = "input a[s,b]\np[s,b] = exp(a[s,b] - logsumexp[u](a[u,b]))\nloss = sum[s,b](p[s,b] a[s,b])\n"
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        [0.5, -1.0, 2.0, 0.0],
+        [0.5, -1e9, -1e9, 3.0],  # a mask, where torch's exp is slow
+        [0.5, np.inf, 1.0, np.inf],
+        [-np.inf, -np.inf, -np.inf, -np.inf],
+        [0.5, np.nan, 1.0, 2.0],
+    ],
+)
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # numpy's inf - inf
+def test_a_softmax_is_one_step_with_the_values_of_its_three(row: list[float]) -> None:
+    """exp(a - logsumexp(a)) over an axis that is not the last: one softmax step, with numpy's
+    values, gradients, NaNs and infinities (a row holding +inf, or only -inf, included)."""
+    steps = ig.compile(SOFTMAX, backend="torch").plan({"a": (4, 3)}).steps
+    assert [s.kind for s in steps if s.out == "p"] == ["softmax"]
+    a = np.random.default_rng(0).standard_normal((4, 3))
+    a[:, 1] = row
+    assert assert_backends_agree(SOFTMAX, {"a": a}) in ("hvp", "forward")
+
+
 def test_every_function_and_reduction_runs_on_torch() -> None:
     assert set(FUNCTIONS) <= set(torch_backend.FUNCTIONS)
     assert set(REDUCTIONS) <= set(torch_backend.REDUCTIONS)

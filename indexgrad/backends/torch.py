@@ -113,8 +113,26 @@ IN_PLACE: dict[str, Unary] = {
 }
 
 
+_LOG2E = 1 / math.log(2)
+
+
+def _shifted_exp(x: Tensor, axes: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """exp(x - m) and m, x's maximum over `axes` (0 where that is not finite, as numpy's backend
+    takes it). exp as exp2 of (x - m) log2(e): torch's exp is slow where it underflows (the -1e9
+    of an attention mask), and exp2 is not; an entry's error, |x - m| ulps, is negligible against
+    the maximum's exact 1 where it is summed or normalised by."""
+    m = x.amax(dim=axes, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, 0.0)
+    return torch.sub(x, m).mul_(_LOG2E).exp2_(), m
+
+
 def _logsumexp(x: Tensor, axes: tuple[int, ...]) -> Tensor:
-    return torch.logsumexp(x, dim=axes) if x.numel() else x.sum(dim=axes).fill_(-math.inf)
+    if not x.numel():
+        return x.sum(dim=axes).fill_(-math.inf)
+    if not x.is_floating_point():
+        return torch.logsumexp(x, dim=axes)
+    e, m = _shifted_exp(x, axes)
+    return e.sum(dim=axes, keepdim=True).log_().add_(m).squeeze(axes)
 
 
 REDUCTIONS: dict[str, Callable[[Tensor, tuple[int, ...]], Tensor]] = {
@@ -518,6 +536,20 @@ def conv(step: Step, run: _Run) -> Compute:
     return scaled if finish is None else (lambda env: finish(scaled(env)))
 
 
+def softmax(step: Step, run: _Run) -> Compute:
+    """exp(a - logsumexp(a)) along one axis (indexgrad/softmax.py): exp(a - m) / Σ exp(a - m),
+    with the maximum m as logsumexp takes it (so a row holding +inf, or only -inf, gives the NaNs
+    and zeros the three steps give)."""
+    (a,) = step.inputs
+    read, dims = _reader(a, step.dtype), (a.axes.index(step.args["over"][0]),)
+
+    def normalised(env: Env) -> Tensor:
+        e, _ = _shifted_exp(read(env), dims)
+        return e.div_(e.sum(dim=dims, keepdim=True))
+
+    return normalised
+
+
 # ---- reads and writes through index arithmetic and labels -----------------------------------
 
 
@@ -686,6 +718,7 @@ def _implicit(kind: str) -> Callable[[Step, _Run], Compute]:
 BUILDERS: dict[str, Callable[[Step, _Run], Compute]] = {
     "contract": contract,
     "conv": conv,
+    "softmax": softmax,
     "elementwise": elementwise,
     "terms": terms,
     "reduce": reduce,
