@@ -24,7 +24,7 @@ from .. import iterate
 from .. import positions as index_positions
 from ..errors import IndexgradError
 from ..nodes import DELTA, Affine, Ref
-from ..plan import Operand, Plan, Step
+from ..plan import Operand, Plan, Step, pair_layout
 from . import Env, builder_for
 from .numpy import alignment, general_positions, positions_index, sizes, slice_adds
 
@@ -226,12 +226,15 @@ def _full(step: Step, body: Compute) -> Compute:
     return lambda env: torch.broadcast_to(body(env), shape)
 
 
-def _finish(step: Step, body: Compute) -> Compute:
-    """The body's result times the coefficient, broadcast to the step's axes when an index is in
-    no operand (a gradient that broadcasts)."""
+def _finish(step: Step, body: Compute, fresh: bool = False) -> Compute:
+    """The body's result times the coefficient (in place when the body makes it `fresh`),
+    broadcast to the step's axes when an index is in no operand (a gradient that broadcasts)."""
     coef = step.args.get("coef", 1)
     kept = step.args.get("kept", step.axes)
-    scaled = body if coef == 1 else (lambda env: body(env) * coef)
+    if coef == 1:
+        scaled = body
+    else:
+        scaled = (lambda env: body(env).mul_(coef)) if fresh else (lambda env: body(env) * coef)
     if kept == step.axes:
         return scaled
     widen = aligner(kept, step.axes, sizes(step)) or (lambda a: a)
@@ -265,22 +268,39 @@ class _Run(threading.local):
 # ---- contractions ----------------------------------------------------------------------------
 
 
+_PRODUCTS = {"matmul": torch.matmul, "vecdot": torch.linalg.vecdot, "multiply": torch.mul}
+
+
+def _movers(args: dict[str, Any]) -> tuple[Unary | None, Unary | None]:
+    """What lays out the first and the second operand of a product for its call."""
+    return (
+        _chain(_summed(args["a_sum"]), _permute(args["a_perm"]), _reshape(args["a_shape"])),
+        _chain(_summed(args["b_sum"]), _permute(args["b_perm"]), _reshape(args["b_shape"])),
+    )
+
+
+def _product(call: str, args: dict[str, Any], first: Compute, second: Compute) -> Compute:
+    """`call` of two operands (read by `first`, `second`, in the order `args` names them) laid
+    out as `plan.pair_layout` says, the result reshaped and transposed as it says."""
+    ma, mb = _movers(args)
+    ra = first if ma is None else (lambda env: ma(first(env)))
+    rb = second if mb is None else (lambda env: mb(second(env)))
+    f, finish = _PRODUCTS[call], _then(_reshape(args["res_shape"]), _permute(args["res_perm"]))
+    if finish is None:
+        return lambda env: f(ra(env), rb(env))
+    return lambda env: finish(f(ra(env), rb(env)))
+
+
 def _pairwise(step: Step, run: _Run) -> Compute:
     """matmul, vecdot or a broadcast product of two operands laid out as `plan.pair_layout` says."""
     args = step.args
     first, second = step.inputs[::-1] if args["swap"] else step.inputs
-    call = {"matmul": torch.matmul, "vecdot": torch.linalg.vecdot, "multiply": torch.mul}[step.call]
-    ma = _chain(_summed(args["a_sum"]), _permute(args["a_perm"]), _reshape(args["a_shape"]))
-    mb = _chain(_summed(args["b_sum"]), _permute(args["b_perm"]), _reshape(args["b_shape"]))
     donor = step.donor
     if donor is not None:  # a product into the buffer of the operand that dies here
+        ma, mb = _movers(args)
         read = _reader(*((second, step.dtype, mb) if donor == first.name else (first, step.dtype, ma)))
         return lambda env: env[donor].mul_(read(env))
-    ra, rb = _reader(first, step.dtype, ma), _reader(second, step.dtype, mb)
-    finish = _then(_reshape(args["res_shape"]), _permute(args["res_perm"]))
-    if finish is None:
-        return lambda env: call(ra(env), rb(env))
-    return lambda env: finish(call(ra(env), rb(env)))
+    return _product(step.call, args, _reader(first, step.dtype), _reader(second, step.dtype))
 
 
 def _scale(step: Step, run: _Run) -> Compute:
@@ -323,12 +343,27 @@ def _ones_sum(step: Step, run: _Run) -> Compute:
 
 
 def _einsum(step: Step, run: _Run) -> Compute:
-    """opt_einsum along the plan's path, its pairwise products by torch."""
-    expression = oe.contract_expression(
-        step.args["equation"], *[o.shape for o in step.inputs], optimize=step.args["path"]
-    )
-    reads = [_reader(o, step.dtype) for o in step.inputs]
-    return _finish(step, lambda env: expression(*[r(env) for r in reads], backend="torch"))
+    """The plan's path as pairwise products, each a matmul, vecdot or broadcast product laid out
+    by `plan.pair_layout` (opt_einsum's call would parse its equation on every run, and runs a
+    dot product per entry as a batch of 1×n by n×1 matmuls)."""
+    kept, path, size = step.args["kept"], step.args["path"], sizes(step)
+    work = [(_reader(o, step.dtype), o.axes) for o in step.inputs]
+    if any(len(pick) != 2 for pick in path):
+        expression = oe.contract_expression(
+            step.args["equation"], *[o.shape for o in step.inputs], optimize=path
+        )
+        reads = [r for r, _ in work]
+        return _finish(step, lambda env: expression(*[r(env) for r in reads], backend="torch"))
+    for k, pick in enumerate(path):
+        i, j = sorted(pick)
+        (b, bx), (a, ax) = work.pop(j), work.pop(i)
+        later = set(kept).union(*(axes for _, axes in work))
+        out = kept if k == len(path) - 1 else tuple(n for n in dict.fromkeys(ax + bx) if n in later)
+        call, layout = pair_layout(ax, bx, out, size)
+        first, second = (b, a) if layout["swap"] else (a, b)
+        work.append((_product(call, layout, first, second), out))
+    ((body, _),) = work
+    return _finish(step, body, fresh=True)
 
 
 _CONTRACTIONS: dict[str, Callable[[Step, _Run], Compute]] = {
@@ -346,7 +381,43 @@ _CONTRACTIONS: dict[str, Callable[[Step, _Run], Compute]] = {
 
 def contract(step: Step, run: _Run) -> Compute:
     body = _CONTRACTIONS[step.call](step, run)
-    return _finish(step, body) if step.call in ("matmul", "vecdot", "multiply") else body
+    return _finish(step, body, fresh=True) if step.call in ("matmul", "vecdot", "multiply") else body
+
+
+def _added_into(step: Step) -> Compute | None:
+    """`t += c a` / `t += c a b` / `t += c A B` into t's own buffer (the plan's `into` it) as one
+    call that adds as it computes (add_ with alpha, addcmul_, addmm_): no array of the product.
+    The result is t itself, which the executor then assigns. None for other steps."""
+    if step.kind != "contract" or not step.accumulate or step.into != step.out:
+        return None
+    args, out = step.args, step.out
+    coef, kept = args["coef"], args["kept"]
+    if step.call == "copy":
+        (o,) = step.inputs
+        widen = aligner(kept, step.axes, sizes(step)) if kept != step.axes else None
+        x = _reader(o, step.dtype, _then(_permute(args["perm"]), widen))
+        return lambda env: env[out].add_(x(env), alpha=coef)
+    if step.call not in ("multiply", "matmul") or kept != step.axes:
+        return None
+    if any(o.dtype != step.dtype for o in step.inputs):
+        return None  # a boolean mask: addcmul_ takes floats
+    first, second = step.inputs[::-1] if args["swap"] else step.inputs
+    ma, mb = _movers(args)
+    ra, rb = _reader(first, step.dtype, ma), _reader(second, step.dtype, mb)
+    if step.call == "multiply":
+        return lambda env: env[out].addcmul_(ra(env), rb(env), value=coef)
+    if args["res_perm"] is not None:
+        return None
+    product = _finish(step, _product("matmul", args, _reader(first, step.dtype), _reader(second, step.dtype)))
+
+    def added(env: Env) -> Tensor:
+        t, a, b = env[out], ra(env), rb(env)
+        if a.dim() == b.dim() == 2 and t.is_contiguous():
+            t.view(a.shape[0], b.shape[1]).addmm_(a, b, alpha=coef)
+            return t
+        return t.add_(product(env))
+
+    return added
 
 
 # ---- elementwise work, sums of terms, reductions, constants ---------------------------------
@@ -747,10 +818,11 @@ class TorchExecutor:
         self.run_state = _Run()
         self.entries = []
         for step in plan.steps:
-            compute = builder_for(BUILDERS, step, "torch")(step, self.run_state)  # type: ignore[arg-type]
-            write = _ASSIGN
-            if step.accumulate and step.kind != "scatter":
-                write = _ADD_INTO if step.into == step.out else _ADD
+            compute, write = _added_into(step), _ASSIGN
+            if compute is None:
+                compute = builder_for(BUILDERS, step, "torch")(step, self.run_state)  # type: ignore[arg-type]
+                if step.accumulate and step.kind != "scatter":
+                    write = _ADD_INTO if step.into == step.out else _ADD
             self.entries.append((compute, step.out, write, torch_dtype(step.dtype), step.release))
 
     def run(self, env: Env, check_finite: bool = False) -> Env:
