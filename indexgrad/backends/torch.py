@@ -121,8 +121,7 @@ def _shifted_exp(x: Tensor, axes: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     takes it). exp as exp2 of (x - m) log2(e): torch's exp is slow where it underflows (the -1e9
     of an attention mask), and exp2 is not; an entry's error, |x - m| ulps, is negligible against
     the maximum's exact 1 where it is summed or normalised by."""
-    m = x.amax(dim=axes, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, 0.0)
+    m = x.amax(dim=axes, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)
     return torch.sub(x, m).mul_(_LOG2E).exp2_(), m
 
 
