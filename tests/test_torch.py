@@ -171,6 +171,23 @@ def test_a_softmax_is_one_step_with_the_values_of_its_three(row: list[float]) ->
     assert assert_backends_agree(SOFTMAX, {"a": a}) in ("hvp", "forward")
 
 
+@pytest.mark.parametrize("read", ["y[lab[b]]", "y[b//2]"])
+def test_a_scatter_of_a_value_in_its_targets_own_memory(read: str) -> None:
+    """y.grad's first term passes x.sum.grad along uncopied, and its scatter adds the same memory:
+    the value is copied first (index_put_ refuses it; slice-adds would read what they wrote)."""
+    text = f"x[b] += relu(y[b] + {read})\nloss = sum[b](x[b]^2)\n"
+    y, lab = np.random.default_rng(0).standard_normal(5), np.array([0, 1, 1, 4, 2])
+    arrays = {"y": y, "lab": lab} if "lab" in read else {"y": y}
+    model = ig.compile(text, backend="torch")
+    got = model.backward(model.forward(**arrays))
+    at = lab if "lab" in read else np.arange(5) // 2
+    x = np.maximum(y + y[at], 0)
+    want = 2 * x
+    np.add.at(want, at, 2 * x)
+    assert_close(got["y"], want, "y.grad")
+    assert_backends_agree(text, arrays)
+
+
 def test_every_function_and_reduction_runs_on_torch() -> None:
     assert set(FUNCTIONS) <= set(torch_backend.FUNCTIONS)
     assert set(REDUCTIONS) <= set(torch_backend.REDUCTIONS)

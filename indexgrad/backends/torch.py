@@ -743,6 +743,8 @@ def scatter(step: Step, run: _Run) -> Compute:
             t = torch.zeros(shape, dtype=to, device=v.device)
         elif in_place:
             t = env[out]
+            if v.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
+                v = v.clone()  # the value is the target's own memory (a plain copy passed it along)
         else:
             t = env[out].to(to, copy=True)
         if slices is None:
