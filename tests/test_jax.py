@@ -219,8 +219,15 @@ def floats_and_labels(name: str) -> tuple[dict, dict]:
     return {n: jnp.asarray(v) for n, v in a.items() if n not in labels}, {n: a[n] for n in labels}
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_check_grads_passes_on_every_example(name: str) -> None:
+# ig.jax.function wraps every program in the same jax.custom_vjp, and the jax backend's gradients
+# are checked against numpy's on every example above: check_grads, whose finite differences cost
+# 0.5-3 s an example, runs on one of each kind (a tensor output, a softmax over a tensor, definitions,
+# labels, strided index positions; fix and solve below)
+CHECKED = ["affine", "attention", "dense_defs", "logloss", "strided_conv"]
+
+
+@pytest.mark.parametrize("name", CHECKED)
+def test_check_grads_passes_on_an_example_of_each_kind(name: str) -> None:
     floats, labels = floats_and_labels(name)
     f = ig.jax.function(models(name)[1], outputs=ORACLES[name].output)
     check_grads(lambda a: f({**a, **labels}), (floats,), order=1, modes=["rev"])
