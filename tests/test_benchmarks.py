@@ -86,30 +86,29 @@ def spawn_worker(spec):
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def two_calls(workload: str, impl: str) -> dict:
+    """A worker's order: one implementation of a tiny workload, checked, then timed twice."""
+    return {"kind": "block", "workload": workload, "impl": impl, "tiny": True,
+            "seconds": 0, "min_reps": 2, "max_reps": 2, "warmup": 1, "warmup_s": 0}  # fmt: skip
+
+
 def test_a_block_worker_prints_its_timings_as_json():
-    got = spawn_worker(
-        {"kind": "block", "workload": "mlp_small", "impl": "indexgrad", "tiny": True,
-         "seconds": 0, "min_reps": 2, "max_reps": 2, "warmup": 1, "warmup_s": 0}
-    )  # fmt: skip
+    got = spawn_worker(two_calls("mlp_small", "indexgrad"))
     assert got["workload"] == "mlp_small" and got["impl"] == "indexgrad"
     assert got["checked"] is True
     assert len(got["times_s"]) == 2 and all(t > 0 for t in got["times_s"])
     assert got["flops"] > 0 and "MLP" in got["title"]
 
 
+# the worker's block in this process (its JSON on stdout is the test above's): in a process of its
+# own, each would import torch or jax again, ~2 s
 def test_the_auto_backend_is_checked_like_the_others():
-    got = spawn_worker(
-        {"kind": "block", "workload": "conv_xwB", "impl": "indexgrad-auto", "tiny": True,
-         "seconds": 0, "min_reps": 2, "max_reps": 2, "warmup": 1, "warmup_s": 0}
-    )  # fmt: skip
+    got = worker.block({**worker.DEFAULTS, **two_calls("conv_xwB", "indexgrad-auto")})
     assert got["checked"] is True and len(got["times_s"]) == 2
 
 
 def test_a_backend_that_is_not_there_is_skipped_with_its_reason():
-    got = spawn_worker(
-        {"kind": "block", "workload": "chain_square", "impl": "indexgrad-jax", "tiny": True,
-         "seconds": 0, "min_reps": 2, "max_reps": 2, "warmup": 1, "warmup_s": 0}
-    )  # fmt: skip
+    got = worker.block({**worker.DEFAULTS, **two_calls("chain_square", "indexgrad-jax")})
     assert got.get("checked") is True or "jax" in got["skipped"]
 
 
