@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +181,21 @@ def test_forward_returns_every_defined_tensor() -> None:
     m = ig.compile("h[i] = relu(x[i] + 1)\nloss = sum[i](h[i] w[i])")
     vals = m.forward(x=np.ones(2), w=np.ones(2))
     assert {"x", "w", "h", "loss"} <= set(vals)
+
+
+def test_importing_indexgrad_imports_neither_torch_jax_nor_the_web_stack() -> None:
+    """SPEC 8: importing indexgrad (and its CLI), even running a numpy model, imports neither torch,
+    jax nor the playground's web stack; ig.torch and ig.jax load theirs on first use. One fresh
+    interpreter for all of it: each import of torch or jax takes it 1-2 s."""
+    code = (
+        "import sys, numpy as np, indexgrad as ig, indexgrad.cli\n"
+        "m = ig.compile('y = x^2'); m.backward(m.forward(x=np.float64(3)))\n"
+        "early = {'torch', 'jax', 'starlette', 'uvicorn'} & set(sys.modules)\n"
+        "assert not early, f'imported too early: {sorted(early)}'\n"
+        "ig.torch.Module\n"
+        "assert 'torch' in sys.modules\n"
+        "f = ig.jax.function('y = x^2', outputs='y')\n"
+        "assert 'jax' in sys.modules and callable(f)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
