@@ -362,12 +362,6 @@ def load(where: Any, requests: int, clients: int) -> dict[str, Any]:
 # ---- the command --------------------------------------------------------------------------------
 
 
-def test_importing_indexgrad_does_not_import_the_web_stack() -> None:
-    code = "import sys, indexgrad, indexgrad.cli; print(sorted({'starlette', 'uvicorn'} & set(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
-
-
 def _listening(port: int) -> list[str]:
     """Local addresses of the TCP sockets listening on `port`, from /proc/net/tcp and tcp6."""
     found = []
