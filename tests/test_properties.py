@@ -21,7 +21,6 @@ import indexgrad as ig
 from indexgrad import positions as ig_positions
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-BACKENDS = ["numpy", "torch"]
 
 
 def budget(examples: int) -> settings:
@@ -100,18 +99,17 @@ def einsums(draw) -> Einsum:
     return Einsum(sizes, factors, out, coef, draw(st.integers(0, 2**16)))
 
 
-def as_numpy(values: dict) -> dict[str, np.ndarray]:
-    """A backend's arrays (numpy's, or CPU torch tensors) as numpy arrays."""
-    return {k: np.asarray(v) for k, v in values.items()}
+# The oracles (numpy.einsum, autograd, finite differences) check the numpy backend; the torch
+# backend is held to numpy's results by the *_agree_on_torch properties below (and make fuzz's
+# test_fuzz_programs_agree_on_torch), so running the oracles on torch too proved nothing more.
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @budget(150)
 @given(case=einsums())
-def test_einsum_statement_forward_backward(backend: str, case: Einsum) -> None:
-    model = ig.compile(case.text(), backend=backend)
+def test_einsum_statement_forward_backward(case: Einsum) -> None:
+    model = ig.compile(case.text())
     arrays = case.arrays()
-    vals = as_numpy(model.forward(**arrays))
+    vals = model.forward(**arrays)
     names = list(arrays)
     want = case.coef * np.einsum(case.spec(), *arrays.values())
     assert np.shape(vals["y"]) == want.shape
@@ -119,7 +117,7 @@ def test_einsum_statement_forward_backward(backend: str, case: Einsum) -> None:
 
     rng = np.random.default_rng(case.seed + 1)
     seed = rng.standard_normal(want.shape)
-    got = as_numpy(model.backward(model.forward(**arrays), seed={"y": seed}))
+    got = model.backward(model.forward(**arrays), seed={"y": seed})
     assert set(got) == set(names)
 
     def scalar(*xs):
@@ -276,15 +274,14 @@ def _mentions(line: str, name: str) -> bool:
 
 
 @pytest.mark.filterwarnings("ignore:Output seems independent of input")
-@pytest.mark.parametrize("backend", BACKENDS)
 @budget(100)
 @given(case=programs())
-def test_random_programs_gradients_equal_autograd(backend: str, case) -> None:
+def test_random_programs_gradients_equal_autograd(case) -> None:
     p, arrays = case
-    model = ig.compile(p.text(), backend=backend)
+    model = ig.compile(p.text())
     vals = model.forward(**arrays)
     assert close(float(vals["loss"]), float(p.value(arrays)["loss"]), 1e-10)
-    got = as_numpy(model.backward(vals, loss="loss"))
+    got = model.backward(vals, loss="loss")
     keys = sorted(arrays)
 
     def loss(*xs):
