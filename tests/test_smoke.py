@@ -1,4 +1,5 @@
-"""The command line on every example: fmt round-trips, grad prints, check passes."""
+"""The command line: fmt round-trips every example, grad prints, check sizes and reports (that check
+passes on every example is test_derive's test_indexgrad_check_passes_on_every_example)."""
 
 from pathlib import Path
 
@@ -15,12 +16,6 @@ def test_fmt_round_trips(path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert main(["fmt", str(path)]) == 0
     text = capsys.readouterr().out
     assert ig.parse(text) == ig.load(path)
-
-
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
-def test_check_passes(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check", str(path)]) == 0
-    assert "passed" in capsys.readouterr().out
 
 
 def test_check_of_a_vector_output_reports_the_programs_inputs(
