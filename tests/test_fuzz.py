@@ -702,17 +702,19 @@ def test_generated_programs_reach_the_end() -> None:
 
 
 # ---- the quick runs (default profile) -------------------------------------------------------------
+# a sample on every make test of what make fuzz runs thousands of (test_fuzz_programs_full,
+# test_fuzz_mutants_full, test_fuzz_bytes_fast, test_fuzz_cli, test_fuzz_programs_agree_on_torch)
 
 
 @given(text=programs(), size=st.integers(2, 3), seed=st.integers(0, 3))
-@budget(120)
+@budget(60)
 def test_random_programs(text: str, size: int, seed: int) -> None:
     CASES["quick"] += 1
     run_pipeline(text, dims_size=size, seed=seed)
 
 
 @given(m=char_mutants(), size=st.integers(2, 3))
-@budget(120)
+@budget(60)
 def test_mutated_examples(m: tuple[str, str], size: int) -> None:
     CASES["quick"] += 1
     run_pipeline(m[1], filename=m[0], dims_size=size)
