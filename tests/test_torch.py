@@ -187,6 +187,26 @@ def test_a_scatter_of_a_value_in_its_targets_own_memory(read: str) -> None:
     assert_backends_agree(text, arrays)
 
 
+@pytest.mark.parametrize("text", ["y[i] = 1 / sigmoid(x[i])\n", "y[i] = 1 / sigmoid(200 x[i])\n"])
+def test_sigmoid_is_numpys_exact_form_in_its_far_tail(text: str) -> None:
+    """sigmoid(-40) is 4.2e-18 on torch as on numpy (1 / sigmoid finite), not the 0 that
+    0.5 (1 + tanh(x/2)) rounds it to; the second program's sigmoid overwrites its operand."""
+    x = np.array([-40.0, -4.0, -0.2, 0.0, 0.1, 5.0])
+    scale = 200 if "200" in text else 1
+    got = ig.compile(text, backend="torch").forward(x=torch.from_numpy(x))["y"]
+    with np.errstate(over="ignore"):
+        assert_close(got, 1 + np.exp(-scale * x), "y")
+
+
+def test_a_division_by_a_sigmoid_in_its_far_tail() -> None:
+    """make fuzz's case: y.pre / y[j,k] was inf on torch alone where sigmoid(200 x) rounded to 0,
+    and relu's gradient there NaN (0 times inf) where numpy's was 0."""
+    program = "y[j,k] = sigmoid(x[j,k] 2E+2)\nW[j,k] = relu(y.pre / y[j,k]) B[j,k]\nloss = sum[j,k](W[j,k])\n"
+    rng = np.random.default_rng(4)
+    arrays = {"x": rng.standard_normal((3, 3)), "y.pre": np.array(-1.5), "B": rng.standard_normal((3, 3))}
+    assert assert_backends_agree(program, arrays) == "hvp"
+
+
 def test_every_function_and_reduction_runs_on_torch() -> None:
     assert set(FUNCTIONS) <= set(torch_backend.FUNCTIONS)
     assert set(REDUCTIONS) <= set(torch_backend.REDUCTIONS)

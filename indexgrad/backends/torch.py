@@ -64,13 +64,17 @@ def _sign(x: Tensor) -> Tensor:
 
 
 def _sigmoid(x: Tensor) -> Tensor:
-    """numpy's form, 0.5 (1 + tanh(x/2)), so both backends give the same values (torch.sigmoid's
-    differ from it in the far negative tail, where that form loses relative accuracy)."""
-    return torch.tanh(x * 0.5).add_(1.0).mul_(0.5)
+    """numpy's form (functions.sigmoid): 1 / (1 + e), times e where x < 0, with e = exp(-|x|), so
+    both backends give the same values, exact in both tails (sigmoid(-40) is 4.2e-18, not the 0
+    that 0.5 (1 + tanh(x/2)) rounds it to, whose 1 / sigmoid would be inf)."""
+    return _sigmoid_(x.clone() if x.is_floating_point() else x.double())
 
 
 def _sigmoid_(x: Tensor) -> Tensor:
-    return x.mul_(0.5).tanh_().add_(1.0).mul_(0.5)
+    negative = x < 0  # before x is overwritten
+    e = x.abs().neg_().exp_()
+    s = torch.add(e, 1.0, out=x).reciprocal_()
+    return torch.where(negative, e.mul_(s), s, out=s)
 
 
 def _softplus(x: Tensor) -> Tensor:
