@@ -59,9 +59,8 @@ class Library:
     helpers: dict[str, str] = field(default_factory=dict)  # module-level functions some templates need
 
 
-_SIGMOID = "0.5 * (1 + {ns}.tanh(0.5 * {x}))"  # the numpy backend's formula: never overflows
 _COMMON = {
-    "sigmoid": _SIGMOID,
+    "sigmoid": "jax.nn.sigmoid({x})",  # numpy's and torch's below: each exact in both tails
     "tanh": "{ns}.tanh({x})",
     "exp": "{ns}.exp({x})",
     "log": "{ns}.log({x})",
@@ -235,7 +234,11 @@ LIBRARIES: dict[str, Library] = {
         "np.asarray",
         "transpose",
         "astype",
-        {**_COMMON, "erf": "np.asarray(np.frompyfunc(math.erf, 1, 1)({x}), {x}.dtype)"},
+        {
+            **_COMMON,
+            "sigmoid": "np.exp(-np.logaddexp(0, -{x}))",  # 1 / (1 + exp(-x)), never overflowing
+            "erf": "np.asarray(np.frompyfunc(math.erf, 1, 1)({x}), {x}.dtype)",
+        },
         {
             "sum": "{x}.sum({axes})",
             "mean": "{x}.mean({axes})",
@@ -264,6 +267,7 @@ LIBRARIES: dict[str, Library] = {
             "relu": "torch.relu({x})",
             "softplus": "torch.logaddexp({x}, torch.zeros_like({x}))",
             "erf": "torch.erf({x})",
+            "sigmoid": "torch.sigmoid({x})",
             "step": "({x} > 0).to({x}.dtype)",
             "eq": "({x} == {y}).to({dtype})",
             "where": "torch.where({0} != 0, {1}, {2}).to({dtype})",

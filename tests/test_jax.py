@@ -152,6 +152,13 @@ def test_the_jax_backend_agrees_on_fuzzed_programs(text: str, seed: int) -> None
 # ---- dtypes, labels, errors -----------------------------------------------------------------------
 
 
+def test_sigmoid_is_exact_in_its_far_tail_as_on_numpy() -> None:
+    """1 / sigmoid(x) is 1 + e^-x, finite at x = -40 (0.5 (1 + tanh(x/2)) rounds sigmoid to 0 there)."""
+    x = np.array([-700.0, -40.0, -4.0, 0.0, 5.0])
+    got = ig.compile("y[i] = 1 / sigmoid(x[i])\n", backend="jax").forward(x=x)["y"]
+    np.testing.assert_allclose(np.asarray(got), 1 + np.exp(-x), rtol=1e-13)
+
+
 def test_float32_without_64_bit_mode_and_a_clear_error_for_float64() -> None:
     m = models("mlp")[1]
     a32 = {n: v.astype(np.float32) for n, v in inputs("mlp").items()}
