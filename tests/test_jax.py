@@ -215,12 +215,15 @@ def floats_and_labels(name: str) -> tuple[dict, dict]:
 # ig.jax.function wraps every program in the same jax.custom_vjp, and the jax backend's gradients
 # are checked against numpy's on every example above: check_grads, whose finite differences cost
 # 0.5-3 s an example, runs on one of each kind (a tensor output, a softmax over a tensor, definitions,
-# labels, strided index positions; fix and solve below)
+# labels, strided index positions; fix and solve below); make fuzz runs it on every example
 CHECKED = ["affine", "attention", "dense_defs", "logloss", "strided_conv"]
+LONG_RUN = settings().max_examples >= 1000  # the fuzz profile (tests/conftest.py)
+long_only = pytest.mark.skipif(not LONG_RUN, reason="make fuzz checks every example")
+EVERY = [n if n in CHECKED else pytest.param(n, marks=[pytest.mark.fuzz, long_only]) for n in NAMES]
 
 
-@pytest.mark.parametrize("name", CHECKED)
-def test_check_grads_passes_on_an_example_of_each_kind(name: str) -> None:
+@pytest.mark.parametrize("name", EVERY)
+def test_check_grads_passes_on_every_example(name: str) -> None:
     floats, labels = floats_and_labels(name)
     f = ig.jax.function(models(name)[1], outputs=ORACLES[name].output)
     check_grads(lambda a: f({**a, **labels}), (floats,), order=1, modes=["rev"])
