@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from oracles import ITERATED_RTOL, assert_close_in_scale
 from test_implicit import DEQ, deq_arrays
 
@@ -49,10 +50,18 @@ ITERATES = {"deq", "circle", "implicit_lsq", *IMPLICIT}
 LIBS = ["numpy", "torch", "jax"]
 # jax compiles each module (up to 1.5 s a program, ~10 s for them all), and a module differs from
 # its numpy twin only in the library's spelling of each step: numpy and torch run every program,
-# jax the few that between them make every call the jax modules of all programs make (a test checks)
-RUNS = {"numpy": list(PROGRAMS), "torch": list(PROGRAMS)}
-RUNS["jax"] = ["positions", "correlation", "log_sin_max", "losses", "mlp", "lenet", "tanh_net"]
-RUNS["jax"] += ["cubic", "spread_start"]
+# jax the few that between them make every call the jax modules of all programs make (a test checks);
+# make fuzz (its hypothesis profile) runs every program on jax too
+JAX_FEW = ["positions", "correlation", "log_sin_max", "losses", "mlp", "lenet", "tanh_net"]
+JAX_FEW += ["cubic", "spread_start"]
+LONG_RUN = settings().max_examples >= 1000
+RUNS = {"numpy": list(PROGRAMS), "torch": list(PROGRAMS), "jax": list(PROGRAMS) if LONG_RUN else JAX_FEW}
+CASES = [
+    pytest.param(name, lib, marks=[pytest.mark.fuzz] if lib == "jax" and name not in JAX_FEW else [])
+    for name in PROGRAMS
+    for lib in LIBS
+    if name in RUNS[lib]
+]
 # a jax call, a method call or an indexed update (x.at[...]) in a module
 CALL = re.compile(r"\b(?:jnp|jax)(?:\.\w+)+|\.\w+(?=\()|\.at\[")
 
@@ -170,7 +179,7 @@ def generated(tmp_path_factory) -> tuple[Path, dict[str, dict[str, dict]]]:
     return folder, want
 
 
-@pytest.mark.parametrize("name, lib", [(name, lib) for name in PROGRAMS for lib in LIBS if name in RUNS[lib]])
+@pytest.mark.parametrize("name, lib", CASES)
 def test_generated_module_gives_the_models_values(generated, name: str, lib: str) -> None:
     folder, want = generated
     got = np.load(folder / f"{name}_{lib}_out.npz")
