@@ -130,6 +130,8 @@ def swap(p: Prim, wants: set[str], names: dict[str, str], taken: set[str] | None
     out: list[Statement] = []
 
     def emit(a: Ref, expr: Expr) -> None:
+        if isinstance(expr, Num) and expr.value == 0:
+            return  # x^0 adds nothing to x's gradient (and `y.grad[b%2] += 0` could not be sized)
         out.append(Statement(_renamed(a, names), "+=", expr, (), p.span))
 
     if isinstance(p, Contract):

@@ -495,3 +495,22 @@ def test_a_printed_gradient_sized_only_by_a_temporary_defines_it(text: str, tmp_
     printed = tmp_path / "g.idx"
     printed.write_text(capsys.readouterr().out)
     assert main(["check", str(printed)]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("read", ["y[b%2]", "y[b//2]", "y[b]"])
+def test_a_factor_to_the_power_zero_adds_nothing_to_its_gradient(read: str, tmp_path: Path, capsys) -> None:
+    """x^0 is 1: its gradient statement would be `y.grad[b%2] += 0`, which no size reaches; none is
+    written, the gradient program checks, and y's gradient (and hvp) is zero."""
+    src = tmp_path / "p.idx"
+    src.write_text(f"l[b] = relu(x[b] {read}^0)\nL = sum[b](l[b])\n")
+    assert main(["grad", str(src)]) == 0
+    printed = capsys.readouterr().out
+    assert "y.grad" not in printed
+    assert main(["check", str(src)]) == 0, capsys.readouterr().err
+    m = ig.compile(ig.load(src))
+    x = np.array([1.0, -2.0, 3.0, 0.5])
+    y = np.array([5.0, 6.0]) if read != "y[b]" else np.array([5.0, 6.0, 7.0, 8.0])
+    vals = m.forward(x=x, y=y)
+    np.testing.assert_array_equal(m.backward(vals, loss="L")["y"], np.zeros_like(y))
+    np.testing.assert_array_equal(m.backward(vals, loss="L")["x"], (x > 0).astype(float))
+    np.testing.assert_array_equal(m.hvp(vals, loss="L", v={"y": np.ones_like(y)})["y"], np.zeros_like(y))
