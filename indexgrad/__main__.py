@@ -109,6 +109,9 @@ def entry() -> None:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         os._exit(INTERRUPTED)
+    # While it shuts down, Python gives a handler of its own back to the system's default, so a
+    # Ctrl-C then would end the finished command by SIGINT (status -2); an ignored one stays ignored.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(code)
 
 
