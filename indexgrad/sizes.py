@@ -139,6 +139,9 @@ class Sizer:
             raise IndexgradError(f"the size of index '{n}' cannot be worked out here", p.span)
         for r, shape in pairs:
             check_bounds(r, shape, known.size, p.span)
+            for g in r.indices:  # a label read through arithmetic (E[lab[b+j]]) stays in lab too
+                if isinstance(g, Gather):
+                    check_bounds(g.ref, _shape(shapes, g.ref, p.span), known.size, p.span)
         return known.size
 
     def out_shape(self, k: int, shapes: dict[str, Shape], sizes: dict[str, int]) -> Shape:

@@ -228,3 +228,14 @@ def test_sixty_index_names_in_one_program() -> None:
     vals = m.forward(x=np.arange(3.0))
     assert float(vals["loss"]) == 60 * 3.0 + 3 * sum(range(60))
     np.testing.assert_array_equal(m.backward(vals, loss="loss")["x"], [60.0] * 3)
+
+
+def test_a_label_read_through_arithmetic_past_its_end_is_an_error_at_the_read() -> None:
+    """lab[b+j] with b and j of size 2 reads lab[2]: refused like x[b+j] is, not an IndexError."""
+    m = ig.compile("h += B[b,j] E[lab[b+j]]\nz += h E[lab[b]]\n")
+    with pytest.raises(ig.IndexgradError, match=r"1:15: .*lab\[b\+j\] reaches position 2 .* size 2"):
+        m.forward(B=np.ones((2, 2)), E=np.ones(3), lab=np.array([0, 1]))
+    within = ig.compile("h += B[b,j] E[lab[b+j]]\n")
+    B, E, lab = np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([10.0, 20.0, 30.0]), np.array([2, 0, 1])
+    want = sum(B[b, j] * E[lab[b + j]] for b in range(2) for j in range(2))
+    assert within.forward(B=B, E=E, lab=lab)["h"] == want
