@@ -1031,21 +1031,23 @@ def check_inputs(arrays):
 _WIDTH = 100
 
 
-def _top_level(e: str) -> list[tuple[int, str]]:
-    """(position, char) of each character of e outside brackets and strings."""
+def _scan(e: str) -> list[tuple[int, str, int]]:
+    """(position, char, bracket depth before it) of each character of e outside strings."""
     out, depth, quote = [], 0, ""
     for k, c in enumerate(e):
         if quote:
             quote = "" if c == quote else quote
         elif c in "'\"":
             quote = c
-        elif c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif depth == 0:
-            out.append((k, c))
+        else:
+            out.append((k, c, depth))
+            depth += (c in "([{") - (c in ")]}")
     return out
+
+
+def _top_level(e: str) -> list[tuple[int, str]]:
+    """(position, char) of each character of e outside brackets and strings."""
+    return [(k, c) for k, c, depth in _scan(e) if depth == 0 and c not in "([{"]
 
 
 def _wrap(line: str, width: int = _WIDTH) -> list[str]:
@@ -1110,20 +1112,11 @@ def _opening(e: str) -> int | None:
     """Where the parenthesis that closes at the end of e opens, if e ends with one."""
     if not e.endswith(")"):
         return None
-    stack: list[int] = []
-    quote = ""
-    for k, c in enumerate(e):
-        if quote:
-            quote = "" if c == quote else quote
-        elif c in "'\"":
-            quote = c
-        elif c in "([{":
-            stack.append(k)
-        elif c in ")]}":
-            opened = stack.pop()
-            if k == len(e) - 1:
-                return opened if e[opened] == "(" and not stack else None
-    return None
+    scan = _scan(e)
+    if scan[-1] != (len(e) - 1, ")", 1):  # the last ")" must close a bracket opened at depth 0
+        return None
+    opened = max(k for k, c, depth in scan if depth == 0 and c in "([{")
+    return opened if e[opened] == "(" else None
 
 
 __all__ = ["LIBRARIES", "Library", "library", "module", "plans", "to_python"]
