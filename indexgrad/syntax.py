@@ -554,14 +554,20 @@ def _bracket_stack(text: str, upto: int) -> list[tuple[str, int, int]]:
     return stack
 
 
+_DEPTH_EVENTS = re.compile(r"[()\[\];#\\\r\n]")  # what opens, closes or ends a statement
+
+
 def _check_depth(text: str, filename: str) -> None:
-    """Refuse brackets nested deeper than MAX_DEPTH within one statement, before parsing."""
-    depth, line, col, i, n = 0, 1, 1, 0, len(text)
-    while i < n:
+    """Refuse brackets nested deeper than MAX_DEPTH within one statement, before parsing.
+
+    It visits only the characters that matter (a regex finds the next one), not every one."""
+    depth, i, n = 0, 0, len(text)
+    while (m := _DEPTH_EVENTS.search(text, i)) is not None:
+        i = m.start()
         ch = text[i]
-        if ch == "#":
-            while i < n and text[i] not in "\r\n":
-                i, col = i + 1, col + 1
+        if ch == "#":  # a comment runs to the end of its line
+            ends = [k for k in (text.find("\n", i), text.find("\r", i)) if k >= 0]
+            i = min(ends) if ends else n
             continue
         if ch == "\\":
             j = i + 1
@@ -569,16 +575,15 @@ def _check_depth(text: str, filename: str) -> None:
                 j += 1
             if j < n and text[j] in "\r\n":  # a continuation: the statement goes on
                 i = j + (2 if text[j : j + 2] == "\r\n" else 1)
-                line, col = line + 1, 1
                 continue
-        if ch in "\r\n":
+        elif ch in "\r\n" or ch == ";":
             depth = 0
-            i += 2 if text[i : i + 2] == "\r\n" else 1
-            line, col = line + 1, 1
-            continue
-        if ch in "([":
+        elif ch in "([":
             depth += 1
             if depth > MAX_DEPTH:
+                before = text[:i]
+                line = 1 + len(_LINE_BREAK.findall(before))
+                col = i - max(before.rfind("\n"), before.rfind("\r"))
                 raise IndexgradError(
                     f"expression nested more than {MAX_DEPTH} brackets deep; "
                     "split it into several statements",
@@ -586,19 +591,20 @@ def _check_depth(text: str, filename: str) -> None:
                     filename,
                     text,
                 )
-        elif ch in ")]":
+        else:
             depth = max(0, depth - 1)
-        elif ch == ";":
-            depth = 0
-        i, col = i + 1, col + 1
+        i += 1
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _BAD_NUMBER = re.compile(r"(?<![\w.])(\d+\.\d*|\.\d+)(\.)")
 _NAME_DOT_DIGIT = re.compile(r"(?<![\w.])[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*(\.)\d")
 
 
 def _check_numbers(text: str, filename: str) -> None:
     """Refuse `1.2.3` and `x.1`, which would otherwise read as products of numbers."""
+    if not (_BAD_NUMBER.search(text) or _NAME_DOT_DIGIT.search(text)):
+        return  # neither matches across lines, nor in comments: one search of the whole text tells
     for n, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
         code = line.split("#", 1)[0]
         m = _BAD_NUMBER.search(code)
