@@ -357,41 +357,40 @@ class _Lowerer:
 
     def factors(self, e: Expr, base: str) -> tuple[float, list[tuple[Operand, float]]]:
         """A product-like expression as coefficient × Π operand^power."""
-        coef = 1.0
         out: list[tuple[Operand, float]] = []
+        return self._factor(e, 1.0, base, 1.0, out), out
 
-        def visit(f: Expr, power: float) -> None:
-            nonlocal coef
-            if isinstance(f, Num):
-                coef = _fold(coef, f, power, self.span)
-            elif isinstance(f, Neg) and power == int(power):
-                coef *= (-1.0) ** power
-                visit(f.arg, power)
-            elif isinstance(f, Product) and (power == 1 or not f.summed):
-                if power != 1:
-                    for g, d in zip(f.factors, f.divide):
-                        visit(g, -power if d else power)
-                    return
-                for g, d in zip(f.factors, f.divide):
-                    visit(g, -1.0 if d else 1.0)
-            elif isinstance(f, Power):
-                visit(f.base, power * f.exponent)
-            elif isinstance(f, (Ref, SizeOf)):
-                out.append((f, power))
-            else:
-                out.append((self.operand(f, base), power))
-
-        visit(e, 1.0)
-        return coef, out
+    def _factor(
+        self, f: Expr, power: float, base: str, coef: float, out: list[tuple[Operand, float]]
+    ) -> float:
+        """Append f^power's operands to out, and return coef times its numbers. (A method, not a
+        closure that calls itself: such a closure is a reference cycle left for the collector.)"""
+        if isinstance(f, Num):
+            return _fold(coef, f, power, self.span)
+        if isinstance(f, Neg) and power == int(power):
+            return self._factor(f.arg, power, base, coef * (-1.0) ** power, out)
+        if isinstance(f, Product) and (power == 1 or not f.summed):
+            for g, d in zip(f.factors, f.divide):
+                coef = self._factor(g, -power if d else power, base, coef, out)
+            return coef
+        if isinstance(f, Power):
+            return self._factor(f.base, power * f.exponent, base, coef, out)
+        if isinstance(f, (Ref, SizeOf)):
+            out.append((f, power))
+        else:
+            out.append((self.operand(f, base), power))
+        return coef
 
     def statement(self, s: Statement) -> None:
         self.span = s.span
         self.lhs = list(ref_index_names(s.target))
         refs = [*refs_in(s.expr), *([s.target] if s.op == "+=" else [])]
         self.shrunk = shrunk(refs)
-        used = {n for r in [s.target, *refs] for n in ref_index_names(r)}
-        used |= _reduced_names(s.expr) | size_names(s.expr)
-        self.dims = tuple((n, k) for n, k in self.all_dims.items() if n in used)
+        self.dims = ()
+        if self.all_dims:  # (walking the statement for its names costs as much as lowering it)
+            used = {n for r in [s.target, *refs] for n in ref_index_names(r)}
+            used |= _reduced_names(s.expr) | size_names(s.expr)
+            self.dims = tuple((n, k) for n, k in self.all_dims.items() if n in used)
         start = len(self.out)
         if isinstance(s.expr, Call) and s.expr.func in IMPLICIT:
             self.implicit(s, s.expr)
