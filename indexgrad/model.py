@@ -267,8 +267,12 @@ class Model:
             )
         keep, relus = self._keep(prims)
         absorbed = absorb_scales(prims, keep)
-        if absorbed is not self.prims:  # the shapes of the temporaries the rewrites made
+        if prims is not self.prims:  # the shapes of the temporaries the rewrites made
             every, kinds, _ = shapes_after(absorbed, shapes, dtypes, _made_up(absorbed, program))
+        elif absorbed is not prims:  # a scale absorbed drops its product's temporary, nothing else
+            gone = {p.out.name for p in prims} - {p.out.name for p in absorbed}
+            every = {n: s for n, s in every.items() if n not in gone}
+            kinds = {n: d for n, d in kinds.items() if n not in gone}
         return _Forward(program, absorbed, keep, relus, every, kinds)
 
     def _keep(self, prims: list[Prim]) -> tuple[set[str], dict[str, str]]:

@@ -253,12 +253,27 @@ def plan_contraction(
 def clear_cache() -> None:
     with _LOCK:
         _PATHS.clear()
+        _LAYOUTS.clear()
 
 
 # ---- how two operands meet in one library call -----------------------------------------------
 
 
+_LAYOUTS: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
+
+
 def pair_layout(
+    a: tuple[str, ...], b: tuple[str, ...], out: tuple[str, ...], size: dict[str, int]
+) -> tuple[str, dict[str, Any]]:
+    """`_pair_layout`, remembered per index names and sizes (a network's layers ask alike)."""
+    key = (a, b, out, tuple(map(size.__getitem__, a)), tuple(map(size.__getitem__, b)))
+    hit = _LAYOUTS.get(key)
+    if hit is None:
+        hit = _LAYOUTS[key] = _pair_layout(a, b, out, size)
+    return hit[0], dict(hit[1])
+
+
+def _pair_layout(
     a: tuple[str, ...], b: tuple[str, ...], out: tuple[str, ...], size: dict[str, int]
 ) -> tuple[str, dict[str, Any]]:
     """The call that contracts two operands (axes `a` and `b`) into `out`, and how it lays them out.
