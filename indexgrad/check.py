@@ -130,6 +130,8 @@ class _Checker:
 
     def position(self, i: Affine, r: Ref) -> None:
         """A boundary mode is one of MODES; a position without one never reads below 0."""
+        if i.plain is not None:  # one name alone: no mode, and it counts from 0
+            return
         place = i.span if i.span.line else r.span
         if i.mode is not None and i.mode not in MODES:
             raise _err(
