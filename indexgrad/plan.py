@@ -563,9 +563,28 @@ def _dtype_name(d: np.dtype) -> str:
     return name
 
 
+_DTYPES: dict[str, np.dtype] = {}
+
+
+def _dtype(name: str) -> np.dtype:
+    """np.dtype(name), remembered: a step holds its dtype's name, and numpy parses it each call."""
+    d = _DTYPES.get(name)
+    if d is None:
+        d = _DTYPES[name] = np.dtype(name)
+    return d
+
+
+_RESULT_DTYPES: dict[tuple[np.dtype, ...], np.dtype] = {}
+
+
 def _result_dtype(dtypes: list[np.dtype]) -> np.dtype:
-    floats = [d for d in dtypes if d.kind in "fc"]
-    return np.result_type(*floats) if floats else np.dtype(np.float64)
+    """The float dtype of a statement reading these dtypes (remembered: np.result_type takes a µs)."""
+    key = tuple(dtypes)
+    d = _RESULT_DTYPES.get(key)
+    if d is None:
+        floats = [d for d in dtypes if d.kind in "fc"]
+        d = _RESULT_DTYPES[key] = np.result_type(*floats) if floats else np.dtype(np.float64)
+    return d
 
 
 class _Planner:
@@ -680,7 +699,7 @@ class _Planner:
     def emit(self, step: Step) -> None:
         self.out.append(step)
         self.shapes[step.out] = step.shape
-        self.dtypes[step.out] = np.dtype(step.dtype)
+        self.dtypes[step.out] = _dtype(step.dtype)
 
     def operand(self, name: str, axes: tuple[str, ...], power: float = 1.0) -> Operand:
         return Operand(name, axes, self.shapes[name], _dtype_name(self.dtypes[name]), power)
@@ -1061,7 +1080,7 @@ def _buffers(
             and _alone(s.out, k, bufs, last, keep)
         ):
             into = s.out  # `+=` (or a scatter-add) into a buffer of the plan's own
-        size = math.prod(s.shape) * np.dtype(s.dtype).itemsize
+        size = math.prod(s.shape) * _dtype(s.dtype).itemsize
         peak = max(peak, bufs.live + (0 if into else size) + _scratch(s))
         writable = True
         if into is not None:
@@ -1129,14 +1148,14 @@ def _scratch(s: Step) -> int:
     if s.call != "einsum":
         return 0
     cp = plan_contraction([o.axes for o in s.inputs], s.args["kept"], [o.shape for o in s.inputs])
-    return cp.largest_intermediate * np.dtype(s.dtype).itemsize
+    return cp.largest_intermediate * _dtype(s.dtype).itemsize
 
 
 def _guard_memory(plan: Plan) -> None:
     """Refuse a plan whose arrays would not fit at once (SPEC: a clear error, never an OOM)."""
     limit = memory_limit()  # read once: it asks the operating system
     for s in plan.steps:
-        need = math.prod(s.shape) * np.dtype(s.dtype).itemsize + _scratch(s)
+        need = math.prod(s.shape) * _dtype(s.dtype).itemsize + _scratch(s)
         what = f"this statement ('{s.out}' or an intermediate)"
         check_fits(need, what, s.span, plan.filename, plan.source, smaller="sizes", limit=limit)
     what = "this program, holding its arrays at once,"
