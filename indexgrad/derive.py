@@ -361,8 +361,9 @@ def _loss_and_sources(
     inputs = [n for n in program.inputs() if n not in labels]
     if wrt is None:
         return losses, set(inputs)
+    known = set(inputs)  # (a list's `in` made this quadratic in the number of inputs)
     for w in wrt:
-        if w not in inputs:
+        if w not in known:
             raise IndexgradError(
                 f"wrt names '{w}', which is not an input of the program; inputs: " + ", ".join(inputs)
             )
@@ -438,9 +439,11 @@ def derive_jvp(program: Program, wrt: list[str] | None = None) -> Program:
     program = as_program(program)
     prims = lower(program)
     wrt = wrt_names(wrt)
-    inputs = [n for n in program.inputs() if n not in set(program.integer_inputs())]
+    labels = set(program.integer_inputs())
+    inputs = [n for n in program.inputs() if n not in labels]
+    known = set(inputs)
     for w in wrt or []:
-        if w not in inputs:
+        if w not in known:
             raise IndexgradError(
                 f"wrt names '{w}', which is not an input of the program; inputs: " + ", ".join(inputs)
             )

@@ -470,10 +470,11 @@ class Model:
         names = wrt_names(wrt)
         if names is None:
             return None
+        known = set(self.inputs)  # (a list's `in` made this quadratic in the number of inputs)
         for w in names:
             if not isinstance(w, str):
                 raise self._error(f"wrt must list names as strings, not {type(w).__name__}")
-            if w not in self.inputs:
+            if w not in known:
                 raise self._error(
                     f"wrt names '{w}', which is not an input of the program; inputs: "
                     + ", ".join(self.inputs)
@@ -540,8 +541,9 @@ class Model:
     def _directions(self, given: Any, what: str) -> dict[str, Any]:
         if not isinstance(given, Mapping):
             raise self._error(f"{what} must be a dict from input names to arrays, not {type(given).__name__}")
+        known = set(self.inputs)
         for n in given:
-            if n not in self.inputs:
+            if n not in known:
                 raise self._error(
                     f"{what} names '{n}', which is not an input of the program; inputs: "
                     + ", ".join(self.inputs)
