@@ -227,7 +227,7 @@ class _Checker:
                 raise _err(f"unknown reduction '{e.op}'", e.span)
             if len(set(e.indices)) != len(e.indices):
                 raise _err(f"{e.op}[...] lists an index twice", e.span)
-            body_free = free_indices(attach_sums(e.body, occurrences(e.body), frozenset()))
+            _, body_free = attach_sums(e.body, frozenset())
             body_free |= set(occurrences(e.body))
             for k in e.indices:
                 if k in lhs:
@@ -708,8 +708,7 @@ def _below_zero(i: Affine) -> bool:
 
 def _scope(e: Expr, lhs: set[str]) -> tuple[Expr, set[str], tuple[str, ...]]:
     """The scoping rule: e with its sums attached, its free indices, and what the statement sums."""
-    expr = attach_sums(e, occurrences(e), frozenset(lhs))
-    free = free_indices(expr)
+    expr, free = attach_sums(e, frozenset(lhs))
     return expr, free, tuple(sorted(free - lhs))
 
 

@@ -10,7 +10,7 @@ from .check import check, scoped, sized_like, sizeofs
 from .errors import IndexgradError
 from .functions import FUNCTIONS
 from .gcpause import gc_paused
-from .indices import attach_sums, free_indices, occurrences
+from .indices import attach_sums
 from .lower import (
     Contract,
     Elementwise,
@@ -655,8 +655,8 @@ def _compose(
             return node
 
         e = _flat(map_expr(e, inline))
-        e = attach_sums(e, occurrences(e), frozenset(at))
-        whole = tuple(sorted(free_indices(e) - set(at)))
+        e, free = attach_sums(e, frozenset(at))
+        whole = tuple(sorted(free - set(at)))
         terms.append(Reduce("sum", whole, e) if whole else e)
     return sum_of(terms)
 

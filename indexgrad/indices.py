@@ -46,51 +46,61 @@ def occurrences(e: Expr, bound: frozenset[str] = frozenset()) -> dict[str, int]:
     return out
 
 
-def attach_sums(e: Expr, total: dict[str, int], keep: frozenset[str]) -> Expr:
-    """Attach each summed index to the innermost product whose factors hold all its occurrences."""
-    return _attach(e, total, keep)[0]
+def attach_sums(e: Expr, keep: frozenset[str]) -> tuple[Expr, set[str]]:
+    """Attach each summed index (not in `keep`) to the innermost product whose factors hold all
+    its occurrences; returns e so scoped and the index names it is then free in (one walk, as
+    the free names come out of attaching)."""
+    expr, _, free = _attach(e, occurrences(e), keep)
+    return expr, free
 
 
-def _attach(e: Expr, total: dict[str, int], keep: frozenset[str]) -> tuple[Expr, dict[str, int]]:
-    """attach_sums, also returning `occurrences(e)`, which attaching sums leaves as it is."""
+def _attach(e: Expr, total: dict[str, int], keep: frozenset[str]) -> tuple[Expr, dict[str, int], set[str]]:
+    """attach_sums, also returning `occurrences(e)`, which attaching sums leaves as it is, and
+    `free_indices` of the result."""
     t = type(e)
     if t is Ref:
-        return e, {n: 1 for n in ref_index_names(e)}  # type: ignore[arg-type]
+        names = ref_index_names(e)  # type: ignore[arg-type]
+        return e, {n: 1 for n in names}, set(names)
     if t is Reduce:
         inner = occurrences(e.body)
-        body, _ = _attach(e.body, inner, keep | frozenset(e.indices))
-        return Reduce(e.op, e.indices, body, e.span), {n: k for n, k in inner.items() if n not in e.indices}
+        body, _, free = _attach(e.body, inner, keep | frozenset(e.indices))
+        occ = {n: k for n, k in inner.items() if n not in e.indices}
+        return Reduce(e.op, e.indices, body, e.span), occ, free - set(e.indices)
     if t is Product:
         factors = []
         here: dict[str, int] = {}
         holders: dict[str, int] = {}
+        free: set[str] = set()
         for f in e.factors:
-            f2, occ = _attach(f, total, keep)
+            f2, occ, f_free = _attach(f, total, keep)
             factors.append(f2)
+            free |= f_free
             for n, k in occ.items():
                 here[n] = here.get(n, 0) + k
                 holders[n] = holders.get(n, 0) + 1
         summed = tuple(
             sorted(n for n, k in here.items() if n not in keep and k == total.get(n, 0) and holders[n] >= 2)
         )
-        return Product(tuple(factors), e.divide, summed, e.span), here
+        return Product(tuple(factors), e.divide, summed, e.span), here, free - set(summed)
     kids = children(e)
     if not kids:
-        return e, {}
+        return e, {}, set()
     occ: dict[str, int] = {}
+    free: set[str] = set()
     new = []
     for c in kids:
-        c2, o = _attach(c, total, keep)
+        c2, o, c_free = _attach(c, total, keep)
         new.append(c2)
+        free |= c_free
         for n, k in o.items():
             occ[n] = occ.get(n, 0) + k
     if t is Neg:
-        return Neg(new[0], e.span), occ
+        return Neg(new[0], e.span), occ, free
     if t is Sum:
-        return Sum(tuple(new), e.signs, e.span), occ
+        return Sum(tuple(new), e.signs, e.span), occ, free
     if t is Power:
-        return Power(new[0], e.exponent, e.span), occ
+        return Power(new[0], e.exponent, e.span), occ, free
     if t is Compare:
-        return Compare(e.op, new[0], new[1], e.span), occ
+        return Compare(e.op, new[0], new[1], e.span), occ, free
     assert t is Call
-    return Call(e.func, tuple(new), e.span), occ
+    return Call(e.func, tuple(new), e.span), occ, free

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from .indices import attach_sums, free_indices, occurrences
+from .indices import attach_sums, free_indices
 from .nodes import (
     Affine,
     Call,
@@ -222,8 +222,8 @@ def with_sums(s: Statement) -> Statement:
     lhs = {n for i in s.target.indices for n in i.names()}
     if not free_indices(s.expr) - lhs - set(s.summed):
         return s
-    expr = attach_sums(s.expr, occurrences(s.expr), frozenset(lhs))
-    summed = tuple(sorted(free_indices(expr) - lhs))
+    expr, free = attach_sums(s.expr, frozenset(lhs))
+    summed = tuple(sorted(free - lhs))
     return Statement(s.target, s.op, expr, summed, s.span)
 
 
