@@ -533,7 +533,7 @@ def make_plan(
         steps, peak, fresh = _buffers(steps, set(shapes), keep, in_place)
     except IndexgradError as e:
         raise e.located(filename, source) from None
-    inputs = tuple((n, tuple(s), str(dtypes[n])) for n, s in shapes.items())
+    inputs = tuple((n, tuple(s), _dtype_name(dtypes[n])) for n, s in shapes.items())
     outputs = tuple(n for n in dict.fromkeys([*shapes, *(s.out for s in steps)]) if n in keep)
     fresh_outputs = tuple(n for n in outputs if n in fresh)
     folded = tuple((constants or {}).items())
@@ -757,7 +757,7 @@ class _Planner:
             target,
             tuple(f"{target}{a}" for a in range(len(shape))),
             shape,
-            str(dtype),
+            _dtype_name(dtype),
             (self.operand(value.out, value.axes), *self.labels(p.out)),
             {"positions": _positions(p.out), "fresh": not exists},
             accumulate=exists,
