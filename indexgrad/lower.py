@@ -417,6 +417,8 @@ def shrunk(refs: list[Ref]) -> set[str]:
     """The index names that these references (of one statement) read both plainly and through a
     one-name shift (`x[r,c]` and `x[r+1,c]`): each ranges where every read is in range, so its plain
     reads are read as shifts by 0 (`x[r+0,c]`), which bound it without fixing its size."""
+    if all(is_plain(r) for r in refs):  # (known per reference) no shift, so nothing shrinks
+        return set()
     plain: set[str] = set()
     shifts: set[str] = set()
     for r in refs:
