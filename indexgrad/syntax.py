@@ -420,6 +420,10 @@ class _Lin:
         return _Lin(coefs, parts, self.const + other.const, self.written or other.written, span)
 
     def affine(self) -> Affine:
+        if len(self.coefs) == 1 and not self.parts and not self.written and self.const == 0:  # `j`
+            ((n, k),) = self.coefs.items()
+            if k == 1:
+                return Affine(((1, n),), 0, self.span)
         terms = tuple((k, n) for n, k in sorted(self.coefs.items()) if k != 0)  # canonical: by name
         parts = tuple((k, f) for k, f in self.parts if k != 0)
         shifted = self.written and self.const == 0 and len(terms) == 1 and terms[0][0] == 1 and not parts
