@@ -357,17 +357,24 @@ def _loss_and_sources(
     program: Program, losses: list[str], wrt: list[str] | None
 ) -> tuple[list[str], set[str]]:
     losses = [defined_loss(program, loss) for loss in losses] or [default_loss(program)]
+    inputs = float_inputs(program, wrt)
+    return losses, set(inputs if wrt is None else wrt)
+
+
+def float_inputs(program: Program, wrt: list[str] | None) -> list[str]:
+    """The program's inputs but its integer labels; a name in `wrt` must be one of them."""
     labels = set(program.integer_inputs())
     inputs = [n for n in program.inputs() if n not in labels]
-    if wrt is None:
-        return losses, set(inputs)
     known = set(inputs)  # (a list's `in` made this quadratic in the number of inputs)
-    for w in wrt:
+    for w in wrt or []:
         if w not in known:
-            raise IndexgradError(
-                f"wrt names '{w}', which is not an input of the program; inputs: " + ", ".join(inputs)
-            )
-    return losses, set(wrt)
+            raise IndexgradError(not_an_input("wrt", w, inputs))
+    return inputs
+
+
+def not_an_input(what: str, name: str, inputs: list[str]) -> str:
+    """The message for a name given as an input's that is not one."""
+    return f"{what} names '{name}', which is not an input of the program; inputs: " + ", ".join(inputs)
 
 
 def _recheck(derived: Program, source: Program) -> Program:
@@ -439,14 +446,7 @@ def derive_jvp(program: Program, wrt: list[str] | None = None) -> Program:
     program = as_program(program)
     prims = lower(program)
     wrt = wrt_names(wrt)
-    labels = set(program.integer_inputs())
-    inputs = [n for n in program.inputs() if n not in labels]
-    known = set(inputs)
-    for w in wrt or []:
-        if w not in known:
-            raise IndexgradError(
-                f"wrt names '{w}', which is not an input of the program; inputs: " + ", ".join(inputs)
-            )
+    inputs = float_inputs(program, wrt)
     has_tan = set(wrt if wrt is not None else inputs)
     names = derived_names(program, ".tan")
     _name_temporaries(names, prims, program, ".tan")

@@ -16,7 +16,15 @@ import numpy as np
 
 from .backends import Backend, Executor, auto, get_backend
 from .check import check, sized_like
-from .derive import derivative_reads, derive_for, derive_jvp, derived_names, tan_name, wrt_names
+from .derive import (
+    derivative_reads,
+    derive_for,
+    derive_jvp,
+    derived_names,
+    not_an_input,
+    tan_name,
+    wrt_names,
+)
 from .errors import IndexgradError
 from .gcpause import gc_paused
 from .lower import Contract, Elementwise, Prim, lower, prim_statement
@@ -475,10 +483,7 @@ class Model:
             if not isinstance(w, str):
                 raise self._error(f"wrt must list names as strings, not {type(w).__name__}")
             if w not in known:
-                raise self._error(
-                    f"wrt names '{w}', which is not an input of the program; inputs: "
-                    + ", ".join(self.inputs)
-                )
+                raise self._error(not_an_input("wrt", w, self.inputs))
         return names
 
     def _seeds(self, env: dict[str, Array], seed: Mapping[str, Any]) -> dict[str, Array]:
@@ -544,10 +549,7 @@ class Model:
         known = set(self.inputs)
         for n in given:
             if n not in known:
-                raise self._error(
-                    f"{what} names '{n}', which is not an input of the program; inputs: "
-                    + ", ".join(self.inputs)
-                )
+                raise self._error(not_an_input(what, n, self.inputs))
         return dict(given)
 
     # ---- forward mode and second order
