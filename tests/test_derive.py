@@ -295,6 +295,26 @@ def test_wrt_and_loss_must_name_inputs_and_defined_tensors() -> None:
         ig.derive(p, loss="nope")
 
 
+def test_a_name_that_is_no_input_is_refused_alike_by_every_route() -> None:
+    p = ig.parse(PRUNE)
+    said = "which is not an input of the program; inputs: " + ", ".join(p.inputs())
+    m = ig.compile(p)
+    vals = m.forward(**{n: np.ones(3) for n in p.inputs()})
+    routes = {
+        "wrt": [
+            lambda: ig.derive(p, loss="loss", wrt=["a", "nope"]),
+            lambda: ig.derive_jvp(p, wrt=["nope"]),
+            lambda: m.backward(vals, loss="loss", wrt=["a", "nope"]),
+        ],
+        "tangents": [lambda: m.jvp(vals, {"nope": np.ones(3)})],
+    }
+    for what, calls in routes.items():
+        for call in calls:
+            with pytest.raises(ig.IndexgradError) as e:
+                call()
+            assert e.value.message == f"{what} names 'nope', {said}"
+
+
 def test_non_scalar_loss_reads_its_gradient() -> None:
     d = ig.derive(ig.parse("y[b,i] = x[b,j] W[j,i]"))
     assert "y.grad" in d.inputs()
