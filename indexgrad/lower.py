@@ -384,8 +384,9 @@ class _Lowerer:
     def statement(self, s: Statement) -> None:
         self.span = s.span
         self.lhs = list(ref_index_names(s.target))
-        refs = [*refs_in(s.expr), *([s.target] if s.op == "+=" else [])]
-        self.shrunk = shrunk(refs)
+        reads, written = refs_in(s.expr), [s.target] if s.op == "+=" else []
+        refs = [*reads, *written]
+        self.shrunk = shrunk(reads, written)
         self.dims = ()
         if self.all_dims:  # (walking the statement for its names costs as much as lowering it)
             used = {n for r in [s.target, *refs] for n in ref_index_names(r)}
@@ -413,22 +414,23 @@ class _Lowerer:
         self.out.append(Implicit(s.target, s.op, call.func, body, result, start, call, s.span))
 
 
-def shrunk(refs: list[Ref]) -> set[str]:
+def shrunk(reads: list[Ref], written: list[Ref]) -> set[str]:
     """The index names that these references (of one statement) read both plainly and through a
     one-name shift (`x[r,c]` and `x[r+1,c]`): each ranges where every read is in range, so its plain
-    reads are read as shifts by 0 (`x[r+0,c]`), which bound it without fixing its size."""
-    if all(is_plain(r) for r in refs):  # (known per reference) no shift, so nothing shrinks
+    reads are read as shifts by 0 (`x[r+0,c]`), which bound it without fixing its size. A shifted
+    write (`y[2*i] += z[i]`) shortens nothing: that would drop what it adds past the end."""
+    if all(is_plain(r) for r in reads):  # (known per reference) no shifted read, so nothing shrinks
         return set()
     plain: set[str] = set()
     shifts: set[str] = set()
-    for r in refs:
+    for r in [*reads, *written]:
         if r.name == DELTA:  # delta has no extent to keep a read inside
             continue
         for i in [*r.indices, *(j for g in r.indices if isinstance(g, Gather) for j in g.ref.indices)]:
             if isinstance(i, Affine):
                 if i.plain is not None:
                     plain.add(i.plain)
-                elif (n := shift_name(i)) is not None:
+                elif (n := shift_name(i)) is not None and r not in written:
                     shifts.add(n)
     return plain & shifts
 

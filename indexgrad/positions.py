@@ -354,7 +354,7 @@ def _square(ax: Axis, size: Mapping[str, int | None]) -> tuple[str, int | None] 
 class Axis:
     """An axis of a reference as sizing sees it: its position, the axis's extent (None: known to
     exist only), whether it has one (the target of a `+=` that defines its tensor, and `delta`,
-    have none), and what to name in a message."""
+    have none), what to name in a message, and whether a `+=` writes through it."""
 
     position: Affine
     extent: int | None
@@ -362,16 +362,17 @@ class Axis:
     ref: Ref
     axis: int
     span: Span
+    written: bool = False
 
 
-def axes_of(r: Ref, shape: Sequence[int | None] | None, span: Span) -> list[Axis]:
+def axes_of(r: Ref, shape: Sequence[int | None] | None, span: Span, written: bool = False) -> list[Axis]:
     """The sizing axes of a reference with this shape (None: it has no extents); label positions
     have none (the label tensor is a reference of its own)."""
     out = []
     for axis, i in enumerate(r.indices):
         if isinstance(i, Affine):
             ext = shape[axis] if shape is not None else None
-            out.append(Axis(i, ext, shape is not None, r, axis, r.span if r.span.line else span))
+            out.append(Axis(i, ext, shape is not None, r, axis, r.span if r.span.line else span, written))
     return out
 
 
@@ -389,8 +390,9 @@ def solve(
     gives it the valid extent (the smallest, when several do at once); failing that, each
     position with a boundary mode gives its one unsized name the same extent; failing that, an
     unsized name of `delta[i,j]` takes the other's size (the identity is square). Every name sized
-    by an array, not by `dim`, ranges where each one-name shift of it (`x[r+1]`) is in range.
-    An index with no valid positions is an error at the reference that leaves it none.
+    by an array, not by `dim`, ranges where each one-name shift of it (`x[r+1]`) it reads is in
+    range; a shifted write (`y[2*i] += z[i]`) shortens nothing, as that would drop what it adds (a
+    write past the end is refused when the shapes are known). An index with no valid positions is an error at the reference that leaves it none.
     """
     for ax in axes:
         if ax.position.plain is not None and ax.has_extent:
@@ -398,7 +400,7 @@ def solve(
     shifts: dict[str, list[Axis]] = {}
     for ax in axes:
         n = shift_name(ax.position)
-        if n is not None and ax.has_extent:
+        if n is not None and ax.has_extent and not ax.written:
             shifts.setdefault(n, []).append(ax)
 
     def settle(n: str, value: int | None, by: Axis | None) -> None:

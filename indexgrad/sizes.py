@@ -64,7 +64,7 @@ class _Known:
             )
 
 
-def check_bounds(r: Ref, shape: Shape, sizes: dict[str, int], span: Span) -> None:
+def check_bounds(r: Ref, shape: Shape, sizes: dict[str, int], span: Span, hint: str = "") -> None:
     """Refuse a shifted read (or scatter) that leaves its axis (a boundary mode never does)."""
     for axis, i in enumerate(r.indices):
         if isinstance(i, Affine) and i.plain is None and i.mode is None and not positions.empty(i, sizes):
@@ -72,7 +72,7 @@ def check_bounds(r: Ref, shape: Shape, sizes: dict[str, int], span: Span) -> Non
             if lo < 0 or hi >= shape[axis]:
                 raise IndexgradError(
                     f"{format_ref(r)} reaches position {hi if hi >= shape[axis] else lo} "
-                    f"along axis {axis}, but '{r.name}' has size {shape[axis]} there",
+                    f"along axis {axis}, but '{r.name}' has size {shape[axis]} there{hint}",
                     place(r, span),
                 )
 
@@ -108,7 +108,7 @@ class Sizer:
             pairs.append((r, shape))
         target = self.target_shape(p, shapes)
         if target is not None:
-            axes += self._axes(shapes, dtypes, p.out, target, p.span)
+            axes += self._axes(shapes, dtypes, p.out, target, p.span, written=True)
             pairs.append((p.out, target))
         needed = set(ref_index_names(p.out)).union(*(ref_index_names(r) for r in prim_refs(p)))
         if isinstance(p, Reduction):
@@ -137,8 +137,13 @@ class Sizer:
                 solve()
         for n in sorted(needed - set(known.size)):
             raise IndexgradError(f"the size of index '{n}' cannot be worked out here", p.span)
+        grown = p.op == "+=" and p.out.name not in self.made and sized_like(p.out.name) is None
+        hint = (
+            f" (as far as the first '+=' into '{p.out.name}', which defines it, writes); write the "
+            "'+=' that reaches furthest first"
+        )
         for r, shape in pairs:
-            check_bounds(r, shape, known.size, p.span)
+            check_bounds(r, shape, known.size, p.span, hint if grown and r is p.out else "")
             for g in r.indices:  # a label read through arithmetic (E[lab[b+j]]) stays in lab too
                 if isinstance(g, Gather):
                     check_bounds(g.ref, _shape(shapes, g.ref, p.span), known.size, p.span)
@@ -160,10 +165,12 @@ class Sizer:
         return shape
 
     def _axes(
-        self, shapes: dict[str, Shape], dtypes: dict[str, np.dtype], r: Ref, shape: Shape, span: Span
+        self, shapes: dict[str, Shape], dtypes: dict[str, np.dtype], r: Ref, shape: Shape, span: Span,
+        written: bool = False,
     ) -> list[positions.Axis]:
-        """The sizing axes of r read with this shape, and of the label tensors in its positions."""
-        out = positions.axes_of(r, shape, span)
+        """The sizing axes of r read (or written) with this shape, and of the label tensors in its
+        positions."""
+        out = positions.axes_of(r, shape, span, written)
         for i in r.indices:
             if isinstance(i, Gather):
                 out += positions.axes_of(i.ref, _labels(shapes, dtypes, i.ref, span), span)

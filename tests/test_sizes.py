@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import autograd.numpy as anp
 import numpy as np
 import pytest
@@ -239,3 +241,37 @@ def test_a_label_read_through_arithmetic_past_its_end_is_an_error_at_the_read() 
     B, E, lab = np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([10.0, 20.0, 30.0]), np.array([2, 0, 1])
     want = sum(B[b, j] * E[lab[b + j]] for b in range(2) for j in range(2))
     assert within.forward(B=B, E=E, lab=lab)["h"] == want
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("y[i] = x[i]\ny[i+1] += z[i]", r"y\[i\+1\] reaches position 3 along axis 0, but 'y' has size 3 there"),
+        ("y[i] = x[i]\ny[2*i] += z[i]", r"y\[2\*i\] reaches position 4 along axis 0, but 'y' has size 3 there"),
+        (
+            "y[2*i] += x[i]\ny[2*i+1] += z[i]",
+            r"y\[2\*i\+1\] reaches position 5 along axis 0, but 'y' has size 5 there \(as far as the first "
+            r"'\+=' into 'y', which defines it, writes\); write the '\+=' that reaches furthest first",
+        ),
+    ],
+)
+def test_a_shifted_write_past_the_end_is_an_error_not_a_dropped_term(text: str, message: str) -> None:
+    """A one-name shift shortens the range of what a statement reads (`x[r+1] - x[r]`), never of
+    what a '+=' writes: `y[2*i] += z[i]` with z longer than y's even positions used to add only
+    the first ones of z."""
+    x, z = np.arange(3.0), 10 * np.arange(1.0, 4.0)
+    with pytest.raises(ig.IndexgradError) as info:
+        ig.compile(text).forward(x=x, z=z)
+    assert re.fullmatch(message, info.value.message), info.value.message
+    assert (info.value.line, info.value.column) == (2, 1)
+
+
+def test_interleaved_writes_the_furthest_first() -> None:
+    """The advice of the error above: the '+=' reaching furthest defines y, the next fills in."""
+    x, z = np.arange(3.0), 10 * np.arange(1.0, 4.0)
+    m = ig.compile("y[2*i+1] += z[i]\ny[2*i] += x[i]\nloss = sum[j](y[j] w[j])")
+    w = rng().standard_normal(6)
+    np.testing.assert_array_equal(m.forward(x=x, z=z, w=w)["y"], [0, 10, 1, 20, 2, 30])
+    assert ig.gradcheck(m, {"x": x, "z": z, "w": w})
+    y = ig.compile("y[i] = x[i]\ny[i+1] += z[i]").forward(x=np.arange(4.0), z=z)["y"]
+    np.testing.assert_array_equal(y, [0, 11, 22, 33])
