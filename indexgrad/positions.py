@@ -392,7 +392,8 @@ def solve(
     unsized name of `delta[i,j]` takes the other's size (the identity is square). Every name sized
     by an array, not by `dim`, ranges where each one-name shift of it (`x[r+1]`) it reads is in
     range; a shifted write (`y[2*i] += z[i]`) shortens nothing, as that would drop what it adds (a
-    write past the end is refused when the shapes are known). An index with no valid positions is an error at the reference that leaves it none.
+    write past the end is refused when the shapes are known). An index with no valid positions
+    is an error at the reference that leaves it none.
     """
     for ax in axes:
         if ax.position.plain is not None and ax.has_extent:

@@ -246,8 +246,14 @@ def test_a_label_read_through_arithmetic_past_its_end_is_an_error_at_the_read() 
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("y[i] = x[i]\ny[i+1] += z[i]", r"y\[i\+1\] reaches position 3 along axis 0, but 'y' has size 3 there"),
-        ("y[i] = x[i]\ny[2*i] += z[i]", r"y\[2\*i\] reaches position 4 along axis 0, but 'y' has size 3 there"),
+        (
+            "y[i] = x[i]\ny[i+1] += z[i]",
+            r"y\[i\+1\] reaches position 3 along axis 0, but 'y' has size 3 there",
+        ),
+        (
+            "y[i] = x[i]\ny[2*i] += z[i]",
+            r"y\[2\*i\] reaches position 4 along axis 0, but 'y' has size 3 there",
+        ),
         (
             "y[2*i] += x[i]\ny[2*i+1] += z[i]",
             r"y\[2\*i\+1\] reaches position 5 along axis 0, but 'y' has size 5 there \(as far as the first "
