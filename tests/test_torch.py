@@ -207,6 +207,20 @@ def test_a_division_by_a_sigmoid_in_its_far_tail() -> None:
     assert assert_backends_agree(program, arrays) == "hvp"
 
 
+def test_delta_is_no_read_only_array_torch_warns_about(monkeypatch: pytest.MonkeyPatch) -> None:
+    """delta's values are a read-only broadcast view; torch.as_tensor of one warns (once per
+    process, so the test looks at what it is given rather than at the warning)."""
+    as_tensor = torch.as_tensor
+
+    def strict(a, *args, **kwargs):
+        assert not isinstance(a, np.ndarray) or a.flags.writeable, "torch.as_tensor of a read-only array"
+        return as_tensor(a, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "as_tensor", strict)
+    x = np.random.default_rng(0).standard_normal(4)
+    assert assert_backends_agree("y[i,j] = delta[i,j] x[j]\nloss = sum[i,j](y[i,j] y[i,j])", {"x": x})
+
+
 def test_every_function_and_reduction_runs_on_torch() -> None:
     assert set(FUNCTIONS) <= set(torch_backend.FUNCTIONS)
     assert set(REDUCTIONS) <= set(torch_backend.REDUCTIONS)

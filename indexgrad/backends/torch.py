@@ -772,7 +772,8 @@ def delta(step: Step, run: _Run) -> Compute:
     r = Ref(DELTA, tuple(index_positions.from_data(t) for t in step.args["positions"]))
     value = index_positions.delta_values(r, step.axes, dict(zip(step.axes, step.shape)))
     to = torch_dtype(step.dtype)
-    values = _PerDevice(lambda device: torch.as_tensor(value, dtype=to, device=device))
+    # delta_values is a read-only broadcast view, which torch.as_tensor warns about: copy it
+    values = _PerDevice(lambda device: torch.tensor(np.array(value), dtype=to, device=device))
     return lambda env: values.on(run.device).clone()
 
 
