@@ -154,9 +154,18 @@ class _Checker:
             raise _err(f"delta takes two indices, delta[i,j], got {len(r.indices)}", r.span)
         for i in r.indices:
             if not isinstance(i, Affine) or i.mode is not None:
+                # a one-hot product delta[c, y[b]] W[c,d] is the gather W[y[b], d]
+                other = r.indices[1 - r.indices.index(i)]
+                hint = (
+                    f"; to pick entries at the labels, index the tensor by them instead: "
+                    f"W[{format_index(i)}, ...] rather than delta[{format_index(other)}, "
+                    f"{format_index(i)}] W[{format_index(other)}, ...]"
+                    if isinstance(i, Gather)
+                    else ""
+                )
                 raise _err(
                     "delta[i,j] compares index names or their arithmetic; labels and boundary modes "
-                    "do not stand in it",
+                    f"do not stand in it{hint}",
                     (i.span if i.span.line else None) or r.span,
                 )
 
@@ -377,7 +386,7 @@ class _Checker:
         for r in [*refs_in(expr), *(i.ref for i in t.indices if isinstance(i, Gather))]:
             axes += axes_of(r, None if r.name == DELTA else [None] * len(r.indices), s.span)
         if known:
-            axes += axes_of(t, [None] * len(t.indices), s.span)
+            axes += axes_of(t, [None] * len(t.indices), s.span, written=True)
         self.solved.append((s, expr, axes))
         unsized = self.unsized_names(s, expr, axes, set())
         if unsized:

@@ -121,6 +121,8 @@ CHECK_ERRORS = [
     ("param delta[i]\n", 1, 7, "'delta' is the identity, delta[i,j], and needs no declaration"),
     ("y[i] = delta[i] x[i]\n", 1, 8, "delta takes two indices, delta[i,j], got 1"),
     ("y[i,j] = delta[i,pad(j)] x[i,j]\n", 1, 18, "labels and boundary modes do not stand in it"),
+    # a one-hot product is a gather
+    ("y[b,d] = delta[c,ids[b]] W[c,d]\n", 1, 18, "index the tensor by them instead: W[ids[b], ...] rather"),
     ("y[i,j] = delta[i,j]\n", 1, 10, "index 'i' gets no size: delta[i,j] compares indices but does not size"),
     # dim
     ("dim u=2\ndim u=3\ny[u] = x[u]\n", 2, 5, "'u' is declared dim u=3 here but u=2 at 1:5"),
