@@ -23,7 +23,8 @@ Tensors = dict[str, torch.Tensor]
 @dataclass(frozen=True)
 class Layer:
     """A program, its inputs (labels are integer arrays) and the torch function of the same inputs
-    that gives the program's output `out`."""
+    that gives the program's output `out`; `const` names float inputs torch does not differentiate
+    (a loss's target or class weights), whose gradients are not compared."""
 
     name: str
     src: str
@@ -31,6 +32,7 @@ class Layer:
     torch: Callable[[Tensors], torch.Tensor]
     out: str = "y"
     rtol: float = 1e-10
+    const: tuple[str, ...] = ()
 
 
 def normal(**shapes: tuple[int, ...]) -> Callable[[np.random.Generator], Arrays]:
@@ -462,6 +464,533 @@ layer(
     ),
 )
 
+# ---- more activations ------------------------------------------------------------------------
+
+layer("mish", "y[b,i] = x[b,i] tanh(softplus(x[b,i]))", normal(x=(B, 5)), lambda a: F.mish(a["x"]))
+layer("logsigmoid", "y[b,i] = -softplus(-x[b,i])", normal(x=(B, 5)), lambda a: F.logsigmoid(a["x"]))
+layer(
+    "hardtanh",
+    "y[b,i] = max(-1, min(1, x[b,i]))",
+    lambda rng: {"x": 2 * rng.standard_normal((B, 5))},
+    lambda a: F.hardtanh(a["x"]),
+)
+layer(
+    "relu6",
+    "y[b,i] = min(relu(x[b,i]), 6)",
+    lambda rng: {"x": 5 * rng.standard_normal((B, 5))},
+    lambda a: F.relu6(a["x"]),
+)
+layer(  # torch's backward multiplies by 1/6 rounded to a float32 (relative 3e-8)
+    "hardsigmoid",
+    "y[b,i] = max(0, min(1, x[b,i] / 6 + 0.5))",
+    lambda rng: {"x": 4 * rng.standard_normal((B, 5))},
+    lambda a: F.hardsigmoid(a["x"]),
+    rtol=1e-7,
+)
+layer(
+    "hardswish",
+    "y[b,i] = x[b,i] max(0, min(6, x[b,i] + 3)) / 6",
+    lambda rng: {"x": 4 * rng.standard_normal((B, 5))},
+    lambda a: F.hardswish(a["x"]),
+)
+layer(
+    "selu",
+    "y[b,i] = 1.0507009873554805 where(x[b,i] > 0, x[b,i], 1.6732632423543772 (exp(x[b,i]) - 1))",
+    normal(x=(B, 5)),
+    lambda a: F.selu(a["x"]),
+)
+layer(
+    "celu",
+    "y[b,i] = max(0, x[b,i]) + min(0, 0.5 (exp(x[b,i] / 0.5) - 1))",
+    normal(x=(B, 5)),
+    lambda a: F.celu(a["x"], 0.5),
+)
+layer("softsign", "y[b,i] = x[b,i] / (1 + abs(x[b,i]))", normal(x=(B, 5)), lambda a: F.softsign(a["x"]))
+layer("tanhshrink", "y[b,i] = x[b,i] - tanh(x[b,i])", normal(x=(B, 5)), lambda a: F.tanhshrink(a["x"]))
+layer(  # written so that a NaN stays NaN, as in torch (where(x > 0.5, ...) would make it 0)
+    "softshrink",
+    "y[b,i] = x[b,i] - max(-0.5, min(0.5, x[b,i]))",
+    normal(x=(B, 5)),
+    lambda a: F.softshrink(a["x"], 0.5),
+)
+layer(
+    "hardshrink", "y[b,i] = x[b,i] (abs(x[b,i]) > 0.5)", normal(x=(B, 5)), lambda a: F.hardshrink(a["x"], 0.5)
+)
+layer(
+    "threshold",
+    "y[b,i] = where(x[b,i] <= 0.1, 20, x[b,i])",
+    normal(x=(B, 5)),
+    lambda a: F.threshold(a["x"], 0.1, 20.0),
+)
+layer(
+    "prelu",
+    """
+    param A[c]
+    y[b,c,n] = max(0, x[b,c,n]) + A[c] min(0, x[b,c,n])
+    """,
+    normal(x=(B, 3, 4), A=(3,)),
+    lambda a: F.prelu(a["x"], a["A"]),
+)
+layer("glu", "y[b,i] = x[b,i] sigmoid(x[b,i+3])", normal(x=(B, 6)), lambda a: F.glu(a["x"], 1))
+layer(
+    "softmin",
+    "y[b,c] = exp(-z[b,c] - logsumexp[k](-z[b,k]))",
+    normal(z=(B, 5)),
+    lambda a: F.softmin(a["z"], 1),
+)
+layer(
+    "softplus_beta2", "y[b,i] = softplus(2 x[b,i]) / 2", normal(x=(B, 5)), lambda a: F.softplus(a["x"], 2)
+)
+layer(
+    "normalize",
+    "y[b,d] = x[b,d] / max(sqrt(sum[e](x[b,e]^2)), 1e-12)",
+    normal(x=(3, 5)),
+    lambda a: F.normalize(a["x"], dim=1),
+)
+
+# ---- more losses -----------------------------------------------------------------------------
+
+layer(
+    "mse",
+    "loss = mean[b,i]((p[b,i] - t[b,i])^2)",
+    normal(p=(3, 4), t=(3, 4)),
+    lambda a: F.mse_loss(a["p"], a["t"]),
+    out="loss",
+)
+layer(
+    "l1",
+    "loss = mean[b,i](abs(p[b,i] - t[b,i]))",
+    normal(p=(3, 4), t=(3, 4)),
+    lambda a: F.l1_loss(a["p"], a["t"]),
+    out="loss",
+)
+layer(
+    "huber",
+    """
+    r[b,i] = p[b,i] - t[b,i]
+    loss = mean[b,i](where(abs(r[b,i]) <= 1.5, 0.5 r[b,i]^2, 1.5 (abs(r[b,i]) - 0.75)))
+    """,
+    lambda rng: {"p": 2 * rng.standard_normal((3, 4)), "t": rng.standard_normal((3, 4))},
+    lambda a: F.huber_loss(a["p"], a["t"], delta=1.5),
+    out="loss",
+)
+layer(
+    "smooth_l1",
+    """
+    r[b,i] = abs(p[b,i] - t[b,i])
+    loss = mean[b,i](where(r[b,i] < 0.5, 0.5 r[b,i]^2 / 0.5, r[b,i] - 0.25))
+    """,
+    lambda rng: {"p": 2 * rng.standard_normal((3, 4)), "t": rng.standard_normal((3, 4))},
+    lambda a: F.smooth_l1_loss(a["p"], a["t"], beta=0.5),
+    out="loss",
+)
+layer(
+    "bce_with_logits",
+    "loss = mean[b,i](softplus(z[b,i]) - t[b,i] z[b,i])",
+    lambda rng: {"z": 3 * rng.standard_normal((3, 4)), "t": rng.random((3, 4))},
+    lambda a: F.binary_cross_entropy_with_logits(a["z"], a["t"]),
+    out="loss",
+)
+layer(
+    "bce_with_logits_pos_weight",
+    "loss = mean[b,i]((1 - t[b,i]) z[b,i] + (1 + (w[i] - 1) t[b,i]) softplus(-z[b,i]))",
+    lambda rng: {"z": 3 * rng.standard_normal((3, 4)), "t": rng.random((3, 4)), "w": rng.random(4) + 0.5},
+    lambda a: F.binary_cross_entropy_with_logits(a["z"], a["t"], pos_weight=a["w"]),
+    out="loss",
+    const=("w",),
+)
+layer(
+    "triplet_margin",
+    """
+    dp[b] = sqrt(sum[d]((an[b,d] - po[b,d] + 1e-6)^2))
+    dn[b] = sqrt(sum[d]((an[b,d] - ne[b,d] + 1e-6)^2))
+    loss = mean[b](relu(dp[b] - dn[b] + 1))
+    """,
+    normal(an=(4, 5), po=(4, 5), ne=(4, 5)),
+    lambda a: F.triplet_margin_loss(a["an"], a["po"], a["ne"]),
+    out="loss",
+)
+layer(
+    "margin_ranking",
+    "loss = mean[b](max(0, -t[b] (x1[b] - x2[b]) + 0.3))",
+    lambda rng: {"x1": rng.standard_normal(5), "x2": rng.standard_normal(5), "t": rng.choice([-1.0, 1.0], 5)},
+    lambda a: F.margin_ranking_loss(a["x1"], a["x2"], a["t"], margin=0.3),
+    out="loss",
+)
+layer(
+    "soft_margin",
+    "loss = mean[b,i](softplus(-t[b,i] x[b,i]))",
+    lambda rng: {"x": rng.standard_normal((3, 4)), "t": rng.choice([-1.0, 1.0], (3, 4))},
+    lambda a: F.soft_margin_loss(a["x"], a["t"]),
+    out="loss",
+    const=("t",),
+)
+layer(
+    "cosine_embedding",
+    """
+    c[b] = sum[d](u[b,d] v[b,d]) / sqrt((sum[d](u[b,d]^2) + 1e-12) (sum[d](v[b,d]^2) + 1e-12))
+    loss = mean[b](where(t[b] > 0, 1 - c[b], max(0, c[b] - 0.2)))
+    """,
+    lambda rng: normal(u=(6, 5), v=(6, 5))(rng) | {"t": np.array([1.0, -1, 1, -1, -1, 1])},
+    lambda a: F.cosine_embedding_loss(a["u"], a["v"], a["t"], margin=0.2),
+    out="loss",
+)
+layer(
+    "poisson_nll",
+    "loss = mean[b,i](exp(z[b,i]) - t[b,i] z[b,i])",
+    lambda rng: {"z": rng.standard_normal((3, 4)), "t": rng.poisson(2.0, (3, 4)).astype(float)},
+    lambda a: F.poisson_nll_loss(a["z"], a["t"]),
+    out="loss",
+)
+layer(
+    "gaussian_nll",
+    "loss = mean[b,i](0.5 (log(max(v[b,i], 1e-6)) + (m[b,i] - t[b,i])^2 / max(v[b,i], 1e-6)))",
+    lambda rng: normal(m=(3, 4), t=(3, 4))(rng) | {"v": rng.uniform(0.5, 2, (3, 4))},
+    lambda a: F.gaussian_nll_loss(a["m"], a["t"], a["v"]),
+    out="loss",
+)
+layer(
+    "cross_entropy_label_smoothing",
+    """
+    lp[b,c] = z[b,c] - logsumexp[k](z[b,k])
+    loss = -mean[b](0.9 lp[b,y[b]] + 0.1 mean[c](lp[b,c]))
+    """,
+    with_labels(normal(z=(3, 5)), y=(5, (3,))),
+    lambda a: F.cross_entropy(a["z"], a["y"], label_smoothing=0.1),
+    out="loss",
+)
+layer(
+    "cross_entropy_class_weights",
+    """
+    lp[b,c] = z[b,c] - logsumexp[k](z[b,k])
+    loss = -sum[b](w[y[b]] lp[b,y[b]]) / sum[b](w[y[b]])
+    """,
+    lambda rng: {"z": rng.standard_normal((3, 5)), "y": rng.integers(0, 5, 3), "w": rng.uniform(0.5, 2, 5)},
+    lambda a: F.cross_entropy(a["z"], a["y"], weight=a["w"]),
+    out="loss",
+    const=("w",),
+)
+layer(
+    "kl_div_log_target",
+    "loss = sum[b,c](exp(lt[b,c]) (lt[b,c] - li[b,c]) / size[b])",
+    normal(li=(3, 4), lt=(3, 4)),
+    lambda a: F.kl_div(a["li"], a["lt"], reduction="batchmean", log_target=True),
+    out="loss",
+)
+
+# ---- more convolutions, pooling and patches --------------------------------------------------
+
+layer(
+    "conv3d",
+    """
+    param w[o,i,u,v,z], B[o]
+    y[b,o,p,q,r] = x[b,i,p+u,q+v,r+z] w[o,i,u,v,z] + B[o]
+    """,
+    normal(x=(B, 2, 4, 5, 4), w=(3, 2, 2, 3, 2), B=(3,)),
+    lambda a: F.conv3d(a["x"], a["w"], a["B"]),
+)
+layer(
+    "conv3d_stride2_pad1",
+    """
+    param w[o,i,u,v,z]
+    y[b,o,p,q,r] = x[b,i,pad(2*p+u-1),pad(2*q+v-1),pad(2*r+z-1)] w[o,i,u,v,z]
+    """,
+    normal(x=(B, 2, 4, 5, 4), w=(3, 2, 3, 3, 3)),
+    lambda a: F.conv3d(a["x"], a["w"], stride=2, padding=1),
+)
+layer(
+    "conv1d_same_dilation2",
+    """
+    param w[o,i,k]
+    y[b,o,t] = x[b,i,pad(t+2*k-2)] w[o,i,k]
+    """,
+    normal(x=(B, 3, 7), w=(4, 3, 3)),
+    lambda a: F.conv1d(a["x"], a["w"], padding="same", dilation=2),
+)
+layer(
+    "conv1d_causal",
+    """
+    param w[o,i,k]
+    y[b,o,t] = x[b,i,pad(t+k-2)] w[o,i,k]
+    """,
+    normal(x=(B, 3, 7), w=(4, 3, 3)),
+    lambda a: F.conv1d(F.pad(a["x"], (2, 0)), a["w"]),
+)
+layer(
+    "conv1d_circular",
+    """
+    param w[o,i,k]
+    y[b,o,t] = x[b,i,wrap(t+k-1)] w[o,i,k]
+    """,
+    normal(x=(B, 3, 7), w=(4, 3, 3)),
+    lambda a: F.conv1d(F.pad(a["x"], (1, 1), mode="circular"), a["w"]),
+)
+layer(
+    "conv1d_replicate",
+    """
+    param w[o,i,k]
+    y[b,o,t] = x[b,i,clamp(t+k-1)] w[o,i,k]
+    """,
+    normal(x=(B, 3, 7), w=(4, 3, 3)),
+    lambda a: F.conv1d(F.pad(a["x"], (1, 1), mode="replicate"), a["w"]),
+)
+layer(
+    "conv_transpose1d",
+    """
+    param w[i,o,k], B[o]
+    y[b,o,t+k] += x[b,i,t] w[i,o,k]
+    y[b,o,t] += B[o]
+    """,
+    normal(x=(B, 3, 5), w=(3, 2, 3), B=(2,)),
+    lambda a: F.conv_transpose1d(a["x"], a["w"], a["B"]),
+)
+layer(  # padding=1 crops one position at each end, output_padding=1 adds one at the end
+    "conv_transpose1d_s2_p1_op1",
+    """
+    dim s=10
+    param w[i,o,k]
+    f[b,o,2*t+k] += x[b,i,t] w[i,o,k]
+    y[b,o,s] = f[b,o,pad(s+1)]
+    """,
+    normal(x=(B, 3, 5), w=(3, 2, 3)),
+    lambda a: F.conv_transpose1d(a["x"], a["w"], stride=2, padding=1, output_padding=1),
+)
+layer(
+    "conv_transpose2d_grouped",
+    """
+    param w[c,o,u,v]
+    y[b,2*(c//2)+o,r+u,s+v] += x[b,c,r,s] w[c,o,u,v]
+    """,
+    normal(x=(B, 4, 3, 3), w=(4, 2, 2, 2)),
+    lambda a: F.conv_transpose2d(a["x"], a["w"], groups=2),
+)
+layer(  # Tensor Comprehensions' group convolution, groups as an axis of their own
+    "conv2d_groups_axis",
+    """
+    param w[g,o,c,u,v]
+    y[b,g,o,r,s] = x[b,g,c,r+u,s+v] w[g,o,c,u,v]
+    """,
+    normal(x=(B, 2, 2, 5, 5), w=(2, 3, 2, 3, 3)),
+    lambda a: F.conv2d(a["x"].flatten(1, 2), a["w"].flatten(0, 1), groups=2).unflatten(1, (2, 3)),
+)
+layer(
+    "mobilenet_block",
+    """
+    param dw[c,u,v], pw[o,c]
+    h[b,c,r,s] = min(relu(x[b,c,pad(r+u-1),pad(s+v-1)] dw[c,u,v]), 6)
+    y[b,o,r,s] = min(relu(h[b,c,r,s] pw[o,c]), 6)
+    """,
+    lambda rng: {"x": 2 * rng.standard_normal((B, 3, 5, 5))} | normal(dw=(3, 3, 3), pw=(4, 3))(rng),
+    lambda a: F.relu6(
+        F.conv2d(F.relu6(F.conv2d(a["x"], a["dw"][:, None], padding=1, groups=3)), a["pw"][:, :, None, None])
+    ),
+)
+layer(
+    "avg_pool1d_k3_s2",
+    """
+    dim k=3
+    y[b,c,t] = mean[k](x[b,c,2*t+k])
+    """,
+    normal(x=(B, 2, 8)),
+    lambda a: F.avg_pool1d(a["x"], 3, 2),
+)
+layer(  # pad reads 0 and the mean divides by 3 everywhere: torch's count_include_pad
+    "avg_pool1d_pad1",
+    """
+    dim k=3
+    y[b,c,t] = mean[k](x[b,c,pad(2*t+k-1)])
+    """,
+    normal(x=(B, 2, 8)),
+    lambda a: F.avg_pool1d(a["x"], 3, 2, padding=1),
+)
+layer(
+    "max_pool1d_k3_s2",
+    """
+    dim k=3
+    y[b,c,t] = max[k](x[b,c,2*t+k])
+    """,
+    normal(x=(B, 2, 9)),
+    lambda a: F.max_pool1d(a["x"], 3, 2),
+)
+layer(
+    "lp_pool1d",
+    """
+    dim k=2
+    y[b,c,t] = sum[k](x[b,c,2*t+k]^2)^0.5
+    """,
+    normal(x=(B, 2, 8)),
+    lambda a: F.lp_pool1d(a["x"], 2, 2),
+)
+layer(
+    "adaptive_max_pool",
+    "y[b,c] = max[t](x[b,c,t])",
+    normal(x=(B, 3, 5)),
+    lambda a: F.adaptive_max_pool1d(a["x"], 1)[:, :, 0],
+)
+layer(
+    "avg_pool3d",
+    """
+    dim u=2, v=2, z=2
+    y[b,c,p,q,r] = mean[u,v,z](x[b,c,2*p+u,2*q+v,2*r+z])
+    """,
+    normal(x=(B, 2, 4, 4, 6)),
+    lambda a: F.avg_pool3d(a["x"], 2),
+)
+layer(
+    "pixel_unshuffle",
+    "y[b,c,h,w] = x[b,c//4,2*h+(c%4)//2,2*w+c%2]",
+    normal(x=(B, 2, 4, 6)),
+    lambda a: F.pixel_unshuffle(a["x"], 2),
+)
+layer(  # the window of channels c-1..c+1, zeros past the ends, as torch pads it
+    "local_response_norm",
+    """
+    dim k=3
+    s[b,c,t] = mean[k](x[b,pad(c+k-1),t]^2)
+    y[b,c,t] = x[b,c,t] / (2 + 0.5 s[b,c,t])^0.75
+    """,
+    normal(x=(B, 5, 4)),
+    lambda a: F.local_response_norm(a["x"], 3, alpha=0.5, k=2.0),
+)
+layer(  # im2col: each patch a column, written where it goes
+    "unfold",
+    """
+    dim u=2, v=3
+    y[b,6*c+3*u+v,3*r+s] += x[b,c,r+u,s+v]
+    """,
+    normal(x=(B, 2, 4, 5)),
+    lambda a: F.unfold(a["x"], (2, 3)),
+)
+layer(  # the same, read where it comes from
+    "unfold_gather",
+    """
+    dim p=12, l=9
+    y[b,p,l] = x[b,p//6,l//3+(p%6)//3,l%3+p%3]
+    """,
+    normal(x=(B, 2, 4, 5)),
+    lambda a: F.unfold(a["x"], (2, 3)),
+)
+layer(
+    "fold",
+    "y[b,c,r+u,s+v] += cols[b,c,u,v,r,s]",
+    normal(cols=(B, 2, 2, 3, 3, 3)),
+    lambda a: F.fold(a["cols"].reshape(B, 12, 9), (4, 5), (2, 3)),
+)
+
+# ---- more embeddings, attention and parametrisations ------------------------------------------
+
+for mode, reduce in (("sum", "sum"), ("mean", "mean"), ("max", "max")):
+    layer(
+        f"embedding_bag_{mode}",
+        f"""
+        param E[n,d]
+        y[b,d] = {reduce}[l](E[ids[b,l],d])
+        """,
+        with_labels(normal(E=(7, 4)), ids=(7, (3, 4))),
+        lambda a, mode=mode: F.embedding_bag(a["ids"], a["E"], mode=mode),
+    )
+layer(
+    "embedding_bag_weighted",
+    """
+    param E[n,d]
+    y[b,d] = sum[l](w[b,l] E[ids[b,l],d])
+    """,
+    with_labels(normal(E=(7, 4), w=(3, 4)), ids=(7, (3, 4))),
+    lambda a: F.embedding_bag(a["ids"], a["E"], mode="sum", per_sample_weights=a["w"]),
+)
+
+
+def rope_interleaved(a: Tensors) -> torch.Tensor:
+    x1, x2, c, s = a["x"][..., 0::2], a["x"][..., 1::2], torch.cos(a["th"]), torch.sin(a["th"])
+    return torch.stack([x1 * c - x2 * s, x1 * s + x2 * c], -1).flatten(-2)
+
+
+def rope_halves(a: Tensors) -> torch.Tensor:
+    x1, x2, c, s = a["x"][..., :3], a["x"][..., 3:], torch.cos(a["th"]), torch.sin(a["th"])
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], -1)
+
+
+layer(  # the '+=' that reaches furthest comes first: it gives y its extent
+    "rope_interleaved",
+    """
+    y[b,t,2*i+1] += x[b,t,2*i] sin(th[t,i]) + x[b,t,2*i+1] cos(th[t,i])
+    y[b,t,2*i] += x[b,t,2*i] cos(th[t,i]) - x[b,t,2*i+1] sin(th[t,i])
+    """,
+    normal(x=(B, T, 6), th=(T, 3)),
+    rope_interleaved,
+)
+layer(
+    "rope_interleaved_gather",
+    "y[b,t,d] = x[b,t,d] cos(th[t,d//2]) + x[b,t,2*(d//2)+1-d%2] sin(th[t,d//2]) sg[d]",
+    lambda rng: normal(x=(B, T, 6), th=(T, 3))(rng) | {"sg": np.tile([-1.0, 1.0], 3)},
+    rope_interleaved,
+    const=("sg",),
+)
+layer(
+    "rope_halves",
+    """
+    y[b,t,i+3] += x[b,t,i+3] cos(th[t,i]) + x[b,t,i] sin(th[t,i])
+    y[b,t,i] += x[b,t,i] cos(th[t,i]) - x[b,t,i+3] sin(th[t,i])
+    """,
+    normal(x=(B, T, 6), th=(T, 3)),
+    rope_halves,
+)
+
+
+def alibi(a: Tensors) -> torch.Tensor:
+    pos = torch.arange(T, dtype=torch.float64)
+    bias = a["m"][:, None, None] * (pos[None, None, :] - pos[None, :, None])
+    s = torch.einsum("bhte,bhse->bhts", a["q"], a["k"]) / np.sqrt(a["q"].shape[-1]) + bias
+    return torch.softmax(s, -1) @ a["v"]
+
+
+layer(  # positions are data: an index is never a number in an expression
+    "alibi_attention",
+    """
+    a[b,h,t,s] = q[b,h,t,e] k[b,h,s,e] / sqrt(size[e]) + m[h] (pos[s] - pos[t])
+    y[b,h,t,e] = exp(a[b,h,t,s] - logsumexp[u](a[b,h,t,u])) v[b,h,s,e]
+    """,
+    lambda rng: normal(q=(B, 2, T, 3), k=(B, 2, T, 3), v=(B, 2, T, 3))(rng)
+    | {"m": np.array([0.5, 0.25]), "pos": np.arange(T, dtype=float)},
+    alibi,
+    const=("pos",),
+)
+layer(
+    "attention_causal_mask_product",
+    """
+    a[b,t,s] = q[b,t,e] k[b,s,e] / sqrt(size[e])
+    p[b,t,s] = M[t,s] exp(a[b,t,s] - max[u](a[b,t,u]))
+    y[b,t,e] = p[b,t,s] v[b,s,e] / sum[u](p[b,t,u])
+    """,
+    lambda rng: normal(q=(B, T, 3), k=(B, T, 3), v=(B, T, 3))(rng) | {"M": causal(T)},
+    lambda a: F.scaled_dot_product_attention(a["q"], a["k"], a["v"], is_causal=True),
+    const=("M",),
+)
+layer(
+    "weight_norm_linear",
+    """
+    param g[o], v[o,i], B[o]
+    y[b,o] = g[o] x[b,i] v[o,i] / sqrt(sum[j](v[o,j]^2)) + B[o]
+    """,
+    normal(x=(3, 4), g=(2,), v=(2, 4), B=(2,)),
+    lambda a: F.linear(a["x"], torch._weight_norm(a["v"], a["g"][:, None], 0), a["B"]),
+)
+layer(
+    "layer_scale_residual",
+    """
+    param W[d,e], G[e]
+    y[b,t,e] = x[b,t,e] + G[e] tanh(x[b,t,d] W[d,e])
+    """,
+    normal(x=(B, 3, 4), W=(4, 4), G=(4,)),
+    lambda a: a["x"] + a["G"] * torch.tanh(a["x"] @ a["W"]),
+)
+layer(  # separable bilinear resize: one interpolation matrix per axis
+    "resize_by_matrices",
+    "y[b,c,r,s] = Ah[r,p] x[b,c,p,q] Aw[s,q]",
+    normal(x=(B, 2, 3, 4), Ah=(6, 3), Aw=(8, 4)),
+    lambda a: torch.einsum("rp,bcpq,sq->bcrs", a["Ah"], a["x"], a["Aw"]),
+)
+
 LAYERS = {entry.name: entry for entry in ZOO}
 
 
@@ -469,9 +998,11 @@ LAYERS = {entry.name: entry for entry in ZOO}
 
 
 def reference(entry: Layer, arrays: Arrays, seed: np.ndarray) -> tuple[np.ndarray, Arrays]:
-    """torch's output and its vector-Jacobian product with `seed` for every float input."""
+    """torch's output and its vector-Jacobian product with `seed` for every float input but the
+    layer's constants."""
     ts = {
-        k: torch.tensor(v, requires_grad=v.dtype.kind == "f") for k, v in arrays.items()
+        k: torch.tensor(v, requires_grad=v.dtype.kind == "f" and k not in entry.const)
+        for k, v in arrays.items()
     }
     out = entry.torch(ts)
     floats = [k for k, t in ts.items() if t.requires_grad]
@@ -482,10 +1013,9 @@ def reference(entry: Layer, arrays: Arrays, seed: np.ndarray) -> tuple[np.ndarra
 
 
 @cache
-def case(name: str) -> tuple[Arrays, np.ndarray, np.ndarray, Arrays]:
+def case(entry: Layer) -> tuple[Arrays, np.ndarray, np.ndarray, Arrays]:
     """The arrays of a layer, a seed for its output, and torch's output and gradients."""
-    entry = LAYERS[name]
-    rng = np.random.default_rng(sum(map(ord, name)))
+    rng = np.random.default_rng(sum(map(ord, entry.name)))
     arrays = entry.inputs(rng)
     shape = np.shape(entry.torch({k: torch.as_tensor(v) for k, v in arrays.items()}))
     seed = rng.standard_normal(shape)
@@ -493,7 +1023,7 @@ def case(name: str) -> tuple[Arrays, np.ndarray, np.ndarray, Arrays]:
 
 
 def check(entry: Layer, backend: str, convert: Callable[[np.ndarray], object]) -> None:
-    arrays, seed, want, want_grads = case(entry.name)
+    arrays, seed, want, want_grads = case(entry)
     model = ig.compile(entry.src, backend=backend)
     vals = model.forward(**{k: convert(v) for k, v in arrays.items()})
     got = np.asarray(vals[entry.out])
@@ -516,9 +1046,11 @@ def test_torch_backend() -> None:
 
 
 # jax compiles each layer's forward and backward (about 0.3 s a layer): a few whose steps differ
-# most (erf, gathers through // and labels, clamp, an infinite mask)
+# most (erf, gathers through // and labels, clamp, wrap, an infinite mask, scatters that define
+# their tensor, a max over labels)
 JAX_LAYERS = (
     "gelu_erf", "max_pool2d_k3_s2_pad1", "pixel_shuffle", "embedding", "attention_additive_inf_mask",
+    "conv1d_circular", "conv_transpose1d_s2_p1_op1", "rope_interleaved", "embedding_bag_max",
 )
 
 
@@ -543,14 +1075,14 @@ def model(name: str) -> ig.Model:
 
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_float32_stays_float32(name: str) -> None:
-    arrays, seed, want, want_grads = case(name)
+    arrays, seed, want, want_grads = case(LAYERS[name])
     a32 = {k: v.astype(np.float32) if k in floats(arrays) else v for k, v in arrays.items()}
     m, out = model(name), LAYERS[name].out
     vals = m.forward(**a32)
     grads = m.backward(vals, seed={out: seed.astype(np.float32)})
     assert vals[out].dtype == np.float32
     np.testing.assert_allclose(vals[out], want, rtol=1e-4, atol=1e-4)
-    for k in floats(arrays):
+    for k in want_grads:
         assert grads[k].dtype == np.float32, k
         np.testing.assert_allclose(grads[k], want_grads[k], rtol=1e-3, atol=1e-3, err_msg=k)
 
@@ -562,7 +1094,7 @@ def test_nan_and_integer_inputs_as_torch(name: str) -> None:
     as torch.exp(z - torch.logsumexp(z)) does); whole numbers given as an integer array are read
     as float64 and give torch's values."""
     entry = LAYERS[name]
-    arrays, seed = case(name)[:2]
+    arrays, seed = case(entry)[:2]
     first = floats(arrays)[0]
     m = model(name)
     for value in (np.nan, np.inf):
