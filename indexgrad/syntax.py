@@ -654,7 +654,9 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> IndexgradErro
         else:
             msg = f"unexpected character {ch!r} (U+{ord(ch):04X})"
         stack = _bracket_stack(text, e.pos_in_stream)
-        if ch in ")]" and (not stack or _CLOSERS[stack[-1][0]] != ch):
+        if text.startswith("...", e.pos_in_stream):  # einsum's ellipsis
+            msg = "'...' is not an index here: name every axis, as in x[b,t,i] (there is no ellipsis)"
+        elif ch in ")]" and (not stack or _CLOSERS[stack[-1][0]] != ch):
             msg = f"unmatched {ch!r}"
         elif stack and ch in ")]":
             o, ol, oc = stack[-1]

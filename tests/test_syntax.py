@@ -88,6 +88,7 @@ SYNTAX_ERRORS = [
     regression("a ')' opening a line is reported as a missing expression", ")\n", 1, 1, "unmatched ')'"),
     # stray characters and tokens
     ("y[i] = x[i] @ 2\n", 1, 13, "unexpected character '@'"),
+    ("y[...,i] = x[...,i]\n", 1, 3, "'...' is not an index here: name every axis, as in x[b,t,i]"),
     ("y = x $ 2\n", 1, 7, "unexpected character '$'"),
     ("y[i] = x[i]\n\n\n   z = ? \n", 4, 8, "unexpected character '?'"),
     ("y = x\u00a0+ 1\n", 1, 6, "unexpected character '\\xa0' (U+00A0)"),
