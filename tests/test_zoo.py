@@ -991,6 +991,180 @@ layer(  # separable bilinear resize: one interpolation matrix per axis
     lambda a: torch.einsum("rp,bcpq,sq->bcrs", a["Ah"], a["x"], a["Aw"]),
 )
 
+# ---- layers from model code: relative positions, contrastive and dense losses, blocks ----------
+
+
+def relative_position_attention(a: Tensors) -> torch.Tensor:
+    rel = torch.arange(T)[:, None] - torch.arange(T)[None, :] + T - 1
+    s = torch.einsum("bte,bse->bts", a["q"], a["k"]) + a["R"][rel]
+    return torch.softmax(s, -1) @ a["v"]
+
+
+layer(  # T5's and Swin's learned bias per offset t - s, read at t-s+3 (T = 4: offsets -3..3)
+    "relative_position_bias",
+    """
+    a[b,t,s] = q[b,t,e] k[b,s,e] + R[t-s+3]
+    y[b,t,e] = exp(a[b,t,s] - logsumexp[u](a[b,t,u])) v[b,s,e]
+    """,
+    normal(q=(B, T, 3), k=(B, T, 3), v=(B, T, 3), R=(2 * T - 1,)),
+    relative_position_attention,
+)
+layer(  # the positives on the diagonal: S[b,b]
+    "info_nce",
+    """
+    S[b,c] = z1[b,d] z2[c,d] / 0.5
+    loss = mean[b](logsumexp[c](S[b,c]) - S[b,b])
+    """,
+    normal(z1=(4, 3), z2=(4, 3)),
+    lambda a: F.cross_entropy(a["z1"] @ a["z2"].T / 0.5, torch.arange(4)),
+    out="loss",
+)
+layer(
+    "cross_entropy_2d",
+    "loss = mean[b,r,c](logsumexp[k](z[b,k,r,c]) - z[b,y[b,r,c],r,c])",
+    with_labels(normal(z=(2, 3, 4, 5)), y=(3, (2, 4, 5))),
+    lambda a: F.cross_entropy(a["z"], a["y"]),
+    out="loss",
+)
+def focal(lp: torch.Tensor) -> torch.Tensor:
+    return -((1 - lp.exp()) ** 2 * lp).mean()
+
+
+layer(
+    "focal_loss",
+    """
+    lp[b] = z[b,y[b]] - logsumexp[k](z[b,k])
+    loss = -mean[b]((1 - exp(lp[b]))^2 lp[b])
+    """,
+    with_labels(normal(z=(4, 5)), y=(5, (4,))),
+    lambda a: focal(F.log_softmax(a["z"], 1).gather(1, a["y"][:, None])),
+    out="loss",
+)
+layer(
+    "dice_loss",
+    "loss = 1 - (2 sum[b,i](p[b,i] t[b,i]) + 1) / (sum[b,i](p[b,i]) + sum[b,i](t[b,i]) + 1)",
+    lambda rng: {"p": rng.random((3, 4)), "t": rng.random((3, 4))},
+    lambda a: 1 - (2 * (a["p"] * a["t"]).sum() + 1) / (a["p"].sum() + a["t"].sum() + 1),
+    out="loss",
+)
+layer(
+    "cdist",
+    "y[i,j] = sqrt(sum[d]((p[i,d] - q[j,d])^2))",
+    normal(p=(3, 4), q=(5, 4)),
+    lambda a: torch.cdist(a["p"], a["q"]),
+)
+layer(  # the '+=' reaching furthest first; clamp(i-1) repeats the first entry, as torch does
+    "linear_upsample2x",
+    """
+    y[b,c,2*i+1] += 0.75 x[b,c,i] + 0.25 x[b,c,clamp(i+1)]
+    y[b,c,2*i] += 0.75 x[b,c,i] + 0.25 x[b,c,clamp(i-1)]
+    """,
+    normal(x=(B, 2, 5)),
+    lambda a: F.interpolate(a["x"], scale_factor=2, mode="linear", align_corners=False),
+)
+layer(
+    "linear_upsample2x_gather",
+    "y[b,c,r] = 0.75 x[b,c,r//2] + 0.25 x[b,c,clamp(r//2+2*(r%2)-1)]",
+    normal(x=(B, 2, 5)),
+    lambda a: F.interpolate(a["x"], scale_factor=2, mode="linear", align_corners=False),
+)
+layer(  # torch pads an even kernel's "same" by 0 before and 1 after
+    "conv2d_same_even_kernel",
+    """
+    param w[o,i,u,v]
+    y[b,o,r,c] = x[b,i,pad(r+u),pad(c+v-1)] w[o,i,u,v]
+    """,
+    normal(x=(B, 2, 5, 5), w=(3, 2, 2, 3)),
+    lambda a: F.conv2d(F.pad(a["x"], (1, 1, 0, 1)), a["w"]),
+)
+layer(
+    "max_pool2d_dilation2",
+    """
+    dim u=2, v=2
+    y[b,c,r,s] = max[u,v](x[b,c,r+2*u,s+2*v])
+    """,
+    normal(x=(B, 2, 5, 5)),
+    lambda a: F.max_pool2d(a["x"], 2, stride=1, dilation=2),
+)
+layer(  # the last window runs past the edge; clamp repeats the edge, which a max may read twice
+    "max_pool2d_ceil_mode",
+    """
+    dim u=2, v=2
+    y[b,c,r,s] = max[u,v](x[b,c,clamp(2*r+u),clamp(2*s+v)])
+    """,
+    normal(x=(B, 2, 5, 5)),
+    lambda a: F.max_pool2d(a["x"], 2, ceil_mode=True),
+)
+layer(  # count_include_pad=False: divide by the entries the window reads, a padded array of ones
+    "avg_pool2d_exclude_pad",
+    """
+    dim u=3, v=3
+    y[b,c,r,s] = sum[u,v](x[b,c,pad(r+u-1),pad(s+v-1)]) / sum[u,v](one[pad(r+u-1),pad(s+v-1)])
+    """,
+    lambda rng: {"x": rng.standard_normal((B, 2, 4, 4)), "one": np.ones((4, 4))},
+    lambda a: F.avg_pool2d(a["x"], 3, 1, 1, count_include_pad=False),
+    const=("one",),
+)
+layer(
+    "swin_cyclic_shift",
+    "y[b,r,c,d] = x[b,wrap(r+2),wrap(c+2),d]",
+    normal(x=(B, 4, 5, 3)),
+    lambda a: torch.roll(a["x"], (-2, -2), (1, 2)),
+)
+layer(
+    "squeeze_excitation",
+    """
+    param W1[c,h], W2[h,c]
+    s[b,c] = mean[r,q](x[b,c,r,q])
+    e[b,c] = sigmoid(relu(s[b,d] W1[d,h]) W2[h,c])
+    y[b,c,r,q] = x[b,c,r,q] e[b,c]
+    """,
+    normal(x=(B, 4, 3, 3), W1=(4, 2), W2=(2, 4)),
+    lambda a: a["x"] * torch.sigmoid(F.relu(a["x"].mean((2, 3)) @ a["W1"]) @ a["W2"])[:, :, None, None],
+)
+layer(
+    "maxout",
+    """
+    param W[k,o,i]
+    y[b,o] = max[k](x[b,i] W[k,o,i])
+    """,
+    normal(x=(3, 4), W=(3, 2, 4)),
+    lambda a: torch.einsum("bi,koi->bko", a["x"], a["W"]).amax(1),
+)
+layer(
+    "soft_mixture_of_experts",
+    """
+    g[b,e] = exp(x[b,i] Wg[i,e] - logsumexp[f](x[b,j] Wg[j,f]))
+    y[b,o] = g[b,e] tanh(x[b,i] We[e,i,o])
+    """,
+    normal(x=(3, 4), Wg=(4, 2), We=(2, 4, 5)),
+    lambda a: torch.einsum(
+        "be,beo->bo", torch.softmax(a["x"] @ a["Wg"], -1), torch.einsum("bi,eio->beo", a["x"], a["We"]).tanh()
+    ),
+)
+
+
+def convnext(a: Tensors) -> torch.Tensor:
+    h = F.conv2d(a["x"], a["dw"][:, None], padding=3, groups=3).permute(0, 2, 3, 1)
+    n = F.layer_norm(h, (3,), a["G"], a["S"], 1e-6)
+    return a["x"] + (a["L"] * (F.gelu(n @ a["W1"]) @ a["W2"])).permute(0, 3, 1, 2)
+
+
+layer(
+    "convnext_block",
+    """
+    param dw[c,u,v], G[c], S[c], W1[c,f], W2[f,c], L[c]
+    h[b,c,r,s] = x[b,c,pad(r+u-3),pad(s+v-3)] dw[c,u,v]
+    mu[b,r,s] = mean[c](h[b,c,r,s])
+    var[b,r,s] = mean[c]((h[b,c,r,s] - mu[b,r,s])^2)
+    n[b,c,r,s] = (h[b,c,r,s] - mu[b,r,s]) / sqrt(var[b,r,s] + 1e-6) G[c] + S[c]
+    f[b,f,r,s] = n[b,c,r,s] W1[c,f]
+    y[b,c,r,s] = x[b,c,r,s] + L[c] 0.5 f[b,f,r,s] (1 + erf(f[b,f,r,s] / sqrt(2))) W2[f,c]
+    """,
+    normal(x=(B, 3, 7, 7), dw=(3, 7, 7), G=(3,), S=(3,), W1=(3, 6), W2=(6, 3), L=(3,)),
+    convnext,
+)
+
 LAYERS = {entry.name: entry for entry in ZOO}
 
 
