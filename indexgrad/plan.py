@@ -617,6 +617,13 @@ class _Planner:
         self.build = build  # False: only the shape and dtype of what each statement writes (shapes_after)
 
     def steps(self) -> list[Step]:
+        if self.sizer.added and not self.sizer.growing:
+            # a tensor several '+=' define is as long as the farthest writes: size them all first
+            temporaries = self.sizer.temporaries
+            first = _Planner(self.prims, dict(self.shapes), dict(self.dtypes), temporaries, build=False)
+            first.sizer.growing = True
+            first.steps()
+            self.sizer.grown = first.sizer.grown
         for k, p in enumerate(self.prims):
             try:
                 self.prim(k, p)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -87,6 +88,22 @@ class Sizer:
         self.prims = prims
         self.temporaries = temporaries
         self.made = {p.out.name: p for p in reversed(prims) if p.op == "="}
+        # tensors that several '+=' define (no '=', not a gradient's shape): each axis reaches as
+        # far as the farthest of them writes, which a first sizing pass (growing) records in grown
+        adds = Counter(p.out.name for p in prims if p.op == "+=" and p.out.name not in self.made)
+        self.added = {n for n, count in adds.items() if count > 1 and sized_like(n) is None}
+        self.growing = False
+        self.grown: dict[str, list[int]] = {}
+
+    def grow(self, out: Ref, shape: Shape, sizes: dict[str, int]) -> Shape:
+        """Record how far a '+=' into a tensor of `added` writes along each axis: the tensor's
+        shape so far."""
+        reach = [
+            d if not isinstance(i, Affine) or i.mode is not None else positions.written_extent(i, sizes) or d
+            for i, d in zip(out.indices, shape)
+        ]
+        self.grown[out.name] = [max(a, b) for a, b in zip(shape, reach)]
+        return tuple(self.grown[out.name])
 
     def sizes(self, k: int, shapes: dict[str, Shape], dtypes: dict[str, np.dtype]) -> dict[str, int]:
         """The index sizes of statement k, with every operand's shape in `shapes`."""
@@ -107,7 +124,8 @@ class Sizer:
             axes += self._axes(shapes, dtypes, r, shape, p.span)
             pairs.append((r, shape))
         target = self.target_shape(p, shapes)
-        if target is not None:
+        deferred = self.growing and p.out.name in self.added  # its extent is what is being found
+        if target is not None and not deferred:
             axes += self._axes(shapes, dtypes, p.out, target, p.span, written=True)
             pairs.append((p.out, target))
         needed = set(ref_index_names(p.out)).union(*(ref_index_names(r) for r in prim_refs(p)))
@@ -129,6 +147,9 @@ class Sizer:
         if p.op == "=" and p.out.name not in self.temporaries and needed - set(known.size):
             self._size_from_uses(k, shapes, known)  # a later plain read (check.sized_by_later_reads)
             solve()
+        if deferred and target is not None and needed - set(known.size):  # sized by the target alone
+            axes += self._axes(shapes, dtypes, p.out, target, p.span, written=True)
+            solve()
         if target is None and needed - set(known.size):
             target = self.inferred_shape(p.out.name, shapes)
             if target is not None:
@@ -137,13 +158,14 @@ class Sizer:
                 solve()
         for n in sorted(needed - set(known.size)):
             raise IndexgradError(f"the size of index '{n}' cannot be worked out here", p.span)
-        grown = p.op == "+=" and p.out.name not in self.made and sized_like(p.out.name) is None
-        hint = (
-            f" (as far as the first '+=' into '{p.out.name}', which defines it, writes); write the "
-            "'+=' that reaches furthest first"
+        if deferred and target is not None:  # how far it writes is recorded, not checked
+            shapes[p.out.name] = self.grow(p.out, target, known.size)
+        grown = (
+            f" (the '+=' into '{p.out.name}' make it as long as the farthest writes, but a plain index "
+            "in the first fixes its axis: write that one shifted by 0, as i+0)"
         )
         for r, shape in pairs:
-            check_bounds(r, shape, known.size, p.span, hint if grown and r is p.out else "")
+            check_bounds(r, shape, known.size, p.span, grown if r is p.out and r.name in self.added else "")
             for g in r.indices:  # a label read through arithmetic (E[lab[b+j]]) stays in lab too
                 if isinstance(g, Gather):
                     check_bounds(g.ref, _shape(shapes, g.ref, p.span), known.size, p.span)
@@ -160,6 +182,8 @@ class Sizer:
         if shape is None and sized_like(p.out.name) is None:  # a '+=' that defines its tensor (SPEC 9)
             written = [positions.written_extent(i, sizes) for i in p.out.indices]
             shape = None if None in written else tuple(written)  # type: ignore[arg-type]
+            if shape is not None and p.out.name in self.grown:  # and the '+=' after it
+                shape = tuple(max(a, b) for a, b in zip(shape, self.grown[p.out.name]))
         if shape is None:
             raise IndexgradError(f"the shape of '{p.out.name}' cannot be worked out here", p.span)
         return shape

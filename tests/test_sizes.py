@@ -255,9 +255,10 @@ def test_a_label_read_through_arithmetic_past_its_end_is_an_error_at_the_read() 
             r"y\[2\*i\] reaches position 4 along axis 0, but 'y' has size 3 there",
         ),
         (
-            "y[2*i] += x[i]\ny[2*i+1] += z[i]",
-            r"y\[2\*i\+1\] reaches position 5 along axis 0, but 'y' has size 5 there \(as far as the first "
-            r"'\+=' into 'y', which defines it, writes\); write the '\+=' that reaches furthest first",
+            "y[i] += x[i]\ny[2*i] += z[i]",
+            r"y\[2\*i\] reaches position 4 along axis 0, but 'y' has size 3 there \(the '\+=' into 'y' make "
+            r"it as long as the farthest writes, but a plain index in the first fixes its axis: write that "
+            r"one shifted by 0, as i\+0\)",
         ),
     ],
 )
@@ -272,12 +273,17 @@ def test_a_shifted_write_past_the_end_is_an_error_not_a_dropped_term(text: str, 
     assert (info.value.line, info.value.column) == (2, 1)
 
 
-def test_interleaved_writes_the_furthest_first() -> None:
-    """The advice of the error above: the '+=' reaching furthest defines y, the next fills in."""
+@pytest.mark.parametrize("order", [0, 1])
+def test_several_adds_define_a_tensor_as_long_as_the_farthest_writes(order: int) -> None:
+    """`y[2*i] += x[i]` then `y[2*i+1] += z[i]` interleave x and z whichever comes first: the
+    first no longer fixes y's extent at 5, which made the second an error."""
     x, z = np.arange(3.0), 10 * np.arange(1.0, 4.0)
-    m = ig.compile("y[2*i+1] += z[i]\ny[2*i] += x[i]\nloss = sum[j](y[j] w[j])")
+    adds = ["y[2*i] += x[i]", "y[2*i+1] += z[i]"][:: 1 - 2 * order]
+    m = ig.compile("\n".join(adds) + "\nloss = sum[j](y[j] w[j])")
     w = rng().standard_normal(6)
     np.testing.assert_array_equal(m.forward(x=x, z=z, w=w)["y"], [0, 10, 1, 20, 2, 30])
     assert ig.gradcheck(m, {"x": x, "z": z, "w": w})
     y = ig.compile("y[i] = x[i]\ny[i+1] += z[i]").forward(x=np.arange(4.0), z=z)["y"]
     np.testing.assert_array_equal(y, [0, 11, 22, 33])
+    y = ig.compile("y[i+0] += x[i]\ny[2*i] += z[i]").forward(x=x, z=z)["y"]
+    np.testing.assert_array_equal(y, [10, 1, 22, 0, 30])

@@ -910,11 +910,11 @@ def rope_halves(a: Tensors) -> torch.Tensor:
     return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], -1)
 
 
-layer(  # the '+=' that reaches furthest comes first: it gives y its extent
+layer(  # y is as long as the farther of the two '+=' writes (the second)
     "rope_interleaved",
     """
-    y[b,t,2*i+1] += x[b,t,2*i] sin(th[t,i]) + x[b,t,2*i+1] cos(th[t,i])
     y[b,t,2*i] += x[b,t,2*i] cos(th[t,i]) - x[b,t,2*i+1] sin(th[t,i])
+    y[b,t,2*i+1] += x[b,t,2*i] sin(th[t,i]) + x[b,t,2*i+1] cos(th[t,i])
     """,
     normal(x=(B, T, 6), th=(T, 3)),
     rope_interleaved,
@@ -929,8 +929,8 @@ layer(
 layer(
     "rope_halves",
     """
-    y[b,t,i+3] += x[b,t,i+3] cos(th[t,i]) + x[b,t,i] sin(th[t,i])
     y[b,t,i] += x[b,t,i] cos(th[t,i]) - x[b,t,i+3] sin(th[t,i])
+    y[b,t,i+3] += x[b,t,i+3] cos(th[t,i]) + x[b,t,i] sin(th[t,i])
     """,
     normal(x=(B, T, 6), th=(T, 3)),
     rope_halves,
@@ -1053,11 +1053,11 @@ layer(
     normal(p=(3, 4), q=(5, 4)),
     lambda a: torch.cdist(a["p"], a["q"]),
 )
-layer(  # the '+=' reaching furthest first; clamp(i-1) repeats the first entry, as torch does
+layer(  # clamp(i-1) repeats the first entry, as torch does
     "linear_upsample2x",
     """
-    y[b,c,2*i+1] += 0.75 x[b,c,i] + 0.25 x[b,c,clamp(i+1)]
     y[b,c,2*i] += 0.75 x[b,c,i] + 0.25 x[b,c,clamp(i-1)]
+    y[b,c,2*i+1] += 0.75 x[b,c,i] + 0.25 x[b,c,clamp(i+1)]
     """,
     normal(x=(B, 2, 5)),
     lambda a: F.interpolate(a["x"], scale_factor=2, mode="linear", align_corners=False),
