@@ -153,6 +153,21 @@ def infer_shapes(program: Program, dims: dict[str, int], default: int = 3) -> di
     def index_size(k: int, n: str) -> int:
         return size.get(uf.find(("I", k, n)), dims.get(n, default))
 
+    # a tensor '+=' defines through index arithmetic (y[t+k] += ...) is as long as its writes
+    # reach, and so are the inputs a later plain read of it meets (w in y[s] w[s])
+    reach: dict[tuple, int] = {}
+    made = {s.target.name for s in program.statements if s.op == "="}
+    for k, s in enumerate(program.statements):
+        if s.op == "+=" and s.target.name not in made and sized_like(s.target.name) is None:
+            for axis, i in enumerate(s.target.indices):
+                root = uf.find(("T", s.target.name, axis))
+                if isinstance(i, Affine) and i.plain is None and i.mode is None and root not in given:
+                    far = written_extent(i, {n: index_size(k, n) for n in i.names()}) or 1
+                    reach[root] = max(reach.get(root, 1), far)
+    if reach:
+        size.update(reach)
+        _solve_affine(uf, size, refs, targets, default)
+
     shapes: dict[str, tuple[int, ...]] = {}
     reached: dict[str, dict[int, int]] = {}  # axes that only index arithmetic sizes: the farthest read
     wanted = set(program.inputs())

@@ -89,6 +89,20 @@ def test_an_axis_read_at_fixed_positions_reaches_the_farthest(tmp_path: Path) ->
     assert main(["check", str(f)]) == 0
 
 
+def test_an_input_read_with_a_tensor_that_adds_define_is_as_long_as_their_writes(tmp_path: Path) -> None:
+    """w in `y[s] w[s]` is as long as y, which the '+=' make as long as they reach (t + k - 1; 2|i|
+    for two interleaved writes), not the default 3 (check refused its own random inputs)."""
+    from indexgrad.shapes import infer_shapes
+
+    full = "y[t+k] += x[t] v[k]\nloss = sum[s](y[s] w[s])\n"
+    assert infer_shapes(ig.parse(full), {"t": 4, "k": 2}) == {"x": (4,), "v": (2,), "w": (5,)}
+    both = "y[2*i] += x[i]\ny[2*i+1] += z[i]\nloss = sum[s](y[s] w[s])\n"
+    assert infer_shapes(ig.parse(both), {"i": 4})["w"] == (8,)
+    f = tmp_path / "interleave.idx"
+    f.write_text(both)
+    assert main(["check", str(f), "--dims", "i=4"]) == 0
+
+
 @pytest.mark.parametrize(
     "text, dims",
     [
