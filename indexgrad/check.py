@@ -475,6 +475,8 @@ class _Checker:
                         why = f"'{n}' is inside '//' or '%', which read in range for many values of '{n}'"
                     elif any(n in f.names() for _, f in i.parts):
                         why = f"'{n}' is both a term and inside '//' or '%', which sizes it nowhere"
+                    elif i.names() == (n,):
+                        why = f"a position gives its index a size only where '{n}' has a positive coefficient"
                     else:
                         others = [m for m in i.names() if m != n]
                         why = (

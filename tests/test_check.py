@@ -131,6 +131,7 @@ CHECK_ERRORS = [
     ("y[b,r] = max[u](x[b,2*r+u])\n", 1, 17, "index 'u' gets no size: in x[b,2*r+u], index arithmetic sizes"),
     ("y[b,r] = max[u](x[b,2*r+u])\n", 1, 17, "declare its extent with `dim u=...`"),
     ("y[r] = x[r % 2]\n", 1, 8, "index 'r' gets no size: in x[r%2], 'r' is inside '//' or '%'"),
+    ("y[i] = x[3-2*i]\n", 1, 8, "in x[-2*i+3], a position gives its index a size only where 'i' has"),
     ("y[r] = x[pad(r//2)]\n", 1, 8, "in x[pad(r//2)], pad(...) gives its axis's extent"),
     ("e[b,t,d] = E[ids[b,t+w], d]\n", 1, 14, "index 'w' gets no size: in ids[b,t+w]"),
     ("y[i] = 1\n", 1, 3, "or declare its extent with `dim i=...`"),
