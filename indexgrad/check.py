@@ -590,6 +590,14 @@ SPELLED = {
     "square": "x[i]^2",
     "rsqrt": "x[i]^-0.5",
     "erfc": "1 - erf(x[i])",
+    "mish": "x[i] tanh(softplus(x[i]))",
+    "relu6": "min(relu(x[i]), 6)",
+    "hardtanh": "max(-1, min(1, x[i]))",
+    "hardsigmoid": "max(0, min(1, x[i] / 6 + 0.5))",
+    "hardswish": "x[i] max(0, min(6, x[i] + 3)) / 6",
+    "softsign": "x[i]/(1 + abs(x[i]))",
+    "expm1": "exp(x[i]) - 1",
+    "clip": "max(-1, min(1, x[i])) (x clipped to [-1, 1])",
 }
 
 
@@ -602,7 +610,8 @@ def _usage(name: str) -> str:
     if name in REDUCTIONS:
         return f"write {name}[k](...) to reduce over index k"
     if name in MODES:
-        return f"{name}(...) is a boundary mode of an index position, as in x[{name}(r+u-1)]"
+        values = "; to clamp values write max(-1, min(1, x[i]))" if name == "clamp" else ""
+        return f"{name}(...) is a boundary mode of an index position, as in x[{name}(r+u-1)]{values}"
     if name == DELTA:
         return "delta[i,j] is the identity: 1 where i equals j, else 0"
     if name in ("fix", "solve"):

@@ -113,6 +113,7 @@ CHECK_ERRORS = [
     ("pad = x\n", 1, 1, "'pad' is a reserved name and cannot name a tensor; pad(...) is a boundary mode"),
     ("y[i] = wrap[i]\n", 1, 8, "'wrap' is a reserved name"),
     ("y = pad(x)\n", 1, 5, "'pad' is not called like this; pad(...) is a boundary mode of an index position"),
+    ("y[i] = clamp(x[i], -1, 1)\n", 1, 8, "; to clamp values write max(-1, min(1, x[i]))"),
     ("y = solve(x)\n", 1, 5, "solve takes 2 arguments: solve(g, start)"),
     ("where = x\n", 1, 1, "'where' is a function name and cannot name a tensor"),
     ("y[i] = where(x[i], 1)\n", 1, 8, "where takes 3 arguments, got 2"),
