@@ -363,8 +363,18 @@ class _Checker:
 
     def warn_bare_index_names(self, expr: Expr, used: set[str], span: Span) -> None:
         """A bare name that is also an index of its statement reads a scalar tensor, not the index
-        (`eq(n, m)` compares two scalar inputs n and m); unless it is declared, say so."""
+        (`eq(n, m)` compares two scalar inputs n and m); unless it is declared, say so. Likewise
+        for a constant's name (`-inf` in a mask reads an input called inf)."""
+        known = {*self.role, *self.defined_before_this}
         for r in refs_in(expr):
+            if not r.indices and r.name in CONSTANTS and r.name not in known:
+                self.warnings.append(
+                    Warning_(
+                        f"'{r.name}' reads a scalar input named {r.name}, not a number (the language has "
+                        f"none by that name): write {CONSTANTS[r.name]}, or declare it (input {r.name})",
+                        r.span if r.span.line else span,
+                    )
+                )
             if not r.indices and r.name in used and r.name not in self.role:
                 self.warnings.append(
                     Warning_(
@@ -575,6 +585,12 @@ def _count(n: int) -> str:
 
 
 # layers people call by name, and how the language writes them (for x[i] and a softmax over c)
+# names a user may read as numbers, and what to write instead
+CONSTANTS = {
+    "inf": "a large number (-1e30 as a mask's -infinity) or pass an additive mask array holding -inf",
+    "pi": "3.141592653589793",
+}
+
 SPELLED = {
     "softmax": "exp(z[b,c] - logsumexp[k](z[b,k])) is a softmax over c",
     "log_softmax": "z[b,c] - logsumexp[k](z[b,k]) is a log-softmax over c",

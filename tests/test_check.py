@@ -395,8 +395,24 @@ def test_warning_for_a_bare_index_name(source: str, name: str, column: int) -> N
     assert f"input {name}" in w.message
 
 
+@pytest.mark.parametrize(
+    "source, name, column, write",
+    [
+        ("y[t,s] = where(M[t,s] > 0, a[t,s], -inf)\n", "inf", 37, "-1e30 as a mask's -infinity"),
+        ("y[i] = sqrt(2 / pi) x[i]\n", "pi", 17, "3.141592653589793"),
+    ],
+)
+def test_warning_for_a_constants_name(source: str, name: str, column: int, write: str) -> None:
+    """`-inf` in a mask (as torch code writes it) reads a scalar input called inf."""
+    with pytest.warns(ig.IndexgradWarning, match=f"<string>:1:{column}: '{name}' reads a scalar input") as w:
+        ig.parse(source)
+    assert write in str(w[0].message)
+
+
 NOT_WARNED = [
     "input n\ny[n] = x[n] n\n",  # declared: the scalar is meant
+    "input pi\ny[i] = x[i] pi\n",
+    "inf = max[i](x[i])\ny[i] = x[i] - inf\n",
     "y[i] = x[i] + j\n",
     "y[b] = sum[k](exp(x[b,k] + 1))\n",
     "y[b] = sum[k](x[b,k]) + 1\n",
