@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_zoo import Layer, Tensors, case, check, normal, with_labels
+from test_zoo import Layer, Tensors, case, check, check_jvp, few, normal, with_labels
 
 import indexgrad as ig
 
@@ -246,6 +246,11 @@ def test_forward_is_numpys_einsum(name: str, equation: str, shapes: list) -> Non
     arrays = case(CASES[name])[0]
     got = ig.compile(program(equation)).forward(**arrays)["y"]
     np.testing.assert_allclose(got, np.einsum(equation, *arrays.values()), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", few(sorted(CASES), ("diagonals_of_several", "kron_by_scatter", "hankel")))
+def test_jvp_is_torchs_vjp_transposed(name: str) -> None:
+    check_jvp(CASES[name])
 
 
 def test_torch_backend() -> None:

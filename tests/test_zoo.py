@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import settings
 
 import indexgrad as ig
 from indexgrad.check import SPELLED
@@ -1233,6 +1234,36 @@ def test_jax_backend() -> None:
     with jax.enable_x64(True):
         for name in JAX_LAYERS:
             check(LAYERS[name], "jax", jax.numpy.asarray)
+
+
+def check_jvp(entry: Layer) -> None:
+    """The tangent of the output along random directions of the float inputs, against torch's
+    vector-Jacobian products by the inner product <seed, J v> = <J^T seed, v>."""
+    arrays, seed, _, want_grads = case(entry)
+    rng = np.random.default_rng(7)
+    v = {k: rng.standard_normal(arrays[k].shape) for k in want_grads}
+    model = ig.compile(entry.src)
+    tangent = model.jvp(model.forward(**arrays), tangents=v)[entry.out]
+    want = sum(float(np.sum(want_grads[k] * v[k])) for k in v)
+    tol = max(entry.rtol, 1e-9)
+    np.testing.assert_allclose(np.sum(tangent * seed), want, rtol=tol, atol=tol, err_msg=entry.name)
+
+
+# the fuzz profile (tests/conftest.py) is the long run, make fuzz
+long_only = pytest.mark.skipif(settings().max_examples < 1000, reason="make fuzz checks every layer's jvp")
+
+
+def few(names: list[str], checked: tuple[str, ...]) -> list:
+    """`names`, all but `checked` marked for make fuzz alone."""
+    return [n if n in checked else pytest.param(n, marks=[pytest.mark.fuzz, long_only]) for n in names]
+
+
+JVP_LAYERS = ("rope_interleaved", "conv_transpose1d_s2_p1_op1", "embedding_bag_max", "unfold_gather", "glu")
+
+
+@pytest.mark.parametrize("name", few(sorted(LAYERS), JVP_LAYERS))
+def test_jvp_is_torchs_vjp_transposed(name: str) -> None:
+    check_jvp(LAYERS[name])
 
 
 # ---- hostile variants of the same layers (numpy) ---------------------------------------------
