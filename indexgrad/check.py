@@ -584,13 +584,13 @@ def _count(n: int) -> str:
     return f"{n} index" if n == 1 else f"{n} indices"
 
 
-# layers people call by name, and how the language writes them (for x[i] and a softmax over c)
 # names a user may read as numbers, and what to write instead
 CONSTANTS = {
     "inf": "a large number (-1e30 as a mask's -infinity) or pass an additive mask array holding -inf",
     "pi": "3.141592653589793",
 }
 
+# layers people call by name, and how the language writes them (for x[i] and a softmax over c)
 SPELLED = {
     "softmax": "exp(z[b,c] - logsumexp[k](z[b,k])) is a softmax over c",
     "log_softmax": "z[b,c] - logsumexp[k](z[b,k]) is a log-softmax over c",
