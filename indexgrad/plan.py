@@ -330,6 +330,15 @@ def _pair_layout(
     }  # fmt: skip
 
 
+def sum_product_instead(layout: dict[str, Any], a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Whether a vecdot laid out by `pair_layout` runs better on torch as the product of its
+    operands as they lie, summed (`sum_product`): torch's vecdot is that product and sum itself, so
+    the copies that put the operands in rows (`a[b,t,d] c[b,t,d] -> [d]`) would be all it adds."""
+    moved = layout["a_perm"] is not None or layout["b_perm"] is not None
+    distinct = len(set(a)) == len(a) and len(set(b)) == len(b)  # no diagonal (a[i,i])
+    return moved and distinct and not layout["a_sum"] and not layout["b_sum"]
+
+
 def basic_index(positions: tuple[Any, ...], size: dict[str, int]) -> tuple[int | slice, ...] | None:
     """A view's positions (its `positions` arg) as numbers and slices, `x[c + s*j, k]` as
     `x[c : c + s*(J-1) + 1 : s, :]`, when each axis holds one index name at most, with a positive
@@ -529,7 +538,7 @@ def make_plan(
         steps = planner.steps()
         if backend == "torch":  # steps that are one call of torch's own: a convolution, a softmax
             steps = softmax.softmaxes(correlate.correlations(steps), keep)
-        steps = _masks(steps, keep)
+        steps = _masks(steps, keep, gate=backend == "torch")
         steps, peak, fresh = _buffers(steps, set(shapes), keep, in_place)
     except IndexgradError as e:
         raise e.located(filename, source) from None
@@ -835,6 +844,8 @@ class _Planner:
                 if layout is not None:
                     return make("matmul", **layout)
             call, layout = pair_layout(a.axes, b.axes, kept, self.sizes)
+            if call == "vecdot" and self.backend == "torch" and sum_product_instead(layout, a.axes, b.axes):
+                return make("sum_product")
             return make(call, **layout)
         cp = plan_contraction([o.axes for o in ops], kept, [o.shape for o in ops])
         return make("einsum", equation=cp.equation, path=cp.path)
@@ -937,16 +948,18 @@ def _with(s: Step, **changes: Any) -> Step:
     return new
 
 
-def _masks(steps: list[Step], keep: set[str]) -> list[Step]:
+def _masks(steps: list[Step], keep: set[str], gate: bool = False) -> list[Step]:
     """`T = step(u)` whose only reader is the next step, a product `g T` with nothing summed, made a
     boolean mask (`u > 0`): the product then has the same values and dtype, without the array of
     0s and 1s. g must be a float array at least as wide as u; T must not be kept (a tensor the
-    program defines is returned, and read by its derivatives, as the floats it is)."""
+    program defines is returned, and read by its derivatives, as the floats it is). With `gate`
+    (torch, whose products with booleans are slow), a product of g and the mask on the same axes,
+    neither transposed nor scaled, is one step instead: `g step(u)`, u > 0 compared into floats."""
     reads: dict[str, int] = {}
     for s in steps:
         for o in s.inputs:
             reads[o.name] = reads.get(o.name, 0) + 1
-    out = list(steps)
+    out: list[Step | None] = list(steps)
     for k, s in enumerate(steps[:-1]):
         nxt = steps[k + 1]
         if not (s.kind == "elementwise" and s.call == "step" and len(s.inputs) == 1 and not s.accumulate):
@@ -962,11 +975,21 @@ def _masks(steps: list[Step], keep: set[str]) -> list[Step]:
         if any(o.power != 1 for o in nxt.inputs) or u.axes != s.axes:
             continue
         if np.dtype(g.dtype).kind == "f" and np.result_type(g.dtype, u.dtype) == np.dtype(g.dtype):
+            if gate and g.axes == u.axes == nxt.axes and g.dtype == nxt.dtype and _plain_product(nxt):
+                out[k], out[k + 1] = None, _with(nxt, kind="gate", call="gate", inputs=(g, u), args={})
+                continue
             out[k] = _with(s, call="mask", dtype="bool")
             out[k + 1] = _with(
                 nxt, inputs=tuple(replace(o, dtype="bool") if o.name == s.out else o for o in nxt.inputs)
             )
-    return out
+    return [s for s in out if s is not None]
+
+
+def _plain_product(s: Step) -> bool:
+    """Whether a broadcast product multiplies its operands as they lie: nothing moved, summed or scaled."""
+    a = s.args
+    moved = ("a_sum", "b_sum", "a_perm", "b_perm", "a_shape", "b_shape", "res_shape", "res_perm")
+    return s.call == "multiply" and a["coef"] == 1 and a["kept"] == s.axes and not any(a[m] for m in moved)
 
 
 # Calls that can write their result into the buffer of an operand of the same shape and dtype
@@ -1219,6 +1242,9 @@ def _describe_call(s: Step) -> str:
     if s.call == "einsum":
         order = path_order(args["path"], [o.name for o in ops])
         return f"einsum({', '.join(map(str, ops))} -> [{','.join(args['kept'])}]; order {order})" + tail
+    if s.call == "sum_product":
+        over = ",".join(n for n in ops[0].axes if n not in args["kept"])
+        return f"sum(multiply({ops[0]}, {ops[1]}), over {over})" + tail
     if s.call in ("sum", "ones_sum"):
         over = ",".join(ops[0].axes[k] for k in args["over"])
         return f"{s.call}({ops[0]}, over {over})" + tail
@@ -1289,6 +1315,7 @@ _DESCRIBE: dict[str, Callable[[Step], str]] = {
     "delta": _describe_delta,
     "conv": correlate.describe,
     "softmax": softmax.describe,
+    "gate": lambda s: f"multiply({s.inputs[0]}, greater({s.inputs[1]}, 0) as {s.dtype})",
 }
 
 

@@ -170,6 +170,36 @@ def test_a_softmax_is_one_step_with_the_values_of_its_three(row: list[float]) ->
     assert assert_backends_agree(SOFTMAX, {"a": a}) in ("hvp", "forward")
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # numpy's 0 * inf
+def test_a_relu_gradient_is_one_gate_step_with_numpys_values() -> None:
+    """step(u) read once by the product with the incoming gradient: one `gate` step instead of a
+    boolean mask and a product; entries where u is exactly 0 pass nothing."""
+    text = LAYER + "loss = sum[b,h](y[b,h]^2)\n"
+    m = ig.compile(text, backend="torch")
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    x[0] = 0  # relu(0 + B) with B = 0: the gate's boundary
+    a = {"x": x, "W": np.random.default_rng(1).standard_normal((3, 4)), "B": np.zeros(4)}
+    steps = m.plan(a, mode="backward", loss="loss", wrt=["W", "B"]).steps
+    assert [s.kind for s in steps].count("gate") == 1 and all(s.call not in ("mask", "step") for s in steps)
+    assert assert_backends_agree(text, a) == "hvp"
+    y = ig.compile(LAYER).forward(**a)["y"]
+    seed = np.where(y > 0, 1.0, np.inf)  # 0 * inf where the gate is shut: numpy's NaN, not 0
+    seed[1, 0] = np.nan
+    assert assert_backends_agree(LAYER, a, seed={"y": seed}) == "jvp"
+
+
+def test_a_product_summed_over_its_leading_axes_multiplies_in_place_of_copying_to_rows() -> None:
+    """a[b,t,d] c[b,t,d] -> [d] (a layer norm's scale gradient): on torch the product as the
+    operands lie, summed over b and t, rather than both transposed into rows for a vecdot."""
+    text = "input a[b,t,d], c[b,t,d], e[b,d,t]\ny[d] = a[b,t,d] c[b,t,d]\nz[t] = a[b,t,d] e[b,d,t]\n"
+    rng = np.random.default_rng(0)
+    a = {n: rng.standard_normal(s) for n, s in {"a": (2, 3, 4), "c": (2, 3, 4), "e": (2, 4, 3)}.items()}
+    steps = ig.compile(text, backend="torch").plan({n: v.shape for n, v in a.items()}).steps
+    assert [s.call for s in steps] == ["sum_product", "sum_product"]
+    assert "sum(multiply(a[b,t,d], c[b,t,d]), over b,t)" in str(steps[0].describe())
+    assert assert_backends_agree(text, a) == "jvp"
+
+
 @pytest.mark.parametrize("read", ["y[lab[b]]", "y[b//2]"])
 def test_a_scatter_of_a_value_in_its_targets_own_memory(read: str) -> None:
     """y.grad's first term passes x.sum.grad along uncopied, and its scatter adds the same memory:

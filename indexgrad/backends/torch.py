@@ -24,7 +24,7 @@ from .. import iterate
 from .. import positions as index_positions
 from ..errors import IndexgradError
 from ..nodes import DELTA, Affine, Ref
-from ..plan import Operand, Plan, Step, pair_layout
+from ..plan import Operand, Plan, Step, pair_layout, sum_product_instead
 from . import Env, builder_for
 from .numpy import alignment, general_positions, positions_index, sizes, slice_adds
 
@@ -294,6 +294,35 @@ def _product(call: str, args: dict[str, Any], first: Compute, second: Compute) -
     return lambda env: finish(f(ra(env), rb(env)))
 
 
+def _multiplied_sum(
+    a: tuple[str, ...], b: tuple[str, ...], out: tuple[str, ...], first: Compute, second: Compute
+) -> Compute:
+    """Two operands over the same names multiplied as they lie and summed over the names not in
+    out (`plan.sum_product_instead`), the result's axes in out's order."""
+    align = aligner(b, a, dict.fromkeys(a, 0)) or (lambda t: t)
+    inner = tuple(k for k, n in enumerate(a) if n not in out)
+    kept = [n for n in a if n in out]
+    move = _permute(tuple(kept.index(n) for n in out)) or (lambda t: t)
+    return lambda env: move(torch.mul(first(env), align(second(env))).sum(dim=inner))
+
+
+def _einsum_pair(
+    call: str, args: dict[str, Any], a: tuple[str, ...], b: tuple[str, ...], out: tuple[str, ...],
+    first: Compute, second: Compute,
+) -> Compute:
+    """One pair of an einsum's path: as `plan.pair_layout` lays it out, or, a vecdot whose operands
+    it would copy, as the planner plans such a step on torch (`sum_product`)."""
+    if call == "vecdot" and sum_product_instead(args, a, b):
+        return _multiplied_sum(a, b, out, first, second)
+    return _product(call, args, first, second)
+
+
+def _sum_product(step: Step, run: _Run) -> Compute:
+    a, b = step.inputs
+    first, second = _reader(a, step.dtype), _reader(b, step.dtype)
+    return _multiplied_sum(a.axes, b.axes, step.args["kept"], first, second)
+
+
 def _pairwise(step: Step, run: _Run) -> Compute:
     """matmul, vecdot or a broadcast product of two operands laid out as `plan.pair_layout` says."""
     args = step.args
@@ -363,8 +392,8 @@ def _einsum(step: Step, run: _Run) -> Compute:
         later = set(kept).union(*(axes for _, axes in work))
         out = kept if k == len(path) - 1 else tuple(n for n in dict.fromkeys(ax + bx) if n in later)
         call, layout = pair_layout(ax, bx, out, size)
-        first, second = (b, a) if layout["swap"] else (a, b)
-        work.append((_product(call, layout, first, second), out))
+        (first, fx), (second, sx) = ((b, bx), (a, ax)) if layout["swap"] else ((a, ax), (b, bx))
+        work.append((_einsum_pair(call, layout, fx, sx, out, first, second), out))
     ((body, _),) = work
     return _finish(step, body, fresh=True)
 
@@ -372,6 +401,7 @@ def _einsum(step: Step, run: _Run) -> Compute:
 _CONTRACTIONS: dict[str, Callable[[Step, _Run], Compute]] = {
     "matmul": _pairwise,
     "vecdot": _pairwise,
+    "sum_product": _sum_product,
     "multiply": _pairwise,
     "scale": _scale,
     "dot": _dot,
@@ -384,7 +414,8 @@ _CONTRACTIONS: dict[str, Callable[[Step, _Run], Compute]] = {
 
 def contract(step: Step, run: _Run) -> Compute:
     body = _CONTRACTIONS[step.call](step, run)
-    return _finish(step, body, fresh=True) if step.call in ("matmul", "vecdot", "multiply") else body
+    fresh = step.call in ("matmul", "vecdot", "multiply", "sum_product")
+    return _finish(step, body, fresh=True) if fresh else body
 
 
 def _added_into(step: Step) -> Compute | None:
@@ -524,6 +555,18 @@ def fill(step: Step, run: _Run) -> Compute:
         return lambda env: torch.full(shape, value, dtype=to, device=run.device)
     one = _scalar(value, step.dtype)
     return lambda env: one.on(run.device).expand(shape)  # one value, as the plan counts it
+
+
+def gate(step: Step, run: _Run) -> Compute:
+    """g step(u) as u > 0 compared into floats, times g: numpy's values, NaNs included. torch's
+    comparison into booleans, and a product with them, each take several times as long."""
+    g, u = (_reader(o, step.dtype) for o in step.inputs)
+
+    def gated(env: Env) -> Tensor:
+        incoming = g(env)
+        return torch.gt(u(env), 0, out=torch.empty_like(incoming)).mul_(incoming)
+
+    return gated
 
 
 # ---- correlations -------------------------------------------------------------------------------
@@ -800,6 +843,7 @@ BUILDERS: dict[str, Callable[[Step, _Run], Compute]] = {
     "terms": terms,
     "reduce": reduce,
     "fill": fill,
+    "gate": gate,
     "view": view,
     "gather": gather,
     "scatter": scatter,
