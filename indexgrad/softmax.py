@@ -2,7 +2,8 @@
 
 The torch backend runs it in one sweep of exp (torch's exp is slow on the large negative entries
 an attention mask puts in `a - logsumexp(a)`). The logsumexp and the difference stay as steps of
-their own while anything else reads them, or the program returns them.
+their own while anything else reads them, or the program returns them; the softmax step then
+reads the logsumexp rather than finding a's maximum and sum again.
 """
 
 from __future__ import annotations
@@ -52,11 +53,16 @@ def _softmax(three: list[Step], reads: dict[str, int], keep: set[str]) -> list[S
         return None
     if len(x.axes) != len(a.axes) or x.axes[u] in m.axes:
         return None
-    made = replace(exp, kind="softmax", call="softmax", inputs=(x,), args={"over": (x.axes[u],)})
     difference = sub.out in keep or reads[sub.out] > 1
     total = difference or lse.out in keep or reads[lse.out] > 1
+    # a logsumexp made anyway is read, exp(a - logsumexp(a)) in one sweep; else a's maximum and sum
+    made = replace(
+        exp, kind="softmax", call="softmax", inputs=(x, m) if total else (x,), args={"over": (x.axes[u],)}
+    )
     return [lse] * total + [sub] * difference + [made]
 
 
 def describe(s: Step) -> str:
+    if len(s.inputs) == 2:
+        return f"exp({s.inputs[0]} - {s.inputs[1]})"
     return f"softmax({s.inputs[0]}, over {s.args['over'][0]})"

@@ -656,9 +656,13 @@ def conv(step: Step, run: _Run) -> Compute:
 def softmax(step: Step, run: _Run) -> Compute:
     """exp(a - logsumexp(a)) along one axis (indexgrad/softmax.py): exp(a - m) / Σ exp(a - m),
     with the maximum m as logsumexp takes it (so a row holding +inf, or only -inf, gives the NaNs
-    and zeros the three steps give)."""
-    (a,) = step.inputs
+    and zeros the three steps give); or, where the plan made the logsumexp, exp(a - logsumexp)
+    itself, as exp2 (see _shifted_exp)."""
+    a = step.inputs[0]
     read, dims = _reader(a, step.dtype), (a.axes.index(step.args["over"][0]),)
+    if len(step.inputs) == 2:
+        total = _aligned(step, step.inputs[1])
+        return lambda env: torch.sub(read(env), total(env)).mul_(_LOG2E).exp2_()
 
     def normalised(env: Env) -> Tensor:
         e, _ = _shifted_exp(read(env), dims)
