@@ -568,12 +568,12 @@ def test_forward_keeps_the_programs_tensors_not_the_rewrites_temporaries() -> No
 
 
 def test_the_numpy_executor_asks_glibc_to_keep_what_a_plan_frees(monkeypatch: pytest.MonkeyPatch) -> None:
-    from indexgrad.backends import numpy as backend
+    from indexgrad import memory
 
     calls: list[tuple[int, int]] = []
-    monkeypatch.setattr(backend, "_KEPT", [0])
-    monkeypatch.setattr(backend, "_mallopt", lambda option, value: calls.append((option, value)) or True)
-    monkeypatch.setattr(backend.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.setattr(memory, "_KEPT", [0])
+    monkeypatch.setattr(memory, "_mallopt", lambda option, value: calls.append((option, value)) or True)
+    monkeypatch.setattr(memory.platform, "libc_ver", lambda: ("glibc", "2.36"))
     text = "y[i,j] = exp(x[i,j])\nz[i] = sum[j](y[i,j] x[i,j])"
     model = ig.compile(text)
     x = np.ones((64, 64))
@@ -584,7 +584,7 @@ def test_the_numpy_executor_asks_glibc_to_keep_what_a_plan_frees(monkeypatch: py
     assert len(calls) == 2
     model.forward(x=np.ones((128, 64)))
     assert calls[2:] == [(-1, 4 * model.plan({"x": (128, 64)}).peak_bytes)]
-    monkeypatch.setattr(backend.platform, "libc_ver", lambda: ("", ""))
+    monkeypatch.setattr(memory.platform, "libc_ver", lambda: ("", ""))
     model.forward(x=np.ones((256, 64)))  # another C library is left as it is
     assert len(calls) == 3
 

@@ -203,6 +203,20 @@ def test_the_jax_plan_lends_no_buffers() -> None:
     assert "(jax)" in str(plan)
 
 
+def test_the_jax_executor_asks_glibc_to_keep_what_a_plan_frees(monkeypatch: pytest.MonkeyPatch) -> None:
+    """XLA's CPU buffers come from glibc's malloc, as numpy's arrays do: the forward's and the
+    backward's outputs freed after a step come back without fresh pages on the next one."""
+    from indexgrad.backends import jax as backend
+
+    asked: list[int] = []
+    monkeypatch.setattr(backend, "keep_freed_memory", asked.append)
+    model = ig.compile("y[b,i] = x[b,j] A[j,i]\nloss = 0.5 sum[b,i](y[b,i]^2)", backend="jax")
+    x, A = jnp.ones((64, 32)), jnp.ones((32, 48))
+    model.backward(model.forward(x=x, A=A))
+    got, shapes = list(asked), {"x": x.shape, "A": A.shape}
+    assert got == [model.plan(shapes).peak_bytes, model.plan(shapes, mode="backward").peak_bytes]
+
+
 # ---- ig.jax.function ----------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import iterate, positions
 from ..errors import IndexgradError
+from ..memory import keep_freed_memory
 from ..nodes import DELTA, Ref
 from ..plan import Operand, Plan, Step, basic_index
 from . import Env, builder_for
@@ -756,6 +757,7 @@ class JaxExecutor:
         self.labels = _label_checks(plan)
         self.iterations = [s for s in plan.steps if s.kind in ("fix", "solve")]
         self.jitted = jax.jit(self.trace)
+        keep_freed_memory(plan.peak_bytes)  # XLA's buffers are glibc's too
 
     def trace(self, arrays: dict[str, Array]) -> dict[str, Array]:
         """The steps as one function of the arrays they read (traced by jit, grad or vmap), and

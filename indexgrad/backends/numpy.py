@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import math
 import operator
-import platform
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
@@ -24,6 +23,7 @@ from numpy.lib.stride_tricks import as_strided
 from .. import iterate, positions
 from ..errors import IndexgradError
 from ..functions import FUNCTIONS, REDUCTIONS
+from ..memory import keep_freed_memory
 from ..nodes import DELTA, Affine, Gather, Ref
 from ..plan import Operand, Plan, Step
 from . import Builder, Env, builder_for
@@ -699,41 +699,6 @@ def _entry(step: Step) -> tuple[Compute, str, int, tuple[str, ...]]:
     if step.accumulate and step.kind != "scatter":
         write = _ADD_INTO if step.into == step.out else _ADD
     return compute, step.out, write, step.release
-
-
-# glibc's mallopt settings (malloc.h), and what this process has asked it to keep so far
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_MAX = 32 << 20  # the largest mmap threshold glibc takes on 64-bit systems
-_KEPT = [0]
-
-
-def _mallopt(option: int, value: int) -> bool:
-    import ctypes
-
-    return bool(ctypes.CDLL(None).mallopt(option, value))
-
-
-def keep_freed_memory(peak_bytes: int) -> None:
-    """Ask glibc to keep about four times a plan's peak of freed memory for the next call instead
-    of handing it back to the system (a forward plan's arrays, its backward's, and room to spare).
-
-    The arrays a step frees come back on the next call as fresh pages otherwise, each one zeroed
-    by the kernel when first written: a third of a transformer block's step (b=8 t=64 d=128,
-    2,000 page faults a step). glibc decides by two thresholds: memory freed at the top of its
-    heap beyond the trim threshold is returned, and arrays beyond the mmap threshold are mapped
-    and unmapped on their own. Setting either stops glibc's own adjusting of both, so both are
-    set: arrays up to 32 MiB come from the heap, and the trim threshold only ever grows (it is
-    the whole process's), to at most 1 GiB. Nothing happens elsewhere than glibc."""
-    want = min(4 * peak_bytes, 1 << 30)
-    if want <= _KEPT[0] or platform.libc_ver()[0] != "glibc":
-        return
-    try:
-        if _KEPT[0] == 0:
-            _mallopt(_M_MMAP_THRESHOLD, _MMAP_MAX)
-        _mallopt(_M_TRIM_THRESHOLD, want)
-    except (OSError, AttributeError):  # no C library to ask
-        return
-    _KEPT[0] = want
 
 
 class NumpyExecutor:
