@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.layout import Layout, with_layout_constraint
 
 from .. import iterate, positions
 from ..errors import IndexgradError
@@ -756,7 +757,7 @@ class JaxExecutor:
         self.defines = tuple(n for n in dict.fromkeys(s.out for s in plan.steps) if n not in freed)
         self.labels = _label_checks(plan)
         self.iterations = [s for s in plan.steps if s.kind in ("fix", "solve")]
-        self.jitted = jax.jit(self.trace)
+        self.jitted = jax.jit(self.laid_out)
         keep_freed_memory(plan.peak_bytes)  # XLA's buffers are glibc's too
 
     def trace(self, arrays: dict[str, Array]) -> dict[str, Array]:
@@ -768,6 +769,18 @@ class JaxExecutor:
             for n in release:
                 del env[n]
         return {n: env[n] for n in self.defines} | {k: env[k] for k in map(report_key, self.iterations)}
+
+    def laid_out(self, arrays: dict[str, Array]) -> dict[str, Array]:
+        """trace, each array it returns made where it is computed in the row-major layout it is
+        returned in. XLA otherwise keeps a value in the layout of the op that made it (a
+        convolution's channels last) and copies it for the caller, while a reader inside that
+        needs it row-major (its sum of squares) gets a copy of its own: two extra passes over y
+        in a convolution's forward."""
+        out = self.trace(arrays)
+        for n in self.defines:
+            if out[n].ndim > 1:
+                out[n] = with_layout_constraint(out[n], Layout(major_to_minor=tuple(range(out[n].ndim))))
+        return out
 
     def run(self, env: Env, check_finite: bool = False) -> Env:
         """Run the plan on env (adding what it defines); with `check_finite`, step by step, and
