@@ -117,6 +117,25 @@ def test_products_through_r_plus_u_run_as_convolutions_and_agree_with_numpy(text
     compare(prog, arrays, 0, text, hvp=False)
 
 
+def test_a_returned_array_is_written_once_in_the_layout_it_is_returned_in() -> None:
+    """A convolution's forward: XLA keeps the convolution's output channels last; y, returned and
+    read by the loss's sum of squares, is written once, row-major, where it was written three
+    times (kept channels last, copied for the caller, copied again for the sum)."""
+    from indexgrad.backends.jax import JaxExecutor
+
+    text = "param w[o,ch,u,v], B[o]\ninput x[b,ch,row,col]\n"
+    text += "y[b,o,r,c] = x[b,ch,r+u,c+v] w[o,ch,u,v] + B[o]\nloss = 0.5 sum[b,o,r,c](y[b,o,r,c]^2)\n"
+    prog = ig.parse(text)
+    dims = {"b": 2, "ch": 3, "o": 5, "row": 8, "col": 8, "u": 3, "v": 3}
+    arrays = random_inputs(prog, dims, np.random.default_rng(0))
+    executor = JaxExecutor(ig.compile(prog, backend="jax").plan(arrays))
+    hlo = executor.jitted.lower({n: jnp.asarray(arrays[n]) for n in executor.reads}).compile().as_text()
+    entry = hlo[hlo.index("ENTRY") :]
+    writes = [ln for ln in entry.splitlines() if " = f64[2,5,6,6]" in ln and " bitcast(" not in ln]
+    assert len(writes) == 1, writes
+    compare(prog, arrays, 0, text, hvp=False)
+
+
 def budget(examples: int) -> settings:
     return settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
 
