@@ -617,3 +617,18 @@ def test_train_with_the_torch_backend_learns_as_numpy_does(capsys) -> None:
 def test_train_flags_are_checked(argv: list[str], message: str, capsys) -> None:
     assert main(["train", str(path("mlp")), "--epochs", "1", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_torch_executor_asks_glibc_to_keep_what_a_plan_frees(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's CPU tensors come from glibc's malloc, as numpy's arrays do: what a step frees comes
+    back on the next one without fresh pages."""
+    from indexgrad.backends import torch as backend
+
+    asked: list[int] = []
+    monkeypatch.setattr(backend, "keep_freed_memory", asked.append)
+    model = ig.compile("y[b,i] = x[b,j] A[j,i]\nloss = 0.5 sum[b,i](y[b,i]^2)", backend="torch")
+    x, A = torch.ones(64, 32), torch.ones(32, 48)
+    vals = model.forward(x=x, A=A)
+    model.backward(vals)
+    got, given = list(asked), {"x": x, "A": A}
+    assert got == [model.plan(given).peak_bytes, model.plan(vals, mode="backward").peak_bytes]

@@ -23,6 +23,7 @@ import torch
 from .. import iterate
 from .. import positions as index_positions
 from ..errors import IndexgradError
+from ..memory import keep_freed_memory
 from ..nodes import DELTA, Affine, Ref
 from ..plan import Operand, Plan, Step, pair_layout, sum_product_instead
 from . import Env, builder_for
@@ -878,6 +879,8 @@ class TorchExecutor:
                 if step.accumulate and step.kind != "scatter":
                     write = _ADD_INTO if step.into == step.out else _ADD
             self.entries.append((compute, step.out, write, torch_dtype(step.dtype), step.release))
+        if device is None or device.type == "cpu":
+            keep_freed_memory(plan.peak_bytes)  # torch's CPU tensors come from glibc's malloc too
 
     def run(self, env: Env, check_finite: bool = False) -> Env:
         """Run the steps on env; with `check_finite`, the first NaN or Inf is an error at its statement."""
