@@ -937,16 +937,17 @@ def module(src: Source, lib: Library) -> str:
         "step is written under the .idx statement it runs.",
         _WIDTH - 4,
     )
+    check = _CHECK.format(asarray=lib.asarray)
     parts = [
         f'"""{doc}\n"""',
         "",
-        *_imports(lib, "\n".join([forward, derived, *(lib.helpers[h] for h in helpers)])),
+        *_imports(lib, "\n".join([check, forward, derived, *(lib.helpers[h] for h in helpers)])),
         "",
         f"SIZES = {_q(src.sizes)}",
         f"SHAPES = {_dict([(n, str(tuple(sh))) for n, sh in src.shapes.items()], '')}",
         "",
         "",
-        _CHECK.format(asarray=lib.asarray),
+        check,
         *(f"\n{lib.helpers[h]}" for h in sorted(helpers)),
         "",
         forward,

@@ -45,7 +45,13 @@ IMPLICIT = {
     "cubic": "z[i] = solve(A[i,j] z[j] + z[i]^3 - y[i], y[i])\nloss = sum[i](z[i])\n",
     "spread_start": "z[b,i] = fix(0.5 z[b,i] + x[b,i], s[b])\nloss = sum[b,i](z[b,i]^2)\n",
 }
-PROGRAMS = {p.stem: p for p in EXAMPLES} | {"positions": POSITIONS} | IMPLICIT
+# tensor and index names that are Python keywords, builtins or the module's own names, in a
+# program whose steps make no library call (the module's import is then only check_inputs')
+HOSTILE_NAMES = """\
+lambda[np,def] = class[np,def] + arrays[def]
+import = sum[np,def](lambda[np,def]^2)
+"""
+PROGRAMS = {p.stem: p for p in EXAMPLES} | {"positions": POSITIONS, "hostile_names": HOSTILE_NAMES} | IMPLICIT
 ITERATES = {"deq", "circle", "implicit_lsq", *IMPLICIT}
 LIBS = ["numpy", "torch", "jax"]
 # jax compiles each module (up to 1.5 s a program, ~10 s for them all), and a module differs from
@@ -53,7 +59,7 @@ LIBS = ["numpy", "torch", "jax"]
 # jax the few that between them make every call the jax modules of all programs make (a test checks);
 # make fuzz (its hypothesis profile) runs every program on jax too
 JAX_FEW = ["positions", "correlation", "log_sin_max", "losses", "mlp", "lenet", "tanh_net"]
-JAX_FEW += ["cubic", "spread_start"]
+JAX_FEW += ["cubic", "spread_start", "hostile_names"]
 LONG_RUN = settings().max_examples >= 1000
 RUNS = {"numpy": list(PROGRAMS), "torch": list(PROGRAMS), "jax": list(PROGRAMS) if LONG_RUN else JAX_FEW}
 CASES = [
