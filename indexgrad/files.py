@@ -48,9 +48,23 @@ def _write_error(target: Path, reason: str) -> IndexgradError:
     return IndexgradError(f"cannot write {target}: {reason}", filename=str(target))
 
 
+def special_kind(target: Path) -> str | None:
+    """What target is when it exists and is neither a regular file nor a directory (a device such
+    as /dev/null, a FIFO, a socket): an output renamed over it would replace it with a file."""
+    try:
+        mode = os.stat(target).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kinds = {stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device", stat.S_ISFIFO: "a FIFO"}
+    return next((what for test, what in kinds.items() if test(mode)), "a special file")
+
+
 def check_writable(path: str | Path, flag: str) -> None:
     """Refuse an output path that could not be written, before any work: no such directory, a
-    directory in its place, or a directory (or file system) that takes no new file."""
+    directory or a special file (see special_kind) in its place, or a directory (or file system)
+    that takes no new file."""
     target = Path(path)
     if not str(path):
         raise IndexgradError(f"{flag} needs a file name, got ''")
@@ -58,6 +72,12 @@ def check_writable(path: str | Path, flag: str) -> None:
         raise IndexgradError(f"{flag} {path}: no such directory {target.parent}{os.sep}")
     if target.is_dir():
         raise IndexgradError(f"{flag} {path} is a directory; give a file name")
+    kind = special_kind(target)
+    if kind is not None:
+        raise IndexgradError(
+            f"{flag} {path} is {kind}, not a regular file: the output is written to a new file "
+            "renamed over it, which would replace it; give the name of a regular file"
+        )
     try:  # the one reliable test, also for root and read-only file systems: make a file there
         _temporary(target).unlink()
     except OSError as e:
@@ -85,6 +105,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise _write_error(target, "no such directory")
     if target.is_dir():
         raise _write_error(target, "it is a directory")
+    kind = special_kind(target)
+    if kind is not None:
+        raise _write_error(target, f"it is {kind}, which a new file renamed over it would replace")
     remove_stale_temporaries(target)
     try:
         tmp = _temporary(target)

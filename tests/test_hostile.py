@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -996,3 +997,25 @@ def test_compile_of_text_ending_in_idx_is_text_not_a_path(
     (tmp_path / "lr=0.1").mkdir()
     (tmp_path / "lr=0.1" / "m.idx").write_text("y[i] = 4 x[i]\n")  # a path may hold '='
     np.testing.assert_array_equal(ig.compile("lr=0.1/m.idx").forward(x=np.ones(2))["y"], [4.0, 4.0])
+
+
+# ---- hostile files, pipes and programs (second round) ---------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_an_output_never_replaces_a_fifo_or_device(tmp_path: Path, twice: tuple[Path, Path]) -> None:
+    """`--save /dev/null --force` (as root) renamed a new file over the device: /dev/null became a
+    regular file for everyone. A FIFO stands in for the device here."""
+    from indexgrad.files import save_npz_atomic
+
+    fifo = tmp_path / "c.npz"
+    os.mkfifo(fifo)
+    code, out, err = run_cli([*MLP_TRAIN, "--epochs", "1", "--save", str(fifo), "--force"])
+    assert code == 2 and f"--save {fifo} is a FIFO, not a regular file" in err and "epoch" not in out, err
+    prog, inputs = twice
+    code, _, err = run_cli(["run", str(prog), "--inputs", str(inputs), "--out", str(fifo)])
+    assert code == 2 and "is a FIFO, not a regular file" in err, err
+    with pytest.raises(ig.IndexgradError, match="it is a FIFO, which a new file renamed over it"):
+        save_npz_atomic(fifo, {"x": np.zeros(1)})
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz", "in.npz", "twice.idx"]
