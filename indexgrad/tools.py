@@ -122,13 +122,15 @@ class Graph:
     title: str
     nodes: dict[str, Node] = field(default_factory=dict)
     edges: list[Edge] = field(default_factory=list)
+    _seen: set[Edge] = field(default_factory=set, repr=False)  # edges, for a lookup in constant time
 
     def add(self, name: str, text: str, kind: str) -> None:
         if name not in self.nodes:
             self.nodes[name] = Node(name, text, kind)
 
     def connect(self, edge: Edge) -> None:
-        if edge not in self.edges:
+        if edge not in self._seen:
+            self._seen.add(edge)
             self.edges.append(edge)
 
 
