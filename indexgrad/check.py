@@ -365,9 +365,9 @@ class _Checker:
         """A bare name that is also an index of its statement reads a scalar tensor, not the index
         (`eq(n, m)` compares two scalar inputs n and m); unless it is declared, say so. Likewise
         for a constant's name (`-inf` in a mask reads an input called inf)."""
-        known = {*self.role, *self.defined_before_this}
         for r in refs_in(expr):
-            if not r.indices and r.name in CONSTANTS and r.name not in known:
+            known = r.name in self.role or r.name in self.defined_before_this
+            if not r.indices and r.name in CONSTANTS and not known:
                 self.warnings.append(
                     Warning_(
                         f"'{r.name}' reads a scalar input named {r.name}, not a number (the language has "
