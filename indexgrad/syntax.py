@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import sys
@@ -46,6 +47,9 @@ from .nodes import (
 )
 
 MAX_DEPTH = 200  # brackets deeper than this are refused before parsing
+# a program file longer than this is refused unread (/dev/zero, /dev/urandom, a data file named by
+# mistake); 10^5 statements take about 2 MiB
+MAX_SOURCE_BYTES = 16 << 20
 
 
 @lru_cache(maxsize=1)
@@ -651,6 +655,8 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> IndexgradErro
             msg = "unexpected end of the line"
         elif ch.isprintable():
             msg = f"unexpected character {ch!r}"
+        elif ch == "\0":  # UTF-16 text without its byte-order mark has one after each ASCII character
+            msg = "unexpected NUL byte: an .idx program is UTF-8 text (a UTF-16 file: save it as UTF-8)"
         else:
             msg = f"unexpected character {ch!r} (U+{ord(ch):04X})"
         stack = _bracket_stack(text, e.pos_in_stream)
@@ -787,9 +793,23 @@ def load(path: str | Path) -> Program:
         raise IndexgradError(f"load() takes the path of an .idx file, got {type(path).__name__}")
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        with open(p, "rb") as f:
+            raw = f.read(MAX_SOURCE_BYTES + 1)
     except OSError as e:
         raise IndexgradError(f"cannot read {p}: {e.strerror or e}", filename=str(p)) from None
+    if len(raw) > MAX_SOURCE_BYTES:
+        raise IndexgradError(
+            f"the file holds more than {MAX_SOURCE_BYTES >> 20} MiB, which is no .idx program "
+            "(a program is at most that much text); is it the file you meant?",
+            filename=str(p),
+        )
+    for bom, encoding in _WIDE_BOMS:
+        if raw.startswith(bom):
+            raise IndexgradError(
+                f"the file is {encoding} (it starts with a {encoding} byte-order mark); "
+                "an .idx program is UTF-8: save it as UTF-8",
+                filename=str(p),
+            )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -803,6 +823,14 @@ def load(path: str | Path) -> Program:
             raw.decode("utf-8", errors="replace"),
         ) from None
     return parse(text.removeprefix("\ufeff"), str(p))  # a byte-order mark is not part of the text
+
+
+_WIDE_BOMS = [  # UTF-32 first: its little-endian mark begins with UTF-16's
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+]
 
 
 def as_program(x: str | Path | Program) -> Program:

@@ -1039,3 +1039,33 @@ def test_the_graph_of_a_long_program_is_drawn_in_linear_time(monkeypatch: pytest
     p = ig.parse("t0 = x + 1\n" + "".join(f"t{k} = t{k - 1} + 1\n" for k in range(1, n)))
     g = tools.computation_graph(p)
     assert len(g.edges) == n and compared <= n
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_an_endless_program_file_is_refused_after_a_bounded_read(device: str) -> None:
+    """The whole file was read before anything else: /dev/zero filled the memory until killed."""
+    if not Path(device).exists():
+        pytest.skip(f"no {device}")
+    argv = [sys.executable, "-m", "indexgrad", "grad", device]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        f"{device}: error: the file holds more than 16 MiB, which is no .idx program "
+        "(a program is at most that much text); is it the file you meant?\n"
+    )
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32", "utf-32-be"])
+def test_a_program_in_utf16_or_utf32_is_named_as_such(tmp_path: Path, encoding: str) -> None:
+    """It was 'not valid UTF-8 (byte 0xff)' above a line of mojibake."""
+    path = tmp_path / "wide.idx"
+    path.write_bytes(("\ufeff" + "y[i] = 2 x[i]\n").encode(encoding))
+    code, _, err = run_cli(["fmt", str(path)])
+    wide = encoding[:6].upper()
+    assert code == 2 and err == (
+        f"{path}: error: the file is {wide} (it starts with a {wide} byte-order mark); "
+        "an .idx program is UTF-8: save it as UTF-8\n"
+    ), err
+    path.write_bytes("y[i] = 2 x[i]\n".encode("utf-16-le"))  # no mark: a NUL after each character
+    code, _, err = run_cli(["fmt", str(path)])
+    assert code == 2 and err.startswith(f"{path}:1:2: error: unexpected NUL byte: an .idx program is"), err
