@@ -4,6 +4,7 @@ never over a file the command reads; and .npz archives read and written without 
 from __future__ import annotations
 
 import glob
+import io
 import math
 import os
 import stat
@@ -12,6 +13,7 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -178,19 +180,26 @@ def load_npz(path: str | Path, what: str = "inputs file") -> dict[str, np.ndarra
     file is an IndexgradError naming the file and saying which; `what` names the file's role.
     """
     name = str(path)
+    try:
+        f = open(path, "rb")  # once: a pipe (`--inputs <(...)`) cannot be opened again
+        with f:
+            return _load_npz(f, name, what)
+    except FileNotFoundError:
+        message = f"no such file: {name} (the {what})"
+    except IsADirectoryError:
+        message = f"the {what} {name} is a directory"
+    except OSError as e:
+        message = f"cannot read {name}: {e.strerror or e}"
+    raise IndexgradError(message, filename=name)
+
+
+def _load_npz(f: BinaryIO, name: str, what: str) -> dict[str, np.ndarray]:
+    """load_npz's work on the opened file f."""
 
     def error(message: str) -> IndexgradError:
         return IndexgradError(message, filename=name)
 
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(6)
-    except FileNotFoundError:
-        raise error(f"no such file: {name} (the {what})") from None
-    except IsADirectoryError:
-        raise error(f"the {what} {name} is a directory") from None
-    except OSError as e:
-        raise error(f"cannot read {name}: {e.strerror or e}") from None
+    magic = f.read(6)
     if magic[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
         if magic.startswith(b"\x93NUMPY"):
             raise error(f"not an .npz archive but a single .npy array; save the {what} with np.savez")
@@ -199,7 +208,7 @@ def load_npz(path: str | Path, what: str = "inputs file") -> dict[str, np.ndarra
         raise error("not an .npz archive" + ("" if magic else " (it is empty)"))
     need = 0
     try:
-        with zipfile.ZipFile(path) as z:
+        with zipfile.ZipFile(_rewound(f, magic, what)) as z:
             headers = [(info, _npy_header(z, info)) for info in z.infolist() if not info.is_dir()]
             need = sum(nbytes for _, (_, _, nbytes) in headers)
             if headers:
@@ -216,6 +225,20 @@ def load_npz(path: str | Path, what: str = "inputs file") -> dict[str, np.ndarra
         raise
     except Exception as e:  # BadZipFile, EOFError, NotImplementedError, ...: any damage
         raise error(f"damaged .npz archive ({type(e).__name__}: {e})") from None
+
+
+def _rewound(f: BinaryIO, magic: bytes, what: str) -> BinaryIO:
+    """f from its start, for zipfile (which seeks): f itself, or for a pipe, which cannot seek,
+    a copy of all it holds (read within the memory limit)."""
+    if f.seekable():
+        f.seek(0)
+        return f
+    chunks, total = [magic], len(magic)
+    while chunk := f.read(1 << 20):
+        total += len(chunk)
+        check_fits(total, f"the {what} (read from a pipe)")
+        chunks.append(chunk)
+    return io.BytesIO(b"".join(chunks))
 
 
 class _Refused(Exception):

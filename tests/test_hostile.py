@@ -1069,3 +1069,32 @@ def test_a_program_in_utf16_or_utf32_is_named_as_such(tmp_path: Path, encoding: 
     path.write_bytes("y[i] = 2 x[i]\n".encode("utf-16-le"))  # no mark: a NUL after each character
     code, _, err = run_cli(["fmt", str(path)])
     assert code == 2 and err.startswith(f"{path}:1:2: error: unexpected NUL byte: an .idx program is"), err
+
+
+@pytest.mark.skipif(not Path("/dev/fd").is_dir(), reason="needs /dev/fd")
+def test_inputs_read_from_a_pipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run p.idx --inputs <(cat in.npz)`: the file was opened twice, once for its first bytes and
+    once by zipfile, which needs to seek; a pipe gave 'damaged .npz archive'."""
+    import io
+
+    from indexgrad.files import load_npz
+
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.arange(3.0), W=np.eye(2))
+    read, write = os.pipe()
+    try:
+        os.write(write, buffer.getvalue())  # a few hundred bytes: the pipe holds them all
+        os.close(write)
+        got = load_npz(f"/dev/fd/{read}")
+    finally:
+        os.close(read)
+    assert sorted(got) == ["W", "x"] and got["x"].tolist() == [0.0, 1.0, 2.0]
+    monkeypatch.setenv("INDEXGRAD_MEMORY_LIMIT", "100")
+    read, write = os.pipe()
+    try:
+        os.write(write, buffer.getvalue())
+        os.close(write)
+        with pytest.raises(ig.IndexgradError, match=r"the inputs file \(read from a pipe\) would need"):
+            load_npz(f"/dev/fd/{read}")
+    finally:
+        os.close(read)
