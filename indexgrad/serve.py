@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .api import EMPTY, REQUESTS
+from .errors import IndexgradError
 from .pool import Busy, Pool, TimeLimit, WorkerDied
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -198,21 +199,41 @@ def _config(app: Starlette, host: str, port: int, log_level: str = "info") -> uv
 
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 2, timeout: float = 10.0) -> None:
     """Run the playground until interrupted."""
+    sock = listening_socket(host, port)
+    port = sock.getsockname()[1]  # --port 0: the free port the system chose
     if host not in LOOPBACK:
         warning = f"indexgrad serve: listening on {host}: whoever reaches this machine can use it"
         print(warning, file=sys.stderr)
     shown = f"[{host}]" if ":" in host else host
     print(f"indexgrad playground: http://{shown}:{port}/", file=sys.stderr)
-    uvicorn.Server(_config(create_app(workers, timeout, host=host), host, port)).run()
+    try:
+        uvicorn.Server(_config(create_app(workers, timeout, host=host), host, port)).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port (as Uvicorn binds one), or an IndexgradError saying why
+    not: an address in use, or a host that is no address of this machine (Uvicorn logged these
+    and exited with status 1 or 3)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except (OSError, OverflowError) as e:
+        sock.close()
+        raise IndexgradError(
+            f"cannot listen on {host} port {port}: {getattr(e, 'strerror', None) or e}; choose another "
+            "--port (0 picks a free one), or a --host that is an address of this machine"
+        ) from None
+    return sock
 
 
 @contextlib.contextmanager
 def running(workers: int = 2, timeout: float = 10.0, memory: int = 256 << 20) -> Iterator[str]:
     """The playground on 127.0.0.1 at a free port, in a thread of this process, for tests and
     scripts: yields its base URL (`http://127.0.0.1:PORT`), and stops it on exit."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock = listening_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     server = uvicorn.Server(_config(create_app(workers, timeout, memory), "127.0.0.1", port, "warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -23,6 +23,7 @@ from xml.etree import ElementTree
 
 import pytest
 from hypothesis import settings
+from test_reliability import run_cli
 
 import indexgrad as ig
 from indexgrad.api import FILENAME
@@ -416,6 +417,20 @@ def test_indexgrad_serve_listens_on_loopback_only() -> None:
 def test_serve_flags_are_checked() -> None:
     assert cli("serve", "--port", "70000")[0] == 2
     assert cli("serve", "--workers", "0")[0] == 2
+
+
+def test_an_address_it_cannot_listen_on_is_a_user_error() -> None:
+    """A port in use, or a host that is no address here: Uvicorn logged the OSError and exited
+    with status 1 or 3."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = run_cli(["serve", "--port", str(port)])
+    assert code == 2 and err.startswith(f"indexgrad serve: error: cannot listen on 127.0.0.1 port {port}: ")
+    assert "choose another --port (0 picks a free one)" in err, err
+    code, _, err = run_cli(["serve", "--host", "256.0.0.1", "--port", "0"])
+    assert code == 2 and "cannot listen on 256.0.0.1 port 0" in err and "listening on" not in err, err
 
 
 def test_page_refers_only_to_files_it_ships() -> None:
