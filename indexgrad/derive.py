@@ -201,7 +201,14 @@ def wrt_names(wrt: str | list[str] | tuple[str, ...] | None) -> list[str] | None
     """`wrt` as a list of names: one name, or several separated by commas, may come as a string."""
     if isinstance(wrt, str):
         return [w.strip() for w in wrt.split(",") if w.strip()]
-    return list(wrt) if wrt is not None else None
+    if wrt is None:
+        return None
+    if not isinstance(wrt, (list, tuple)):
+        raise IndexgradError(f"wrt must be a name or a list of names, not {type(wrt).__name__}")
+    for w in wrt:
+        if not isinstance(w, str):
+            raise IndexgradError(f"wrt must list names as strings, not {type(w).__name__}")
+    return list(wrt)
 
 
 def derive(program: Program, loss: str | None = None, wrt: list[str] | None = None) -> Program:

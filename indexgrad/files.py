@@ -188,8 +188,8 @@ def load_npz(path: str | Path, what: str = "inputs file") -> dict[str, np.ndarra
         message = f"no such file: {name} (the {what})"
     except IsADirectoryError:
         message = f"the {what} {name} is a directory"
-    except OSError as e:
-        message = f"cannot read {name}: {e.strerror or e}"
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        message = f"cannot read {name}: {getattr(e, 'strerror', None) or e}"
     raise IndexgradError(message, filename=name)
 
 

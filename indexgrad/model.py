@@ -407,10 +407,15 @@ class Model:
 
     # ---- forward
 
-    def forward(self, /, **arrays: Any) -> dict[str, Array]:
+    def forward(self, /, *unnamed: Any, **arrays: Any) -> dict[str, Array]:
         """Every defined tensor (temporaries a derivative reads included), and the inputs, from
         arrays for every input. `check_finite=True` (unless the program has an input of that
         name) turns the first NaN or Inf into a located error."""
+        if unnamed:
+            raise self._error(
+                "forward() takes the arrays by name: forward(x=..., W=...), or forward(**d) for a dict "
+                f"d of them; the program's inputs: {', '.join(self.inputs)}"
+            )
         check_finite = False
         if "check_finite" in arrays and "check_finite" not in self._input_set:
             check_finite = arrays.pop("check_finite")
@@ -441,7 +446,7 @@ class Model:
                 hit = self._plans.get(
                     PlanKey("backward", (loss or "",), _wrt_key(wrt), self._signature(vals))
                 )
-            except (AttributeError, TypeError):  # values that are not arrays, names that are not strings
+            except (AttributeError, TypeError, IndexgradError):  # not arrays, names that are not strings
                 hit = None
             if hit is not None:
                 env = dict(vals)
@@ -473,15 +478,14 @@ class Model:
         return self._gradients(compiled, compiled.executor.run(env), vals)
 
     def _wrt(self, wrt: Any) -> list[str] | None:
-        if wrt is not None and not isinstance(wrt, (str, list, tuple)):
-            raise self._error(f"wrt must be a name or a list of names, not {type(wrt).__name__}")
-        names = wrt_names(wrt)
+        try:
+            names = wrt_names(wrt)
+        except IndexgradError as e:
+            raise self._error(e.message) from None
         if names is None:
             return None
         known = set(self.inputs)  # (a list's `in` made this quadratic in the number of inputs)
         for w in names:
-            if not isinstance(w, str):
-                raise self._error(f"wrt must list names as strings, not {type(w).__name__}")
             if w not in known:
                 raise self._error(not_an_input("wrt", w, self.inputs))
         return names

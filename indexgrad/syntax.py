@@ -795,8 +795,9 @@ def load(path: str | Path) -> Program:
     try:
         with open(p, "rb") as f:
             raw = f.read(MAX_SOURCE_BYTES + 1)
-    except OSError as e:
-        raise IndexgradError(f"cannot read {p}: {e.strerror or e}", filename=str(p)) from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        reason = getattr(e, "strerror", None) or e
+        raise IndexgradError(f"cannot read {p}: {reason}", filename=str(p)) from None
     if len(raw) > MAX_SOURCE_BYTES:
         raise IndexgradError(
             f"the file holds more than {MAX_SOURCE_BYTES >> 20} MiB, which is no .idx program "

@@ -893,6 +893,11 @@ INPUTS2 = {"x": np.ones(3), "W1": np.ones((3, 2))}
         (lambda m, v: ig.gradcheck(m, {**INPUTS2, "x": "abc"}), "'x' must hold real numbers"),
         (lambda m, v: ig.gradcheck(m, {"x": np.ones(3)}), "no array was given for input 'W1'"),
         (lambda m, v: ig.load(None), "load() takes the path of an .idx file, got NoneType"),
+        (lambda m, v: ig.load("a\0b.idx"), "cannot read a\u2400b.idx: embedded null byte"),
+        (lambda m, v: m.forward(INPUTS2), "forward() takes the arrays by name: forward(x=..., W=...)"),
+        (lambda m, v: m.forward(np.ones(3)), "for a dict d of them; the program's inputs: x, W1"),
+        (lambda m, v: ig.derive(MLP2, wrt=3), "wrt must be a name or a list of names, not int"),
+        (lambda m, v: ig.derive_jvp(MLP2, wrt=[None]), "wrt must list names as strings, not NoneType"),
     ],
 )
 def test_6_api_misuse_is_an_indexgrad_error(call: Callable[[Any, Any], Any], needle: str) -> None:
