@@ -64,7 +64,7 @@ def function(
             raise IndexgradError(
                 f"the function takes one dict from input names to arrays, not {type(arrays).__name__}"
             )
-        out = run({n: _float(v) if n not in labels else v for n, v in arrays.items()})
+        out = run({n: _float(model, n, v) if n not in labels else v for n, v in arrays.items()})
         return out[0] if single else out
 
     f.model = model  # type: ignore[attr-defined]
@@ -72,12 +72,16 @@ def function(
     return f
 
 
-def _float(v: Any) -> Any:
+def _float(model: Model, name: str, v: Any) -> Any:
     """An input as a float array: integers and booleans become jax's default float, as in the Model
-    (outside the custom VJP, so that jax sees a conversion it does not differentiate)."""
+    (outside the custom VJP, so that jax sees a conversion it does not differentiate). What jax
+    cannot take as an argument at all (strings, objects, None) is the Model's error for it here."""
     a = v if isinstance(v, (jax.Array, np.ndarray)) else np.asarray(v)
-    if np.dtype(a.dtype).kind in "biu":
+    kind = np.dtype(a.dtype).kind
+    if kind in "biu":
         return jnp.asarray(a, float_dtype(np.float64))
+    if kind not in "fc":  # complex: the Model says it must be real
+        raise model._error(f"the value given for '{name}' must hold real numbers, not {a.dtype}", name)
     return v
 
 

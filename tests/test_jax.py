@@ -325,6 +325,14 @@ def test_the_function_takes_a_dict() -> None:
         ig.jax.function("y = x^2")([1.0])
 
 
+@pytest.mark.parametrize("value, dtype", [("abc", "<U3"), (None, "object"), ({"a": 1}, "object")])
+def test_a_value_jax_cannot_take_is_a_located_error(value, dtype: str) -> None:
+    """jax itself refused a string with a TypeError, before the Model saw it."""
+    message = rf"1:5: error: the value given for 'x' must hold real numbers, not {dtype}"
+    with pytest.raises(ig.IndexgradError, match=message):
+        ig.jax.function("y = x^2")({"x": value})
+
+
 def test_the_jax_layer_example_trains_the_digits_mlp(tmp_path) -> None:
     """examples/jax_layer.py for two epochs (float32, outside 64-bit mode): the loss falls and
     the held-out accuracy is far past chance (10%); the plot is written."""
