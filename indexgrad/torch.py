@@ -249,7 +249,7 @@ class Module(nn.Module):
         model = Model(program, "torch")
         if seed is None:
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-        values = init_params(model, dict(sizes or {}), init=init, seed=seed, dtype=np.float64)
+        values = init_params(model, {} if sizes is None else sizes, init=init, seed=seed, dtype=np.float64)
         dtype = dtype or torch.get_default_dtype()
         self._names = list(values)
         self._params = operator.attrgetter(*self._names) if values else (lambda m: ())  # `h1.W` too

@@ -47,6 +47,8 @@ def decl_indices(model: Model, decl: Decl) -> list[str]:
 
 def param_shapes(model: Model, sizes: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
     """The shape of every declared param, its index names looked up in `sizes`."""
+    if not isinstance(sizes, Mapping):
+        raise IndexgradError(f"sizes must be a dict from index names to sizes, not {type(sizes).__name__}")
     shapes = {}
     for decl in model.program.decls:
         if decl.role != "param":
@@ -60,7 +62,11 @@ def param_shapes(model: Model, sizes: Mapping[str, int]) -> dict[str, tuple[int,
                     f"no size for index '{name}' of param '{decl.ref.name}'; "
                     f"pass sizes={{'{name}': ...}}",
                 )
-            dims.append(int(sizes[name]))
+            size = sizes[name]
+            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+                message = f"the size of index '{name}' must be a whole number of at least 1, got {size!r}"
+                raise _decl_error(model, decl, message)
+            dims.append(int(size))
         shapes[decl.ref.name] = tuple(dims)
     return shapes
 

@@ -1103,3 +1103,27 @@ def test_inputs_read_from_a_pipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             load_npz(f"/dev/fd/{read}")
     finally:
         os.close(read)
+
+
+@pytest.mark.parametrize(
+    "sizes, needle",
+    [
+        ({"i": -1, "j": 3}, "1:7: error: the size of index 'i' must be a whole number of at least 1, got -1"),
+        ({"i": 2.5, "j": 3}, "the size of index 'i' must be a whole number of at least 1, got 2.5"),
+        ({"i": True, "j": 3}, "the size of index 'i' must be a whole number of at least 1, got True"),
+        ("i=4,j=3", "sizes must be a dict from index names to sizes, not str"),
+    ],
+)
+def test_param_sizes_that_are_no_sizes_are_refused(sizes: Any, needle: str) -> None:
+    """numpy's 'negative dimensions are not allowed' and dict()'s 'dictionary update sequence
+    element #0 has length 1' escaped from init_params and ig.torch.Module."""
+    from indexgrad.train import init_params
+
+    src = "param W[j,i], B[i]\ninput x[b,j]\ny[b,i] = x[b,j] W[j,i] + B[i]\n"
+    with pytest.raises(ig.IndexgradError) as e:
+        init_params(ig.compile(src), sizes)
+    assert needle in str(e.value), str(e.value)
+    pytest.importorskip("torch")
+    with pytest.raises(ig.IndexgradError) as e:
+        ig.torch.Module(src, outputs="y", sizes=sizes)
+    assert needle in str(e.value), str(e.value)
