@@ -31,6 +31,12 @@ from .nodes import (
 )
 
 _DERIVED_WORD = re.compile(r"^(grad|tan)\d*$")
+# a definition using one that uses one ... : every inlined place remembers each use it came
+# through (Span.via), so a deeper chain is refused rather than overflowing Python's stack
+MAX_NESTING = 100
+# each use copies its definition's statements, so a definition used twice in the next, and so on,
+# doubles at each level: more inlined statements than this are refused before any is made
+MAX_INLINED = 200_000
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,7 @@ class _Inliner:
         decls: list[Decl] = []
         stmts: list[Statement] = []
         taken = {r.name for it in self.p.written if not isinstance(it, Def) for r in _made(it)}
+        self.measure()
         for it in self.p.written:
             if isinstance(it, Def):
                 self.define(it)
@@ -102,6 +109,42 @@ class _Inliner:
             if r.name in self.defs:
                 raise _err(f"'{r.name}' names a definition and cannot name a tensor", r.span)
         return replace(self.p, decls=tuple(decls), statements=tuple(stmts))
+
+    def measure(self) -> None:
+        """Refuse, before anything is inlined, definitions nested more than MAX_NESTING deep and
+        a definition or program that would hold more than MAX_INLINED statements once inlined."""
+        size: dict[str, int] = {}
+        depth: dict[str, int] = {}
+
+        def count(items: tuple | list, inside: Def | None) -> tuple[int, int]:
+            total, deepest = 0, 0
+            for it in items:
+                if isinstance(it, Statement):
+                    total += 1
+                elif isinstance(it, Use) and it.name in size:  # others: expand says what is wrong
+                    if inside is not None and depth[it.name] >= MAX_NESTING:
+                        raise _err(
+                            f"definitions nest more than {MAX_NESTING} deep here ('{inside.name}' uses "
+                            f"'{it.name}', which uses another, and so on); use fewer levels",
+                            it.span,
+                        )
+                    total += size[it.name]
+                    deepest = max(deepest, depth[it.name])
+                    if total > MAX_INLINED:
+                        whose = f"the body of '{inside.name}'" if inside is not None else "the program"
+                        raise _err(
+                            f"with its uses inlined, {whose} would hold more than {MAX_INLINED:,} "
+                            f"statements ('{it.name}' alone stands for {size[it.name]:,}: each use copies "
+                            "its definition's statements, so one used twice by the next doubles at "
+                            "each level)",
+                            it.span,
+                        )
+            return total, deepest + 1
+
+        for it in self.p.written:
+            if isinstance(it, Def):
+                size[it.name], depth[it.name] = count(it.body, it)
+        count(self.p.written, None)
 
     # ---- reading a definition ------------------------------------------------------------------
 

@@ -1127,3 +1127,31 @@ def test_param_sizes_that_are_no_sizes_are_refused(sizes: Any, needle: str) -> N
     with pytest.raises(ig.IndexgradError) as e:
         ig.torch.Module(src, outputs="y", sizes=sizes)
     assert needle in str(e.value), str(e.value)
+
+
+def _chain(levels: int, uses: int) -> str:
+    """Definitions f1..f{levels}, each using the one before `uses` times, and a use of the last."""
+    text = "def f0(x[i]) -> y[i]:\n    y[i] = 2 x[i]\n"
+    for k in range(1, levels):
+        body = "".join(f"    a{u + 1}[i] = f{k - 1}(a{u}[i])\n" for u in range(uses)).replace("a0[i]", "x[i]")
+        text += f"def f{k}(x[i]) -> y[i]:\n{body}    y[i] = 3 a{uses}[i]\n"
+    return text + f"z[i] = f{levels - 1}(w[i])\n"
+
+
+def test_definitions_nested_too_deep_are_refused() -> None:
+    """A chain of 1100 definitions, each using the one before, overflowed Python's stack (an
+    internal RecursionError): each inlined place keeps the chain of uses it came through."""
+    text = _chain(1100, 1)
+    with pytest.raises(ig.IndexgradError) as e:
+        ig.parse(text, "chain.idx")
+    assert "definitions nest more than 100 deep here ('f100' uses 'f99'" in str(e.value)
+    assert (e.value.line, e.value.column) == (text.splitlines().index("def f100(x[i]) -> y[i]:") + 2, 5)
+    assert len(ig.parse(_chain(100, 1)).statements) == 100  # 100 levels are fine
+
+
+def test_definitions_that_double_at_each_level_are_refused_before_inlining() -> None:
+    """Each definition using the one before twice: 2^40 statements, inlined until the memory ran out."""
+    code = f"import indexgrad as ig\nig.parse({_chain(40, 2)!r}, 'double.idx')\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "double.idx:69:5: error: with its uses inlined, the body of 'f17' would hold more than 200,000 " \
+        "statements ('f16' alone stands for 131,071" in done.stderr, done.stderr[-2000:]
