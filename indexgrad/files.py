@@ -210,6 +210,12 @@ def _load_npz(f: BinaryIO, name: str, what: str) -> dict[str, np.ndarray]:
     try:
         with zipfile.ZipFile(_rewound(f, magic, what)) as z:
             headers = [(info, _npy_header(z, info)) for info in z.infolist() if not info.is_dir()]
+            seen: set[str] = set()
+            for info, _ in headers:  # zipfile (and np.load) would read the last: which was meant?
+                array = _array_name(info)
+                if array in seen:
+                    raise _Refused(f"the archive holds two arrays named '{array}'; save each once")
+                seen.add(array)
             need = sum(nbytes for _, (_, _, nbytes) in headers)
             if headers:
                 info, (shape, dtype, nbytes) = max(headers, key=lambda h: h[1][2])

@@ -1155,3 +1155,20 @@ def test_definitions_that_double_at_each_level_are_refused_before_inlining() -> 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "double.idx:69:5: error: with its uses inlined, the body of 'f17' would hold more than 200,000 " \
         "statements ('f16' alone stands for 131,071" in done.stderr, done.stderr[-2000:]
+
+
+def test_an_archive_holding_a_name_twice_is_refused(tmp_path: Path) -> None:
+    """Two members x.npy: the last was read silently (as np.load does), whichever was meant."""
+    import warnings
+    import zipfile
+
+    from indexgrad.files import load_npz
+
+    with warnings.catch_warnings(), zipfile.ZipFile(tmp_path / "dup.npz", "w") as z:
+        warnings.simplefilter("ignore")  # zipfile's "Duplicate name" warning
+        for value in (1.0, 2.0):
+            with z.open("x.npy", "w") as f:
+                np.lib.format.write_array(f, np.full(3, value))
+    with pytest.raises(ig.IndexgradError, match="holds two arrays named .x.; save each once") as e:
+        load_npz(tmp_path / "dup.npz")
+    assert e.value.filename == str(tmp_path / "dup.npz")
