@@ -849,7 +849,7 @@ class JaxBackend:
         given = getattr(value, "dtype", None)
         if given is not None and np.dtype(given) == np.float64 and float_dtype(np.float64) != np.float64:
             raise IndexgradError(
-                "this array is float64, and the jax backend computes in float32 unless 64-bit mode "
+                "is float64, and the jax backend computes in float32 unless 64-bit mode "
                 "is on; turn it on with jax.config.update('jax_enable_x64', True) before using jax, "
                 "or give float32 arrays (x.astype(numpy.float32))"
             )
