@@ -788,13 +788,17 @@ def _caller_level() -> int:
 
 
 def load(path: str | Path) -> Program:
-    """Parse and check an .idx file."""
+    """Parse and check an .idx file; the path `-` (the string) reads standard input, as `<stdin>`."""
     if not isinstance(path, (str, os.PathLike)):
         raise IndexgradError(f"load() takes the path of an .idx file, got {type(path).__name__}")
     p = Path(path)
     try:
-        with open(p, "rb") as f:
-            raw = f.read(MAX_SOURCE_BYTES + 1)
+        if path == "-":
+            p = Path("<stdin>")
+            raw = sys.stdin.buffer.read(MAX_SOURCE_BYTES + 1)
+        else:
+            with open(p, "rb") as f:
+                raw = f.read(MAX_SOURCE_BYTES + 1)
     except (OSError, ValueError) as e:  # ValueError: a NUL in the path
         reason = getattr(e, "strerror", None) or e
         raise IndexgradError(f"cannot read {p}: {reason}", filename=str(p)) from None

@@ -49,6 +49,22 @@ def test_user_error_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "Traceback" not in err
 
 
+def test_the_path_dash_reads_standard_input(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`indexgrad grad -` reads the program from standard input, errors named `<stdin>`."""
+    import io
+    import sys
+
+    text = "y[b,i] = x[b,j] W[j,i]\nloss = sum[b,i](y[b,i]^2)\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+    assert main(["grad", "-"]) == 0
+    assert "W.grad[j,i] += y.grad[b,i] x[b,j]" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"y[i] = x[i] +\n")))
+    assert main(["fmt", "-"]) == 2
+    assert capsys.readouterr().err.startswith("<stdin>:1:14: error:")
+
+
 def test_fmt_of_many_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`indexgrad fmt examples/*.idx`: each file after a `# file:` line; a bad file is reported and
     skipped, and the exit status says so."""
