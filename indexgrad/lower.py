@@ -384,12 +384,11 @@ class _Lowerer:
     def statement(self, s: Statement) -> None:
         self.span = s.span
         self.lhs = list(ref_index_names(s.target))
-        reads, written = refs_in(s.expr), [s.target] if s.op == "+=" else []
-        refs = [*reads, *written]
-        self.shrunk = shrunk(reads, written)
+        reads = refs_in(s.expr)
+        self.shrunk = shrunk(reads, [s.target] if s.op == "+=" else [])
         self.dims = ()
         if self.all_dims:  # (walking the statement for its names costs as much as lowering it)
-            used = {n for r in [s.target, *refs] for n in ref_index_names(r)}
+            used = {n for r in [s.target, *reads] for n in ref_index_names(r)}
             used |= _reduced_names(s.expr) | size_names(s.expr)
             self.dims = tuple((n, k) for n, k in self.all_dims.items() if n in used)
         start = len(self.out)

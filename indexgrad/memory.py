@@ -171,8 +171,9 @@ def keep_freed_memory(peak_bytes: int) -> None:
 
     The arrays a step frees come back on the next call as fresh pages otherwise, each one zeroed
     by the kernel when first written: a third of a transformer block's step on the numpy backend
-    (b=8 t=64 d=128, 2,000 page faults a step); XLA's CPU buffers come from the same malloc (the
-    jax backend's square matrix chain: 2,000 a step). glibc decides by two thresholds: memory
+    (b=8 t=64 d=128, 2,000 page faults a step); torch's CPU tensors and XLA's CPU buffers come
+    from the same malloc (the torch backend's transformer step: 200-500 a step; the jax backend's
+    square matrix chain: 2,000). glibc decides by two thresholds: memory
     freed at the top of its heap beyond the trim threshold is returned, and arrays beyond the
     mmap threshold are mapped and unmapped on their own. Setting either stops glibc's own
     adjusting of both, so both are set: arrays up to 32 MiB come from the heap, and the trim

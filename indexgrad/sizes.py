@@ -78,6 +78,13 @@ def check_bounds(r: Ref, shape: Shape, sizes: dict[str, int], span: Span, hint: 
                 )
 
 
+# what a write past the end of a tensor several '+=' define adds to check_bounds's message
+_GROWN = (
+    " (the '+=' into '{}' make it as long as the farthest writes, but a plain index in the first "
+    "fixes its axis: write that one shifted by 0, as i+0)"
+)
+
+
 class Sizer:
     """Sizes primitive statements one after the other, as a run would meet them.
 
@@ -160,12 +167,9 @@ class Sizer:
             raise IndexgradError(f"the size of index '{n}' cannot be worked out here", p.span)
         if deferred and target is not None:  # how far it writes is recorded, not checked
             shapes[p.out.name] = self.grow(p.out, target, known.size)
-        grown = (
-            f" (the '+=' into '{p.out.name}' make it as long as the farthest writes, but a plain index "
-            "in the first fixes its axis: write that one shifted by 0, as i+0)"
-        )
         for r, shape in pairs:
-            check_bounds(r, shape, known.size, p.span, grown if r is p.out and r.name in self.added else "")
+            hint = _GROWN.format(r.name) if r is p.out and r.name in self.added else ""
+            check_bounds(r, shape, known.size, p.span, hint)
             for g in r.indices:  # a label read through arithmetic (E[lab[b+j]]) stays in lab too
                 if isinstance(g, Gather):
                     check_bounds(g.ref, _shape(shapes, g.ref, p.span), known.size, p.span)

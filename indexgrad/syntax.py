@@ -613,7 +613,7 @@ def _check_numbers(text: str, filename: str) -> None:
     """Refuse `1.2.3` and `x.1`, which would otherwise read as products of numbers."""
     if not (_BAD_NUMBER.search(text) or _NAME_DOT_DIGIT.search(text)):
         return  # neither matches across lines, nor in comments: one search of the whole text tells
-    for n, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
+    for n, line in enumerate(_LINE_BREAK.split(text), start=1):
         code = line.split("#", 1)[0]
         m = _BAD_NUMBER.search(code)
         if m:
