@@ -63,7 +63,9 @@ def _attach(e: Expr, total: dict[str, int], keep: frozenset[str]) -> tuple[Expr,
         return e, {n: 1 for n in names}, set(names)
     if t is Reduce:
         inner = occurrences(e.body)
-        body, _, free = _attach(e.body, inner, keep | frozenset(e.indices))
+        # the reduction's own names count in its body; any other name also occurs outside it
+        body_total = total | {n: inner[n] for n in e.indices if n in inner}
+        body, _, free = _attach(e.body, body_total, keep | frozenset(e.indices))
         occ = {n: k for n, k in inner.items() if n not in e.indices}
         return Reduce(e.op, e.indices, body, e.span), occ, free - set(e.indices)
     if t is Product:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import indexgrad as ig
@@ -295,6 +296,22 @@ def test_reduction_and_contraction_side_by_side() -> None:
     assert s.summed == ()
     assert s.expr.summed == ("i",)
     assert s.expr.factors[0].indices == ("j",)
+
+
+def test_an_index_inside_and_outside_a_reduction_is_summed_where_all_its_occurrences_meet() -> None:
+    """c joins m and t inside sum[e](...) and also z outside it: the product holding all three
+    owns its sum (einsum's "cb,ce,bc->b"), not the product in the reduction's body as well."""
+    src = "y[b] = sum[e](m[c,b] t[c,e]) z[b,c]\n"
+    s = statement(src)
+    assert s.expr.summed == ("c",)
+    assert s.expr.factors[0].body.summed == ()
+    rng = np.random.default_rng(0)
+    m, t, z = rng.standard_normal((3, 2)), rng.standard_normal((3, 4)), rng.standard_normal((2, 3))
+    got = ig.compile(src).forward(m=m, t=t, z=z)["y"]
+    np.testing.assert_allclose(got, np.einsum("cb,ce,bc->b", m, t, z), rtol=1e-12)
+    # across a sum: the whole right side owns c, each term summed over it once
+    got = ig.compile("y[b] = sum[e](m[c,b] t[c,e]) + z[b,c]").forward(m=m, t=t, z=z)["y"]
+    np.testing.assert_allclose(got, np.einsum("cb,ce->b", m, t) + z.sum(1), rtol=1e-12)
 
 
 def test_innermost_product_holding_every_occurrence_owns_the_sum() -> None:
