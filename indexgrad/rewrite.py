@@ -34,7 +34,9 @@ def split_products(prims: list[Prim], shapes: dict[str, tuple[int, ...]]) -> lis
         ops: list[tuple[Operand, float]] = list(refs)
         names = [ref_index_names(r) for r, _ in refs]  # type: ignore[arg-type]
         sym = {n: oe.get_symbol(i) for i, n in enumerate(dict.fromkeys([*final, *sum(names, ())]))}
-        eq = ",".join("".join(sym[n] for n in nm) for nm in names) + "->" + "".join(sym[n] for n in final)
+        held = set().union(*names)  # an output name no factor holds is broadcast by the last step
+        eq = ",".join("".join(sym[n] for n in nm) for nm in names) + "->"
+        eq += "".join(sym[n] for n in final if n in held)
         path, _ = oe.contract_path(eq, *[shapes[r.name] for r, _ in refs], shapes=True)
         for step in path[:-1]:
             pick = sorted(step, reverse=True)

@@ -112,6 +112,18 @@ def test_gradient_broadcasts_over_indices_absent_from_operands() -> None:
     assert float(g["c"]) == 4.0  # c is added once per i
 
 
+def test_a_product_of_three_that_broadcasts_into_an_index_none_of_them_has() -> None:
+    """A product of three tensors added into an index none of them holds (a gradient that
+    broadcasts, as `indexgrad grad` prints them) is split into pairwise steps like any other."""
+    src = "t.grad[a,e] += g[k] x[a,b] w[b,k]\nq = sum[a,e](t[a,e])"
+    r = rng()
+    a = {"g": r.standard_normal(2), "x": r.standard_normal((3, 4)), "w": r.standard_normal((4, 2))}
+    a["t"] = r.standard_normal((3, 5))
+    got = ig.compile(src).forward(**a)["t.grad"]
+    want = np.broadcast_to(np.einsum("k,ab,bk->a", a["g"], a["x"], a["w"])[:, None], (3, 5))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
 def test_diagonal_read_and_its_gradient_is_a_diagonal_write() -> None:
     A = rng().standard_normal((4, 4))
     m = ig.compile("y[i] = A[i,i]")
