@@ -9,6 +9,7 @@ from .check import check
 from .errors import IndexgradError
 from .functions import RESERVED, reserved_kind
 from .nodes import (
+    DELTA,
     Affine,
     Call,
     Decl,
@@ -172,7 +173,7 @@ class _Inliner:
         outputs = {r.name: r for r in d.outputs}
         params = {it.ref.name for it in d.body if isinstance(it, Decl) and it.role == "param"}
         made = {r.name for it in d.body if not isinstance(it, Decl) for r in _written(it)}
-        known = args | params | made
+        known = args | params | made | {DELTA}  # the identity needs no array
         for it in d.body:
             self.body_item(d, it, args, outputs, known)
         for out in d.outputs:
@@ -193,7 +194,7 @@ class _Inliner:
         interface = {n: None for r in (*d.args, *d.outputs) for n in plain_names(r) or ()}
         for dc in decls:
             interface.update({n: None for i in dc.ref.indices if isinstance(i, Affine) for n in i.names()})
-        local = {r.name for it in (*decls, *stmts) for r in _names(it)} - set(header)
+        local = {r.name for it in (*decls, *stmts) for r in _names(it)} - set(header) - {DELTA}
         self.defs[d.name] = _Flat(d, tuple(decls), tuple(stmts), frozenset(local), tuple(interface))
 
     def body_item(

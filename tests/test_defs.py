@@ -267,6 +267,21 @@ def test_errors_point_into_the_body_and_at_each_use(
         assert rendered[note + 1] == "  " + lines[use_line - 1]
 
 
+def test_a_body_reads_the_identity_delta_without_an_argument() -> None:
+    src = (
+        "def diag(x[i]) -> D[i,j]:\n    D[i,j] = delta[i,j] x[i]\n\n"
+        "def shift(x[i]) -> y[i]:\n    y[i] = delta[i,j+1] x[j]\n\n"
+        "z[a,b] = diag(x[a])\ns[a] = shift(x[a])\nloss = sum[a,b](z[a,b] w[a,b]) + sum[a](s[a] v[a])\n"
+    )
+    r = np.random.default_rng(0)
+    x, w, v = r.standard_normal(4), r.standard_normal((4, 4)), r.standard_normal(4)
+    m = ig.compile(src)
+    vals = m.forward(x=x, w=w, v=v)
+    np.testing.assert_array_equal(vals["z"], np.diag(x))
+    np.testing.assert_array_equal(vals["s"], np.r_[0.0, x[:-1]])
+    np.testing.assert_allclose(m.backward(vals, loss="loss")["x"], np.diag(w) + np.r_[v[1:], 0.0], rtol=1e-12)
+
+
 def test_the_cli_shows_the_body_line_and_the_use(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "d.idx"
     f.write_text(TYPO + USE)
