@@ -83,13 +83,10 @@ class _Checker:
         self.first_def = later
 
     def name(self, r: Ref, reading: bool = False) -> None:
-        base = r.name.split(".")[0]
         if r.name == DELTA and reading:
             self.delta(r)
             return
-        if r.name in RESERVED or base in RESERVED:
-            kind = reserved_kind(base)
-            raise _err(f"'{base}' is a {kind} name and cannot name a tensor; {_usage(base)}", r.span)
+        refuse_reserved(r)
         seen = self.rank.get(r.name)
         if seen is None:
             self.rank[r.name] = (len(r.indices), r.span)
@@ -615,6 +612,14 @@ SPELLED = {
     "expm1": "exp(x[i]) - 1",
     "clip": "max(-1, min(1, x[i])) (x clipped to [-1, 1])",
 }
+
+
+def refuse_reserved(r: Ref) -> None:
+    """A tensor may not take the name of a function, a reduction, a boundary mode or `delta`."""
+    base = r.name.split(".")[0]
+    if r.name in RESERVED or base in RESERVED:
+        kind = reserved_kind(base)
+        raise _err(f"'{base}' is a {kind} name and cannot name a tensor; {_usage(base)}", r.span)
 
 
 def _usage(name: str) -> str:

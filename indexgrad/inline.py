@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from .check import check
+from .check import check, refuse_reserved
 from .errors import IndexgradError
 from .functions import RESERVED, reserved_kind
 from .nodes import (
@@ -160,6 +160,7 @@ class _Inliner:
             raise _err(f"'{d.name}' takes at least one argument, a tensor like x[b,j]", d.span)
         header: dict[str, Ref] = {}
         for r in (*d.args, *d.outputs):
+            refuse_reserved(r)
             if plain_names(r) is None:
                 raise _err(
                     f"the header of '{d.name}' lists each tensor with distinct plain index names, "

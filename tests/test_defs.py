@@ -238,6 +238,8 @@ ERRORS = [
     (H + "  param x[i]\n  y[i] = x[i]\n", 2, 9, "cannot be a param too", []),
     (H + "  grad[i] = x[i]\n  y[i] = grad[i]\n", 2, 3, "'grad' cannot name a tensor", []),
     (H + "  y[i] = f(x[i])\n", 2, 3, "'f' uses itself; recursion is not supported", []),
+    ("def f(delta[i,j]) -> y[i]:\n  y[i] = delta[i,i]\n", 1, 7, "'delta' is a reserved name", []),
+    ("def f(x[i]) -> exp[i]:\n  exp[i] = x[i]\n", 1, 16, "'exp' is a function name", []),
     # the shape of a definition
     (H + "y[i] = x[i]\n", 2, 1, "indented deeper than the def", []),
     (H, 1, 1, "the body of a definition goes on the lines below", []),
