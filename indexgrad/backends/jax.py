@@ -757,7 +757,12 @@ class JaxExecutor:
         self.defines = tuple(n for n in dict.fromkeys(s.out for s in plan.steps) if n not in freed)
         self.labels = _label_checks(plan)
         self.iterations = [s for s in plan.steps if s.kind in ("fix", "solve")]
-        self.jitted = jax.jit(self.laid_out)
+        # XLA may return a residual of a jitted function with layout constraints in another layout
+        # than jax assumes (jax 0.10: a wrong jax.vjp through it, so a wrong second derivative of
+        # ig.jax.function); what is differentiated is therefore the plain trace
+        laid_out = jax.custom_jvp(self.laid_out)
+        laid_out.defjvp(lambda primals, tangents: jax.jvp(self.trace, primals, tangents))
+        self.jitted = jax.jit(laid_out)
         keep_freed_memory(plan.peak_bytes)  # XLA's buffers are glibc's too
 
     def trace(self, arrays: dict[str, Array]) -> dict[str, Array]:
