@@ -376,7 +376,15 @@ def _ended(status: int) -> str:
     return f"killed by {name}" + (f" ({meaning.lower()})" if meaning else "")
 
 
+def _needs_grad(a: argparse.Namespace) -> None:
+    """--loss and --wrt say what --grad differentiates: without it they would be dropped unread."""
+    if not a.grad and (a.loss or a.wrt):
+        flag = "--loss" if a.loss else "--wrt"
+        raise IndexgradError(f"{flag} chooses what --grad differentiates; add --grad, or leave out {flag}")
+
+
 def cmd_graph(a: argparse.Namespace) -> int:
+    _needs_grad(a)
     program = load(a.file)
     g = computation_graph(program, a.grad, a.loss, parse_names(a.wrt))
     if a.render is not None:
@@ -688,6 +696,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     """`indexgrad plan`: the steps a forward (or, with --grad, backward) call runs for these sizes."""
     from .model import compile as compile_model
 
+    _needs_grad(a)
     program = load(a.file)
     dims = parse_dims(a.dims)
     check_ranks(program)

@@ -969,6 +969,8 @@ def test_a_scatter_reads_as_a_gather_without_an_empty_list(tmp_path: Path) -> No
         (["train", "MLP", "--lr", "nan"], "--lr must be a positive number, got nan"),
         (["train", "MLP", "--save", "/proc/c.npz"], "--save /proc/c.npz: cannot write there"),
         (["run", "P", "--inputs", "IN", "--out", "nodir/o.npz"], "--out nodir/o.npz: no such directory"),
+        (["graph", "P", "--loss", "loss"], "--loss chooses what --grad differentiates; add --grad"),
+        (["plan", "P", "--dims", "i=3", "--wrt", "x"], "--wrt chooses what --grad differentiates"),
     ],
 )
 def test_empty_or_unusable_flags_are_refused_before_any_work(
