@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from .check import check, refuse_reserved
@@ -10,6 +11,7 @@ from .errors import IndexgradError
 from .functions import RESERVED, reserved_kind
 from .nodes import (
     DELTA,
+    NOSPAN,
     Affine,
     Call,
     Decl,
@@ -85,6 +87,11 @@ class _Inliner:
         self.defs: dict[str, _Flat] = {}
         self.at: dict[str, Span] = {d.name: d.span for d in reversed(program.defs())}
         self.used: set[str] = set()
+        # `dim` extents are the program's, by index name: a renamed index that has one is renamed
+        # to an alias no other statement names, declared with the same extent, so the extent follows
+        self.fixed = {d.ref.name: d.size for d in program.written if isinstance(d, Decl) and d.role == "dim"}
+        self.aliases: dict[str, str] = {}
+        self.names_seen = _all_index_names(program.written) | set(self.fixed)
 
     def run(self) -> Program:
         decls: list[Decl] = []
@@ -103,6 +110,9 @@ class _Inliner:
                 more_decls, more = self.expand(it, taken, None)
                 decls += more_decls
                 stmts += more
+        decls += [
+            Decl("dim", Ref(alias), _dim_span(decls, n), self.fixed[n]) for n, alias in self.aliases.items()
+        ]
         for name, flat in self.defs.items():
             if name not in self.used:  # a definition nothing uses is still checked, at its lines
                 check(Program(flat.decls, flat.statements, self.p.filename, self.p.source))
@@ -249,6 +259,18 @@ class _Inliner:
                     r.span,
                 )
 
+    def fresh(self, n: str, taken: set[str]) -> str:
+        """A new name for index n where a use took it: an index `dim` sizes gets its alias, which
+        names it in every statement (index names are local to a statement) and no other index; any
+        other index the first of n2, n3, ... not taken here and not an index `dim` sizes."""
+        if n not in self.fixed:
+            return _fresh(n, taken | set(self.fixed))
+        if n not in self.aliases:
+            alias = self.aliases[n] = _fresh(n, self.names_seen)
+            self.names_seen.add(alias)
+            self.fixed[alias] = self.fixed[n]
+        return self.aliases[n]
+
     def no_calls(self, s: Statement) -> None:
         """A definition is used only as the whole right side of its own statement."""
         for e in _calls(s.expr):
@@ -284,10 +306,11 @@ class _Inliner:
         _count(use, "argument", use.args, d.args)
         _count(use, "output", use.targets, d.outputs)
         bind = _binding(use, d)
+        self.same_extents(use, bind)
         images = set(bind.values())
         for n in flat.interface:  # index names only params have keep their names where they can
             if n not in bind:
-                bind[n] = _fresh(n, images)
+                bind[n] = self.fresh(n, images) if n in images else n
                 images.add(bind[n])
         prefix = use.targets[0].name
         tensors = {a.name: b.name for a, b in zip((*d.args, *d.outputs), (*use.args, *use.targets))}
@@ -307,8 +330,21 @@ class _Inliner:
         taken.update(tensors[n] for n in flat.local)
         names = _Rename(bind, tensors, use.span)
         decls = [Decl(dc.role, names.ref(dc.ref), names.span(dc.span)) for dc in flat.decls]
-        stmts = [_Rename.for_statement(s, bind, tensors, use.span).statement(s) for s in flat.statements]
+        rename = [_Rename.for_statement(s, bind, tensors, use.span, self.fresh) for s in flat.statements]
+        stmts = [r.statement(s) for r, s in zip(rename, flat.statements)]
         return decls, stmts
+
+    def same_extents(self, use: Use, bind: dict[str, str]) -> None:
+        """An index of the header that `dim` sizes stands at the use for an index of that extent."""
+        for a, b in bind.items():
+            if a in self.fixed and self.fixed.get(b) != self.fixed[a]:
+                has = f"has the extent {self.fixed[b]}" if b in self.fixed else "has no `dim` extent"
+                raise _err(
+                    f"index '{a}' of '{use.name}' has the extent {self.fixed[a]} (dim {a}={self.fixed[a]}), "
+                    f"but this use calls it '{b}', which {has}; write '{a}' there, or declare "
+                    f"dim {b}={self.fixed[a]}",
+                    use.span,
+                )
 
 
 def _written(it: Statement | Use) -> list[Ref]:
@@ -385,6 +421,26 @@ def _fresh(n: str, taken: set[str]) -> str:
     return cand
 
 
+def _all_index_names(items: tuple | list) -> set[str]:
+    """Every index name written anywhere in items, definitions' headers and bodies included."""
+    out: set[str] = set()
+    for it in items:
+        if isinstance(it, Def):
+            out |= _all_index_names([*it.args, *it.outputs, *it.body])
+        elif isinstance(it, Statement):
+            out |= _index_names(it)
+        elif isinstance(it, Ref):
+            out |= {n for i in it.indices for n in i.names()}
+        else:
+            out |= _all_index_names(_names(it))
+    return out
+
+
+def _dim_span(decls: list[Decl], n: str) -> Span:
+    """Where `dim n=...` is written: the place of the alias that stands for n."""
+    return next((d.span for d in decls if d.role == "dim" and d.ref.name == n), NOSPAN)
+
+
 def _via(span: Span, use: Span) -> Span:
     """span, inlined at the use (after the uses it was already inlined through)."""
     return replace(span, via=use if span.via is None else _via(span.via, use))
@@ -413,14 +469,22 @@ class _Rename:
         self.index, self.tensors, self.use = index, tensors, use
 
     @classmethod
-    def for_statement(cls, s: Statement, bind: dict[str, str], tensors: dict[str, str], use: Span) -> _Rename:
+    def for_statement(
+        cls,
+        s: Statement,
+        bind: dict[str, str],
+        tensors: dict[str, str],
+        use: Span,
+        fresh: Callable[[str, set[str]], str],
+    ) -> _Rename:
         """Index names are a statement's own: the header's take the use's names, and a name of the
-        statement alone is kept unless a use's name took it."""
+        statement alone is kept unless a use's name took it (then `fresh` names it)."""
         names = _index_names(s)
         images = {bind[n] for n in names if n in bind}
         index = {n: bind[n] for n in names if n in bind}
         for n in sorted(names - set(bind)):
-            index[n] = _fresh(n, images | (names - {n} - set(bind)))
+            taken = images | (names - {n} - set(bind))
+            index[n] = fresh(n, taken) if n in taken else n
             images.add(index[n])
         return cls(index, tensors, use)
 

@@ -240,6 +240,9 @@ ERRORS = [
     (H + "  y[i] = f(x[i])\n", 2, 3, "'f' uses itself; recursion is not supported", []),
     ("def f(delta[i,j]) -> y[i]:\n  y[i] = delta[i,i]\n", 1, 7, "'delta' is a reserved name", []),
     ("def f(x[i]) -> exp[i]:\n  exp[i] = x[i]\n", 1, 16, "'exp' is a function name", []),
+    # a header index `dim` sizes stands at a use for an index of that extent
+    ("dim u=2\ndef f(x[b]) -> y[b,u]:\n  y[b,u] = x[b]\nz[b,k] = f(x[b])\n", 4, 1, "declare dim k=2", []),
+    ("dim u=2, v=3\n" + H.replace("i", "u") + "  y[u] = x[u]\nz[v] = f(x[v])\n", 4, 1, "extent 3", []),
     # the shape of a definition
     (H + "y[i] = x[i]\n", 2, 1, "indented deeper than the def", []),
     (H, 1, 1, "the body of a definition goes on the lines below", []),
@@ -317,3 +320,46 @@ def test_the_language_references_example_means_what_it_says() -> None:
         "param h1.W[d,h]", "param h1.B[h]", "param h2.W[h,k]", "param h2.B[k]"
     ]
     assert ig.parse(str(p)) == p
+
+
+# ---- `dim` extents follow a renamed index ------------------------------------------------------
+
+POOL = "dim u=2\ndef pool(x[b,s]) -> y[b,r]:\n    y[b,r] = max[u](x[b,2*r+u])\n\ninput x[b,s]\n"
+
+
+def test_a_window_index_renamed_at_a_use_keeps_its_dim_extent() -> None:
+    """The use names its own axis u, so the body's window u is renamed; it is still 2 wide (it
+    was taken as the 'valid' extent, and z[b,1] was the max over four entries)."""
+    uses = "z[b,u] = pool(x[b,t])\nh[b,r] = pool(x[b,s])\n"
+    src = POOL + uses + "loss = sum[b,u](z[b,u]^2) + sum[b,r](h[b,r])\n"
+    x = np.random.default_rng(0).standard_normal((3, 6))
+    m = ig.compile(src)
+    vals = m.forward(x=x)
+    np.testing.assert_array_equal(vals["z"], x[:, :4].reshape(3, 2, 2).max(-1))  # u is 2: dim u=2
+    np.testing.assert_array_equal(vals["h"], x.reshape(3, 3, 2).max(-1))
+    windows = x.reshape(3, 3, 2)
+    hit = windows == windows.max(-1, keepdims=True)
+    z_grad = np.concatenate([2 * windows.max(-1)[:, :2], np.zeros((3, 1))], axis=1)
+    x_grad = ((z_grad + 1)[..., None] * hit).reshape(3, 6)
+    np.testing.assert_allclose(m.backward(vals, loss="loss")["x"], x_grad, rtol=1e-15)
+    ig.gradcheck(m, {"x": x}, loss="loss")
+    back = ig.derive(m.program, loss="loss")
+    assert ig.parse(str(back)) == back  # it declares the renamed window: dim u=2, u2=2
+    assert ig.parse(str(m.program)) == m.program
+
+
+def test_a_params_index_renamed_at_a_use_keeps_its_dim_extent() -> None:
+    body = "    param W[u]\n    y[b] = sum[u](W[u]) x[b]\n\n"
+    src = "dim u=2\ndef f(x[b]) -> y[b]:\n" + body + "input x[u]\nz[u] = f(x[u])\n"
+    m = ig.compile(src)
+    x, w = np.array([1.0, 2.0]), np.array([3.0, 5.0])
+    np.testing.assert_array_equal(m.forward(x=x, **{"z.W": w})["z"], x * 8.0)
+    with pytest.raises(ig.IndexgradError, match="size 2 from dim"):
+        m.forward(x=x, **{"z.W": np.ones(3)})  # the definition's W has u = 2 entries
+
+
+def test_a_renamed_index_does_not_take_a_name_dim_sizes() -> None:
+    """The use takes k, so the body's own k is renamed, but not to k2, which `dim` makes 3 long."""
+    src = "dim k2=3\ndef f(x[b,j]) -> y[b]:\n    y[b] = sum[j](x[b,j]) + max[k](x[b,k])\n\nz[k] = f(a[k,m])\n"
+    a = np.random.default_rng(1).standard_normal((2, 5))
+    np.testing.assert_allclose(ig.compile(src).forward(a=a)["z"], a.sum(1) + a.max(1), rtol=1e-15)
