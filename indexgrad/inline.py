@@ -113,9 +113,10 @@ class _Inliner:
         decls += [
             Decl("dim", Ref(alias), _dim_span(decls, n), self.fixed[n]) for n, alias in self.aliases.items()
         ]
+        dims = tuple(d for d in decls if d.role == "dim")  # the program's extents hold in bodies too
         for name, flat in self.defs.items():
             if name not in self.used:  # a definition nothing uses is still checked, at its lines
-                check(Program(flat.decls, flat.statements, self.p.filename, self.p.source))
+                check(Program(dims + flat.decls, flat.statements, self.p.filename, self.p.source))
         for r in [d.ref for d in decls] + [r for s in stmts for r in [s.target, *refs_in_statement(s)]]:
             if r.name in self.defs:
                 raise _err(f"'{r.name}' names a definition and cannot name a tensor", r.span)

@@ -363,3 +363,11 @@ def test_a_renamed_index_does_not_take_a_name_dim_sizes() -> None:
     src = "dim k2=3\ndef f(x[b,j]) -> y[b]:\n    y[b] = sum[j](x[b,j]) + max[k](x[b,k])\n\nz[k] = f(a[k,m])\n"
     a = np.random.default_rng(1).standard_normal((2, 5))
     np.testing.assert_allclose(ig.compile(src).forward(a=a)["z"], a.sum(1) + a.max(1), rtol=1e-15)
+
+
+def test_a_definition_nothing_uses_is_checked_with_the_programs_dim_extents() -> None:
+    p = ig.parse(POOL + "y[b,s] = x[b,s]\n")  # no use of pool: its window u is still 2 wide
+    assert [d.ref.name for d in p.decls if d.role == "dim"] == ["u"]
+    with pytest.raises(ig.IndexgradError, match="'q' gets no size") as info:
+        ig.parse(POOL.replace("max[u]", "max[q]").replace("+u", "+q") + "y[b,s] = x[b,s]\n")
+    assert (info.value.line, info.value.column) == (3, 21)
