@@ -214,6 +214,12 @@ class _Inliner:
     ) -> None:
         """Refuse what a body may not hold; names read must be arguments, params or made in the body."""
         if isinstance(it, Decl):
+            if it.role == "dim":
+                raise _err(
+                    f"an extent holds in the whole program: write dim {it.ref.name}={it.size} above "
+                    f"the definition, not in the body of '{d.name}'",
+                    it.span,
+                )
             if it.role != "param":
                 raise _err(
                     f"the inputs of '{d.name}' are its arguments: add {it.ref.name} to its header "

@@ -229,6 +229,7 @@ ERRORS = [
     (H + "  y[i] = x[i]\n" + H + "  y[i] = x[i]\n", 3, 1, "already defined at 1:1", []),
     (H + "  y[i] = x[i] M[i]\n", 2, 15, "'M' is read in the body of 'f'", []),
     (H + "  input M[i]\n  y[i] = x[i] M[i]\n", 2, 9, "inputs of 'f' are its arguments", []),
+    (H + "  dim u=2\n  y[i] = x[i]\n", 2, 7, "write dim u=2 above the definition", []),
     (H + "  x[i] = 2\n  y[i] = x[i]\n", 2, 3, "argument of 'f' and cannot be assigned", []),
     ("def f(x[i]) -> y[i], z[i]:\n  y[i] = x[i]\n", 1, 22, "the output 'z' of 'f' is not defined", []),
     ("def f() -> y:\n  y = 2\n", 1, 1, "takes at least one argument", []),
