@@ -315,9 +315,13 @@ class _Inliner:
         bind = _binding(use, d)
         self.same_extents(use, bind)
         images = set(bind.values())
+        # inside a definition, the body's own indices leave the names of its header and params
+        # free: a use of that definition renames those with its own names, and would rename a
+        # local index that shares one too, giving it the extent `dim` gives the use's name
+        outer = _interface_names(inside) if inside is not None else set()
         for n in flat.interface:  # index names only params have keep their names where they can
             if n not in bind:
-                bind[n] = self.fresh(n, images) if n in images else n
+                bind[n] = self.fresh(n, images | outer) if n in images | outer else n
                 images.add(bind[n])
         prefix = use.targets[0].name
         tensors = {a.name: b.name for a, b in zip((*d.args, *d.outputs), (*use.args, *use.targets))}
@@ -337,7 +341,8 @@ class _Inliner:
         taken.update(tensors[n] for n in flat.local)
         names = _Rename(bind, tensors, use.span)
         decls = [Decl(dc.role, names.ref(dc.ref), names.span(dc.span)) for dc in flat.decls]
-        rename = [_Rename.for_statement(s, bind, tensors, use.span, self.fresh) for s in flat.statements]
+        fresh = self.fresh
+        rename = [_Rename.for_statement(s, bind, tensors, use.span, fresh, outer) for s in flat.statements]
         stmts = [r.statement(s) for r, s in zip(rename, flat.statements)]
         return decls, stmts
 
@@ -443,6 +448,12 @@ def _all_index_names(items: tuple | list) -> set[str]:
     return out
 
 
+def _interface_names(d: Def) -> set[str]:
+    """The index names of a definition's header and of the params its body declares."""
+    refs = [*d.args, *d.outputs, *(it.ref for it in d.body if isinstance(it, Decl))]
+    return {n for r in refs for i in r.indices for n in i.names()}
+
+
 def _dim_span(decls: list[Decl], n: str) -> Span:
     """Where `dim n=...` is written: the place of the alias that stands for n."""
     return next((d.span for d in decls if d.role == "dim" and d.ref.name == n), NOSPAN)
@@ -483,14 +494,15 @@ class _Rename:
         tensors: dict[str, str],
         use: Span,
         fresh: Callable[[str, set[str]], str],
+        outer: set[str],
     ) -> _Rename:
         """Index names are a statement's own: the header's take the use's names, and a name of the
-        statement alone is kept unless a use's name took it (then `fresh` names it)."""
+        statement alone is kept unless a use's name or one of `outer` took it (then `fresh` names it)."""
         names = _index_names(s)
         images = {bind[n] for n in names if n in bind}
         index = {n: bind[n] for n in names if n in bind}
         for n in sorted(names - set(bind)):
-            taken = images | (names - {n} - set(bind))
+            taken = images | outer | (names - {n} - set(bind))
             index[n] = fresh(n, taken) if n in taken else n
             images.add(index[n])
         return cls(index, tensors, use)

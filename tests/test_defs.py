@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import indexgrad as ig
 from indexgrad.cli import main
@@ -372,3 +374,83 @@ def test_a_definition_nothing_uses_is_checked_with_the_programs_dim_extents() ->
     with pytest.raises(ig.IndexgradError, match="'q' gets no size") as info:
         ig.parse(POOL.replace("max[u]", "max[q]").replace("+u", "+q") + "y[b,s] = x[b,s]\n")
     assert (info.value.line, info.value.column) == (3, 21)
+
+
+# ---- random index names: whatever a use and a body call their indices, the values are the same -
+
+NAMES = ["i", "j", "k", "m", "u", "v", "i2", "k2", "u2"]
+
+
+@st.composite
+def renamed_layers(draw) -> tuple[str, str, tuple[int, int], tuple[int, int]]:
+    """A layer of three outputs (a tanh of a product, a max plus a double sum, a pool over windows
+    of the index `dim` makes 2), used directly and through a layer that uses it, every index name
+    drawn from one small set, so that uses take the bodies' own names (which are then renamed)."""
+    window = draw(st.sampled_from(NAMES))
+    rest = [n for n in NAMES if n != window]
+    a, b, c, d, e, k, l_, r = draw(st.permutations(rest))[:8]
+    g = draw(st.permutations(rest))
+    u1, u2 = draw(st.permutations(NAMES)), draw(st.permutations(NAMES))
+    size = {n: 2 if n == window else 4 for n in NAMES}  # a pool of 4 has 2 windows of 2
+    x, w = (size[u1[0]], size[u1[1]]), (size[u1[1]], size[u1[2]])
+    assume(x == (size[u2[0]], size[u2[1]]) and w == (size[u2[1]], size[u2[2]]))
+    src = f"""\
+dim {window}=2
+def f(x[{a},{b}], w[{b},{c}]) -> y[{a},{c}], z[{a}], pz[{a},{r}]:
+    param V[{c},{d}]
+    t[{a},{c}] = tanh(x[{a},{b}] w[{b},{c}])
+    y[{a},{c}] = t[{a},{c}] sum[{d}](V[{c},{d}]) + mean[{e}](t[{a},{e}])
+    z[{a}] = max[{e}](x[{a},{e}]) + sum[{k},{l_}](x[{a},{k}] w[{k},{l_}])
+    pz[{a},{r}] = max[{window}](x[{a},2*{r}+{window}])
+
+def g(x[{g[0]},{g[1]}], w[{g[1]},{g[2]}]) -> y[{g[0]},{g[2]}]:
+    p[{g[0]},{g[2]}], q[{g[0]}], pp[{g[0]},{g[3]}] = f(x[{g[0]},{g[1]}], w[{g[1]},{g[2]}])
+    y[{g[0]},{g[2]}] = p[{g[0]},{g[2]}] q[{g[0]}] + sum[{g[3]}](pp[{g[0]},{g[3]}])
+
+param W[{u1[1]},{u1[2]}]
+o[{u1[0]},{u1[2]}], r[{u1[0]}], pr[{u1[0]},{u1[3]}] = f(X[{u1[0]},{u1[1]}], W[{u1[1]},{u1[2]}])
+s[{u2[0]},{u2[2]}] = g(X[{u2[0]},{u2[1]}], W[{u2[1]},{u2[2]}])
+"""
+    loss = f"loss = sum[{u1[0]},{u1[2]}](o[{u1[0]},{u1[2]}] s[{u1[0]},{u1[2]}]) + sum[{u1[0]}](r[{u1[0]}])\n"
+    return src + loss, window, x, w
+
+
+def _layer(x: np.ndarray, w: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, ...]:
+    t = np.tanh(x @ w)
+    windows = (x.shape[1] - 2) // 2 + 1
+    pool = x[:, : 2 * windows].reshape(len(x), windows, 2).max(-1)
+    return t * v.sum(1) + t.mean(1, keepdims=True), x.max(1) + (x @ w).sum(1), pool
+
+
+@settings(max_examples=30)
+@given(renamed_layers())
+def test_random_index_names_at_uses_and_in_bodies_give_the_same_values(case) -> None:
+    src, window, x_shape, w_shape = case
+    p = ig.parse(src)
+    assert ig.parse(str(p)) == p
+    back = ig.derive(p, loss="loss")
+    assert ig.parse(str(back)) == back
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    v1, v2 = rng.standard_normal((w.shape[1], 3)), rng.standard_normal((w.shape[1], 3))
+    arrays = {"X": x, "W": w, "o.V": v1, "s.p.V": v2}
+    m = ig.compile(p)
+    vals = m.forward(**arrays)
+    for got, want in zip([vals["o"], vals["r"], vals["pr"]], _layer(x, w, v1)):
+        np.testing.assert_allclose(got, want, rtol=1e-13)
+    y, z, pool = _layer(x, w, v2)
+    np.testing.assert_allclose(vals["s"], y * z[:, None] + pool.sum(1)[:, None], rtol=1e-13)
+    ig.gradcheck(m, arrays, loss="loss")
+
+
+def test_a_nested_bodys_own_index_is_not_renamed_by_the_outer_use() -> None:
+    """f's max runs over its own v; in g, v is w's index, which the use calls k (2 long, by dim):
+    f's v stays apart from it, so the max still runs over all 4 columns of X."""
+    src = (
+        "dim k=2\ndef f(x[i,j]) -> z[i]:\n    z[i] = max[v](x[i,v])\n\n"
+        "def g(x[i,j], w[v]) -> y[i]:\n    z[i] = f(x[i,j])\n    y[i] = z[i] + sum[v](w[v])\n\n"
+        "s[i] = g(X[i,j], W[k])\n"
+    )
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((3, 4)), rng.standard_normal(2)
+    np.testing.assert_allclose(ig.compile(src).forward(X=x, W=w)["s"], x.max(1) + w.sum(), rtol=1e-15)
