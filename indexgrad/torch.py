@@ -252,7 +252,7 @@ class Module(nn.Module):
         values = init_params(model, {} if sizes is None else sizes, init=init, seed=seed, dtype=np.float64)
         dtype = dtype or torch.get_default_dtype()
         self._names = list(values)
-        self._params = operator.attrgetter(*self._names) if values else (lambda m: ())  # `h1.W` too
+        self._params = _getter(self._names)
         for name, a in values.items():
             _register(self, name, nn.Parameter(torch.as_tensor(a, dtype=dtype, device=device)), program)
         params = set(values)
@@ -266,9 +266,33 @@ class Module(nn.Module):
         given.update(zip(self._names, params))
         return _call(self._core, given, params[0].dtype if params else None)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What copy.deepcopy and pickle keep (as torch.save(module) does): the compiled program is
+        made again from the Program, since it holds compiled kernels that do not copy."""
+        state = dict(super().__getstate__())
+        core = state.pop("_core")
+        state["_core"] = (core.program, core.inputs, core.outputs, core.single)
+        del state["_params"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        state["_core"] = _Core(*state["_core"])
+        state["_params"] = _getter(state["_names"])
+        super().__setstate__(state)
+
     def extra_repr(self) -> str:
         outs = ", ".join(self._core.outputs)
         return f"{self._core.program.filename}: ({', '.join(self.input_names)}) -> {outs}"
+
+
+def _getter(names: list[str]) -> Any:
+    """The module's parameters (a tuple, or the one) by their .idx names: `h1.W` too."""
+    return operator.attrgetter(*names) if names else _no_params
+
+
+def _no_params(module: nn.Module) -> tuple[()]:
+    return ()
 
 
 def _register(module: nn.Module, name: str, p: nn.Parameter, program: Program) -> None:

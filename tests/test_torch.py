@@ -485,6 +485,31 @@ def test_module_follows_to_dtype_and_refuses_other_inputs() -> None:
         m(q=torch.randn(2, 3))
 
 
+def test_module_copies_and_pickles_after_it_has_run() -> None:
+    """copy.deepcopy (as torch.optim.swa_utils.AveragedModel makes its average) and pickle (as
+    torch.save(module) does) of a module that has run: the copy computes what the original does,
+    with parameters of its own; they raised TypeError on the compiled program's per-thread state."""
+    import copy
+    import pickle
+
+    sizes = {"d": 3, "h": 4, "c": 2}
+    m = ig.torch.Module(path("dense_defs"), outputs="z", sizes=sizes, seed=0)
+    x, Y = torch.randn(5, 3), torch.eye(2)[torch.randint(0, 2, (5,))]
+    want = m(x, Y)
+    for other in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert torch.equal(other(x, Y), want)
+        assert list(other.state_dict()) == list(m.state_dict())
+        other.get_parameter("u.W").data += 1
+        assert not torch.equal(other(x, Y), want) and torch.equal(m(x, Y), want)
+        other(x, Y).sum().backward()
+        assert other.get_parameter("u.W").grad is not None and m.get_parameter("u.W").grad is None
+    average = torch.optim.swa_utils.AveragedModel(m)
+    average.update_parameters(m)
+    assert torch.allclose(average(x, Y), want)
+    plain = ig.torch.Module("input x[b,i]\ny[b] = sum[i](x[b,i]^2)\n")  # no params
+    assert torch.equal(pickle.loads(pickle.dumps(plain))(x), (x**2).sum(1))
+
+
 def test_module_passes_gradcheck_and_gradgradcheck_through_its_parameters() -> None:
     m = ig.torch.Module(path("mlp"), outputs="loss", sizes={"d": 4, "h": 5, "c": 3}, seed=0).double()
     x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
