@@ -50,6 +50,15 @@ class IndexgradError(Exception):
         return render(self.message, self.span, self.filename, self.source)
 
 
+class NoArray(IndexgradError):
+    """No array for a tensor a plan reads: `name` says which, so that a caller that knows why
+    (backward given vals without the forward values) can say what to pass instead."""
+
+    def __init__(self, name: str, span: Span | None = None) -> None:
+        super().__init__(f"no array was given for input '{name}'", span)
+        self.name = name
+
+
 def render(
     message: str,
     span: Span | None,

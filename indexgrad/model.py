@@ -25,7 +25,7 @@ from .derive import (
     tan_name,
     wrt_names,
 )
-from .errors import IndexgradError
+from .errors import IndexgradError, NoArray
 from .gcpause import gc_paused
 from .lower import Contract, Elementwise, Prim, lower, prim_statement
 from .nodes import Num, Program, Ref, refs_in_statement
@@ -306,7 +306,15 @@ class Model:
         hit = self._plans.get(key)
         if hit is None:
             with gc_paused():
-                hit = self._builders[key.mode](key)
+                try:
+                    hit = self._builders[key.mode](key)
+                except NoArray as e:
+                    if key.mode == "forward" or e.name not in self.program.defined():
+                        raise
+                    raise self._error(  # backward(arrays) for backward(forward(**arrays))
+                        f"vals holds no value for '{e.name}', which the program defines and the "
+                        "derivative reads: pass the dict forward() returned"
+                    ) from None
             if key.mode in ("backward", "vjp", "hvp"):
                 hit.casts = _casts(hit.plan, key.signature, hit.pairs)
             self._plans[key] = hit
@@ -491,8 +499,18 @@ class Model:
         return names
 
     def _seeds(self, env: dict[str, Array], seed: Mapping[str, Any]) -> dict[str, Array]:
+        if not seed:
+            raise self._error(
+                "seed is empty: give the gradient of at least one defined tensor "
+                f"(seed={{'{self.program.defined()[-1]}': ...}}), or loss= for a scalar loss"
+            )
         seeds = {}
         for name, g in seed.items():
+            if name not in env and name in self.program.defined():
+                raise self._error(
+                    f"vals holds no value for '{name}', which the seed is the gradient of: pass the "
+                    "dict forward() returned"
+                )
             if name not in env or name in self._input_set:
                 raise self._error(
                     f"seed names '{name}', which is not a tensor the program defines; a seed is "

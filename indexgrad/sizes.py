@@ -10,7 +10,7 @@ import numpy as np
 
 from . import positions
 from .check import sized_like
-from .errors import IndexgradError
+from .errors import IndexgradError, NoArray
 from .lower import Prim, Reduction, prim_refs
 from .nodes import DELTA, Affine, Gather, Ref, Span, is_plain, ref_index_names
 from .printer import format_ref
@@ -268,7 +268,7 @@ class Sizer:
 def _shape(shapes: dict[str, Shape], r: Ref, span: Span) -> Shape:
     s = shapes.get(r.name)
     if s is None:
-        raise IndexgradError(f"no array was given for input '{r.name}'", place(r, span))
+        raise NoArray(r.name, place(r, span))
     if len(s) != len(r.indices):
         raise IndexgradError(
             f"'{r.name}' is used with {len(r.indices)} indices but its array has "

@@ -85,6 +85,8 @@ def test_hvp_says_what_is_wrong_with_its_arguments(kwargs: dict, message: str) -
         ("ok", {"seed": {"l": 1j}}, "seed for 'l' must hold real numbers, not complex128"),
         ("ok", {"seed": {"l": [[1], [1, 2]]}}, "seed for 'l' is not an array"),
         ("ok", {"seed": {"x": np.ones(3)}}, "seed names 'x', which is not a tensor the program defines"),
+        ("ok", {"seed": {}}, "seed is empty: give the gradient of at least one defined tensor"),
+        ({"x": np.ones(3)}, {"seed": {"l": 1.0}}, "vals holds no value for 'l', which the seed is"),
     ],
 )
 def test_backward_says_what_is_wrong_with_its_arguments(vals, kwargs: dict, message: str) -> None:
@@ -94,6 +96,24 @@ def test_backward_says_what_is_wrong_with_its_arguments(vals, kwargs: dict, mess
     with pytest.raises(ig.IndexgradError) as info:
         model.backward(vals, **kwargs)
     assert info.value.message.startswith(message)
+
+
+def test_derivatives_given_the_inputs_for_vals_say_to_pass_what_forward_returned() -> None:
+    """backward(arrays) for backward(forward(**arrays)): the derivative reads y, which the program
+    defines; it was called an input no array was given for, at the statement that defines it."""
+    model = ig.compile("y[b,o] = tanh(x[b,i] W[i,o])\nloss = sum[b,o](y[b,o]^2)")
+    arrays = {"x": np.ones((4, 3)), "W": np.ones((3, 2))}
+    want = "vals holds no value for 'y', which the program defines and the derivative reads: pass the dict"
+    for call in (
+        lambda: model.backward({**arrays, "loss": 1.0}, loss="loss"),
+        lambda: model.backward({**arrays, "loss": 1.0}, seed={"loss": 1.0}),
+        lambda: model.jvp(arrays, {"x": arrays["x"]}),
+    ):
+        with pytest.raises(ig.IndexgradError) as info:
+            call()
+        assert info.value.message.startswith(want), info.value.message
+    with pytest.raises(ig.IndexgradError, match="no array was given for input 'W'"):
+        model.forward(x=arrays["x"])  # forward's own message is unchanged
 
 
 def test_backward_calls_follow_changes_to_vals_wrt_and_loss() -> None:
