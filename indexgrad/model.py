@@ -122,6 +122,11 @@ class Model:
         init=False, default_factory=dict, repr=False
     )
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What copy.deepcopy and pickle keep: the compiled program, without its plans (they hold
+        kernels and per-thread state that do not copy; the copy plans again on first use)."""
+        return {**self.__dict__, "_plans": {}, "_forwards": {}}
+
     def __post_init__(self) -> None:
         start = time.perf_counter()
         if self.backend == "auto" and self.options:

@@ -266,21 +266,6 @@ class Module(nn.Module):
         given.update(zip(self._names, params))
         return _call(self._core, given, params[0].dtype if params else None)
 
-    def __getstate__(self) -> dict[str, Any]:
-        """What copy.deepcopy and pickle keep (as torch.save(module) does): the compiled program is
-        made again from the Program, since it holds compiled kernels that do not copy."""
-        state = dict(super().__getstate__())
-        core = state.pop("_core")
-        state["_core"] = (core.program, core.inputs, core.outputs, core.single)
-        del state["_params"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        state["_core"] = _Core(*state["_core"])
-        state["_params"] = _getter(state["_names"])
-        super().__setstate__(state)
-
     def extra_repr(self) -> str:
         outs = ", ".join(self._core.outputs)
         return f"{self._core.program.filename}: ({', '.join(self.input_names)}) -> {outs}"

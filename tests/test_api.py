@@ -219,3 +219,24 @@ def test_importing_indexgrad_imports_neither_torch_jax_nor_the_web_stack() -> No
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_model_that_has_run_copies_and_pickles_without_its_plans() -> None:
+    """copy.deepcopy and pickle of a compiled model keep the program and settings and plan again:
+    its plans held closures (and on torch per-thread state) that neither can copy."""
+    import copy
+    import pickle
+
+    model = ig.compile("y[b,o] = tanh(x[b,i] W[i,o])\nloss = sum[b,o](y[b,o]^2)", tol=1e-9)
+    g = rng(3)
+    arrays = {"x": g.standard_normal((4, 3)), "W": g.standard_normal((3, 2))}
+    vals = model.forward(**arrays)
+    want, hv = model.backward(vals), model.hvp(vals, v={"W": arrays["W"]})
+    for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert other.iterations == model.iterations and other.program == model.program
+        got = other.forward(**arrays)
+        np.testing.assert_array_equal(got["loss"], vals["loss"])
+        for k, a in other.backward(got).items():
+            np.testing.assert_array_equal(a, want[k])
+        for k, a in other.hvp(got, v={"W": arrays["W"]}).items():
+            np.testing.assert_array_equal(a, hv[k])
