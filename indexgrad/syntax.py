@@ -343,6 +343,9 @@ class _Build(Transformer):
     def moded(self, c: list[Any]) -> Affine:
         return replace(c[1], mode=str(c[0]), span=_span_of(c))
 
+    def plain(self, c: list[Any]) -> Affine:
+        return Affine(((1, str(c[0])),), 0, _tok_span(c[0]))
+
     # index arithmetic: each rule gives a _Lin, and `affine` the position it spells
     def affine(self, c: list[Any]) -> Affine:
         return c[0].affine()
