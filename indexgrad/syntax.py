@@ -479,6 +479,11 @@ class _Lexer(Lexer):
         return contextual
 
     def lex(self, lexer_state: LexerState, parser_state: Any) -> Iterator[Token]:
+        tokens = self._tokens(lexer_state, parser_state)
+        # the postlexer has work only after a `def` (it passes every token of other text as it is)
+        return _Blocks().process(tokens) if "def" in lexer_state.text.text else tokens
+
+    def _tokens(self, lexer_state: LexerState, parser_state: Any) -> Iterator[Token]:
         contextual = self.contextual or self._build(parser_state)
         scanners = self.scanners
         text, end = lexer_state.text.text, lexer_state.text.end
@@ -521,8 +526,7 @@ def _parser() -> Lark:
         parser="lalr",
         lexer=_Lexer,
         propagate_positions=False,
-        transformer=_Build(),
-        postlex=_Blocks(),
+        transformer=_Build(),  # the lexer runs the postlexer _Blocks itself
         maybe_placeholders=True,
     )
 
