@@ -115,6 +115,9 @@ def _place(x: Any, last: bool) -> Span | Token | None:
 
 def _span_of(children: list[Any]) -> Span:
     """From the start of the first child that has a place to the end of the last one."""
+    first, last = (children[0], children[-1]) if children else (None, None)
+    if type(first) is Token and type(last) is Token and first.line and last.line:  # `x[...]`, `f(...)`
+        return Span(first.line, first.column or 0, last.end_line or 0, last.end_column or 0)
     first, last = _place(children, False), _place(children, True)
     if first is None or last is None:
         return Span()
