@@ -165,6 +165,28 @@ def swap(p: Prim, wants: set[str], names: dict[str, str], taken: set[str] | None
     return out
 
 
+# the statements `derivative_reads` swapped, by id of the primitive (which it holds, so the id stays its)
+Swaps = dict[int, tuple[Prim, list[Statement]]]
+
+
+def _swapped(
+    p: Prim, wants: set[str], names: dict[str, str], taken: set[str], swaps: Swaps
+) -> list[Statement]:
+    """swap(p, wants, names, taken), taken from what `derivative_reads` swapped for every operand
+    when that is the same: the statements of the operands wanted, all named `x.grad`, and no
+    implicit layer, max or min (whose statements depend on `wants` or `taken`)."""
+    hit = swaps.get(id(p))
+    if (
+        hit is None
+        or hit[0] is not p
+        or isinstance(p, Implicit)
+        or (isinstance(p, Reduction) and p.reducer in ("max", "min"))
+        or any(names.get(r.name) != r.name + ".grad" for r in (p.out, *prim_refs(p)))
+    ):
+        return swap(p, wants, names, taken)
+    return [st for st in hit[1] if st.target.name[: -len(".grad")] in wants]
+
+
 def relevant_names(prims: list[Prim], loss: str, sources: set[str]) -> set[str]:
     """Names on a path from one of `sources` to `loss`: those that need a gradient."""
     reaches_loss = {loss}
@@ -222,19 +244,23 @@ def derive_for(
     wrt: list[str] | None,
     prims: list[Prim] | None = None,
     validate: bool = True,
+    swaps: Swaps | None = None,
 ) -> Program:
     """The vector-Jacobian program for seeds on `losses` (the last defined tensor when empty).
 
-    `prims`, when given, are `lower(program)` already made. With `validate`, the derived program
-    passes the whole check (a failure is an internal error); without, only its sums are attached.
+    `prims`, when given, are `lower(program)` already made, and `swaps` what `derivative_reads`
+    swapped of them. With `validate`, the derived program passes the whole check (a failure is
+    an internal error); without, only its sums are attached.
     """
     with gc_paused():
         prims = lower(program) if prims is None else prims
-        derived = _derive_for(program, losses, wrt, prims)
+        derived = _derive_for(program, losses, wrt, prims, swaps or {})
         return _recheck(derived, program) if validate else scoped(derived)
 
 
-def _derive_for(program: Program, losses: list[str], wrt: list[str] | None, prims: list[Prim]) -> Program:
+def _derive_for(
+    program: Program, losses: list[str], wrt: list[str] | None, prims: list[Prim], swaps: Swaps
+) -> Program:
     losses, sources = _loss_and_sources(program, losses, wrt)
     names = derived_names(program, ".grad")
     _name_temporaries(names, prims, program, ".grad")
@@ -247,7 +273,7 @@ def _derive_for(program: Program, losses: list[str], wrt: list[str] | None, prim
     taken = set(names) | set(back_name)
     for p in reversed(prims):
         if p.out.name in wants and p.out.name in written:
-            for st in swap(p, wants, names, taken):
+            for st in _swapped(p, wants, names, taken, swaps):
                 stmts.append(st)
                 if st.target.name in back_name:  # not an implicit layer's adjoint or values
                     written.add(back_name[st.target.name])
@@ -816,17 +842,21 @@ def tangent_implicit(p: Implicit, has_tan: set[str], names: dict[str, str]) -> l
 __all__ = ["derive", "derive_jvp", "forward_statements", "gather_form", "num", "Num"]
 
 
-def derivative_reads(prims: list[Prim]) -> set[str]:
+def derivative_reads(prims: list[Prim], swaps: Swaps | None = None) -> set[str]:
     """Every forward tensor a reverse- or forward-mode program of these primitives may read.
 
     A primitive's tangent reads the same forward tensors as its swapped statements (both put
-    the derivative of each operand next to the other operands), so the swap alone tells.
+    the derivative of each operand next to the other operands), so the swap alone tells. The
+    statements are left in `swaps`, when given, for `derive_for` to take rather than swap again.
     """
     every = {p.out.name for p in prims} | {r.name for p in prims for r in prim_refs(p)}
     names = {n: n + ".grad" for n in every}
     out: set[str] = set()
     for p in prims:
-        for st in swap(p, every, names):
+        made = swap(p, every, names)
+        if swaps is not None:
+            swaps[id(p)] = (p, made)
+        for st in made:
             out.update(r.name for r in refs_in_statement(st))
             # a gradient that broadcasts or scatters takes its tensor's shape
             rhs = {n for r in refs_in(st.expr) for n in ref_index_names(r)}

@@ -17,6 +17,7 @@ import numpy as np
 from .backends import Backend, Executor, auto, get_backend
 from .check import check, sized_like
 from .derive import (
+    Swaps,
     derivative_reads,
     derive_for,
     derive_jvp,
@@ -98,6 +99,7 @@ class _Forward:
     relus: dict[str, str]
     shapes: dict[str, Shape]
     dtypes: dict[str, np.dtype]
+    swaps: Swaps  # the swapped statements that found `keep`, which derivations take up
 
 
 def _python_number(v: Any) -> bool:
@@ -278,7 +280,8 @@ class Model:
                     source=self.program.source,
                 )
             )
-        keep, relus = self._keep(prims)
+        swaps: Swaps = {}
+        keep, relus = self._keep(prims, swaps)
         absorbed = absorb_scales(prims, keep)
         if prims is not self.prims:  # the shapes of the temporaries the rewrites made
             every, kinds, _ = shapes_after(absorbed, shapes, dtypes, _made_up(absorbed, program))
@@ -286,10 +289,11 @@ class Model:
             gone = {p.out.name for p in prims} - {p.out.name for p in absorbed}
             every = {n: s for n, s in every.items() if n not in gone}
             kinds = {n: d for n, d in kinds.items() if n not in gone}
-        return _Forward(program, absorbed, keep, relus, every, kinds)
+        return _Forward(program, absorbed, keep, relus, every, kinds, swaps)
 
-    def _keep(self, prims: list[Prim]) -> tuple[set[str], dict[str, str]]:
-        """What forward() keeps: the program's own tensors and what any derivative reads.
+    def _keep(self, prims: list[Prim], swaps: Swaps) -> tuple[set[str], dict[str, str]]:
+        """What forward() keeps: the program's own tensors and what any derivative reads (the
+        statements swapped to find that are left in `swaps`).
 
         Also the relu arguments u (of `y = relu(u)`) that derivatives read only as step(u): they
         read step(y) instead (the same values), so u need not be kept. Returns the names to keep
@@ -297,12 +301,12 @@ class Model:
         relus = relu_outputs(prims)
         defined = set(self.program.defined())  # the user's tensors, not the rewrites' temporaries
         if not relus:
-            return defined | derivative_reads(prims), {}
+            return defined | derivative_reads(prims, swaps), {}
         stand_in: list[Prim] = [
             Contract(p.out, p.op, 1.0, ((p.args[0], 1.0),), p.span) if _relu_of(p, relus) else p
             for p in prims
         ]
-        keep = defined | derivative_reads(stand_in)
+        keep = defined | derivative_reads(stand_in, swaps)
         relus = {u: y for u, y in relus.items() if u not in keep}
         return keep | set(relus.values()), relus
 
@@ -389,7 +393,8 @@ class Model:
     def _vjp_plan(
         self, fw: _Forward, sig: Signature, seeds: list[str], wrt: tuple[str, ...] | None, constants: set[str]
     ) -> tuple[tuple[Plan, Executor], tuple[tuple[str, str], ...]]:
-        d = derive_for(fw.program, seeds, list(wrt) if wrt is not None else None, fw.prims, validate=False)
+        wrt_list = list(wrt) if wrt is not None else None
+        d = derive_for(fw.program, seeds, wrt_list, fw.prims, validate=False, swaps=fw.swaps)
         names = list(wrt) if wrt is not None else self.inputs
         returned = {self._grad[n] for n in names}
         seeded = {self._grad[n] for n in seeds}  # given, so `+=` adds to them: never inlined
