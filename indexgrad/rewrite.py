@@ -362,6 +362,8 @@ def square_means(prims: list[Prim], defined: set[str]) -> list[Prim]:
     made one product, `m[I] = c[I,j]^2 / size[j]`, which the planner runs as a dot product of c
     with itself per entry: no array of squares (a layer norm's variance, as a hand-written step
     computes it)."""
+    if not any(isinstance(p, Reduction) and p.reducer == "mean" for p in prims):
+        return prims
     writes, reads = _uses(prims)
     squares = {
         p.out.name: p
