@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from functools import lru_cache
 
 from .errors import IndexgradError
 from .functions import CALLS, FUNCTIONS, IMPLICIT, REDUCTIONS, RESERVED, reserved_kind
@@ -39,6 +40,7 @@ from .printer import format_index, format_ref
 _DERIVED = re.compile(r"^(.+)\.(grad|tan)\d*$")
 
 
+@lru_cache(maxsize=1 << 16)  # asked of every statement's target by each sizing pass: one match per name
 def sized_like(name: str) -> str | None:
     """For a derived name (`x.grad`, `x.tan`, `x.grad2`), the tensor whose shape it has."""
     m = _DERIVED.match(name)
