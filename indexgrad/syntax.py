@@ -455,6 +455,10 @@ def _number(t: Token) -> float:
     return value
 
 
+# Token(...) by the constructor it calls after checking for a deprecated keyword: half the time
+_token = getattr(Token, "_future_new", Token)
+
+
 class _Lexer(Lexer):
     """Lark's contextual lexer with its loop per token written out (Lark's own takes four calls
     per token): each parser state's own scanner, the one the contextual lexer would use, is
@@ -513,7 +517,7 @@ class _Lexer(Lexer):
                 counter.column = counter.char_pos - counter.line_start_pos + 1
             if kind in ignore and kind not in callbacks:
                 continue
-            tok = Token(kind, value, pos, line, column, counter.line, counter.column, counter.char_pos)
+            tok = _token(kind, value, pos, line, column, counter.line, counter.column, counter.char_pos)
             if kind in callbacks:
                 tok = callbacks[kind](tok)
             if kind in ignore:
