@@ -139,8 +139,8 @@ def swap(p: Prim, wants: set[str], names: dict[str, str], taken: set[str] | None
             if not isinstance(a, Ref) or a.name not in wants:
                 continue
             rest = [powered(f, e) for n, (f, e) in enumerate(p.factors) if n != m]
-            mine = [powered(a, k - 1)] if k != 1 else []
-            emit(a, product([g, *mine, *rest, Num(k)], p.coef))
+            mine, power = ([powered(a, k - 1)], [Num(k)]) if k != 1 else ([], [])
+            emit(a, product([g, *mine, *rest, *power], p.coef))
     elif isinstance(p, Terms):
         for c, a in p.terms:
             if isinstance(a, Ref) and a.name in wants:

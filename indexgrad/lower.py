@@ -131,6 +131,8 @@ def num(v: float) -> Expr:
 
 def product(factors: list[Expr], coef: float = 1.0) -> Expr:
     """A product in canonical form: a leading coefficient, nested products flattened, -1 as Neg."""
+    if coef == 1 and factors and all(type(f) is Ref for f in factors):  # already canonical
+        return factors[0] if len(factors) == 1 else Product(tuple(factors), (False,) * len(factors))
     flat: list[Expr] = []
     divide: list[bool] = []
     work: list[tuple[Expr, bool]] = [(f, False) for f in reversed(factors)]  # a stack, next on top
