@@ -165,7 +165,8 @@ def swap(p: Prim, wants: set[str], names: dict[str, str], taken: set[str] | None
     return out
 
 
-# the statements `derivative_reads` swapped, by id of the primitive (which it holds, so the id stays its)
+# the statements `derivative_reads` swapped, by id of the primitive (each entry holds its primitive,
+# so that no other object can take the id)
 Swaps = dict[int, tuple[Prim, list[Statement]]]
 
 

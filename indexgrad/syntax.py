@@ -500,7 +500,7 @@ class _Lexer(Lexer):
             scanner = scanners.get(stack[-1])
             pos = counter.char_pos
             m = scanner[0](text, pos, end) if scanner is not None and pos < end else None
-            if m is None:
+            if m is None:  # the end, an error, or a state of several patterns: Lark's lexer, one token
                 for tok in contextual.lex(lexer_state, parser_state):
                     yield tok
                     break
