@@ -10,6 +10,7 @@ import operator
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -97,9 +98,10 @@ class _Forward:
     prims: list[Prim]
     keep: set[str]
     relus: dict[str, str]
-    shapes: dict[str, Shape]
-    dtypes: dict[str, np.dtype]
     swaps: Swaps  # the swapped statements that found `keep`, which derivations take up
+    signature: Signature  # the inputs'
+    # every name's shape and dtype: sized when first asked for, or read off the forward's plan
+    sizes: tuple[dict[str, Shape], dict[str, np.dtype]] | None = None
 
 
 def _python_number(v: Any) -> bool:
@@ -263,12 +265,7 @@ class Model:
         return hit
 
     def _plan_forward(self, signature: Signature) -> _Forward:
-        shapes, dtypes = _shapes_dtypes(signature)
-        temps = _made_up(self.prims, self.program)
-        try:
-            every, kinds, _ = shapes_after(self.prims, shapes, dtypes, temps)
-        except IndexgradError as e:
-            raise e.located(self.program.filename, self.program.source) from None
+        every = cache(lambda: self._shapes_after(self.prims, self.program, signature)[0])  # on first need
         prims = square_means(split_products(self.prims, every), set(self.program.defined()))
         program = self.program
         if prims is not self.prims:  # each rewrite returns its argument itself when it changes nothing
@@ -283,13 +280,35 @@ class Model:
         swaps: Swaps = {}
         keep, relus = self._keep(prims, swaps)
         absorbed = absorb_scales(prims, keep)
+        fw = _Forward(program, absorbed, keep, relus, swaps, signature)
         if prims is not self.prims:  # the shapes of the temporaries the rewrites made
-            every, kinds, _ = shapes_after(absorbed, shapes, dtypes, _made_up(absorbed, program))
-        elif absorbed is not prims:  # a scale absorbed drops its product's temporary, nothing else
-            gone = {p.out.name for p in prims} - {p.out.name for p in absorbed}
-            every = {n: s for n, s in every.items() if n not in gone}
-            kinds = {n: d for n, d in kinds.items() if n not in gone}
-        return _Forward(program, absorbed, keep, relus, every, kinds, swaps)
+            fw.sizes = self._shapes_after(absorbed, program, signature)
+        return fw
+
+    def _shapes_after(
+        self, prims: list[Prim], program: Program, signature: Signature
+    ) -> tuple[dict[str, Shape], dict[str, np.dtype]]:
+        """The shape and dtype of every name once prims run on inputs of this signature (a size
+        error located at what the user wrote)."""
+        shapes, dtypes = _shapes_dtypes(signature)
+        try:
+            every, kinds, _ = shapes_after(prims, shapes, dtypes, _made_up(prims, program))
+        except IndexgradError as e:
+            raise e.located(self.program.filename, self.program.source) from None
+        return every, kinds
+
+    def _sizes(self, fw: _Forward) -> tuple[dict[str, Shape], dict[str, np.dtype]]:
+        """fw's shapes and dtypes: sized here when its forward plan has not given them, as the
+        program's statements before any rewrite (whose size errors are the ones a user reads)."""
+        if fw.sizes is None:
+            every, kinds = self._shapes_after(self.prims, self.program, fw.signature)
+            made = {p.out.name for p in fw.prims}  # a scale absorbed drops its product's temporary
+            gone = {p.out.name for p in self.prims} - made
+            fw.sizes = (
+                {n: s for n, s in every.items() if n not in gone},
+                {n: d for n, d in kinds.items() if n not in gone},
+            )
+        return fw.sizes
 
     def _keep(self, prims: list[Prim], swaps: Swaps) -> tuple[set[str], dict[str, str]]:
         """What forward() keeps: the program's own tensors and what any derivative reads (the
@@ -371,7 +390,17 @@ class Model:
     def _build_forward(self, key: PlanKey) -> Compiled:
         fw = self._forward(key.signature)
         keep = fw.keep | self._input_set
-        return Compiled(*self._runnable(fw.prims, key.signature, keep, "forward", fw.program))
+        try:
+            plan, executor = self._runnable(fw.prims, key.signature, keep, "forward", fw.program)
+        except IndexgradError:
+            self._sizes(fw)  # a size error as the statements the user wrote meet it, before any other
+            raise
+        if fw.sizes is None:  # the plan sized every name
+            shapes, dtypes = _shapes_dtypes(key.signature)
+            shapes.update((s.out, s.shape) for s in plan.steps)
+            dtypes.update((s.out, np.dtype(s.dtype)) for s in plan.steps)
+            fw.sizes = shapes, dtypes
+        return Compiled(plan, executor)
 
     def _build_backward(self, key: PlanKey) -> Compiled:
         """Gradients of a scalar loss (names: the loss as given, "" for the default): its seed is the
@@ -379,14 +408,16 @@ class Model:
         fw = self._forward(key.signature)
         loss = key.names[0] or self.program.statements[-1].target.name
         seed = self._grad[loss]
-        one = self.engine.one(fw.dtypes[loss])
-        sig = _extended(key.signature, (seed, (), fw.dtypes[loss]))
+        dtype = self._sizes(fw)[1][loss]
+        one = self.engine.one(dtype)
+        sig = _extended(key.signature, (seed, (), dtype))
         runnable, pairs = self._vjp_plan(fw, sig, [loss], key.wrt, {seed})
         return Compiled(*runnable, pairs, {seed: one})
 
     def _build_vjp(self, key: PlanKey) -> Compiled:
         """A vector-Jacobian product: the seeds (names) are arrays among those given."""
         fw = self._forward(key.signature)
+        self._sizes(fw)  # a size error of the forward statements comes first
         runnable, pairs = self._vjp_plan(fw, key.signature, list(key.names), key.wrt, set())
         return Compiled(*runnable, pairs)
 
@@ -677,30 +708,30 @@ class Model:
         fw_key = PlanKey("forward", (), None, inputs)
         if mode == "forward":
             return self._compile(fw_key).plan
-        fw = self._forward(inputs)
         returned = self._compile(fw_key).plan.outputs  # what forward() returns, in its order
-        vals = (returned, tuple((fw.shapes[n], fw.dtypes[n]) for n in returned))
+        shapes, dtypes = self._sizes(self._forward(inputs))
+        vals = (returned, tuple((shapes[n], dtypes[n]) for n in returned))
         loss_name = loss or self.program.statements[-1].target.name
         wrt_t = _wrt_key(self._wrt(wrt))
-        if loss_name not in fw.shapes:
+        if loss_name not in shapes:
             raise self._error(
                 f"loss '{loss_name}' is not a tensor the program defines; it defines: "
                 + ", ".join(self.program.defined())
             )
-        if mode == "hvp" and fw.shapes[loss_name] != ():
+        if mode == "hvp" and shapes[loss_name] != ():
             raise self._error(f"loss '{loss_name}' is not a scalar; plan a hvp pass of a scalar loss")
-        if mode == "backward" and fw.shapes[loss_name] != ():  # as backward(seed={loss: ...}) runs
-            seeded = _extended(vals, (self._grad[loss_name], fw.shapes[loss_name], fw.dtypes[loss_name]))
+        if mode == "backward" and shapes[loss_name] != ():  # as backward(seed={loss: ...}) runs
+            seeded = _extended(vals, (self._grad[loss_name], shapes[loss_name], dtypes[loss_name]))
             return self._compile(PlanKey("vjp", (loss_name,), wrt_t, seeded)).plan
         if mode == "backward":
             return self._compile(PlanKey("backward", (loss or "",), wrt_t, vals)).plan
         names = wrt_t if wrt_t is not None else tuple(self.inputs)
         if mode == "jvp":
-            extra = [(self._tan[n], fw.shapes[n], fw.dtypes[n]) for n in names]
+            extra = [(self._tan[n], shapes[n], dtypes[n]) for n in names]
             return self._compile(PlanKey("jvp", names, None, _extended(vals, *extra))).plan
         both = self._second_order(loss_name, names)[0]
-        extra = [(self._grad[loss_name], (), fw.dtypes[loss_name])]
-        extra += [(tan_name(both, n), fw.shapes[n], fw.dtypes[n]) for n in names]
+        extra = [(self._grad[loss_name], (), dtypes[loss_name])]
+        extra += [(tan_name(both, n), shapes[n], dtypes[n]) for n in names]
         return self._compile(PlanKey("hvp", (loss_name, *names), None, _extended(inputs, *extra))).plan
 
 

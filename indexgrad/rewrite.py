@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -9,11 +10,12 @@ from .lower import Contract, Elementwise, Operand, Prim, Reduction, Terms, prim_
 from .nodes import Affine, Gather, Num, Ref, SizeOf, idx, is_plain, ref_index_names
 
 
-def split_products(prims: list[Prim], shapes: dict[str, tuple[int, ...]]) -> list[Prim]:
+def split_products(prims: list[Prim], sized: Callable[[], dict[str, tuple[int, ...]]]) -> list[Prim]:
     """Contractions of three or more tensors as pairwise steps along opt_einsum's path.
 
     Returns `prims` itself when nothing is split. Only products of plain references are split;
-    the steps' temporaries are named `OUT.part`, `OUT.part2`, ...
+    the steps' temporaries are named `OUT.part`, `OUT.part2`, ... `sized()` gives every name's
+    shape, asked only when there is such a product.
     """
     import opt_einsum as oe
 
@@ -22,6 +24,7 @@ def split_products(prims: list[Prim], shapes: dict[str, tuple[int, ...]]) -> lis
     changed = False
     for p in prims:
         refs = [(f, k) for f, k in p.factors if isinstance(f, Ref)] if isinstance(p, Contract) else []
+        shapes = sized() if len(refs) >= 3 else {}
         if len(refs) < 3 or not all(is_plain(r) and r.name in shapes for r, _ in refs) or not is_plain(p.out):
             out.append(p)
             continue
