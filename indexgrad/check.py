@@ -29,6 +29,7 @@ from .nodes import (
     Sum,
     Warning_,
     children,
+    holds_ref,
     plain_names,
     ref_index_names,
     refs_in,
@@ -657,7 +658,7 @@ def sizeofs(e: Expr) -> list[SizeOf]:
 
 def _is_number(e: Expr) -> bool:
     """e holds no tensor: numbers and sizes, combined by arithmetic and functions."""
-    return not refs_in(e)
+    return not holds_ref(e)
 
 
 def _reduced(e: Expr) -> list[str]:

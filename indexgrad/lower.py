@@ -32,6 +32,7 @@ from .nodes import (
     Statement,
     Sum,
     children,
+    holds_ref,
     idx,
     is_plain,
     ref_index_names,
@@ -254,7 +255,7 @@ class _Lowerer:
         number the executor works out once it knows the sizes), else a new temporary."""
         if isinstance(e, Neg) and isinstance(e.arg, Num):
             return Num(-e.arg.value)
-        if isinstance(e, Ref) or not refs_in(e):
+        if isinstance(e, Ref) or not holds_ref(e):
             return e
         free = ordered_free(e)
         first = [n for n in self.lhs if n in free]  # the statement's own order reads best

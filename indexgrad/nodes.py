@@ -407,6 +407,14 @@ def _collect_refs(e: Expr, out: list[Ref]) -> None:
             _collect_refs(c, out)
 
 
+def holds_ref(e: Expr) -> bool:
+    """Whether e reads a tensor: `bool(refs_in(e))`, stopping at the first reference."""
+    if type(e) is Ref:
+        return True
+    get = _KIDS.get(type(e))
+    return get is not None and any(holds_ref(c) for c in get(e))
+
+
 def refs_in_statement(s: Statement) -> list[Ref]:
     """References read by s: the right side and integer tensors in the target's index positions."""
     out = refs_in(s.expr)
