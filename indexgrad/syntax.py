@@ -488,12 +488,13 @@ class _Lexer(Lexer):
     def lex(self, lexer_state: LexerState, parser_state: Any) -> Iterator[Token]:
         tokens = self._tokens(lexer_state, parser_state)
         # the postlexer has work only after a `def` (it passes every token of other text as it is)
-        return _Blocks().process(tokens) if "def" in lexer_state.text.text else tokens
+        return _Blocks().process(tokens) if "def" in _text(lexer_state) else tokens
 
     def _tokens(self, lexer_state: LexerState, parser_state: Any) -> Iterator[Token]:
         contextual = self.contextual or self._build(parser_state)
         scanners = self.scanners
-        text, end = lexer_state.text.text, lexer_state.text.end
+        text = _text(lexer_state)
+        end = getattr(lexer_state.text, "end", len(text))
         counter = lexer_state.line_ctr
         stack = parser_state.state_stack
         while True:
@@ -524,6 +525,11 @@ class _Lexer(Lexer):
                 continue
             lexer_state.last_token = tok
             yield tok
+
+
+def _text(lexer_state: LexerState) -> str:
+    """The text being lexed (Lark before 1.2 holds it as a str, later in a TextSlice)."""
+    return getattr(lexer_state.text, "text", lexer_state.text)  # type: ignore[return-value]
 
 
 @lru_cache(maxsize=1)
