@@ -15,10 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from lark import Lark, Token, Transformer
-from lark.common import LexerConf
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput
 from lark.lark import PostLex
-from lark.lexer import ContextualLexer, Lexer, LexerState
 
 from .check import check
 from .errors import IndexgradError, IndexgradWarning, source_lines
@@ -455,91 +453,14 @@ def _number(t: Token) -> float:
     return value
 
 
-# Token(...) by the constructor it calls after checking for a deprecated keyword: half the time
-_token = getattr(Token, "_future_new", Token)
-
-
-class _Lexer(Lexer):
-    """Lark's contextual lexer with its loop per token written out (Lark's own takes four calls
-    per token): each parser state's own scanner, the one the contextual lexer would use, is
-    matched directly, and ignored text skipped in place. The end of the text, text no terminal
-    of the state matches, and a state whose terminals need more than one pattern go to the
-    contextual lexer itself for that token, so every error reads as before."""
-
-    __future_interface__ = 2  # lex(lexer_state, parser_state): the parser's state is needed
-
-    def __init__(self, conf: LexerConf) -> None:
-        self.conf = conf
-        self.contextual: ContextualLexer | None = None
-        self.scanners: dict[int, tuple[Any, frozenset[str], frozenset[str], dict[str, Any]]] = {}
-
-    def _build(self, parser_state: Any) -> ContextualLexer:
-        """The contextual lexer Lark would make for this parser, and each state's scanner."""
-        states = {k: list(t) for k, t in parser_state.parse_conf.parse_table.states.items()}
-        contextual = ContextualLexer(self.conf, states, always_accept=_Blocks.always_accept)
-        for state, lexer in contextual.lexers.items():
-            patterns = getattr(lexer.scanner, "_mres", ())
-            if len(patterns) == 1:
-                match = patterns[0].match
-                self.scanners[state] = (match, lexer.ignore_types, lexer.newline_types, lexer.callback)
-        self.contextual = contextual
-        return contextual
-
-    def lex(self, lexer_state: LexerState, parser_state: Any) -> Iterator[Token]:
-        tokens = self._tokens(lexer_state, parser_state)
-        # the postlexer has work only after a `def` (it passes every token of other text as it is)
-        return _Blocks().process(tokens) if "def" in _text(lexer_state) else tokens
-
-    def _tokens(self, lexer_state: LexerState, parser_state: Any) -> Iterator[Token]:
-        contextual = self.contextual or self._build(parser_state)
-        scanners = self.scanners
-        text = _text(lexer_state)
-        end = getattr(lexer_state.text, "end", len(text))
-        counter = lexer_state.line_ctr
-        stack = parser_state.state_stack
-        while True:
-            scanner = scanners.get(stack[-1])
-            pos = counter.char_pos
-            m = scanner[0](text, pos, end) if scanner is not None and pos < end else None
-            if m is None:  # the end, an error, or a state of several patterns: Lark's lexer, one token
-                for tok in contextual.lex(lexer_state, parser_state):
-                    yield tok
-                    break
-                else:
-                    return
-                continue
-            _, ignore, newlines, callbacks = scanner
-            kind, value = m.lastgroup, m.group()
-            line, column = counter.line, counter.column
-            if kind in newlines:
-                counter.feed(value)
-            else:  # LineCounter.feed without a newline
-                counter.char_pos = m.end()
-                counter.column = counter.char_pos - counter.line_start_pos + 1
-            if kind in ignore and kind not in callbacks:
-                continue
-            tok = _token(kind, value, pos, line, column, counter.line, counter.column, counter.char_pos)
-            if kind in callbacks:
-                tok = callbacks[kind](tok)
-            if kind in ignore:
-                continue
-            lexer_state.last_token = tok
-            yield tok
-
-
-def _text(lexer_state: LexerState) -> str:
-    """The text being lexed (Lark before 1.2 holds it as a str, later in a TextSlice)."""
-    return getattr(lexer_state.text, "text", lexer_state.text)  # type: ignore[return-value]
-
-
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
     return Lark(
         grammar_text(),
         parser="lalr",
-        lexer=_Lexer,
         propagate_positions=False,
-        transformer=_Build(),  # the lexer runs the postlexer _Blocks itself
+        transformer=_Build(),
+        postlex=_Blocks(),
         maybe_placeholders=True,
     )
 
