@@ -9,7 +9,7 @@ The workload's plans come from `model.plan(arrays, mode=...)`, and run by the ba
 each step's compute starts: a step's time runs from there to the start of the next one, so it
 includes writing its result (`+=` included) and dropping what the step frees. Printed per step:
 its statement, its call, median µs, share of the plan's total. Then the whole step as a user
-calls it (forward() and backward(), which check and bind the arrays around the executors)
+calls it (value_and_grad(), which checks and binds the arrays around the executors)
 against the hand-written numpy step (PyTorch eager's, with --backend torch), each timed back to
 back in this process, so that what a ratio in run.py misses can be put on the steps that take
 the time.
@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     hand_s = block(w.impls[peer].step, args.reps)
     them, short = ("hand-written numpy", "hand numpy") if peer == "numpy" else ("PyTorch eager",) * 2
     print(f"\n{'steps of both plans':<44} {(f_total + b_total) * 1e6:10.0f} µs")
-    print(f"{'forward() + backward() around them':<44} {(ig_s - f_total - b_total) * 1e6:10.0f} µs")
-    print(f"{'indexgrad step (forward + backward)':<44} {ig_s * 1e6:10.0f} µs")
+    print(f"{'value_and_grad() around them':<44} {(ig_s - f_total - b_total) * 1e6:10.0f} µs")
+    print(f"{'indexgrad step (value_and_grad)':<44} {ig_s * 1e6:10.0f} µs")
     print(f"{them + ' step':<44} {hand_s * 1e6:10.0f} µs")
     print(f"{'ratio indexgrad / ' + short:<44} {ig_s / hand_s:10.3f}")
     gc.unfreeze()

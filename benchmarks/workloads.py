@@ -140,9 +140,10 @@ def indexgrad_impl(
     name: str = "indexgrad",
     package: ModuleType = ig,
 ) -> Impl:
-    """A step is `forward` then `backward(loss="loss", wrt=...)` of the text compiled once, on the
-    backend the name says, with the inputs as that backend's arrays; Unavailable when indexgrad
-    refuses the backend (unknown, not built yet, its library not installed)."""
+    """A step is `value_and_grad(arrays, loss="loss", wrt=...)` of the text compiled once (forward
+    then backward in a copy of indexgrad that predates it), on the backend the name says, with the
+    inputs as that backend's arrays; Unavailable when indexgrad refuses the backend (unknown, not
+    built yet, its library not installed)."""
     backend = BACKENDS.get(name, "numpy")
     try:
         model = package.compile(text) if backend == "numpy" else package.compile(text, backend=backend)
@@ -150,10 +151,15 @@ def indexgrad_impl(
         raise Unavailable(getattr(e, "message", str(e)).splitlines()[0]) from None
     given = {k: _on(backend, v) for k, v in arrays.items()}
     sync = _jax().block_until_ready if backend == "jax" else None  # jax returns before it is done
+    joined = hasattr(model, "value_and_grad")
 
     def step() -> Any:
-        vals = model.forward(**given)
-        out = vals["loss"], model.backward(vals, loss="loss", wrt=wrt)
+        if joined:
+            vals, grads = model.value_and_grad(given, loss="loss", wrt=wrt)
+        else:  # a copy from before value_and_grad
+            vals = model.forward(**given)
+            grads = model.backward(vals, loss="loss", wrt=wrt)
+        out = vals["loss"], grads
         return out if sync is None else sync(out)
 
     return Impl(name, step, _identity, model, given, wrt)

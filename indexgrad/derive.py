@@ -220,17 +220,18 @@ def defined_loss(program: Program, loss: str | None) -> str:
     return loss
 
 
-def wrt_names(wrt: str | list[str] | tuple[str, ...] | None) -> list[str] | None:
-    """`wrt` as a list of names: one name, or several separated by commas, may come as a string."""
+def wrt_names(wrt: str | list[str] | tuple[str, ...] | None, what: str = "wrt") -> list[str] | None:
+    """`wrt` (or another argument `what` naming tensors) as a list of names: one name, or several
+    separated by commas, may come as a string."""
     if isinstance(wrt, str):
         return [w.strip() for w in wrt.split(",") if w.strip()]
     if wrt is None:
         return None
     if not isinstance(wrt, (list, tuple)):
-        raise IndexgradError(f"wrt must be a name or a list of names, not {type(wrt).__name__}")
+        raise IndexgradError(f"{what} must be a name or a list of names, not {type(wrt).__name__}")
     for w in wrt:
         if not isinstance(w, str):
-            raise IndexgradError(f"wrt must list names as strings, not {type(w).__name__}")
+            raise IndexgradError(f"{what} must list names as strings, not {type(w).__name__}")
     return list(wrt)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import operator
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any, NamedTuple
 
@@ -47,6 +47,17 @@ Array = Any  # an array of the model's backend
 Shape = tuple[int, ...]
 Signature = tuple[tuple[str, ...], tuple[tuple[Shape, np.dtype], ...]]  # names; their shapes and dtypes
 _SHAPE_DTYPE = operator.attrgetter("shape", "dtype")
+
+
+class JointKey(NamedTuple):
+    """What value_and_grad's joined run depends on: backward's or vjp's key (`mode`, `names`,
+    `wrt`) on the inputs' signature, and the forward values it returns (None: the default)."""
+
+    mode: str
+    names: tuple[str, ...]
+    wrt: tuple[str, ...] | None
+    outputs: tuple[str, ...] | None
+    signature: Signature
 
 
 class PlanKey(NamedTuple):
@@ -125,11 +136,14 @@ class Model:
     _second: dict[tuple[str, tuple[str, ...]], tuple[Program, Program, Program]] = field(
         init=False, default_factory=dict, repr=False
     )
+    _joints: dict[JointKey, tuple[Compiled, tuple[str, ...]]] = field(
+        init=False, default_factory=dict, repr=False
+    )  # value_and_grad: forward and backward joined, and the forward values it returns
 
     def __getstate__(self) -> dict[str, Any]:
         """What copy.deepcopy and pickle keep: the compiled program, without its plans (they hold
         kernels and per-thread state that do not copy; the copy plans again on first use)."""
-        return {**self.__dict__, "_plans": {}, "_forwards": {}}
+        return {**self.__dict__, "_plans": {}, "_forwards": {}, "_joints": {}}
 
     def __post_init__(self) -> None:
         start = time.perf_counter()
@@ -493,7 +507,7 @@ class Model:
         if seed is None and type(vals) is dict and (loss is None or type(loss) is str):
             try:  # a call like an earlier one: one lookup
                 hit = self._plans.get(
-                    PlanKey("backward", (loss or "",), _wrt_key(wrt), self._signature(vals))
+                    PlanKey("backward", (loss or "",), _names_key(wrt), self._signature(vals))
                 )
             except (AttributeError, TypeError, IndexgradError):  # not arrays, names that are not strings
                 hit = None
@@ -507,7 +521,7 @@ class Model:
             raise self._error(f"seed must be a dict from tensor names to arrays, not {type(seed).__name__}")
         if seed is not None and loss is not None:
             raise self._error("give either loss= or seed=, not both")
-        wrt_t = _wrt_key(self._wrt(wrt))
+        wrt_t = _names_key(self._wrt(wrt))
         self._require_inputs(vals)
         env = {n: self._value(n, v) for n, v in vals.items()}
         if seed is None:
@@ -521,10 +535,108 @@ class Model:
             compiled = self._compile(PlanKey("backward", (loss or "",), wrt_t, self._signature(env)))
             env.update(compiled.seeds)
         else:
-            seeds = self._seeds(env, seed)
+            seeds = self._seeds({n: self.engine.describe(env[n]) for n in seed if n in env}, seed)
             env.update((self._grad[n], g) for n, g in seeds.items())
             compiled = self._compile(PlanKey("vjp", tuple(seeds), wrt_t, self._signature(env)))
         return self._gradients(compiled, compiled.executor.run(env), vals)
+
+    # ---- forward and backward together
+
+    def value_and_grad(
+        self,
+        arrays: Mapping[str, Any],
+        loss: str | None = None,
+        wrt: list[str] | str | None = None,
+        seed: Mapping[str, Any] | None = None,
+        outputs: list[str] | str | None = None,
+    ) -> tuple[dict[str, Array], dict[str, Array]]:
+        """forward(**arrays), then backward(vals, loss=, wrt=, seed=), as one call: returns the
+        forward values `outputs` names (by default the loss, or the tensors seeded) and the
+        gradients. It runs the plans forward and backward would; the jax backend traces both into
+        one jitted computation, which keeps only what it returns."""
+        if seed is None and type(arrays) is dict and (loss is None or type(loss) is str):
+            plain = self._plain_inputs(arrays)
+            if plain is not None:  # a call like an earlier one: one lookup
+                try:
+                    key = JointKey("backward", (loss or "",), _names_key(wrt), _names_key(outputs), plain[1])
+                    hit = self._joints.get(key)
+                except (TypeError, IndexgradError):  # names that are not strings
+                    hit = None
+                if hit is not None:
+                    return self._run_joint(hit, dict(zip(self._order, plain[0])))
+        if not isinstance(arrays, Mapping):
+            raise self._error(
+                f"value_and_grad() takes a dict of the input arrays, not {type(arrays).__name__}; "
+                "the program's inputs: " + ", ".join(self.inputs)
+            )
+        if seed is not None and not isinstance(seed, Mapping):
+            raise self._error(f"seed must be a dict from tensor names to arrays, not {type(seed).__name__}")
+        if seed is not None and loss is not None:
+            raise self._error("give either loss= or seed=, not both")
+        wrt_t = _names_key(self._wrt(wrt))
+        outputs_t = self._outputs(outputs)
+        env = self._inputs(arrays)
+        inputs = self._signature(env)
+        fw, vals = self._values(inputs)
+        described = dict(zip(*vals))
+        if seed is None:
+            name = self._loss_value(described, loss)[0]
+            shape = self._sizes(fw)[0][name]
+            if shape != ():
+                raise self._error(
+                    f"loss '{name}' has shape {shape}, not a scalar; pass seed={{'{name}': ...}} "
+                    "for a vector-Jacobian product"
+                )
+            key = JointKey("backward", (loss or "",), wrt_t, outputs_t, inputs)
+            step, seeds, default = PlanKey("backward", (loss or "",), wrt_t, vals), {}, (name,)
+        else:
+            seeds = {self._grad[n]: g for n, g in self._seeds(described, seed).items()}
+            key = JointKey("vjp", tuple(seed), wrt_t, outputs_t, inputs)
+            given = _extended(vals, *((g, *self.engine.describe(a)) for g, a in seeds.items()))
+            step, default = PlanKey("vjp", tuple(seed), wrt_t, given), tuple(seed)
+        hit = self._joints.get(key)
+        if hit is None:
+            first = self._compile(PlanKey("forward", (), None, inputs))
+            then = self._compile(step)
+            returned = outputs_t or default
+            gradients = tuple(g for _, g in then.pairs)
+            executor = self.engine.chain((first.executor, then.executor), returned + gradients)
+            hit = self._joints[key] = (replace(then, executor=executor), returned)
+        env.update(seeds)
+        return self._run_joint(hit, env)
+
+    def _run_joint(
+        self, hit: tuple[Compiled, tuple[str, ...]], env: dict[str, Array]
+    ) -> tuple[dict[str, Array], dict[str, Array]]:
+        """Forward and backward joined, on env (the inputs, and any seeds given): the values it
+        returns and the gradients."""
+        compiled, returned = hit
+        env.update(compiled.seeds)
+        out = compiled.executor.run(env)
+        return {n: out[n] for n in returned}, self._gradients(compiled, out, env)
+
+    def _values(self, inputs: Signature) -> tuple[_Forward, Signature]:
+        """The forward program for inputs of this signature, and the signature of the values
+        forward() returns for them (what backward is then given)."""
+        fw = self._forward(inputs)
+        returned = self._compile(PlanKey("forward", (), None, inputs)).plan.outputs  # in forward()'s order
+        shapes, dtypes = self._sizes(fw)
+        return fw, (returned, tuple((shapes[n], dtypes[n]) for n in returned))
+
+    def _outputs(self, outputs: Any) -> tuple[str, ...] | None:
+        """The defined tensors value_and_grad is to return, or None for its default."""
+        try:
+            names = _names_key(outputs, "outputs")
+        except IndexgradError as e:
+            raise self._error(e.message) from None
+        defined = self.program.defined()
+        for n in names or ():
+            if n not in defined:
+                raise self._error(
+                    f"outputs names '{n}', which is not a tensor the program defines; it defines: "
+                    + ", ".join(defined)
+                )
+        return names
 
     def _wrt(self, wrt: Any) -> list[str] | None:
         try:
@@ -539,7 +651,10 @@ class Model:
                 raise self._error(not_an_input("wrt", w, self.inputs))
         return names
 
-    def _seeds(self, env: dict[str, Array], seed: Mapping[str, Any]) -> dict[str, Array]:
+    def _seeds(
+        self, described: Mapping[str, tuple[Shape, np.dtype]], seed: Mapping[str, Any]
+    ) -> dict[str, Array]:
+        """The seeds as arrays of the shapes and dtypes (of the values they seed) `described` gives."""
         if not seed:
             raise self._error(
                 "seed is empty: give the gradient of at least one defined tensor "
@@ -547,18 +662,18 @@ class Model:
             )
         seeds = {}
         for name, g in seed.items():
-            if name not in env and name in self.program.defined():
+            if name not in described and name in self.program.defined():
                 raise self._error(
                     f"vals holds no value for '{name}', which the seed is the gradient of: pass the "
                     "dict forward() returned"
                 )
-            if name not in env or name in self._input_set:
+            if name not in described or name in self._input_set:
                 raise self._error(
                     f"seed names '{name}', which is not a tensor the program defines; a seed is "
                     "the gradient of a defined tensor: " + ", ".join(self.program.defined())
                 )
             g = self._value(name, g, "seed for")
-            want, like = self.engine.describe(env[name])
+            want, like = described[name]
             got = self.engine.describe(g)[0]
             if got != want:
                 raise self._error(f"seed for '{name}' has shape {got}, but '{name}' has shape {want}")
@@ -705,14 +820,12 @@ class Model:
             else:
                 described.append(self.engine.describe(self._value(n, x)))
         inputs: Signature = (self._order_t, tuple(described))
-        fw_key = PlanKey("forward", (), None, inputs)
         if mode == "forward":
-            return self._compile(fw_key).plan
-        returned = self._compile(fw_key).plan.outputs  # what forward() returns, in its order
-        shapes, dtypes = self._sizes(self._forward(inputs))
-        vals = (returned, tuple((shapes[n], dtypes[n]) for n in returned))
+            return self._compile(PlanKey("forward", (), None, inputs)).plan
+        fw, vals = self._values(inputs)
+        shapes, dtypes = self._sizes(fw)
         loss_name = loss or self.program.statements[-1].target.name
-        wrt_t = _wrt_key(self._wrt(wrt))
+        wrt_t = _names_key(self._wrt(wrt))
         if loss_name not in shapes:
             raise self._error(
                 f"loss '{loss_name}' is not a tensor the program defines; it defines: "
@@ -752,10 +865,12 @@ def _relu_of(p: Prim, relus: dict[str, str]) -> bool:
     return relus.get(p.args[0].name) == p.out.name
 
 
-def _wrt_key(wrt: Any) -> tuple[str, ...] | None:
-    """wrt as part of a plan's key: None, or the names (one string may list several)."""
-    names = wrt_names(wrt)
-    return None if names is None else tuple(names)
+def _names_key(names: Any, what: str = "wrt") -> tuple[str, ...] | None:
+    """wrt (or outputs) as part of a key: None, or the names (one string may list several)."""
+    listed = wrt_names(names, what)
+    return None if listed is None else tuple(listed)
+
+
 
 
 def _made_up(prims: list[Prim], *programs: Program) -> set[str]:

@@ -506,11 +506,12 @@ def fit(
     """Train `params` in place by minibatch gradient descent on `data`; returns the History.
 
     Each step runs forward on the batch with the params and backward with respect to the params
-    only, then the optimizer (a name in OPTIMIZERS or an object with `.step`) updates them. A
-    tqdm bar shows the running loss unless progress=False. The epoch's loss is the batch losses'
-    mean weighted by batch size. After each epoch, `valid` is evaluated when given and
-    `on_epoch(epoch, history)` is called (epochs count from 1). `fixed` arrays (a mask, a
-    table of weights) are read by every step as they are: neither split into batches nor trained.
+    only, in one call (model.value_and_grad), then the optimizer (a name in OPTIMIZERS or an
+    object with `.step`) updates them. A tqdm bar shows the running loss unless progress=False.
+    The epoch's loss is the batch losses' mean weighted by batch size. After each epoch, `valid`
+    is evaluated when given and `on_epoch(epoch, history)` is called (epochs count from 1).
+    `fixed` arrays (a mask, a table of weights) are read by every step as they are: neither
+    split into batches nor trained.
 
     Randomness: epoch e shuffles the rows with `np.random.default_rng([seed, e])`, so the same
     seed gives the same run, bit for bit, and a run can resume at any epoch with no generator
@@ -559,14 +560,13 @@ def fit(
             total, rows = 0.0, 0
             rng = np.random.default_rng([int(seed), epoch])
             for b in minibatches(data, batch, rng):
-                vals = model.forward(**{**(fixed or {}), **b, **params})
+                vals, grads = model.value_and_grad({**(fixed or {}), **b, **params}, loss=loss, wrt=wrt)
                 value = float(vals[loss])
                 if not math.isfinite(value):
                     raise IndexgradError(
                         f"loss '{loss}' became {value} in epoch {epoch}; "
                         "try a smaller learning rate"
                     )
-                grads = model.backward(vals, loss=loss, wrt=wrt)
                 opt.step(params, {n: model.engine.to_numpy(g) for n, g in grads.items()})
                 k = batch_length(b)
                 total, rows = total + value * k, rows + k

@@ -705,3 +705,44 @@ def assert_grads(got: dict, fun, arrays: dict, seed=None, rtol: float = 1e-10) -
     for n, k in enumerate(keys):
         want = autograd.grad(scalar, n)(*(arrays[k] for k in keys))
         np.testing.assert_allclose(got[k], want, rtol=rtol, atol=1e-12, err_msg=k)
+
+
+def assert_value_and_grad_agrees(
+    model: ig.Model,
+    name: str,
+    arrays: Arrays,
+    on: Callable[[np.ndarray], object],
+    rtol: float = 1e-12,
+    oracle: bool = False,
+    variants: bool = True,
+) -> None:
+    """model.value_and_grad on an example (its arrays given as `on` makes them) against forward
+    then backward on the same model within rtol (normwise, the same dtypes): of the scalar loss
+    by name, or along the oracle's seed for a tensor output; with `oracle`, its gradients also
+    against autograd's; with `variants`, again with the gradient of one input only and every
+    defined tensor returned."""
+    numpy = model.engine.to_numpy
+    seed = ORACLES[name].seed(arrays, np.random.default_rng(0))
+    given = {n: on(a) for n, a in arrays.items()}
+    out = ORACLES[name].output
+    how = {"loss": out} if seed is None else {"seed": {out: on(seed)}}
+    vals = model.forward(**given)
+    want = model.backward(vals, **how)
+    values, grads_ = model.value_and_grad(given, **how)
+    assert list(values) == [out], f"{name}: value_and_grad returned {list(values)}, not the {out} alone"
+    assert {n: g.dtype for n, g in grads_.items()} == {n: g.dtype for n, g in want.items()}, name
+    both = {f"{n}.grad": numpy(g) for n, g in grads_.items()} | {out: numpy(values[out])}
+    assert_close_in_scale(both, {f"{n}.grad": numpy(g) for n, g in want.items()} | {out: numpy(vals[out])},
+                          f"{name}: value_and_grad against forward, backward", rtol)  # fmt: skip
+    if oracle:
+        assert_close_in_scale({n: numpy(g) for n, g in grads_.items()}, grads(name, arrays, seed),
+                              f"{name}: value_and_grad against autograd", ITERATED_RTOL)  # fmt: skip
+    if not variants:
+        return
+    first = model.inputs[0]
+    defined = list(model.program.defined())
+    values, grads_ = model.value_and_grad(given, wrt=first, outputs=defined, **how)
+    assert list(grads_) == [first] and list(values) == defined, name
+    assert_close_in_scale({n: numpy(v) for n, v in values.items()} | {"grad": numpy(grads_[first])},
+                          {n: numpy(vals[n]) for n in defined} | {"grad": numpy(want[first])},
+                          f"{name}: value_and_grad wrt {first}, every defined tensor", rtol)  # fmt: skip

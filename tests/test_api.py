@@ -148,6 +148,69 @@ def test_backward_calls_follow_changes_to_vals_wrt_and_loss() -> None:
         model.backward(model.forward(x=np.ones((1, 3)), W=np.ones((3, 2))), ["W"])
 
 
+VG_TEXT = "input x[b,i], W[i,j]\ny[b,j] = x[b,i] W[i,j]\nl2 = sum[b,j](y[b,j])\nloss = sum[b,j](y[b,j]^2)"
+
+
+@pytest.mark.parametrize(
+    "arrays, kwargs, message",
+    [
+        ([1.0], {}, "value_and_grad() takes a dict of the input arrays, not list; the program's inputs"),
+        ("ok", {"loss": 3}, "loss must be the name of a defined tensor, not int"),
+        ("ok", {"loss": "nope"}, "loss 'nope' is not defined by the program"),
+        ("ok", {"loss": "y"}, "loss 'y' has shape (2, 4), not a scalar; pass seed={'y': ...}"),
+        ("ok", {"wrt": "v"}, "wrt names 'v', which is not an input of the program; inputs: x, W"),
+        ("ok", {"wrt": 3}, "wrt must be a name or a list of names, not int"),
+        ("ok", {"outputs": "v"}, "outputs names 'v', which is not a tensor the program defines; it defines"),
+        ("ok", {"outputs": "x"}, "outputs names 'x', which is not a tensor the program defines"),
+        ("ok", {"outputs": [3]}, "outputs must list names as strings, not int"),
+        ("ok", {"seed": [("y", 1.0)]}, "seed must be a dict from tensor names to arrays, not list"),
+        ("ok", {"seed": {"y": np.ones(4)}}, "seed for 'y' has shape (4,), but 'y' has shape (2, 4)"),
+        ("ok", {"seed": {"x": np.ones(3)}}, "seed names 'x', which is not a tensor the program defines"),
+        ("ok", {"seed": {"y": 1j * np.ones((2, 4))}}, "seed for 'y' must hold real numbers, not complex128"),
+        ("ok", {"seed": {"l2": 1.0}, "loss": "l2"}, "give either loss= or seed=, not both"),
+        ("ok", {"seed": {}}, "seed is empty: give the gradient of at least one defined tensor"),
+        ({"x": np.ones((2, 3))}, {}, "no array was given for input 'W'"),
+        ({"x": np.ones((2, 3)), "W": np.ones((3, 4)), "v": 1.0}, {}, "'v' is not an input of the program"),
+        ({"x": np.ones((2, 3)), "W": np.ones((2, 4))}, {}, "index 'i' has size 3 from x[b,i] (axis 1)"),
+    ],
+)
+def test_value_and_grad_says_what_is_wrong_with_its_arguments(arrays, kwargs: dict, message: str) -> None:
+    """The errors of forward and of backward, for the same mistakes, from the one call."""
+    model = ig.compile(VG_TEXT)
+    if arrays == "ok":
+        arrays = {"x": np.ones((2, 3)), "W": np.ones((3, 4))}
+    with pytest.raises(ig.IndexgradError) as info:
+        model.value_and_grad(arrays, **kwargs)
+    assert info.value.message.startswith(message), info.value.message
+
+
+def test_value_and_grad_calls_follow_changes_of_shapes_loss_wrt_seed_and_outputs() -> None:
+    """A call like an earlier one reuses what it joined; any change is planned as on a first call,
+    and returns what forward then backward would."""
+    model = ig.compile(VG_TEXT)
+    g = rng(6)
+    for _ in range(2):
+        for b, i, j, dtype in [(2, 3, 4, np.float64), (5, 3, 2, np.float64), (2, 3, 4, np.float32)]:
+            arrays = {"x": g.standard_normal((b, i)), "W": g.standard_normal((i, j))}
+            arrays = {n: a.astype(dtype) for n, a in arrays.items()}
+            vals = model.forward(**arrays)
+            dy = g.standard_normal((b, j)).astype(dtype)
+            seeds = ({"seed": {"y": dy}}, {"seed": {"y": dy, "l2": 2.0}})
+            for how in ({}, {"loss": "loss"}, {"loss": "l2"}, *seeds):
+                for wrt in (None, "W", ["x"], "x, W"):
+                    for outputs, names in ((None, None), ("y", ["y"]), (["loss", "y"], ["loss", "y"]),
+                                           ("l2, y", ["l2", "y"])):  # fmt: skip
+                        values, grads = model.value_and_grad(arrays, wrt=wrt, outputs=outputs, **how)
+                        want = model.backward(vals, wrt=wrt, **how)
+                        names = names or list(how.get("seed", {})) or [how.get("loss", "loss")]
+                        assert list(values) == names and list(grads) == list(want)
+                        for n in names:
+                            np.testing.assert_array_equal(values[n], vals[n])
+                        for n in want:
+                            assert grads[n].dtype == want[n].dtype == dtype
+                            np.testing.assert_array_equal(grads[n], want[n])
+
+
 def test_backward_takes_lists_and_numbers_for_vals() -> None:
     model = ig.compile("l = x[i] x[i]")
     assert model.backward({"x": [1.0, 2.0], "l": 5.0})["x"].tolist() == [2.0, 4.0]
@@ -232,11 +295,14 @@ def test_a_model_that_has_run_copies_and_pickles_without_its_plans() -> None:
     arrays = {"x": g.standard_normal((4, 3)), "W": g.standard_normal((3, 2))}
     vals = model.forward(**arrays)
     want, hv = model.backward(vals), model.hvp(vals, v={"W": arrays["W"]})
+    model.value_and_grad(arrays)
     for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
         assert other.iterations == model.iterations and other.program == model.program
         got = other.forward(**arrays)
         np.testing.assert_array_equal(got["loss"], vals["loss"])
         for k, a in other.backward(got).items():
+            np.testing.assert_array_equal(a, want[k])
+        for k, a in other.value_and_grad(arrays)[1].items():
             np.testing.assert_array_equal(a, want[k])
         for k, a in other.hvp(got, v={"W": arrays["W"]}).items():
             np.testing.assert_array_equal(a, hv[k])

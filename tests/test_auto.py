@@ -139,6 +139,22 @@ def test_auto_runs_each_signature_on_the_backend_timed_fastest(stand_ins: dict[s
     assert line.startswith("backend auto chose fast (per run: fast 0.977 ms, numpy 500 ms, slow 1e+03 ms)")
 
 
+def test_value_and_grad_on_auto_runs_the_plans_chosen_for_forward_and_backward(
+    stand_ins: dict[str, StandIn],
+) -> None:
+    model, plain = ig.compile(MLP, backend="auto"), ig.compile(MLP)
+    values, grads = model.value_and_grad(arrays(), outputs="loss, y")
+    expected = plain.forward(**arrays())
+    for n in ("loss", "y"):
+        np.testing.assert_array_equal(values[n], expected[n])
+    for n, g in plain.backward(expected).items():
+        assert type(grads[n]) is np.ndarray
+        np.testing.assert_array_equal(grads[n], g)
+    runs = stand_ins["fast"].runs
+    model.value_and_grad(arrays(), outputs="loss, y")
+    assert stand_ins["fast"].runs == runs + 2  # each plan on the backend its timing chose, no more timing
+
+
 def test_auto_measures_once_per_signature(stand_ins: dict[str, StandIn]) -> None:
     model = ig.compile(MLP, backend="auto")
     for _ in range(3):

@@ -12,7 +12,7 @@ import autograd
 import autograd.numpy as anp
 import numpy as np
 import pytest
-from oracles import ORACLES, grads, path
+from oracles import ORACLES, assert_value_and_grad_agrees, grads, path
 
 import indexgrad as ig
 
@@ -70,6 +70,11 @@ def test_gradients_equal_autograd(name: str) -> None:
         assert got[k].shape == a[k].shape, k
         assert got[k].dtype == np.float64, k
         np.testing.assert_allclose(got[k], want[k], rtol=1e-7, atol=1e-10, err_msg=f"{name}: {k}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_value_and_grad_is_forward_then_backward(name: str) -> None:
+    assert_value_and_grad_agrees(model(name), name, arrays(name), np.asarray, oracle=True)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -10,7 +10,7 @@ from functools import cache
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
-from oracles import ITERATED_RTOL, ORACLES, assert_close_in_scale, path
+from oracles import ITERATED_RTOL, ORACLES, assert_close_in_scale, assert_value_and_grad_agrees, path
 
 import indexgrad as ig
 from indexgrad.shapes import random_inputs
@@ -134,6 +134,91 @@ def test_a_returned_array_is_written_once_in_the_layout_it_is_returned_in() -> N
     writes = [ln for ln in entry.splitlines() if " = f64[2,5,6,6]" in ln and " bitcast(" not in ln]
     assert len(writes) == 1, writes
     compare(prog, arrays, 0, text, hvp=False)
+
+
+@pytest.mark.parametrize("name", sorted(ORACLES))
+def test_value_and_grad_agrees_with_forward_then_backward_on_the_examples(name: str) -> None:
+    """(The variants plan and compile twice more: on the examples that compile fast.)"""
+    rtol = ITERATED_RTOL if name in IMPLICIT else 1e-12  # a fix or solve may stop one step apart
+    variants = name not in HEAVY | IMPLICIT | {"norms", "strided_conv", "cnn"}
+    assert_value_and_grad_agrees(models(name)[1], name, inputs(name), jnp.asarray, rtol, variants=variants)
+
+
+def test_value_and_grad_is_one_jitted_computation_of_the_forward_and_backward_plans() -> None:
+    """The plans plan() shows for forward and backward, traced into one function that returns
+    the values asked for and the gradients and nothing else; neither plan runs on its own, and
+    a second call compiles nothing."""
+    from indexgrad.backends.jax import JaxChain
+
+    model = ig.compile(ig.load(path("mlp")), backend="jax")
+    arrays = {n: jnp.asarray(v) for n, v in inputs("mlp").items()}
+    for _ in range(2):
+        values, grads = model.value_and_grad(arrays, wrt="W1, B1", outputs="z")
+    assert list(values) == ["z"] and list(grads) == ["W1", "B1"]
+    ((compiled, returned),) = model._joints.values()
+    chain = compiled.executor
+    assert isinstance(chain, JaxChain) and returned == ("z",)
+    first, then = chain.parts
+    assert first.plan is model.plan(arrays) and then.plan is model.plan(arrays, "backward", wrt=["W1", "B1"])
+    assert (first.jitted._cache_size(), then.jitted._cache_size(), chain.jitted._cache_size()) == (0, 0, 1)
+    out = chain.jitted.lower({n: arrays[n] for n in chain.reads}).out_info
+    assert set(out) == {"z", "W1.grad", "B1.grad"}  # hidden, loss and the other gradients stay inside
+
+
+PASSED_ON = ["loss = s", "loss = 3 s", "y[i] = x[i]\nz[i] = y[i]", "y[i] = x[i]\nl = sum[i](y[i])"]
+
+
+@pytest.mark.parametrize("text", PASSED_ON)
+def test_value_and_grad_returns_values_and_gradients_that_pass_through_unchanged(text: str) -> None:
+    """Copies and seeds passed on as they are: what the chain returns is what its plans define."""
+    prog = ig.parse(text)
+    arrays = {n: jnp.asarray(a) for n, a in random_inputs(prog, {"i": 3}, np.random.default_rng(0)).items()}
+    model = ig.compile(prog, backend="jax")
+    out = prog.defined()[-1]
+    how = {"seed": {out: jnp.full(3, 2.0)}} if out == "z" else {}
+    vals = model.forward(**arrays)
+    values, grads = model.value_and_grad(arrays, outputs=list(prog.defined()), **how)
+    assert_close_in_scale(values, {n: vals[n] for n in prog.defined()}, "values", 0)
+    assert_close_in_scale(grads, model.backward(vals, **how), "gradients", 0)
+
+
+def test_jax_differentiates_through_value_and_grad() -> None:
+    """jax.grad of a function of value_and_grad's gradients (a Hessian-vector product through the
+    chain) equals jax's own: what jax differentiates is the plain trace of both plans."""
+    model = ig.compile("y[b,i] = tanh(x[b,j] W[j,i])\nloss = sum[b,i](y[b,i]^2)", backend="jax")
+    r = np.random.default_rng(0)
+    a = {"x": jnp.asarray(r.standard_normal((2, 3))), "W": jnp.asarray(r.standard_normal((3, 4)))}
+    v = {k: jnp.asarray(r.standard_normal(x.shape)) for k, x in a.items()}
+    got = jax.grad(lambda d: sum(jnp.vdot(model.value_and_grad(d)[1][k], v[k]) for k in v))(a)
+    f = lambda d: jnp.sum(jnp.tanh(d["x"] @ d["W"]) ** 2)  # noqa: E731
+    want = jax.grad(lambda d: sum(jnp.vdot(jax.grad(f)(d)[k], v[k]) for k in v))(a)
+    for k in a:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-12, err_msg=k)
+
+
+def test_value_and_grad_in_float32_without_64_bit_mode() -> None:
+    m = models("mlp")[1]
+    a32 = {n: jnp.asarray(v.astype(np.float32)) for n, v in inputs("mlp").items()}
+    with jax.enable_x64(False):
+        values, grads = m.value_and_grad(a32, outputs="loss, z")
+        vals = m.forward(**a32)
+        want = m.backward(vals)
+        assert {v.dtype for v in [*values.values(), *grads.values()]} == {np.dtype(np.float32)}
+        got = {n: values[n] for n in values} | {f"{n}.grad": g for n, g in grads.items()}
+        expected = {n: vals[n] for n in values} | {f"{n}.grad": g for n, g in want.items()}
+        assert_close_in_scale(got, expected, "float32", 1e-5)
+        with pytest.raises(ig.IndexgradError, match=r"the value given for 'W1' is float64, and"):
+            m.value_and_grad({**a32, "W1": inputs("mlp")["W1"]})
+
+
+def test_value_and_grad_checks_labels_and_iterations_as_forward_does_on_jax() -> None:
+    m = models("logloss")[1]
+    a = inputs("logloss")
+    with pytest.raises(ig.IndexgradError, match=r"label 7 in 'y' is out of range for axis 1 of 'Q'"):
+        m.value_and_grad({**a, "y": np.full_like(a["y"], 7)})
+    m = ig.compile("z[b] = fix(z[b]^2 + x[b])\nloss = sum[b](z[b])\n", backend="jax")
+    with pytest.raises(ig.IndexgradError, match=r"1:1: error: fix\(...\) found no fixed point for 'z'"):
+        m.value_and_grad({"x": np.ones(3)})
 
 
 def budget(examples: int) -> settings:

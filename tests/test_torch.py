@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from agree import assert_backends_agree, assert_close, tensors
-from oracles import ORACLES, path
+from oracles import ORACLES, assert_value_and_grad_agrees, path
 from torch import nn
 
 import indexgrad as ig
@@ -50,6 +50,12 @@ def test_backend_agrees_with_numpy(name: str) -> None:
     seeds = None if seed is None else {ORACLES[name].output: seed}
     reached = assert_backends_agree(ig.load(path(name)), a, seed=seeds)
     assert reached == ("hvp" if seed is None else "jvp")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_value_and_grad_is_forward_then_backward_on_torch(name: str) -> None:
+    model = ig.compile(ig.load(path(name)), backend="torch")
+    assert_value_and_grad_agrees(model, name, inputs(name), torch.as_tensor)
 
 
 @pytest.mark.parametrize("name", NAMES)

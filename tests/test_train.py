@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -225,6 +226,29 @@ def test_seeded_fit_is_reproducible_bit_for_bit(mlp: ig.Model, digits) -> None:
     assert all(np.array_equal(p1[n], p2[n]) for n in p1)
     assert (h1.loss, h1.valid_loss, h1.valid_metric) == (h2.loss, h2.valid_loss, h2.valid_metric)
     assert not np.array_equal(p1["W1"], p3["W1"])
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_fit_trains_as_on_numpy_on_another_backend(backend: str) -> None:
+    """Each step is one value_and_grad on the model's backend (on jax one jitted computation):
+    float64 params and losses as the numpy backend's, epoch by epoch."""
+    library = pytest.importorskip(backend)
+    params, _ = small_problem(np.random.default_rng(4))
+    r = np.random.default_rng(5)
+    data = {"x": r.standard_normal((40, 5)), "Y": np.eye(3)[r.integers(0, 3, 40)]}
+    runs = []
+    with library.enable_x64(True) if backend == "jax" else contextlib.nullcontext():
+        for name in ("numpy", backend):
+            trained = {n: a.copy() for n, a in params.items()}
+            history = fit(ig.compile(MLP, backend=name), trained, data, epochs=3, batch=8, optimizer="sgd",
+                          lr=0.1, valid=data, progress=False)  # fmt: skip
+            runs.append((trained, history))
+    (want, h_want), (got, h_got) = runs
+    np.testing.assert_allclose(h_got.loss + h_got.valid_loss, h_want.loss + h_want.valid_loss, rtol=1e-10)
+    for n in params:
+        assert got[n].dtype == np.float64
+        np.testing.assert_allclose(got[n], want[n], rtol=1e-10, atol=1e-12, err_msg=n)
+    assert not np.allclose(got["W1"], params["W1"])
 
 
 def test_short_digits_run_learns(mlp: ig.Model, digits, tmp_path: Path) -> None:

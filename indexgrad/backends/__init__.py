@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -35,6 +35,8 @@ class Backend(Protocol):
 
     def executor(self, plan: Plan) -> Executor: ...
 
+    def chain(self, executors: Sequence[Executor], returns: tuple[str, ...]) -> Executor: ...
+
     def asarray(self, value: Any, dtype: Any = None) -> Any: ...
 
     def describe(self, a: Any) -> tuple[tuple[int, ...], np.dtype]: ...
@@ -48,6 +50,21 @@ class Backend(Protocol):
     def copy(self, a: Any) -> Any: ...
 
     def one(self, dtype: np.dtype) -> Any: ...
+
+
+class Chain:
+    """Executors run one after another on one env (a forward plan, then the backward plan that
+    reads what it keeps), as calling each in turn would: what a backend that does not join plans
+    into one computation runs. The env it returns holds `returns` and more."""
+
+    def __init__(self, executors: Sequence[Executor], returns: tuple[str, ...]) -> None:
+        self.executors = tuple(executors)
+        self.plan = self.executors[-1].plan
+
+    def run(self, env: Env, check_finite: bool = False) -> Env:
+        for e in self.executors:
+            env = e.run(env, check_finite)
+        return env
 
 
 # name -> (module, the package it needs, how to install that package)

@@ -9,7 +9,7 @@ without it a float64 array is refused rather than rounded to float32 behind the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -757,13 +757,17 @@ class JaxExecutor:
         self.defines = tuple(n for n in dict.fromkeys(s.out for s in plan.steps) if n not in freed)
         self.labels = _label_checks(plan)
         self.iterations = [s for s in plan.steps if s.kind in ("fix", "solve")]
+        self.jitted = self._jit()
+        keep_freed_memory(plan.peak_bytes)  # XLA's buffers are glibc's too
+
+    def _jit(self) -> Callable[[dict[str, Array]], dict[str, Array]]:
+        """laid_out, jitted; differentiated as the plain trace."""
         # XLA may return a residual of a jitted function with layout constraints in another layout
         # than jax assumes (jax 0.10: a wrong jax.vjp through it, so a wrong second derivative of
         # ig.jax.function); what is differentiated is therefore the plain trace
         laid_out = jax.custom_jvp(self.laid_out)
         laid_out.defjvp(lambda primals, tangents: jax.jvp(self.trace, primals, tangents))
-        self.jitted = jax.jit(laid_out)
-        keep_freed_memory(plan.peak_bytes)  # XLA's buffers are glibc's too
+        return jax.jit(laid_out)
 
     def trace(self, arrays: dict[str, Array]) -> dict[str, Array]:
         """The steps as one function of the arrays they read (traced by jit, grad or vmap), and
@@ -840,6 +844,43 @@ class JaxExecutor:
         return {n: env[n] for n in self.defines} | {k: env[k] for k in map(report_key, self.iterations)}
 
 
+class JaxChain(JaxExecutor):
+    """Executors' plans traced one after another into one jitted function (a forward plan, then
+    the backward plan that reads what it keeps) returning `returns` alone: one dispatch, XLA
+    fuses across the plans, and what the caller never sees stays in the layout XLA chose for it
+    (`laid_out` constrains only what is returned)."""
+
+    def __init__(self, executors: Sequence[JaxExecutor], returns: tuple[str, ...]) -> None:
+        self.parts = tuple(executors)
+        self.plan = self.parts[-1].plan
+        made: set[str] = set()
+        reads: list[str] = []
+        for e in self.parts:
+            reads += (n for n in e.reads if n not in made)
+            made.update(e.defines)
+        self.reads = tuple(dict.fromkeys(reads))
+        self.defines = tuple(n for n in dict.fromkeys(returns) if n in made)
+        first: dict[tuple[str, int], tuple[str, int, int, str, Any]] = {}
+        for check in (c for e in self.parts for c in e.labels):
+            first.setdefault(check[:2], check)  # a label read and written at one extent: checked once
+        self.labels = list(first.values())
+        self.iterations = [s for e in self.parts for s in e.iterations]
+        self.jitted = self._jit()
+
+    def trace(self, arrays: dict[str, Array]) -> dict[str, Array]:
+        return self._through(arrays, JaxExecutor.trace)
+
+    def _checked(self, arrays: dict[str, Array]) -> dict[str, Array]:
+        return self._through(arrays, JaxExecutor._checked)
+
+    def _through(self, arrays: dict[str, Array], run: Callable[[JaxExecutor, dict[str, Array]], Env]) -> Env:
+        """Each part run by `run` on what it reads of the arrays and the earlier parts' results."""
+        env = dict(arrays)
+        for e in self.parts:
+            env.update(run(e, {n: env[n] for n in e.reads}))
+        return {n: env[n] for n in self.defines} | {k: env[k] for k in map(report_key, self.iterations)}
+
+
 class JaxBackend:
     name = "jax"
     in_place = False
@@ -847,6 +888,8 @@ class JaxBackend:
 
     def executor(self, plan: Plan) -> JaxExecutor:
         return JaxExecutor(plan)
+
+    chain = staticmethod(JaxChain)
 
     def asarray(self, value: Any, dtype: Any = None) -> Array:
         """value as a jax array; a float64 array without jax_enable_x64 is an error (jax would
@@ -883,4 +926,13 @@ def make_backend() -> JaxBackend:
     return JaxBackend()
 
 
-__all__ = ["BUILDERS", "FORWARDS", "REDUCTIONS", "JaxBackend", "JaxExecutor", "float_dtype", "make_backend"]
+__all__ = [
+    "BUILDERS",
+    "FORWARDS",
+    "REDUCTIONS",
+    "JaxBackend",
+    "JaxChain",
+    "JaxExecutor",
+    "float_dtype",
+    "make_backend",
+]

@@ -26,7 +26,7 @@ from ..functions import FUNCTIONS, REDUCTIONS
 from ..memory import keep_freed_memory
 from ..nodes import DELTA, Affine, Gather, Ref
 from ..plan import Operand, Plan, Step
-from . import Builder, Env, builder_for
+from . import Builder, Chain, Env, builder_for
 
 Array = np.ndarray
 Compute = Callable[[Env], Any]
@@ -743,6 +743,8 @@ class NumpyBackend:
 
     def executor(self, plan: Plan) -> NumpyExecutor:
         return NumpyExecutor(plan)
+
+    chain = staticmethod(Chain)
 
     def asarray(self, value: Any, dtype: Any = None) -> Array:
         return np.asarray(value, dtype=dtype)

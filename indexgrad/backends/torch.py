@@ -26,7 +26,7 @@ from ..errors import IndexgradError
 from ..memory import keep_freed_memory
 from ..nodes import DELTA, Affine, Ref
 from ..plan import Operand, Plan, Step, pair_layout, sum_product_instead
-from . import Env, builder_for
+from . import Chain, Env, builder_for
 from .numpy import alignment, general_positions, positions_index, sizes, slice_adds
 
 Tensor = torch.Tensor
@@ -949,6 +949,8 @@ class TorchBackend:
 
     def executor(self, plan: Plan) -> TorchExecutor:
         return TorchExecutor(plan, self.device)
+
+    chain = staticmethod(Chain)
 
     def asarray(self, value: Any, dtype: Any = None) -> Tensor:
         """value as a tensor on the model's device: a float dtype asked for becomes the model's."""
