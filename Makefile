@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 test: $(STAMP)
 	$(BIN)/ruff check indexgrad tests
 	@test -x /usr/bin/chromium || echo "make test: no /usr/bin/chromium, so the browser tests are skipped (apt-get install chromium, then make test-browser)"
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2  # two workers: this machine's two cores (pytest-xdist)
 
 # the playground in headless Chromium (Debian's chromium package); fails rather than skips without it
 test-browser: $(STAMP)
