@@ -370,9 +370,11 @@ class Model:
         mode: str,
         *programs: Program,
         constants: set[str] = frozenset(),  # type: ignore[assignment]
+        forward: list[Prim] | None = None,
     ) -> tuple[Plan, Executor]:
         """The plan for prims on arrays of env_sig, and what runs it; `constants` are seeds that
-        are always 1. Under backend="auto", planned and timed on every installed backend."""
+        are always 1; `forward`, the primitives that made the forward values prims read. Under
+        backend="auto", planned and timed on every installed backend."""
         shapes, dtypes = _shapes_dtypes(env_sig)
 
         def build(engine: Backend) -> tuple[Plan, Executor]:
@@ -388,6 +390,7 @@ class Model:
                 constants=dict.fromkeys(constants, 1.0),
                 iterations=self.iterations,
                 numpy_layouts=self.numpy_layouts,
+                forward=forward,
                 filename=self.program.filename,
                 source=self.program.source,
             )
@@ -446,7 +449,9 @@ class Model:
         prims = read_steps_of_outputs(lower(d), fw.relus)
         prims = reuse_forward(prims, fw.prims, fw.keep | self._input_set)
         prims = absorb_scales(inline_broadcasts(prims, returned | seeded), returned | seeded)
-        runnable = self._runnable(prims, sig, returned, "backward", fw.program, d, constants=constants)
+        runnable = self._runnable(
+            prims, sig, returned, "backward", fw.program, d, constants=constants, forward=fw.prims
+        )
         return runnable, tuple((n, self._grad[n]) for n in names)
 
     def _build_jvp(self, key: PlanKey) -> Compiled:

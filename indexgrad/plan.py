@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import opt_einsum as oe
 
-from . import correlate, positions, softmax
+from . import correlate, layernorm, positions, softmax
 from .errors import IndexgradError
 from .functions import FUNCTIONS
 from .iterate import ANDERSON_M, ANDERSON_MOST, DEFAULT_MAX_ITER, DEFAULT_TOL
@@ -516,6 +516,7 @@ def make_plan(
     constants: dict[str, float] | None = None,
     iterations: dict[str, Any] | None = None,
     numpy_layouts: bool = True,
+    forward: list[Prim] | None = None,
     filename: str = "<string>",
     source: str = "",
 ) -> Plan:
@@ -528,7 +529,8 @@ def make_plan(
     1 of a scalar loss): steps fold them in as numbers of the input's dtype. `iterations` holds
     the tolerance and iteration limit of fix and solve (`tol`, `max_iter`; None: the defaults).
     `numpy_layouts`: on the numpy backend, lay products out with `copy_layout` (settings only its
-    builders read; code generation plans without them).
+    builders read; code generation plans without them). `forward`: the primitives that made the
+    forward values a backward plan reads, which a backend's recognised patterns may rely on.
     """
     try:
         planner = _Planner(
@@ -538,6 +540,7 @@ def make_plan(
         steps = planner.steps()
         if backend == "torch":  # steps that are one call of torch's own: a convolution, a softmax
             steps = softmax.softmaxes(correlate.correlations(steps), keep)
+            steps = layernorm.layer_norm_grads(steps, forward or [])
         steps = _masks(steps, keep, gate=backend == "torch")
         steps, peak, fresh = _buffers(steps, set(shapes), keep, in_place)
     except IndexgradError as e:
@@ -1315,6 +1318,7 @@ _DESCRIBE: dict[str, Callable[[Step], str]] = {
     "delta": _describe_delta,
     "conv": correlate.describe,
     "softmax": softmax.describe,
+    "layer_norm": layernorm.describe,
     "gate": lambda s: f"multiply({s.inputs[0]}, greater({s.inputs[1]}, 0) as {s.dtype})",
 }
 

@@ -208,6 +208,75 @@ def test_a_product_summed_over_its_leading_axes_multiplies_in_place_of_copying_t
     assert assert_backends_agree(text, a) == "jvp"
 
 
+NORM_HEAD = "param G[d], S[d]\ninput x[b,t,d]\n"
+CENTRED = "c[b,t,d] = x[b,t,d] - mean[j](x[b,t,j])\n"
+NORM = "n[b,t,d] = c[b,t,d] G[d] / sqrt(mean[j](c[b,t,j]^2) + 1e-5) + S[d]\n"
+CUBED = "loss = sum[b,t,d](n[b,t,d]^3)\n"  # a gradient at n that varies, unlike a sum's
+
+
+def _layer_norm_steps(text: str, arrays: dict[str, np.ndarray], backend: str = "torch", **kw) -> int:
+    m = ig.compile(text, backend=backend)
+    vals = m.forward(**(tensors(arrays) if backend == "torch" else arrays))
+    return sum(s.kind == "layer_norm" for s in m.plan(vals, mode="backward", **kw).steps)
+
+
+def _norm_arrays(x: tuple[int, ...] = (2, 3, 5)) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    d = x[-1]
+    return {"x": 3 * rng.standard_normal(x) + 1, "G": rng.standard_normal(d), "S": rng.standard_normal(d)}
+
+
+def test_a_layer_norms_input_gradient_is_one_step_with_the_values_of_its_eight() -> None:
+    """The eight steps from n's product's gradient to x.grad run as torch's layer-norm backward
+    kernel (the plan says so), with the plain plan's values in every mode (numpy runs the plain
+    steps); a seed (a vector-Jacobian product) and the transformer example are recognised too."""
+    text, a = NORM_HEAD + CENTRED + NORM + CUBED, _norm_arrays()
+    assert _layer_norm_steps(text, a) == 1 and _layer_norm_steps(text, a, "numpy") == 0
+    m = ig.compile(text, backend="torch")
+    plan = str(m.plan(m.forward(**tensors(a)), mode="backward"))
+    assert "x.grad[b,t,d] = layer_norm_grad(n.prod.grad[b,t,d], c[b,t,d], n.sqrt[b,t], G[d])" in plan
+    assert "native_layer_norm_backward(n.prod.grad[b,t,d], input c[b,t,d], mean 0, rstd 1 / n.sqrt" in plan
+    assert assert_backends_agree(text, a) == "hvp"
+    vjp = NORM_HEAD + CENTRED + NORM
+    seed = {"n": np.random.default_rng(1).standard_normal((2, 3, 5))}
+    assert _layer_norm_steps(vjp, a) == 1  # n is no scalar: the plan of backward(seed=...)
+    assert assert_backends_agree(vjp, a, seed=seed) == "jvp"
+    # x's gradient has a term already (a residual): the step adds to it
+    residual = NORM_HEAD + CENTRED + NORM + "y[b,t,d] = x[b,t,d] + n[b,t,d]\nloss = sum[b,t,d](y[b,t,d]^3)\n"
+    assert _layer_norm_steps(residual, a) == 1 and assert_backends_agree(residual, a) == "hvp"
+    example = ig.load(path("transformer"))
+    arrays = inputs("transformer")
+    assert _layer_norm_steps(example, arrays) == 9  # four blocks of two, and the last norm
+    assert assert_backends_agree(example, arrays) == "hvp"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # epsilon outside the square root
+        CENTRED + "n[b,t,d] = c[b,t,d] G[d] / (sqrt(mean[j](c[b,t,j]^2)) + 1e-5) + S[d]\n" + CUBED,
+        # centred over another index than the one normalised
+        "c[b,t,d] = x[b,t,d] - mean[u](x[b,u,d])\n" + NORM + CUBED,
+        # not centred
+        "c[b,t,d] = x[b,t,d] - 0.5 mean[j](x[b,t,j])\n" + NORM + CUBED,
+        # c, or the standard deviation, read elsewhere: their gradients have more terms
+        CENTRED + NORM + "loss = sum[b,t,d](n[b,t,d]^3) + sum[b,t,d](c[b,t,d]^2)\n",
+        CENTRED + "s[b,t] = sqrt(mean[j](c[b,t,j]^2) + 1e-5)\nn[b,t,d] = c[b,t,d] G[d] / s[b,t] + S[d]\n"
+        "loss = sum[b,t,d](n[b,t,d]^3) + sum[b,t](s[b,t])\n",
+        # a gain of two factors, and none
+        CENTRED + "n[b,t,d] = c[b,t,d] G[d] S[d] / sqrt(mean[j](c[b,t,j]^2) + 1e-5)\n" + CUBED,
+        CENTRED + "n[b,t,d] = c[b,t,d] / sqrt(mean[j](c[b,t,j]^2) + 1e-5) + S[d] G[d]\n" + CUBED,
+        # normalised along the first axis of c as it is stored (the kernel normalises the last)
+        "c[d,b,t] = x[b,t,d] - mean[j](x[b,t,j])\n"
+        "n[b,t,d] = c[d,b,t] G[d] / sqrt(mean[j](c[j,b,t]^2) + 1e-5) + S[d]\n" + CUBED,
+    ],
+)
+def test_what_is_not_a_layer_norm_keeps_its_plain_steps(body: str) -> None:
+    text, a = NORM_HEAD + body, _norm_arrays()
+    assert _layer_norm_steps(text, a) == 0
+    assert assert_backends_agree(text, a) == "hvp"
+
+
 @pytest.mark.parametrize("read", ["y[lab[b]]", "y[b//2]"])
 def test_a_scatter_of_a_value_in_its_targets_own_memory(read: str) -> None:
     """y.grad's first term passes x.sum.grad along uncopied, and its scatter adds the same memory:

@@ -672,6 +672,20 @@ def softmax(step: Step, run: _Run) -> Compute:
     return normalised
 
 
+def layer_norm_grad(step: Step, run: _Run) -> Compute:
+    """A layer norm's input gradient (indexgrad/layernorm.py) by torch's own kernel: the gradient g
+    at the input c (already centred: mean 0) with 1/s for the reciprocal standard deviation."""
+    g, c, s, gain = (_reader(o, step.dtype) for o in step.inputs)
+    normalised, backward = step.shape[-1:], torch.ops.aten.native_layer_norm_backward
+    wanted = (True, False, False)  # the input's gradient only
+
+    def grad(env: Env) -> Tensor:
+        rstd = s(env).reciprocal()
+        return backward(g(env), c(env), normalised, torch.zeros_like(rstd), rstd, gain(env), None, wanted)[0]
+
+    return grad
+
+
 # ---- reads and writes through index arithmetic and labels -----------------------------------
 
 
@@ -844,6 +858,7 @@ BUILDERS: dict[str, Callable[[Step, _Run], Compute]] = {
     "contract": contract,
     "conv": conv,
     "softmax": softmax,
+    "layer_norm": layer_norm_grad,
     "elementwise": elementwise,
     "terms": terms,
     "reduce": reduce,
