@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import opt_einsum as oe
 
-from . import correlate, layernorm, positions, softmax
+from . import correlate, layernorm, plus, positions, softmax
 from .errors import IndexgradError
 from .functions import FUNCTIONS
 from .iterate import ANDERSON_M, ANDERSON_MOST, DEFAULT_MAX_ITER, DEFAULT_TOL
@@ -540,7 +540,8 @@ def make_plan(
         steps = planner.steps()
         if backend == "torch":  # steps that are one call of torch's own: a convolution, a softmax
             steps = softmax.softmaxes(correlate.correlations(steps), keep)
-            steps = layernorm.layer_norm_grads(steps, forward or [])
+            steps = plus.products_plus(layernorm.layer_norm_grads(steps, forward or []), keep)
+            steps = _copied_once(steps)
         steps = _masks(steps, keep, gate=backend == "torch")
         steps, peak, fresh = _buffers(steps, set(shapes), keep, in_place)
     except IndexgradError as e:
@@ -988,6 +989,26 @@ def _masks(steps: list[Step], keep: set[str], gate: bool = False) -> list[Step]:
     return [s for s in out if s is not None]
 
 
+def _copied_once(steps: list[Step]) -> list[Step]:
+    """A product's result that is a transposed view (`res_perm`) and that two or more later
+    products reshape (each would copy it, as reshaping a transposed view copies) is copied once,
+    in its own axes' order, where it is made (args `res_copy`): torch's products then read views."""
+    reshaped: dict[str, int] = {}
+    for s in steps:
+        if s.kind == "contract" and s.call == "matmul" and len(s.inputs) == 2:
+            ab = s.inputs[::-1] if s.args["swap"] else s.inputs
+            for o, key in zip(ab, "ab"):
+                if s.args[f"{key}_shape"] is not None:
+                    reshaped[o.name] = reshaped.get(o.name, 0) + 1
+    return [
+        _with(s, args={**s.args, "res_copy": True})
+        if s.kind == "contract" and s.call == "matmul" and s.args.get("res_perm") is not None
+        and reshaped.get(s.out, 0) >= 2
+        else s
+        for s in steps
+    ]  # fmt: skip
+
+
 def _plain_product(s: Step) -> bool:
     """Whether a broadcast product multiplies its operands as they lie: nothing moved, summed or scaled."""
     a = s.args
@@ -1240,7 +1261,7 @@ def _describe_call(s: Step) -> str:
         if args.get("res_shape") is not None:
             text += f".reshape{tuple(args['res_shape'])}"
         if args.get("res_perm") is not None:
-            text += f".transpose{tuple(args['res_perm'])}"
+            text += f".transpose{tuple(args['res_perm'])}" + (".copy()" if args.get("res_copy") else "")
         return text + tail
     if s.call == "einsum":
         order = path_order(args["path"], [o.name for o in ops])
@@ -1319,6 +1340,7 @@ _DESCRIBE: dict[str, Callable[[Step], str]] = {
     "conv": correlate.describe,
     "softmax": softmax.describe,
     "layer_norm": layernorm.describe,
+    "product_add": lambda s: plus.describe(s, _describe_call(_with(s, kind="contract", inputs=s.inputs[:2]))),
     "gate": lambda s: f"multiply({s.inputs[0]}, greater({s.inputs[1]}, 0) as {s.dtype})",
 }
 

@@ -277,6 +277,65 @@ def test_what_is_not_a_layer_norm_keeps_its_plain_steps(body: str) -> None:
     assert assert_backends_agree(text, a) == "hvp"
 
 
+SHAPES = {
+    "x": (2, 3), "W": (3, 3), "B": (3,), "q": (2, 4, 3, 2), "k": (2, 4, 3, 2), "M": (4, 4),
+    "c": (2, 3), "G": (3,), "s": (2,), "S": (3,),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "call"),
+    [
+        ("y[b,h] = x[b,d] W[d,h] + B[h]\n", "matmul"),  # a bias: addmm
+        ("y[b,h] = 0.5 x[b,d] W[d,h] + B[h] + relu(x[b,h])\n", "matmul"),  # scaled, two terms
+        ("y[b,h,t,s] = q[b,t,h,e] k[b,s,h,e] / size[e]^0.5 + M[t,s]\n", "matmul"),  # baddbmm
+        ("y[b,d] = c[b,d] G[d] / s[b] + S[d]\n", "multiply"),  # addcmul
+        ("y[b,d] = c[b,d] G[d] / s[b] + S[d] + x[b,d]\n", "multiply"),
+    ],
+)
+def test_a_product_and_the_terms_added_to_it_are_one_step(text: str, call: str) -> None:
+    """On torch one call that adds as it multiplies (addmm, baddbmm, addcmul), with numpy's values."""
+    out = text[2 : text.index("]")]
+    text += f"loss = sum[{out}](y[{out}]^3)\n"
+    rng = np.random.default_rng(0)
+    a = {n: rng.standard_normal(SHAPES[n]) for n in ig.compile(text).inputs}
+    steps = ig.compile(text, backend="torch").plan(a).steps
+    assert [(s.kind, s.call) for s in steps if s.out == "y"] == [("product_add", call)]
+    assert all(s.kind != "product_add" for s in ig.compile(text).plan(a).steps)  # numpy: the plain steps
+    assert assert_backends_agree(text, a) == "hvp"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "z[b,h] = x[b,d] W[d,h]\ny[b,h] = z[b,h] + B[h]\n",  # the product is the program's own
+        "y[b,h] = x[b,d] W[d,h] - B[h]\n",  # subtracted from
+        "y[b,h] = x[b,d] W[d,h] + 1\n",  # a constant
+    ],
+)
+def test_a_product_not_added_to_whole_keeps_its_steps(text: str) -> None:
+    m = ig.compile(text + "loss = sum[b,h](y[b,h]^3)\n", backend="torch")
+    rng = np.random.default_rng(0)
+    a = {n: rng.standard_normal(SHAPES[n]) for n in m.inputs}
+    assert all(s.kind != "product_add" for s in m.plan(a).steps)
+    assert assert_backends_agree(m.program, a) == "hvp"
+
+
+def test_a_transposed_product_two_products_reshape_is_copied_once() -> None:
+    """q.grad comes out of its product as a transposed view; the gradients of n and Q both read it
+    as rows: it is copied once where it is made (the plan says .copy()), not once by each."""
+    text = "input n[b,t,d], Q[d,h,e], k[b,s,h,e]\nq[b,t,h,e] = n[b,t,d] Q[d,h,e]\n"
+    text += "a[b,h,t,s] = q[b,t,h,e] k[b,s,h,e]\nloss = sum[b,h,t,s](a[b,h,t,s]^2)\n"
+    rng = np.random.default_rng(0)
+    a = {n: rng.standard_normal(s) for n, s in {"n": (2, 3, 4), "Q": (4, 2, 3), "k": (2, 3, 2, 3)}.items()}
+    m = ig.compile(text, backend="torch")
+    plan = m.plan(m.forward(**tensors(a)), mode="backward")
+    [made] = [s for s in plan.steps if s.out == "q.grad"]
+    assert made.args["res_copy"] and made.describe().endswith(".copy()")
+    assert ".copy()" not in str(ig.compile(text).plan(a, mode="backward"))
+    assert assert_backends_agree(text, a) == "hvp"
+
+
 @pytest.mark.parametrize("read", ["y[lab[b]]", "y[b//2]"])
 def test_a_scatter_of_a_value_in_its_targets_own_memory(read: str) -> None:
     """y.grad's first term passes x.sum.grad along uncopied, and its scatter adds the same memory:

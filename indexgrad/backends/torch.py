@@ -289,10 +289,38 @@ def _product(call: str, args: dict[str, Any], first: Compute, second: Compute) -
     ma, mb = _movers(args)
     ra = first if ma is None else (lambda env: ma(first(env)))
     rb = second if mb is None else (lambda env: mb(second(env)))
-    f, finish = _PRODUCTS[call], _then(_reshape(args["res_shape"]), _permute(args["res_perm"]))
+    copy = operator.methodcaller("contiguous") if args.get("res_copy") else None
+    f, finish = _PRODUCTS[call], _chain(_reshape(args["res_shape"]), _permute(args["res_perm"]), copy)
     if finish is None:
         return lambda env: f(ra(env), rb(env))
     return lambda env: finish(f(ra(env), rb(env)))
+
+
+def product_add(step: Step, run: _Run) -> Compute:
+    """A product plus terms (indexgrad/plus.py) as one call that adds as it multiplies: addmm or
+    baddbmm with the first term, broadcast to the product's matrices, as their input and the
+    coefficient as alpha; addcmul for a broadcast product. Any further terms are added after."""
+    args, coef = step.args, step.args["coef"]
+    a, b = step.inputs[:2][::-1] if args["swap"] else step.inputs[:2]
+    ma, mb = _movers(args)
+    ra, rb = _reader(a, step.dtype, ma), _reader(b, step.dtype, mb)
+    first, *rest = (_aligned(step, o) for o in step.inputs[2:])
+    finish, shape = _reshape(args["res_shape"]) or (lambda t: t), step.shape
+
+    def added(env: Env) -> Tensor:
+        x, y = ra(env), rb(env)
+        if step.call == "multiply":
+            out = torch.addcmul(first(env), x, y, value=coef)
+        elif x.dim() != y.dim() or x.dim() not in (2, 3):  # a product torch.matmul broadcasts
+            out = finish(torch.matmul(x, y)).mul_(coef).add_(first(env))
+        else:
+            z = torch.broadcast_to(first(env), shape).reshape(*x.shape[:-1], y.shape[-1])
+            out = finish((torch.addmm if x.dim() == 2 else torch.baddbmm)(z, x, y, alpha=coef))
+        for r in rest:
+            out.add_(r(env))
+        return out
+
+    return added
 
 
 def _multiplied_sum(
@@ -859,6 +887,7 @@ BUILDERS: dict[str, Callable[[Step, _Run], Compute]] = {
     "conv": conv,
     "softmax": softmax,
     "layer_norm": layer_norm_grad,
+    "product_add": product_add,
     "elementwise": elementwise,
     "terms": terms,
     "reduce": reduce,
