@@ -263,6 +263,9 @@ class _PerDevice(Generic[Made]):
         return t
 
 
+_CPU = torch.device("cpu")
+
+
 class _Run(threading.local):
     """The device of the run in progress (per thread): where a step with no operand makes its tensor."""
 
@@ -706,10 +709,11 @@ def layer_norm_grad(step: Step, run: _Run) -> Compute:
     g, c, s, gain = (_reader(o, step.dtype) for o in step.inputs)
     normalised, backward = step.shape[-1:], torch.ops.aten.native_layer_norm_backward
     wanted = (True, False, False)  # the input's gradient only
+    mean = _PerDevice(lambda d: torch.zeros(step.inputs[2].shape, dtype=torch_dtype(step.dtype), device=d))
 
     def grad(env: Env) -> Tensor:
         rstd = s(env).reciprocal()
-        return backward(g(env), c(env), normalised, torch.zeros_like(rstd), rstd, gain(env), None, wanted)[0]
+        return backward(g(env), c(env), normalised, mean.on(rstd.device), rstd, gain(env), None, wanted)[0]
 
     return grad
 
@@ -939,6 +943,9 @@ class TorchExecutor:
         """The one device of env's tensors (a CPU number joins any: it is moved), or a user error."""
         device, first = self.device, None
         recording = torch.is_grad_enabled()
+        if (device is None or device.type == "cpu") and all(t.is_cpu for t in env.values()):
+            if not (recording and any(t.requires_grad for t in env.values())):
+                return _CPU  # the common case, in one pass of two flags per tensor
         for name, t in env.items():
             if recording and t.requires_grad:
                 raise IndexgradError(
