@@ -51,8 +51,8 @@ def layer_norm_grads(steps: list[Step], forward: Sequence[Prim]) -> list[Step]:
     for k in range(len(steps)):
         found = chain.match(k) if k not in gone else None
         if found is not None:
-            at, step, taken = found
-            made[at] = step
+            steps_made, taken = found
+            made.update(steps_made)
             gone |= taken
     if not made:
         return steps
@@ -78,8 +78,8 @@ class _Chain:
         """The first step reading name that is `_is(step, coef, *operands)`."""
         return next((j for j in self.readers.get(name, []) if _is(self.steps[j], coef, *operands)), None)
 
-    def match(self, k: int) -> tuple[int, Step, set[int]] | None:
-        """(where the step goes, the step, the indices of the steps it stands for) or None."""
+    def match(self, k: int) -> tuple[dict[int, Step], set[int]] | None:
+        """The steps made, by where each goes, and the indices of the steps they stand for; or None."""
         a = self.steps[k]
         # s.grad[b,t] = -Σ_d g[b,t,d] p[b,t,d] / s[b,t]^2
         rows = [o for o in a.inputs if o.power == -2]
@@ -97,7 +97,7 @@ class _Chain:
                 return found
         return None
 
-    def _rest(self, k: int, g: Operand, p: Operand, s: Operand) -> tuple[int, Step, set[int]] | None:
+    def _rest(self, k: int, g: Operand, p: Operand, s: Operand) -> tuple[dict[int, Step], set[int]] | None:
         steps, d = self.steps, g.shape[-1]
         # p.grad = g / s, p's only gradient; c.grad = p.grad G
         kd = self._reading(g.name, 1.0, (g.name, 1), (s.name, -1))
@@ -165,8 +165,26 @@ class _Chain:
             return None
         if not (self._product_of(p.name, c.name, gain.name) and self._centred(c.name)):
             return None
-        made = _made(j, g, c, s, gain, accumulate=any(w < at for w in self.writers[j.out]))
-        return at, made, taken
+        made = {at: _made(j, g, c, s, gain, any(w < at for w in self.writers[j.out]), "layer_norm_grad")}
+        # p.grad read by G.grad = Σ p.grad c alone (or by nothing else): the kernel's weight gradient
+        others = [r for r in self.readers[pg] if r != ke]
+        if not others:
+            taken.add(kd)
+        elif (
+            len(others) == 1
+            and self._weight_grad(f := steps[others[0]], pg, c.name, j.shape)
+            and all(w < others[0] for w in self.writers[g.name])
+        ):
+            made[others[0]] = _made(f, g, c, s, gain, f.accumulate, "weight_grad")
+            taken |= {kd, others[0]}
+        return made, taken
+
+    def _weight_grad(self, f: Step, pg: str, c: str, shape: tuple[int, ...]) -> bool:
+        """f is G.grad[d] (+)= Σ p.grad[..,d] c[..,d] over all but d."""
+        if not _is(f, 1.0, (pg, 1), (c, 1)) or len(f.axes) != 1 or f.args["kept"] != f.axes:
+            return False
+        a, b = f.inputs
+        return a.axes == b.axes and a.axes[-1:] == f.axes and a.shape == b.shape == shape
 
     def _def(self, name: str) -> Prim | None:
         ps = self.defs.get(name, [])
@@ -221,20 +239,22 @@ def _rowwise(s: Step, full: str, rows: str) -> bool:
     return f.axes == s.axes == s.args["kept"] and r.axes == f.axes[:-1]
 
 
-def _made(j: Step, g: Operand, c: Operand, s: Operand, gain: Operand, accumulate: bool) -> Step:
-    """x.grad (+)= layer_norm_grad(g, c, s, G), its operands named by x.grad's axes."""
-    axes = j.axes
+def _made(j: Step, g: Operand, c: Operand, s: Operand, gain: Operand, accumulate: bool, call: str) -> Step:
+    """x.grad (+)= layer_norm_grad(g, c, s, G), or G.grad (+)= weight_grad(g, c, s, G), in place of
+    step j (the one writing that gradient), the operands' index names x.grad's or G.grad's."""
+    axes = j.inputs[0].axes if call == "weight_grad" else j.axes
     g, c = replace(g, axes=axes), replace(c, axes=axes)
     s, gain = replace(s, axes=axes[:-1], power=1.0), replace(gain, axes=axes[-1:])
-    out = Ref(j.out, tuple(map(idx, axes)))
+    out = Ref(j.out, tuple(map(idx, j.axes)))
     args = tuple(Ref(o.name, tuple(map(idx, o.axes))) for o in (g, c, s, gain))
-    statement = Elementwise(out, "+=" if accumulate else "=", "layer_norm_grad", args, j.span)
+    statement = Elementwise(out, "+=" if accumulate else "=", call, args, j.span)
     return replace(
-        j, kind="layer_norm", call="layer_norm_grad", inputs=(g, c, s, gain), args={},
-        accumulate=accumulate, statement=statement,
+        j, kind="layer_norm", call=call, inputs=(g, c, s, gain), args={}, accumulate=accumulate,
+        statement=statement,
     )  # fmt: skip
 
 
 def describe(s: Step) -> str:
     g, c, rows, gain = s.inputs
-    return f"native_layer_norm_backward({g}, input {c}, mean 0, rstd 1 / {rows}, weight {gain})"
+    which = "" if s.call == "layer_norm_grad" else ", the weight's gradient"
+    return f"native_layer_norm_backward({g}, input {c}, mean 0, rstd 1 / {rows}, weight {gain}{which})"

@@ -13,6 +13,7 @@ import multiprocessing
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -214,10 +215,11 @@ NORM = "n[b,t,d] = c[b,t,d] G[d] / sqrt(mean[j](c[b,t,j]^2) + 1e-5) + S[d]\n"
 CUBED = "loss = sum[b,t,d](n[b,t,d]^3)\n"  # a gradient at n that varies, unlike a sum's
 
 
-def _layer_norm_steps(text: str, arrays: dict[str, np.ndarray], backend: str = "torch", **kw) -> int:
+def _layer_norm_steps(text: Any, arrays: dict[str, np.ndarray], backend: str = "torch", **kw: Any) -> list:
+    """The calls of the backward plan's layer_norm steps."""
     m = ig.compile(text, backend=backend)
     vals = m.forward(**(tensors(arrays) if backend == "torch" else arrays))
-    return sum(s.kind == "layer_norm" for s in m.plan(vals, mode="backward", **kw).steps)
+    return [s.call for s in m.plan(vals, mode="backward", **kw).steps if s.kind == "layer_norm"]
 
 
 def _norm_arrays(x: tuple[int, ...] = (2, 3, 5)) -> dict[str, np.ndarray]:
@@ -226,27 +228,33 @@ def _norm_arrays(x: tuple[int, ...] = (2, 3, 5)) -> dict[str, np.ndarray]:
     return {"x": 3 * rng.standard_normal(x) + 1, "G": rng.standard_normal(d), "S": rng.standard_normal(d)}
 
 
-def test_a_layer_norms_input_gradient_is_one_step_with_the_values_of_its_eight() -> None:
-    """The eight steps from n's product's gradient to x.grad run as torch's layer-norm backward
-    kernel (the plan says so), with the plain plan's values in every mode (numpy runs the plain
-    steps); a seed (a vector-Jacobian product) and the transformer example are recognised too."""
+def test_a_layer_norms_input_and_weight_gradients_are_torchs_kernel_with_the_plain_values() -> None:
+    """The ten steps from n's product's gradient to x.grad and G.grad run as torch's layer-norm
+    backward kernel (the plan says so), with the plain plan's values in every mode (numpy runs the
+    plain steps); a seed (a vector-Jacobian product) and the transformer example are recognised too."""
     text, a = NORM_HEAD + CENTRED + NORM + CUBED, _norm_arrays()
-    assert _layer_norm_steps(text, a) == 1 and _layer_norm_steps(text, a, "numpy") == 0
+    both = ["layer_norm_grad", "weight_grad"]
+    assert _layer_norm_steps(text, a) == both and _layer_norm_steps(text, a, "numpy") == []
     m = ig.compile(text, backend="torch")
-    plan = str(m.plan(m.forward(**tensors(a)), mode="backward"))
-    assert "x.grad[b,t,d] = layer_norm_grad(n.prod.grad[b,t,d], c[b,t,d], n.sqrt[b,t], G[d])" in plan
-    assert "native_layer_norm_backward(n.prod.grad[b,t,d], input c[b,t,d], mean 0, rstd 1 / n.sqrt" in plan
+    plan = m.plan(m.forward(**tensors(a)), mode="backward")
+    printed = str(plan)
+    assert "x.grad[b,t,d] = layer_norm_grad(n.prod.grad[b,t,d], c[b,t,d], n.sqrt[b,t], G[d])" in printed
+    assert "native_layer_norm_backward(n.prod.grad[b,t,d], input c[b,t,d], mean 0, rstd 1 / n.sqrt" in printed
+    assert "G.grad[d] = weight_grad(n.prod.grad[b,t,d]" in printed
+    assert not {"n.prod.part.grad", "c.grad", "n.sqrt.grad"} & {s.out for s in plan.steps}
     assert assert_backends_agree(text, a) == "hvp"
+    assert _layer_norm_steps(text, a, wrt=["x", "S"]) == ["layer_norm_grad"]  # nothing reads G's
     vjp = NORM_HEAD + CENTRED + NORM
     seed = {"n": np.random.default_rng(1).standard_normal((2, 3, 5))}
-    assert _layer_norm_steps(vjp, a) == 1  # n is no scalar: the plan of backward(seed=...)
+    assert _layer_norm_steps(vjp, a) == both  # n is no scalar: the plan of backward(seed=...)
     assert assert_backends_agree(vjp, a, seed=seed) == "jvp"
-    # x's gradient has a term already (a residual): the step adds to it
-    residual = NORM_HEAD + CENTRED + NORM + "y[b,t,d] = x[b,t,d] + n[b,t,d]\nloss = sum[b,t,d](y[b,t,d]^3)\n"
-    assert _layer_norm_steps(residual, a) == 1 and assert_backends_agree(residual, a) == "hvp"
+    # x's gradient has a term already (a residual): the step adds to it; G's has one as well
+    residual = NORM_HEAD + CENTRED + NORM + "y[b,t,d] = x[b,t,d] + n[b,t,d] G[d]\n"
+    residual += CUBED.replace("n[", "y[")
+    assert _layer_norm_steps(residual, a) == both and assert_backends_agree(residual, a) == "hvp"
     example = ig.load(path("transformer"))
     arrays = inputs("transformer")
-    assert _layer_norm_steps(example, arrays) == 9  # four blocks of two, and the last norm
+    assert _layer_norm_steps(example, arrays) == both * 9  # four blocks of two, and the last norm
     assert assert_backends_agree(example, arrays) == "hvp"
 
 
@@ -273,7 +281,7 @@ def test_a_layer_norms_input_gradient_is_one_step_with_the_values_of_its_eight()
 )
 def test_what_is_not_a_layer_norm_keeps_its_plain_steps(body: str) -> None:
     text, a = NORM_HEAD + body, _norm_arrays()
-    assert _layer_norm_steps(text, a) == 0
+    assert _layer_norm_steps(text, a) == []
     assert assert_backends_agree(text, a) == "hvp"
 
 

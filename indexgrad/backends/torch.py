@@ -704,16 +704,19 @@ def softmax(step: Step, run: _Run) -> Compute:
 
 
 def layer_norm_grad(step: Step, run: _Run) -> Compute:
-    """A layer norm's input gradient (indexgrad/layernorm.py) by torch's own kernel: the gradient g
-    at the input c (already centred: mean 0) with 1/s for the reciprocal standard deviation."""
+    """A layer norm's input gradient, or its weight's (indexgrad/layernorm.py), by torch's own
+    kernel: the gradient g at the input c (already centred: mean 0) with 1/s for the reciprocal
+    standard deviation."""
     g, c, s, gain = (_reader(o, step.dtype) for o in step.inputs)
-    normalised, backward = step.shape[-1:], torch.ops.aten.native_layer_norm_backward
-    wanted = (True, False, False)  # the input's gradient only
+    normalised, backward = step.inputs[1].shape[-1:], torch.ops.aten.native_layer_norm_backward
+    which = 0 if step.call == "layer_norm_grad" else 1  # the input's gradient, or the weight's
+    wanted = (which == 0, which == 1, False)
     mean = _PerDevice(lambda d: torch.zeros(step.inputs[2].shape, dtype=torch_dtype(step.dtype), device=d))
 
     def grad(env: Env) -> Tensor:
         rstd = s(env).reciprocal()
-        return backward(g(env), c(env), normalised, mean.on(rstd.device), rstd, gain(env), None, wanted)[0]
+        grads = backward(g(env), c(env), normalised, mean.on(rstd.device), rstd, gain(env), None, wanted)
+        return grads[which]
 
     return grad
 
