@@ -156,7 +156,9 @@ class _Chain:
         among = range(at, max(taken) + 1)
         if any(w in among and w not in taken for w in self.writers[j.out]):
             return None
-        if any(r in among for r in self.readers.get(j.out, [])) or any(w >= at for w in self.writers[g.name]):
+        if any(r in among for r in self.readers.get(j.out, [])):
+            return None
+        if any(w >= at for w in self.writers.get(g.name, [])):  # (g may be a seed: no writer)
             return None
         dtypes = {o.dtype for o in (g, p, s, c, gain)} | {j.dtype}
         if len(dtypes) != 1 or j.dtype not in ("float32", "float64"):
@@ -173,7 +175,7 @@ class _Chain:
         elif (
             len(others) == 1
             and self._weight_grad(f := steps[others[0]], pg, c.name, j.shape)
-            and all(w < others[0] for w in self.writers[g.name])
+            and all(w < others[0] for w in self.writers.get(g.name, []))
         ):
             made[others[0]] = _made(f, g, c, s, gain, f.accumulate, "weight_grad")
             taken |= {kd, others[0]}

@@ -248,6 +248,9 @@ def test_a_layer_norms_input_and_weight_gradients_are_torchs_kernel_with_the_pla
     seed = {"n": np.random.default_rng(1).standard_normal((2, 3, 5))}
     assert _layer_norm_steps(vjp, a) == both  # n is no scalar: the plan of backward(seed=...)
     assert assert_backends_agree(vjp, a, seed=seed) == "jvp"
+    unshifted = NORM_HEAD + CENTRED + NORM.replace(" + S[d]", "")  # g is the seed itself
+    assert _layer_norm_steps(unshifted, a) == both
+    assert assert_backends_agree(unshifted, a, seed=seed) == "jvp"
     # x's gradient has a term already (a residual): the step adds to it; G's has one as well
     residual = NORM_HEAD + CENTRED + NORM + "y[b,t,d] = x[b,t,d] + n[b,t,d] G[d]\n"
     residual += CUBED.replace("n[", "y[")
