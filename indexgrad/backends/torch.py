@@ -301,8 +301,8 @@ def _product(call: str, args: dict[str, Any], first: Compute, second: Compute) -
 
 def product_add(step: Step, run: _Run) -> Compute:
     """A product plus terms (indexgrad/plus.py) as one call that adds as it multiplies: addmm or
-    baddbmm with the first term, broadcast to the product's matrices, as their input and the
-    coefficient as alpha; addcmul for a broadcast product. Any further terms are added after."""
+    baddbmm with the first term as their input and the coefficient as alpha; addcmul for a
+    broadcast product. Any further terms are added after."""
     args, coef = step.args, step.args["coef"]
     a, b = step.inputs[:2][::-1] if args["swap"] else step.inputs[:2]
     ma, mb = _movers(args)
@@ -317,13 +317,25 @@ def product_add(step: Step, run: _Run) -> Compute:
         elif x.dim() != y.dim() or x.dim() not in (2, 3):  # a product torch.matmul broadcasts
             out = finish(torch.matmul(x, y)).mul_(coef).add_(first(env))
         else:
-            z = torch.broadcast_to(first(env), shape).reshape(*x.shape[:-1], y.shape[-1])
+            z = _term_input(first(env), shape, (*x.shape[:-1], y.shape[-1]))
             out = finish((torch.addmm if x.dim() == 2 else torch.baddbmm)(z, x, y, alpha=coef))
         for r in rest:
             out.add_(r(env))
         return out
 
     return added
+
+
+def _term_input(t: Tensor, shape: tuple[int, ...], product: tuple[int, ...]) -> Tensor:
+    """A term (over the step's axes, length 1 where it lacks one) as the input of addmm or baddbmm,
+    whose product has the shape `product`: as it is when it lies along the last axes, which the
+    product keeps as they are (a bias, an attention mask: torch broadcasts those fastest), else
+    broadcast to the step's shape and laid out as the product."""
+    lead = next((k for k, n in enumerate(t.shape) if n != 1), t.dim())
+    tail = t.shape[lead:]
+    if tail and tail == shape[len(shape) - len(tail) :] == product[len(product) - len(tail) :]:
+        return t.reshape(tail)
+    return torch.broadcast_to(t, shape).reshape(product)
 
 
 def _multiplied_sum(
