@@ -1,4 +1,4 @@
-"""Layer norm's input gradient found among a backward plan's steps and made one `layer_norm_grad` step.
+"""Layer norm's gradients found among a backward plan's steps and made `layer_norm` steps.
 
 The forward (as examples/transformer.idx writes it, lowered):
 
@@ -13,8 +13,9 @@ axis), those eight compute  x.grad += (g G - mean(g G) - ĉ mean(g G ĉ)) / s  w
 torch's `native_layer_norm_backward` of g at the input c, mean 0 and 1/s (any s: the steps read it,
 they do not make it). Nothing is made one step unless every step reading or writing the chain's
 gradients is one of the eight (a layer norm whose intermediates are read elsewhere keeps its plain
-steps), and the forward says both facts; `c.grad`'s own product `(g / s) G` and G's and the shift's
-gradients stay steps of their own.
+steps), and the forward says both facts. Where p.grad = g / s is read by nothing else but
+G.grad = Σ p.grad c (or by nothing else at all), those two become the kernel's weight gradient
+(or go); the shift's gradient stays a step of its own.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ if TYPE_CHECKING:
 
 
 def layer_norm_grads(steps: list[Step], forward: Sequence[Prim]) -> list[Step]:
-    """The steps with each layer norm's input gradient (see above) made one step, where the steps
-    that made it stood first; `forward`: the primitives that made the forward values read."""
+    """The steps with each layer norm's input gradient (see above) made one step, where the first
+    of its steps stood, and its weight's where that one stood; `forward`: the primitives that made
+    the forward values read."""
     if not forward:
         return steps
     defs: dict[str, list[Prim]] = {}
@@ -60,7 +62,7 @@ def layer_norm_grads(steps: list[Step], forward: Sequence[Prim]) -> list[Step]:
 
 
 class _Chain:
-    """The eight steps of one layer norm's input gradient, matched from the one that makes s.grad."""
+    """The steps of one layer norm's gradients, matched from the one that makes s.grad."""
 
     def __init__(
         self, steps: list[Step], defs: dict[str, list[Prim]], writers: dict[str, list[int]],

@@ -538,7 +538,7 @@ def make_plan(
             in_place=in_place, iterations=iterations, numpy_layouts=numpy_layouts,
         )  # fmt: skip
         steps = planner.steps()
-        if backend == "torch":  # steps that are one call of torch's own: a convolution, a softmax
+        if backend == "torch":  # torch's own calls: conv, softmax, layer norm's gradients, addmm
             steps = softmax.softmaxes(correlate.correlations(steps), keep)
             steps = plus.products_plus(layernorm.layer_norm_grads(steps, forward or []), keep)
             steps = _copied_once(steps)
