@@ -106,7 +106,8 @@ class _Chain:
         if kd is None or self.writers[steps[kd].out] != [kd] or not _rowwise(steps[kd], g.name, s.name):
             return None
         pg = steps[kd].out
-        gains = [o for j in self.readers[pg] for o in steps[j].inputs if o.name != pg and len(o.axes) == 1]
+        read = self.readers.get(pg, [])  # none when p.grad is what backward returns
+        gains = [o for j in read for o in steps[j].inputs if o.name != pg and len(o.axes) == 1]
         ke = next((j for o in gains if (j := self._reading(pg, 1.0, (pg, 1), (o.name, 1))) is not None), None)
         if ke is None:
             return None
@@ -134,7 +135,7 @@ class _Chain:
         # c.grad, written by those two alone, read by x.grad += c.grad and m.grad = -Σ_d c.grad only
         cg = e.out
         kj, kk = self._reading(cg, 1.0, (cg, 1)), self._reading(cg, -1.0, (cg, 1))
-        if kj is None or kk is None or sorted(self.readers[cg]) != sorted([kj, kk]):
+        if kj is None or kk is None or sorted(self.readers.get(cg, [])) != sorted([kj, kk]):
             return None
         if sorted(self.writers[cg]) != sorted([ke, ki]):
             return None

@@ -288,6 +288,16 @@ def test_what_is_not_a_layer_norm_keeps_its_plain_steps(body: str) -> None:
     assert assert_backends_agree(text, a) == "hvp"
 
 
+def test_a_gradient_divided_by_a_row_that_nothing_reads_is_not_taken_for_a_layer_norm() -> None:
+    """B.grad = W.grad / x[b] starts like a layer norm's p.grad = g / s, but nothing reads it (it is
+    what backward returns): the matcher gives up rather than looking up its readers."""
+    text = "W[b,i] = B[b,i] / x[b]\nloss = sum[b,i](W[b,i]^3)\n"
+    r = np.random.default_rng(0)
+    a = {"B": r.standard_normal((2, 3)), "x": r.uniform(1, 2, 2)}
+    assert _layer_norm_steps(text, a) == []
+    assert assert_backends_agree(text, a) == "hvp"
+
+
 SHAPES = {
     "x": (2, 3), "W": (3, 3), "B": (3,), "q": (2, 4, 3, 2), "k": (2, 4, 3, 2), "M": (4, 4),
     "c": (2, 3), "G": (3,), "s": (2,), "S": (3,),
