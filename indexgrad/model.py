@@ -522,21 +522,13 @@ class Model:
                 return self._gradients(hit, hit.executor.run(env), vals)
         if not isinstance(vals, Mapping):
             raise self._error(f"vals must be the dict forward() returned, not {type(vals).__name__}")
-        if seed is not None and not isinstance(seed, Mapping):
-            raise self._error(f"seed must be a dict from tensor names to arrays, not {type(seed).__name__}")
-        if seed is not None and loss is not None:
-            raise self._error("give either loss= or seed=, not both")
+        self._check_seed(seed, loss)
         wrt_t = _names_key(self._wrt(wrt))
         self._require_inputs(vals)
         env = {n: self._value(n, v) for n, v in vals.items()}
         if seed is None:
             name, value = self._loss_value(env, loss)
-            shape = self.engine.describe(value)[0]
-            if shape != ():
-                raise self._error(
-                    f"loss '{name}' has shape {shape}, not a scalar; pass seed={{'{name}': ...}} for a "
-                    "vector-Jacobian product"
-                )
+            self._check_scalar(name, self.engine.describe(value)[0])
             compiled = self._compile(PlanKey("backward", (loss or "",), wrt_t, self._signature(env)))
             env.update(compiled.seeds)
         else:
@@ -544,6 +536,21 @@ class Model:
             env.update((self._grad[n], g) for n, g in seeds.items())
             compiled = self._compile(PlanKey("vjp", tuple(seeds), wrt_t, self._signature(env)))
         return self._gradients(compiled, compiled.executor.run(env), vals)
+
+    def _check_seed(self, seed: Any, loss: str | None) -> None:
+        """seed= is a dict, and not given beside loss=."""
+        if seed is not None and not isinstance(seed, Mapping):
+            raise self._error(f"seed must be a dict from tensor names to arrays, not {type(seed).__name__}")
+        if seed is not None and loss is not None:
+            raise self._error("give either loss= or seed=, not both")
+
+    def _check_scalar(self, name: str, shape: tuple[int, ...]) -> None:
+        """A loss is a scalar; any other tensor is differentiated by a seed."""
+        if shape != ():
+            raise self._error(
+                f"loss '{name}' has shape {shape}, not a scalar; pass seed={{'{name}': ...}} for a "
+                "vector-Jacobian product"
+            )
 
     # ---- forward and backward together
 
@@ -574,10 +581,7 @@ class Model:
                 f"value_and_grad() takes a dict of the input arrays, not {type(arrays).__name__}; "
                 "the program's inputs: " + ", ".join(self.inputs)
             )
-        if seed is not None and not isinstance(seed, Mapping):
-            raise self._error(f"seed must be a dict from tensor names to arrays, not {type(seed).__name__}")
-        if seed is not None and loss is not None:
-            raise self._error("give either loss= or seed=, not both")
+        self._check_seed(seed, loss)
         wrt_t = _names_key(self._wrt(wrt))
         outputs_t = self._outputs(outputs)
         env = self._inputs(arrays)
@@ -586,12 +590,7 @@ class Model:
         described = dict(zip(*vals))
         if seed is None:
             name = self._loss_value(described, loss)[0]
-            shape = self._sizes(fw)[0][name]
-            if shape != ():
-                raise self._error(
-                    f"loss '{name}' has shape {shape}, not a scalar; pass seed={{'{name}': ...}} "
-                    "for a vector-Jacobian product"
-                )
+            self._check_scalar(name, self._sizes(fw)[0][name])
             key = JointKey("backward", (loss or "",), wrt_t, outputs_t, inputs)
             step, seeds, default = PlanKey("backward", (loss or "",), wrt_t, vals), {}, (name,)
         else:
