@@ -483,7 +483,7 @@ def meta() -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=3, help="blocks per implementation and workload (default 3)")
+    p.add_argument("--rounds", type=int, default=5, help="blocks per implementation and workload (default 5)")
     p.add_argument("--seconds", type=float, default=1.0, help="timed calls per block, in seconds (default 1)")
     p.add_argument("--min-reps", type=int, default=10, help="calls per block at least (default 10)")
     p.add_argument("--max-reps", type=int, default=200, help="calls per block at most (default 200)")
