@@ -330,6 +330,34 @@ def _pair_layout(
     }  # fmt: skip
 
 
+# OpenBLAS multiplies A Bᵀ slowly when A has few rows: 16 x 1024 times (1024 x 1024)ᵀ takes
+# 1.1 ms in float32 on one core, B Aᵀ (then read transposed) 0.5 ms; 12 x 784 times (256 x 784)ᵀ,
+# 142 µs against 96. Below about a million multiply-adds the difference is a few µs either way.
+_FEW_ROWS, _WORTH_SWAPPING = 16, 1 << 20
+
+
+def few_rows_instead(
+    a: tuple[str, ...], b: tuple[str, ...], out: tuple[str, ...], size: dict[str, int]
+) -> tuple[str, dict[str, Any]] | None:
+    """For the numpy backend: C = A Bᵀ of matrices whose contracted names trail both (C[l,r] =
+    A[l,k] B[r,k]), when A has at most 16 rows and B more, as the product B Aᵀ and its transposed
+    view (`res_perm`), which OpenBLAS runs up to twice as fast; None for any other product."""
+    a_set, b_set = set(a), set(b)
+    left = [n for n in out if n in a_set and n not in b_set]
+    right = [n for n in out if n in b_set and n not in a_set]
+    inner = [n for n in a if n in b_set and n not in out]
+    if not (left and right and inner) or list(out) != left + right:
+        return None
+    if list(a) != left + inner or list(b) != right + inner:
+        return None
+    nl, nr, nk = (math.prod(size[n] for n in g) for g in (left, right, inner))
+    if not (nl <= _FEW_ROWS < nr and nl * nr * nk >= _WORTH_SWAPPING):
+        return None
+    mid = tuple(right + left)
+    call, args = pair_layout(b, a, mid, size)
+    return call, {**args, "swap": not args["swap"], "res_perm": tuple(mid.index(n) for n in out)}
+
+
 def sum_product_instead(layout: dict[str, Any], a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     """Whether a vecdot laid out by `pair_layout` runs better on torch as the product of its
     operands as they lie, summed (`sum_product`): torch's vecdot is that product and sum itself, so
@@ -848,6 +876,8 @@ class _Planner:
                 if layout is not None:
                     return make("matmul", **layout)
             call, layout = pair_layout(a.axes, b.axes, kept, self.sizes)
+            if self.backend == "numpy":
+                call, layout = few_rows_instead(a.axes, b.axes, kept, self.sizes) or (call, layout)
             if call == "vecdot" and self.backend == "torch" and sum_product_instead(layout, a.axes, b.axes):
                 return make("sum_product")
             return make(call, **layout)

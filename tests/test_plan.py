@@ -3,6 +3,7 @@ calls giving the first call's values bit for bit."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 from pathlib import Path
@@ -558,3 +559,30 @@ def test_a_layer_norms_variance_is_a_dot_product_per_row_with_no_array_of_square
     np.testing.assert_allclose(vals["n"], c / np.sqrt((c**2).mean(axis=1, keepdims=True) + 1e-5), rtol=1e-12)
     got = model.backward(vals, wrt="x")["x"]
     np.testing.assert_allclose(got, autograd.grad(loss)(x), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("rows, swapped", [(8, True), (32, False)])
+def test_a_product_with_a_transposed_factor_and_few_rows_runs_as_its_transpose(
+    rows: int, swapped: bool
+) -> None:
+    """C[l,r] = A[l,k] B[r,k] with at most 16 rows l (and a million multiply-adds) runs on the
+    numpy backend as B Aᵀ read transposed, which OpenBLAS runs faster (a chain's B.grad); with more
+    rows, or on torch, as A Bᵀ. Values against numpy, the gradients against HIPS autograd."""
+    text = "c[l,r] = a[l,k] b[r,k]\nloss = 0.5 sum[l,r](c[l,r]^2)"
+    a, b = rng(3).standard_normal((rows, 256)), rng(4).standard_normal((512, 256))
+    model = ig.compile(text)
+    (step,) = [s for s in model.plan({"a": a, "b": b}).steps if s.out == "c"]
+    assert (step.args["swap"], step.args["res_perm"]) == ((True, (1, 0)) if swapped else (False, None))
+    assert ("transpose(1, 0)" in str(model.plan({"a": a, "b": b}))) == swapped
+    vals, grads = model.value_and_grad({"a": a, "b": b}, loss="loss", wrt=["a", "b"])
+    np.testing.assert_allclose(model.forward(a=a, b=b)["c"], a @ b.T, rtol=1e-12)
+
+    def loss(a_, b_):
+        return 0.5 * anp.sum((a_ @ b_.T) ** 2)
+
+    for k, name in enumerate("ab"):
+        np.testing.assert_allclose(grads[name], autograd.grad(loss, k)(a, b), rtol=1e-10)
+        assert grads[name].flags.c_contiguous
+    if importlib.util.find_spec("torch") is not None:
+        plan = ig.compile(text, backend="torch").plan({"a": a, "b": b})
+        assert [s.args["res_perm"] for s in plan.steps if s.out == "c"] == [None]
