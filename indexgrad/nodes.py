@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, Union
 
 
@@ -84,6 +84,8 @@ class Affine:
         object.__setattr__(self, "plain", self.terms[0][1] if one else None)
 
     def names(self) -> tuple[str, ...]:
+        if self.plain is not None:  # most positions: one name
+            return (self.plain,)
         out = tuple(n for _, n in self.terms)
         for _, f in self.parts:
             out += tuple(n for n in f.names() if n not in out)
@@ -114,8 +116,9 @@ class Gather:
 Index = Union[Affine, Gather]
 
 
+@lru_cache(maxsize=4096)
 def idx(name: str) -> Affine:
-    """A plain index position."""
+    """A plain index position (one per name: positions are immutable, and derivations make many)."""
     return Affine(((1, name),))
 
 
@@ -430,11 +433,13 @@ def ref_index_names(r: Ref) -> tuple[str, ...]:
         return r.__dict__["_index_names"]
     except KeyError:
         pass
-    seen: dict[str, None] = {}
-    for i in r.indices:
-        for n in i.names():
-            seen.setdefault(n, None)
-    names = tuple(seen)
+    names = plain_names(r)  # most references: one plain name per position
+    if names is None:
+        seen: dict[str, None] = {}
+        for i in r.indices:
+            for n in i.names():
+                seen.setdefault(n, None)
+        names = tuple(seen)
     object.__setattr__(r, "_index_names", names)  # not a field: equality and hashing ignore it
     return names
 
