@@ -761,7 +761,7 @@ def scoped(program: Program) -> Program:
     by a derivation, which `check` accepts (the tests hold derivations to that)."""
     out = []
     for s in program.statements:
-        lhs = {n for i in s.target.indices for n in i.names()}
+        lhs = set(ref_index_names(s.target))
         expr, _, summed = _scope(s.expr, lhs)
         out.append(Statement(s.target, s.op, expr, summed, s.span))
     return replace(program, statements=tuple(out))

@@ -859,9 +859,11 @@ def derivative_reads(prims: list[Prim], swaps: Swaps | None = None) -> set[str]:
         if swaps is not None:
             swaps[id(p)] = (p, made)
         for st in made:
-            out.update(r.name for r in refs_in_statement(st))
-            # a gradient that broadcasts or scatters takes its tensor's shape
-            rhs = {n for r in refs_in(st.expr) for n in ref_index_names(r)}
+            reads = refs_in_statement(st)
+            out.update(r.name for r in reads)
+            # a gradient that broadcasts or scatters takes its tensor's shape (a target with labels
+            # in its positions is not plain, so their names in `reads` change nothing here)
+            rhs = {n for r in reads for n in ref_index_names(r)}
             plain = [i.plain if isinstance(i, Affine) else None for i in st.target.indices]
             if None in plain or not set(plain) <= rhs:
                 out.add(st.target.name[: -len(".grad")])

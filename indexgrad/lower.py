@@ -14,6 +14,7 @@ from .functions import COMPARISONS, FUNCTIONS, IMPLICIT
 from .indices import free_indices
 from .nodes import (
     DELTA,
+    NOSPAN,
     Affine,
     Call,
     Compare,
@@ -590,7 +591,7 @@ def _kind(e: Expr) -> str:
 
 
 def e_span(e: Expr) -> Span:
-    return getattr(e, "span", Span())
+    return getattr(e, "span", NOSPAN)
 
 
 def lower(program: Program) -> list[Prim]:

@@ -19,7 +19,7 @@ def split_products(prims: list[Prim], sized: Callable[[], dict[str, tuple[int, .
     """
     import opt_einsum as oe
 
-    taken = {p.out.name for p in prims} | {r.name for p in prims for r in prim_refs(p)}
+    taken: set[str] | None = None  # every name, gathered at the first split
     out: list[Prim] = []
     changed = False
     for p in prims:
@@ -34,6 +34,8 @@ def split_products(prims: list[Prim], sized: Callable[[], dict[str, tuple[int, .
         if any(size_names(f) - set(final) for f, _ in consts):
             out.append(p)  # size[j] of a summed j stays with the tensors that size j
             continue
+        if taken is None:
+            taken = {q.out.name for q in prims} | {r.name for q in prims for r in prim_refs(q)}
         ops: list[tuple[Operand, float]] = list(refs)
         names = [ref_index_names(r) for r, _ in refs]  # type: ignore[arg-type]
         sym = {n: oe.get_symbol(i) for i, n in enumerate(dict.fromkeys([*final, *sum(names, ())]))}

@@ -12,7 +12,7 @@ from . import positions
 from .check import sized_like
 from .errors import IndexgradError, NoArray
 from .lower import Prim, Reduction, prim_refs
-from .nodes import DELTA, Affine, Gather, Ref, Span, is_plain, ref_index_names
+from .nodes import DELTA, Affine, Gather, Ref, Span, is_plain, plain_names, ref_index_names
 from .printer import format_ref
 from .shapes import axis_classes
 
@@ -300,9 +300,10 @@ def _plain_sizes(p: Prim, shapes: dict[str, Shape]) -> dict[str, int] | None:
         pairs.append((p.out, shapes[base]))  # `x.grad` has x's shape (a temporary's, its statement's)
     size: dict[str, int] = {}
     for r, s in pairs:
-        if s is None or not is_plain(r) or len(s) != len(r.indices):
+        names = plain_names(r)
+        if s is None or names is None or len(s) != len(names):
             return None
-        for n, d in zip(ref_index_names(r), s):
+        for n, d in zip(names, s):
             if size.setdefault(n, d) != d:
                 return None
     for n in ref_index_names(p.out):
