@@ -1238,6 +1238,8 @@ def _scratch(s: Step) -> int:
 def _guard_memory(plan: Plan) -> None:
     """Refuse a plan whose arrays would not fit at once (SPEC: a clear error, never an OOM)."""
     limit = memory_limit()  # read once: it asks the operating system
+    if plan.peak_bytes <= limit:  # the peak counts every step's result and scratch while it runs
+        return
     for s in plan.steps:
         need = math.prod(s.shape) * _dtype(s.dtype).itemsize + _scratch(s)
         if need > limit:  # (worded only then: most plans have thousands of steps that fit)
