@@ -451,10 +451,17 @@ def plain_names(r: Ref) -> tuple[str, ...] | None:
         return r.__dict__["_plain_names"]
     except KeyError:
         pass
-    plain = tuple(i.plain if isinstance(i, Affine) else None for i in r.indices)
-    names = plain if None not in plain and len(set(plain)) == len(plain) else None
+    seen: list[str] = []
+    names: tuple[str, ...] | None = None
+    for i in r.indices:
+        n = i.plain if isinstance(i, Affine) else None
+        if n is None or n in seen:
+            break
+        seen.append(n)
+    else:  # every position one name, none repeated
+        names = tuple(seen)
     object.__setattr__(r, "_plain_names", names)  # not a field: equality and hashing ignore it
-    return names  # type: ignore[return-value]
+    return names
 
 
 def is_plain(r: Ref) -> bool:
