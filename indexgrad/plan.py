@@ -566,8 +566,8 @@ def make_plan(
             in_place=in_place, iterations=iterations, numpy_layouts=numpy_layouts,
         )  # fmt: skip
         steps = planner.steps()
-        if backend == "torch":  # torch's own calls: conv, softmax, layer norm's gradients, addmm
-            steps = softmax.softmaxes(correlate.correlations(steps), keep)
+        if backend == "torch":  # torch's own calls: conv, softmax and its gradient, layer norm's, addmm
+            steps = softmax.softmax_grads(softmax.softmaxes(correlate.correlations(steps), keep), keep)
             steps = plus.products_plus(layernorm.layer_norm_grads(steps, forward or []), keep)
             steps = _copied_once(steps)
         steps = _masks(steps, keep, gate=backend == "torch")
@@ -1371,6 +1371,7 @@ _DESCRIBE: dict[str, Callable[[Step], str]] = {
     "delta": _describe_delta,
     "conv": correlate.describe,
     "softmax": softmax.describe,
+    "softmax_grad": softmax.describe,
     "layer_norm": layernorm.describe,
     "product_add": lambda s: plus.describe(s, _describe_call(_with(s, kind="contract", inputs=s.inputs[:2]))),
     "gate": lambda s: f"multiply({s.inputs[0]}, greater({s.inputs[1]}, 0) as {s.dtype})",

@@ -179,6 +179,52 @@ def test_a_softmax_is_one_step_with_the_values_of_its_three(row: list[float]) ->
     assert assert_backends_agree(SOFTMAX, {"a": a}) in ("hvp", "forward")
 
 
+ATTENTION = (
+    "input a[b,t,s], v[b,s,e]\np[b,t,s] = exp(a[b,t,s] - logsumexp[u](a[b,t,u]))\n"
+    "loss = sum[b,t,e]((p[b,t,s] v[b,s,e])^2)\n"
+)
+
+
+def _softmax_grad_steps(text: str, arrays: dict[str, np.ndarray]) -> list[str]:
+    m = ig.compile(text, backend="torch")
+    steps = m.plan(m.forward(**tensors(arrays)), mode="backward").steps
+    return [s.out for s in steps if s.kind == "softmax_grad"]
+
+
+@pytest.mark.parametrize("over", ["last", "first"])
+def test_a_softmax_gradient_is_one_step_of_torchs_kernel_with_the_plain_values(over: str) -> None:
+    """p g - p Σ p g, four derived steps from p's gradient g to a's, is torch's softmax backward
+    kernel (the plan prints it), with the plain steps' values in every mode (numpy runs those), the
+    gradients of finite differences, and a second order that gradgradcheck passes."""
+    text = ATTENTION if over == "last" else SOFTMAX
+    rng = np.random.default_rng(0)
+    a = (
+        {"a": rng.standard_normal((2, 3, 4)), "v": rng.standard_normal((2, 4, 3))}
+        if over == "last"
+        else {"a": rng.standard_normal((4, 3))}
+    )
+    a["a"][..., 1] = -1e9 if over == "last" else a["a"][..., 1]  # a mask
+    assert _softmax_grad_steps(text, a) == ["a.grad"]
+    m = ig.compile(text, backend="torch")
+    printed = str(m.plan(m.forward(**tensors(a)), mode="backward"))
+    assert "a.grad" in printed and "_softmax_backward_data(p.grad" in printed
+    assert assert_backends_agree(text, a) == "hvp"
+    f = ig.torch.function(text, outputs=["loss"])
+    xs = [torch.tensor(a[n], requires_grad=True) for n in ig.compile(text).inputs]
+    assert torch.autograd.gradcheck(f, xs) and torch.autograd.gradgradcheck(f, xs)
+
+
+def test_a_softmax_whose_logsumexp_is_read_elsewhere_keeps_its_plain_gradient() -> None:
+    """l's gradient has a second term (the loss reads l): a.grad is no softmax gradient alone."""
+    text = ATTENTION.replace("exp(a[b,t,s] - logsumexp[u](a[b,t,u]))", "exp(a[b,t,s] - l[b,t])")
+    text = text.replace("p[b,t,s] =", "l[b,t] = logsumexp[u](a[b,t,u])\np[b,t,s] =")
+    text = text.replace("^2)\n", "^2) + sum[b,t](l[b,t]^2)\n")
+    rng = np.random.default_rng(0)
+    a = {"a": rng.standard_normal((2, 3, 4)), "v": rng.standard_normal((2, 4, 3))}
+    assert _softmax_grad_steps(text, a) == []
+    assert assert_backends_agree(text, a) == "hvp"
+
+
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # numpy's 0 * inf
 def test_a_relu_gradient_is_one_gate_step_with_numpys_values() -> None:
     """step(u) read once by the product with the incoming gradient: one `gate` step instead of a

@@ -715,6 +715,14 @@ def softmax(step: Step, run: _Run) -> Compute:
     return normalised
 
 
+def softmax_grad(step: Step, run: _Run) -> Compute:
+    """p g - p Σ p g along one axis (indexgrad/softmax.py) by torch's softmax gradient kernel."""
+    g, p = (_reader(o, step.dtype) for o in step.inputs)
+    dim, dtype = step.axes.index(step.args["over"][0]), torch_dtype(step.dtype)
+    backward = torch.ops.aten._softmax_backward_data
+    return lambda env: backward(g(env), p(env), dim, dtype)
+
+
 def layer_norm_grad(step: Step, run: _Run) -> Compute:
     """A layer norm's input gradient, or its weight's (indexgrad/layernorm.py), by torch's own
     kernel: the gradient g at the input c (already centred: mean 0) with 1/s for the reciprocal
@@ -905,6 +913,7 @@ BUILDERS: dict[str, Callable[[Step, _Run], Compute]] = {
     "contract": contract,
     "conv": conv,
     "softmax": softmax,
+    "softmax_grad": softmax_grad,
     "layer_norm": layer_norm_grad,
     "product_add": product_add,
     "elementwise": elementwise,
