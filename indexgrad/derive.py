@@ -861,10 +861,18 @@ def derivative_reads(prims: list[Prim], swaps: Swaps | None = None) -> set[str]:
         for st in made:
             reads = refs_in_statement(st)
             out.update(r.name for r in reads)
-            # a gradient that broadcasts or scatters takes its tensor's shape (a target with labels
-            # in its positions is not plain, so their names in `reads` change nothing here)
-            rhs = {n for r in reads for n in ref_index_names(r)}
-            plain = [i.plain if isinstance(i, Affine) else None for i in st.target.indices]
-            if None in plain or not set(plain) <= rhs:
-                out.add(st.target.name[: -len(".grad")])
+            out.update(shape_source(st, reads))
     return out & every
+
+
+def shape_source(st: Statement, reads: list[Ref] | None = None) -> set[str]:
+    """The forward tensor whose shape a swapped statement's gradient takes, as a set of none or
+    one name: x for x.grad when the gradient broadcasts or scatters. `reads`: the statement's
+    references, when already found (a target with labels in its positions is not plain, so their
+    names in `reads` change nothing here)."""
+    reads = refs_in_statement(st) if reads is None else reads
+    rhs = {n for r in reads for n in ref_index_names(r)}
+    plain = [i.plain if isinstance(i, Affine) else None for i in st.target.indices]
+    if None in plain or not set(plain) <= rhs:
+        return {st.target.name[: -len(".grad")]}
+    return set()

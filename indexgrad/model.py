@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .backends import Backend, Executor, auto, get_backend
-from .check import check, sized_like
+from .check import check, scoped, sized_like
 from .derive import (
     Swaps,
     derivative_reads,
@@ -24,12 +24,13 @@ from .derive import (
     derive_jvp,
     derived_names,
     not_an_input,
+    shape_source,
     tan_name,
     wrt_names,
 )
 from .errors import IndexgradError, NoArray
 from .gcpause import gc_paused
-from .lower import Contract, Elementwise, Prim, lower, prim_statement
+from .lower import Contract, Elementwise, Prim, lower, prim_refs, prim_statement
 from .nodes import Num, Program, Ref, refs_in_statement
 from .plan import Plan, make_plan, shapes_after
 from .rewrite import (
@@ -334,14 +335,38 @@ class Model:
         relus = relu_outputs(prims)
         defined = set(self.program.defined())  # the user's tensors, not the rewrites' temporaries
         if not relus:
-            return defined | derivative_reads(prims, swaps), {}
+            return self._reused_away(defined | derivative_reads(prims, swaps), prims, swaps), {}
         stand_in: list[Prim] = [
             Contract(p.out, p.op, 1.0, ((p.args[0], 1.0),), p.span) if _relu_of(p, relus) else p
             for p in prims
         ]
-        keep = defined | derivative_reads(stand_in, swaps)
+        keep = self._reused_away(defined | derivative_reads(stand_in, swaps), prims, swaps)
         relus = {u: y for u, y in relus.items() if u not in keep}
         return keep | set(relus.values()), relus
+
+    def _reused_away(self, keep: set[str], prims: list[Prim], swaps: Swaps) -> set[str]:
+        """keep without the rewrites' temporaries that derivatives read only where they recompute a
+        value the forward keeps (reuse_forward reads that instead): the logsumexp of a softmax, read
+        as exp(a - logsumexp(a)), which is p."""
+        temporaries = keep - set(self.program.defined()) - self._input_set
+        if not temporaries:
+            return keep
+        reading = tuple(
+            st
+            for _, made in swaps.values()
+            for st in made
+            if {r.name for r in refs_in_statement(st)} & temporaries
+        )
+        program = Program(
+            self.program.decls, reading, filename=self.program.filename, source=self.program.source
+        )
+        try:
+            derived = lower(scoped(program))
+        except IndexgradError:  # a statement that does not lower on its own (a size only the rest gives)
+            return keep
+        read = {r.name for p in reuse_forward(derived, prims, keep | self._input_set) for r in prim_refs(p)}
+        shaped = {n for _, made in swaps.values() for st in made for n in shape_source(st)}
+        return keep - (temporaries - read - shaped)
 
     def _compile(self, key: PlanKey) -> Compiled:
         """The compiled plan for key, built by the builder of its mode on the first call."""
@@ -459,7 +484,7 @@ class Model:
         d = derive_jvp(self.program, list(key.names))
         given = set(key.signature[0])
         relus = {u: y for u, y in relu_outputs(self.prims).items() if u not in given and y in given}
-        prims = read_steps_of_outputs(lower(d), relus)
+        prims = reuse_forward(read_steps_of_outputs(lower(d), relus), self.prims, given)
         pairs = tuple((n, self._tan[n]) for n in self.program.defined())
         return Compiled(*self._runnable(prims, key.signature, {t for _, t in pairs}, "jvp", d), pairs)
 
@@ -873,8 +898,6 @@ def _names_key(names: Any, what: str = "wrt") -> tuple[str, ...] | None:
     """wrt (or outputs) as part of a key: None, or the names (one string may list several)."""
     listed = wrt_names(names, what)
     return None if listed is None else tuple(listed)
-
-
 
 
 def _made_up(prims: list[Prim], *programs: Program) -> set[str]:
