@@ -1094,7 +1094,7 @@ def _stacked(expr: str, indent: str, width: int) -> list[str]:
     one a line at indent, each broken further where it is too long."""
     out = []
     for p in _parts(expr):
-        op = p[:2] if p[:2] in ("+ ", "- ", "* ", "/ ", "@ ") else ""
+        op = p[:2] if p[:2] in ("+ ", "- ", "* ", "/ ", "@ ", "& ", "| ") else ""
         out += _broken(indent + op, p[len(op) :], indent, width)
     return out
 
@@ -1102,7 +1102,7 @@ def _stacked(expr: str, indent: str, width: int) -> list[str]:
 def _parts(expr: str) -> list[str]:
     """expr cut before each operator outside brackets, else before each `.method(` of a chain."""
     top = _top_level(expr)
-    ops = [k for k, c in top if c in "+-*/@" and expr[k - 1 : k + 2] == f" {c} "]
+    ops = [k for k, c in top if c in "+-*/@&|" and expr[k - 1 : k + 2] == f" {c} "]
     if ops:
         return [expr[a:b].strip() for a, b in zip([0, *ops], [*ops, len(expr)])]
     cuts = [k for k, c in top if c == "." and k > 0 and expr[k - 1] in ")]"]
@@ -1110,14 +1110,18 @@ def _parts(expr: str) -> list[str]:
 
 
 def _opening(e: str) -> int | None:
-    """Where the parenthesis that closes at the end of e opens, if e ends with one."""
+    """Where the parenthesis that closes at the end of e opens, if e ends with one that is the
+    whole of e or a call's (not a group after an operator, which a trailing comma would make a
+    tuple)."""
     if not e.endswith(")"):
         return None
     scan = _scan(e)
     if scan[-1] != (len(e) - 1, ")", 1):  # the last ")" must close a bracket opened at depth 0
         return None
     opened = max(k for k, c, depth in scan if depth == 0 and c in "([{")
-    return opened if e[opened] == "(" else None
+    if e[opened] != "(" or (opened and not (e[opened - 1].isalnum() or e[opened - 1] in "_)]")):
+        return None
+    return opened
 
 
 __all__ = ["LIBRARIES", "Library", "library", "module", "plans", "to_python"]

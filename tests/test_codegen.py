@@ -51,7 +51,14 @@ HOSTILE_NAMES = """\
 lambda[np,def] = class[np,def] + arrays[def]
 import = sum[np,def](lambda[np,def]^2)
 """
+# a strided, dilated, padded convolution: its bounds test is a chain of `&` too long for a line
+PADDED_CONV = """\
+param w[o,i,u,v]
+y[b,o,r,c] = x[b,i,pad(2*r+2*u-1),pad(2*c+2*v-1)] w[o,i,u,v]
+loss = sum[b,o,r,c](y[b,o,r,c]^2)
+"""
 PROGRAMS = {p.stem: p for p in EXAMPLES} | {"positions": POSITIONS, "hostile_names": HOSTILE_NAMES} | IMPLICIT
+PROGRAMS["padded_conv"] = PADDED_CONV
 ITERATES = {"deq", "circle", "implicit_lsq", *IMPLICIT}
 LIBS = ["numpy", "torch", "jax"]
 # jax compiles each module (up to 1.5 s a program, ~10 s for them all), and a module differs from
