@@ -208,19 +208,25 @@ class Model:
             return None
         if not self._types.issuperset(map(type, values)):
             return None
-        return values, (self._order_t, tuple(map(self.engine.describe, values)))
+        try:
+            return values, (self._order_t, tuple(map(self.engine.describe, values)))
+        except IndexgradError:  # a dtype no plan is for: `_inputs` says where
+            return None
 
     def _value(self, name: str, v: Any, what: str = "the value of") -> Array:
         """A value for `name` (in vals, a seed, a tangent) as an array of numbers, or a located error."""
         where = f"{what} '{name}'" + (" in vals" if what == "the value of" else "")
         try:
             a = self.engine.asarray(v)
+            dtype = self.engine.describe(a)[1]
         except IndexgradError as e:  # the backend's word on it (a device, a dtype)
             raise self._error(f"{where} {e.message}", name) from None
         except Exception as e:  # ragged lists and the like
             raise self._error(f"{where} is not an array: {e}", name) from None
-        if self.engine.describe(a)[1].kind not in "biuf":
-            raise self._error(f"{where} must hold real numbers, not {self.engine.describe(a)[1]}", name)
+        if dtype.kind == "V" and dtype.names is None:  # ml_dtypes' bfloat16, float8_*: real, not computed in
+            raise self._error(f"{where} holds {dtype}, which is not computed in; convert it to float32", name)
+        if dtype.kind not in "biuf":
+            raise self._error(f"{where} must hold real numbers, not {dtype}", name)
         return a
 
     def _inputs(self, arrays: Mapping[str, Any], allow_extra: bool = False) -> dict[str, Array]:

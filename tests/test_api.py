@@ -306,3 +306,16 @@ def test_a_model_that_has_run_copies_and_pickles_without_its_plans() -> None:
             np.testing.assert_array_equal(a, want[k])
         for k, a in other.hvp(got, v={"W": arrays["W"]}).items():
             np.testing.assert_array_equal(a, hv[k])
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_a_bfloat16_array_is_a_located_error_that_says_to_convert_it(backend: str) -> None:
+    """torch's describe raised without a place or the tensor's name; jax's bfloat16 (an ml_dtypes
+    type numpy calls kind V) was said not to hold real numbers."""
+    lib = pytest.importorskip(backend)
+    x = lib.ones(3, dtype=lib.bfloat16) if backend == "torch" else lib.numpy.ones(3, lib.numpy.bfloat16)
+    model = ig.compile("y = x[i]^2", backend=backend)
+    message = r"the value given for 'x' holds (torch\.)?bfloat16, .* convert it"
+    with pytest.raises(ig.IndexgradError, match=message) as e:
+        model.forward(x=x)
+    assert (e.value.line, e.value.column) == (1, 5)

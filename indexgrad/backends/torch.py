@@ -1071,7 +1071,7 @@ class TorchBackend:
         if dtype is None:
             if not isinstance(a, Tensor):
                 raise TypeError(f"not a tensor: {type(a).__name__}")  # the caller converts it
-            raise IndexgradError(f"a tensor of dtype {a.dtype} cannot be planned for; use float32 or float64")
+            raise IndexgradError(f"holds {a.dtype}, which is not computed in; convert it: .to(torch.float32)")
         return tuple(a.shape), dtype
 
     def to_numpy(self, a: Tensor) -> np.ndarray:
