@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -774,7 +774,7 @@ class _Planner:
             shape,
             _dtype_name(self.dtypes[r.name]),
             (source, *self.labels(r)),
-            {"positions": _positions(r)},
+            {"positions": _positions(r, self.sizes, source.shape)},
             statement=r,
             span=r.span if r.span.line else self.span,
         )
@@ -807,7 +807,7 @@ class _Planner:
             shape,
             _dtype_name(dtype),
             (self.operand(value.out, value.axes), *self.labels(p.out)),
-            {"positions": _positions(p.out), "fresh": not exists},
+            {"positions": _positions(p.out, self.sizes, shape), "fresh": not exists},
             accumulate=exists,
             statement=p,
             span=self.span,
@@ -965,10 +965,12 @@ def _scatter_order(r: Ref, size: dict[str, int]) -> tuple[str, ...]:
     return order if sorted(order) == sorted(ref_index_names(r)) else ref_index_names(r)
 
 
-def _positions(r: Ref) -> tuple[Any, ...]:
+def _positions(r: Ref, sizes: Mapping[str, int] | None = None, extents: Shape = ()) -> tuple[Any, ...]:
     """Per axis of r, its position as data: ("affine", const, ((coef, name), ...)), ("label", label
-    name, its axes), or the general forms of positions.as_data."""
-    return tuple(positions.as_data(i) for i in r.indices)
+    name, its axes), or the general forms of positions.as_data; given the sizes and the axes'
+    extents, a boundary mode's constant near the axis (positions.nearest)."""
+    at = r.indices if sizes is None else map(positions.nearest, r.indices, [sizes] * len(extents), extents)
+    return tuple(positions.as_data(i) for i in at)
 
 
 # ---- passes over steps -------------------------------------------------------------------------

@@ -186,6 +186,18 @@ def from_data(t: Sequence[Any]) -> Index:
 # ---- boundary modes of linear positions, by padding ----------------------------------------------
 
 
+def nearest(i: Index, sizes: Mapping[str, int], extent: int) -> Index:
+    """i with its boundary mode's constant moved as near the axis as reads the same entries: by
+    a multiple of the extent for wrap, and for pad and clamp no farther than keeps every value on
+    the same side of the axis. `wrap(i+10**20)` then pads an axis by a few entries, not 10**20,
+    and its constant fits in a machine integer."""
+    if not isinstance(i, Affine) or i.mode is None or extent == 0 or empty(i, sizes):
+        return i
+    lo, hi = value_range(replace(i, const=0), sizes)
+    const = i.const % extent if i.mode == "wrap" else min(max(i.const, -hi - 1), extent - lo)
+    return i if const == i.const else replace(i, const=const)
+
+
 def margins(i: Affine, sizes: Mapping[str, int], extent: int) -> tuple[int, int]:
     """How far a position reaches before 0 and past the end of an axis of `extent`."""
     lo, hi = value_range(i, sizes)
