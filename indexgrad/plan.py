@@ -565,7 +565,7 @@ def make_plan(
             prims, dict(shapes), dict(dtypes), temporaries or set(), constants=constants, backend=backend,
             in_place=in_place, iterations=iterations, numpy_layouts=numpy_layouts,
         )  # fmt: skip
-        steps = planner.steps()
+        steps = _empties(planner.steps())
         if backend == "torch":  # torch's own calls: conv, softmax and its gradient, layer norm's, addmm
             steps = softmax.softmax_grads(softmax.softmaxes(correlate.correlations(steps), keep), keep)
             steps = plus.products_plus(layernorm.layer_norm_grads(steps, forward or []), keep)
@@ -982,6 +982,41 @@ def _with(s: Step, **changes: Any) -> Step:
     new = object.__new__(Step)
     new.__dict__.update(s.__dict__, **changes)
     return new
+
+
+def _empties(steps: list[Step]) -> list[Step]:
+    """Steps that compute nothing made fills of 0: a result with no entries, a product summed over
+    an index of size 0, a scatter-add of no values. Every backend then runs them alike, where a
+    library's kernels (convolutions, stacked slices) refuse empty windows and batches."""
+    out = []
+    for s in steps:
+        empty = 0 in s.shape and s.kind != "fill"
+        if s.kind == "contract":
+            empty = empty or any(0 in o.shape for o in s.inputs)
+        elif s.kind == "scatter":
+            empty = empty or 0 in s.inputs[0].shape
+        elif s.kind in ("view", "gather") and not empty and 0 in s.inputs[0].shape:
+            empty = _outside_empty_axes(s)
+        out.append(_with(s, kind="fill", call="full", inputs=(), args={"value": 0.0}) if empty else s)
+    return out
+
+
+def _outside_empty_axes(s: Step) -> bool:
+    """Whether a read of a tensor with an axis of size 0 reads only the zeros pad(...) puts
+    outside it; clamp(...) and wrap(...) have no entry to read there, an error at the read."""
+    source = s.inputs[0]
+    for extent, p in zip(source.shape, s.args["positions"]):
+        at = positions.from_data(p)
+        mode = at.mode if isinstance(at, Affine) and not extent else None
+        if mode in ("clamp", "wrap"):
+            raise IndexgradError(
+                f"{mode}(...) reads an axis of '{source.name}' that has size 0, where there is no "
+                "entry to repeat; give the tensor entries, or read through pad(...) for zeros",
+                s.span,
+            )
+        if not extent and mode != "pad":
+            return False  # a label's range check says what is wrong
+    return True
 
 
 def _masks(steps: list[Step], keep: set[str], gate: bool = False) -> list[Step]:

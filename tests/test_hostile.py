@@ -1211,3 +1211,50 @@ def test_a_boundary_mode_far_off_the_axis_reads_as_one_near_it(backend: str, far
     np.testing.assert_array_equal(got, want)
     for k in arrays:
         np.testing.assert_array_equal(got_grads[k], want_grads[k], err_msg=k)
+
+
+# programs whose sums run over an index of size 0, or whose results have no entries: the values,
+# gradients and tangents are zeros (an empty sum) of the shapes numpy gives, on every backend, where
+# torch's convolutions refused empty kernels and batches and jax's stacked slices and convolutions
+# empty windows; and pad(...) reads zeros from an axis of size 0
+EMPTY = [
+    ("y[j] = w[k] x[j+k]", {"w": (0,), "x": (4,)}, (4,)),
+    ("y[j] = w[k] x[j+k]", {"w": (3,), "x": (0,)}, (0,)),
+    ("dim u=2\ny[r] = max[u](x[2*r+u])", {"x": (0,)}, (0,)),
+    ("y[b,o,r] = x[b,i,r+k] w[o,i,k]", {"x": (2, 0, 5), "w": (4, 0, 2)}, (2, 4, 4)),
+    ("y[b,o,r,c] = x[b,i,r+u,c+v] w[o,i,u,v]", {"x": (2, 3, 5, 5), "w": (0, 3, 2, 2)}, (2, 0, 4, 4)),
+    ("y[b,o,r,c] = x[b,i,pad(2*r+u-1),pad(2*c+v-1)] w[o,i,u,v]",
+     {"x": (0, 3, 5, 5), "w": (4, 3, 3, 3)}, (0, 4, 3, 3)),
+    ("y[b,o,2*r+u] += x[b,i,r] w[i,o,u]", {"x": (2, 3, 0), "w": (3, 4, 2)}, (2, 4, 0)),
+    ("y[b,s] = f[b,pad(2*s+k)] z[s] w[k]", {"f": (2, 0), "z": (4,), "w": (2,)}, (2, 4)),
+    ("y[b,t,2*i] += x[b,t,2*i] c[t,i]\ny[b,t,2*i+1] += x[b,t,2*i+1] c[t,i]",
+     {"x": (2, 4, 6), "c": (4, 0)}, (2, 4, 0)),
+]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
+@pytest.mark.parametrize("src, shapes, out", EMPTY)
+def test_empty_sums_and_empty_results_are_zeros_on_every_backend(
+    backend: str, src: str, shapes: dict, out: tuple
+) -> None:
+    if backend == "jax":
+        pytest.importorskip("jax").config.update("jax_enable_x64", True)
+    model = ig.compile(src, backend=backend)
+    arrays = {k: np.ones(s) for k, s in shapes.items()}
+    vals = model.forward(**arrays)
+    np.testing.assert_array_equal(np.asarray(vals["y"]), np.zeros(out))
+    grads = model.backward(vals, seed={"y": np.ones(out)})
+    tangent = model.jvp(vals, arrays)["y"]
+    np.testing.assert_array_equal(np.asarray(tangent), np.zeros(out))
+    for k, a in arrays.items():
+        np.testing.assert_array_equal(np.asarray(grads[k]), np.zeros_like(a), err_msg=k)
+
+
+@pytest.mark.parametrize("mode", ["clamp", "wrap"])
+def test_clamp_or_wrap_of_an_empty_axis_is_an_error_at_the_read(mode: str) -> None:
+    """It was raised while running, without a place."""
+    model = ig.compile(ig.parse(f"y[s] = f[{mode}(s+1)] z[s]", filename="e.idx"))
+    message = rf"{mode}\(\.\.\.\) reads an axis of 'f' that has size 0"
+    with pytest.raises(ig.IndexgradError, match=message) as e:
+        model.forward(f=np.zeros(0), z=np.ones(4))
+    assert str(e.value).startswith("e.idx:1:8: error:")
