@@ -14,7 +14,7 @@ import numpy as np
 
 from .backends.jax import float_dtype
 from .errors import IndexgradError
-from .model import Model
+from .model import Model, not_numbers
 from .model import compile as compile_model
 from .nodes import Program
 
@@ -81,7 +81,7 @@ def _float(model: Model, name: str, v: Any) -> Any:
     if kind in "biu":
         return jnp.asarray(a, float_dtype(np.float64))
     if kind not in "fc":  # complex: the Model says it must be real
-        raise model._error(f"the value given for '{name}' must hold real numbers, not {a.dtype}", name)
+        raise model._error(f"the value given for '{name}' {not_numbers(np.dtype(a.dtype))}", name)
     return v
 
 

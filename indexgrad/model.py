@@ -121,6 +121,13 @@ def _python_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, np.generic)
 
 
+def not_numbers(dtype: Any) -> str:
+    """Why an array of this dtype (not bool, integer or real float) cannot be computed with."""
+    if dtype.kind == "V" and dtype.names is None:  # ml_dtypes' bfloat16, float8_*: real, not computed in
+        return f"holds {dtype}, which is not computed in; convert it to float32"
+    return f"must hold real numbers, not {dtype}"
+
+
 @dataclass
 class Model:
     """A compiled program: its primitive statements and, per signature, its plans."""
@@ -223,10 +230,8 @@ class Model:
             raise self._error(f"{where} {e.message}", name) from None
         except Exception as e:  # ragged lists and the like
             raise self._error(f"{where} is not an array: {e}", name) from None
-        if dtype.kind == "V" and dtype.names is None:  # ml_dtypes' bfloat16, float8_*: real, not computed in
-            raise self._error(f"{where} holds {dtype}, which is not computed in; convert it to float32", name)
         if dtype.kind not in "biuf":
-            raise self._error(f"{where} must hold real numbers, not {dtype}", name)
+            raise self._error(f"{where} {not_numbers(dtype)}", name)
         return a
 
     def _inputs(self, arrays: Mapping[str, Any], allow_extra: bool = False) -> dict[str, Array]:

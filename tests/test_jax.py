@@ -437,6 +437,13 @@ def test_a_value_jax_cannot_take_is_a_located_error(value, dtype: str) -> None:
         ig.jax.function("y = x^2")({"x": value})
 
 
+def test_a_bfloat16_value_of_the_function_says_to_convert_it() -> None:
+    """It was said not to hold real numbers, unlike the Model's word on the same array."""
+    message = r"1:5: error: the value given for 'x' holds bfloat16, which is not computed in; convert it"
+    with pytest.raises(ig.IndexgradError, match=message):
+        ig.jax.function("y = x^2")({"x": jnp.ones(3, jnp.bfloat16)})
+
+
 def test_the_jax_layer_example_trains_the_digits_mlp(tmp_path) -> None:
     """examples/jax_layer.py for two epochs (float32, outside 64-bit mode): the loss falls and
     the held-out accuracy is far past chance (10%); the plot is written."""
