@@ -26,6 +26,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .lower import Contract, Elementwise, Prim, Reduction, Terms
+from .matching import Match, matched, uses
 from .nodes import Ref, idx, plain_names
 
 if TYPE_CHECKING:
@@ -41,24 +42,8 @@ def layer_norm_grads(steps: list[Step], forward: Sequence[Prim]) -> list[Step]:
     defs: dict[str, list[Prim]] = {}
     for p in forward:
         defs.setdefault(p.out.name, []).append(p)
-    writers: dict[str, list[int]] = {}
-    readers: dict[str, list[int]] = {}
-    for k, s in enumerate(steps):
-        writers.setdefault(s.out, []).append(k)
-        for o in s.inputs:
-            readers.setdefault(o.name, []).append(k)
-    chain = _Chain(steps, defs, writers, readers)
-    made: dict[int, Step] = {}
-    gone: set[int] = set()
-    for k in range(len(steps)):
-        found = chain.match(k) if k not in gone else None
-        if found is not None:
-            steps_made, taken = found
-            made.update(steps_made)
-            gone |= taken
-    if not made:
-        return steps
-    return [made.get(k, s) for k, s in enumerate(steps) if k not in gone or k in made]
+    writers, readers = uses(steps)
+    return matched(steps, _Chain(steps, defs, writers, readers).match)
 
 
 class _Chain:
@@ -80,7 +65,7 @@ class _Chain:
         """The first step reading name that is `_is(step, coef, *operands)`."""
         return next((j for j in self.readers.get(name, []) if _is(self.steps[j], coef, *operands)), None)
 
-    def match(self, k: int) -> tuple[dict[int, Step], set[int]] | None:
+    def match(self, k: int) -> Match | None:
         """The steps made, by where each goes, and the indices of the steps they stand for; or None."""
         a = self.steps[k]
         # s.grad[b,t] = -Σ_d g[b,t,d] p[b,t,d] / s[b,t]^2

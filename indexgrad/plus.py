@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from .matching import uses
+
 if TYPE_CHECKING:
     from .plan import Step
 
@@ -21,10 +23,7 @@ _LAYOUTS = ("a_im2col", "b_im2col", "a_flip", "b_flip", "sum_batch")  # the nump
 def products_plus(steps: list[Step], keep: set[str]) -> list[Step]:
     """The steps with each product and the sum adding terms to it made one `product_add` step,
     where the sum stood (no step between them writes what the product reads)."""
-    reader: dict[str, list[int]] = {}
-    for k, s in enumerate(steps):
-        for o in s.inputs:
-            reader.setdefault(o.name, []).append(k)
+    reader = uses(steps)[1]
     out: list[Step | None] = list(steps)
     for k, p in enumerate(steps):
         readers = reader.get(p.out, [])

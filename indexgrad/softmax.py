@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .lower import Elementwise
+from .matching import Match, matched, uses
 from .nodes import Ref, idx
 
 if TYPE_CHECKING:
@@ -72,27 +73,14 @@ def _softmax(three: list[Step], reads: dict[str, int], keep: set[str]) -> list[S
 def softmax_grads(steps: list[Step], keep: set[str]) -> list[Step]:
     """The steps with each softmax gradient (see above) made one `softmax_grad` step, where its
     result is first written."""
-    readers: dict[str, list[int]] = {}
-    writers: dict[str, list[int]] = {}
-    for k, s in enumerate(steps):
-        writers.setdefault(s.out, []).append(k)
-        for o in s.inputs:
-            readers.setdefault(o.name, []).append(k)
-    made: dict[int, Step] = {}
-    gone: set[int] = set()
-    for k in range(len(steps)):
-        found = None if k in gone else _softmax_grad(steps, k, readers, writers, keep)
-        if found is not None:
-            (at, step), taken = found
-            made[at] = step
-            gone |= taken
-    return [made.get(k, s) for k, s in enumerate(steps) if k not in gone or k in made]
+    writers, readers = uses(steps)
+    return matched(steps, lambda k: _softmax_grad(steps, k, readers, writers, keep))
 
 
 def _softmax_grad(
     steps: list[Step], k: int, readers: dict[str, list[int]], writers: dict[str, list[int]], keep: set[str]
-) -> tuple[tuple[int, Step], set[int]] | None:
-    """The softmax gradient whose product c = g p is step k: (where it goes, the step), the steps taken."""
+) -> Match | None:
+    """The softmax gradient whose product c = g p is step k: {where it goes: the step}, the steps taken."""
     from .plan import _plain_product  # plan imports this module
 
     c = steps[k]
@@ -144,7 +132,7 @@ def _softmax_grad(
             continue
         if ll.axes != last.axes[:u] + last.axes[u + 1 :]:
             continue
-        return (first, _made(copy, g, p, u)), {k, first, second, j}
+        return {first: _made(copy, g, p, u)}, {k, first, second, j}
     return None
 
 
