@@ -84,7 +84,7 @@ class _Chain:
                 return found
         return None
 
-    def _rest(self, k: int, g: Operand, p: Operand, s: Operand) -> tuple[dict[int, Step], set[int]] | None:
+    def _rest(self, k: int, g: Operand, p: Operand, s: Operand) -> Match | None:
         steps, d = self.steps, g.shape[-1]
         # p.grad = g / s, p's only gradient; c.grad = p.grad G
         kd = self._reading(g.name, 1.0, (g.name, 1), (s.name, -1))

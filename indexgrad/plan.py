@@ -969,7 +969,7 @@ def _positions(r: Ref, sizes: Mapping[str, int] | None = None, extents: Shape = 
     """Per axis of r, its position as data: ("affine", const, ((coef, name), ...)), ("label", label
     name, its axes), or the general forms of positions.as_data; given the sizes and the axes'
     extents, a boundary mode's constant near the axis (positions.nearest)."""
-    at = r.indices if sizes is None else map(positions.nearest, r.indices, [sizes] * len(extents), extents)
+    at = r.indices if sizes is None else [positions.nearest(i, sizes, e) for i, e in zip(r.indices, extents)]
     return tuple(positions.as_data(i) for i in at)
 
 
