@@ -569,7 +569,7 @@ def make_plan(
         if backend == "torch":  # torch's own calls: conv, softmax and its gradient, layer norm's, addmm
             steps = softmax.softmax_grads(softmax.softmaxes(correlate.correlations(steps), keep), keep)
             steps = plus.products_plus(layernorm.layer_norm_grads(steps, forward or []), keep)
-            steps = _copied_once(steps)
+            steps = _stored_as_read(steps, keep)
         steps = _masks(steps, keep, gate=backend == "torch")
         steps, peak, fresh = _buffers(steps, set(shapes), keep, in_place)
     except IndexgradError as e:
@@ -1056,24 +1056,76 @@ def _masks(steps: list[Step], keep: set[str], gate: bool = False) -> list[Step]:
     return [s for s in out if s is not None]
 
 
-def _copied_once(steps: list[Step]) -> list[Step]:
-    """A product's result that is a transposed view (`res_perm`) and that two or more later
-    products reshape (each would copy it, as reshaping a transposed view copies) is copied once,
-    in its own axes' order, where it is made (args `res_copy`): torch's products then read views."""
-    reshaped: dict[str, int] = {}
+def _stored_as_read(steps: list[Step], keep: set[str]) -> list[Step]:
+    """Each product's result stored, where it is made, with its axes in the memory order that makes
+    the most of its reads by later matrix products views rather than copies (args `res_order`):
+    torch reshapes a transposed tensor by copying it, and takes a batch of matrices transposed.
+    A store costs one copy: it is made when it saves two reads' copies, or one read's of a kept
+    result, which a backward reads too, mostly in the same orders (the swap rule's products
+    read their operands as the forward's did, or with the last two groups of axes swapped)."""
+    reads: dict[str, list[tuple[tuple[int, ...] | None, tuple[int, ...] | None]]] = {}
+    writers: dict[str, int] = {}
     for s in steps:
-        if s.kind == "contract" and s.call == "matmul" and len(s.inputs) == 2:
-            ab = s.inputs[::-1] if s.args["swap"] else s.inputs
-            for o, key in zip(ab, "ab"):
-                if s.args[f"{key}_shape"] is not None:
-                    reshaped[o.name] = reshaped.get(o.name, 0) + 1
+        writers[s.out] = writers.get(s.out, 0) + 1
+        for o, perm, shape in _matrix_reads(s):
+            reads.setdefault(o.name, []).append((perm, shape))
+    out = []
+    for s in steps:
+        asked = reads.get(s.out)
+        if asked and s.kind in ("contract", "product_add") and s.call == "matmul" and writers[s.out] == 1:
+            perm = s.args.get("res_perm")
+            current = None if perm is None else tuple(sorted(range(len(perm)), key=perm.__getitem__))
+            order = _best_order(s.shape, current, asked, 1 if s.out in keep else 2)
+            if order is not None:
+                s = _with(s, args={**s.args, "res_order": order})
+        out.append(s)
+    return out
+
+
+def _matrix_reads(s: Step) -> list[tuple[Operand, tuple[int, ...] | None, tuple[int, ...] | None]]:
+    """The operands a matrix product reads as they lie (not summed, raised or cast first), each
+    with the transpose and the reshape that lay it out for the call."""
+    if s.call != "matmul" or s.kind not in ("contract", "product_add") or len(s.inputs) < 2:
+        return []
+    a, b = s.inputs[1::-1] if s.args["swap"] else s.inputs[:2]
     return [
-        _with(s, args={**s.args, "res_copy": True})
-        if s.kind == "contract" and s.call == "matmul" and s.args.get("res_perm") is not None
-        and reshaped.get(s.out, 0) >= 2
-        else s
-        for s in steps
-    ]  # fmt: skip
+        (o, s.args[f"{k}_perm"], s.args[f"{k}_shape"])
+        for o, k in ((a, "a"), (b, "b"))
+        if not s.args[f"{k}_sum"] and o.power == 1 and o.dtype == s.dtype
+    ]
+
+
+def _best_order(
+    shape: Shape, current: tuple[int, ...] | None,
+    reads: list[tuple[tuple[int, ...] | None, tuple[int, ...] | None]], gain: int,
+) -> tuple[int, ...] | None:  # fmt: skip
+    """The memory order (axes outermost first) that makes the most reads views, if it makes at
+    least `gain` more than the `current` one (None: in order) does; else None."""
+    plain = tuple(range(len(shape)))
+
+    def views(order: tuple[int, ...]) -> int:
+        return sum(_viewed(shape, order, perm, to) for perm, to in reads)
+
+    best = max([plain, *(p for p, _ in reads if p is not None)], key=views)
+    now = current or plain
+    return best if best != now and views(best) - views(now) >= gain else None
+
+
+def _viewed(shape: Shape, order: tuple[int, ...], perm: tuple[int, ...] | None, to: Shape | None) -> bool:
+    """Whether an array stored with its axes in `order`, transposed by `perm` and reshaped `to`,
+    is a view whose matrices lie in rows or in columns (numpy's rule for a reshape without a copy
+    is torch's)."""
+    strides, size = [0] * len(shape), 1
+    for k in reversed(order):
+        strides[k], size = size, size * shape[k]
+    a = np.lib.stride_tricks.as_strided(np.zeros(1, np.int8), shape, strides)
+    a = a if perm is None else a.transpose(perm)
+    if to is not None:
+        try:
+            a = np.reshape(a, to, copy=False)
+        except ValueError:
+            return False
+    return a.ndim < 2 or 1 in a.strides[-2:] or 1 in a.shape[-2:]
 
 
 def _plain_product(s: Step) -> bool:
@@ -1330,7 +1382,11 @@ def _describe_call(s: Step) -> str:
         if args.get("res_shape") is not None:
             text += f".reshape{tuple(args['res_shape'])}"
         if args.get("res_perm") is not None:
-            text += f".transpose{tuple(args['res_perm'])}" + (".copy()" if args.get("res_copy") else "")
+            text += f".transpose{tuple(args['res_perm'])}"
+        order = args.get("res_order")
+        if order is not None:  # numpy's x.transpose(order).copy().transpose(back): same values, laid out anew
+            laid = "" if order == tuple(range(len(order))) else f"as [{','.join(s.axes[k] for k in order)}]"
+            text += f".copy({laid})"
         return text + tail
     if s.call == "einsum":
         order = path_order(args["path"], [o.name for o in ops])

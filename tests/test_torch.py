@@ -400,9 +400,58 @@ def test_a_transposed_product_two_products_reshape_is_copied_once() -> None:
     m = ig.compile(text, backend="torch")
     plan = m.plan(m.forward(**tensors(a)), mode="backward")
     [made] = [s for s in plan.steps if s.out == "q.grad"]
-    assert made.args["res_copy"] and made.describe().endswith(".copy()")
+    assert made.args["res_order"] == (0, 1, 2, 3) and made.describe().endswith(".copy()")
     assert ".copy()" not in str(ig.compile(text).plan(a, mode="backward"))
     assert assert_backends_agree(text, a) == "hvp"
+
+
+HEADS = """input x[b,t,d], Q[d,h,e], K[d,h,e], V[d,h,e]
+q[b,t,h,e] = x[b,t,d] Q[d,h,e]
+k[b,s,h,e] = x[b,s,d] K[d,h,e]
+v[b,s,h,e] = x[b,s,d] V[d,h,e]
+a[b,h,t,s] = q[b,t,h,e] k[b,s,h,e]
+p[b,h,t,s] = exp(a[b,h,t,s] - logsumexp[u](a[b,h,t,u]))
+o[b,t,h,e] = p[b,h,t,s] v[b,s,h,e]
+loss = sum[b,t,h,e](o[b,t,h,e]^2)
+"""
+
+
+def test_a_kept_product_is_stored_as_its_reads_ask() -> None:
+    """Attention's heads: q, k and v are stored head-major where they are made (k as [b,h,e,s], as
+    the scores read it), so the products that read them, forward and backward, read views instead
+    of each copying them; the values agree with numpy's."""
+    rng = np.random.default_rng(0)
+    shapes = {"x": (2, 5, 6), "Q": (6, 2, 3), "K": (6, 2, 3), "V": (6, 2, 3)}
+    a = {n: rng.standard_normal(s) for n, s in shapes.items()}
+    m = ig.compile(HEADS, backend="torch")
+    stored = {s.out: s.args.get("res_order") for s in m.plan(tensors(a)).steps}
+    assert (stored["q"], stored["k"], stored["v"]) == ((0, 2, 1, 3), (0, 2, 3, 1), (0, 2, 1, 3))
+    vals = m.forward(**tensors(a))
+    assert all(vals[n].permute(stored[n]).is_contiguous() for n in "qkv")
+    assert assert_backends_agree(HEADS, a) == "hvp"
+
+
+@pytest.mark.parametrize(
+    ("shape", "order", "perm", "to"),
+    [
+        ((2, 3, 4, 5), (0, 2, 1, 3), (0, 2, 1, 3), (8, 3, 5)),  # stored as read
+        ((2, 3, 4, 5), (0, 1, 2, 3), (0, 2, 1, 3), (8, 3, 5)),  # heads apart: a copy
+        ((2, 3, 4, 5), (0, 2, 1, 3), (0, 2, 3, 1), (8, 5, 3)),  # matrices transposed: a view
+        ((2, 3, 4, 5), (0, 1, 2, 3), (2, 3, 0, 1), (20, 6)),  # the transpose of rows: a view
+        ((2, 3, 4, 5), (0, 1, 2, 3), (1, 0, 2, 3), (6, 20)),  # batch axes swapped: a copy
+        ((2, 1, 4, 5), (0, 1, 2, 3), (1, 0, 2, 3), (2, 20)),  # ... of length 1: a view
+    ],
+)
+def test_a_read_is_a_view_as_torch_reshapes(shape: Any, order: Any, perm: Any, to: Any) -> None:
+    """plan._viewed says a read is a view exactly when torch's reshape shares the memory and each
+    matrix lies in rows or in columns (what torch's products take without a copy)."""
+    from indexgrad.plan import _viewed
+
+    back = tuple(sorted(range(len(order)), key=order.__getitem__))
+    stored = torch.zeros([shape[k] for k in order]).permute(back)
+    read = stored.permute(perm).reshape(to)
+    matrices = 1 in read.stride()[-2:] or 1 in read.shape[-2:]
+    assert _viewed(shape, order, perm, to) == (read.data_ptr() == stored.data_ptr() and matrices)
 
 
 @pytest.mark.parametrize("read", ["y[lab[b]]", "y[b//2]"])

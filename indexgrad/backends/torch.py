@@ -286,14 +286,23 @@ def _movers(args: dict[str, Any]) -> tuple[Unary | None, Unary | None]:
     )
 
 
+def _stored(order: tuple[int, ...] | None) -> Unary | None:
+    """A product's result copied into memory that holds its axes in `order`, outermost first
+    (`plan._stored_as_read`): the same values, in the layout its readers take as views."""
+    if order is None:
+        return None
+    back = tuple(sorted(range(len(order)), key=order.__getitem__))
+    return lambda t: t.permute(order).contiguous().permute(back)
+
+
 def _product(call: str, args: dict[str, Any], first: Compute, second: Compute) -> Compute:
     """`call` of two operands (read by `first`, `second`, in the order `args` names them) laid
     out as `plan.pair_layout` says, the result reshaped and transposed as it says."""
     ma, mb = _movers(args)
     ra = first if ma is None else (lambda env: ma(first(env)))
     rb = second if mb is None else (lambda env: mb(second(env)))
-    copy = operator.methodcaller("contiguous") if args.get("res_copy") else None
-    f, finish = _PRODUCTS[call], _chain(_reshape(args["res_shape"]), _permute(args["res_perm"]), copy)
+    f = _PRODUCTS[call]
+    finish = _chain(_reshape(args["res_shape"]), _permute(args["res_perm"]), _stored(args.get("res_order")))
     if finish is None:
         return lambda env: f(ra(env), rb(env))
     return lambda env: finish(f(ra(env), rb(env)))
@@ -308,7 +317,8 @@ def product_add(step: Step, run: _Run) -> Compute:
     ma, mb = _movers(args)
     ra, rb = _reader(a, step.dtype, ma), _reader(b, step.dtype, mb)
     first, *rest = (_aligned(step, o) for o in step.inputs[2:])
-    finish, shape = _reshape(args["res_shape"]) or (lambda t: t), step.shape
+    finish = _chain(_reshape(args["res_shape"]), _stored(args.get("res_order"))) or (lambda t: t)
+    shape = step.shape
 
     def added(env: Env) -> Tensor:
         x, y = ra(env), rb(env)
