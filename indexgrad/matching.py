@@ -35,3 +35,10 @@ def matched(steps: list[Step], match: Callable[[int], Match | None]) -> list[Ste
             made.update(found[0])
             gone |= found[1]
     return [made.get(k, s) for k, s in enumerate(steps) if k not in gone or k in made]
+
+
+def plain_product(s: Step) -> bool:
+    """Whether a broadcast product multiplies its operands as they lie: nothing moved, summed or scaled."""
+    a = s.args
+    moved = ("a_sum", "b_sum", "a_perm", "b_perm", "a_shape", "b_shape", "res_shape", "res_perm")
+    return s.call == "multiply" and a["coef"] == 1 and a["kept"] == s.axes and not any(a[m] for m in moved)

@@ -36,6 +36,7 @@ from .lower import (
     prim_statement,
 )
 from .lower import Operand as Factor
+from .matching import plain_product
 from .memory import check_fits, human_bytes, memory_limit
 from .nodes import (
     DELTA,
@@ -1046,7 +1047,7 @@ def _masks(steps: list[Step], keep: set[str], gate: bool = False) -> list[Step]:
         if any(o.power != 1 for o in nxt.inputs) or u.axes != s.axes:
             continue
         if np.dtype(g.dtype).kind == "f" and np.result_type(g.dtype, u.dtype) == np.dtype(g.dtype):
-            if gate and g.axes == u.axes == nxt.axes and g.dtype == nxt.dtype and _plain_product(nxt):
+            if gate and g.axes == u.axes == nxt.axes and g.dtype == nxt.dtype and plain_product(nxt):
                 out[k], out[k + 1] = None, _with(nxt, kind="gate", call="gate", inputs=(g, u), args={})
                 continue
             out[k] = _with(s, call="mask", dtype="bool")
@@ -1126,13 +1127,6 @@ def _viewed(shape: Shape, order: tuple[int, ...], perm: tuple[int, ...] | None, 
         except ValueError:
             return False
     return a.ndim < 2 or 1 in a.strides[-2:] or 1 in a.shape[-2:]
-
-
-def _plain_product(s: Step) -> bool:
-    """Whether a broadcast product multiplies its operands as they lie: nothing moved, summed or scaled."""
-    a = s.args
-    moved = ("a_sum", "b_sum", "a_perm", "b_perm", "a_shape", "b_shape", "res_shape", "res_perm")
-    return s.call == "multiply" and a["coef"] == 1 and a["kept"] == s.axes and not any(a[m] for m in moved)
 
 
 # Calls that can write their result into the buffer of an operand of the same shape and dtype

@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .lower import Elementwise
-from .matching import Match, matched, uses
+from .matching import Match, matched, plain_product, uses
 from .nodes import Ref, idx
 
 if TYPE_CHECKING:
@@ -81,10 +81,8 @@ def _softmax_grad(
     steps: list[Step], k: int, readers: dict[str, list[int]], writers: dict[str, list[int]], keep: set[str]
 ) -> Match | None:
     """The softmax gradient whose product c = g p is step k: {where it goes: the step}, the steps taken."""
-    from .plan import _plain_product  # plan imports this module
-
     c = steps[k]
-    if c.kind != "contract" or c.accumulate or len(c.inputs) != 2 or not _plain_product(c):
+    if c.kind != "contract" or c.accumulate or len(c.inputs) != 2 or not plain_product(c):
         return None
     if c.dtype not in ("float32", "float64") or c.out in keep or len(writers[c.out]) != 1:
         return None
