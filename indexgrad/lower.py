@@ -274,6 +274,10 @@ class _Lowerer:
         if isinstance(e, Neg) and isinstance(e.arg, Sum):  # -(a + b) is -a - b
             e = Sum(e.arg.terms, tuple(-sign for sign in e.arg.signs), e.arg.span)
         needs_temp = op == "+=" or target.name in self.accumulated
+        if summed and isinstance(e, Sum) and _sums_each(e, summed):
+            terms = _terms_of(e, 1)
+            parts = tuple(Reduce("sum", summed, t, e_span(t)) for t, _ in terms)
+            e, summed = Sum(parts, tuple(sign for _, sign in terms), e.span), ()
         if summed and not _is_productish(e):
             e = self.operand(e, base)
         if _is_productish(e) or isinstance(e, (Ref, SizeOf)):
@@ -536,6 +540,16 @@ def _terms_of(e: Sum, sign: int) -> list[tuple[Expr, int]]:
         else:
             out.append((t, sign * s))
     return out
+
+
+def _sums_each(e: Sum, summed: tuple[str, ...]) -> bool:
+    """Whether a sum summed over the names `summed` is better the sum of each term's own sum: the
+    same values, without an array over the summed names, when every term has them all and one
+    is a product that can sum them itself. (`x[b,j] W[j,i] + z[b,j] V[j,i]` summed over j is two
+    matrix products added, not an array over [b,i,j] summed after; the tangent rule writes such
+    a sum for every product.)"""
+    terms = [t for t, _ in _terms_of(e, 1)]
+    return any(map(_is_productish, terms)) and all(set(summed) <= set(ordered_free(t)) for t in terms)
 
 
 def _size_terms(e: Expr) -> set[str]:

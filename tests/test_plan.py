@@ -54,6 +54,23 @@ def test_a_relu_gradient_reads_a_boolean_mask_but_a_tensor_the_program_defines_s
     assert float(g["x"]) == float((h > 0).sum())
 
 
+@pytest.mark.parametrize("mode", ["forward", "jvp", "hvp"])
+def test_a_sum_of_products_over_an_index_they_share_sums_each_product_itself(mode: str) -> None:
+    """j spans two products (and the tangent rule writes such a sum for every product's jvp):
+    Σ_j of the sum is each product's own matrix product, added, never an array over [b,i,j]
+    (at these sizes 392 MiB)."""
+    text = "param W[j,i], V[j,i], B[i]\ninput x[b,j], z[b,j]\n"
+    text += "y[b,i] = x[b,j] W[j,i] - 2 z[b,j] V[j,i]\ny[b,i] += B[i]\nloss = sum[b,i](y[b,i]^2)\n"
+    m = ig.compile(text)
+    shapes = {"x": (64, 784), "z": (64, 784), "W": (784, 512), "V": (784, 512), "B": (512,)}
+    plan = m.plan(shapes, mode=mode)
+    assert all(len(s.shape) <= 2 for s in plan.steps) and plan.peak_bytes < 16 << 20, plan
+    small = {"x": (2, 5), "z": (2, 5), "W": (5, 3), "V": (5, 3), "B": (3,)}
+    a = {n: rng(1).standard_normal(s) for n, s in small.items()}
+    y = a["x"] @ a["W"] - 2 * a["z"] @ a["V"] + a["B"]
+    np.testing.assert_allclose(m.forward(**a)["y"], y, rtol=1e-12)
+
+
 def test_a_scale_outside_a_sum_is_one_product() -> None:
     """`0.5 sum[b,i](y^2)` runs as the one product `0.5 y[b,i]^2`, with no temporary."""
     m = ig.compile("loss = 0.5 sum[b,i](y[b,i]^2)")
