@@ -287,6 +287,23 @@ def test_labels_out_of_range_are_errors_where_they_can_be_seen_and_nan_under_jit
     assert np.isnan(float(jax.jit(f)({**a, "y": np.full_like(a["y"], -1)})))  # traced: unchecked, NaN
 
 
+def test_labels_a_jitted_gradient_closes_over_are_read_and_checked() -> None:
+    """jax.jit(jax.grad(...)) of a loss that closes over its labels runs the forward with the labels
+    known inside the jit trace: their range check crashed (TracerArrayConversionError) instead of
+    checking them; the gradient is torch's cross entropy's, and a bad label the usual error."""
+    torch = pytest.importorskip("torch")
+    f = ig.jax.function("loss = mean[b](logsumexp[c](z[b,c]) - z[b,y[b]])")
+    z = np.random.default_rng(0).standard_normal((3, 4))
+    zt = torch.tensor(z, requires_grad=True)
+    torch.nn.functional.cross_entropy(zt, torch.tensor([0, 3, 1])).backward()
+    y = jnp.asarray([0, 3, 1])
+    got = jax.jit(jax.grad(lambda z: f({"z": z, "y": y})))(jnp.asarray(z))
+    np.testing.assert_allclose(np.asarray(got), zt.grad.numpy(), rtol=1e-12, atol=1e-15)
+    y = jnp.asarray([0, 4, 1])
+    with pytest.raises(ig.IndexgradError, match=r"label 4 in 'y' is out of range for axis 1 of 'z'"):
+        jax.jit(jax.grad(lambda z: f({"z": z, "y": y})))(jnp.asarray(z))
+
+
 def test_check_finite_names_the_statement_on_the_jax_backend() -> None:
     m = ig.compile("y[i] = log(x[i])\nloss = sum[i](y[i])", backend="jax")
     with pytest.raises(ig.IndexgradError, match="1:1: error: this statement produced NaN in 'y'"):

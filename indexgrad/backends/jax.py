@@ -821,7 +821,10 @@ class JaxExecutor:
             lab = arrays[label]
             if isinstance(lab, jax.core.Tracer) or not lab.size:
                 continue
-            low, high = (int(v) for v in np.asarray(jnp.stack([lab.min(), lab.max()])))
+            # a concrete label inside another trace (closed over by a function jax.jit(jax.grad)
+            # traces) is still known: compute its range now rather than into that trace
+            with jax.ensure_compile_time_eval():
+                low, high = (int(v) for v in np.asarray(jnp.stack([lab.min(), lab.max()])))
             if low < 0 or high >= extent:
                 bad = low if low < 0 else high
                 raise IndexgradError(
