@@ -281,55 +281,69 @@ def read_steps_of_outputs(prims: list[Prim], relus: dict[str, str]) -> list[Prim
     return out
 
 
-def _value_key(p: Prim, alias: dict[str, str]) -> tuple[Any, ...] | None:
+Alias = dict[str, tuple[str, tuple[int, ...]]]  # a derived name -> a forward name, and for each
+# of the forward tensor's axes the derived tensor's axis holding the same positions
+
+
+def _through(a: Ref, alias: Alias) -> Ref:
+    """a, or the read of the forward tensor its name stands for, its positions in that order."""
+    hit = alias.get(a.name)
+    if hit is None:
+        return a
+    name, axes = hit
+    return Ref(name, tuple(a.indices[k] for k in axes), a.span)
+
+
+def _value_key(p: Prim, alias: Alias) -> tuple[tuple[Any, ...], tuple[int, ...]] | None:
     """What an elementwise statement `t[I] = f(...)` or `t[I] = s1 u1 + ...` computes, independent
-    of its names: the function or coefficients, and each tensor read (through `alias`) with its
-    axes as positions in I. None for anything else, or when an axis of t is in no operand (then
-    t's extent is not fixed by what it reads)."""
+    of its names and of the order of t's axes: the function or coefficients, and each tensor read
+    (through `alias`) with its axes numbered in the order the operands first read them; and t's
+    axes in that order. None for anything else, or when an axis of t is in no operand (then t's
+    extent is not fixed by what it reads)."""
     if p.op != "=" or not is_plain(p.out) or not isinstance(p, (Elementwise, Terms)):
         return None
-    pos = {n: k for k, n in enumerate(ref_index_names(p.out))}
-    seen: set[int] = set()
-
-    def arg(a: Operand) -> Any:
-        if isinstance(a, Num):
-            return ("number", a.value)
-        if not isinstance(a, Ref) or not is_plain(a):
-            return None
-        axes = tuple(pos.get(i.plain, -1) for i in a.indices)  # type: ignore[union-attr]
-        seen.update(axes)
-        return (alias.get(a.name, a.name), axes)
-
+    operands = p.args if isinstance(p, Elementwise) else tuple(u for _, u in p.terms)
+    reads = [_through(a, alias) if isinstance(a, Ref) else a for a in operands]
+    if not all(isinstance(a, Num) or isinstance(a, Ref) and is_plain(a) for a in reads):
+        return None
+    order = list(dict.fromkeys(n for a in reads if isinstance(a, Ref) for n in ref_index_names(a)))
+    out = ref_index_names(p.out)
+    if sorted(order) != sorted(out):
+        return None
+    canon = {n: k for k, n in enumerate(order)}
+    args = [
+        ("number", a.value) if isinstance(a, Num) else (a.name, tuple(canon[n] for n in ref_index_names(a)))
+        for a in reads
+    ]
     if isinstance(p, Elementwise):
-        args = [arg(a) for a in p.args]
         parts: tuple[Any, ...] = ("f", p.func, *args)
     else:
-        args = [arg(u) for _, u in p.terms]
         parts = ("terms", *zip((c for c, _ in p.terms), args))
-    if None in args or seen != set(range(len(pos))):
-        return None
-    return parts
+    return parts, tuple(out.index(n) for n in order)
 
 
 def reuse_forward(prims: list[Prim], forward: list[Prim], available: set[str]) -> list[Prim]:
     """A derived program's statements with those that recompute a value the forward program made
     and returns (`available`) reading that value instead, and the statements only they read
-    dropped. The same function of the same tensors at the same axes is the same value: the
-    softmax `exp(a - logsumexp(a))` that logsumexp's derivative reads is the forward's `p`."""
+    dropped. The same function of the same tensors at the same axes is the same value, whatever
+    order each statement gives its axes: the softmax `exp(a - logsumexp(a))` that logsumexp's
+    derivative reads (the jvp's as `[b,k]`, whatever the forward's order) is the forward's `p`."""
     writes: dict[str, int] = {}
     for p in (*forward, *prims):
         writes[p.out.name] = writes.get(p.out.name, 0) + 1
-    made: dict[tuple[Any, ...], str] = {}
+    made: dict[tuple[Any, ...], tuple[str, tuple[int, ...]]] = {}
     for p in forward:
-        k = _value_key(p, {})
-        if k is not None and writes[p.out.name] == 1:
-            made.setdefault(k, p.out.name)
-    alias: dict[str, str] = {}  # a derived name -> the forward name holding the same values
+        key = _value_key(p, {})
+        if key is not None and writes[p.out.name] == 1:
+            made.setdefault(key[0], (p.out.name, key[1]))
+    alias: Alias = {}
     for p in prims:
-        k = _value_key(p, alias)
-        if k is not None and k in made and writes[p.out.name] == 1:
-            alias[p.out.name] = made[k]
-    use = {n: f for n, f in alias.items() if f in available}
+        key = _value_key(p, alias)
+        if key is not None and key[0] in made and writes[p.out.name] == 1:
+            name, axes = made[key[0]]
+            mine = dict(zip(axes, key[1]))  # the forward's axis -> this statement's, the same positions
+            alias[p.out.name] = (name, tuple(mine[j] for j in range(len(axes))))
+    use = {n: f for n, f in alias.items() if f[0] in available}
     simple = (Contract, Elementwise, Terms, Reduction)
     implicit = {r.name for p in prims if not isinstance(p, simple) for r in prim_refs(p)}
     if not use or use.keys() & implicit:
@@ -343,13 +357,11 @@ def reuse_forward(prims: list[Prim], forward: list[Prim], available: set[str]) -
         out = [p for p in out if p not in dead]
 
 
-def _reading(p: Prim, names: dict[str, str]) -> Prim:
-    """p reading names[n] wherever it reads a plain n."""
+def _reading(p: Prim, names: Alias) -> Prim:
+    """p reading, wherever it reads n of `names`, the forward tensor n stands for."""
 
     def ref(a: Any) -> Any:
-        if isinstance(a, Ref) and a.name in names:
-            return Ref(names[a.name], a.indices, a.span)
-        return a
+        return _through(a, names) if isinstance(a, Ref) else a
 
     if isinstance(p, Elementwise):
         return replace(p, args=tuple(ref(a) for a in p.args))

@@ -190,6 +190,12 @@ layer(
     normal(z=(B, 5)),
     lambda a: F.softmax(a["z"], dim=1),
 )
+layer(  # over the channels of an image, as a segmentation head does: not the last axis
+    "softmax_channels",
+    "y[b,c,r,s] = exp(z[b,c,r,s] - logsumexp[k](z[b,k,r,s]))",
+    normal(z=(B, 4, 2, 3)),
+    lambda a: F.softmax(a["z"], dim=1),
+)
 layer(
     "log_softmax",
     "y[b,c] = z[b,c] - logsumexp[k](z[b,k])",
@@ -1258,7 +1264,10 @@ def few(names: list[str], checked: tuple[str, ...]) -> list:
     return [n if n in checked else pytest.param(n, marks=[pytest.mark.fuzz, long_only]) for n in names]
 
 
-JVP_LAYERS = ("rope_interleaved", "conv_transpose1d_s2_p1_op1", "embedding_bag_max", "unfold_gather", "glu")
+JVP_LAYERS = (
+    "rope_interleaved", "conv_transpose1d_s2_p1_op1", "embedding_bag_max", "unfold_gather", "glu",
+    "softmax_channels",
+)
 
 
 @pytest.mark.parametrize("name", few(sorted(LAYERS), JVP_LAYERS))
