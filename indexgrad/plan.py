@@ -1244,7 +1244,7 @@ def _buffers(
             in_place
             and s.accumulate
             and dtype_of.get(s.out) == s.dtype
-            and _alone(s.out, k, bufs, last, keep)
+            and _alone(s.out, s, k, bufs, last, keep)
         ):
             into = s.out  # `+=` (or a scatter-add) into a buffer of the plan's own
         size = math.prod(s.shape) * _dtype(s.dtype).itemsize
@@ -1282,13 +1282,17 @@ def _buffers(
     return out, peak, fresh
 
 
-def _alone(name: str, k: int, bufs: _Buffers, last: dict[str, int], keep: set[str]) -> bool:
-    """Whether name holds a whole buffer of the plan's own that no other name read after step k,
-    or kept, holds too: then step k may overwrite it."""
+def _alone(name: str, s: Step, k: int, bufs: _Buffers, last: dict[str, int], keep: set[str]) -> bool:
+    """Whether name holds a whole buffer of the plan's own that no other name read by step k (s)
+    or after it, or kept, holds too: then s may overwrite it. (Another name is the same memory in
+    another layout, a transpose: s would write entries it has still to read.)"""
     bid = bufs.of.get(name)
     if bid is None or bid not in bufs.owned or name not in bufs.writable:
         return False
-    return all(n == name or (last.get(n, -1) <= k and n not in keep) for n in bufs.holders[bid])
+    reads = {o.name for o in s.inputs}
+    return all(
+        n == name or (last.get(n, -1) <= k and n not in keep and n not in reads) for n in bufs.holders[bid]
+    )
 
 
 def _donor(s: Step, k: int, bufs: _Buffers, last: dict[str, int], keep: set[str]) -> str | None:
@@ -1302,7 +1306,7 @@ def _donor(s: Step, k: int, bufs: _Buffers, last: dict[str, int], keep: set[str]
             continue
         if o.axes != s.axes or o.shape != s.shape or o.dtype != s.dtype or not s.shape:
             continue
-        if _alone(o.name, k, bufs, last, keep):
+        if _alone(o.name, s, k, bufs, last, keep):
             return o.name
     return None
 

@@ -356,6 +356,15 @@ def test_an_input_or_anything_sharing_its_memory_is_never_written_into() -> None
             assert s.into is None, (text, s)
 
 
+def test_a_step_does_not_write_into_a_buffer_it_also_reads_transposed() -> None:
+    """In exp(x + xᵀ)'s gradient, x.grad[i,j] += s.grad[i,j] is s.grad itself read transposed
+    (a copy that moves no data), so x.grad[j,i] += s.grad[i,j] would add s.grad into its own
+    memory through another layout: the add gets a buffer of its own (torch refuses the overlap)."""
+    steps = _steps("y[i,j] = exp(x[i,j] + x[j,i])", {"x": (3, 3)}, "backward")
+    first, second = [s for s in steps if s.out == "x.grad"]
+    assert first.call == "copy" and second.into is None
+
+
 def test_a_dead_temporary_lends_its_buffer_and_a_kept_one_does_not() -> None:
     """tanh's derivative reads its output, so y.sum dies at tanh and lends it its buffer; t and y
     are the program's own tensors, which forward returns: `t + 1` makes a buffer of its own."""

@@ -70,6 +70,13 @@ def test_float32_stays_float32(name: str) -> None:
             np.testing.assert_allclose(v.numpy(), want[k], rtol=2e-4, atol=2e-5, err_msg=k)
 
 
+def test_a_gradient_added_to_its_own_transpose() -> None:
+    """x.grad collects s.grad and s.grad transposed, where the first is s.grad's own memory."""
+    rng = np.random.default_rng(0)
+    text = "y[i,j] = exp(x[i,j] + x[j,i])"
+    assert assert_backends_agree(text, {"x": rng.standard_normal((3, 3))}) == "jvp"
+
+
 def test_steps_read_through_negative_strides() -> None:
     """x[j-k+2] has a negative step along k: torch's views cannot, so the backend gathers."""
     text = "input w[k], x[i]\ny[j] = w[k] x[j-k+2]\nloss = sum[j](y[j] y[j])\n"
