@@ -150,6 +150,11 @@ SYNTAX_ERRORS = [
     ("y = x ** y\n", 1, 10, "the exponent after '^' must be a number, got 'y'"),
     ("y = x ^ (y)\n", 1, 10, "the exponent after '^' must be a number, got 'y'"),
     ("y = x^\n", 1, 7, "the exponent after '^' must be a number, got the end of the line"),
+    regression(
+        "an exponent written as a quotient (Tullio's cbrt as ^(1/3)) was an unclosed parenthesis",
+        "r[i] = x[i,j]^(1/3)\n", 1, 17, "the exponent after '^' is one number, not a calculation",
+    ),
+    ("y = x^(-1.5 * 2)\n", 1, 13, "write its value"),
     regression("a chained power asks for an expression", "y = x ^ 2 ^ 2\n", 1, 11, "parenthes"),
     regression("'2.5.3' lexes as 2.5 times .3", "y = x^2.5.3\n", 1, 10, "number"),
     regression("'1.2.3' lexes as 1.2 times .3", "y = 1.2.3\n", 1, 8, "number"),
