@@ -733,6 +733,8 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> IndexgradErro
         msg = "unexpected '[': a tensor takes one index list, like x[i,j]"
     elif ttype == "POW":
         msg = "a power cannot be raised again without parentheses: write (a^b)^c"
+    elif ttype == "NAME" and stack and stack[-1][0] == "[" and (k := re.search(r"\b\d+(?=[ \t]*$)", before)):
+        msg = f"a multiple of an index is written with '*': {k.group()}*{tok}, not {k.group()}{tok}"
     elif ttype in _ARITHMETIC and re.search(r"(\^|\*\*)[ \t]*\([ \t]*[-+\d.eE]+[ \t]*$", before):
         msg = "the exponent after '^' is one number, not a calculation: write its value (x^0.5, not x^(1/2))"
     elif stack and (

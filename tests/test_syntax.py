@@ -155,6 +155,8 @@ SYNTAX_ERRORS = [
         "r[i] = x[i,j]^(1/3)\n", 1, 17, "the exponent after '^' is one number, not a calculation",
     ),
     ("y = x^(-1.5 * 2)\n", 1, 13, "write its value"),
+    regression("Tullio's x[2i] said only that a ']' was expected", "y[i] = x[2i]\n", 1, 11, "with '*': 2*i"),
+    ("y[i] = x[i+3j] w[j]\n", 1, 13, "3*j, not 3j"),
     regression("a chained power asks for an expression", "y = x ^ 2 ^ 2\n", 1, 11, "parenthes"),
     regression("'2.5.3' lexes as 2.5 times .3", "y = x^2.5.3\n", 1, 10, "number"),
     regression("'1.2.3' lexes as 1.2 times .3", "y = 1.2.3\n", 1, 8, "number"),
