@@ -614,6 +614,12 @@ SPELLED = {
     "softsign": "x[i]/(1 + abs(x[i]))",
     "expm1": "exp(x[i]) - 1",
     "clip": "max(-1, min(1, x[i])) (x clipped to [-1, 1])",
+    # Julia's (Tullio.jl) and Tensor Comprehensions' spellings
+    "abs2": "x[i]^2",
+    "cbrt": "sign(x[i]) abs(x[i])^0.3333333333333333",
+    "fmax": "max(x[i], 0) (the larger of two values)",
+    "fmin": "min(x[i], 0) (the smaller of two values)",
+    "ifelse": "where(x[i] > 0, x[i], 0)",
 }
 
 
