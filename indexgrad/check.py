@@ -364,9 +364,19 @@ class _Checker:
     def warn_bare_index_names(self, expr: Expr, used: set[str], span: Span) -> None:
         """A bare name that is also an index of its statement reads a scalar tensor, not the index
         (`eq(n, m)` compares two scalar inputs n and m); unless it is declared, say so. Likewise
-        for a constant's name (`-inf` in a mask reads an input called inf)."""
+        for a constant's name (`-inf` in a mask reads an input called inf), and a reduction the
+        language does not have (`prod[k](x[k])` multiplies x[k] by an input called prod)."""
         for r in refs_in(expr):
             known = r.name in self.role or r.name in self.defined_before_this
+            if r.indices and r.name in OTHER_REDUCTIONS and not known:
+                self.warnings.append(
+                    Warning_(
+                        f"'{r.name}[...]' reads an input tensor named {r.name}, not a reduction (the "
+                        f"language reduces with {', '.join(REDUCTIONS)}): write {OTHER_REDUCTIONS[r.name]}, "
+                        f"or declare it (input {r.name})",
+                        r.span if r.span.line else span,
+                    )
+                )
             if not r.indices and r.name in CONSTANTS and not known:
                 self.warnings.append(
                     Warning_(
@@ -588,6 +598,13 @@ def _count(n: int) -> str:
 CONSTANTS = {
     "inf": "a large number (-1e30 as a mask's -infinity) or pass an additive mask array holding -inf",
     "pi": "3.141592653589793",
+}
+
+# reductions other notations have (Tullio's (*), (&), (|); numpy's prod, any, all), written here
+OTHER_REDUCTIONS = {
+    "prod": "exp(sum[k](log(x[k]))) for a product of positive x[k]",
+    "any": "max[k](x[k] > 0) for 1 where some x[k] > 0",
+    "all": "min[k](x[k] > 0) for 1 where every x[k] > 0",
 }
 
 # layers people call by name, and how the language writes them (for x[i] and a softmax over c)

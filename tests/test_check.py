@@ -426,9 +426,19 @@ def test_warning_for_a_constants_name(source: str, name: str, column: int, write
     assert write in str(w[0].message)
 
 
+@pytest.mark.parametrize("name, write", [("prod", "exp(sum[k](log(x[k])))"), ("any", "max[k](x[k] > 0)")])
+def test_warning_for_a_reduction_the_language_does_not_have(name: str, write: str) -> None:
+    """Tullio's product reduction written as `prod[i](x[i])` is Σ_i prod[i] x[i], a tensor named
+    prod times a group: the warning says so and how the language writes the product."""
+    with pytest.warns(ig.IndexgradWarning, match=rf"1:5: '{name}\[...\]' reads an input tensor") as w:
+        ig.parse(f"s = {name}[i](x[i])\n")
+    assert write in str(w[0].message)
+
+
 NOT_WARNED = [
     "input n\ny[n] = x[n] n\n",  # declared: the scalar is meant
     "input pi\ny[i] = x[i] pi\n",
+    "input prod[i]\ny[i] = prod[i] x[i]\n",
     "inf = max[i](x[i])\ny[i] = x[i] - inf\n",
     "y[i] = x[i] + j\n",
     "y[b] = sum[k](exp(x[b,k] + 1))\n",
