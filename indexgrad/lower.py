@@ -207,10 +207,18 @@ def powered(e: Operand, p: float) -> Expr:
     return Power(e, p)
 
 
+def scaled(factors: list[Expr], coef: float) -> Expr:
+    """product(factors, coef), but times 0 the tensors stay: the printed primitive reads what it
+    read (`0 B[j]` keeps B an input and still sizes j)."""
+    if coef != 0 or all(isinstance(f, Num) for f in factors):
+        return product(factors, coef)
+    return Product((Num(0), *factors), (False,) * (len(factors) + 1))
+
+
 def prim_expr(p: Prim) -> Expr:
     """The right side of a primitive, as an expression of the language."""
     if isinstance(p, Contract):
-        return product([powered(f, k) for f, k in p.factors], p.coef)
+        return scaled([powered(f, k) for f, k in p.factors], p.coef)
     if isinstance(p, Elementwise):
         if p.func in COMPARISONS:
             return Compare(p.func, *p.args)
@@ -219,7 +227,7 @@ def prim_expr(p: Prim) -> Expr:
         return Reduce(p.reducer, p.indices, p.arg)
     if isinstance(p, Implicit):
         return p.expr
-    return sum_of([product([u], c) for c, u in p.terms])
+    return sum_of([scaled([u], c) for c, u in p.terms])
 
 
 def prim_statement(p: Prim) -> Statement:

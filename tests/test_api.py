@@ -76,6 +76,22 @@ def test_hvp_says_what_is_wrong_with_its_arguments(kwargs: dict, message: str) -
         model.hvp({"loss": vals["loss"]}, v={"x": np.ones(3)})
 
 
+def test_hvp_along_an_input_the_loss_reads_only_times_zero() -> None:
+    """`0 B[j]` stays in the forward statements printed for the Hessian's program (it once printed
+    as `+ 0`, where B was no input and j had no size): B's direction adds nothing (its rows and
+    columns of the Hessian are 0), as its gradient is 0 in backward."""
+    model = ig.compile("I[i,j] = A[i+3-j] + 0 B[j]\nloss = sum[i,j](sin(I[i,j]))")
+    a, b = rng(1).standard_normal(10), rng(2).standard_normal(4)
+    vals = model.forward(A=a, B=b)
+    hv = model.hvp(vals, "loss", {"A": np.ones(10), "B": np.ones(4)})
+    want = np.zeros(10)
+    for i, j in np.ndindex(7, 4):
+        want[i + 3 - j] -= np.sin(a[i + 3 - j])
+    np.testing.assert_allclose(hv["A"], want)
+    np.testing.assert_array_equal(hv["B"], np.zeros(4))
+    assert model.plan({"A": (10,), "B": (4,)}, mode="hvp").steps
+
+
 @pytest.mark.parametrize(
     "vals, kwargs, message",
     [
