@@ -663,3 +663,31 @@ def test_warned_with_advice(text: str, advice: str) -> None:
     with pytest.warns(ig.IndexgradWarning) as w:
         ig.compile(text)
     assert any(advice in str(m.message) for m in w)
+
+
+# Hessian-vector products of Σ sin(value), against symmetric differences of the gradient
+HVP = [
+    "einsum iijj->ij", "same tensor ab,bc,ca->", "axes of A[i+3-j]", "finaliser of a symmetric part",
+    "wrapped 2-d correlation", "max pooling", "group normalization", "labels by arithmetic",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", HVP)
+def test_hvp(name: str) -> None:
+    """A second derivative through diagonals, a factor times 0, wraps, pooling and labels."""
+    c = BY_NAME[name]
+    rank = np.ndim(c.value(**c.inputs))
+    idx = ",".join(f"q{k}" for k in range(rank))
+    out = ig.compile(c.src).program.defined()[-1]
+    total = f"sum[{idx}](sin({out}[{idx}]))" if rank else f"sin({out})"
+    model = ig.compile(f"{c.src}\nloss_ = {total}")
+    rng = np.random.default_rng(0)
+    v = {k: rng.standard_normal(c.inputs[k].shape) for k in floats(c)}
+    hv = model.hvp(model.forward(**c.inputs), "loss_", v)
+    h = 1e-6
+    up, down = ({**c.inputs, **{k: c.inputs[k] + s * h * d for k, d in v.items()}} for s in (1, -1))
+    gu, gd = (model.backward(model.forward(**a), loss="loss_") for a in (up, down))
+    for k in v:
+        want = (gu[k] - gd[k]) / (2 * h)
+        scale = max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(hv[k], want, rtol=1e-5, atol=1e-5 * scale, err_msg=f"d/d{k}")
