@@ -737,8 +737,8 @@ class Model:
             out[name] = self.engine.asarray(out[name], dtype)
         return out
 
-    def _loss_value(self, vals: Mapping[str, Any], loss: Any) -> tuple[str, Array]:
-        """The loss (the last defined tensor unless named) and its value among vals."""
+    def _loss_name(self, loss: Any) -> str:
+        """The loss: the tensor named, which the program must define; the last defined one if None."""
         if loss is not None and not isinstance(loss, str):
             raise self._error(
                 f"loss must be the name of a defined tensor, not {type(loss).__name__}"
@@ -752,6 +752,11 @@ class Model:
                 f"loss '{loss}' is not defined by the program; defined tensors: "
                 + ", ".join(self.program.defined())
             )
+        return loss
+
+    def _loss_value(self, vals: Mapping[str, Any], loss: Any) -> tuple[str, Array]:
+        """The loss (the last defined tensor unless named) and its value among vals."""
+        loss = self._loss_name(loss)
         if loss not in vals:
             raise self._error(f"'{loss}' is not among the values; run forward() first")
         return loss, vals[loss]
@@ -864,13 +869,12 @@ class Model:
             return self._compile(PlanKey("forward", (), None, inputs)).plan
         fw, vals = self._values(inputs)
         shapes, dtypes = self._sizes(fw)
-        loss_name = loss or self.program.statements[-1].target.name
         wrt_t = _names_key(self._wrt(wrt))
-        if loss_name not in shapes:
-            raise self._error(
-                f"loss '{loss_name}' is not a tensor the program defines; it defines: "
-                + ", ".join(self.program.defined())
-            )
+        names = wrt_t if wrt_t is not None else tuple(self.inputs)
+        if mode == "jvp":
+            extra = [(self._tan[n], shapes[n], dtypes[n]) for n in names]
+            return self._compile(PlanKey("jvp", names, None, _extended(vals, *extra))).plan
+        loss_name = self._loss_name(loss)
         if mode == "hvp" and shapes[loss_name] != ():
             raise self._error(f"loss '{loss_name}' is not a scalar; plan a hvp pass of a scalar loss")
         if mode == "backward" and shapes[loss_name] != ():  # as backward(seed={loss: ...}) runs
@@ -878,10 +882,6 @@ class Model:
             return self._compile(PlanKey("vjp", (loss_name,), wrt_t, seeded)).plan
         if mode == "backward":
             return self._compile(PlanKey("backward", (loss or "",), wrt_t, vals)).plan
-        names = wrt_t if wrt_t is not None else tuple(self.inputs)
-        if mode == "jvp":
-            extra = [(self._tan[n], shapes[n], dtypes[n]) for n in names]
-            return self._compile(PlanKey("jvp", names, None, _extended(vals, *extra))).plan
         both = self._second_order(loss_name, names)[0]
         extra = [(self._grad[loss_name], (), dtypes[loss_name])]
         extra += [(tan_name(both, n), shapes[n], dtypes[n]) for n in names]

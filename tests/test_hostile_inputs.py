@@ -1,0 +1,50 @@
+"""Hostile inputs the earlier rounds missed: each test is a reproducer that failed before its fix
+(an internal error, a silently wrong result, or a message about the wrong thing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_reliability import assert_no_crash_text, run_cli
+
+import indexgrad as ig
+
+AFFINE = "param W[j,i], B[i]\ny[b,i] = x[b,j] W[j,i]\ny[b,i] += B[i]\n"
+
+
+def affine_arrays() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"x": rng.normal(size=(2, 3)), "W": rng.normal(size=(3, 4)), "B": rng.normal(size=4)}
+
+
+# ---- a program that defines nothing ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["backward", "hvp"])
+@pytest.mark.parametrize("src", ["", "input x[i]\n"])
+def test_plan_of_a_gradient_of_nothing_says_so(src: str, mode: str) -> None:
+    """plan() took the last statement of a program with none: IndexError."""
+    model = ig.compile(src)
+    arrays = {"x": np.ones(2)} if src else {}
+    with pytest.raises(ig.IndexgradError, match="defines nothing to differentiate"):
+        model.plan(arrays, mode=mode)
+    assert model.plan(arrays, mode="jvp").steps == ()  # no loss is needed: nothing to do
+
+
+@pytest.mark.parametrize("argv", [["plan", "--grad"], ["grad", "--format", "numpy"]])
+def test_cli_gradient_of_an_empty_file_is_a_user_error(tmp_path: Path, argv: list[str]) -> None:
+    empty = tmp_path / "empty.idx"
+    empty.write_text("# nothing yet\n")
+    code, _, err = run_cli([argv[0], str(empty), *argv[1:]])
+    assert code == 2 and "defines nothing to differentiate" in err, err
+    assert_no_crash_text(err)
+
+
+@pytest.mark.parametrize("loss", [["y"], {"y": 1}, 3])
+@pytest.mark.parametrize("mode", ["backward", "hvp"])
+def test_plan_refuses_a_loss_that_is_no_name(loss: object, mode: str) -> None:
+    """A list or dict loss reached `loss in shapes`: TypeError, unhashable type."""
+    with pytest.raises(ig.IndexgradError, match="loss must be the name of a defined tensor"):
+        ig.compile(AFFINE).plan(affine_arrays(), mode=mode, loss=loss)  # type: ignore[arg-type]
