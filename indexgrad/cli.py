@@ -22,7 +22,7 @@ from .model import Model
 from .nodes import Program
 from .printer import format_program
 from .printout import program_text, statements_json
-from .shapes import parse_dims, parse_names, tensor_name
+from .shapes import Listed, parse_dims, parse_names, tensor_name
 from .syntax import load
 from .tools import add_iteration_flags, check_dims, check_ranks
 
@@ -308,22 +308,22 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("grad", help="print the derived gradient program")
     g.add_argument("file")
     g.add_argument("--loss", type=tensor_name)
-    g.add_argument("--wrt", help="comma-separated input names")
+    g.add_argument("--wrt", action=Listed, help="comma-separated input names")
     g.add_argument("--order", type=int, default=1, help="2 prints the Hessian-vector program")
     g.add_argument("--format", choices=fmts + CODE_FORMATS, default="idx", help=_FORMAT_HELP)
-    g.add_argument("--dims", help=_DIMS_HELP)
+    g.add_argument("--dims", action=Listed, help=_DIMS_HELP)
     g.set_defaults(func=cmd_grad)
 
     j = sub.add_parser("jvp", help="print the forward-mode (tangent) program")
     j.add_argument("file")
-    j.add_argument("--wrt")
+    j.add_argument("--wrt", action=Listed)
     j.add_argument("--format", choices=fmts + CODE_FORMATS, default="idx", help=_FORMAT_HELP)
-    j.add_argument("--dims", help=_DIMS_HELP)
+    j.add_argument("--dims", action=Listed, help=_DIMS_HELP)
     j.set_defaults(func=cmd_jvp)
 
     c = sub.add_parser("check", help="finite-difference check on random inputs")
     c.add_argument("file")
-    c.add_argument("--dims", help="index sizes, e.g. b=4,i=3")
+    c.add_argument("--dims", action=Listed, help="index sizes, e.g. b=4,i=3")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--loss", type=tensor_name)
     c.add_argument("--tolerance", type=float, default=1e-5)
@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", default="adam")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--hidden", type=int, default=128)
-    t.add_argument("--dims", help="sizes of indices the data does not give, e.g. o=8,u=3,v=3")
+    t.add_argument("--dims", action=Listed, help="sizes of indices the data does not give, e.g. o=8,u=3,v=3")
     t.add_argument("--plot")
     t.add_argument("--save", metavar="CKPT", help="write a checkpoint (.npz) after every epoch")
     t.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint up to --epochs")

@@ -52,6 +52,15 @@ def axis_classes(groups: Iterable[Sequence[Ref]]) -> _Classes:
     return uf
 
 
+class Listed(argparse.Action):
+    """A comma-separated flag (--dims, --wrt) given more than once lists the entries of every
+    occurrence, instead of keeping only the last."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[no-untyped-def]
+        before = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, values if before is None else f"{before},{values}")
+
+
 def parse_dims(text: str | None) -> dict[str, int]:
     """`b=4,i=3` as a dict; a malformed entry, or a name given twice, is a user error."""
     out: dict[str, int] = {}

@@ -46,7 +46,7 @@ from .nodes import (
 )
 from .plan import path_order, plan_contraction, shapes_after
 from .printer import format_index, format_number, format_ref, format_statement
-from .shapes import infer_shapes, parse_dims, parse_names, tensor_name
+from .shapes import Listed, infer_shapes, parse_dims, parse_names, tensor_name
 from .syntax import load
 
 # ---- the computation graph -------------------------------------------------------------------
@@ -721,7 +721,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     g.add_argument("file")
     g.add_argument("--grad", action="store_true", help="overlay the backward program")
     g.add_argument("--loss", type=tensor_name, help="the loss for --grad (default: the last defined tensor)")
-    g.add_argument("--wrt", help="comma-separated input names for --grad")
+    g.add_argument("--wrt", action=Listed, help="comma-separated input names for --grad")
     g.add_argument("--format", choices=["dot", "mermaid"], default="dot")
     g.add_argument("--render", metavar="OUT", help="draw the DOT graph into OUT (.svg, .png, .pdf)")
     g.set_defaults(func=cmd_graph)
@@ -730,20 +730,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         "cost", help="FLOPs and contraction paths per statement, forward and backward"
     )
     c.add_argument("file")
-    c.add_argument("--dims", help="index sizes, e.g. b=64,d=784 (others are 3)")
+    c.add_argument("--dims", action=Listed, help="index sizes, e.g. b=64,d=784 (others are 3)")
     c.add_argument(
         "--loss", type=tensor_name, help="the loss to differentiate (default: the last defined tensor)"
     )
-    c.add_argument("--wrt", help="comma-separated inputs whose gradients count (default: all)")
+    c.add_argument("--wrt", action=Listed, help="comma-separated inputs whose gradients count (default: all)")
     c.add_argument("--format", choices=["text", "json"], default="text")
     c.set_defaults(func=cmd_cost)
 
     p = sub.add_parser("plan", help="the steps a call runs: library calls, buffers reused, what is freed")
     p.add_argument("file")
-    p.add_argument("--dims", help="index sizes, e.g. b=64,d=784 (others are 3)")
+    p.add_argument("--dims", action=Listed, help="index sizes, e.g. b=64,d=784 (others are 3)")
     p.add_argument("--grad", action="store_true", help="the backward pass of the loss (default: forward)")
     p.add_argument("--loss", type=tensor_name, help="the loss for --grad (default: the last defined tensor)")
-    p.add_argument("--wrt", help="comma-separated inputs whose gradients --grad computes (default: all)")
+    p.add_argument(
+        "--wrt", action=Listed, help="comma-separated inputs whose gradients --grad computes (default: all)"
+    )
     p.add_argument("--backend", default="numpy", help="numpy, torch, jax, or auto (the fastest, timed)")
     p.add_argument("--format", choices=["text", "json"], default="text")
     add_iteration_flags(p)

@@ -48,3 +48,23 @@ def test_plan_refuses_a_loss_that_is_no_name(loss: object, mode: str) -> None:
     """A list or dict loss reached `loss in shapes`: TypeError, unhashable type."""
     with pytest.raises(ig.IndexgradError, match="loss must be the name of a defined tensor"):
         ig.compile(AFFINE).plan(affine_arrays(), mode=mode, loss=loss)  # type: ignore[arg-type]
+
+
+# ---- flags ----------------------------------------------------------------------------------------
+
+
+def test_dims_given_twice_are_both_used(tmp_path: Path) -> None:
+    """`--dims b=2,j=4 --dims i=5` kept only the last occurrence: j was silently 3."""
+    prog = tmp_path / "affine.idx"
+    prog.write_text(AFFINE)
+    code, out, _ = run_cli(["cost", str(prog), "--dims", "b=2,j=4", "--dims", "i=5"])
+    assert code == 0 and "index sizes b=2, i=5, j=4" in out, out
+    code, _, err = run_cli(["plan", str(prog), "--dims", "b=2", "--dims", "b=3"])
+    assert code == 2 and "--dims gives 'b' twice" in err, err
+
+
+def test_wrt_given_twice_lists_both(tmp_path: Path) -> None:
+    prog = tmp_path / "affine.idx"
+    prog.write_text(AFFINE)
+    code, out, _ = run_cli(["grad", str(prog), "--wrt", "W", "--wrt", "B"])
+    assert code == 0 and "W.grad" in out and "B.grad" in out and "x.grad" not in out, out
