@@ -234,6 +234,27 @@ class Model:
             raise self._error(f"{where} {not_numbers(dtype)}", name)
         return a
 
+    def _shape(self, name: str, shape: tuple[Any, ...]) -> Shape:
+        """A shape given to plan() for `name`: whole numbers of at least 0, as numpy's own shapes."""
+        if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise self._error(
+                f"the shape given for '{name}' must be a tuple of whole numbers of at least 0, not {shape!r}",
+                name,
+            )
+        return tuple(int(d) for d in shape)
+
+    def _input(self, name: str, value: Any) -> Array:
+        """The array given for input `name` as it is computed with: labels stay integers, other
+        integers and booleans become float64."""
+        a = self._value(name, value, "the value given for")
+        dtype = self.engine.describe(a)[1]
+        if name in self.labels:
+            if dtype.kind not in "iu":
+                raise self._error(f"'{name}' holds integer labels, but its array has dtype {dtype}", name)
+        elif dtype.kind in "biu":
+            a = self.engine.asarray(a, np.float64)
+        return a
+
     def _inputs(self, arrays: Mapping[str, Any], allow_extra: bool = False) -> dict[str, Array]:
         """The inputs as the backend's arrays: floats (integers become float64, Python numbers take
         the arrays' float dtype) and integer labels, in input order; extra names are refused
@@ -247,14 +268,7 @@ class Model:
                 raise self._error(
                     f"'{name}' is not an input of the program; inputs: " + ", ".join(self._order)
                 )
-            a = self._value(name, value, "the value given for")
-            dtype = self.engine.describe(a)[1]
-            if name in self.labels:
-                if dtype.kind not in "iu":
-                    raise self._error(f"'{name}' holds integer labels, but its array has dtype {dtype}", name)
-            elif dtype.kind in "biu":
-                a = self.engine.asarray(a, np.float64)
-            env[name] = a
+            env[name] = self._input(name, value)
         weak = [n for n, v in arrays.items() if _python_number(v) and n in self.inputs]
         if weak:  # Python numbers take the arrays' float dtype, as in JAX and PyTorch: no upcast
             kinds = {self.engine.describe(a)[1] for n, a in env.items() if n not in weak and n in self.inputs}
@@ -860,10 +874,10 @@ class Model:
             if n not in vals_or_shapes:
                 raise self._error(f"no array or shape was given for input '{n}'", n)
             x = vals_or_shapes[n]
-            if isinstance(x, tuple) and all(isinstance(d, int) and d >= 0 for d in x):
-                described.append((x, np.dtype(np.int64 if n in self.labels else np.float64)))
-            else:
-                described.append(self.engine.describe(self._value(n, x)))
+            if isinstance(x, tuple):
+                described.append((self._shape(n, x), np.dtype(np.int64 if n in self.labels else np.float64)))
+            else:  # converted as forward() converts it
+                described.append(self.engine.describe(self._input(n, x)))
         inputs: Signature = (self._order_t, tuple(described))
         if mode == "forward":
             return self._compile(PlanKey("forward", (), None, inputs)).plan

@@ -68,3 +68,26 @@ def test_wrt_given_twice_lists_both(tmp_path: Path) -> None:
     prog.write_text(AFFINE)
     code, out, _ = run_cli(["grad", str(prog), "--wrt", "W", "--wrt", "B"])
     assert code == 0 and "W.grad" in out and "B.grad" in out and "x.grad" not in out, out
+
+
+# ---- Model.plan ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2, -3), (2, 3.5), (True, 3), (2, "3")])
+def test_plan_refuses_a_shape_that_is_no_shape(shape: tuple) -> None:
+    """A tuple with a negative or fractional entry was read as an array of those numbers ("'x' is
+    used with 2 indices but its array has 1 dimensions"), and True as a size of 1."""
+    with pytest.raises(ig.IndexgradError, match=r"the shape given for 'x' must be a tuple of whole numbers"):
+        ig.compile(AFFINE).plan({"x": shape, "W": (3, 4), "B": (4,)})
+
+
+def test_plan_of_integer_inputs_is_the_plan_forward_runs() -> None:
+    """Integer inputs are computed as float64, but plan() planned them as given: a float32 result
+    where forward() gives float64."""
+    model = ig.compile(AFFINE)
+    arrays = {**affine_arrays(), "W": np.ones((3, 4), np.float32), "B": np.ones(4, np.float32)}
+    arrays["x"] = np.arange(6).reshape(2, 3)
+    plan = model.plan(arrays)
+    assert dict((n, d) for n, _, d in plan.inputs)["x"] == "float64"
+    assert str(model.plan({**arrays, "x": (2, 3)})) == str(plan)
+    assert model.forward(**arrays)["y"].dtype == np.float64
