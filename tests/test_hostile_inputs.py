@@ -91,3 +91,33 @@ def test_plan_of_integer_inputs_is_the_plan_forward_runs() -> None:
     assert dict((n, d) for n, _, d in plan.inputs)["x"] == "float64"
     assert str(model.plan({**arrays, "x": (2, 3)})) == str(plan)
     assert model.forward(**arrays)["y"].dtype == np.float64
+
+
+# ---- integers a backend's library cannot hold ------------------------------------------------------
+
+
+def test_torch_refuses_unsigned_integers_past_int64() -> None:
+    """uint64 went through int64 on the torch backend: 2^63 became -2^63 and 2^64 - 1 became -1."""
+    pytest.importorskip("torch")
+    x = np.array([3, 2**63], np.uint64)
+    wrapped = "holds the integer 9223372036854775808, which torch would wrap"
+    with pytest.raises(ig.IndexgradError, match=wrapped):
+        ig.compile("y[i] = x[i]", backend="torch").forward(x=x)
+    small = ig.compile("y[i] = x[i]", backend="torch").forward(x=np.array([3, 2**40], np.uint64))["y"]
+    assert small.tolist() == [3.0, 2.0**40]
+
+
+@pytest.mark.parametrize(
+    ("src", "name", "value"),
+    [("y[i] = x[i]", "x", np.array([1, 2**40])), ("y[i] = x[i]", "x", np.array([2**33], np.uint64)),
+     ("l[b] = -log(P[b, y[b]])", "y", np.array([1, -(2**40)]))],
+)
+def test_jax_in_32_bits_refuses_integers_past_32_bits(src: str, name: str, value: np.ndarray) -> None:
+    """jax without 64-bit mode wrapped int64 and uint64 into 32 bits: 2^40 became 0, and a label
+    of -2^40 read row 0 instead of being out of range."""
+    jax = pytest.importorskip("jax")
+    arrays = {name: value, "P": np.ones((2, 3), np.float32)}
+    model = ig.compile(src, backend="jax")
+    refused = f"'{name}' holds the integer .*jax_enable_x64"
+    with jax.enable_x64(False), pytest.raises(ig.IndexgradError, match=refused):
+        model.forward(**{n: a for n, a in arrays.items() if n in model.inputs + model.labels})

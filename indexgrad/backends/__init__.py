@@ -114,6 +114,20 @@ def get_backend(name: str, **options: Any) -> Backend:
     return hit
 
 
+def integers_fit(a: np.ndarray, into: np.dtype, library: str, remedy: str) -> None:
+    """Refuse integers that `into`, the dtype a library would make of a's, cannot hold: the
+    library would wrap them around without a word."""
+    if a.dtype.kind not in "iu" or not a.size:
+        return
+    info = np.iinfo(into)
+    low, high = int(a.min()), int(a.max())
+    if low < info.min or high > info.max:
+        bad = high if high > info.max else low
+        raise IndexgradError(
+            f"holds the integer {bad}, which {library} would wrap around in {into}; {remedy}"
+        )
+
+
 def builder_for(table: Mapping[str, Builder], step: Step, backend: str) -> Builder:
     """The builder for a step's kind, or an error listing the kinds this backend builds."""
     b = table.get(step.kind)

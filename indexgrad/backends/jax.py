@@ -22,7 +22,7 @@ from ..errors import IndexgradError
 from ..memory import keep_freed_memory
 from ..nodes import DELTA, Ref
 from ..plan import Operand, Plan, Step, basic_index
-from . import Env, builder_for
+from . import Env, builder_for, integers_fit
 from .jax_iterate import fixed_point, newton
 from .numpy import _then, aligner, sizes, slice_adds
 
@@ -903,6 +903,11 @@ class JaxBackend:
                 "is float64, and the jax backend computes in float32 unless 64-bit mode "
                 "is on; turn it on with jax.config.update('jax_enable_x64', True) before using jax, "
                 "or give float32 arrays (x.astype(numpy.float32))"
+            )
+        if given is not None and np.dtype(given).kind in "iu" and float_dtype(given) != given:
+            integers_fit(
+                np.asarray(value), float_dtype(given), "jax without 64-bit mode",
+                "turn 64-bit mode on with jax.config.update('jax_enable_x64', True) before using jax",
             )
         return jnp.asarray(value, None if dtype is None else float_dtype(dtype))
 

@@ -26,7 +26,7 @@ from ..errors import IndexgradError
 from ..memory import keep_freed_memory
 from ..nodes import DELTA, Affine, Ref
 from ..plan import Operand, Plan, Step, pair_layout, sum_product_instead
-from . import Chain, Env, builder_for
+from . import Chain, Env, builder_for, integers_fit
 from .numpy import alignment, general_positions, positions_index, sizes, slice_adds
 
 Tensor = torch.Tensor
@@ -1057,6 +1057,7 @@ class TorchBackend:
         if a.dtype.kind not in "biufc":
             raise IndexgradError(f"holds {a.dtype}, not numbers")
         if a.dtype.kind == "u" and a.dtype.itemsize > 1:
+            integers_fit(a, np.dtype(np.int64), "torch", "convert the array to float64")
             a = a.astype(np.int64)  # torch's wider unsigned integers cannot index
         if want is None and a.dtype.kind == "f":
             if typed:
