@@ -121,3 +121,39 @@ def test_jax_in_32_bits_refuses_integers_past_32_bits(src: str, name: str, value
     refused = f"'{name}' holds the integer .*jax_enable_x64"
     with jax.enable_x64(False), pytest.raises(ig.IndexgradError, match=refused):
         model.forward(**{n: a for n, a in arrays.items() if n in model.inputs + model.labels})
+
+
+# ---- tensors and arrays the torch backend cannot take as they are -----------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+def test_torch_refuses_sparse_and_nested_tensors_by_name() -> None:
+    """A sparse or nested tensor passed the dtype check and failed inside a torch kernel
+    (RuntimeError: addmm_sparse_dense..., reshape is not implemented for sparse tensors)."""
+    torch = pytest.importorskip("torch")
+    model = ig.compile(AFFINE, backend="torch")
+    arrays = {n: torch.tensor(a) for n, a in affine_arrays().items()}
+    for name, kind, value in [
+        ("W", "sparse_coo", arrays["W"].to_sparse()),
+        ("B", "sparse_coo", arrays["B"].to_sparse()),
+        ("x", "sparse_csr", arrays["x"].to_sparse_csr()),
+        ("x", "nested", torch.nested.as_nested_tensor([arrays["x"][0], arrays["x"][1]])),
+    ]:
+        with pytest.raises(ig.IndexgradError, match=f"'{name}' is a {kind} tensor; pass a dense one"):
+            model.forward(**{**arrays, name: value})
+    vals = model.forward(**arrays)
+    with pytest.raises(ig.IndexgradError, match="seed for 'y' is a sparse_coo tensor"):
+        model.backward(vals, seed={"y": torch.ones(2, 4, dtype=torch.float64).to_sparse()})
+
+
+def test_torch_takes_byte_swapped_arrays_and_names_float128() -> None:
+    """A big-endian float64 array was "not an array: dtype('>f8')" on the torch backend (numpy's
+    takes it), and a float128 one likewise, with no word on what to do."""
+    pytest.importorskip("torch")
+    model = ig.compile(AFFINE, backend="torch")
+    arrays = affine_arrays()
+    want = ig.compile(AFFINE).forward(**arrays)["y"]
+    got = model.forward(**{**arrays, "x": arrays["x"].astype(">f8")})["y"]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-15)
+    with pytest.raises(ig.IndexgradError, match="'x' holds float128, which torch does not compute in"):
+        model.forward(**{**arrays, "x": arrays["x"].astype(np.longdouble)})

@@ -1059,9 +1059,12 @@ class TorchBackend:
         if a.dtype.kind == "u" and a.dtype.itemsize > 1:
             integers_fit(a, np.dtype(np.int64), "torch", "convert the array to float64")
             a = a.astype(np.int64)  # torch's wider unsigned integers cannot index
+        native = a.dtype.newbyteorder("=")
+        if native not in _TORCH:  # float128
+            raise IndexgradError(f"holds {a.dtype}, which torch does not compute in; convert it to float64")
         if want is None and a.dtype.kind == "f":
             if typed:
-                self._check_float(_TORCH[a.dtype])
+                self._check_float(_TORCH[native])
             elif self.dtype is not None:
                 want = self.dtype  # a list or a Python number takes the model's dtype
         if not a.flags.writeable or any(s < 0 for s in a.strides) or not a.dtype.isnative:
@@ -1083,6 +1086,9 @@ class TorchBackend:
             if not isinstance(a, Tensor):
                 raise TypeError(f"not a tensor: {type(a).__name__}")  # the caller converts it
             raise IndexgradError(f"holds {a.dtype}, which is not computed in; convert it: .to(torch.float32)")
+        if a.layout is not torch.strided or a.is_nested:  # torch's kernels for these take few of the steps
+            kind = "nested" if a.is_nested else str(a.layout).removeprefix("torch.")
+            raise IndexgradError(f"is a {kind} tensor; pass a dense one (.to_dense())")
         return tuple(a.shape), dtype
 
     def to_numpy(self, a: Tensor) -> np.ndarray:
