@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .backends.jax import float_dtype
+from .derive import wrt_names
 from .errors import IndexgradError
 from .model import Model, not_numbers
 from .model import compile as compile_model
@@ -76,13 +77,19 @@ def _float(model: Model, name: str, v: Any) -> Any:
     """An input as a float array: integers and booleans become jax's default float, as in the Model
     (outside the custom VJP, so that jax sees a conversion it does not differentiate). What jax
     cannot take as an argument at all (strings, objects, None) is the Model's error for it here."""
-    a = v if isinstance(v, (jax.Array, np.ndarray)) else np.asarray(v)
+    native = isinstance(v, (jax.Array, np.ndarray))
+    try:
+        a = v if native else np.asarray(v)
+    except Exception as e:  # a tensor of another library that does not give up its values as it is
+        raise model._error(f"the value given for '{name}' is not an array: {e}", name) from None
     kind = np.dtype(a.dtype).kind
     if kind in "biu":
         return jnp.asarray(a, float_dtype(np.float64))
     if kind not in "fc":  # complex: the Model says it must be real
         raise model._error(f"the value given for '{name}' {not_numbers(np.dtype(a.dtype))}", name)
-    return v
+    # another library's array (a torch tensor) as numpy's, which jax takes; Python numbers and
+    # lists stay as they are, for jax to give them its default float
+    return v if native or not hasattr(v, "dtype") else a
 
 
 def _outputs(model: Model, outputs: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -91,7 +98,7 @@ def _outputs(model: Model, outputs: str | Sequence[str] | None) -> tuple[str, ..
         raise IndexgradError("the program defines nothing to return", filename=model.program.filename)
     if outputs is None:
         return (defined[-1],)
-    names = (outputs,) if isinstance(outputs, str) else tuple(outputs)
+    names = (outputs,) if isinstance(outputs, str) else tuple(wrt_names(outputs, "outputs") or ())
     for n in names:
         if not isinstance(n, str) or n not in defined:
             raise IndexgradError(

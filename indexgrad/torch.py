@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .backends.torch import device_option, dtype_option, torch_dtype
+from .derive import wrt_names
 from .errors import IndexgradError
 from .model import Model
 from .nodes import Program
@@ -165,6 +167,10 @@ def _call(core: _Core, given: Mapping[str, Tensor], dtype: torch.dtype | None = 
                     f"convert it with .to({dtype})"
                 )
         xs.append(t)
+    # integers and booleans read as numbers take the float dtype of the rest, as in torch's own
+    # arithmetic (int64 x times float32 W is float32), not float64
+    dtype = dtype or torch.get_default_dtype()
+    xs = [t.to(dtype) if f and not t.is_floating_point() else t for t, f in zip(xs, core.floats)]
     outs = _Apply.apply(core, *xs)
     return outs[0] if len(outs) == 1 and core.single else outs
 
@@ -176,7 +182,7 @@ def _outputs(program: Program, outputs: str | Sequence[str] | None) -> tuple[tup
             raise IndexgradError("the program defines nothing to return", filename=program.filename)
         return (program.statements[-1].target.name,), True
     single = isinstance(outputs, str)
-    names = (outputs,) if single else tuple(outputs)
+    names = (outputs,) if single else tuple(wrt_names(outputs, "outputs") or ())
     for o in names:
         if o not in program.defined():
             raise IndexgradError(
@@ -250,7 +256,8 @@ class Module(nn.Module):
         if seed is None:
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
         values = init_params(model, {} if sizes is None else sizes, init=init, seed=seed, dtype=np.float64)
-        dtype = dtype or torch.get_default_dtype()
+        dtype = torch.get_default_dtype() if dtype is None else torch_dtype(dtype_option(dtype))
+        device = device_option(device)
         self._names = list(values)
         self._params = _getter(self._names)
         for name, a in values.items():

@@ -142,6 +142,8 @@ def init_params(
     the program sums them over and fan-out the others (see `fans`).
     """
     draw = lookup(INITIALIZERS, init, "initializer")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise IndexgradError(f"the seed of the params must be a non-negative integer, got {seed!r}")
     rng = np.random.default_rng(seed)
     shapes = param_shapes(model, sizes)
     if shapes:  # each is drawn in float64, then kept in dtype: refused before anything is allocated

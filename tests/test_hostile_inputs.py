@@ -157,3 +157,60 @@ def test_torch_takes_byte_swapped_arrays_and_names_float128() -> None:
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-15)
     with pytest.raises(ig.IndexgradError, match="'x' holds float128, which torch does not compute in"):
         model.forward(**{**arrays, "x": arrays["x"].astype(np.longdouble)})
+
+
+# ---- ig.torch and ig.jax: arguments of the wrong kind ---------------------------------------------
+
+
+@pytest.mark.parametrize("lib", ["torch", "jax"])
+@pytest.mark.parametrize(("outputs", "needle"), [(3, "not int"), ([None], "as strings, not NoneType")])
+def test_outputs_that_are_no_names_are_refused(lib: str, outputs: object, needle: str) -> None:
+    """outputs=3 reached tuple(outputs): TypeError, 'int' object is not iterable."""
+    pytest.importorskip(lib)
+    make = (lambda: ig.torch.function(AFFINE, outputs=outputs)) if lib == "torch" else (
+        lambda: ig.jax.function(AFFINE, outputs=outputs)
+    )
+    with pytest.raises(ig.IndexgradError, match=f"outputs must .*{needle}"):
+        make()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"dtype": "nope"}, "dtype='nope' is not a float dtype"),
+        ({"dtype": "int32"}, "is not a float dtype"),  # RuntimeError: only floats can require grad
+        ({"device": "nope"}, "device='nope' is not a torch device"),  # RuntimeError from torch.as_tensor
+        ({"seed": -1}, "seed of the params must be a non-negative integer, got -1"),  # ValueError from numpy
+        ({"seed": "a"}, "seed of the params must be a non-negative integer, got 'a'"),  # TypeError
+    ],
+)
+def test_torch_module_refuses_options_it_cannot_use(kwargs: dict, needle: str) -> None:
+    pytest.importorskip("torch")
+    with pytest.raises(ig.IndexgradError, match=needle):
+        ig.torch.Module(AFFINE, sizes={"i": 4, "j": 3}, **kwargs)
+
+
+def test_torch_module_reads_integer_inputs_in_its_own_float_dtype() -> None:
+    """An int64 x with float32 params gave a float64 output (the Model made x float64 first);
+    torch's own arithmetic gives float32, and so do the same values given as float32."""
+    torch = pytest.importorskip("torch")
+    module = ig.torch.Module(AFFINE, sizes={"i": 4, "j": 3}, seed=0)
+    x = torch.arange(6).reshape(2, 3)
+    y = module(x=x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, module(x=x.float()), rtol=0, atol=0)
+    f = ig.torch.function(AFFINE, outputs="y")
+    assert f(torch.ones(3, 4), torch.ones(4), x).dtype == torch.float32
+
+
+def test_jax_function_takes_a_torch_tensor_as_the_jax_backend_does() -> None:
+    """A torch tensor went to jax as it was: TypeError from jax (and a tensor that requires grad
+    a RuntimeError from numpy)."""
+    torch = pytest.importorskip("torch")
+    jnp = pytest.importorskip("jax.numpy")
+    f = ig.jax.function(AFFINE, outputs="y")
+    arrays = {n: a.astype(np.float32) for n, a in affine_arrays().items()}
+    want = f({n: jnp.asarray(a) for n, a in arrays.items()})
+    np.testing.assert_allclose(f({**arrays, "x": torch.tensor(arrays["x"])}), want, rtol=1e-6)
+    with pytest.raises(ig.IndexgradError, match="'x' is not an array: .*requires grad"):
+        f({**arrays, "x": torch.tensor(arrays["x"], requires_grad=True)})

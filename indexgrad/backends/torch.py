@@ -1110,10 +1110,11 @@ class TorchBackend:
 def make_backend(device: Any = None, dtype: Any = None) -> TorchBackend:
     """A torch backend on `device` (a name such as "cpu" or "cuda", or a torch.device) computing in
     `dtype` (float32 or float64, as numpy or torch names it); either None follows the tensors given."""
-    return TorchBackend(_device(device), _dtype(dtype))
+    return TorchBackend(device_option(device), dtype_option(dtype))
 
 
-def _device(device: Any) -> torch.device | None:
+def device_option(device: Any) -> torch.device | None:
+    """The torch.device a device= option names (None: follow the tensors), or a user error."""
     if device is None:
         return None
     try:
@@ -1134,7 +1135,8 @@ def _device(device: Any) -> torch.device | None:
     return d
 
 
-def _dtype(dtype: Any) -> np.dtype | None:
+def dtype_option(dtype: Any) -> np.dtype | None:
+    """The float dtype a dtype= option names (None: follow the tensors), or a user error."""
     if dtype is None:
         return None
     if isinstance(dtype, torch.dtype):
