@@ -780,6 +780,10 @@ def parse(text: str, filename: str = "<string>") -> Program:
     """Parse and check .idx text; `str(program)` is its canonical form."""
     if not isinstance(text, str):
         raise IndexgradError(f"parse() takes the program text as a string, got {type(text).__name__}")
+    if filename is None or isinstance(filename, os.PathLike):
+        filename = "<string>" if filename is None else str(filename)
+    elif not isinstance(filename, str):
+        raise IndexgradError(f"parse() takes the filename as a string, got {type(filename).__name__}")
     with gc_paused():
         program = check(inline(parse_syntax(text, filename)))
     for w in program.warnings:  # SPEC 1.4: said as a Python warning too (the CLI prints its own)

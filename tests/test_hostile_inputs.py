@@ -214,3 +214,16 @@ def test_jax_function_takes_a_torch_tensor_as_the_jax_backend_does() -> None:
     np.testing.assert_allclose(f({**arrays, "x": torch.tensor(arrays["x"])}), want, rtol=1e-6)
     with pytest.raises(ig.IndexgradError, match="'x' is not an array: .*requires grad"):
         f({**arrays, "x": torch.tensor(arrays["x"], requires_grad=True)})
+
+
+@pytest.mark.parametrize(("filename", "shown"), [(None, "<string>"), (Path("layer.idx"), "layer.idx")])
+def test_parse_takes_a_missing_or_path_filename(filename: object, shown: str) -> None:
+    with pytest.raises(ig.IndexgradError) as e:
+        ig.parse("y[i] = \n", filename=filename)  # type: ignore[arg-type]
+    assert str(e.value).startswith(f"{shown}:1:8: error:"), str(e.value)
+
+
+def test_parse_refuses_a_filename_that_is_no_name() -> None:
+    """filename=3 was kept, and printing the first error about the program raised AttributeError."""
+    with pytest.raises(ig.IndexgradError, match="parse\\(\\) takes the filename as a string, got int"):
+        ig.parse("y[i] = x[i]\n", filename=3)  # type: ignore[arg-type]
