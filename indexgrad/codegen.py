@@ -15,7 +15,7 @@ import keyword
 import re
 import string
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,8 @@ from .model import compile as compile_model
 from .nodes import Program
 from .plan import Operand, Plan, Step, basic_index
 from .printer import format_number
-from .shapes import infer_shapes
-from .tools import index_names
+from .shapes import infer_shapes, not_a_size
+from .tools import check_dims, index_names
 
 # ---- the libraries ----------------------------------------------------------------------------
 
@@ -882,7 +882,14 @@ def plans(
     model.numpy_layouts = False  # steps every library's module can write as they are
     if isinstance(program, Model):
         model.iterations = program.iterations
+    if dims is not None and not isinstance(dims, Mapping):
+        raise IndexgradError(f"dims must be a dict from index names to sizes, not {type(dims).__name__}")
     dims = dict(dims or {})
+    for n, k in dims.items():
+        message = not_a_size(n, k)
+        if message:
+            raise IndexgradError(message)
+    check_dims(model.program, dims)
     inputs = model.inputs + model.labels
     shapes = {n: s for n, s in infer_shapes(model.program, dims).items() if n in inputs}
     forward = model.plan(shapes, "forward")

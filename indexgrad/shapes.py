@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -86,6 +87,13 @@ def parse_dims(text: str | None) -> dict[str, int]:
             raise IndexgradError(f"--dims size for '{name}' must be between 1 and 1000000, got {size}")
         out[name] = size
     return out
+
+
+def not_a_size(name: str, size: Any) -> str | None:
+    """Why `size`, given for index `name` from Python, is no extent (None when it is one)."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        return f"the size of index '{name}' must be a whole number of at least 1, got {size!r}"
+    return None
 
 
 def tensor_name(text: str) -> str:

@@ -19,6 +19,7 @@ from .memory import check_fits
 from .model import Model
 from .nodes import Affine, Decl, Program, Ref, ref_index_names
 from .optim import OPTIMIZERS, Optimizer, make_optimizer
+from .shapes import not_a_size
 
 Array = np.ndarray
 Data = Mapping[str, Any]
@@ -62,11 +63,10 @@ def param_shapes(model: Model, sizes: Mapping[str, int]) -> dict[str, tuple[int,
                     f"no size for index '{name}' of param '{decl.ref.name}'; "
                     f"pass sizes={{'{name}': ...}}",
                 )
-            size = sizes[name]
-            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-                message = f"the size of index '{name}' must be a whole number of at least 1, got {size!r}"
+            message = not_a_size(name, sizes[name])
+            if message:
                 raise _decl_error(model, decl, message)
-            dims.append(int(size))
+            dims.append(int(sizes[name]))
         shapes[decl.ref.name] = tuple(dims)
     return shapes
 

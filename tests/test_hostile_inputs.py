@@ -227,3 +227,17 @@ def test_parse_refuses_a_filename_that_is_no_name() -> None:
     """filename=3 was kept, and printing the first error about the program raised AttributeError."""
     with pytest.raises(ig.IndexgradError, match="parse\\(\\) takes the filename as a string, got int"):
         ig.parse("y[i] = x[i]\n", filename=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("dims", "needle"),
+    [
+        ("i=3", "dims must be a dict from index names to sizes, not str"),  # ValueError from dict()
+        ({"i": -1}, "the size of index 'i' must be a whole number of at least 1, got -1"),
+        ({"i": 2.0}, "the size of index 'i' must be a whole number of at least 1, got 2.0"),
+        ({"k": 2}, "'k', which is not an index of the program"),  # sized nothing, silently
+    ],
+)
+def test_to_python_refuses_dims_that_size_nothing(dims: object, needle: str) -> None:
+    with pytest.raises(ig.IndexgradError, match=needle):
+        ig.parse("loss = x[i]^2\n").to_python("numpy", dims=dims)  # type: ignore[arg-type]
