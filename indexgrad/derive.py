@@ -204,7 +204,9 @@ def relevant_names(prims: list[Prim], loss: str, sources: set[str]) -> set[str]:
 def default_loss(program: Program) -> str:
     names = program.defined()
     if not names:
-        raise IndexgradError("the program defines nothing, so there is no loss to differentiate")
+        raise IndexgradError(
+            "the program defines nothing, so there is no loss to differentiate", filename=program.filename
+        )
     return program.statements[-1].target.name
 
 

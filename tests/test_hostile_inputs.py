@@ -42,6 +42,16 @@ def test_cli_gradient_of_an_empty_file_is_a_user_error(tmp_path: Path, argv: lis
     assert_no_crash_text(err)
 
 
+@pytest.mark.parametrize("command", ["grad", "check", "cost", "graph --grad"])
+def test_an_empty_file_is_named_in_the_error(tmp_path: Path, command: str) -> None:
+    """The error was `indexgrad grad: error: the program defines nothing...`: which file?"""
+    empty = tmp_path / "empty.idx"
+    empty.write_text("\n")
+    name, *flags = command.split()
+    code, _, err = run_cli([name, str(empty), *flags])
+    assert code == 2 and err.startswith(f"{empty}: error: the program defines nothing"), err
+
+
 @pytest.mark.parametrize("loss", [["y"], {"y": 1}, 3])
 @pytest.mark.parametrize("mode", ["backward", "hvp"])
 def test_plan_refuses_a_loss_that_is_no_name(loss: object, mode: str) -> None:
