@@ -60,6 +60,7 @@ sys.modules[__name__].__class__ = _Package
 def __getattr__(name: str) -> Any:
     """The public names, and the modules `indexgrad.torch` and `indexgrad.jax`, load on first use."""
     if name in ("torch", "jax"):
+        import_module(".backends", __name__).require(name, f"indexgrad.{name}")
         return import_module(f".{name}", __name__)
     home = _HOMES.get(name)
     if home is None:

@@ -300,6 +300,26 @@ def test_importing_indexgrad_imports_neither_torch_jax_nor_the_web_stack() -> No
     assert done.returncode == 0, done.stderr
 
 
+def test_ig_torch_and_ig_jax_without_their_package_say_what_to_install() -> None:
+    """SPEC 7: a backend whose package is not installed is an IndexgradError saying what to
+    install, for ig.torch and ig.jax as for compile(backend=). One fresh interpreter where
+    neither package can be imported (sys.modules[name] = None)."""
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = sys.modules['jax'] = None\n"
+        "import indexgrad as ig\n"
+        "for name, use in (('torch', lambda: ig.torch.Module), ('jax', lambda: ig.jax.function)):\n"
+        "    try:\n"
+        "        use()\n"
+        "    except ig.IndexgradError as e:\n"
+        "        assert f'pip install {name}' in str(e) and f'indexgrad.{name}' in str(e), str(e)\n"
+        "    else:\n"
+        "        raise AssertionError(f'ig.{name} loaded without {name}')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
 def test_a_model_that_has_run_copies_and_pickles_without_its_plans() -> None:
     """copy.deepcopy and pickle of a compiled model keep the program and settings and plan again:
     its plans held closures (and on torch per-thread state) that neither can copy."""

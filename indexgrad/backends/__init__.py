@@ -81,16 +81,21 @@ def known() -> list[str]:
     return list(_KNOWN)
 
 
+def require(name: str, what: str) -> None:
+    """An error saying what to install when the package backend `name` needs is not installed
+    (`what` says who needs it)."""
+    _, package, install = _KNOWN[name]
+    if importlib.util.find_spec(package) is None:
+        raise IndexgradError(f"{what} needs the '{package}' package, which is not installed: {install}")
+
+
 def get_backend(name: str, **options: Any) -> Backend:
     """The backend called `name` (options such as device= go to its constructor); a clear error
     names the known backends, or says what to install."""
     if not isinstance(name, str) or name not in _KNOWN:
         raise IndexgradError(f"unknown backend {name!r}; available: " + ", ".join(sorted(_KNOWN)))
-    module, package, install = _KNOWN[name]
-    if importlib.util.find_spec(package) is None:
-        raise IndexgradError(
-            f"the {name} backend needs the '{package}' package, which is not installed: {install}"
-        )
+    module = _KNOWN[name][0]
+    require(name, f"the {name} backend")
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
