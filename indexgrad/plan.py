@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -144,6 +144,16 @@ class Plan:
     source: str = field(default="", compare=False, repr=False)
     # backend="auto": (backend, seconds per run or None, why it was left out), the one chosen first
     auto: tuple[tuple[str, float | None, str], ...] = field(default=(), compare=False)
+
+    # a Plan is the ordered list of its steps (SPEC 7): len(plan), plan[0], list(plan)
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, k: int | slice) -> Step | tuple[Step, ...]:
+        return self.steps[k]
+
+    def __iter__(self) -> Iterator[Step]:
+        return iter(self.steps)
 
     def __str__(self) -> str:
         sig = ", ".join(f"{n}: {d}[{','.join(map(str, s))}]" for n, s, d in self.inputs)

@@ -19,6 +19,16 @@ import indexgrad as ig
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
+def test_a_plan_is_the_ordered_list_of_its_steps() -> None:
+    """SPEC 7: model.plan returns an ordered list of Step records: len, indexing, slicing and
+    iteration are those of plan.steps."""
+    m = ig.compile("h[b,o] = tanh(x[b,i] W[i,o])\nloss = sum[b,o](h[b,o]^2)")
+    plan = m.plan({"x": (4, 3), "W": (3, 2)}, mode="backward")
+    assert len(plan) == len(plan.steps) > 1
+    assert list(plan) == list(plan.steps) and plan[0] is plan.steps[0] and plan[-1] is plan.steps[-1]
+    assert plan[1:] == plan.steps[1:] and [s.out for s in plan] == [s.out for s in plan.steps]
+
+
 def test_the_gradient_of_a_mean_is_not_filled_into_a_vector() -> None:
     """`loss.sum.grad[b] += loss.grad / size[b]` holds one value; the products read it directly."""
     m = ig.compile("loss = mean[b](x[b,c] W[c])")
