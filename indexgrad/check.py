@@ -246,7 +246,7 @@ class _Checker:
                     )
                 if k in bound:
                     raise _err(f"'{k}' is already reduced by an enclosing reduction", e.span)
-                if k not in body_free and _reduces(e.body, k):
+                if k not in body_free and _binder(e.body, k) is not None:
                     raise _err(
                         f"'{k}' is already reduced inside this {e.op}[{k}](...); "
                         "rename one of the two indices",
@@ -338,8 +338,12 @@ class _Checker:
         self.warn_inside_calls(expr, summed, s.span)
         used = lhs_set | {n for r in refs_in(expr) for n in ref_index_names(r)}
         for sz in sizeofs(expr):
-            if sz.index not in used:
-                raise _err(f"size[{sz.index}] names an index this statement does not use", sz.span)
+            if sz.index not in used and sz.index not in self.dims:  # `dim` sizes k in every statement
+                raise _err(
+                    f"size[{sz.index}] names an index this statement does not use; use '{sz.index}' "
+                    f"in it, or give '{sz.index}' one extent in the whole program with `dim {sz.index}=...`",
+                    sz.span,
+                )
         self.warn_bare_index_names(expr, used, s.span)
         _place_numbers(expr, set(self.dims), lhs_set)
         self.sizes(s, expr)
@@ -666,11 +670,11 @@ def _usage(name: str) -> str:
     return f"call it as {name}(...)"
 
 
-def _reduces(e: Expr, k: str) -> bool:
-    """True when some reduction inside e binds k."""
+def _binder(e: Expr, k: str) -> Reduce | None:
+    """The first reduction in e that binds k."""
     if isinstance(e, Reduce) and k in e.indices:
-        return True
-    return any(_reduces(c, k) for c in children(e))
+        return e
+    return next((r for c in children(e) if (r := _binder(c, k)) is not None), None)
 
 
 def sizeofs(e: Expr) -> list[SizeOf]:
@@ -691,17 +695,23 @@ def _reduced(e: Expr) -> list[str]:
 
 
 def _place_numbers(
-    e: Expr, fixed: set[str], lhs: set[str], top: bool = True, outer: frozenset[str] = frozenset()
+    e: Expr,
+    fixed: set[str],
+    lhs: set[str],
+    top: bool = True,
+    outer: frozenset[str] = frozenset(),
+    whole: Expr | None = None,
 ) -> None:
     """size[k] stands wherever a number can, as long as the primitive statement it lands in sizes
     k: each part of e that holds no tensor (`sqrt(size[e])`) must stand next to something indexed
     by k (a factor of its product, a term of its sum, an argument of its call), or k is `dim`-sized,
     or it stands in the whole right side's product (or is all of it) and k is on the left side."""
+    whole = e if whole is None else whole  # the right side, whose reductions the message names
     kids = children(e)
     if top and _is_number(e):
         missing = {sz.index for sz in sizeofs(e)} - fixed - lhs
         if missing:
-            raise _misplaced(next(sz for sz in sizeofs(e) if sz.index in missing))
+            raise _misplaced(next(sz for sz in sizeofs(e) if sz.index in missing), whole)
         return
     if isinstance(e, (Product, Sum, Call, Compare)):
         numbers = [_is_number(c) for c in kids]
@@ -720,23 +730,33 @@ def _place_numbers(
             if not number:
                 inner = c.arg if isinstance(c, Neg) else c
                 into = frozenset(have) if isinstance(e, Sum) and isinstance(inner, Sum) else frozenset()
-                _place_numbers(c, fixed, lhs, False, into)
+                _place_numbers(c, fixed, lhs, False, into, whole)
                 continue
             missing = {sz.index for sz in sizeofs(c)} - fixed - have
             if missing:
-                raise _misplaced(next(sz for sz in sizeofs(c) if sz.index in missing))
+                raise _misplaced(next(sz for sz in sizeofs(c) if sz.index in missing), whole)
         return
     neg = isinstance(e, Neg)
     for c in kids:
-        _place_numbers(c, fixed, lhs, top and neg, outer if neg else frozenset())
+        _place_numbers(c, fixed, lhs, top and neg, outer if neg else frozenset(), whole)
 
 
 def _sizes_inside(e: Expr) -> bool:
     return isinstance(e, SizeOf) or any(_sizes_inside(c) for c in children(e))
 
 
-def _misplaced(sz: SizeOf) -> IndexgradError:
+def _misplaced(sz: SizeOf, whole: Expr) -> IndexgradError:
     k = sz.index
+    binder = _binder(whole, k)
+    if binder is not None:  # two reductions may bind k to two extents, so outside them k has none
+        over = ",".join(binder.indices)
+        return _err(
+            f"size[{k}] stands outside {binder.op}[{over}](...), the reduction that binds '{k}', so "
+            f"'{k}' has no extent here; write it inside: {binder.op}[{over}](... / size[{k}])"
+            + (f", or mean[{over}](...) for a mean" if binder.op == "sum" else "")
+            + f", or give '{k}' one extent in the whole program with `dim {k}=...`",
+            sz.span,
+        )
     return _err(
         f"size[{k}] must stand next to something indexed by '{k}' (like x[{k}] / sqrt(size[{k}]), "
         f"or inside sum[{k}](...) when '{k}' is summed there), or '{k}' must be sized by `dim {k}=...`",

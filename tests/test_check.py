@@ -142,7 +142,8 @@ CHECK_ERRORS = [
     ("y[pad(i)] += x[i]\n", 1, 3, "defines 'y', whose extent along a position written through pad"),
     ("y[b,t,d] = E[ids[b,pad(t)],d]\n", 1, 20, "pad(...) reads 0 outside the labels; write clamp"),
     # size[k] stands wherever a number can, next to what sizes k
-    ("y = sum[k](x[k]) / sqrt(size[k])\n", 1, 25, "size[k] must stand next to something indexed by 'k'"),
+    ("y = sum[k](x[k]) / sqrt(size[k])\n", 1, 25, "outside sum[k](...), the reduction that binds 'k'"),
+    ("y = sum[a,r](E[a,r]) / (size[a] size[r])\n", 1, 25, "inside: sum[a,r](... / size[a]), or mean[a,r]"),
     ("y[b] = q[b] / (z + size[b])\n", 1, 20, "size[b] must stand next to something indexed by 'b'"),
     # size[k] names an index of the statement
     ("y[i] = x[i] size[k]\n", 1, 13, "size[k] names an index this statement does not use"),

@@ -204,6 +204,29 @@ def test_size_of_the_statement_index_inside_parenthesised_terms(text: str, fun) 
     assert_grads(vjp(m, a, "z", gz), fun, a, seed=gz)
 
 
+@pytest.mark.parametrize(
+    "text, fun",
+    [
+        ("dim k=3\nz[b] = x[b] / sqrt(size[k])", lambda x: x / np.sqrt(3)),
+        ("dim k=3\nz[b] = x[b] + size[k]", lambda x: x + 3),
+        ("dim a=5, r=3\nz = sum[a,r](E[a,r]) / (size[a] size[r])", None),
+    ],
+)
+def test_size_of_an_index_dim_sizes_stands_in_any_statement(text: str, fun) -> None:
+    """SPEC 9: `dim k=3` gives k its extent in the whole program, so size[k] is that number in a
+    statement that does not use k, and outside a reduction that binds k (the mean, here)."""
+    m = ig.compile(text)
+    if fun is None:
+        E = rng().standard_normal((5, 3))
+        np.testing.assert_allclose(m.forward(E=E)["z"], E.mean(), rtol=1e-12)
+        np.testing.assert_allclose(m.backward(m.forward(E=E))["E"], np.full((5, 3), 1 / 15), rtol=1e-12)
+        return
+    a = {"x": rng().standard_normal(5)}
+    gz = rng(1).standard_normal(5)
+    np.testing.assert_allclose(m.forward(**a)["z"], fun(**a), rtol=1e-12)
+    assert_grads(vjp(m, a, "z", gz), fun, a, seed=gz)
+
+
 def test_sixty_one_indices_in_one_statement() -> None:
     n = 60
     r = rng(2)

@@ -1336,7 +1336,7 @@ LIMITATIONS = [
     # torch's padding=1 as a shifted read: the message offers pad(...)
     ("y[b,o,r] = x[b,i,r+k-1] w[o,i,k]", 1, 18, r"reads below position 0.*read through pad\(k\+r-1\)"),
     # a batch mean written as a sum over size[b] outside the sum
-    ("loss = sum[b,c](p[b,c] log(p[b,c])) / size[b]", 1, 39, r"inside sum\[b\]\(\.\.\.\) when 'b' is summed"),
+    ("loss = sum[b,c](p[b,c] log(p[b,c])) / size[b]", 1, 39, r"inside: sum\[b,c\]\(\.\.\. / size\[b\]\)"),
     # a pooling window needs its extent
     ("y[b,c,r,s] = max[u,v](x[b,c,2*r+u,2*s+v])", 1, 23, r"declare its extent with `dim u=\.\.\.`"),
     ("y[b,o] = x[b,i] @ W[i,o]", 1, 17, "unexpected character '@'"),
