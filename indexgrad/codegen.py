@@ -328,7 +328,8 @@ def library(name: str) -> Library:
 
 _TAKEN = set(keyword.kwlist) | set(dir(builtins)) | {
     "np", "torch", "jax", "jnp", "arrays", "vals", "seeds", "tangents", "forward", "backward",
-    "jvp", "logsumexp", "SHAPES", "SIZES", "check_inputs", "fixed_point", "newton", "saved",
+    "jvp", "logsumexp", "SHAPES", "SIZES", "SEEDS", "TANGENTS", "check_inputs", "check_names",
+    "fixed_point", "newton", "saved",
 }  # fmt: skip
 
 
@@ -848,6 +849,12 @@ def _dict(pairs: list[tuple[str, str]], indent: str = "    ") -> str:
     return "{\n" + "".join(f"{indent}    {_q(k)}: {v},\n" for k, v in pairs) + indent + "}"
 
 
+def _tuple(names: list[str]) -> str:
+    """A tuple display of string literals, one a line when they are many."""
+    one = "(" + ", ".join(map(_q, names)) + ("," if len(names) == 1 else "") + ")"
+    return one if len(one) <= _WIDTH // 2 else "(\n" + "".join(f"    {_q(n)},\n" for n in names) + ")"
+
+
 def _q(text: str) -> str:
     """A string literal in double quotes."""
     return json.dumps(text)
@@ -901,10 +908,9 @@ def plans(
         derived = model.plan(shapes, "jvp", wrt=wrt)
         suffix, returned = ".tan", list(model.program.defined())
     rename = derived_names(model.program, suffix)
-    folded = {n for n, _ in derived.constants}
     if mode == "grad":
         out = loss or model.program.statements[-1].target.name
-        seeds = [(out, rename[out])] if rename[out] not in folded else []
+        seeds = [(out, rename[out])]
     else:
         seeds = [(n, rename[n]) for n in names]
     used = index_names(model.program)
@@ -944,7 +950,7 @@ def module(src: Source, lib: Library) -> str:
         "step is written under the .idx statement it runs.",
         _WIDTH - 4,
     )
-    check = _CHECK.format(asarray=lib.asarray)
+    check = _CHECK.format(asarray=lib.asarray) + "\n\n" + _CHECK_NAMES
     parts = [
         f'"""{doc}\n"""',
         "",
@@ -952,6 +958,7 @@ def module(src: Source, lib: Library) -> str:
         "",
         f"SIZES = {_q(src.sizes)}",
         f"SHAPES = {_dict([(n, str(tuple(sh))) for n, sh in src.shapes.items()], '')}",
+        f"{'SEEDS' if src.mode == 'grad' else 'TANGENTS'} = {_tuple([n for n, _ in src.seeds])}",
         "",
         "",
         check,
@@ -989,6 +996,8 @@ def _forward(src: Source, w: _Writer) -> str:
 
 def _derived(src: Source, w: _Writer) -> str:
     seeded = {d: n for n, d in src.seeds}
+    given = "seeds" if src.mode == "grad" else "tangents"
+    w.emit(f"check_names({given}, {given.upper()})")
     for d in _reads(src.derived):
         n = seeded.get(d)
         if n is None:
@@ -999,19 +1008,23 @@ def _derived(src: Source, w: _Writer) -> str:
             w.emit(f"{w.name(d)} = tangents.get({_q(n)}, {w.ns}.zeros_like(vals[{_q(n)}]))")
     _body(src.derived, w)
     defined = {s.out for s in src.derived.steps} | set(seeded)
-    returned = _dict(
-        [(n, w.name(d) if d in defined else f"{w.ns}.zeros_like(vals[{_q(n)}])") for n, d in src.pairs]
-    )
+    # a scalar loss's seed is folded into the plan as 1; the gradients are linear in it
+    scale = src.mode == "grad" and src.seeds[0][1] in {n for n, _ in src.derived.constants}
+    if scale:
+        seed = w.name.fresh("seed")
+        w.emit(f"{seed} = seeds.get({_q(src.seeds[0][0])}, 1)")
+    times = f"{seed} * " if scale else ""
+    zero = f"{w.ns}.zeros_like(vals[{{}}])"
+    returned = _dict([(n, times + w.name(d) if d in defined else zero.format(_q(n))) for n, d in src.pairs])
     if src.mode == "jvp":
         doc = "The tangent of every tensor the program defines, given tangents of inputs (else 0)."
         return _function("def jvp(vals, **tangents):", doc, w, returned)
-    if src.seeds:
-        seed = _q(src.seeds[0][0])
-        doc = f"The vector-Jacobian product with seeds[{seed}] per input, from forward()'s values."
-        return _function("def backward(vals, **seeds):", doc, w, returned)
-    loss = src.model.program.statements[-1].target.name
-    doc = f"The gradients of {loss} per input, from forward()'s values (the seed {loss}.grad is 1)."
-    return _function("def backward(vals):", doc, w, returned)
+    loss = _q(src.seeds[0][0])
+    if scale:
+        doc = "The gradients of the loss per input, from forward()'s values, times its seed (else 1)."
+    else:
+        doc = f"The vector-Jacobian product with seeds[{loss}] per input, from forward()'s values."
+    return _function("def backward(vals, **seeds):", doc, w, returned)
 
 
 _CHECK = '''\
@@ -1031,6 +1044,15 @@ def check_inputs(arrays):
                 f"for {{shape}} ({{SIZES}}): generate it again for these sizes"
             )
     return out
+'''
+
+_CHECK_NAMES = '''\
+def check_names(given, accepted):
+    """Refuses a seed or tangent for a name not in accepted, which would otherwise count as 0."""
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        wrong, right = ", ".join(unknown), ", ".join(accepted)
+        raise TypeError(f"no seed or tangent is taken for {wrong}; give one for: {right}")
 '''
 
 

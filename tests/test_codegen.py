@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hypothesis import settings
-from oracles import ITERATED_RTOL, assert_close_in_scale
+from oracles import ITERATED_RTOL, assert_close_in_scale, rng
 from test_implicit import DEQ, deq_arrays
 
 import indexgrad as ig
@@ -261,7 +261,36 @@ def test_the_mlp_module_reads_as_its_plan(capsys) -> None:
         in text
     )
     assert "    z_grad = z_grad + z_grad_exp / 64\n" in text
-    assert "def backward(vals):" in text and '"x": (64, 64),' in text and "einsum" not in text
+    assert "def backward(vals, **seeds):" in text and '"x": (64, 64),' in text and "einsum" not in text
+
+
+def test_generated_backward_takes_a_scalar_loss_seed_and_refuses_unknown_names(tmp_path) -> None:
+    """SPEC 8: `backward(vals, **seeds)` for a scalar loss too (its seed defaults to 1 and scales
+    every gradient); a seed or tangent for a name the function does not take is a TypeError
+    naming the names it takes, not a silent 0."""
+    import importlib.util
+
+    program = ig.parse("h[b,o] = tanh(x[b,i] W[i,o])\nloss = sum[b,o](h[b,o]^2)\n")
+    arrays = {"x": rng().standard_normal((3, 3)), "W": rng(1).standard_normal((3, 3))}
+    modules = {}
+    for mode in ("grad", "jvp"):
+        path = tmp_path / f"m_{mode}.py"
+        path.write_text(program.to_python("numpy", mode=mode))
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        modules[mode] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(modules[mode])
+    grad, tan = modules["grad"], modules["jvp"]
+    model = ig.compile(program)
+    want = model.backward(model.forward(**arrays))
+    vals = grad.forward(**arrays)
+    for seed, scale in (({}, 1.0), ({"loss": 2.5}, 2.5)):
+        got = grad.backward(vals, **seed)
+        for n in arrays:
+            np.testing.assert_allclose(got[n], scale * want[n], rtol=1e-12)
+    with pytest.raises(TypeError, match="no seed or tangent is taken for los; give one for: loss"):
+        grad.backward(vals, los=1.0)
+    with pytest.raises(TypeError, match="taken for w; give one for: x, W"):
+        tan.jvp(tan.forward(**arrays), w=arrays["W"])
 
 
 def test_a_product_the_plan_runs_by_einsum_is_written_as_pairwise_calls_along_its_path() -> None:
