@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import math
+import os
 import signal
 import sys
 import warnings
@@ -175,12 +178,24 @@ def _iterations(a: argparse.Namespace) -> dict[str, Any]:
     return iteration_settings(a.tol, a.max_iter)
 
 
+def _float64(backend: str) -> contextlib.AbstractContextManager[Any]:
+    """check and run with --backend jax compute float64 data in float64, as on numpy and torch:
+    the command turns jax's 64-bit mode on (a CLI user cannot call jax.config.update), unless
+    the environment variable JAX_ENABLE_X64 says what the user wants."""
+    if backend != "jax" or "JAX_ENABLE_X64" in os.environ or importlib.util.find_spec("jax") is None:
+        return contextlib.nullcontext()
+    import jax
+
+    return jax.enable_x64(True)  # type: ignore[no-any-return]
+
+
 def cmd_check(a: argparse.Namespace) -> int:
     _check_flags(a)
     dims = parse_dims(a.dims)
     p = load(a.file)
     _warn(p, "text")
-    report, checked = check_program(p, dims, a.loss, a.seed, a.tolerance, a.backend, _iterations(a))
+    with _float64(a.backend):
+        report, checked = check_program(p, dims, a.loss, a.seed, a.tolerance, a.backend, _iterations(a))
     for name, err in report.errors.items():
         status = "ok" if err <= report.tolerance else "MISMATCH"
         print(f"{name}: relative error {err:.2e}  {status}")
@@ -202,9 +217,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     _warn(p, "text")
     check_ranks(p)
     arrays = load_npz(a.inputs)
-    model = Model(p, a.backend, iterations=_iterations(a))
-    vals = model.forward(**arrays)
-    user = {n: model.engine.to_numpy(vals[n]) for n in p.defined()}
+    with _float64(a.backend):
+        model = Model(p, a.backend, iterations=_iterations(a))
+        vals = model.forward(**arrays)
+        user = {n: model.engine.to_numpy(vals[n]) for n in p.defined()}
     for n, v in user.items():
         shown = f"{float(v):.6g}" if v.ndim == 0 else f"shape {v.shape} {v.dtype}"
         print(f"{n}: {shown}")
@@ -358,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save", metavar="CKPT", help="write a checkpoint (.npz) after every epoch")
     t.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint up to --epochs")
     t.add_argument("--backend", default="numpy", help=BACKEND_HELP)
-    t.add_argument("--device", help="where the torch backend computes: cpu, cuda, cuda:1, ...")
+    t.add_argument("--device", help="where it computes: cpu (any backend), cuda (torch), gpu (jax)")
     t.add_argument("--force", action="store_true", help="let --save overwrite a file that is not --resume's")
     t.set_defaults(func=cmd_train, format="text")
 

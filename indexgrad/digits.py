@@ -120,7 +120,7 @@ def train_command(
     The loss is the program's last defined tensor. `save` writes a checkpoint after every epoch,
     `resume` continues from one (see fit); the seed also fixes the data split and the initial
     params, so a resumed run must use the seed, --hidden and data set of the run that saved.
-    `backend` (and `device`, for torch) run the program; params and optimizer stay numpy arrays.
+    `backend` (on `device`) runs the program; params and optimizer stay numpy arrays.
     """
     try:
         load = lookup(DATASETS, data, "data set")
@@ -132,8 +132,6 @@ def train_command(
             raise IndexgradError(f"--lr must be a positive number, got {lr}")
         if not 0 <= seed < 2**32:  # the data split takes scikit-learn's 32-bit random_state
             raise IndexgradError(f"--seed must be between 0 and {2**32 - 1}, got {seed}")
-        if device is not None and backend != "torch":
-            raise IndexgradError(f"--device {device} places torch tensors: add --backend torch")
     except IndexgradError as e:
         e.filename = "indexgrad train"  # a flag's mistake, not the file's
         raise

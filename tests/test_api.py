@@ -300,6 +300,24 @@ def test_importing_indexgrad_imports_neither_torch_jax_nor_the_web_stack() -> No
     assert done.returncode == 0, done.stderr
 
 
+def test_compile_with_a_dtype_on_numpy_computes_every_float_in_it() -> None:
+    """SPEC 7: compile(dtype=) on numpy, as on torch: lists and integer arrays become that dtype,
+    an array of another float dtype is refused (no silent rounding); device is "cpu" or none."""
+    m = ig.compile("h[b,o] = tanh(x[b,i] W[i,o])\nloss = sum[b,o](h[b,o]^2)", dtype="float32", device="cpu")
+    x, W = rng().standard_normal((4, 3)).astype(np.float32), rng(1).standard_normal((3, 2))
+    vals = m.forward(x=x.tolist(), W=W.astype(np.float32))
+    grads = m.backward(vals)
+    assert vals["loss"].dtype == grads["x"].dtype == grads["W"].dtype == np.float32
+    h = np.tanh(x.astype(np.float64) @ W.astype(np.float32))  # the float64 oracle
+    np.testing.assert_allclose(vals["loss"], (h**2).sum(), rtol=1e-5)
+    np.testing.assert_allclose(grads["W"], x.T @ (2 * h * (1 - h**2)), rtol=1e-4, atol=1e-6)
+    assert m.forward(x=np.arange(12).reshape(4, 3), W=W.astype(np.float32))["h"].dtype == np.float32
+    with pytest.raises(ig.IndexgradError, match=r"'W' holds float64, .* with x\.astype\(numpy\.float32\)"):
+        m.forward(x=x, W=W)
+    with pytest.raises(ig.IndexgradError, match="is not a float dtype the numpy backend computes in"):
+        ig.compile("y = x[i]", dtype="int32")
+
+
 def test_ig_torch_and_ig_jax_without_their_package_say_what_to_install() -> None:
     """SPEC 7: a backend whose package is not installed is an IndexgradError saying what to
     install, for ig.torch and ig.jax as for compile(backend=). One fresh interpreter where

@@ -278,6 +278,52 @@ def test_float32_without_64_bit_mode_and_a_clear_error_for_float64() -> None:
             m.forward(**{**a32, "W1": inputs("mlp")["W1"]})
 
 
+def test_the_cli_with_backend_jax_computes_float64_data_in_float64(tmp_path, capsys, monkeypatch) -> None:
+    """SPEC 7: `indexgrad check/run --backend jax` work without the user's 64-bit mode (the command
+    turns it on for itself, and off again), locate a bad file's error (exit 2), and respect an
+    explicit JAX_ENABLE_X64, whose refusal of float64 names that variable."""
+    from indexgrad.cli import main
+
+    good, bad = tmp_path / "good.idx", tmp_path / "bad.idx"
+    good.write_text("y[b,i] = tanh(x[b,j] W[j,i])\nloss = sum[b,i](y[b,i]^2)\n")
+    bad.write_text("y[b,i] = tanh(x[b,j] W[j,i])\nloss = sum[b,i](y[b,k]^2)\n")
+    x, W = np.random.default_rng(0).standard_normal((2, 3)), np.random.default_rng(1).standard_normal((3, 4))
+    np.savez(tmp_path / "in.npz", x=x, W=W)
+    run = ["run", str(good), "--inputs", str(tmp_path / "in.npz"), "--backend", "jax"]
+    with jax.enable_x64(False):
+        assert main(["check", str(good), "--backend", "jax", "--dims", "b=2,j=3,i=4"]) == 0
+        assert "passed: 2 inputs checked" in capsys.readouterr().out
+        assert main(["check", str(bad), "--backend", "jax"]) == 2
+        assert capsys.readouterr().err.startswith(f"{bad}:2:")
+        assert main([*run, "--out", str(tmp_path / "out.npz")]) == 0
+        out = np.load(tmp_path / "out.npz")
+        assert out["y"].dtype == np.float64
+        np.testing.assert_allclose(out["y"], np.tanh(x @ W), rtol=1e-13)
+        assert not jax.config.jax_enable_x64  # the command's 64-bit mode ended with it
+        monkeypatch.setenv("JAX_ENABLE_X64", "0")
+        assert main(run) == 2
+        assert "environment variable JAX_ENABLE_X64=1" in capsys.readouterr().err
+
+
+def test_compile_with_a_dtype_and_a_device_on_jax() -> None:
+    """SPEC 7: compile(backend="jax", dtype=, device=): float32 in either mode, float64 only in
+    64-bit mode; a platform name places the arrays on its first device."""
+    a = {"x": [[1.0, 2.0, 3.0]], "W": np.ones((3, 2), np.float32)}
+    for x64 in (False, True):
+        with jax.enable_x64(x64):
+            m = ig.compile("y[b,i] = x[b,j] W[j,i]", backend="jax", dtype="float32", device="cpu")
+            vals = m.forward(**a)
+            assert vals["y"].dtype == jnp.float32 and vals["y"].devices() == {jax.devices("cpu")[0]}
+            np.testing.assert_allclose(np.asarray(vals["y"]), [[6.0, 6.0]])
+            with pytest.raises(ig.IndexgradError, match=r"holds float64, but the model computes in float32"):
+                m.forward(**{**a, "W": np.ones((3, 2))})
+    assert ig.compile("y = x[i]", backend="jax", dtype="float64").engine.dtype == np.float64
+    with jax.enable_x64(False), pytest.raises(ig.IndexgradError, match="JAX_ENABLE_X64=1"):
+        ig.compile("y = x[i]", backend="jax", dtype="float64")
+    with pytest.raises(ig.IndexgradError, match=r"device='tpu' is not a platform jax has here \(cpu\)"):
+        ig.compile("y = x[i]", backend="jax", device="tpu")
+
+
 def test_labels_out_of_range_are_errors_where_they_can_be_seen_and_nan_under_jit() -> None:
     m = models("logloss")[1]
     a = inputs("logloss")

@@ -621,9 +621,10 @@ def test_bad_options_are_errors(options: dict, message: str) -> None:
         ig.compile(LAYER, backend="torch", **options)
 
 
-def test_the_numpy_backend_takes_no_device() -> None:
-    with pytest.raises(ig.IndexgradError, match="the numpy backend takes no device option"):
-        ig.compile(LAYER, device="cpu")
+def test_the_numpy_backend_takes_the_cpu_as_its_device_and_no_other() -> None:
+    assert ig.compile(LAYER, device="cpu").engine.dtype is None
+    with pytest.raises(ig.IndexgradError, match="device='cuda', but the numpy backend computes on the CPU"):
+        ig.compile(LAYER, device="cuda")
 
 
 def test_a_tensor_that_requires_grad_is_refused_where_autograd_does_not_record() -> None:
@@ -886,7 +887,7 @@ def test_train_with_the_torch_backend_learns_as_numpy_does(capsys) -> None:
     argv = ["train", str(path("mlp")), "--epochs", "2", "--hidden", "16"]
     assert main([*argv, "--backend", "torch", "--device", "cpu"]) == 0
     on_torch = capsys.readouterr().out.splitlines()[-1]
-    assert main(argv) == 0
+    assert main([*argv, "--device", "cpu"]) == 0  # --device cpu is meaningful on every backend
     on_numpy = capsys.readouterr().out.splitlines()[-1]
     assert on_torch.split(" after")[0] == on_numpy.split(" after")[0]  # the same test accuracy
 
@@ -894,7 +895,7 @@ def test_train_with_the_torch_backend_learns_as_numpy_does(capsys) -> None:
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--device", "cpu"], "--device cpu places torch tensors: add --backend torch"),
+        (["--device", "cuda"], "device='cuda', but the numpy backend computes on the CPU"),
         (["--backend", "tensorflow"], "unknown backend 'tensorflow'; available: jax, numpy, torch"),
     ],
 )

@@ -133,6 +133,41 @@ def integers_fit(a: np.ndarray, into: np.dtype, library: str, remedy: str) -> No
         )
 
 
+def float_option(dtype: Any, backend: str, allowed: Sequence[str]) -> np.dtype | None:
+    """compile(..., dtype=) as a numpy dtype: None, or one of the float dtypes `allowed` names."""
+    if dtype is None:
+        return None
+    try:
+        d = np.dtype(dtype)
+    except TypeError:
+        d = None
+    if d is None or d.name not in allowed:
+        raise IndexgradError(
+            f"dtype={dtype!r} is not a float dtype the {backend} backend computes in; use "
+            + " or ".join(allowed)
+        )
+    return d
+
+
+def model_dtype(value: Any, dtype: Any, model: np.dtype, convert: str) -> np.dtype | None:
+    """The dtype to make `value` with, for a model computing every float in `model` (as the torch
+    backend does): a float dtype asked for becomes the model's; a list or Python number holding
+    floats takes it; an array holding floats of another dtype is an error (no silent rounding),
+    saying how to `convert` it."""
+    want = None if dtype is None else np.dtype(dtype)
+    if want is not None:
+        return model if want.kind == "f" else want
+    have = getattr(value, "dtype", None)
+    if have is None:  # a list or a Python number: floats take the model's dtype
+        return model if np.asarray(value).dtype.kind == "f" else None
+    if np.dtype(have).kind == "f" and np.dtype(have) != model:
+        raise IndexgradError(
+            f"holds {np.dtype(have)}, but the model computes in {model} (compile(..., dtype=...)); "
+            f"convert it with {convert.format(model)}"
+        )
+    return None
+
+
 def builder_for(table: Mapping[str, Builder], step: Step, backend: str) -> Builder:
     """The builder for a step's kind, or an error listing the kinds this backend builds."""
     b = table.get(step.kind)

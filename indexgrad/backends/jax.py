@@ -22,7 +22,7 @@ from ..errors import IndexgradError
 from ..memory import keep_freed_memory
 from ..nodes import DELTA, Ref
 from ..plan import Operand, Plan, Step, basic_index
-from . import Env, builder_for, integers_fit
+from . import Env, builder_for, float_option, integers_fit, model_dtype
 from .jax_iterate import fixed_point, newton
 from .numpy import _then, aligner, sizes, slice_adds
 
@@ -885,9 +885,16 @@ class JaxChain(JaxExecutor):
 
 
 class JaxBackend:
+    """Plans traced into jax computations: on `device` (or jax's default), with `dtype` (or the
+    dtype of the arrays given) for every float."""
+
     name = "jax"
     in_place = False
     array_types: tuple[type, ...] = (type(jnp.zeros(())),)
+
+    def __init__(self, device: Any = None, dtype: np.dtype | None = None) -> None:
+        self.device = device
+        self.dtype = dtype
 
     def executor(self, plan: Plan) -> JaxExecutor:
         return JaxExecutor(plan)
@@ -897,19 +904,18 @@ class JaxBackend:
     def asarray(self, value: Any, dtype: Any = None) -> Array:
         """value as a jax array; a float64 array without jax_enable_x64 is an error (jax would
         round it to float32), an integer array asked to become float64 becomes jax's float."""
+        if self.dtype is not None:
+            dtype = model_dtype(value, dtype, self.dtype, "x.astype(numpy.{})")
         given = getattr(value, "dtype", None)
         if given is not None and np.dtype(given) == np.float64 and float_dtype(np.float64) != np.float64:
-            raise IndexgradError(
-                "is float64, and the jax backend computes in float32 unless 64-bit mode "
-                "is on; turn it on with jax.config.update('jax_enable_x64', True) before using jax, "
-                "or give float32 arrays (x.astype(numpy.float32))"
-            )
+            raise IndexgradError(f"is float64, and {_X64}, or give float32 arrays (x.astype(numpy.float32))")
         if given is not None and np.dtype(given).kind in "iu" and float_dtype(given) != given:
             integers_fit(
                 np.asarray(value), float_dtype(given), "jax without 64-bit mode",
                 "turn 64-bit mode on with jax.config.update('jax_enable_x64', True) before using jax",
             )
-        return jnp.asarray(value, None if dtype is None else float_dtype(dtype))
+        a = jnp.asarray(value, None if dtype is None else float_dtype(dtype))
+        return a if self.device is None else jax.device_put(a, self.device)
 
     def describe(self, a: Array) -> tuple[tuple[int, ...], np.dtype]:
         return a.shape, a.dtype  # a tuple and a numpy dtype already (this runs per input per call)
@@ -927,11 +933,39 @@ class JaxBackend:
         return a
 
     def one(self, dtype: np.dtype) -> Array:
-        return jnp.ones((), float_dtype(dtype))
+        return jnp.ones((), float_dtype(dtype), device=self.device)
 
 
-def make_backend() -> JaxBackend:
-    return JaxBackend()
+# what a float64 array or dtype needs, in Python and on the command line
+_X64 = (
+    "the jax backend computes in float32 unless jax's 64-bit mode is on; turn it on with "
+    "jax.config.update('jax_enable_x64', True) before using jax, or by setting the environment "
+    "variable JAX_ENABLE_X64=1"
+)
+
+
+def make_backend(device: Any = None, dtype: Any = None) -> JaxBackend:
+    """A jax backend on `device` (a jax device, or a platform name: "cpu", "gpu", "tpu" for its
+    first device) computing in `dtype` (float32, or float64 when 64-bit mode is on); either None
+    follows jax's default device and the arrays given."""
+    d = float_option(dtype, "jax", ("float32", "float64"))
+    if d is not None and float_dtype(d) != d:
+        raise IndexgradError(f"dtype={dtype!r}: {_X64}; or use dtype='float32'")
+    return JaxBackend(_device(device), d)
+
+
+def _device(device: Any) -> Any:
+    if device is None or isinstance(device, jax.Device):
+        return device
+    if not isinstance(device, str):
+        raise IndexgradError(f"device={device!r} is not a jax device; give one, or 'cpu', 'gpu' or 'tpu'")
+    try:
+        return jax.devices(device)[0]
+    except RuntimeError:  # no such platform here, or an unknown name
+        there = ", ".join(sorted({x.platform for x in jax.devices()}))
+        raise IndexgradError(
+            f"device={device!r} is not a platform jax has here ({there}); give one of those, or a jax device"
+        ) from None
 
 
 __all__ = [

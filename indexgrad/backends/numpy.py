@@ -26,7 +26,7 @@ from ..functions import FUNCTIONS, REDUCTIONS
 from ..memory import keep_freed_memory
 from ..nodes import DELTA, Affine, Gather, Ref
 from ..plan import Operand, Plan, Step
-from . import Builder, Chain, Env, builder_for
+from . import Builder, Chain, Env, builder_for, float_option, model_dtype
 
 Array = np.ndarray
 Compute = Callable[[Env], Any]
@@ -737,9 +737,15 @@ class NumpyExecutor:
 
 
 class NumpyBackend:
+    """Plans run on numpy arrays on the CPU, with `dtype` (or the dtype of the arrays given) for
+    every float."""
+
     name = "numpy"
     in_place = True
     array_types: tuple[type, ...] = (np.ndarray,)
+
+    def __init__(self, dtype: np.dtype | None = None) -> None:
+        self.dtype = dtype
 
     def executor(self, plan: Plan) -> NumpyExecutor:
         return NumpyExecutor(plan)
@@ -747,6 +753,8 @@ class NumpyBackend:
     chain = staticmethod(Chain)
 
     def asarray(self, value: Any, dtype: Any = None) -> Array:
+        if self.dtype is not None:
+            dtype = model_dtype(value, dtype, self.dtype, "x.astype(numpy.{})")
         return np.asarray(value, dtype=dtype)
 
     describe = staticmethod(operator.attrgetter("shape", "dtype"))  # (shape, dtype) of an array
@@ -769,8 +777,15 @@ class NumpyBackend:
         return one
 
 
-def make_backend() -> NumpyBackend:
-    return NumpyBackend()
+def make_backend(device: Any = None, dtype: Any = None) -> NumpyBackend:
+    """A numpy backend computing in `dtype` (float16, float32 or float64; None follows the
+    arrays given); numpy computes on the CPU, so `device` is "cpu" or None."""
+    if device is not None and device != "cpu":
+        raise IndexgradError(
+            f"device={device!r}, but the numpy backend computes on the CPU: give device='cpu' "
+            "(or none), or use the torch or jax backend for another device"
+        )
+    return NumpyBackend(float_option(dtype, "numpy", ("float16", "float32", "float64")))
 
 
 __all__ = [
