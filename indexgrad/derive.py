@@ -239,7 +239,7 @@ def wrt_names(wrt: str | list[str] | tuple[str, ...] | None, what: str = "wrt") 
 
 def derive(program: Program, loss: str | None = None, wrt: list[str] | None = None) -> Program:
     """The reverse-mode program: gradient statements by the swap rule, in reverse order (SPEC 2.2)."""
-    return derive_for(as_program(program), [loss] if loss else [], wrt_names(wrt))
+    return derive_for(as_program(program, "derive"), [loss] if loss else [], wrt_names(wrt))
 
 
 def derive_for(
@@ -480,7 +480,7 @@ def _sizes_only_the_left(e: Expr, lhs: set[str]) -> bool:
 
 def derive_jvp(program: Program, wrt: list[str] | None = None) -> Program:
     """The forward-mode program: one tangent statement per primitive that depends on `wrt` (SPEC 2.3)."""
-    program = as_program(program)
+    program = as_program(program, "derive_jvp")
     prims = lower(program)
     wrt = wrt_names(wrt)
     inputs = float_inputs(program, wrt)

@@ -18,6 +18,7 @@ from .errors import IndexgradError
 from .model import Model, not_numbers
 from .model import compile as compile_model
 from .nodes import Program
+from .syntax import as_program
 
 Arrays = Mapping[str, Any]
 
@@ -31,7 +32,10 @@ def function(
 
     `arrays` holds every input by name (labels as integer arrays). Labels get no gradient (jax's
     float0 zeros); integer arrays given for float inputs become floats first, as in the Model."""
-    model = program if isinstance(program, Model) else compile_model(program, backend="jax")
+    if isinstance(program, Model):
+        model = program
+    else:
+        model = compile_model(as_program(program, "ig.jax.function"), backend="jax")
     if model.backend != "jax":
         raise IndexgradError(f"ig.jax.function needs a model of the jax backend, not {model.backend!r}")
     names = _outputs(model, outputs)

@@ -852,8 +852,9 @@ _WIDE_BOMS = [  # UTF-32 first: its little-endian mark begins with UTF-16's
 ]
 
 
-def as_program(x: str | Path | Program) -> Program:
-    """A Program from a Program, a path to an .idx file, or .idx text.
+def as_program(x: str | Path | Program, caller: str = "compile") -> Program:
+    """A Program from a Program, a path to an .idx file, or .idx text; anything else is an error
+    naming the function `caller` the user called.
 
     A Path is a path. A one-line string ending in `.idx` is a path unless it holds `=` or `;`
     and names no file (every statement has an `=`, so `y = w.idx` is program text, while
@@ -862,7 +863,11 @@ def as_program(x: str | Path | Program) -> Program:
     """
     if isinstance(x, Program):
         return x
-    if isinstance(x, Path) or (isinstance(x, str) and _names_a_file(x)):
+    if not isinstance(x, (str, Path)):
+        raise IndexgradError(
+            f"{caller}() takes .idx text, the path of an .idx file or a Program, got {type(x).__name__}"
+        )
+    if isinstance(x, Path) or _names_a_file(x):
         return load(x)
     return parse(x)
 

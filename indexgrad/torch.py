@@ -216,7 +216,7 @@ def function(
     """The program as a function of tensors, differentiable by torch (twice): f(*tensors, **named)
     returns the output (one name) or a tuple of outputs. Positional tensors follow `inputs` (by
     default the program's inputs in declaration order)."""
-    program = as_program(src)
+    program = as_program(src, "ig.torch.function")
     order = list(program.inputs())
     names = list(order if inputs is None else inputs)
     if sorted(names) != sorted(order):
@@ -251,7 +251,7 @@ class Module(nn.Module):
         device: Any = None,
     ) -> None:
         super().__init__()
-        program = as_program(src)
+        program = as_program(src, "ig.torch.Module")
         model = Model(program, "torch")
         if seed is None:
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))

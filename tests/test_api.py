@@ -300,6 +300,13 @@ def test_importing_indexgrad_imports_neither_torch_jax_nor_the_web_stack() -> No
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.parametrize("name", ["compile", "derive", "derive_jvp"])
+def test_a_program_that_is_not_text_a_path_or_a_program_is_an_error_naming_the_call(name: str) -> None:
+    with pytest.raises(ig.IndexgradError) as e:
+        getattr(ig, name)(5)
+    assert e.value.message == f"{name}() takes .idx text, the path of an .idx file or a Program, got int"
+
+
 def test_compile_with_a_dtype_on_numpy_computes_every_float_in_it() -> None:
     """SPEC 7: compile(dtype=) on numpy, as on torch: lists and integer arrays become that dtype,
     an array of another float dtype is refused (no silent rounding); device is "cpu" or none."""
