@@ -141,7 +141,7 @@ class Model:
     # planning the same signature at once both build it, and one is kept)
     _plans: dict[PlanKey, Compiled] = field(init=False, default_factory=dict, repr=False)
     _forwards: dict[Signature, _Forward] = field(init=False, default_factory=dict, repr=False)
-    _second: dict[tuple[str, tuple[str, ...]], tuple[Program, Program, Program]] = field(
+    _second: dict[tuple[str, tuple[str, ...], Signature], tuple[Program, Program, Program]] = field(
         init=False, default_factory=dict, repr=False
     )
     _joints: dict[JointKey, tuple[Compiled, tuple[str, ...]]] = field(
@@ -506,17 +506,18 @@ class Model:
 
     def _build_jvp(self, key: PlanKey) -> Compiled:
         """Tangents (names: the inputs given tangents) of every defined tensor."""
-        d = derive_jvp(self.program, list(key.names))
+        fw = self._forward(key.signature)
+        d = derive_jvp(fw.program, list(key.names))
         given = set(key.signature[0])
-        relus = {u: y for u, y in relu_outputs(self.prims).items() if u not in given and y in given}
-        prims = reuse_forward(read_steps_of_outputs(lower(d), relus), self.prims, given)
+        relus = {u: y for u, y in relu_outputs(fw.prims).items() if u not in given and y in given}
+        prims = reuse_forward(read_steps_of_outputs(lower(d), relus), fw.prims, given)
         pairs = tuple((n, self._tan[n]) for n in self.program.defined())
         return Compiled(*self._runnable(prims, key.signature, {t for _, t in pairs}, "jvp", d), pairs)
 
     def _build_hvp(self, key: PlanKey) -> Compiled:
         """Hessian-vector products (names: the loss, then the inputs given directions)."""
         loss, v = key.names[0], key.names[1:]
-        both, back, tan = self._second_order(loss, v)
+        both, back, tan = self._second_order(loss, v, self._forward(key.signature))
         pairs = tuple((n, tan_name(both, self._grad[n])) for n in self.inputs)
         # the forward's temporaries are both's: their sizes come from the rest of their statement
         returned = {t for _, t in pairs}
@@ -816,7 +817,7 @@ class Model:
             raise self._error(f"loss '{loss}' has shape {shape}, not a scalar")
         env = {n: self._value(n, vals[n]) for n in self._order}
         env[self._grad[loss]] = self.engine.one(dtype if dtype.kind == "f" else np.dtype(np.float64))
-        both = self._second_order(loss, tuple(v))[0]
+        both = self._second_order(loss, tuple(v), self._forward(self._signature(env)))[0]
         env.update(self._along(env, v, {n: tan_name(both, n) for n in v}, "v for"))
         compiled = self._compile(PlanKey("hvp", (loss, *v), None, self._signature(env)))
         return self._gradients(compiled, compiled.executor.run(env), vals)
@@ -835,21 +836,23 @@ class Model:
             out[names[n]] = self.engine.asarray(t, like)
         return out
 
-    def _second_order(self, loss: str, v: tuple[str, ...]) -> tuple[Program, Program, Program]:
-        """The forward and gradient statements as one program, the gradient program alone, and the
-        tangent program of the first along v."""
-        hit = self._second.get((loss, v))
+    def _second_order(self, loss: str, v: tuple[str, ...], fw: _Forward) -> tuple[Program, Program, Program]:
+        """The forward (as fw runs it: long products split, so that the tangents of the gradients
+        share partial products as the gradients do) and gradient statements as one program, the
+        gradient program alone, and the tangent program of the first along v."""
+        hit = self._second.get((loss, v, fw.signature))
         if hit is None:
-            back = derive_for(self.program, [loss], None, self.prims)
+            prims = lower(fw.program)
+            back = derive_for(fw.program, [loss], None, prims)
             both = check(
                 Program(
                     self.program.decls,
-                    tuple(prim_statement(p) for p in self.prims) + back.statements,
+                    tuple(prim_statement(p) for p in prims) + back.statements,
                     filename=self.program.filename,
                     source=self.program.source,
                 )
             )
-            hit = self._second[loss, v] = (both, back, derive_jvp(both, list(v)))
+            hit = self._second[loss, v, fw.signature] = (both, back, derive_jvp(both, list(v)))
         return hit
 
     # ---- plans as data
@@ -896,7 +899,7 @@ class Model:
             return self._compile(PlanKey("vjp", (loss_name,), wrt_t, seeded)).plan
         if mode == "backward":
             return self._compile(PlanKey("backward", (loss or "",), wrt_t, vals)).plan
-        both = self._second_order(loss_name, names)[0]
+        both = self._second_order(loss_name, names, fw)[0]
         extra = [(self._grad[loss_name], (), dtypes[loss_name])]
         extra += [(tan_name(both, n), shapes[n], dtypes[n]) for n in names]
         return self._compile(PlanKey("hvp", (loss_name, *names), None, _extended(inputs, *extra))).plan

@@ -294,13 +294,15 @@ def test_generated_backward_takes_a_scalar_loss_seed_and_refuses_unknown_names(t
 
 
 def test_a_product_the_plan_runs_by_einsum_is_written_as_pairwise_calls_along_its_path() -> None:
-    """The tangent of x A B (not split, as forward products are) is one einsum step in the plan,
-    and two einsum calls in the code, (A B) first as opt_einsum orders it, index names as letters."""
-    text = ig.parse("y[b,i] = x[b,j] A[j,k] B[k,i]\n").to_python(
+    """The tangent of x A B / size[k] (not split, as other products are: size[k] of a summed k
+    stays with the tensors that size k) is one einsum step in the plan, and two einsum calls in
+    the code, (A B) first as opt_einsum orders it, index names as letters."""
+    text = ig.parse("y[b,i] = x[b,j] A[j,k] B[k,i] / size[k]\n").to_python(
         "numpy", "jvp", dict(b=2, j=3, k=50, i=4), wrt=["x"]
     )
     assert (
-        '    y_tan_1 = np.einsum("jk,ki->ij", A, B)\n    y_tan = np.einsum("bj,ij->bi", x_tan, y_tan_1)\n'
+        '    y_tan_1 = np.einsum("jk,ki->ij", A, B)\n'
+        '    y_tan = np.einsum("bj,ij->bi", x_tan, y_tan_1) / 50\n'
         in text
     )
     namespace: dict = {}
@@ -313,7 +315,7 @@ def test_a_product_the_plan_runs_by_einsum_is_written_as_pairwise_calls_along_it
         rng.standard_normal((2, 3)),
     )
     tans = namespace["jvp"](namespace["forward"](x=x, A=A, B=B), x=t)
-    np.testing.assert_allclose(tans["y"], t @ A @ B, rtol=1e-12)
+    np.testing.assert_allclose(tans["y"], t @ A @ B / 50, rtol=1e-12)
 
 
 def test_a_vector_output_gets_a_seed_and_jvp_defaults_tangents_to_zero() -> None:

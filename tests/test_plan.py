@@ -81,6 +81,47 @@ def test_a_sum_of_products_over_an_index_they_share_sums_each_product_itself(mod
     np.testing.assert_allclose(m.forward(**a)["y"], y, rtol=1e-12)
 
 
+def _multiply_adds(plan: ig.Plan) -> int:
+    """The plan's products' multiply-adds: each pairwise step's, the product of its indices' sizes."""
+    steps = [s for s in plan.steps if s.kind == "contract"]
+    sizes = [{a: n for o in s.inputs for a, n in zip(o.axes, o.shape)} for s in steps]
+    return sum(int(np.prod(list(size.values()))) for size in sizes)
+
+
+def test_the_tangents_of_a_long_product_share_its_partial_products() -> None:
+    """x A B runs as A B, then x (A B); its tangent terms (and the hvp's tangents of the
+    gradients) are derived from those pairwise steps and read what the forward made, so a jvp
+    costs two forwards and an hvp about nine, as by hand, not one three-operand product per
+    term (a jvp of 3 forwards and 1.6 times the memory at these sizes)."""
+    text = "param A[j,k], B[k,i]\ninput x[b,j]\ny[b,i] = x[b,j] A[j,k] B[k,i]\nloss = sum[b,i](y[b,i]^2)\n"
+    m = ig.compile(text)
+    shapes = {"x": (512, 256), "A": (256, 256), "B": (256, 256)}
+    plans = {mode: m.plan(shapes, mode=mode) for mode in ("forward", "backward", "jvp", "hvp")}
+    for plan in plans.values():
+        assert all(len(s.inputs) <= 2 for s in plan.steps if s.kind == "contract"), plan
+    forward = _multiply_adds(plans["forward"])
+    assert _multiply_adds(plans["jvp"]) <= 2 * forward and _multiply_adds(plans["hvp"]) <= 9 * forward
+    assert plans["jvp"].peak_bytes <= plans["backward"].peak_bytes
+    small = {"x": (3, 4), "A": (4, 5), "B": (5, 2)}
+    a = {n: rng(k).standard_normal(s) for k, (n, s) in enumerate(small.items())}
+    t = {n: rng(k + 3).standard_normal(s) for k, (n, s) in enumerate(small.items())}
+    vals = m.forward(**a)
+    y_tan = t["x"] @ a["A"] @ a["B"] + a["x"] @ t["A"] @ a["B"] + a["x"] @ a["A"] @ t["B"]
+    np.testing.assert_allclose(m.jvp(vals, t)["y"], y_tan, rtol=1e-12)
+    names = list(small)
+
+    def loss(x: np.ndarray, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+        return anp.sum(anp.dot(anp.dot(x, A), B) ** 2)
+
+    def along_v(*args: np.ndarray) -> np.ndarray:  # <∇loss, v>, whose gradient is H v
+        return sum(anp.sum(autograd.grad(loss, k)(*args) * t[n]) for k, n in enumerate(names))
+
+    got = m.hvp(vals, v=t)
+    for k, n in enumerate(names):
+        want = autograd.grad(along_v, k)(*(a[q] for q in names))
+        np.testing.assert_allclose(got[n], want, rtol=1e-10, err_msg=n)
+
+
 def test_a_scale_outside_a_sum_is_one_product() -> None:
     """`0.5 sum[b,i](y^2)` runs as the one product `0.5 y[b,i]^2`, with no temporary."""
     m = ig.compile("loss = 0.5 sum[b,i](y[b,i]^2)")
