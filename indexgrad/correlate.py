@@ -23,10 +23,6 @@ CALLS = {"y": "conv{}d", "w": "conv{}d_weight", "x": "conv_transpose{}d"}
 
 def correlations(steps: list[Step]) -> list[Step]:
     """The steps with each product that is a correlation made one `conv` step."""
-    reads: dict[str, int] = {}
-    for s in steps:
-        for o in s.inputs:
-            reads[o.name] = reads.get(o.name, 0) + 1
     out = list(steps)
     views: dict[str, Step] = {}  # the last strided view of each name
     k = 0
@@ -39,19 +35,30 @@ def correlations(steps: list[Step]) -> list[Step]:
             continue
         read = [views[o.name] for o in s.inputs if o.name in views]
         nxt = out[k + 1] if k + 1 < len(out) else None
-        if len(read) == 1 and reads[read[0].out] == 1:
+        j = next((j for j in range(k - 1, -1, -1) if out[j] is read[0]), -1) if len(read) == 1 else -1
+        if j >= 0 and _reads(out, j) == 1:
             made = _read_through(s, read[0])
             if made is not None:
-                j = next(j for j in range(k - 1, -1, -1) if out[j] is read[0])
                 out[k] = made
                 del out[j], views[read[0].out]
                 continue
-        elif not read and nxt is not None and nxt.kind == "scatter" and reads[s.out] == 1:
+        elif not read and nxt is not None and nxt.kind == "scatter" and _reads(out, k) == 1:
             made = _scatter_of(s, nxt)
             if made is not None:
                 out[k : k + 2] = [made]
         k += 1
     return out
+
+
+def _reads(steps: list[Step], k: int) -> int:
+    """How many times later steps read the value steps[k] makes, up to where its name is made
+    anew (a derived program makes the same strided view, or a scatter's value, once per use)."""
+    name, count = steps[k].out, 0
+    for s in steps[k + 1 :]:
+        count += sum(o.name == name for o in s.inputs)
+        if s.out == name and not s.accumulate:
+            break
+    return count
 
 
 def _read_through(s: Step, view: Step) -> Step | None:

@@ -286,6 +286,14 @@ class _Lowerer:
             terms = _terms_of(e, 1)
             parts = tuple(Reduce("sum", summed, t, e_span(t)) for t, _ in terms)
             e, summed = Sum(parts, tuple(sign for _, sign in terms), e.span), ()
+        into_positions = any(getattr(i, "plain", None) is None for i in target.indices)
+        if op == "+=" and not summed and isinstance(e, Sum) and into_positions:
+            # into positions (r+u, labels): each term scattered on its own, as the library's
+            # transposed call (conv_transpose2d, index_add) takes a product, never their sum
+            # materialised over the window's indices first
+            for t, sign in _terms_of(e, 1):
+                self.emit(target, op, t if sign > 0 else Neg(t, e_span(t)), (), base)
+            return
         if summed and not _is_productish(e):
             e = self.operand(e, base)
         if _is_productish(e) or isinstance(e, (Ref, SizeOf)):
