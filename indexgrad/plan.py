@@ -1085,12 +1085,17 @@ def _stored_as_read(steps: list[Step], keep: set[str]) -> list[Step]:
         asked = reads.get(s.out)
         if asked and s.kind in ("contract", "product_add") and s.call == "matmul" and writers[s.out] == 1:
             perm = s.args.get("res_perm")
-            current = None if perm is None else tuple(sorted(range(len(perm)), key=perm.__getitem__))
+            current = None if perm is None else inverse(perm)
             order = _best_order(s.shape, current, asked, 1 if s.out in keep else 2)
             if order is not None:
                 s = _with(s, args={**s.args, "res_order": order})
         out.append(s)
     return out
+
+
+def inverse(perm: tuple[int, ...]) -> tuple[int, ...]:
+    """The permutation that undoes `perm` (numpy's argsort of it, as Python ints)."""
+    return tuple(sorted(range(len(perm)), key=perm.__getitem__))
 
 
 def _matrix_reads(s: Step) -> list[tuple[Operand, tuple[int, ...] | None, tuple[int, ...] | None]]:

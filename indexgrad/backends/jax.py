@@ -21,7 +21,7 @@ from .. import iterate, positions
 from ..errors import IndexgradError
 from ..memory import keep_freed_memory
 from ..nodes import DELTA, Ref
-from ..plan import Operand, Plan, Step, basic_index
+from ..plan import Operand, Plan, Step, basic_index, inverse
 from . import Env, builder_for, float_option, integers_fit, model_dtype
 from .jax_iterate import fixed_point, newton
 from .numpy import _then, aligner, sizes, slice_adds
@@ -315,11 +315,11 @@ def view(step: Step) -> Compute:
         return gather(step)
     order, moves = slices
     laid = tuple(step.shape[k] for k in order)
-    inverse = tuple(int(k) for k in np.argsort(order))
+    back = inverse(order)
 
     def patches(env: Env) -> Array:
         x = env[src]
-        return jnp.transpose(jnp.stack([x[at] for at, _ in moves], axis=-1).reshape(laid), inverse)
+        return jnp.transpose(jnp.stack([x[at] for at, _ in moves], axis=-1).reshape(laid), back)
 
     return patches
 

@@ -25,8 +25,8 @@ from .. import positions as index_positions
 from ..errors import IndexgradError
 from ..memory import keep_freed_memory
 from ..nodes import DELTA, Affine, Ref
-from ..plan import Operand, Plan, Step, pair_layout, sum_product_instead
-from . import Chain, Env, builder_for, integers_fit
+from ..plan import Operand, Plan, Step, inverse, pair_layout, sum_product_instead
+from . import Chain, Env, builder_for, float_option, integers_fit
 from .numpy import alignment, general_positions, positions_index, sizes, slice_adds
 
 Tensor = torch.Tensor
@@ -291,7 +291,7 @@ def _stored(order: tuple[int, ...] | None) -> Unary | None:
     (`plan._stored_as_read`): the same values, in the layout its readers take as views."""
     if order is None:
         return None
-    back = tuple(sorted(range(len(order)), key=order.__getitem__))
+    back = inverse(order)
     return lambda t: t.permute(order).contiguous().permute(back)
 
 
@@ -1137,19 +1137,9 @@ def device_option(device: Any) -> torch.device | None:
 
 def dtype_option(dtype: Any) -> np.dtype | None:
     """The float dtype a dtype= option names (None: follow the tensors), or a user error."""
-    if dtype is None:
-        return None
     if isinstance(dtype, torch.dtype):
         dtype = _NUMPY.get(dtype, str(dtype))
-    try:
-        d = np.dtype(dtype)
-    except TypeError:
-        d = None
-    if d is None or d.kind != "f" or d not in _TORCH:
-        raise IndexgradError(
-            f"dtype={dtype!r} is not a float dtype the torch backend computes in; use float32 or float64"
-        )
-    return d
+    return float_option(dtype, "torch", ("float16", "float32", "float64"))
 
 
 __all__ = ["BUILDERS", "FUNCTIONS", "REDUCTIONS", "TorchBackend", "TorchExecutor", "make_backend"]
